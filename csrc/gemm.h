@@ -1,0 +1,37 @@
+/* mlpfast C GEMM: the C API called through cffi (mlpfast._cgemm).
+ *
+ * Row-major, single and double precision:
+ *
+ *     C = act(alpha * op(A) @ op(B) + beta * C + bias)
+ *
+ * op(A) is (m, k): A itself (m, k) with row stride lda when trans_a == 0, or the
+ * transpose of A stored as (k, m) with row stride lda when trans_a != 0.
+ * op(B) is (k, n): B (k, n) with row stride ldb, or B stored as (n, k) when trans_b != 0.
+ * C is (m, n) with row stride ldc. bias is NULL or a vector of n values added to
+ * every row (the output features of a Linear layer). act is one of MLPF_ACT_*.
+ * When beta == 0, C is never read (it may hold NaN or garbage on entry).
+ *
+ * Returns 0 on success, a negative MLPF_ERR_* code on bad arguments (C untouched).
+ * The functions are thread-safe and never hold the Python GIL (cffi releases it).
+ */
+#ifndef MLPF_GEMM_H
+#define MLPF_GEMM_H
+#include <stdint.h>
+
+enum { MLPF_ACT_IDENTITY = 0, MLPF_ACT_RELU = 1 };
+enum { MLPF_OK = 0, MLPF_ERR_SHAPE = -1, MLPF_ERR_STRIDE = -2, MLPF_ERR_ACT = -3, MLPF_ERR_NOMEM = -4 };
+
+int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+               float beta, float *c, int64_t ldc, const float *bias, int act);
+int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
+               double beta, double *c, int64_t ldc, const double *bias, int act);
+
+/* Threads used by one call (>= 1). */
+void mlpf_set_num_threads(int n);
+int mlpf_get_num_threads(void);
+/* Name of the micro-kernel chosen at run time for this CPU, e.g. "sgemm_portable". */
+const char *mlpf_kernel_name(void);
+
+#endif

@@ -1,0 +1,14 @@
+"""mlpfast.kernels: pure functions on arrays, one module per op family.
+
+Each module holds the NumPy reference of its ops, the fast variants, and a
+``VARIANTS`` registry that tests and benchmarks iterate over:
+
+    gemm         matrix product C = alpha*op(A)@op(B) + beta*C (+ fused bias/activation)
+    activations  identity, sigmoid, tanh, relu, leaky_relu, gelu (erf, tanh), softmax
+    losses       softmax cross-entropy (+ gradient), mean squared error
+    optim        SGD (momentum, Nesterov, weight decay), Adam, AdamW updates
+    data         batch gather (rows of x and y by an index)
+
+The engine never imports these modules directly: it asks its backend
+(``mlpfast.backend``), whose tables are built from these registries.
+"""

@@ -1,0 +1,81 @@
+"""Argument checks shared by the kernel modules: clear errors before any write."""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_array(a, name, ndim=None):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+
+
+def check_out(out, shape, dtype, name="out", inputs=()):
+    """out must be a writeable array of the given shape/dtype that overlaps no input."""
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for other_name, other in inputs:
+        if other is not None and np.shares_memory(out, other):
+            raise ValueError(f"{name} must not overlap input {other_name}")
+
+
+def check_gemm_args(a, b, out, trans_a, trans_b, beta):
+    """Returns (m, n, k) for out(m,n) = op(a)(m,k) @ op(b)(k,n)."""
+    check_float_array(a, "a", 2)
+    check_float_array(b, "b", 2)
+    if a.dtype != b.dtype:
+        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != k_b:
+        raise ValueError(f"inner dimensions differ: op(a) is {m}x{k}, op(b) is {k_b}x{n} "
+                         f"(trans_a={trans_a}, trans_b={trans_b})")
+    if out is None and beta != 0.0:
+        raise ValueError("beta != 0 needs an out array to accumulate into")
+    check_out(out, (m, n), a.dtype, inputs=(("a", a), ("b", b)))
+    return m, n, k
+
+
+def check_linear_args(x, w, b, activation, out, activations):
+    check_float_array(x, "x", 2)
+    check_float_array(w, "w", 2)
+    if x.dtype != w.dtype:
+        raise TypeError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
+                         f"(w is (out_features, in_features) = {w.shape})")
+    if b is not None:
+        check_float_array(b, "b", 1)
+        if b.shape[0] != w.shape[0] or b.dtype != w.dtype:
+            raise ValueError(f"b must be {w.dtype} of shape ({w.shape[0]},), "
+                             f"got {b.dtype} {b.shape}")
+    if activation not in activations:
+        raise ValueError(f"activation must be one of {activations}, got {activation!r}")
+    check_out(out, (x.shape[0], w.shape[0]), x.dtype, inputs=(("x", x), ("w", w), ("b", b)))
+
+
+def check_same_shape(a, a_name, b, b_name):
+    if a.shape != b.shape:
+        raise ValueError(f"{b_name} must have the shape of {a_name} {a.shape}, got {b.shape}")
+
+
+def check_labels(labels, batch, num_classes, name="labels"):
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {labels.shape}")
+    if batch and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(f"{name} must lie in [0, {num_classes}), found {bad}")
