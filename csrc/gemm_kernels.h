@@ -1,0 +1,63 @@
+/* The micro-kernel contract shared by gemm.c and the per-ISA kernel files.
+ *
+ * A micro-kernel computes one MR x NR tile of C from two packed micro-panels:
+ *
+ *     a_panel  kc x MR   a_panel[p*MR + i] = op(A)[i][p]   (broadcast operand)
+ *     b_panel  kc x NR   b_panel[p*NR + j] = op(B)[p][j]   (vector operand)
+ *
+ *     t[i][j] = sum_p a_panel[p*MR + i] * b_panel[p*NR + j]
+ *     c[i*ldc + j] = act(alpha * t[i][j] + beta * c[i*ldc + j] + bias[j])
+ *
+ * for every i < MR, j < NR: the tile is always full (the driver sends edge tiles
+ * to a scratch tile). beta == 0 means c is not read; bias == NULL means no bias;
+ * relu != 0 means act = max(., 0). Both panels are 64-byte aligned; c need not be.
+ * kc may be 0 (then t = 0).
+ */
+#ifndef MLPF_GEMM_KERNELS_H
+#define MLPF_GEMM_KERNELS_H
+#include <stdint.h>
+
+typedef struct {
+    float alpha;
+    float beta;            /* 0: c is write-only */
+    const float *bias;     /* NR values for this tile's columns, or NULL */
+    int relu;
+} mlpf_tile_epilogue;
+
+typedef void (*mlpf_sgemm_ukernel)(int64_t kc, const float *a_panel, const float *b_panel,
+                                   float *c, int64_t ldc, const mlpf_tile_epilogue *ep);
+
+/* Packing of one micro-panel: dst gets kc x R values, zero-padded past `rows` (< R).
+ * pack_rows:  dst[p*R + r] = src[r*ld + p]   (source rows contiguous along p: transpose)
+ * pack_cols:  dst[p*R + r] = src[p*ld + r]   (source rows contiguous along r: copy)   */
+typedef void (*mlpf_spack)(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst);
+
+/* One kernel and the block sizes that go with it (one "config" per ISA, as in BLIS).
+ * Loops of the driver (gemm.c), outermost first:
+ *   mc rows of op(A)   packed A block  mc x kc   lives in L3 (per thread)
+ *   kc depth
+ *   nc columns of op(B) packed B block kc x nc   lives in L2
+ *   MR rows            A micro-panel   MR x kc   lives in L1 for the whole inner loop
+ *   NR columns         B micro-panel   kc x NR   streamed from L2 into the micro-kernel */
+typedef struct {
+    const char *name;
+    int mr, nr;
+    int mc, kc, nc;
+    mlpf_sgemm_ukernel ukernel;
+    /* Packing routines for A (R = mr) and B (R = nr); NULL = the portable ones in gemm.c. */
+    mlpf_spack pack_a_rows, pack_a_cols, pack_b_rows, pack_b_cols;
+    int (*supported)(void);   /* nonzero when this CPU can run it */
+} mlpf_sgemm_config;
+
+extern const mlpf_sgemm_config mlpf_sgemm_portable_config;
+#if defined(__x86_64__) || defined(__i386__)
+#define MLPF_X86 1
+extern const mlpf_sgemm_config mlpf_sgemm_avx2_config;
+extern const mlpf_sgemm_config mlpf_sgemm_avx512_config;
+#endif
+
+/* The largest register tile of any kernel (size of the driver's scratch edge tile). */
+#define MLPF_MAX_MR 16
+#define MLPF_MAX_NR 32
+
+#endif

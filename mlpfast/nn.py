@@ -1,0 +1,456 @@
+"""Layers with explicit forward and backward (no autograd), in the layout of torch.nn.
+
+A module computes ``y = forward(x)`` and, given dL/dy, ``backward(grad_y)`` returns
+dL/dx and sets each parameter's ``.grad`` to dL/dparameter (it overwrites, it does not
+accumulate). Shapes: x is (batch, in_features), y is (batch, out_features).
+
+Buffers: a layer owns its output and input-gradient buffers and reuses them from step to
+step, so ``forward`` and ``backward`` return arrays that the next call overwrites.
+Calling a module (``module(x)``) checks ``x`` and returns a fresh copy of the output.
+"""
+import json
+
+import numpy as np
+
+from .backend import get_backend, to_numpy
+from .kernels.activations import NAMES as ACTIVATION_NAMES
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _resolve_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Parameter:
+    """A trainable array ``data`` with its gradient ``grad`` (same shape, same backend)."""
+
+    def __init__(self, data, grad, backend):
+        self.data = data
+        self.grad = grad
+        self.backend = backend
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def numpy(self):
+        return to_numpy(self.data)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: ``forward``, ``backward``, parameters, train/eval mode, buffers."""
+
+    def __init__(self, backend="auto", dtype=np.float32):
+        self.backend = get_backend(backend)
+        self.dtype = _resolve_dtype(dtype)
+        self.training = True
+        self._buffers = {}
+
+    # -- to override -------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_y):
+        raise NotImplementedError
+
+    def named_parameters(self):
+        return iter(())
+
+    # -- common --------------------------------------------------------------------
+    def __call__(self, x):
+        x = self.check_input(x)
+        return self.backend.to_numpy(self.forward(self.backend.to_device(x))).copy()
+
+    def check_input(self, x, name="x"):
+        """x as a C-contiguous host array of this module's dtype, or a clear error."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (batch, features), got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty (shape {x.shape}); need at least one row")
+        expected = self.in_features
+        if expected is not None and x.shape[1] != expected:
+            raise ValueError(f"{name} has {x.shape[1]} columns but the model expects "
+                             f"{expected} input features")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf (first at row "
+                             f"{int(np.argwhere(~np.isfinite(x))[0][0])})")
+        return x
+
+    @property
+    def in_features(self):
+        return None
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _buffer(self, key, rows, cols):
+        """A (rows, cols) view of a reused buffer that grows to the largest batch seen."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
+            buf = self.backend.empty((rows, cols), dtype=self.dtype)
+            self._buffers[key] = buf
+        return buf[:rows]
+
+    def config(self):
+        """JSON-able description of this layer (type and constructor arguments)."""
+        return {"type": type(self).__name__}
+
+
+class Linear(Module):
+    """y = x @ W.T + b, with W of shape (out_features, in_features) as in torch.nn.Linear.
+
+    Initialized as PyTorch does: W and b uniform in [-1/sqrt(in), 1/sqrt(in)].
+    Backward: dW = dy.T @ x, db = sum over the batch of dy, dx = dy @ W.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, backend="auto",
+                 dtype=np.float32, seed=None):
+        super().__init__(backend, dtype)
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._in, self.out_features = int(in_features), int(out_features)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(in_features)
+        w = rng.uniform(-bound, bound, size=(out_features, in_features))
+        self.weight = self._new_parameter(w)
+        self.bias = self._new_parameter(rng.uniform(-bound, bound, size=out_features)) \
+            if bias else None
+        self._x = None
+
+    def _new_parameter(self, host_values):
+        data = self.backend.to_device(host_values.astype(self.dtype))
+        return Parameter(data, self.backend.zeros(data.shape, dtype=self.dtype), self.backend)
+
+    @property
+    def in_features(self):
+        return self._in
+
+    def named_parameters(self):
+        yield "weight", self.weight
+        if self.bias is not None:
+            yield "bias", self.bias
+
+    def forward(self, x):
+        self._x = x
+        out = self._buffer("y", x.shape[0], self.out_features)
+        b = self.bias.data if self.bias is not None else None
+        return self.backend.linear_forward(x, self.weight.data, b, "identity", out)
+
+    def backward(self, grad_y):
+        be = self.backend
+        be.gemm(grad_y, self._x, self.weight.grad, trans_a=True)            # dW = dy.T @ x
+        if self.bias is not None:
+            be.bias_grad(grad_y, self.bias.grad)                              # db = sum_i dy_i
+        grad_x = self._buffer("dx", grad_y.shape[0], self._in)
+        return be.gemm(grad_y, self.weight.data, grad_x)                      # dx = dy @ W
+
+    def config(self):
+        return {"type": "Linear", "in_features": self._in, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+    def __repr__(self):
+        return (f"Linear(in_features={self._in}, out_features={self.out_features}, "
+                f"bias={self.bias is not None})")
+
+
+class Activation(Module):
+    """y = f(x) elementwise (softmax: per row); backward multiplies by f'(x)."""
+
+    kind = "identity"
+
+    def __init__(self, *, backend="auto", dtype=np.float32, **params):
+        super().__init__(backend, dtype)
+        self.params = params
+        self._kernels = self.backend.activations[self.kind]
+        self._x = self._y = None
+
+    def forward(self, x):
+        self._x = x
+        self._y = self._kernels.forward(x, self._buffer("y", *x.shape), **self.params)
+        return self._y
+
+    def backward(self, grad_y):
+        grad_x = self._buffer("dx", *grad_y.shape)
+        return self._kernels.backward(grad_y, self._x, self._y, grad_x, **self.params)
+
+    def config(self):
+        return {"type": type(self).__name__, **self.params}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Identity(Activation):
+    kind = "identity"
+
+
+class Sigmoid(Activation):
+    kind = "sigmoid"
+
+
+class Tanh(Activation):
+    kind = "tanh"
+
+
+class ReLU(Activation):
+    kind = "relu"
+
+
+class LeakyReLU(Activation):
+    kind = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01, **kwargs):
+        super().__init__(negative_slope=float(negative_slope), **kwargs)
+
+
+class GELU(Activation):
+    """GELU, exact (approximate="none", erf) or with PyTorch's tanh approximation."""
+
+    def __init__(self, approximate="none", **kwargs):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.kind = "gelu" if approximate == "none" else "gelu_tanh"
+        self.approximate = approximate
+        super().__init__(**kwargs)
+
+    def config(self):
+        return {"type": "GELU", "approximate": self.approximate}
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class Softmax(Activation):
+    """Softmax over each row (dim=1)."""
+    kind = "softmax"
+
+
+ACTIVATION_LAYERS = {"identity": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
+                     "leaky_relu": LeakyReLU, "gelu": GELU, "softmax": Softmax}
+LAYER_TYPES = {cls.__name__: cls for cls in
+               (Linear, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax)}
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters live in one flat buffer (see ``flat_parameters``).
+
+    ``state_dict()`` keys are ``"<index>.weight"`` / ``"<index>.bias"``, as in
+    ``torch.nn.Sequential``, so weights move between the two with ``torch.from_numpy``.
+    """
+
+    def __init__(self, *layers):
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module) or isinstance(layer, Sequential):
+                raise TypeError(f"layer {i} must be an mlpfast layer (not a Sequential: list "
+                                f"its layers instead), got {type(layer).__name__}")
+        backend, dtype = layers[0].backend, layers[0].dtype
+        for i, layer in enumerate(layers):
+            if layer.backend is not backend or layer.dtype != dtype:
+                raise ValueError(f"layer {i} uses backend {layer.backend.name}/{layer.dtype}, "
+                                 f"layer 0 uses {backend.name}/{dtype}: all must match")
+        super().__init__(backend, dtype)
+        self.layers = list(layers)
+        self._flatten_parameters()
+
+    def _flatten_parameters(self):
+        """Move every parameter (and its grad) into one flat buffer, in order, as views.
+
+        The optimizer then updates the whole model in one pass over the buffer.
+        """
+        params = self.parameters()
+        total = sum(int(np.prod(p.shape)) for p in params)
+        self.flat_data = self.backend.zeros((total,), dtype=self.dtype)
+        self.flat_grad = self.backend.zeros((total,), dtype=self.dtype)
+        offset = 0
+        for p in params:
+            size = int(np.prod(p.shape))
+            data_view = self.flat_data[offset:offset + size].reshape(p.shape)
+            data_view[...] = p.data
+            p.data = data_view
+            p.grad = self.flat_grad[offset:offset + size].reshape(p.shape)
+            p.flat_slice = (self, offset, size)
+            offset += size
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def in_features(self):
+        for layer in self.layers:
+            if layer.in_features is not None:
+                return layer.in_features
+        return None
+
+    @property
+    def out_features(self):
+        for layer in reversed(self.layers):
+            if isinstance(layer, Linear):
+                return layer.out_features
+        return None
+
+    def named_parameters(self):
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters():
+                yield f"{i}.{name}", p
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_y):
+        for layer in reversed(self.layers):
+            grad_y = layer.backward(grad_y)
+        return grad_y
+
+    def zero_grad(self):
+        self.flat_grad[...] = 0
+
+    def train(self, mode=True):
+        for layer in self.layers:
+            layer.train(mode)
+        return super().train(mode)
+
+    # -- weights in and out ------------------------------------------------------------
+    def state_dict(self):
+        """{"<index>.weight": (out, in) array, "<index>.bias": (out,) array}, NumPy copies."""
+        return {name: to_numpy(p.data).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy arrays in PyTorch's layout into the parameters; checks everything first."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state_dict keys do not match the model: missing {missing}, "
+                             f"unexpected {unexpected}")
+        arrays = {}
+        for name, p in own.items():
+            a = np.asarray(to_numpy(state[name]))
+            if a.shape != p.shape:
+                raise ValueError(f"{name} must have shape {p.shape}, got {a.shape}")
+            if a.dtype.kind != "f":
+                raise TypeError(f"{name} must be a float array, got {a.dtype}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name} contains NaN or inf")
+            arrays[name] = a.astype(self.dtype)
+        for name, p in own.items():
+            p.data[...] = self.backend.to_device(arrays[name])
+
+    def architecture(self):
+        return {"format": "mlpfast.Sequential", "version": 1, "dtype": self.dtype.name,
+                "layers": [layer.config() for layer in self.layers]}
+
+    def save(self, path):
+        """Write the weights and the architecture to an .npz file (no pickles)."""
+        arrays = self.state_dict()
+        meta = json.dumps(self.architecture()).encode()
+        arrays["__mlpfast__"] = np.frombuffer(meta, dtype=np.uint8)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    def __repr__(self):
+        body = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"{type(self).__name__}(\n{body}\n)"
+
+
+class MLP(Sequential):
+    """Linear, act, Linear, act, ..., Linear: the layers of the same torch.nn.Sequential.
+
+    ``sizes`` = [in, hidden..., out]; ``activation`` names the hidden activation
+    (one of identity, sigmoid, tanh, relu, leaky_relu, gelu, gelu_tanh).
+    """
+
+    def __init__(self, sizes, activation="relu", *, bias=True, backend="auto",
+                 dtype=np.float32, seed=None):
+        sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
+        if not isinstance(sizes, list) or len(sizes) < 2:
+            raise ValueError(f"sizes must list at least an input and an output size, "
+                             f"got {sizes!r}")
+        hidden_acts = [a for a in ACTIVATION_NAMES if a != "softmax"]
+        if activation not in hidden_acts:
+            raise ValueError(f"activation must be one of {hidden_acts}, got {activation!r}")
+        backend = get_backend(backend)
+        rng = np.random.default_rng(seed)
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Linear(n_in, n_out, bias, backend=backend, dtype=dtype, seed=rng))
+            if i < len(sizes) - 2:
+                layers.append(_activation_layer(activation, backend, dtype))
+        self.sizes, self.activation = [int(s) for s in sizes], activation
+        super().__init__(*layers)
+
+
+def _activation_layer(name, backend, dtype):
+    if name == "gelu_tanh":
+        return GELU("tanh", backend=backend, dtype=dtype)
+    return ACTIVATION_LAYERS[name](backend=backend, dtype=dtype)
+
+
+def load(path, backend="auto"):
+    """A model saved by ``save``: architecture and weights, read without unpickling."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npz file: {e}") from None
+    except Exception as e:                       # zipfile.BadZipFile and friends
+        raise ValueError(f"{path} is not a readable .npz file: {e}") from None
+    meta = arrays.pop("__mlpfast__", None)
+    if meta is None:
+        raise ValueError(f"{path} is not a saved mlpfast model (no '__mlpfast__' entry)")
+    try:
+        arch = json.loads(bytes(meta.astype(np.uint8)).decode())
+        if arch.get("format") != "mlpfast.Sequential":
+            raise ValueError("unknown format")
+        dtype = _resolve_dtype(arch["dtype"])
+        layers = [_layer_from_config(cfg, backend, dtype) for cfg in arch["layers"]]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt mlpfast model metadata ({e})") from None
+    model = Sequential(*layers)
+    model.load_state_dict(arrays)
+    return model
+
+
+def _layer_from_config(cfg, backend, dtype):
+    kind = cfg["type"]
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}")
+    args = {k: v for k, v in cfg.items() if k != "type"}
+    if kind == "Linear":
+        return Linear(int(args["in_features"]), int(args["out_features"]), bool(args["bias"]),
+                      backend=backend, dtype=dtype)
+    return LAYER_TYPES[kind](backend=backend, dtype=dtype, **args)
