@@ -1,0 +1,75 @@
+"""Activations: every variant against the reference; the reference against finite differences."""
+import math
+
+import numpy as np
+import pytest
+from conftest import DTYPES, GRAD_TOL, assert_close, numerical_grad
+
+from mlpfast.kernels import activations
+
+SHAPES = [(1, 1), (3, 7), (17, 129), (64, 10), (5, 1000)]
+PARAMS = {"leaky_relu": {"negative_slope": 0.07}}
+CASES = [(v, name) for v in activations.VARIANTS for name in activations.VARIANTS[v]]
+
+
+def inputs(rng, shape, dtype, name):
+    x = 3 * rng.standard_normal(shape)
+    if name in ("relu", "leaky_relu"):
+        x[np.abs(x) < 1e-3] = 0.5          # keep away from the kink for finite differences
+    return x.astype(dtype)
+
+
+def test_every_variant_has_every_activation():
+    for variant, table in activations.VARIANTS.items():
+        assert set(table) == set(activations.NAMES), variant
+
+
+@pytest.mark.parametrize("variant,name", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward_match_reference(variant, name, dtype, shape, rng):
+    params = PARAMS.get(name, {})
+    ref, fast = activations.REFERENCE[name], activations.VARIANTS[variant][name]
+    x = inputs(rng, shape, dtype, name)
+    g = rng.standard_normal(shape).astype(dtype)
+    y_ref = ref.forward(x.astype(np.float64), **params)
+    y = fast.forward(x, np.empty_like(x), **params)
+    assert y.dtype == dtype
+    assert_close(y, y_ref, what=f"{variant} {name} forward")
+    dx_ref = ref.backward(g.astype(np.float64), x.astype(np.float64), y_ref, **params)
+    dx = fast.backward(g, x, y, np.empty_like(x), **params)
+    assert_close(dx, dx_ref, tol={np.float32: (1e-5, 2e-4), np.float64: (1e-12, 1e-10)}[dtype],
+                 what=f"{variant} {name} backward")
+
+
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_reference_backward_matches_finite_differences(name, rng):
+    params = PARAMS.get(name, {})
+    act = activations.REFERENCE[name]
+    x = inputs(rng, (4, 6), np.float64, name)
+    g = rng.standard_normal((4, 6))
+    numeric = numerical_grad(lambda: float((act.forward(x, **params) * g).sum()), x)
+    analytic = act.backward(g, x, act.forward(x, **params), **params)
+    assert_close(analytic, numeric, tol=GRAD_TOL, what=name)
+
+
+def test_reference_values_by_hand():
+    x = np.array([[-2.0, 0.0, 1.5]])
+    ref = activations.REFERENCE
+    assert_close(ref["relu"].forward(x), [[0.0, 0.0, 1.5]])
+    assert_close(ref["leaky_relu"].forward(x, negative_slope=0.1), [[-0.2, 0.0, 1.5]])
+    assert_close(ref["sigmoid"].forward(x), [[1 / (1 + math.exp(2)), 0.5, 1 / (1 + math.exp(-1.5))]])
+    assert_close(ref["gelu"].forward(x), [[-2 * 0.5 * (1 + math.erf(-2 / math.sqrt(2))), 0.0,
+                                           1.5 * 0.5 * (1 + math.erf(1.5 / math.sqrt(2)))]])
+    e = np.exp(x[0] - 1.5)
+    assert_close(ref["softmax"].forward(x), [e / e.sum()])
+
+
+@pytest.mark.parametrize("variant,name", CASES)
+def test_forward_in_place_and_extreme_values(variant, name):
+    act = activations.VARIANTS[variant][name]
+    x = np.array([[-1e4, -30.0, 0.0, 30.0, 1e4]], dtype=np.float32)
+    expected = activations.REFERENCE[name].forward(x.astype(np.float64))
+    y = act.forward(x, x)                    # out aliases x: allowed for forward
+    assert np.isfinite(y).all(), name
+    assert_close(y, expected, what=f"{variant} {name}")

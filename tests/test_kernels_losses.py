@@ -1,0 +1,76 @@
+"""Softmax cross-entropy and MSE: variants vs reference, reference vs formulas and finite differences."""
+import numpy as np
+import pytest
+from conftest import DTYPES, GRAD_TOL, assert_close, numerical_grad
+
+from mlpfast.kernels import losses
+
+VARIANTS = list(losses.VARIANTS)
+
+
+def naive_cross_entropy(logits, labels):
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return -np.log(p[np.arange(len(labels)), labels]).mean(), p
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,classes", [(1, 2), (7, 10), (64, 3), (129, 41)])
+def test_cross_entropy_matches_naive_formula(variant, dtype, batch, classes, rng):
+    ops = losses.VARIANTS[variant]
+    logits = rng.standard_normal((batch, classes)).astype(dtype)
+    labels = rng.integers(0, classes, batch)
+    loss_expected, p = naive_cross_entropy(logits.astype(np.float64), labels)
+    onehot = np.eye(classes)[labels]
+    loss, grad, correct = ops["softmax_cross_entropy"](logits, labels, np.empty_like(logits))
+    assert abs(loss - loss_expected) <= 1e-5 * max(1, loss_expected)
+    assert_close(grad, (p - onehot) / batch, what=variant)
+    assert correct == int((logits.argmax(axis=1) == labels).sum())
+    assert abs(ops["softmax_cross_entropy_forward"](logits, labels) - loss_expected) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_entropy_is_stable_for_huge_logits(variant):
+    logits = np.array([[1e4, 0.0, -1e4], [-5e3, 5e3, 0.0]], dtype=np.float32)
+    labels = np.array([0, 0])
+    loss, grad, _ = losses.VARIANTS[variant]["softmax_cross_entropy"](logits, labels,
+                                                                      np.empty_like(logits))
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    assert abs(loss - 5e3) < 1.0          # row 0: 0, row 1: 1e4 -> mean 5e3
+    assert_close(grad, [[0, 0, 0], [-0.5, 0.5, 0]], tol=(1e-6, 1e-6))
+
+
+def test_cross_entropy_gradient_matches_finite_differences(rng):
+    ops = losses.VARIANTS["numpy"]
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, 5)
+    numeric = numerical_grad(lambda: ops["softmax_cross_entropy_forward"](logits, labels), logits)
+    _, grad, _ = ops["softmax_cross_entropy"](logits, labels)
+    assert_close(grad, numeric, tol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_entropy_rejects_bad_labels(variant):
+    f = losses.VARIANTS[variant]["softmax_cross_entropy"]
+    logits = np.zeros((3, 10), np.float32)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\), found 10"):
+        f(logits, np.array([1, 10, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        f(logits, np.array([1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        f(logits, np.array([1.0, 2.0, 3.0]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_matches_formula_and_finite_differences(variant, dtype, rng):
+    ops = losses.VARIANTS[variant]
+    pred = rng.standard_normal((9, 4)).astype(dtype)
+    target = rng.standard_normal((9, 4)).astype(dtype)
+    diff = pred.astype(np.float64) - target
+    assert abs(ops["mse"](pred, target) - (diff ** 2).mean()) <= 1e-6
+    assert_close(ops["mse_backward"](pred, target, np.empty_like(pred)), 2 * diff / diff.size,
+                 what=variant)
+    p64, t64 = pred.astype(np.float64), target.astype(np.float64)
+    numeric = numerical_grad(lambda: losses.mse_ref(p64, t64), p64)
+    assert_close(losses.mse_backward_ref(p64, t64), numeric, tol=GRAD_TOL)

@@ -1,0 +1,88 @@
+"""Optimizer kernels against updates computed by hand, one scalar at a time, for two steps."""
+import math
+
+import numpy as np
+import pytest
+from conftest import DTYPES, assert_close
+
+from mlpfast.kernels import optim
+
+VARIANTS = list(optim.VARIANTS)
+
+
+def sgd_by_hand(p, grads, lr, momentum, nesterov, wd):
+    buf = None
+    for g in grads:
+        g = g + wd * p
+        if momentum:
+            buf = g if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p
+
+
+def adam_by_hand(p, grads, lr, b1, b2, eps, wd, decoupled):
+    m = v = 0.0
+    for t, g in enumerate(grads, start=1):
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * m_hat / (math.sqrt(v_hat) + eps)
+    return p
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
+                                                  (0.9, True, 0.0), (0.5, True, 0.1),
+                                                  (0.0, False, 0.01)])
+def test_sgd_two_steps(variant, dtype, momentum, nesterov, wd, rng):
+    sgd = optim.VARIANTS[variant]["sgd"]
+    p0 = rng.standard_normal(37)
+    grads = [rng.standard_normal(37) for _ in range(2)]
+    param = p0.astype(dtype)
+    buf = np.zeros_like(param)
+    for step, g in enumerate(grads):
+        sgd(param, g.astype(dtype), buf, lr=0.1, momentum=momentum, nesterov=nesterov,
+            weight_decay=wd, first_step=step == 0)
+    expected = [sgd_by_hand(p0[i], [g[i] for g in grads], 0.1, momentum, nesterov, wd)
+                for i in range(37)]
+    assert_close(param, expected, what=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (0.1, False), (0.1, True)])
+def test_adam_two_steps(variant, dtype, wd, decoupled, rng):
+    adam = optim.VARIANTS[variant]["adam"]
+    p0 = rng.standard_normal(41)
+    grads = [rng.standard_normal(41) for _ in range(2)]
+    param = p0.astype(dtype)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    for step, g in enumerate(grads, start=1):
+        adam(param, g.astype(dtype), m, v, step=step, lr=0.01, beta1=0.9, beta2=0.999,
+             eps=1e-8, weight_decay=wd, decoupled=decoupled)
+    expected = [adam_by_hand(p0[i], [g[i] for g in grads], 0.01, 0.9, 0.999, 1e-8, wd, decoupled)
+                for i in range(41)]
+    assert_close(param, expected, what=variant)
+
+
+def test_adam_first_step_moves_each_weight_by_lr():
+    # with bias correction, step 1 is lr * g / (|g| + eps): a move of lr in the sign of -g
+    param = np.zeros(3)
+    optim.adam_ref(param, np.array([2.0, -0.5, 1e-3]), np.zeros(3), np.zeros(3), step=1, lr=0.1)
+    assert_close(param, [-0.1 * 2 / (2 + 1e-8), 0.1 * 0.5 / (0.5 + 1e-8), -0.1 * 1e-3 / (1e-3 + 1e-8)])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_optimizer_kernels_check_shapes(variant):
+    ops = optim.VARIANTS[variant]
+    p = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="grad must have the shape"):
+        ops["sgd"](p, np.zeros(5, np.float32), None, lr=0.1)
+    with pytest.raises(TypeError, match="exp_avg must be float32"):
+        ops["adam"](p, np.zeros(4, np.float32), np.zeros(4), np.zeros(4, np.float32), step=1, lr=0.1)
