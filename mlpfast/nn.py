@@ -25,6 +25,24 @@ def _resolve_dtype(dtype):
     return dtype
 
 
+def check_samples(x, num_features, name="x"):
+    """x as a non-empty 2-D array of finite numbers with num_features columns (None: any)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape}); need at least one sample")
+    if num_features is not None and x.shape[1] != num_features:
+        raise ValueError(f"{name} has {x.shape[1]} columns but the model expects "
+                         f"{num_features} input features")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        row = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise ValueError(f"{name} contains NaN or inf (first at row {row})")
+    return x
+
+
 class Parameter:
     """A trainable array ``data`` with its gradient ``grad`` (same shape, same backend)."""
 
@@ -70,22 +88,7 @@ class Module:
 
     def check_input(self, x, name="x"):
         """x as a C-contiguous host array of this module's dtype, or a clear error."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (batch, features), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is empty (shape {x.shape}); need at least one row")
-        expected = self.in_features
-        if expected is not None and x.shape[1] != expected:
-            raise ValueError(f"{name} has {x.shape[1]} columns but the model expects "
-                             f"{expected} input features")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or inf (first at row "
-                             f"{int(np.argwhere(~np.isfinite(x))[0][0])})")
-        return x
+        return np.ascontiguousarray(check_samples(x, self.in_features, name), dtype=self.dtype)
 
     @property
     def in_features(self):

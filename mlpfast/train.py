@@ -17,25 +17,14 @@ import numpy as np
 
 from .backend import get_backend
 from .losses import CrossEntropyLoss, MSELoss, check_labels
+from .nn import check_samples
 
 
 class ArrayDataset:
     """(x, y) arrays seen through the dataset protocol; checks everything up front."""
 
     def __init__(self, x, y, num_features=None, num_classes=None, name="x", gather=None):
-        x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (samples, features), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is empty (shape {x.shape}); need at least one sample")
-        if num_features is not None and x.shape[1] != num_features:
-            raise ValueError(f"{name} has {x.shape[1]} columns but the model expects "
-                             f"{num_features} input features")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            row = int(np.argwhere(~np.isfinite(x))[0][0])
-            raise ValueError(f"{name} contains NaN or inf (first at row {row})")
+        x = check_samples(x, num_features, name)
         if y is None:
             raise ValueError(f"y is missing: pass labels for {name}, or a dataset as {name}")
         y = np.asarray(y)
