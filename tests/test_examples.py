@@ -1,0 +1,53 @@
+"""Every script in examples/ runs to the end (with --plots when it takes it and matplotlib is
+installed) and prints what its lesson is about."""
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+# lines each lesson must print; scripts not listed here only have to exit with 0
+EXPECTED = {
+    "perceptron_separable.py": ["converged: True", "training accuracy: 100.0%"],
+    "perceptron_xor.py": ["converged: False after 100 epochs"],
+    "mlp_xor.py": ["xor: perceptron", "(converged: False), MLP 2-8-2 100.0%",
+                   "moons: perceptron", "MLP 2-16-2 100.0%"],
+    "mnist_api.py": ["Total params: 101,770", "epoch 2/2", "test accuracy:"],
+}
+NEEDS_MNIST = {"mnist_api.py"}
+
+
+def test_the_course_examples_are_there():
+    assert set(EXPECTED) <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_example_runs(script, tmp_path):
+    if script in NEEDS_MNIST:
+        from mlpfast.data.mnist import fetch
+        try:
+            fetch()
+        except RuntimeError as e:
+            pytest.skip(f"MNIST is not available here: {e}")
+    path = EXAMPLES / script
+    command = [sys.executable, str(path)]
+    takes_plots = "--plots" in path.read_text()
+    if takes_plots and HAS_MATPLOTLIB:
+        command += ["--plots", str(tmp_path)]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    for line in EXPECTED.get(script, []):
+        assert line in done.stdout, f"{script} did not print {line!r}:\n{done.stdout}"
+    if takes_plots and HAS_MATPLOTLIB:
+        pictures = sorted(p.name for p in tmp_path.glob("*.png"))
+        assert pictures, f"{script} --plots wrote no PNG into {tmp_path}"
+        for name in pictures:
+            assert f"wrote {tmp_path / name}" in done.stdout
