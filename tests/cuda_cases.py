@@ -1,0 +1,423 @@
+"""The CUDA test cases: every kernel of kernels/cuda/ against its NumPy reference (awkward
+small shapes, float32 and float64, backward passes against finite differences in float64),
+and the "cuda" backend against "numpy" over a few training steps.
+
+Collected through tests/test_cuda_sim.py, only in a process where numba.cuda can run
+kernels: on a GPU, or with NUMBA_ENABLE_CUDASIM=1 set before numba.cuda was imported.
+"""
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import DTYPES, GRAD_TOL, TOL, assert_close, numerical_grad
+from numba import cuda
+from numba.np.numpy_support import as_dtype
+
+import mlpfast as mf
+from mlpfast.kernels import activations as ref_activations
+from mlpfast.kernels import data as ref_data
+from mlpfast.kernels import gemm as ref_gemm
+from mlpfast.kernels import linear as ref_linear
+from mlpfast.kernels import losses as ref_losses
+from mlpfast.kernels import optim as ref_optim
+from mlpfast.kernels.cuda import activations, data, gemm, linear, losses, optim
+from mlpfast.kernels.cuda._device import simulator_enabled
+
+
+def _serialize_simulator_shared_arrays():
+    """Work around a race in the simulator (numba-cuda 0.30, simulator/kernelapi.py,
+    FakeCUDAShared.array): a block's shared array is created on first use without a lock,
+    so two of the block's threads can each create their own copy and the kernel then reads
+    values no other thread wrote (seen as a rare GEMM mismatch under load). Same keying
+    (caller's file and line), one lock. Static shared arrays only, as kernels/cuda uses."""
+    from numba.cuda.simulator import kernelapi
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            if key not in self._allocations:
+                self._allocations[key] = np.empty(shape, as_dtype(dtype))
+            return self._allocations[key]
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if simulator_enabled():
+    _serialize_simulator_shared_arrays()
+
+
+def dev(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+# --- registry ------------------------------------------------------------------------------
+
+def test_cuda_backend_has_every_op_and_activation():
+    backend = mf.get_backend("cuda")
+    assert backend.device == "cuda"
+    assert set(backend.activations) == set(ref_activations.NAMES)
+    assert set(backend.fused_activations) <= set(ref_linear.FUSED["numpy"])
+    assert "cuda" in mf.backends()
+    assert mf.get_backend("auto") is backend          # a usable (or simulated) GPU wins
+    assert isinstance(mf.to_numpy(dev(np.ones(3))), np.ndarray)
+
+
+# --- GEMM --------------------------------------------------------------------------------
+
+GEMM_SHAPES = [(1, 1, 1), (17, 19, 5), (4, 3, 0), (2, 33, 9)]   # (m, n, k)
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+
+
+def gemm_inputs(rng, m, n, k, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_matches_reference(trans_a, trans_b, dtype, rng):
+    f = gemm.VARIANTS["cuda"]
+    for m, n, k in GEMM_SHAPES:
+        a, b = gemm_inputs(rng, m, n, k, trans_a, trans_b, dtype)
+        expected = ref_gemm.gemm_ref(a, b, trans_a=trans_a, trans_b=trans_b)
+        out = f(dev(a), dev(b), trans_a=trans_a, trans_b=trans_b)
+        assert_close(out.copy_to_host(), expected, what=f"gemm {m}x{n}x{k} {trans_a} {trans_b}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_alpha_beta_and_never_reads_out_when_beta_is_zero(dtype, rng):
+    f = gemm.VARIANTS["cuda"]
+    a, b = gemm_inputs(rng, 7, 5, 6, False, True, dtype)
+    c0 = rng.standard_normal((7, 5)).astype(dtype)
+    expected = ref_gemm.gemm_ref(a, b, c0.copy(), trans_b=True, alpha=0.5, beta=-1.5)
+    out = dev(c0)
+    f(dev(a), dev(b), out, trans_b=True, alpha=0.5, beta=-1.5)
+    assert_close(out.copy_to_host(), expected, what="alpha/beta")
+    out = dev(np.full((7, 5), np.nan, dtype=dtype))
+    f(dev(a), dev(b), out, trans_b=True)
+    assert_close(out.copy_to_host(), a @ b.T, what="beta=0 over NaN")
+
+
+@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 2, 4),))
+def test_gemm_every_tile(tile, rng):
+    # the production tiles (128x128 of 8x8, 64x64 of 4x4) and an odd one, edges in m, n, k
+    a, b = gemm_inputs(rng, 9, 11, 13, True, False, np.float32)
+    out = gemm.gemm_tiled(dev(a), dev(b), None, True, False, tile=tile)
+    assert_close(out.copy_to_host(), a.T @ b, what=f"tile {tile}")
+
+
+def test_gemm_strided_views(rng):
+    big_a = rng.standard_normal((6, 20))
+    big_c = rng.standard_normal((9, 12))
+    b = rng.standard_normal((5, 7))
+    big_c_dev = dev(big_c)
+    a_view, c_view = dev(big_a)[:, 3:8], big_c_dev[1:7, 2:9]     # rows not contiguous
+    gemm.VARIANTS["cuda"](a_view, dev(b), c_view)
+    expected = big_c.copy()
+    expected[1:7, 2:9] = big_a[:, 3:8] @ b                        # nothing outside the view
+    assert_close(big_c_dev.copy_to_host(), expected)
+
+
+def test_gemm_rejects_bad_input(rng):
+    f = gemm.VARIANTS["cuda"]
+    a = dev(np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="a must be a CUDA device array"):
+        f(np.ones((3, 4), np.float32), a)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        f(a, a)
+    with pytest.raises(TypeError, match="same dtype"):
+        f(a, dev(np.ones((4, 2))))
+    with pytest.raises(ValueError, match="beta != 0"):
+        f(a, a, trans_b=True, beta=1.0)
+    square = dev(np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="must not overlap input a"):
+        f(square, square[:, :], square)
+    with pytest.raises(ValueError, match="out must have shape"):
+        f(a, a, dev(np.zeros((4, 4), np.float32)), trans_b=True)
+
+
+# --- linear: fused GEMM epilogue, bias gradient --------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_forward_every_fused_activation(dtype, rng):
+    x = rng.standard_normal((18, 7)).astype(dtype)
+    w = rng.standard_normal((5, 7)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    f = linear.VARIANTS["cuda"]["linear_forward"]
+    for activation in linear.FUSED["cuda"]:
+        expected = ref_linear.forward_ref(x.astype(np.float64), w.astype(np.float64),
+                                          b.astype(np.float64), activation)
+        y = f(dev(x), dev(w), dev(b), activation, dev(np.empty((18, 5), dtype)))
+        assert_close(y.copy_to_host(), expected, dtype=dtype, what=activation)
+    no_bias = f(dev(x), dev(w), None, "relu")
+    assert_close(no_bias.copy_to_host(), np.maximum(x.astype(np.float64) @ w.T, 0), dtype=dtype)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        f(dev(x), dev(w), dev(b), "softmax")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (37, 5), (0, 4)])
+def test_bias_grad_matches_reference(dtype, shape, rng):
+    g = rng.standard_normal(shape).astype(dtype)
+    out = linear.VARIANTS["cuda"]["bias_grad"](dev(g), dev(np.full(shape[1], 7, dtype)))
+    assert_close(out.copy_to_host(), ref_linear.bias_grad_ref(g.astype(np.float64)), dtype=dtype)
+
+
+# --- activations ---------------------------------------------------------------------------
+
+ACT_PARAMS = {"leaky_relu": {"negative_slope": 0.07}}
+
+
+def activation_input(rng, shape, dtype):
+    x = 3 * rng.standard_normal(shape)
+    x[np.abs(x) < 1e-3] = 0.5             # away from the relu kink for finite differences
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("name", ref_activations.NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_matches_reference(name, dtype, rng):
+    params = ACT_PARAMS.get(name, {})
+    ref, fast = ref_activations.REFERENCE[name], activations.VARIANTS["cuda"][name]
+    for shape in [(1, 1), (7, 23), (0, 3)]:
+        x = activation_input(rng, shape, dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        y_ref = ref.forward(x.astype(np.float64), **params)
+        x_dev = dev(x)
+        y = fast.forward(x_dev, **params)
+        assert_close(y.copy_to_host(), y_ref, dtype=dtype, what=f"{name} forward {shape}")
+        dx_ref = ref.backward(g.astype(np.float64), x.astype(np.float64), y_ref, **params)
+        g_dev = dev(g)
+        dx = fast.backward(g_dev, x_dev, y, g_dev, **params)          # in place over grad_y
+        assert_close(dx.copy_to_host(), dx_ref, dtype=dtype, what=f"{name} backward {shape}",
+                     tol={np.float32: (1e-5, 2e-4), np.float64: (1e-12, 1e-10)}[dtype])
+        fast.forward(x_dev, x_dev, **params)                          # in place over x
+        assert_close(x_dev.copy_to_host(), y_ref, dtype=dtype, what=f"{name} in place")
+
+
+@pytest.mark.parametrize("name", ref_activations.NAMES)
+def test_activation_backward_matches_finite_differences(name, rng):
+    params = ACT_PARAMS.get(name, {})
+    act = activations.VARIANTS["cuda"][name]
+    x = activation_input(rng, (2, 3), np.float64)
+    g = rng.standard_normal((2, 3))
+    numeric = numerical_grad(lambda: float((act.forward(dev(x), **params).copy_to_host()
+                                            * g).sum()), x)
+    x_dev = dev(x)
+    analytic = act.backward(dev(g), x_dev, act.forward(x_dev, **params), **params)
+    assert_close(analytic.copy_to_host(), numeric, tol=GRAD_TOL, what=name)
+
+
+def test_activation_rejects_bad_input():
+    relu = activations.VARIANTS["cuda"]["relu"]
+    with pytest.raises(TypeError, match="x must be a CUDA device array"):
+        relu.forward(np.ones((2, 2)))
+    with pytest.raises(TypeError, match="relu takes no parameters"):
+        relu.forward(dev(np.ones((2, 2))), negative_slope=0.1)
+    with pytest.raises(ValueError, match="out must have shape"):
+        relu.forward(dev(np.ones((2, 2))), dev(np.ones((2, 3))))
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (45, 10)])
+def test_softmax_cross_entropy_matches_reference(dtype, shape, rng):
+    logits = (4 * rng.standard_normal(shape)).astype(dtype)
+    logits[0] += 1e4                                   # large logits must not overflow
+    labels = rng.integers(0, shape[1], shape[0])
+    labels[-1] = logits[-1].argmax()                   # at least one correct row
+    loss_ref, grad_ref, correct_ref = ref_losses.softmax_cross_entropy_ref(
+        logits.astype(np.float64), labels)
+    fused = losses.VARIANTS["cuda"]["softmax_cross_entropy"]
+    grad_out = dev(np.full(shape, np.nan, dtype))
+    loss, grad, correct = fused(dev(logits), labels, grad_out)
+    assert grad is grad_out and correct == correct_ref
+    atol, rtol = TOL[dtype]
+    assert abs(loss - loss_ref) <= atol + rtol * abs(loss_ref)
+    assert_close(grad.copy_to_host(), grad_ref, dtype=dtype, what="grad")
+    loss_only = losses.VARIANTS["cuda"]["softmax_cross_entropy_forward"](dev(logits), labels)
+    assert abs(loss_only - loss_ref) <= atol + rtol * abs(loss_ref)
+    _, fresh, _ = fused(dev(logits), labels.astype(np.int32))
+    assert_close(fresh.copy_to_host(), grad_ref, dtype=dtype, what="grad, no grad_out")
+
+
+def test_softmax_cross_entropy_gradient_matches_finite_differences(rng):
+    logits = rng.standard_normal((3, 4))
+    labels = np.array([2, 0, 3])
+    forward = losses.VARIANTS["cuda"]["softmax_cross_entropy_forward"]
+    numeric = numerical_grad(lambda: forward(dev(logits), labels), logits)
+    _, grad, _ = losses.VARIANTS["cuda"]["softmax_cross_entropy"](dev(logits), labels)
+    assert_close(grad.copy_to_host(), numeric, tol=GRAD_TOL)
+
+
+def test_softmax_cross_entropy_rejects_bad_labels_before_writing():
+    fused = losses.VARIANTS["cuda"]["softmax_cross_entropy"]
+    logits, grad_out = dev(np.zeros((2, 3))), dev(np.full((2, 3), 5.0))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*found 3"):
+        fused(logits, np.array([0, 3]), grad_out)
+    with pytest.raises(TypeError, match="labels must be a 1-D NumPy integer array"):
+        fused(logits, np.array([0.0, 1.0]), grad_out)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        fused(logits, np.array([0]), grad_out)
+    with pytest.raises(TypeError, match="logits must be a CUDA device array"):
+        fused(np.zeros((2, 3)), np.array([0, 1]), grad_out)
+    assert (grad_out.copy_to_host() == 5.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (50, 7), (5,)])
+def test_mse_matches_reference(dtype, shape, rng):
+    pred = rng.standard_normal(shape).astype(dtype)
+    target = rng.standard_normal(shape).astype(dtype)
+    loss = losses.VARIANTS["cuda"]["mse"](dev(pred), dev(target))
+    expected = ref_losses.mse_ref(pred, target)
+    assert abs(loss - expected) <= 1e-12 + 1e-10 * expected      # float64 sums either way
+    grad = losses.VARIANTS["cuda"]["mse_backward"](dev(pred), dev(target))
+    assert_close(grad.copy_to_host(),
+                 ref_losses.mse_backward_ref(pred.astype(np.float64), target), dtype=dtype)
+
+
+def test_mse_backward_matches_finite_differences(rng):
+    pred, target = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    numeric = numerical_grad(lambda: losses.VARIANTS["cuda"]["mse"](dev(pred), dev(target)),
+                             pred)
+    grad = losses.VARIANTS["cuda"]["mse_backward"](dev(pred), dev(target))
+    assert_close(grad.copy_to_host(), numeric, tol=GRAD_TOL)
+
+
+# --- optimizers --------------------------------------------------------------------------------
+
+SGD_CASES = [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+             dict(momentum=0.5, weight_decay=0.01)]
+ADAM_CASES = [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled=True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hyper", SGD_CASES)
+def test_sgd_matches_reference_over_steps(dtype, hyper, rng):
+    for size in (1, 301):
+        param = rng.standard_normal(size).astype(dtype)
+        buf = np.zeros(size, dtype)
+        param_dev, buf_dev = dev(param), dev(buf)
+        for step in range(3):
+            grad = rng.standard_normal(size).astype(dtype)
+            kwargs = dict(lr=0.1, first_step=step == 0, **hyper)
+            ref_optim.sgd_ref(param, grad, buf, **kwargs)
+            optim.VARIANTS["cuda"]["sgd"](param_dev, dev(grad), buf_dev, **kwargs)
+        assert_close(param_dev.copy_to_host(), param, what=f"sgd {hyper} param")
+        assert_close(buf_dev.copy_to_host(), buf, what=f"sgd {hyper} momentum buffer")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hyper", ADAM_CASES)
+def test_adam_matches_reference_over_steps(dtype, hyper, rng):
+    for size in (1, 301):
+        param = rng.standard_normal(size).astype(dtype)
+        m, v = np.zeros(size, dtype), np.zeros(size, dtype)
+        on_device = [dev(param), dev(m), dev(v)]
+        for step in range(1, 4):
+            grad = rng.standard_normal(size).astype(dtype)
+            kwargs = dict(step=step, lr=0.01, **hyper)
+            ref_optim.adam_ref(param, grad, m, v, **kwargs)
+            optim.VARIANTS["cuda"]["adam"](on_device[0], dev(grad), *on_device[1:], **kwargs)
+        for actual, expected, what in zip(on_device, (param, m, v), ("param", "m", "v")):
+            assert_close(actual.copy_to_host(), expected, what=f"adam {hyper} {what}")
+
+
+def test_optimizers_reject_bad_input():
+    p = dev(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="grad must have the shape of param"):
+        optim.VARIANTS["cuda"]["sgd"](p, dev(np.zeros(3, np.float32)), None, lr=0.1)
+    with pytest.raises(TypeError, match="exp_avg must be float32"):
+        optim.VARIANTS["cuda"]["adam"](p, p, dev(np.zeros(4)), p, step=1, lr=0.1)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        optim.VARIANTS["cuda"]["adam"](p, p, p, p, step=0, lr=0.1)
+
+
+# --- gather ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src_dtype,out_dtype", [(np.float32, np.float32), (np.uint8, np.float32),
+                                                 (np.int64, np.int64), (np.float64, np.float64)])
+def test_gather_matches_reference(src_dtype, out_dtype, rng):
+    gather = data.VARIANTS["cuda"]["gather"]
+    for src_shape, index in [((11, 6), np.array([3, 3, 0, 10, 7])), ((5,), np.array([4, 1])),
+                             ((7, 2, 3), rng.integers(0, 7, 9)), ((4, 3), np.array([], int))]:
+        src = (100 * rng.random(src_shape)).astype(src_dtype)
+        expected = np.empty((len(index),) + src_shape[1:], out_dtype)
+        ref_data.gather_ref(src, index, expected)
+        out = gather(dev(src), index, dev(np.zeros_like(expected)))
+        np.testing.assert_array_equal(out.copy_to_host(), expected)
+
+
+def test_gather_rejects_bad_input():
+    gather = data.VARIANTS["cuda"]["gather"]
+    src, out = dev(np.zeros((4, 2))), dev(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\)"):
+        gather(src, np.array([0, 4]), out)
+    with pytest.raises(TypeError, match="src must be a CUDA device array"):
+        gather(np.zeros((4, 2)), np.array([0, 1]), out)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 2\)"):
+        gather(src, np.array([0, 1, 2]), out)
+    with pytest.raises(ValueError, match="out must not overlap src"):
+        gather(src, np.array([0, 1]), src[:2])
+
+
+# --- the engine on "cuda" against "numpy" -------------------------------------------------------
+
+def train_a_few_steps(backend, loss_fn, optimizer, y):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 12)).astype(np.float32)
+    model = mf.MLP([12, 9, 5], activation="tanh", backend=backend, seed=1)
+    opt = optimizer(model.parameters())
+    history = mf.fit(model, opt, loss_fn, x, y, epochs=2, batch_size=16, seed=3, progress=False,
+                     val=(x[:9], y[:9]))
+    return model, opt, history, x
+
+
+@pytest.mark.parametrize("loss,optimizer", [
+    ("cross_entropy", lambda params: mf.optim.Adam(params, lr=1e-2, weight_decay=1e-3)),
+    ("mse", lambda params: mf.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True)),
+])
+def test_training_on_cuda_matches_numpy(loss, optimizer):
+    rng = np.random.default_rng(0)
+    if loss == "cross_entropy":
+        y, make_loss = rng.integers(0, 5, 40), mf.CrossEntropyLoss
+    else:
+        y, make_loss = rng.standard_normal((40, 5)).astype(np.float32), mf.MSELoss
+    runs = {name: train_a_few_steps(name, make_loss(), optimizer, y) for name in ("numpy", "cuda")}
+    (ref_model, ref_opt, ref_hist, x), (model, opt, hist, _) = runs["numpy"], runs["cuda"]
+    tol = (1e-5, 1e-4)
+    for key in ("loss", "val_loss"):
+        assert_close(hist[key], ref_hist[key], tol=tol, what=f"epoch {key}")
+    state, ref_state = model.state_dict(), ref_model.state_dict()
+    for key in ref_state:
+        assert isinstance(state[key], np.ndarray)
+        assert_close(state[key], ref_state[key], tol=tol, what=key)
+    for key, value in ref_opt.state_dict()["state"].items():
+        assert_close(opt.state_dict()["state"][key], value, tol=tol, what=key)
+    restored = optimizer(model.parameters())
+    restored.load_state_dict(opt.state_dict())                    # host arrays -> device
+    for key, value in opt.state_dict()["state"].items():
+        np.testing.assert_array_equal(restored.state_dict()["state"][key], value)
+    assert_close(model(x[:3]), ref_model(x[:3]), tol=tol, what="model(x)")
+    assert isinstance(mf.to_numpy(model.layers[0].weight), np.ndarray)
+    if loss == "cross_entropy":
+        assert hist["train_accuracy"] == ref_hist["train_accuracy"]
+        assert mf.evaluate(model, x, y)["accuracy"] == mf.evaluate(ref_model, x, y)["accuracy"]
+
+
+def test_weights_move_between_cuda_and_numpy(tmp_path):
+    model = mf.MLP([6, 4, 3], activation="relu", backend="cuda", seed=2)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    on_numpy = mf.load(path, backend="numpy")
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    assert_close(on_numpy(x), model(x), tol=(1e-6, 1e-5))
+    on_numpy.layers[0].weight.data[...] *= 2
+    model.load_state_dict(on_numpy.state_dict())
+    assert_close(model(x), on_numpy(x), tol=(1e-6, 1e-5))
