@@ -55,7 +55,7 @@ def context_gather_ref(features, offsets, index, context, out=None):
         padded[context:context + stop - first] = features[first:stop]
         for j in range(2 * context + 1):      # window slot j holds neighbour j - K
             windows[first:stop, j] = padded[j:j + stop - first]
-    picked = windows[index].reshape(index.shape[0], -1)
+    picked = windows[index].reshape(index.shape[0], (2 * context + 1) * dims)
     if out is None:
         return picked
     out[...] = picked

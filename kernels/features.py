@@ -11,12 +11,15 @@ The pipeline for one utterance, signal (n,) at sample rate sr:
 
 Features are computed at the file's own sample rate: L, hop and n_fft (the next power
 of two >= L) follow from sr, and the mel filters span [fmin, fmax] (fmax = sr/2 unless
-given), so no resampling kernel is needed. ``make_spec`` holds these per-rate constants.
+given), so no resampling kernel is needed. ``make_spec`` holds these per-rate constants,
+and its ``warp`` moves the mel filters along a piecewise-linear frequency warp (vocal tract
+length normalization: warp > 1 reads a shorter vocal tract like a longer one).
 
 Versions:
     numpy   the references: one NumPy expression per step (np.fft.rfft, matrix products)
     numba   one fused pass per frame (prange over frames): pre-emphasis + window +
-            radix-2 FFT + power + sparse mel + log + DCT, no (T, L) frame matrix;
+            real FFT (a radix-2 complex FFT of half the size) + power + sparse mel + log +
+            DCT, no (T, L) frame matrix;
             deltas and CMVN as parallel loops
 
 ``VARIANTS[variant]`` maps op names to functions; outputs have the input's dtype
@@ -50,17 +53,32 @@ def mel_to_hz(mel):
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(sample_rate, n_fft, n_mels, fmin=0.0, fmax=None):
+def vtln_warp(hz, warp, fmax):
+    """Piecewise-linear frequency warp: w(f) = warp*f up to f_b = 0.85*fmax*min(1, 1/warp),
+    then the straight line from (f_b, warp*f_b) to (fmax, fmax); w(0) = 0, w(fmax) = fmax."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_b = 0.85 * fmax * min(1.0, 1.0 / warp)
+    upper = warp * f_b + (fmax - warp * f_b) * (hz - f_b) / (fmax - f_b)
+    return np.where(hz <= f_b, warp * hz, upper)
+
+
+def mel_filterbank(sample_rate, n_fft, n_mels, fmin=0.0, fmax=None, warp=1.0):
     """(n_mels, n_fft//2 + 1) triangular filters, edges equally spaced on the mel scale.
 
     Filter m rises from edge m to 1 at edge m+1 and falls to 0 at edge m+2, evaluated at
-    the bin frequencies k * sr / n_fft (no area normalization, peak 1).
+    the bin frequencies k * sr / n_fft (no area normalization, peak 1). ``warp`` != 1 moves
+    the edges to ``vtln_warp(edge, warp, fmax)``: with warp > 1 each filter listens higher,
+    as for a speaker with a shorter vocal tract (vocal tract length normalization).
     """
     fmax = sample_rate / 2.0 if fmax is None else float(fmax)
     if not 0.0 <= fmin < fmax <= sample_rate / 2.0:
         raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2 = {sample_rate / 2}, "
                          f"got fmin={fmin}, fmax={fmax}")
+    if not 0.5 <= warp <= 2.0:
+        raise ValueError(f"warp must lie in [0.5, 2], got {warp}")
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    if warp != 1.0:
+        edges = vtln_warp(edges, warp, fmax)
     bin_hz = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
     rising = (bin_hz - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
     falling = (edges[2:, None] - bin_hz) / (edges[2:] - edges[1:-1])[:, None]
@@ -96,7 +114,7 @@ class FeatureSpec:
     mel_first: np.ndarray      # (n_mels,) int64 first nonzero bin of each filter
     mel_stop: np.ndarray       # (n_mels,) int64 one past its last nonzero bin
     dct: np.ndarray            # (n_mfcc, n_mels) float64
-    bit_reverse: np.ndarray    # (n_fft,) int64 FFT input permutation
+    bit_reverse: np.ndarray    # (n_fft//2,) int64 input permutation of the half-size FFT
     twiddle_cos: np.ndarray    # (n_fft//2,) cos(2 pi j / n_fft)
     twiddle_sin: np.ndarray    # (n_fft//2,) sin(2 pi j / n_fft)
 
@@ -124,8 +142,9 @@ class FeatureSpec:
 
 
 def make_spec(sample_rate, n_mfcc=28, n_mels=40, window_ms=25.0, hop_ms=10.0, preemphasis=0.97,
-              fmin=0.0, fmax=None, log_floor=1e-10):
-    """FeatureSpec for ``sample_rate`` Hz: L = round(window_ms * sr / 1000), likewise hop."""
+              fmin=0.0, fmax=None, log_floor=1e-10, warp=1.0):
+    """FeatureSpec for ``sample_rate`` Hz: L = round(window_ms * sr / 1000), likewise hop;
+    ``warp``: the VTLN factor of the mel filters (see ``mel_filterbank``)."""
     for name, value in (("sample_rate", sample_rate), ("n_mfcc", n_mfcc), ("n_mels", n_mels)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -139,13 +158,13 @@ def make_spec(sample_rate, n_mfcc=28, n_mels=40, window_ms=25.0, hop_ms=10.0, pr
     if not 0.0 <= preemphasis < 1.0:
         raise ValueError(f"preemphasis must lie in [0, 1), got {preemphasis}")
     n_fft = 1 << (frame_length - 1).bit_length()
-    filters = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    filters = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, warp)
     nonzero = filters > 0.0
     mel_first = nonzero.argmax(axis=1).astype(np.int64)
     mel_stop = (filters.shape[1] - nonzero[:, ::-1].argmax(axis=1)).astype(np.int64)
-    bits = n_fft.bit_length() - 1
+    bits = n_fft.bit_length() - 2                       # log2(n_fft / 2)
     bit_reverse = np.array([int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
-                            for i in range(n_fft)], dtype=np.int64)
+                            for i in range(n_fft // 2)], dtype=np.int64)
     angles = 2.0 * np.pi * np.arange(n_fft // 2) / n_fft
     return FeatureSpec(sample_rate=int(sample_rate), frame_length=frame_length,
                        hop_length=hop_length, n_fft=n_fft, preemphasis=float(preemphasis),
@@ -250,26 +269,34 @@ def cmvn_ref(features, eps=1e-8, out=None):
 
 # --- numba: one fused pass per frame ---------------------------------------------------
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=True)
 def _frame_power_numba(x, start, coef, window, bit_reverse, cos_t, sin_t, re, im, power):
-    """power[k] = |FFT(pre-emphasized x[start:start+L] * window, zero-padded to N)[k]|^2.
+    """power[k] = |X[k]|^2, X = FFT of the pre-emphasized x[start:start+L] * window,
+    zero-padded to N = n_fft, for k = 0..N/2.
 
-    Iterative radix-2 FFT: load in bit-reversed order, then log2(N) butterfly stages;
-    stage with span h combines pairs (j, j+h) with twiddle exp(-2 pi i (j mod h) / 2h).
+    The N real samples y are packed as M = N/2 complex ones, z[m] = y[2m] + i y[2m+1],
+    and transformed by an iterative radix-2 FFT of size M (load in bit-reversed order,
+    then log2(M) butterfly stages; the stage of span h pairs (j, j+h) with twiddle
+    exp(-2 pi i j / 2h)). The even/odd split then gives, with Z[M] = Z[0]:
+        X[k] = E[k] + exp(-2 pi i k / N) O[k],
+        E[k] = (Z[k] + conj Z[M-k]) / 2,   O[k] = (Z[k] - conj Z[M-k]) / 2i
     """
-    n_fft = re.shape[0]
+    m_size = re.shape[0]
     length = window.shape[0]
-    for i in range(n_fft):
+    for i in range(m_size):
         re[i] = 0.0
         im[i] = 0.0
     for i in range(length):
         n = start + i
         y = x[n] - coef * x[n - 1] if n > 0 else x[0]
-        re[bit_reverse[i]] = y * window[i]
+        if i % 2 == 0:
+            re[bit_reverse[i // 2]] = y * window[i]
+        else:
+            im[bit_reverse[i // 2]] = y * window[i]
     half = 1
-    while half < n_fft:
-        step = n_fft // (2 * half)               # twiddle index stride at this stage
-        for block in range(0, n_fft, 2 * half):
+    while half < m_size:
+        step = m_size // half                    # twiddle index stride in the N-point table
+        for block in range(0, m_size, 2 * half):
             for j in range(half):
                 wr = cos_t[j * step]
                 wi = -sin_t[j * step]
@@ -282,20 +309,27 @@ def _frame_power_numba(x, start, coef, window, bit_reverse, cos_t, sin_t, re, im
                 re[a] += tr
                 im[a] += ti
         half *= 2
-    for k in range(power.shape[0]):
-        power[k] = re[k] * re[k] + im[k] * im[k]
+    for k in range(m_size + 1):
+        zr, zi = re[k % m_size], im[k % m_size]
+        cr, ci = re[(m_size - k) % m_size], -im[(m_size - k) % m_size]   # conj Z[M-k]
+        er, ei = 0.5 * (zr + cr), 0.5 * (zi + ci)
+        o_r, o_i = 0.5 * (zi - ci), -0.5 * (zr - cr)                      # (Z - conj) / 2i
+        wr, wi = (cos_t[k], -sin_t[k]) if k < m_size else (-1.0, 0.0)
+        xr = er + wr * o_r - wi * o_i
+        xi = ei + wr * o_i + wi * o_r
+        power[k] = xr * xr + xi * xi
 
 
 @njit(parallel=True, cache=True)
 def _frames_numba(x, hop, coef, window, bit_reverse, cos_t, sin_t, mel, mel_first, mel_stop,
                   floor, dct, stage, out):
     """stage 0: out (T, n_bins) power; 1: out (T, n_mels) log-mel; 2: out (T, n_mfcc) MFCC."""
-    n_fft = bit_reverse.shape[0]
-    n_bins = n_fft // 2 + 1
+    m_size = bit_reverse.shape[0]               # n_fft / 2
+    n_bins = m_size + 1
     n_mels = mel.shape[0]
     for t in prange(out.shape[0]):
-        re = np.empty(n_fft)
-        im = np.empty(n_fft)
+        re = np.empty(m_size)
+        im = np.empty(m_size)
         power = np.empty(n_bins)
         _frame_power_numba(x, t * hop, coef, window, bit_reverse, cos_t, sin_t, re, im, power)
         if stage == 0:
@@ -319,8 +353,9 @@ def _frames_numba(x, hop, coef, window, bit_reverse, cos_t, sin_t, mel, mel_firs
             out[t, c] = acc
 
 
-def _run_frames_numba(signal, spec, stage, width, out):
+def _run_frames_numba(signal, spec, stage, out):
     _check_signal(signal, spec)
+    width = (spec.n_bins, spec.n_mels, spec.n_mfcc)[stage]
     shape = (spec.num_frames(signal.shape[0]), width)
     check_out(out, shape, signal.dtype)
     if out is None:
@@ -332,15 +367,15 @@ def _run_frames_numba(signal, spec, stage, width, out):
 
 
 def power_spectrum_numba(signal, spec, out=None):
-    return _run_frames_numba(signal, spec, 0, spec.n_bins, out)
+    return _run_frames_numba(signal, spec, 0, out)
 
 
 def log_mel_numba(signal, spec, out=None):
-    return _run_frames_numba(signal, spec, 1, spec.n_mels, out)
+    return _run_frames_numba(signal, spec, 1, out)
 
 
 def mfcc_numba(signal, spec, out=None):
-    return _run_frames_numba(signal, spec, 2, spec.n_mfcc, out)
+    return _run_frames_numba(signal, spec, 2, out)
 
 
 @njit(cache=True)

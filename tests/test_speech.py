@@ -1,0 +1,220 @@
+"""Speech data: audio reading, .PHN parsing, frame labels, SpeechFrames, precomputed layout."""
+import numpy as np
+import pytest
+import soundfile
+
+import mlpfast as mf
+from mlpfast.data import speech
+from mlpfast.kernels import context as context_kernels
+from mlpfast.kernels import features as feature_kernels
+
+# --- .PHN parsing ---------------------------------------------------------------------
+
+
+def test_parse_phn_reads_segments_and_allows_gaps():
+    text = "0 100 h#\n\n100 250 ae\n300 400 t\n"
+    assert speech.parse_phn(text, num_samples=400) == [
+        (0, 100, "h#"), (100, 250, "ae"), (300, 400, "t")]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0 100\n", r"x.PHN:1: expected 'start_sample end_sample phone', got '0 100'"),
+    ("0 100 a\n100 200 b extra\n", r"x.PHN:2: expected 'start_sample end_sample phone'"),
+    ("0 1.5e2 a\n", r"x.PHN:1: start and end must be integer sample indices"),
+    ("0 100 a\n100 100 b\n", r"x.PHN:2: need 0 <= start < end, got start=100 end=100"),
+    ("-5 100 a\n", r"x.PHN:1: need 0 <= start < end"),
+    ("0 100 a\n\n90 200 b\n", r"x.PHN:3: segment 90-200 starts before the segment on line 1 "
+                              r"ends \(100\): overlapping or out of order"),
+    ("100 200 a\n0 50 b\n", r"x.PHN:2: .*overlapping or out of order"),
+    ("0 100 a\n100 501 b\n", r"x.PHN:2: segment ends at sample 501, past the end of the audio "
+                             r"\(500 samples\)"),
+    ("\n  \n", r"x.PHN: no segments"),
+])
+def test_parse_phn_errors_name_file_and_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        speech.parse_phn(text, num_samples=500, source="x.PHN")
+
+
+def test_frame_phones_takes_the_segment_holding_the_centre():
+    segments = [speech.Segment(0, 300, "a"), speech.Segment(300, 500, "b"),
+                speech.Segment(700, 900, "c")]
+    centres = np.array([0, 299, 300, 499, 500, 699, 700, 899, 900, 5000])
+    assert speech.frame_phones(segments, centres).tolist() == [
+        "a", "a", "b", "b", "", "", "c", "c", "", ""]
+    late = [speech.Segment(250, 300, "x")]
+    assert speech.frame_phones(late, np.array([200, 250])).tolist() == ["", "x"]
+
+
+# --- a tiny corpus on disk --------------------------------------------------------------
+
+def write_utterance(folder, name, phones, rng, sample_rate=16000, suffix=".wav", channels=1):
+    """Phones of 0.1-0.2 s each, each a tone of its own pitch plus noise; returns the path."""
+    segments, parts, start = [], [], 0
+    for phone in phones:
+        length = int(rng.integers(sample_rate // 10, sample_rate // 5))
+        pitch = 200.0 + 150.0 * (sum(map(ord, phone)) % 20)
+        t = np.arange(length) / sample_rate
+        parts.append(0.3 * np.sin(2 * np.pi * pitch * t) + 0.01 * rng.standard_normal(length))
+        segments.append(speech.Segment(start, start + length, phone))
+        start += length
+    audio = np.concatenate(parts)
+    if channels > 1:
+        audio = np.stack([audio] * channels, axis=1)
+    path = folder / f"{name}{suffix}"
+    soundfile.write(str(path), audio, sample_rate, subtype="PCM_16")
+    speech.write_phn(path.with_suffix(".PHN"), segments)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path, rng):
+    (tmp_path / "spk1").mkdir()
+    (tmp_path / "spk2").mkdir()
+    return [write_utterance(tmp_path / "spk1", "u0", ["sil", "aa", "b", "sil"], rng),
+            write_utterance(tmp_path / "spk1", "u1", ["b", "iy"], rng, suffix=".flac"),
+            write_utterance(tmp_path / "spk2", "u2", ["sil", "iy", "aa"], rng)]
+
+
+def test_read_audio_wav_flac_and_stereo(tmp_path, rng):
+    wav = write_utterance(tmp_path, "a", ["aa"], rng, suffix=".wav")
+    flac = write_utterance(tmp_path, "b", ["aa"], rng, suffix=".flac", channels=2)
+    signal, rate = speech.read_audio(wav)
+    assert signal.dtype == np.float32 and signal.ndim == 1 and rate == 16000
+    stereo, _ = speech.read_audio(flac)
+    left = soundfile.read(str(flac), dtype="float32")[0][:, 0]
+    np.testing.assert_array_equal(stereo, left)           # equal channels average to either
+    with pytest.raises(ValueError, match=r"audio file must end in one of \('.flac', '.wav'\)"):
+        speech.read_audio(tmp_path / "a.mp3")
+
+
+def test_speech_frames_matches_reference_construction(corpus):
+    data = speech.SpeechFrames(corpus, context=3, n_mfcc=13, variant="numba")
+    assert data.phones == ("aa", "b", "iy", "sil")
+    assert data.num_classes == 4 and data.feature_dim == 13 and data.num_features == 7 * 13
+    feats, labels = [], []
+    for path in corpus:                                   # rebuilt with the NumPy references
+        signal, rate = speech.read_audio(path)
+        spec = feature_kernels.make_spec(rate, n_mfcc=13)
+        f = feature_kernels.cmvn_ref(feature_kernels.mfcc_ref(signal.astype(np.float64), spec))
+        feats.append(f)
+        labels.append(speech.frame_phones(speech.read_phn(path.with_suffix(".PHN")),
+                                          spec.frame_centers(f.shape[0])))
+    all_labels = np.concatenate(labels)
+    labeled = np.flatnonzero(all_labels != "")
+    assert len(data) == labeled.size
+    offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in feats])])
+    index = np.array([0, len(data) - 1, 5, 17, 5], dtype=np.int64)
+    x = np.empty((5, data.num_features), np.float32)
+    y = np.empty(5, np.int64)
+    data.gather_batch(index, x, y)
+    expected = context_kernels.context_gather_ref(np.concatenate(feats), offsets,
+                                                  labeled[index], 3)
+    np.testing.assert_allclose(x, expected, atol=2e-4, rtol=1e-4)
+    assert [data.phones[i] for i in y] == all_labels[labeled[index]].tolist()
+
+
+def test_speech_frames_shared_phone_set_and_unknown_phones(corpus, tmp_path, rng):
+    train = speech.SpeechFrames(corpus[:2], context=1)
+    test = speech.SpeechFrames(corpus[2:], context=1, phones=train.phones)
+    assert test.phones == train.phones
+    odd = write_utterance(tmp_path, "odd", ["zh"], rng)
+    with pytest.raises(ValueError, match=r"odd.wav: phones \['zh'\] are not in the phone set"):
+        speech.SpeechFrames([odd], phones=train.phones)
+
+
+def test_speech_frames_at_another_rate_uses_that_rates_windows(tmp_path, rng):
+    path = write_utterance(tmp_path, "slow", ["aa", "b"], rng, sample_rate=8000)
+    data = speech.SpeechFrames([path], context=0)
+    signal, _ = speech.read_audio(path)
+    assert data.features.shape[0] == 1 + (signal.shape[0] - 200) // 80
+
+
+def test_speech_frames_bad_arguments(corpus, tmp_path):
+    with pytest.raises(TypeError, match="files must be a list of audio paths"):
+        speech.SpeechFrames(str(corpus[0]))
+    with pytest.raises(ValueError, match="context must be a non-negative integer"):
+        speech.SpeechFrames(corpus, context=-1)
+    with pytest.raises(ValueError, match="phones must be distinct"):
+        speech.SpeechFrames(corpus, phones=["aa", "aa", "b", "iy", "sil"])
+    lonely = tmp_path / "lonely.wav"
+    soundfile.write(str(lonely), np.zeros(800), 16000)
+    with pytest.raises(FileNotFoundError, match="no alignment for .*lonely.wav"):
+        speech.SpeechFrames([lonely])
+    data = speech.SpeechFrames(corpus, context=1, n_mfcc=13)
+    with pytest.raises(ValueError, match=r"x_out and y_out must have shapes \(2, 39\)"):
+        data.gather_batch(np.array([0, 1]), np.empty((2, 38), np.float32), np.empty(2, np.int64))
+    with pytest.raises(ValueError, match=r"index must lie in \[0, "):
+        data.gather_batch(np.array([len(data)]), np.empty((1, 39), np.float32),
+                          np.empty(1, np.int64))
+
+
+def test_feature_folder_round_trip(corpus, tmp_path):
+    data = speech.SpeechFrames(corpus, context=2, n_mfcc=13)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    assert sorted(p.name for p in (tmp_path / "feats" / "mfcc").iterdir()) == \
+        ["0.npy", "1.npy", "2.npy"]
+    again = speech.SpeechFrames.from_folder(tmp_path / "feats", context=2, normalize=False)
+    assert again.phones == data.phones and len(again) == len(data)
+    index = np.arange(len(data), dtype=np.int64)
+    x1, x2 = (np.empty((len(data), data.num_features), np.float32) for _ in range(2))
+    y1, y2 = np.empty(len(data), np.int64), np.empty(len(data), np.int64)
+    data.gather_batch(index, x1, y1)
+    again.gather_batch(index, x2, y2)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_from_arrays_integer_labels_and_errors(rng):
+    feats = [rng.standard_normal((4, 3)), rng.standard_normal((2, 3))]
+    data = speech.SpeechFrames.from_arrays(feats, [np.array([0, 1, -1, 1]), np.array([2, 0])],
+                                           context=1, phones=["a", "b", "c"])
+    assert len(data) == 5 and data.labels.tolist() == [0, 1, 1, 2, 0]
+    with pytest.raises(ValueError, match="integer labels need the phone list"):
+        speech.SpeechFrames.from_arrays(feats, [np.array([0, 1, 0, 1]), np.array([0, 0])])
+    with pytest.raises(ValueError, match=r"integer labels must lie in \[-1, 2\)"):
+        speech.SpeechFrames.from_arrays(feats, [np.array([0, 1, 0, 2]), np.array([0, 0])],
+                                        phones=["a", "b"])
+    with pytest.raises(ValueError, match=r"need one label per frame \(2\)"):
+        speech.SpeechFrames.from_arrays(feats, [np.array(["a"] * 4), np.array(["a"])])
+    with pytest.raises(ValueError, match="utterance 1: features contain NaN or inf"):
+        speech.SpeechFrames.from_arrays([feats[0], np.full((2, 3), np.nan)],
+                                        [np.array(["a"] * 4), np.array(["a"] * 2)])
+    kept = feats[0].astype(np.float32)
+    speech.SpeechFrames.from_arrays([kept], [np.array(["a"] * 4)], normalize=True)
+    np.testing.assert_array_equal(kept, feats[0].astype(np.float32))   # input left alone
+    with pytest.raises(ValueError, match="same feature count"):
+        speech.SpeechFrames.from_arrays([feats[0], np.zeros((2, 4))],
+                                        [np.array(["a"] * 4), np.array(["a"] * 2)])
+
+
+def test_split_by_utterance_holds_out_per_folder(corpus):
+    train, held = speech.split_by_utterance(corpus, 0.5, seed=1)
+    assert sorted(train + held) == sorted(corpus)
+    assert {p.parent.name for p in held} == {"spk1"}      # spk2's single file stays in train
+    with pytest.raises(ValueError, match=r"holdout must lie in \(0, 1\), got 1.0"):
+        speech.split_by_utterance(corpus, 1.0)
+
+
+def test_fit_and_evaluate_accept_speech_frames(corpus):
+    data = speech.SpeechFrames(corpus, context=2, n_mfcc=13)
+    model = mf.MLP([data.num_features, 32, data.num_classes], backend="numpy", seed=0)
+    optimizer = mf.optim.Adam(model.parameters(), lr=3e-3)
+    history = mf.fit(model, optimizer, mf.CrossEntropyLoss(), data, epochs=15, batch_size=32,
+                     seed=0, progress=False)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    result = mf.evaluate(model, data)
+    assert result["n"] == len(data) and result["accuracy"] > 0.9
+    assert result["confusion_matrix"].sum() == len(data)
+
+
+def test_speech_frames_warps_read_each_utterance_once_per_warp(corpus):
+    plain = speech.SpeechFrames(corpus, context=1, n_mfcc=13)
+    warped = speech.SpeechFrames(corpus, context=1, n_mfcc=13, warp=1.1)
+    both = speech.SpeechFrames(corpus, context=1, n_mfcc=13, warp=[1.0, 1.1])
+    assert len(both) == 2 * len(plain) and both.num_utterances == 6
+    assert both.names[:2] == [f"{corpus[0]} (warp 1)", f"{corpus[0]} (warp 1.1)"]
+    first = slice(0, int(plain.offsets[1]))
+    np.testing.assert_array_equal(both.features[first], plain.features[first])
+    second = slice(int(both.offsets[1]), int(both.offsets[2]))
+    np.testing.assert_array_equal(both.features[second], warped.features[first])
+    assert not np.allclose(warped.features, plain.features, atol=1e-2)

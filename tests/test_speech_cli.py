@@ -1,0 +1,70 @@
+"""`mlpfast train speech` and `mlpfast data synth-speech` end to end on tiny corpora."""
+import pytest
+from test_speech import write_utterance
+
+from mlpfast import cli
+from mlpfast.data import speech
+
+
+@pytest.fixture
+def corpus(tmp_path, rng):
+    for speaker in ("spk1", "spk2"):
+        (tmp_path / speaker).mkdir()
+        for i in range(3):
+            write_utterance(tmp_path / speaker, f"u{i}", ["sil", "aa", "b", "iy", "sil"], rng)
+    (tmp_path / "new").mkdir()
+    write_utterance(tmp_path / "new", "v0", ["sil", "b", "aa"], rng)
+    (tmp_path / "phones.txt").write_text("aa\nb\niy\nsil\nzh\n")
+    return tmp_path
+
+
+def test_train_speech_reports_held_out_test_and_confusions(corpus, capsys):
+    rc = cli.main(["train", "speech", str(corpus / "spk1"), str(corpus / "spk2"),
+                   "--context", "2", "--hidden", "16", "--epochs", "2", "--holdout", "0.34",
+                   "--test", str(corpus / "new"), "--vtln", "--backend", "numpy",
+                   "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "5 phones" in out                              # phones.txt of the corpus root
+    assert "held-out utterances: frame accuracy" in out
+    assert "of 2 utterances" in out and "of 1 utterances" in out
+    assert "per-phone accuracy (frames): aa " in out
+    assert "most confused (true -> predicted: frames)" in out
+    assert "audio s per wall s" in out and "frames/s (median over epochs)" in out
+    assert "VTLN new: warp " in out and " chosen by mean confidence (0.80:" in out
+    assert "test with VTLN: frame accuracy" in out
+
+
+def test_train_speech_on_precomputed_features(corpus, tmp_path, capsys):
+    data = speech.SpeechFrames(speech.find_audio([corpus / "spk1"]), context=0)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    rc = cli.main(["train", "speech", str(tmp_path / "feats"), "--context", "1", "--hidden", "8",
+                   "--epochs", "1", "--holdout", "0.34", "--backend", "numpy", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 utterances), " in out and "held-out utterances: frame accuracy" in out
+
+
+def test_train_speech_with_training_warps(corpus, capsys):
+    rc = cli.main(["train", "speech", str(corpus / "spk1"), "--context", "1", "--hidden", "8",
+                   "--epochs", "1", "--holdout", "0.34", "--train-warps", "0.9,1.1",
+                   "--backend", "numpy", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "(4 utterances), " in out                     # 2 training files x 2 warps
+    with pytest.raises(SystemExit):
+        cli.main(["train", "speech", str(corpus), "--train-warps", "0.9,3"])
+    assert "warp factors must lie in [0.5, 2], got '0.9,3'" in capsys.readouterr().err
+
+
+def test_train_speech_errors_are_reported(tmp_path, capsys):
+    rc = cli.main(["train", "speech", str(tmp_path), "--backend", "numpy"])
+    assert rc == 1
+    assert "no .flac or .wav files under" in capsys.readouterr().err
+
+
+def test_synth_speech_without_festival_says_how_to_install(monkeypatch, tmp_path, capsys):
+    from mlpfast.data import synth
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    assert cli.main(["data", "synth-speech", str(tmp_path), "--utterances", "1"]) == 1
+    assert "apt-get install festival" in capsys.readouterr().err
