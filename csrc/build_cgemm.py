@@ -5,8 +5,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-ffibuilder = FFI()
-ffibuilder.cdef("""
+CDEF = """
 int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                float beta, float *c, int64_t ldc, const float *bias, int act);
@@ -16,14 +15,43 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 const char *mlpf_kernel_name(void);
-""")
-ffibuilder.set_source(
-    "mlpfast._cgemm",
-    '#include "gemm.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "gemm.c"))],
-    include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O3"],
-)
+int mlpf_set_kernel(const char *name);
+"""
+
+# gemm.c: checks, dispatch, packing, blocking; threadpool.c: the pthread pool; one file per
+# micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
+# runs on any x86-64 and picks its kernel at run time; elsewhere only the portable one.
+SOURCES = ["gemm.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c", "kernel_portable.c"]
+
+
+def make_builder(module_name="mlpfast._cgemm", define_macros=()):
+    """The cffi builder of the C GEMM; define_macros=[("MLPF_PORTABLE_ONLY", "1")] builds it
+    as on a non-x86 CPU (the tests use that)."""
+    builder = FFI()
+    builder.cdef(CDEF)
+    builder.set_source(
+        module_name,
+        '#include "gemm.h"',
+        sources=[os.path.join(HERE, name) for name in SOURCES],
+        include_dirs=[HERE],
+        define_macros=list(define_macros),
+        extra_compile_args=["-O3", "-std=gnu11", "-pthread"],
+        extra_link_args=["-pthread"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # Rebuilds mlpfast/_cgemm.abi3.so in place (the file `pip install -e .` makes; a
+    # version-tagged .so would shadow it on import). Built aside and renamed over the old
+    # one, so processes that have the old library loaded keep running.
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as build_dir:
+        built = ffibuilder.compile(tmpdir=build_dir, verbose=True, target="_cgemm.abi3.so")
+        final = os.path.join(os.path.dirname(HERE), "mlpfast", "_cgemm.abi3.so")
+        shutil.copy(built, final + ".new")
+        os.replace(final + ".new", final)

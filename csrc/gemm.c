@@ -1,40 +1,526 @@
-/* Plain, correct reference GEMM behind the final C API (see gemm.h).
- * Loop order i-p-j keeps the innermost loop unit-stride over rows of op(B) and C.
- * The fast, blocked and threaded version replaces this file's internals. */
+/* mlpfast C GEMM: argument checks, kernel dispatch, packing, cache blocking and threads
+ * around the micro-kernels (API in gemm.h, kernel contract in gemm_kernels.h).
+ *
+ * Single precision, as in BLIS (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
+ * Instantiating BLAS Functionality"), for row-major C (m x n) = op(A) (m x k) op(B) (k x n):
+ *
+ *   for ic in m by mc:                 A block   op(A)[ic:ic+mc, pc:pc+kc] packed -> L3
+ *     for pc in k by kc:
+ *       for jc in n by nc:             B block   op(B)[pc:pc+kc, jc:jc+nc] packed -> L2
+ *         for ir in mc by MR:          A micro-panel MR x kc stays in L1
+ *           for jr in nc by NR:        B micro-panel kc x NR streams from L2
+ *             micro-kernel: C[ic+ir : +MR, jc+jr : +NR] (+)= A panel . B panel
+ *
+ * This is BLIS's loop nest with the roles of A and B swapped, because C is row-major:
+ * the vector operand of the kernel is B (rows of C are contiguous) and the broadcast
+ * operand is A. Packing copies each micro-panel into the contiguous, 64-byte aligned,
+ * zero-padded order in which the kernel reads it, so all four transpose cases and any
+ * row strides reduce to the same kernel. The first kc block applies beta (and never reads
+ * C when beta == 0); the last applies bias and activation while the tile is in registers.
+ * Tiles cut by the matrix edge are computed into a scratch tile and copied.
+ *
+ * Threads split C into a grid of gm x gn blocks, one per thread, each running the loop
+ * nest above on its own packing buffers; the grid is chosen to minimize re-packing (every
+ * thread of a grid column packs the same B rows, every thread of a grid row the same A).
+ * When that grid splits only columns (gm = 1, the usual case in an MLP), the threads take
+ * column chunks from a shared counter instead (sgemm_shared), so that on a busy machine a
+ * descheduled thread does not hold up the whole call.
+ *
+ * Double precision is the plain loop (correct, threaded over rows, not tuned): mlpfast
+ * uses float64 for checking.
+ */
 #include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include "gemm.h"
+#include "gemm_kernels.h"
+#include "threadpool.h"
 
-static int num_threads = 1;
+/* --- threads and kernel selection --------------------------------------------------- */
 
-void mlpf_set_num_threads(int n) { num_threads = n < 1 ? 1 : n; }
-int mlpf_get_num_threads(void) { return num_threads; }
-const char *mlpf_kernel_name(void) { return "gemm_portable_naive"; }
+static atomic_int num_threads = 1;
 
-#define DEFINE_GEMM(NAME, T)                                                            \
-int NAME(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,                    \
-         T alpha, const T *a, int64_t lda, const T *b, int64_t ldb,                    \
-         T beta, T *c, int64_t ldc, const T *bias, int act)                            \
-{                                                                                       \
-    if (m < 0 || n < 0 || k < 0) return MLPF_ERR_SHAPE;                                 \
-    if (act != MLPF_ACT_IDENTITY && act != MLPF_ACT_RELU) return MLPF_ERR_ACT;          \
-    if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n) return MLPF_ERR_STRIDE; \
-    for (int64_t i = 0; i < m; i++) {                                                   \
-        T *c_row = c + i * ldc;                                                         \
-        /* c_row = beta * c_row  (never read when beta == 0) */                         \
-        for (int64_t j = 0; j < n; j++) c_row[j] = beta == 0 ? (T)0 : beta * c_row[j];  \
-        for (int64_t p = 0; p < k; p++) {                                               \
-            T a_ip = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);               \
-            if (trans_b) { for (int64_t j = 0; j < n; j++) c_row[j] += a_ip * b[j * ldb + p]; } \
-            else { const T *b_row = b + p * ldb;                                        \
-                   for (int64_t j = 0; j < n; j++) c_row[j] += a_ip * b_row[j]; }       \
-        }                                                                               \
-        for (int64_t j = 0; j < n; j++) {                                               \
-            T v = c_row[j] + (bias ? bias[j] : (T)0);                                   \
-            c_row[j] = (act == MLPF_ACT_RELU && v < 0) ? (T)0 : v;                      \
-        }                                                                               \
-    }                                                                                   \
-    return MLPF_OK;                                                                     \
+void mlpf_set_num_threads(int n) { atomic_store(&num_threads, n < 1 ? 1 : n); }
+int mlpf_get_num_threads(void) { return atomic_load(&num_threads); }
+
+static const mlpf_sgemm_config *const all_configs[] = {   /* best first */
+#ifdef MLPF_X86
+    &mlpf_sgemm_avx512_config, &mlpf_sgemm_avx2_config,
+#endif
+    &mlpf_sgemm_portable_config,
+};
+enum { NUM_CONFIGS = sizeof all_configs / sizeof all_configs[0] };
+static const char *const config_families[] = {
+#ifdef MLPF_X86
+    "avx512", "avx2",
+#endif
+    "portable",
+};
+
+static _Atomic(const mlpf_sgemm_config *) active_config;
+
+static const mlpf_sgemm_config *best_config(void)
+{
+    for (int i = 0; i < NUM_CONFIGS; i++)
+        if (all_configs[i]->supported()) return all_configs[i];
+    return &mlpf_sgemm_portable_config;
 }
 
-DEFINE_GEMM(mlpf_sgemm, float)
-DEFINE_GEMM(mlpf_dgemm, double)
+static const mlpf_sgemm_config *sgemm_config(void)
+{
+    const mlpf_sgemm_config *cfg = atomic_load(&active_config);
+    if (!cfg) {
+        cfg = best_config();
+        atomic_store(&active_config, cfg);
+    }
+    return cfg;
+}
+
+const char *mlpf_kernel_name(void) { return sgemm_config()->name; }
+
+int mlpf_set_kernel(const char *name)
+{
+    if (!name) return MLPF_ERR_KERNEL;
+    if (strcmp(name, "auto") == 0) {
+        atomic_store(&active_config, best_config());
+        return MLPF_OK;
+    }
+    for (int i = 0; i < NUM_CONFIGS; i++) {
+        if (strcmp(name, config_families[i]) == 0 || strcmp(name, all_configs[i]->name) == 0) {
+            if (!all_configs[i]->supported()) return MLPF_ERR_KERNEL;
+            atomic_store(&active_config, all_configs[i]);
+            return MLPF_OK;
+        }
+    }
+    return MLPF_ERR_KERNEL;
+}
+
+/* --- argument checks and the trivial cases ------------------------------------------ */
+
+#define CHECK_ARGS(T)                                                                     \
+    if (m < 0 || n < 0 || k < 0) return MLPF_ERR_SHAPE;                                   \
+    if (act != MLPF_ACT_IDENTITY && act != MLPF_ACT_RELU) return MLPF_ERR_ACT;            \
+    if (lda < imax(1, trans_a ? m : k) || ldb < imax(1, trans_b ? k : n) || ldc < imax(1, n)) \
+        return MLPF_ERR_STRIDE;                                                           \
+    if ((m && n && !c) || (m && n && k && alpha != (T)0 && (!a || !b)))                   \
+        return MLPF_ERR_NULL;
+
+static int64_t imax(int64_t x, int64_t y) { return x > y ? x : y; }
+static int64_t imin(int64_t x, int64_t y) { return x < y ? x : y; }
+static int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+/* Length of the blocks that split `total` into the fewest blocks of at most `max_block`,
+ * as even as possible, rounded up to `multiple` (for m and n: cache capacity). */
+static int64_t block_len(int64_t total, int64_t max_block, int64_t multiple)
+{
+    int64_t blocks = (total + max_block - 1) / max_block;
+    if (blocks < 1) blocks = 1;
+    return round_up((total + blocks - 1) / blocks, multiple);
+}
+
+/* Depth of the k blocks: the even split nearest to `target` (k = 784 with kc = 384 gives
+ * 392 + 392 rather than 384 + 384 + 16; a short last block would cost a C tile
+ * load/store for few FMAs). */
+static int64_t depth_block_len(int64_t k, int64_t target)
+{
+    int64_t blocks = (k + target / 2) / target;
+    if (blocks < 1) blocks = 1;
+    return round_up((k + blocks - 1) / blocks, 8);
+}
+
+/* C = act(beta C + bias) when the product vanishes (k == 0 or alpha == 0). */
+#define DEFINE_SCALE(NAME, T)                                                             \
+static void NAME(int64_t m, int64_t n, T beta, T *c, int64_t ldc, const T *bias, int act) \
+{                                                                                         \
+    for (int64_t i = 0; i < m; i++)                                                       \
+        for (int64_t j = 0; j < n; j++) {                                                 \
+            T v = beta == 0 ? (T)0 : beta * c[i * ldc + j];                               \
+            if (bias) v += bias[j];                                                       \
+            if (act == MLPF_ACT_RELU && v < 0) v = 0;                                     \
+            c[i * ldc + j] = v;                                                           \
+        }                                                                                 \
+}
+DEFINE_SCALE(sscale, float)
+DEFINE_SCALE(dscale, double)
+
+/* --- packing (portable versions; a config may bring faster ones) --------------------- */
+
+/* dst[p*R + r] = src[r*ld + p] for r < rows, 0 for rows <= r < R: rows of src run along p. */
+static void pack_rows_portable(int R, int64_t kc, int64_t rows, const float *src, int64_t ld,
+                               float *dst)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = src + r * ld;
+        for (int64_t p = 0; p < kc; p++) dst[p * R + r] = s[p];
+    }
+    for (int64_t r = rows; r < R; r++)
+        for (int64_t p = 0; p < kc; p++) dst[p * R + r] = 0.0f;
+}
+
+/* dst[p*R + r] = src[p*ld + r] for r < rows, 0 for rows <= r < R: rows of src run along r. */
+static void pack_cols_portable(int R, int64_t kc, int64_t rows, const float *src, int64_t ld,
+                               float *dst)
+{
+    for (int64_t p = 0; p < kc; p++) {
+        const float *s = src + p * ld;
+        float *d = dst + p * R;
+        for (int64_t r = 0; r < rows; r++) d[r] = s[r];
+        for (int64_t r = rows; r < R; r++) d[r] = 0.0f;
+    }
+}
+
+/* --- single precision ----------------------------------------------------------------- */
+
+typedef struct {
+    const mlpf_sgemm_config *cfg;
+    int trans_a, trans_b;
+    int64_t m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    int64_t lda, ldb;
+    float *c;
+    int64_t ldc;
+    const float *bias;
+    int relu;
+    int64_t kc;                      /* depth of every k block but maybe the last */
+    char *workspace;                 /* per thread: A block(s), then B block */
+    size_t a_block_bytes, thread_bytes;
+    int64_t chunk_n, chunks;         /* column chunks of the shared schedule, or 0 */
+    atomic_long next_item;           /* the next (A block, column chunk) to take */
+} sgemm_call;
+
+/* Packs op(A)[i0 : i0+rows, p0 : p0+kc] into MR-row micro-panels of kc x MR. */
+static void pack_a_block(const sgemm_call *g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
+                         float *dst)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int MR = cfg->mr;
+    for (int64_t ir = 0; ir < rows; ir += MR, dst += MR * kc) {
+        int64_t panel_rows = imin(MR, rows - ir);
+        if (!g->trans_a) {           /* op(A)[i][p] = a[i*lda + p] */
+            const float *src = g->a + (i0 + ir) * g->lda + p0;
+            if (cfg->pack_a_rows) cfg->pack_a_rows(kc, panel_rows, src, g->lda, dst);
+            else pack_rows_portable(MR, kc, panel_rows, src, g->lda, dst);
+        } else {                     /* op(A)[i][p] = a[p*lda + i] */
+            const float *src = g->a + p0 * g->lda + i0 + ir;
+            if (cfg->pack_a_cols) cfg->pack_a_cols(kc, panel_rows, src, g->lda, dst);
+            else pack_cols_portable(MR, kc, panel_rows, src, g->lda, dst);
+        }
+    }
+}
+
+/* Packs op(B)[p0 : p0+kc, j0 : j0+cols] into NR-column micro-panels of kc x NR. */
+static void pack_b_block(const sgemm_call *g, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
+                         float *dst)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int NR = cfg->nr;
+    for (int64_t jr = 0; jr < cols; jr += NR, dst += NR * kc) {
+        int64_t panel_cols = imin(NR, cols - jr);
+        if (!g->trans_b) {           /* op(B)[p][j] = b[p*ldb + j] */
+            const float *src = g->b + p0 * g->ldb + j0 + jr;
+            if (cfg->pack_b_cols) cfg->pack_b_cols(kc, panel_cols, src, g->ldb, dst);
+            else pack_cols_portable(NR, kc, panel_cols, src, g->ldb, dst);
+        } else {                     /* op(B)[p][j] = b[j*ldb + p] */
+            const float *src = g->b + (j0 + jr) * g->ldb + p0;
+            if (cfg->pack_b_rows) cfg->pack_b_rows(kc, panel_cols, src, g->ldb, dst);
+            else pack_rows_portable(NR, kc, panel_cols, src, g->ldb, dst);
+        }
+    }
+}
+
+/* A tile cut by the edge of C: the kernel writes alpha A.B into a scratch tile, and the
+ * epilogue is applied here to the rows x cols that exist. */
+static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_panel,
+                      const float *b_panel, float *c, int64_t ldc, int64_t rows, int64_t cols,
+                      const mlpf_tile_epilogue *ep)
+{
+    float scratch[MLPF_MAX_MR * MLPF_MAX_NR] __attribute__((aligned(64)));
+    const mlpf_tile_epilogue product_only = {ep->alpha, 0.0f, NULL, 0};
+    cfg->ukernel(kc, a_panel, b_panel, scratch, cfg->nr, &product_only);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            float v = scratch[i * cfg->nr + j];
+            if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
+            if (ep->bias) v += ep->bias[j];
+            if (ep->relu && v < 0.0f) v = 0.0f;
+            c[i * ldc + j] = v;
+        }
+}
+
+/* The two inner loops: C[ic : ic+mcb, jc : jc+ncb] (+)= the packed A block (mcb x kcb)
+ * times the packed B block (kcb x ncb), for the k block at depth pc. */
+static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_t pc,
+                            int64_t kcb, int64_t jc, int64_t ncb, const float *a_buf,
+                            const float *b_buf)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int MR = cfg->mr, NR = cfg->nr;
+    const int last = pc + kcb == g->k;
+    mlpf_tile_epilogue ep = {
+        .alpha = g->alpha,
+        .beta = pc == 0 ? g->beta : 1.0f,          /* later k blocks accumulate */
+        .relu = last && g->relu,
+    };
+    for (int64_t ir = 0; ir < mcb; ir += MR) {
+        const float *a_panel = a_buf + ir * kcb;
+        for (int64_t jr = 0; jr < ncb; jr += NR) {
+            const float *b_panel = b_buf + jr * kcb;
+            float *c_tile = g->c + (ic + ir) * g->ldc + jc + jr;
+            ep.bias = last && g->bias ? g->bias + jc + jr : NULL;
+            int64_t rows = imin(MR, mcb - ir), cols = imin(NR, ncb - jr);
+            if (rows == MR && cols == NR)
+                cfg->ukernel(kcb, a_panel, b_panel, c_tile, g->ldc, &ep);
+            else
+                edge_tile(cfg, kcb, a_panel, b_panel, c_tile, g->ldc, rows, cols, &ep);
+        }
+    }
+}
+
+/* The loop nest of the file comment over the block C[m0:m1, n0:n1]. */
+static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                        float *a_buf, float *b_buf)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int64_t mc = block_len(m1 - m0, cfg->mc, cfg->mr);
+    const int64_t nc = block_len(n1 - n0, cfg->nc, cfg->nr);
+    for (int64_t ic = m0; ic < m1; ic += mc) {
+        const int64_t mcb = imin(mc, m1 - ic);
+        for (int64_t pc = 0; pc < g->k; pc += g->kc) {
+            const int64_t kcb = imin(g->kc, g->k - pc);
+            pack_a_block(g, ic, mcb, pc, kcb, a_buf);
+            for (int64_t jc = n0; jc < n1; jc += nc) {
+                const int64_t ncb = imin(nc, n1 - jc);
+                pack_b_block(g, pc, kcb, jc, ncb, b_buf);
+                multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_buf, b_buf);
+            }
+        }
+    }
+}
+
+/* The shared schedule: threads take (A block, column chunk) items from a counter, so a
+ * thread that the OS deschedules (on a machine busy with other work) leaves its share to
+ * the others instead of holding up the call. Each thread packs the A block of all k
+ * blocks once (a_full: the k block at depth pc starts at pc * round_up(mcb, MR)); per
+ * chunk it packs only that chunk's B, so nothing is packed twice that a static split
+ * into columns would not pack twice too. */
+static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int64_t mc = block_len(g->m, cfg->mc, cfg->mr);
+    const int64_t items = (g->m + mc - 1) / mc * g->chunks;
+    int64_t packed = -1;                           /* the A block now in a_full */
+    for (int64_t item; (item = atomic_fetch_add(&g->next_item, 1)) < items;) {
+        const int64_t block = item / g->chunks, ic = block * mc, mcb = imin(mc, g->m - ic);
+        const int64_t jc = item % g->chunks * g->chunk_n, ncb = imin(g->chunk_n, g->n - jc);
+        const int64_t mcb_padded = round_up(mcb, cfg->mr);
+        if (block != packed) {
+            for (int64_t pc = 0; pc < g->k; pc += g->kc)
+                pack_a_block(g, ic, mcb, pc, imin(g->kc, g->k - pc), a_full + pc * mcb_padded);
+            packed = block;
+        }
+        for (int64_t pc = 0; pc < g->k; pc += g->kc) {
+            const int64_t kcb = imin(g->kc, g->k - pc);
+            pack_b_block(g, pc, kcb, jc, ncb, b_buf);
+            multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_full + pc * mcb_padded, b_buf);
+        }
+    }
+}
+
+/* The gm x gn thread grid (gm * gn <= threads) that re-packs the least: each extra grid
+ * column re-packs A (m x k), each extra grid row re-packs B (k x n). */
+static void choose_grid(int threads, int64_t m, int64_t n, int64_t k, int mr, int nr,
+                        int *gm, int *gn)
+{
+    const int64_t m_tiles = (m + mr - 1) / mr, n_tiles = (n + nr - 1) / nr;
+    *gm = *gn = 1;
+    for (int t = threads; t > 1; t--) {
+        double best = -1;
+        for (int rows = 1; rows <= t; rows++) {
+            if (t % rows || rows > m_tiles || t / rows > n_tiles) continue;
+            int cols = t / rows;
+            double repack = (double)(cols - 1) * m * k + (double)(rows - 1) * k * n;
+            if (best < 0 || repack < best) {
+                best = repack;
+                *gm = rows;
+                *gn = cols;
+            }
+        }
+        if (best >= 0) return;
+    }
+}
+
+/* Splits `tiles` tiles of `tile` elements (total `len`) into `parts`; the start of `part`. */
+static int64_t split(int64_t len, int tile, int parts, int part)
+{
+    int64_t tiles = (len + tile - 1) / tile;
+    return imin(len, tiles * part / parts * tile);
+}
+
+static void sgemm_task(void *arg, int index, int threads)
+{
+    sgemm_call *g = arg;
+    if (g->chunks) {
+        char *mine = g->workspace + index * g->thread_bytes;
+        sgemm_shared(g, (float *)mine, (float *)(mine + g->a_block_bytes));
+        return;
+    }
+    int gm, gn;
+    choose_grid(threads, g->m, g->n, g->k, g->cfg->mr, g->cfg->nr, &gm, &gn);
+    if (index >= gm * gn) return;
+    int row = index / gn, col = index % gn;
+    char *mine = g->workspace + index * g->thread_bytes;
+    sgemm_block(g, split(g->m, g->cfg->mr, gm, row), split(g->m, g->cfg->mr, gm, row + 1),
+                split(g->n, g->cfg->nr, gn, col), split(g->n, g->cfg->nr, gn, col + 1),
+                (float *)mine, (float *)(mine + g->a_block_bytes));
+}
+
+/* Packing buffers: one workspace kept between calls (grown as needed, on huge pages
+ * where the kernel offers them); a caller that finds it in use gets a fresh one. */
+static struct {
+    pthread_mutex_t lock;
+    void *memory;
+    size_t bytes;
+} workspace_cache = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+
+enum { HUGE_PAGE = 2 << 20 };
+
+static void *workspace_alloc(size_t bytes)
+{
+    void *memory = NULL;
+    if (posix_memalign(&memory, HUGE_PAGE, bytes)) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(memory, bytes, MADV_HUGEPAGE);
+#endif
+    return memory;
+}
+
+static void *workspace_acquire(size_t bytes, int *cached)
+{
+    bytes = (size_t)round_up((int64_t)bytes, HUGE_PAGE);
+    *cached = pthread_mutex_trylock(&workspace_cache.lock) == 0;
+    if (!*cached) return workspace_alloc(bytes);
+    if (workspace_cache.bytes < bytes) {
+        free(workspace_cache.memory);
+        workspace_cache.memory = workspace_alloc(bytes);
+        workspace_cache.bytes = workspace_cache.memory ? bytes : 0;
+    }
+    if (!workspace_cache.memory) {
+        pthread_mutex_unlock(&workspace_cache.lock);
+        *cached = 0;
+    }
+    return workspace_cache.memory;
+}
+
+static void workspace_release(void *memory, int cached)
+{
+    if (cached) pthread_mutex_unlock(&workspace_cache.lock);
+    else free(memory);
+}
+
+/* The shared schedule keeps op(A) packed for all of k per thread up to this size, and
+ * takes small chunks while it stays within half of an L2 of 2 MiB. */
+static const int64_t MAX_SHARED_A_BYTES = 32 << 20, SHARED_A_L2_BYTES = 1 << 20;
+
+/* Below 2^22 multiply-adds (about 160^3, 20-40 us on one core) waking a second thread
+ * (tens of us when it sleeps) costs more than it saves. */
+static const double MIN_PARALLEL_FMAS = 4194304.0;
+
+int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+               float beta, float *c, int64_t ldc, const float *bias, int act)
+{
+    CHECK_ARGS(float)
+    if (m == 0 || n == 0) return MLPF_OK;
+    if (k == 0 || alpha == 0.0f) {
+        sscale(m, n, beta, c, ldc, bias, act);
+        return MLPF_OK;
+    }
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    sgemm_call g = {
+        .cfg = cfg, .trans_a = trans_a != 0, .trans_b = trans_b != 0, .m = m, .n = n, .k = k,
+        .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda, .ldb = ldb, .c = c,
+        .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU,
+        .kc = depth_block_len(k, cfg->kc),
+    };
+    int threads = (double)m * n * k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
+    const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
+    int gm, gn;
+    choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);
+    if (threads > 1 && gm == 1 && m_block * k * 4 <= MAX_SHARED_A_BYTES) {
+        /* columns split among the threads: take them from the shared schedule in chunks,
+         * so that a late thread's share can move. Every chunk reads the whole packed A
+         * again: 4 chunks per thread while it stays in L2, 2 when it comes from L3. */
+        const int64_t per_thread = m_block * k * 4 <= SHARED_A_L2_BYTES ? 4 : 2;
+        const int64_t chunks = per_thread * threads;
+        g.chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
+                         round_up(imin(n, cfg->nc), cfg->nr));
+        g.chunks = (n + g.chunk_n - 1) / g.chunk_n;
+        atomic_init(&g.next_item, 0);
+    }
+    /* Per thread: the largest A block(s) and B block any thread's share can need. */
+    g.a_block_bytes = (size_t)round_up(m_block * (g.chunks ? k : g.kc) * 4, 4096);
+    g.thread_bytes = g.a_block_bytes +
+                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g.kc * 4, 4096);
+    int cached;
+    g.workspace = workspace_acquire(g.thread_bytes * threads, &cached);
+    if (!g.workspace) return MLPF_ERR_NOMEM;
+    mlpf_pool_run(threads, sgemm_task, &g);
+    workspace_release(g.workspace, cached);
+    return MLPF_OK;
+}
+
+/* --- double precision: the plain loop, threaded over rows of C ------------------------ */
+
+typedef struct {
+    int trans_a, trans_b;
+    int64_t m, n, k;
+    double alpha, beta;
+    const double *a, *b;
+    int64_t lda, ldb;
+    double *c;
+    int64_t ldc;
+    const double *bias;
+    int act;
+} dgemm_call;
+
+/* Rows i of C in this thread's share, loop i-p-j: unit stride over op(B) rows and C. */
+static void dgemm_task(void *arg, int index, int threads)
+{
+    const dgemm_call *g = arg;
+    for (int64_t i = split(g->m, 1, threads, index); i < split(g->m, 1, threads, index + 1); i++) {
+        double *c_row = g->c + i * g->ldc;
+        for (int64_t j = 0; j < g->n; j++) c_row[j] = g->beta == 0 ? 0.0 : g->beta * c_row[j];
+        for (int64_t p = 0; p < g->k; p++) {
+            double a_ip = g->alpha * (g->trans_a ? g->a[p * g->lda + i] : g->a[i * g->lda + p]);
+            if (g->trans_b) {
+                for (int64_t j = 0; j < g->n; j++) c_row[j] += a_ip * g->b[j * g->ldb + p];
+            } else {
+                const double *b_row = g->b + p * g->ldb;
+                for (int64_t j = 0; j < g->n; j++) c_row[j] += a_ip * b_row[j];
+            }
+        }
+        for (int64_t j = 0; j < g->n; j++) {
+            double v = c_row[j] + (g->bias ? g->bias[j] : 0.0);
+            c_row[j] = g->act == MLPF_ACT_RELU && v < 0 ? 0.0 : v;
+        }
+    }
+}
+
+int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
+               double beta, double *c, int64_t ldc, const double *bias, int act)
+{
+    CHECK_ARGS(double)
+    if (m == 0 || n == 0) return MLPF_OK;
+    if (k == 0 || alpha == 0.0) {
+        dscale(m, n, beta, c, ldc, bias, act);
+        return MLPF_OK;
+    }
+    dgemm_call g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, lda, ldb, c, ldc, bias, act};
+    int threads = (double)m * n * k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
+    mlpf_pool_run((int)imin(threads, m), dgemm_task, &g);
+    return MLPF_OK;
+}

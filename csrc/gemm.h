@@ -9,7 +9,8 @@
  * op(B) is (k, n): B (k, n) with row stride ldb, or B stored as (n, k) when trans_b != 0.
  * C is (m, n) with row stride ldc. bias is NULL or a vector of n values added to
  * every row (the output features of a Linear layer). act is one of MLPF_ACT_*.
- * When beta == 0, C is never read (it may hold NaN or garbage on entry).
+ * When beta == 0, C is never read (it may hold NaN or garbage on entry); when alpha == 0
+ * or k == 0, A and B are not read. C must not overlap A, B or bias.
  *
  * Returns 0 on success, a negative MLPF_ERR_* code on bad arguments (C untouched).
  * The functions are thread-safe and never hold the Python GIL (cffi releases it).
@@ -20,6 +21,8 @@
 
 enum { MLPF_ACT_IDENTITY = 0, MLPF_ACT_RELU = 1 };
 enum { MLPF_OK = 0, MLPF_ERR_SHAPE = -1, MLPF_ERR_STRIDE = -2, MLPF_ERR_ACT = -3, MLPF_ERR_NOMEM = -4 };
+/* Added after the first API: a NULL matrix with nonzero size; an unknown or unsupported kernel. */
+enum { MLPF_ERR_NULL = -5, MLPF_ERR_KERNEL = -6 };
 
 int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
@@ -33,5 +36,10 @@ void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 /* Name of the micro-kernel chosen at run time for this CPU, e.g. "sgemm_portable". */
 const char *mlpf_kernel_name(void);
+
+/* Selects the single-precision micro-kernel: "auto" (the best this CPU supports) or a
+ * family "avx512", "avx2", "portable". Returns MLPF_OK, or MLPF_ERR_KERNEL when the name
+ * is unknown or this CPU cannot run it (the selection is then unchanged). */
+int mlpf_set_kernel(const char *name);
 
 #endif

@@ -50,7 +50,8 @@ typedef struct {
 } mlpf_sgemm_config;
 
 extern const mlpf_sgemm_config mlpf_sgemm_portable_config;
-#if defined(__x86_64__) || defined(__i386__)
+/* The ISA kernels exist on x86 only; -DMLPF_PORTABLE_ONLY builds as on any other CPU. */
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(MLPF_PORTABLE_ONLY)
 #define MLPF_X86 1
 extern const mlpf_sgemm_config mlpf_sgemm_avx2_config;
 extern const mlpf_sgemm_config mlpf_sgemm_avx512_config;

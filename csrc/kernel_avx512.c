@@ -1,0 +1,181 @@
+/* sgemm_avx512_12x32: AVX-512F micro-kernel (contract in gemm_kernels.h).
+ *
+ * Register tile: 12 rows x 32 columns of C = 24 zmm accumulators (two 16-float vectors a
+ * row), plus 2 zmm for the row p of the B micro-panel; each A value is broadcast straight
+ * from memory into the FMA. Per step p: 2 vector loads, 12 broadcasts, 24 FMAs, i.e. 12
+ * cycles on the two FMA ports of a Skylake-X / Sapphire Rapids core, with loads to spare.
+ * 24 independent accumulators hide the 4-cycle FMA latency (8 in flight suffice).
+ *
+ * Compiled without -mavx512f: the functions carry target attributes, and gemm.c calls
+ * them only when __builtin_cpu_supports("avx512f") says the CPU has it.
+ */
+#include "gemm_kernels.h"
+#ifdef MLPF_X86
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+enum { MR = 12, NR = 32 };
+
+AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
+                                      const float *restrict b, float *restrict c,
+                                      int64_t ldc, const mlpf_tile_epilogue *ep)
+{
+    __m512 t[MR][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        t[i][0] = _mm512_setzero_ps();
+        t[i][1] = _mm512_setzero_ps();
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+    }
+
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < kc; p++) {              /* t += a[:, p] b[p, :] */
+        __m512 b0 = _mm512_load_ps(b);
+        __m512 b1 = _mm512_load_ps(b + 16);
+        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * NR + 16), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512 a_i = _mm512_set1_ps(a[i]);
+            t[i][0] = _mm512_fmadd_ps(a_i, b0, t[i][0]);
+            t[i][1] = _mm512_fmadd_ps(a_i, b1, t[i][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+
+    /* Epilogue while the tile is in registers: c = act(alpha t + beta c + bias). */
+    const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta);
+    const __m512 zero = _mm512_setzero_ps();
+    const int read_c = ep->beta != 0.0f;
+    __m512 bias0 = zero, bias1 = zero;
+    if (ep->bias) {
+        bias0 = _mm512_loadu_ps(ep->bias);
+        bias1 = _mm512_loadu_ps(ep->bias + 16);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        float *c_row = c + i * ldc;
+        __m512 v0 = _mm512_fmadd_ps(alpha, t[i][0], bias0);
+        __m512 v1 = _mm512_fmadd_ps(alpha, t[i][1], bias1);
+        if (read_c) {
+            v0 = _mm512_fmadd_ps(beta, _mm512_loadu_ps(c_row), v0);
+            v1 = _mm512_fmadd_ps(beta, _mm512_loadu_ps(c_row + 16), v1);
+        }
+        if (ep->relu) {                 /* max(0, v): NaN passes, as np.maximum */
+            v0 = _mm512_max_ps(zero, v0);
+            v1 = _mm512_max_ps(zero, v1);
+        }
+        _mm512_storeu_ps(c_row, v0);
+        _mm512_storeu_ps(c_row + 16, v1);
+    }
+}
+
+/* --- packing: the kernel's panel layouts, written 16 floats at a time ---------------- */
+
+/* In-register transpose of the 16 x 16 block r[i][j]: afterwards r[j] holds column j.
+ * Stage 1 interleaves row pairs, stage 2 gathers 4-row columns within 128-bit lanes,
+ * stages 3-4 move the lanes (Intel's 16x16 transpose; 64 shuffles for 256 floats). */
+AVX512 static inline void transpose_16x16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {      /* r[4g + q], lane L: column 4L + q of rows 4g..4g+3 */
+        r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g + 0], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g + 0], t[4 * g + 2], 0xEE);
+        r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int q = 0; q < 4; q++) {
+            t[8 * i + q] = _mm512_shuffle_f32x4(r[8 * i + q], r[8 * i + 4 + q], 0x88);
+            t[8 * i + 4 + q] = _mm512_shuffle_f32x4(r[8 * i + q], r[8 * i + 4 + q], 0xDD);
+        }
+    for (int q = 0; q < 8; q++) {
+        r[q] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88);
+        r[q + 8] = _mm512_shuffle_f32x4(t[q], t[8 + q], 0xDD);
+    }
+}
+
+/* The mask of lanes 0 .. n-1 (none for n <= 0, all for n >= 16). */
+static inline __mmask16 first_lanes(int64_t n)
+{
+    return n <= 0 ? 0 : n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* dst[p*R + r] = src[r*ld + p] (r < rows, zeros up to R): 16 x 16 blocks transposed in
+ * registers; masked loads never read past the rows' ends. */
+AVX512 static inline void pack_rows_avx512(const int R, int64_t kc, int64_t rows,
+                                           const float *src, int64_t ld, float *dst)
+{
+    for (int64_t p0 = 0; p0 < kc; p0 += 16) {
+        const int64_t depth = kc - p0 < 16 ? kc - p0 : 16;
+        const __mmask16 load_mask = first_lanes(depth);
+        for (int r0 = 0; r0 < R; r0 += 16) {
+            __m512 block[16];
+            for (int i = 0; i < 16; i++)
+                block[i] = r0 + i < rows
+                    ? _mm512_maskz_loadu_ps(load_mask, src + (r0 + i) * ld + p0)
+                    : _mm512_setzero_ps();
+            transpose_16x16(block);
+            const __mmask16 store_mask = first_lanes(R - r0);
+            for (int q = 0; q < depth; q++)
+                _mm512_mask_storeu_ps(dst + (p0 + q) * R + r0, store_mask, block[q]);
+        }
+    }
+}
+
+/* dst[p*R + r] = src[p*ld + r] (r < rows, zeros up to R): a masked copy per step p. */
+AVX512 static inline void pack_cols_avx512(const int R, int64_t kc, int64_t rows,
+                                           const float *src, int64_t ld, float *dst)
+{
+    for (int64_t p = 0; p < kc; p++)
+        for (int r0 = 0; r0 < R; r0 += 16)
+            _mm512_mask_storeu_ps(dst + p * R + r0, first_lanes(R - r0),
+                                  _mm512_maskz_loadu_ps(first_lanes(rows - r0), src + p * ld + r0));
+}
+
+AVX512 static void pack_a_rows(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst)
+{
+    pack_rows_avx512(MR, kc, rows, src, ld, dst);
+}
+AVX512 static void pack_a_cols(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst)
+{
+    pack_cols_avx512(MR, kc, rows, src, ld, dst);
+}
+AVX512 static void pack_b_rows(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst)
+{
+    pack_rows_avx512(NR, kc, rows, src, ld, dst);
+}
+AVX512 static void pack_b_cols(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst)
+{
+    pack_cols_avx512(NR, kc, rows, src, ld, dst);
+}
+
+static int avx512_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+}
+
+/* Block sizes for a core with 48 KiB L1d and 2 MiB L2 (Sapphire/Emerald Rapids; they
+ * also suit Skylake-X's 32 KiB / 1 MiB, which only needs a smaller nc):
+ *   kc = 384: the A micro-panel 12 x 384 x 4 B = 18 KiB stays in L1 (under half of it)
+ *             while the B micro-panels (32 x 384 x 4 B = 48 KiB each) stream through;
+ *             384 steps amortize the C tile's load/store over 9216 FMAs.
+ *   nc = 768: the packed B block 384 x 768 x 4 B = 1.1 MiB fills about half of L2,
+ *             leaving room for the A micro-panel and the C tiles passing through.
+ *   mc = 3072: the packed A block 3072 x 384 x 4 B = 4.5 MiB per thread lives in L3;
+ *             one pass of it per B block. */
+const mlpf_sgemm_config mlpf_sgemm_avx512_config = {
+    .name = "sgemm_avx512_12x32", .mr = MR, .nr = NR, .mc = 3072, .kc = 384, .nc = 768,
+    .ukernel = sgemm_avx512_12x32, .supported = avx512_supported,
+    .pack_a_rows = pack_a_rows, .pack_a_cols = pack_a_cols,
+    .pack_b_rows = pack_b_rows, .pack_b_cols = pack_b_cols,
+};
+#endif

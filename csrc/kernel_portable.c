@@ -1,0 +1,36 @@
+/* sgemm_portable_4x8: the plain-C micro-kernel (contract in gemm_kernels.h).
+ * Any C99 compiler on any architecture; the compiler vectorizes the j loops. Used where
+ * the CPU has neither AVX-512 nor AVX2+FMA, and forced with MLPFAST_GEMM_KERNEL=portable. */
+#include "gemm_kernels.h"
+
+enum { MR = 4, NR = 8 };
+
+static void sgemm_portable_4x8(int64_t kc, const float *restrict a, const float *restrict b,
+                               float *restrict c, int64_t ldc, const mlpf_tile_epilogue *ep)
+{
+    float t[MR][NR] = {{0}};
+    for (int64_t p = 0; p < kc; p++, a += MR, b += NR)      /* t += a[:, p] b[p, :] */
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                t[i][j] += a[i] * b[j];
+
+    for (int i = 0; i < MR; i++) {
+        float *c_row = c + i * ldc;
+        for (int j = 0; j < NR; j++) {
+            float v = ep->alpha * t[i][j];
+            if (ep->beta != 0.0f) v += ep->beta * c_row[j];
+            if (ep->bias) v += ep->bias[j];
+            if (ep->relu && v < 0.0f) v = 0.0f;     /* NaN passes, as np.maximum */
+            c_row[j] = v;
+        }
+    }
+}
+
+static int always_supported(void) { return 1; }
+
+/* Block sizes: with 8 floats per row of a B micro-panel the kernel streams little, so
+ * moderate blocks suit small caches too (kc x MR = 1 KiB in L1, kc x nc = 256 KiB in L2). */
+const mlpf_sgemm_config mlpf_sgemm_portable_config = {
+    .name = "sgemm_portable_4x8", .mr = MR, .nr = NR, .mc = 1024, .kc = 256, .nc = 256,
+    .ukernel = sgemm_portable_4x8, .supported = always_supported,
+};

@@ -1,0 +1,133 @@
+/* The persistent pthread pool behind mlpf_pool_run (see threadpool.h).
+ *
+ * Workers wait for a new job generation: first spinning for 200 microseconds (back-to-
+ * back GEMMs of a training step then start without a futex wake-up), then asleep on a
+ * condition variable, so an idle pool costs no CPU time that Numba's threads could use.
+ * One caller at a time owns the pool; a concurrent caller runs its call on its own.
+ * After fork() the child has none of the parent's workers; it starts its own on demand.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include "threadpool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* ~25 us of pause before the caller yields */
+/* How long an idle worker spins before it sleeps: longer than the Python between two
+ * GEMM calls of a training step (5-20 us, more on a busy machine), short next to the
+ * Numba kernels in between, whose threads it would otherwise keep from the cores. */
+static const double SPIN_MICROSECONDS = 200.0;
+
+static double now_microseconds(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1e6 + now.tv_nsec * 1e-3;
+}
+
+static struct {
+    pthread_mutex_t owner;          /* held by the caller running a job */
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wake;
+    int num_workers;                /* workers started (thread indices 1..num_workers) */
+    unsigned long start_generation[MAX_THREADS];  /* generation when each was started */
+    atomic_ulong generation;        /* bumped once per job */
+    mlpf_task task;                 /* the current job, valid while remaining > 0 */
+    void *arg;
+    int job_threads;
+    atomic_int remaining;           /* workers yet to finish the current job */
+} pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .sleep_lock = PTHREAD_MUTEX_INITIALIZER,
+        .wake = PTHREAD_COND_INITIALIZER};
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void *worker_main(void *index_ptr)
+{
+    const int index = (int)(intptr_t)index_ptr;
+    unsigned long seen = pool.start_generation[index];  /* jobs before the worker existed */
+    for (;;) {
+        const double spin_until = now_microseconds() + SPIN_MICROSECONDS;
+        while (atomic_load(&pool.generation) == seen && now_microseconds() < spin_until)
+            for (int spin = 0; spin < 16; spin++) cpu_relax();
+        if (atomic_load(&pool.generation) == seen) {
+            pthread_mutex_lock(&pool.sleep_lock);
+            while (atomic_load(&pool.generation) == seen)
+                pthread_cond_wait(&pool.wake, &pool.sleep_lock);
+            pthread_mutex_unlock(&pool.sleep_lock);
+        }
+        seen = atomic_load(&pool.generation);
+        if (index < pool.job_threads)
+            pool.task(pool.arg, index, pool.job_threads);
+        atomic_fetch_sub(&pool.remaining, 1);   /* every worker answers every job, so */
+    }                                           /* none can lag into the next one     */
+    return NULL;
+}
+
+static void reset_in_child(void)
+{
+    pthread_mutex_init(&pool.owner, NULL);
+    pthread_mutex_init(&pool.sleep_lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.num_workers = 0;
+}
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, reset_in_child); }
+
+/* Starts workers up to index n - 1; returns how many threads (with the caller) exist. */
+static int grow_pool(int n)
+{
+    pthread_once(&atfork_once, register_atfork);
+    while (pool.num_workers < n - 1) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pool.start_generation[pool.num_workers + 1] = atomic_load(&pool.generation);
+        int failed = pthread_create(&thread, &attr, worker_main,
+                                    (void *)(intptr_t)(pool.num_workers + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool.num_workers++;
+    }
+    return pool.num_workers + 1;
+}
+
+int mlpf_pool_run(int n, mlpf_task task, void *arg)
+{
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n <= 1 || pthread_mutex_trylock(&pool.owner) != 0) {
+        task(arg, 0, 1);
+        return 1;
+    }
+    int available = grow_pool(n);
+    if (n > available) n = available;
+    if (n <= 1) {
+        pthread_mutex_unlock(&pool.owner);
+        task(arg, 0, 1);
+        return 1;
+    }
+    pool.task = task;
+    pool.arg = arg;
+    pool.job_threads = n;
+    atomic_store(&pool.remaining, pool.num_workers);
+    pthread_mutex_lock(&pool.sleep_lock);
+    atomic_fetch_add(&pool.generation, 1);      /* publishes task/arg/job_threads */
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.sleep_lock);
+
+    task(arg, 0, n);
+    for (long spin = 0; atomic_load(&pool.remaining) > 0; spin++) {
+        if (spin < JOIN_SPINS) cpu_relax(); else sched_yield();   /* let a late worker run */
+    }
+    pthread_mutex_unlock(&pool.owner);
+    return n;
+}

@@ -1,0 +1,395 @@
+"""The C GEMM (csrc/, mlpfast._cgemm) against the NumPy reference, on every micro-kernel this
+CPU runs (AVX-512, AVX2, portable), 1 and 2 threads, shapes that cross every edge and
+block boundary, all transpose cases, views, alpha/beta, the bias + relu epilogue; its
+argument checks; the GIL; threads next to Numba's; fork."""
+import multiprocessing
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import mlpfast
+from mlpfast.kernels import gemm, linear
+
+pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C GEMM not built")
+
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+# m x n x k: sizes 1, primes, non-multiples of every tile (12x32, 6x16, 4x8), tall-skinny
+# and short-wide, k across kc blocks (384 / 256), n across nc blocks (768 / 256).
+SHAPES = [(1, 1, 1), (1, 33, 7), (29, 1, 13), (13, 37, 29), (97, 101, 103), (12, 32, 8),
+          (25, 65, 17), (300, 3, 50), (3, 300, 50), (37, 50, 800), (40, 1000, 40),
+          (131, 97, 601)]
+
+
+def kernel_names():
+    return gemm.c_kernels() if gemm.c_available() else []
+
+
+@pytest.fixture(params=kernel_names())
+def kernel(request):
+    before = gemm.c_kernel_name()
+    gemm.set_c_kernel(request.param)
+    yield request.param
+    gemm.set_c_kernel(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(request.param)
+    yield request.param
+    mlpfast.set_num_threads(before)
+
+
+def operands(rng, m, n, k, trans_a, trans_b, dtype):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+def reference(a, b, trans_a, trans_b, alpha=1.0, beta=0.0, c=None, bias=None, relu=False):
+    """act(alpha op(a) op(b) + beta c + bias) in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    z = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64))
+    if beta != 0.0:
+        z += beta * c.astype(np.float64)
+    if bias is not None:
+        z += bias
+    return np.maximum(z, 0) if relu else z
+
+
+def tol(dtype, k):
+    """Rounding of a k-term float sum grows like sqrt(k); values are O(sqrt(k))."""
+    k = max(k, 1)
+    return (2e-6 * k, 1e-5 * k ** 0.5) if dtype == np.float32 else (1e-13 * k, 1e-12 * k ** 0.5)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_sgemm_every_kernel_and_thread_count(kernel, threads, m, n, k, trans_a, trans_b, rng):
+    a, b = operands(rng, m, n, k, trans_a, trans_b, np.float32)
+    out = np.full((m, n), np.nan, np.float32)      # beta = 0: out is never read
+    gemm.gemm_c(a, b, out, trans_a=trans_a, trans_b=trans_b)
+    assert_close(out, reference(a, b, trans_a, trans_b), tol=tol(np.float32, k),
+                 what=f"{kernel} {threads} threads")
+
+
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_dgemm(threads, m, n, k, trans_a, trans_b, rng):
+    a, b = operands(rng, m, n, k, trans_a, trans_b, np.float64)
+    out = gemm.gemm_c(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert out.dtype == np.float64
+    assert_close(out, reference(a, b, trans_a, trans_b), tol=tol(np.float64, k))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha,beta", [(0.5, 0.0), (-1.5, 0.25), (2.0, 1.0), (1.0, -1.0)])
+def test_alpha_beta_bias_relu_epilogue(kernel, threads, dtype, alpha, beta, rng):
+    # k = 800 spans two or more k blocks: beta must be applied once, relu only at the end
+    m, n, k = 53, 70, 800
+    for trans_a, trans_b in TRANSPOSES:
+        a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        bias = rng.standard_normal(n).astype(dtype)
+        for relu in (False, True):
+            out = c0.copy() if beta != 0.0 else np.full((m, n), np.nan, dtype)
+            gemm.gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, int(relu))
+            want = reference(a, b, trans_a, trans_b, alpha, beta, c0, bias, relu)
+            assert_close(out, want, tol=tol(dtype, k), what=f"{trans_a},{trans_b} relu={relu}")
+            if relu:
+                assert (out == 0).sum() > m * n // 4      # the relu really cut
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_vanishes_k0_and_alpha0(dtype, rng):
+    c0 = rng.standard_normal((5, 6)).astype(dtype)
+    bias = rng.standard_normal(6).astype(dtype)
+    out = c0.copy()
+    gemm.gemm_c_fused(np.zeros((5, 0), dtype), np.zeros((0, 6), dtype), out, False, False,
+                      1.0, 0.5, bias, 1)
+    assert_close(out, np.maximum(0.5 * c0 + bias, 0), dtype=dtype)
+    a = np.full((5, 3), np.nan, dtype)            # alpha = 0: A and B are not read
+    out = np.full((5, 6), np.nan, dtype)
+    gemm.gemm_c_fused(a, np.full((3, 6), np.nan, dtype), out, False, False, 0.0, 0.0, bias, 0)
+    assert_close(out, np.broadcast_to(bias, (5, 6)), dtype=dtype)
+
+
+def test_large_blocks_every_boundary(threads, rng):
+    # m past the A block (mc = 3072), n past the B block, k past kc, all with edges
+    a, b = operands(rng, 3100, 800, 390, False, True, np.float32)
+    out = gemm.gemm_c(a, b, trans_b=True)
+    assert_close(out, reference(a, b, False, True), tol=tol(np.float32, 390))
+
+
+def test_shared_schedule_across_a_blocks(kernel, threads, rng):
+    # columns taken in chunks by the threads; m spans two A blocks of the portable kernel
+    a, b = operands(rng, 1030, 1100, 37, False, False, np.float32)
+    c0 = rng.standard_normal((1030, 1100)).astype(np.float32)
+    out = c0.copy()
+    gemm.gemm_c(a, b, out, alpha=0.5, beta=2.0)
+    assert_close(out, reference(a, b, False, False, 0.5, 2.0, c0), tol=tol(np.float32, 37))
+
+
+def test_deep_k_falls_back_to_the_static_split(threads, rng):
+    # op(A) packed for all of k would exceed the shared schedule's 32 MiB per thread
+    a, b = operands(rng, 64, 70, 140_000, False, True, np.float32)
+    out = gemm.gemm_c(a, b, trans_b=True)
+    assert_close(out, reference(a, b, False, True), tol=tol(np.float32, 140_000))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_and_transposed_views(kernel, threads, dtype, rng):
+    big_a = rng.standard_normal((90, 120)).astype(dtype)
+    big_b = rng.standard_normal((150, 100)).astype(dtype)
+    big_c = np.zeros((80, 130), dtype)
+    a, b, out = big_a[3:70:2, 5:66], big_b[7:68, 1:95], big_c[4:38, 10:104]   # 34x61, 61x94
+    gemm.gemm_c(a, b, out)
+    assert_close(out, reference(a, b, False, False), tol=tol(dtype, 61))
+    assert not big_c[:4].any() and not big_c[38:].any()
+    assert not big_c[:, :10].any() and not big_c[:, 104:].any()
+    # one-row and one-column operands with strided elements
+    row, col = big_a[5, 3:60:3][None, :], big_b[2:21, 7][:, None]            # 1x19, 19x1
+    assert_close(gemm.gemm_c(row, col), reference(row, col, False, False), tol=tol(dtype, 19))
+    assert_close(gemm.gemm_c(col, row), reference(col, row, False, False), tol=tol(dtype, 1))
+    # F-ordered operands (x.T of a C array) are read as transposes, not copied
+    at, bt = np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T
+    for trans_a, trans_b in TRANSPOSES:
+        lhs = at.T if trans_a else at
+        rhs = bt.T if trans_b else bt
+        got = gemm.gemm_c(lhs, rhs, trans_a=trans_a, trans_b=trans_b)
+        assert_close(got, reference(a, b, False, False), tol=tol(dtype, 61))
+
+
+def test_linear_forward_c_matches_reference(threads, rng):
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((37, 50)).astype(dtype)
+        w = rng.standard_normal((29, 50)).astype(dtype)
+        b = rng.standard_normal(29).astype(dtype)
+        for activation in ("identity", "relu"):
+            got = linear.forward_c(x, w, b, activation)
+            assert_close(got, linear.forward_ref(x, w, b, activation), tol=tol(dtype, 50))
+        assert_close(linear.forward_c(x, w, None), x.astype(np.float64) @ w.T, tol=tol(dtype, 50))
+
+
+def test_bad_arguments_name_the_argument(rng):
+    a = rng.standard_normal((4, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 3)).astype(np.float32)
+    out = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="act must be 0"):
+        gemm.gemm_c_fused(a, b, out, False, False, 1.0, 0.0, None, 2)
+    with pytest.raises(ValueError, match=r"bias must be a float32 array of shape \(3,\)"):
+        gemm.gemm_c_fused(a, b, out, False, False, 1.0, 0.0, np.zeros(4, np.float32), 0)
+    with pytest.raises(ValueError, match="bias must be a float32"):
+        gemm.gemm_c_fused(a, b, out, False, False, 1.0, 0.0, np.zeros(3), 0)
+    with pytest.raises(ValueError, match="bias must be contiguous"):
+        gemm.gemm_c_fused(a, b, out, False, False, 1.0, 0.0, np.zeros(6, np.float32)[::2], 0)
+    with pytest.raises(ValueError, match="overlap input bias"):
+        gemm.gemm_c_fused(a, b, out, False, False, 1.0, 0.0, out[0], 0)
+    with pytest.raises(ValueError, match="unit stride along one axis"):
+        gemm.gemm_c(np.zeros((4, 10), np.float32)[:, ::2], b)
+    with pytest.raises(ValueError, match="unit stride along one axis"):
+        gemm.gemm_c(a[::-1], b)
+    with pytest.raises(ValueError, match="out must have unit stride"):
+        gemm.gemm_c(a, b, np.zeros((3, 4), np.float32).T)
+    with pytest.raises(ValueError, match="out must have unit stride"):   # one strided row
+        gemm.gemm_c(a[:1], b, np.zeros((1, 6), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="overlap"):
+        sq = rng.standard_normal((5, 5)).astype(np.float32)
+        gemm.gemm_c(sq, sq.copy(), sq)
+    with pytest.raises(ValueError, match="kernel must be 'auto' or one of"):
+        gemm.set_c_kernel("sse9")
+
+
+def test_thread_count_follows_mlpfast():
+    from mlpfast import _cgemm
+    before = mlpfast.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            mlpfast.set_num_threads(n)
+            assert _cgemm.lib.mlpf_get_num_threads() == n
+    finally:
+        mlpfast.set_num_threads(before)
+
+
+def test_gil_released_during_call(rng):
+    # While one Python thread is inside a long C call, another keeps running Python code.
+    a, b = operands(rng, 1500, 1500, 1500, False, False, np.float32)
+    window = {}
+
+    def call():
+        window["start"] = time.perf_counter()
+        gemm.gemm_c(a, b)
+        window["end"] = time.perf_counter()
+
+    worker = threading.Thread(target=call)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    inside = [t for t in ticks if window["start"] < t < window["end"]]
+    assert window["end"] - window["start"] > 0.005
+    assert len(inside) > 100, f"{len(inside)} ticks of the other thread during the C call"
+
+
+def test_concurrent_callers_share_the_pool(threads, rng):
+    cases = [operands(rng, 200, 150, 170 + i, False, i % 2 == 1, np.float32) for i in range(4)]
+    results = [None] * len(cases)
+
+    def run(i):
+        for _ in range(5):
+            results[i] = gemm.gemm_c(*cases[i], trans_b=i % 2 == 1)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for i, (a, b) in enumerate(cases):
+        assert_close(results[i], reference(a, b, False, i % 2 == 1), tol=tol(np.float32, 173))
+
+
+def _os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_alternating_with_numba_parallel_kernels(rng):
+    numba = pytest.importorskip("numba")
+
+    @numba.njit(parallel=True)
+    def scaled_row_sums(x, out):
+        for i in numba.prange(x.shape[0]):
+            out[i] = 2.0 * x[i].sum()
+
+    x = rng.standard_normal((400, 300)).astype(np.float32)
+    sums = np.empty(400, np.float32)
+    a, b = operands(rng, 256, 256, 256, False, True, np.float32)
+    before = mlpfast.get_num_threads()
+    try:
+        counts = []
+        for n in (2, 1, 2, 2, 1, 2):
+            mlpfast.set_num_threads(n)
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # as the numba
+            scaled_row_sums(x, sums)                                         # kernels do
+            assert_close(sums, 2.0 * x.astype(np.float64).sum(axis=1), tol=(1e-3, 1e-5))
+            c = gemm.gemm_c(a, b, trans_b=True)
+            assert_close(c, reference(a, b, False, True), tol=tol(np.float32, 256))
+            counts.append(_os_threads())
+        # both pools are persistent: no thread is started per call
+        assert counts[-1] == counts[2], counts
+    finally:
+        mlpfast.set_num_threads(before)
+
+
+def _gemm_in_child(queue):
+    a = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096
+    mlpfast.set_num_threads(2)
+    c = gemm.gemm_c(a, a)
+    queue.put(float(np.abs(c - a.astype(np.float64) @ a).max()))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_pool_works_after_fork(rng):
+    mlpfast.set_num_threads(2)
+    a, b = operands(rng, 300, 300, 300, False, False, np.float32)
+    gemm.gemm_c(a, b)                         # the parent's pool is running
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_gemm_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0, "child hung or crashed"
+    assert queue.get(timeout=5) < 1e-3
+
+
+def test_env_selects_kernel():
+    import subprocess
+    import sys
+    code = "from mlpfast.kernels import gemm; print(gemm.c_kernel_name())"
+    env = dict(os.environ, MLPFAST_GEMM_KERNEL="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "sgemm_portable_4x8", out.stderr
+    env["MLPFAST_GEMM_KERNEL"] = "sse9"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "MLPFAST_GEMM_KERNEL: kernel must be" in out.stderr
+
+
+def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
+    # csrc/ compiled with -DMLPF_PORTABLE_ONLY: no x86 kernel exists, as on ARM or POWER
+    import importlib.util
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    spec = importlib.util.spec_from_file_location("build_cgemm", os.path.join(csrc, "build_cgemm.py"))
+    build_cgemm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_cgemm)
+    builder = build_cgemm.make_builder("_cgemm_portable_only", [("MLPF_PORTABLE_ONLY", "1")])
+    library = builder.compile(tmpdir=str(tmp_path))
+    spec = importlib.util.spec_from_file_location("_cgemm_portable_only", library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ffi, lib = module.ffi, module.lib
+    assert ffi.string(lib.mlpf_kernel_name()) == b"sgemm_portable_4x8"
+    assert lib.mlpf_set_kernel(b"avx512") != 0
+    lib.mlpf_set_num_threads(2)
+    for m, n, k in [(1, 1, 1), (37, 50, 300), (130, 70, 601)]:
+        for trans_a, trans_b in TRANSPOSES:
+            a, b = operands(rng, m, n, k, trans_a, trans_b, np.float32)
+            c = np.full((m, n), np.nan, np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            rc = lib.mlpf_sgemm(trans_a, trans_b, m, n, k, 1.0, ffi.from_buffer("float[]", a),
+                                a.shape[1], ffi.from_buffer("float[]", b), b.shape[1], 0.0,
+                                ffi.from_buffer("float[]", c), n, ffi.from_buffer("float[]", bias), 1)
+            assert rc == 0
+            assert_close(c, reference(a, b, trans_a, trans_b, bias=bias, relu=True),
+                         tol=tol(np.float32, k), what=f"portable-only {m}x{n}x{k}")
+
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+from mlpfast.kernels import gemm
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+PAGE = mmap.PAGESIZE
+
+
+def at_page_end(shape):
+    # a float32 C array whose last element is followed by an unreadable page
+    nbytes = int(np.prod(shape)) * 4
+    pages = nbytes // PAGE + 2
+    buf = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + (pages - 1) * PAGE, PAGE, 0) == 0
+    offset = (pages - 1) * PAGE - nbytes
+    array = np.frombuffer(buf, np.float32, int(np.prod(shape)), offset).reshape(shape)
+    array[...] = np.random.default_rng(0).standard_normal(shape)
+    return array, buf
+
+
+kernel = sys.argv[1]
+gemm.set_c_kernel(kernel)
+for m, n, k in [(5, 3, 7), (13, 37, 29), (1, 1, 1), (17, 20, 33)]:
+    for ta in (False, True):
+        for tb in (False, True):
+            a, keep_a = at_page_end((k, m) if ta else (m, k))
+            b, keep_b = at_page_end((n, k) if tb else (k, n))
+            out = gemm.gemm_c(a, b, trans_a=ta, trans_b=tb)
+            ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+            assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), (m, n, k, ta, tb)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux mprotect")
+def test_no_read_past_the_operands(kernel):
+    # A and B end right before an unreadable page: a read past them crashes the child
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, kernel], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
