@@ -12,3 +12,5 @@ Each module holds the NumPy reference of its ops, the fast variants, and a
 The engine never imports these modules directly: it asks its backend
 (``mlpfast.backend``), whose tables are built from these registries.
 """
+# Numba settings (512-bit vectors, threading layer) must precede any Numba compilation.
+from . import _numba_config  # noqa: F401,E402

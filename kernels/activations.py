@@ -2,6 +2,7 @@
 
 Versions:
     numpy   the references below: one NumPy expression per formula
+    numba   one parallel Numba kernel per formula (float32 exp/tanh/erf by polynomials)
 
 For each name, ``VARIANTS[variant][name]`` is an ``Activation(forward, backward)``:
 
@@ -17,6 +18,11 @@ import math
 from collections import namedtuple
 
 import numpy as np
+from numba import njit, prange
+
+from . import _numba_math as nm
+from ._checks import check_float_array, check_out, check_same_shape
+from ._numba_config import parallel_call
 
 Activation = namedtuple("Activation", ["forward", "backward"])
 
@@ -116,7 +122,259 @@ def softmax_backward(grad_y, x, y, out=None):
     return _result(y * (grad_y - (grad_y * y).sum(axis=1, keepdims=True)), out)
 
 
-REFERENCE = {name: Activation(globals()[f"{name}_forward"], globals()[f"{name}_backward"])
-             for name in NAMES}
+def _checked(name):
+    """The reference pair of ``name``, checking its arguments first (the formulas above
+    stay bare): 2-D float arrays of one shape and dtype; out of that shape and dtype."""
+    forward, backward = globals()[f"{name}_forward"], globals()[f"{name}_backward"]
+
+    def check(arrays, out):
+        first_name, first = arrays[0]
+        for arg_name, a in arrays:
+            check_float_array(a, arg_name, 2)
+            check_same_shape(first, first_name, a, arg_name)
+            if a.dtype != first.dtype:
+                raise TypeError(f"{arg_name} must be {first.dtype}, got {a.dtype}")
+        check_out(out, first.shape, first.dtype)
+
+    def checked_forward(x, out=None, **params):
+        check([("x", x)], out)
+        return forward(x, out, **params)
+
+    def checked_backward(grad_y, x, y, out=None, **params):
+        check([("grad_y", grad_y), ("x", x), ("y", y)], out)
+        return backward(grad_y, x, y, out, **params)
+
+    checked_forward.__doc__, checked_backward.__doc__ = forward.__doc__, backward.__doc__
+    return Activation(checked_forward, checked_backward)
+
+
+REFERENCE = {name: _checked(name) for name in NAMES}
 
 VARIANTS = {"numpy": REFERENCE}
+
+
+
+# --- Numba ------------------------------------------------------------------------------
+#
+# One kernel per formula: prange over rows, a vectorized loop over columns, written into
+# ``out`` (which may be x for forward, grad_y for backward). exp/tanh/sigmoid/Phi come
+# from _numba_math: polynomial approximations in float32 (they vectorize; libm does
+# not), libm in float64.
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _copy_numba(x, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _sigmoid_forward_numba(x, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = nm.sigmoid(x[i, j])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _sigmoid_backward_numba(grad_y, y, out):
+    one = y.dtype.type(1)
+    for i in prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            out[i, j] = grad_y[i, j] * y[i, j] * (one - y[i, j])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _tanh_forward_numba(x, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = nm.tanh(x[i, j])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _tanh_backward_numba(grad_y, y, out):
+    one = y.dtype.type(1)
+    for i in prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            out[i, j] = grad_y[i, j] * (one - y[i, j] * y[i, j])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _relu_forward_numba(x, out):
+    zero = x.dtype.type(0)
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = max(x[i, j], zero)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _leaky_relu_forward_numba(x, slope, out):
+    zero = x.dtype.type(0)
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[i, j] = v if v > zero else slope * v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _leaky_relu_backward_numba(grad_y, x, slope, out):
+    """relu backward is this with slope 0: grad_x = grad_y where x > 0, slope * grad_y else."""
+    zero = x.dtype.type(0)
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            g = grad_y[i, j]
+            out[i, j] = g if x[i, j] > zero else slope * g
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gelu_forward_numba(x, out):
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[i, j] = v * nm.normal_cdf(v)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gelu_backward_numba(grad_y, x, out):
+    half = x.dtype.type(0.5)
+    inv_sqrt_2pi = x.dtype.type(1.0 / math.sqrt(2.0 * math.pi))
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[i, j] = grad_y[i, j] * (nm.normal_cdf(v) + v * inv_sqrt_2pi * nm.exp(-half * v * v))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gelu_tanh_forward_numba(x, out):
+    half, one = x.dtype.type(0.5), x.dtype.type(1)
+    c0, c1 = x.dtype.type(SQRT_2_OVER_PI), x.dtype.type(GELU_TANH_C)
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[i, j] = half * v * (one + nm.tanh(c0 * (v + c1 * v * v * v)))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _gelu_tanh_backward_numba(grad_y, x, out):
+    half, one, three = x.dtype.type(0.5), x.dtype.type(1), x.dtype.type(3)
+    c0, c1 = x.dtype.type(SQRT_2_OVER_PI), x.dtype.type(GELU_TANH_C)
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            t = nm.tanh(c0 * (v + c1 * v * v * v))
+            du = c0 * (one + three * c1 * v * v)
+            out[i, j] = grad_y[i, j] * (half * (one + t) + half * v * (one - t * t) * du)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _softmax_forward_numba(x, out):
+    for i in prange(x.shape[0]):
+        row, dst = x[i], out[i]
+        top = nm.row_max(row)
+        total = x.dtype.type(0)
+        for j in range(row.shape[0]):
+            e = nm.exp(row[j] - top)
+            dst[j] = e
+            total += e
+        scale = x.dtype.type(1) / total
+        for j in range(row.shape[0]):
+            dst[j] *= scale
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _softmax_backward_numba(grad_y, y, out):
+    for i in prange(y.shape[0]):
+        g, p, dst = grad_y[i], y[i], out[i]
+        dot = y.dtype.type(0)
+        for j in range(p.shape[0]):
+            dot += g[j] * p[j]
+        for j in range(p.shape[0]):
+            dst[j] = p[j] * (g[j] - dot)
+
+
+def _run(kernel, out, arrays, *scalars):
+    """arrays: [(name, 2-D float array)] of one shape and dtype; runs
+    kernel(*arrays, *scalars, out) with out made or checked; returns out."""
+    first_name, first = arrays[0]
+    check_float_array(first, first_name, 2)
+    for name, a in arrays[1:]:
+        check_float_array(a, name, 2)
+        check_same_shape(first, first_name, a, name)
+        if a.dtype != first.dtype:
+            raise TypeError(f"{name} must be {first.dtype}, got {a.dtype}")
+    if out is None:
+        out = np.empty_like(first)
+    else:
+        check_out(out, first.shape, first.dtype)
+    scalars = tuple(first.dtype.type(v) for v in scalars)
+    parallel_call(kernel, *(a for _, a in arrays), *scalars, out)
+    return out
+
+
+def identity_forward_numba(x, out=None):
+    return x if out is x else _run(_copy_numba, out, [("x", x)])
+
+
+def identity_backward_numba(grad_y, x, y, out=None):
+    return grad_y if out is grad_y else _run(_copy_numba, out, [("grad_y", grad_y)])
+
+
+def sigmoid_forward_numba(x, out=None):
+    return _run(_sigmoid_forward_numba, out, [("x", x)])
+
+
+def sigmoid_backward_numba(grad_y, x, y, out=None):
+    return _run(_sigmoid_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+
+
+def tanh_forward_numba(x, out=None):
+    return _run(_tanh_forward_numba, out, [("x", x)])
+
+
+def tanh_backward_numba(grad_y, x, y, out=None):
+    return _run(_tanh_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+
+
+def relu_forward_numba(x, out=None):
+    return _run(_relu_forward_numba, out, [("x", x)])
+
+
+def relu_backward_numba(grad_y, x, y, out=None):
+    return _run(_leaky_relu_backward_numba, out, [("grad_y", grad_y), ("x", x)], 0.0)
+
+
+def leaky_relu_forward_numba(x, out=None, negative_slope=0.01):
+    return _run(_leaky_relu_forward_numba, out, [("x", x)], negative_slope)
+
+
+def leaky_relu_backward_numba(grad_y, x, y, out=None, negative_slope=0.01):
+    return _run(_leaky_relu_backward_numba, out, [("grad_y", grad_y), ("x", x)],
+                negative_slope)
+
+
+def gelu_forward_numba(x, out=None):
+    return _run(_gelu_forward_numba, out, [("x", x)])
+
+
+def gelu_backward_numba(grad_y, x, y, out=None):
+    return _run(_gelu_backward_numba, out, [("grad_y", grad_y), ("x", x)])
+
+
+def gelu_tanh_forward_numba(x, out=None):
+    return _run(_gelu_tanh_forward_numba, out, [("x", x)])
+
+
+def gelu_tanh_backward_numba(grad_y, x, y, out=None):
+    return _run(_gelu_tanh_backward_numba, out, [("grad_y", grad_y), ("x", x)])
+
+
+def softmax_forward_numba(x, out=None):
+    return _run(_softmax_forward_numba, out, [("x", x)])
+
+
+def softmax_backward_numba(grad_y, x, y, out=None):
+    return _run(_softmax_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+
+
+NUMBA = {name: Activation(globals()[f"{name}_forward_numba"], globals()[f"{name}_backward_numba"])
+         for name in NAMES}
+VARIANTS["numba"] = NUMBA

@@ -2,6 +2,7 @@
 
 Versions:
     numpy   gather_ref (NumPy fancy indexing with out=)
+    numba   gather_numba (rows copied in parallel, cast on the fly)
 
 ``VARIANTS[variant]["gather"]``: f(src, index, out) -> out, out[i] = src[index[i]]
     src (N, ...) any dtype; index (B,) integer in [0, N); out (B, ...) with src's row
@@ -9,9 +10,17 @@ Versions:
     are cast.
 """
 import numpy as np
+from numba import njit, prange
+
+from . import _numba_config
 
 
 def check_gather_args(src, index, out):
+    for name, a in (("src", src), ("out", out)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        if a.ndim < 1:
+            raise ValueError(f"{name} must have a first axis of rows, got a 0-d array")
     if not isinstance(index, np.ndarray) or index.dtype.kind not in "iu" or index.ndim != 1:
         raise TypeError(f"index must be a 1-D integer array, got "
                         f"{getattr(index, 'dtype', type(index).__name__)} "
@@ -22,6 +31,8 @@ def check_gather_args(src, index, out):
     if index.size and (index.min() < 0 or index.max() >= src.shape[0]):
         raise ValueError(f"index must lie in [0, {src.shape[0]}), got values in "
                          f"[{index.min()}, {index.max()}]")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
     if np.shares_memory(out, src):
         raise ValueError("out must not overlap src")
 
@@ -36,3 +47,31 @@ def gather_ref(src, index, out):
 
 
 VARIANTS = {"numpy": {"gather": gather_ref}}
+
+
+# --- Numba ------------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True)
+def _gather_rows_numba(src, index, out):
+    """out[i, :] = src[index[i], :] (cast to out's dtype); src (N, D), out (B, D)."""
+    for i in prange(index.shape[0]):
+        row, dst = src[index[i]], out[i]
+        for j in range(dst.shape[0]):
+            dst[j] = row[j]
+
+
+def gather_numba(src, index, out):
+    """out[i] = src[index[i]], rows copied in parallel into the preallocated out."""
+    check_gather_args(src, index, out)
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous for the numba gather")
+    for name, a in (("src", src), ("out", out)):
+        if a.dtype.kind not in "biuf" or a.dtype == np.float16:
+            raise TypeError(f"{name} must be a bool, integer, float32 or float64 array for "
+                            f"the numba gather, got {a.dtype}")
+    rows = np.ascontiguousarray(src).reshape(src.shape[0], -1)
+    _numba_config.parallel_call(_gather_rows_numba, rows, index, out.reshape(out.shape[0], -1))
+    return out
+
+
+VARIANTS["numba"] = {"gather": gather_numba}

@@ -2,6 +2,8 @@
 
 Versions:
     numpy   the references below
+    numba   cross-entropy, its gradient, loss sum and accuracy in one parallel pass over
+            the logits; MSE and its gradient as parallel loops
 
 ``VARIANTS[variant]`` maps op names to functions:
     "softmax_cross_entropy"   f(logits, labels, grad_out=None) -> (loss, grad, correct)
@@ -14,8 +16,14 @@ Versions:
     "mse_backward"   f(pred, target, out=None) -> 2 (pred - target) / pred.size
 logsumexp is computed as max + log(sum(exp(x - max))), so large logits never overflow.
 """
-import numpy as np
+import math
+import threading
 
+import numpy as np
+from numba import njit, prange
+
+from . import _numba_config
+from . import _numba_math as nm
 from ._checks import check_float_array, check_labels, check_out, check_same_shape
 
 
@@ -66,6 +74,8 @@ def mse_ref(pred, target):
 def mse_backward_ref(pred, target, out=None):
     check_float_array(pred, "pred")
     check_same_shape(pred, "pred", target, "target")
+    if pred.size == 0:
+        raise ValueError("pred must not be empty")
     check_out(out, pred.shape, pred.dtype, inputs=(("pred", pred), ("target", target)))
     grad = (2.0 / pred.size) * (pred - target)
     if out is None:
@@ -80,3 +90,151 @@ VARIANTS = {"numpy": {
     "mse": mse_ref,
     "mse_backward": mse_backward_ref,
 }}
+
+
+# --- Numba ------------------------------------------------------------------------------
+#
+# Cross-entropy in one pass per row: max, sum of exp(x - max), then (with
+# grad) grad_ij = (exp(x_ij - max) / sum - [j == label_i]) / B, and the row's loss
+# log(sum) + max - x_i[label_i]; the row counts as correct when x_i[label_i] is its
+# first maximum (as argmax). Rows are split into one band per thread; each band
+# adds its loss (in float64) and correct count into its own slot, summed at the end.
+
+@njit(fastmath=True, cache=True)
+def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
+    """(sum of the rows' losses, number of rows whose argmax is the label)."""
+    scale = logits.dtype.type(1.0 / logits.shape[0])
+    loss = 0.0
+    correct = 0
+    for i in range(row_start, row_end):
+        row = logits[i]
+        top = nm.row_max(row)
+        total = logits.dtype.type(0)
+        if with_grad:                       # keep exp(x - max) in grad, scale it below
+            g = grad[i]
+            for j in range(row.shape[0]):
+                e = nm.exp(row[j] - top)
+                g[j] = e
+                total += e
+        else:
+            for j in range(row.shape[0]):
+                total += nm.exp(row[j] - top)
+        label = labels[i]
+        loss += math.log(total) + top - row[label]
+        if row[label] == top:               # argmax is the first maximum: no tie before label
+            ties_before = 0
+            for j in range(label):
+                ties_before += row[j] == top
+            correct += ties_before == 0
+        if with_grad:
+            inv = scale / total
+            for j in range(row.shape[0]):
+                g[j] *= inv
+            g[label] -= scale
+    return loss, correct
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _cross_entropy_numba(logits, labels, grad, with_grad, band_loss, band_correct):
+    bands = band_loss.shape[0]
+    rows = logits.shape[0]
+    for t in prange(bands):
+        band_loss[t], band_correct[t] = _cross_entropy_rows(
+            logits, labels, grad, with_grad, t * rows // bands, (t + 1) * rows // bands)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _squared_error_numba(pred, target, band_sums):
+    """band_sums[t] = sum over band t of (pred - target)^2, in float64 (pred is 1-D)."""
+    bands = band_sums.shape[0]
+    n = pred.shape[0]
+    for t in prange(bands):
+        total = 0.0
+        for i in range(t * n // bands, (t + 1) * n // bands):
+            d = np.float64(pred[i]) - np.float64(target[i])
+            total += d * d
+        band_sums[t] = total
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _mse_backward_numba(pred, target, scale, out):
+    for i in prange(pred.shape[0]):
+        out[i] = scale * (pred[i] - target[i])
+
+
+class _Bands(threading.local):
+    """Per Python thread: reused per-band accumulators (float64 sums, int64 counts)."""
+
+    def get(self, bands):
+        if getattr(self, "sums", None) is None or self.sums.shape[0] < bands:
+            self.sums = np.empty(bands, np.float64)
+            self.counts = np.empty(bands, np.int64)
+        return self.sums[:bands], self.counts[:bands]
+
+
+_BANDS = _Bands()
+_NO_GRAD = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}  # never written
+ROWS_PER_BAND = 16           # fewer rows per thread than this: fewer threads
+ELEMENTS_PER_BAND = 1 << 14
+
+
+def _bands(items, per_band):
+    return max(1, min(_numba_config.get_threads(), items // per_band))
+
+
+def softmax_cross_entropy_numba(logits, labels, grad_out=None):
+    _check_logits(logits, labels)
+    check_out(grad_out, logits.shape, logits.dtype, name="grad_out", inputs=(("logits", logits),))
+    grad = np.empty_like(logits) if grad_out is None else grad_out
+    sums, counts = _BANDS.get(_bands(logits.shape[0], ROWS_PER_BAND))
+    _numba_config.parallel_call(_cross_entropy_numba, logits, labels, grad, True, sums, counts)
+    return float(sums.sum()) / logits.shape[0], grad, int(counts.sum())
+
+
+def softmax_cross_entropy_forward_numba(logits, labels):
+    _check_logits(logits, labels)
+    sums, counts = _BANDS.get(_bands(logits.shape[0], ROWS_PER_BAND))
+    _numba_config.parallel_call(_cross_entropy_numba, logits, labels, _NO_GRAD[logits.dtype], False,
+                                sums, counts)
+    return float(sums.sum()) / logits.shape[0]
+
+
+def _flat(a):
+    """A 1-D view of a C-contiguous array (a copy otherwise)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def mse_numba(pred, target):
+    check_float_array(pred, "pred")
+    check_same_shape(pred, "pred", target, "target")
+    if pred.size == 0:
+        raise ValueError("pred must not be empty")
+    target = np.asarray(target, dtype=pred.dtype)
+    sums, _ = _BANDS.get(_bands(pred.size, ELEMENTS_PER_BAND))
+    _numba_config.parallel_call(_squared_error_numba, _flat(pred), _flat(target), sums)
+    return float(sums.sum()) / pred.size
+
+
+def mse_backward_numba(pred, target, out=None):
+    check_float_array(pred, "pred")
+    check_same_shape(pred, "pred", target, "target")
+    if pred.size == 0:
+        raise ValueError("pred must not be empty")
+    check_out(out, pred.shape, pred.dtype, inputs=(("pred", pred), ("target", target)))
+    if out is None:
+        out = np.empty(pred.shape, dtype=pred.dtype)        # C order, whatever pred's order
+    elif not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous for the numba mse_backward")
+    target = np.asarray(target, dtype=pred.dtype)
+    flat_out = out.reshape(-1)
+    _numba_config.parallel_call(_mse_backward_numba, _flat(pred), _flat(target),
+                                pred.dtype.type(2.0 / pred.size), flat_out)
+    return out
+
+
+VARIANTS["numba"] = {
+    "softmax_cross_entropy": softmax_cross_entropy_numba,
+    "softmax_cross_entropy_forward": softmax_cross_entropy_forward_numba,
+    "mse": mse_numba,
+    "mse_backward": mse_backward_numba,
+}

@@ -3,6 +3,7 @@
 All arrays of one call have the same shape (one parameter, or the flat buffer
 holding every parameter of a model). Versions:
     numpy   the references below
+    numba   each update as one parallel pass over the flat arrays
 
 ``VARIANTS[variant]`` maps op names to functions:
     "sgd"   f(param, grad, momentum_buf, *, lr, momentum, nesterov, weight_decay, first_step)
@@ -20,23 +21,30 @@ holding every parameter of a model). Versions:
 import math
 
 import numpy as np
+from numba import njit, prange
 
+from . import _numba_config
 from ._checks import check_float_array, check_same_shape
 
 
-def _check_state(param, **arrays):
+def _check_state(param, writeable=(), **arrays):
+    """param and the state arrays (named in ``writeable``) are updated in place."""
     check_float_array(param, "param")
+    if not param.flags.writeable:
+        raise ValueError("param is read-only: the update is in place")
     for name, a in arrays.items():
         if a is None:
             continue
         check_same_shape(param, "param", a, name)
         if a.dtype != param.dtype:
             raise TypeError(f"{name} must be {param.dtype}, got {a.dtype}")
+        if name in writeable and not a.flags.writeable:
+            raise ValueError(f"{name} is read-only: the update is in place")
 
 
 def sgd_ref(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
             first_step=False):
-    _check_state(param, grad=grad, momentum_buf=momentum_buf)
+    _check_state(param, ("momentum_buf",), grad=grad, momentum_buf=momentum_buf)
     g = grad + weight_decay * param if weight_decay else grad.copy()
     if momentum:
         if first_step:
@@ -50,7 +58,8 @@ def sgd_ref(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, weig
 
 def adam_ref(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
              weight_decay=0.0, decoupled=False):
-    _check_state(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    _check_state(param, ("exp_avg", "exp_avg_sq"), grad=grad, exp_avg=exp_avg,
+                 exp_avg_sq=exp_avg_sq)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     g = grad
@@ -69,3 +78,78 @@ def adam_ref(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.9
 
 
 VARIANTS = {"numpy": {"sgd": sgd_ref, "adam": adam_ref}}
+
+
+# --- Numba ------------------------------------------------------------------------------
+#
+# The whole update in one parallel pass over the (flat) arrays: each element of param,
+# grad and the state is read once and written once. Scalars are cast to the arrays'
+# dtype so float32 updates run in float32.
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _sgd_numba(param, grad, buf, lr, momentum, nesterov, weight_decay, first_step):
+    zero = param.dtype.type(0)
+    for i in prange(param.shape[0]):
+        g = grad[i] + weight_decay * param[i] if weight_decay != zero else grad[i]
+        if momentum != zero:
+            b = g if first_step else momentum * buf[i] + g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] -= lr * g
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _adam_numba(param, grad, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, weight_decay,
+                decay_factor):
+    """step_size = lr / (1 - beta1^t), inv_bc2_sqrt = 1 / sqrt(1 - beta2^t);
+    decay_factor = 1 - lr * wd for AdamW (else 1), weight_decay = wd for Adam (else 0)."""
+    one = param.dtype.type(1)
+    for i in prange(param.shape[0]):
+        p = param[i] * decay_factor
+        g = grad[i] + weight_decay * param[i]
+        m_i = beta1 * m[i] + (one - beta1) * g
+        v_i = beta2 * v[i] + (one - beta2) * g * g
+        m[i] = m_i
+        v[i] = v_i
+        param[i] = p - step_size * m_i / (math.sqrt(v_i) * inv_bc2_sqrt + eps)
+
+
+def _flat_views(names_arrays):
+    """1-D views of C-contiguous arrays, or a clear error (updates must be in place)."""
+    views = []
+    for name, a in names_arrays:
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous for the numba optimizer kernels")
+        views.append(a.reshape(-1))
+    return views
+
+
+def sgd_numba(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+              first_step=False):
+    _check_state(param, ("momentum_buf",), grad=grad, momentum_buf=momentum_buf)
+    if momentum and momentum_buf is None:
+        raise ValueError("momentum_buf is needed when momentum != 0")
+    buf = momentum_buf if momentum else param            # unused when momentum == 0
+    p, g, b = _flat_views([("param", param), ("grad", grad), ("momentum_buf", buf)])
+    t = param.dtype.type
+    _numba_config.parallel_call(_sgd_numba, p, g, b, t(lr), t(momentum), bool(nesterov),
+                                t(weight_decay), bool(first_step))
+
+
+def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
+               eps=1e-8, weight_decay=0.0, decoupled=False):
+    _check_state(param, ("exp_avg", "exp_avg_sq"), grad=grad, exp_avg=exp_avg,
+                 exp_avg_sq=exp_avg_sq)
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    views = _flat_views([("param", param), ("grad", grad), ("exp_avg", exp_avg),
+                         ("exp_avg_sq", exp_avg_sq)])
+    t = param.dtype.type
+    decay_factor = 1.0 - lr * weight_decay if decoupled else 1.0
+    l2 = 0.0 if decoupled else weight_decay
+    _numba_config.parallel_call(
+        _adam_numba, *views, t(lr / (1.0 - beta1 ** step)), t(beta1), t(beta2),
+        t(1.0 / math.sqrt(1.0 - beta2 ** step)), t(eps), t(l2), t(decay_factor))
+
+
+VARIANTS["numba"] = {"sgd": sgd_numba, "adam": adam_numba}

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from .backend import get_backend, to_numpy
+from .checkpoint import atomic_write
 from .kernels.activations import NAMES as ACTIVATION_NAMES
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -156,11 +157,12 @@ class Linear(Module):
         if self.bias is not None:
             yield "bias", self.bias
 
-    def forward(self, x):
+    def forward(self, x, activation="identity"):
+        """y = x @ W.T + b, or act(x @ W.T + b) in the same kernel (see Sequential)."""
         self._x = x
         out = self._buffer("y", x.shape[0], self.out_features)
         b = self.bias.data if self.bias is not None else None
-        return self.backend.linear_forward(x, self.weight.data, b, "identity", out)
+        return self.backend.linear_forward(x, self.weight.data, b, activation, out)
 
     def backward(self, grad_y):
         be = self.backend
@@ -199,12 +201,25 @@ class Activation(Module):
         grad_x = self._buffer("dx", *grad_y.shape)
         return self._kernels.backward(grad_y, self._x, self._y, grad_x, **self.params)
 
+    def fused_output(self, y):
+        """Record y = f(z), computed by the preceding Linear, as this layer's output.
+
+        Only for kinds in OUTPUT_DERIVATIVE (f' is a function of y), so backward can
+        use y in place of the z that was never stored: relu'(z) = [z > 0] = [y > 0].
+        """
+        self._x = self._y = y
+
     def config(self):
         return {"type": type(self).__name__, **self.params}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+# Activations whose derivative can be written with their output y alone, so that a
+# Linear layer may apply them in its epilogue without keeping z (see Sequential).
+OUTPUT_DERIVATIVE = ("identity", "relu", "sigmoid", "tanh")
 
 
 class Identity(Activation):
@@ -280,6 +295,25 @@ class Sequential(Module):
         super().__init__(backend, dtype)
         self.layers = list(layers)
         self._flatten_parameters()
+        self._steps = self._plan_steps()
+
+    def _plan_steps(self):
+        """[(layer, activation or None)]: a Linear followed by an activation that the
+        backend's linear_forward applies in its epilogue (and whose derivative needs only
+        its output) becomes one step: one kernel call forward instead of two passes."""
+        steps, i = [], 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if (isinstance(layer, Linear) and isinstance(nxt, Activation)
+                    and nxt.kind in OUTPUT_DERIVATIVE
+                    and nxt.kind in self.backend.fused_activations):
+                steps.append((layer, nxt))
+                i += 2
+            else:
+                steps.append((layer, None))
+                i += 1
+        return steps
 
     def _flatten_parameters(self):
         """Move every parameter (and its grad) into one flat buffer, in order, as views.
@@ -297,7 +331,7 @@ class Sequential(Module):
             data_view[...] = p.data
             p.data = data_view
             p.grad = self.flat_grad[offset:offset + size].reshape(p.shape)
-            p.flat_slice = (self, offset, size)
+            p.flat_slice = (self.flat_data, self.flat_grad, offset, size)
             offset += size
 
     def __len__(self):
@@ -329,12 +363,18 @@ class Sequential(Module):
                 yield f"{i}.{name}", p
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        for layer, activation in self._steps:
+            if activation is None:
+                x = layer.forward(x)
+            else:                                   # Linear + activation in one kernel
+                x = layer.forward(x, activation.kind)
+                activation.fused_output(x)
         return x
 
     def backward(self, grad_y):
-        for layer in reversed(self.layers):
+        for layer, activation in reversed(self._steps):
+            if activation is not None:
+                grad_y = activation.backward(grad_y)      # grad_z = grad_y * f'(z)
             grad_y = layer.backward(grad_y)
         return grad_y
 
@@ -378,12 +418,15 @@ class Sequential(Module):
                 "layers": [layer.config() for layer in self.layers]}
 
     def save(self, path):
-        """Write the weights and the architecture to an .npz file (no pickles)."""
+        """Write the weights and the architecture to an .npz file (no pickles).
+
+        The file is replaced atomically (temporary file, fsync, rename): a crash while
+        saving leaves the previous file intact.
+        """
         arrays = self.state_dict()
         meta = json.dumps(self.architecture()).encode()
         arrays["__mlpfast__"] = np.frombuffer(meta, dtype=np.uint8)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def __repr__(self):
         body = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -440,12 +483,30 @@ def load(path, backend="auto"):
         if arch.get("format") != "mlpfast.Sequential":
             raise ValueError("unknown format")
         dtype = _resolve_dtype(arch["dtype"])
+        for i, cfg in enumerate(arch["layers"]):     # sizes vs stored arrays, before allocating
+            _check_linear_sizes(i, cfg, arrays)
         layers = [_layer_from_config(cfg, backend, dtype) for cfg in arch["layers"]]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            RecursionError) as e:
         raise ValueError(f"{path}: corrupt mlpfast model metadata ({e})") from None
     model = Sequential(*layers)
-    model.load_state_dict(arrays)
+    try:
+        model.load_state_dict(arrays)
+    except TypeError as e:                           # e.g. integer weights in the file
+        raise ValueError(f"{path}: {e}") from None
     return model
+
+
+def _check_linear_sizes(i, cfg, arrays):
+    """A Linear layer's declared (out, in) must be the shape of the weight stored for it."""
+    if not isinstance(cfg, dict) or cfg.get("type") != "Linear":
+        return
+    weight = arrays.get(f"{i}.weight")
+    declared = (cfg.get("out_features"), cfg.get("in_features"))
+    if weight is None or weight.shape != declared:
+        raise ValueError(f"layer {i} is declared Linear(in_features={declared[1]!r}, "
+                         f"out_features={declared[0]!r}) but the file holds {i}.weight of "
+                         f"shape {None if weight is None else weight.shape}")
 
 
 def _layer_from_config(cfg, backend, dtype):

@@ -38,31 +38,31 @@ class Optimizer:
         self.params = params
         self.hyper = hyper
         self.step_count = 0
-        self._model = self._common_flat_owner(params)
+        self._flat = self._common_flat_buffers(params)
         self.backend = params[0].backend
         self._sizes = [int(np.prod(p.shape)) for p in params]
         self._state = {name: self.backend.zeros((sum(self._sizes),), dtype=params[0].data.dtype)
                        for name in self.state_names}
 
     @staticmethod
-    def _common_flat_owner(params):
-        """The Sequential whose flat buffer these params cover exactly, in order, or None."""
+    def _common_flat_buffers(params):
+        """(flat_data, flat_grad) of the Sequential whose flat buffers these params cover
+        exactly, in order, or None."""
         slots = [getattr(p, "flat_slice", None) for p in params]
         if any(s is None for s in slots):
             return None
-        owner = slots[0][0]
+        flat_data, flat_grad = slots[0][:2]
         offset = 0
-        for s_owner, s_offset, s_size in slots:
-            if s_owner is not owner or s_offset != offset:
+        for s_data, _, s_offset, s_size in slots:
+            if s_data is not flat_data or s_offset != offset:
                 return None
             offset += s_size
-        return owner if offset == owner.flat_data.shape[0] else None
+        return (flat_data, flat_grad) if offset == flat_data.shape[0] else None
 
     def _groups(self):
         """(param data, grad, state views) for one flat call, or one tuple per parameter."""
-        if self._model is not None:
-            yield self._model.flat_data, self._model.flat_grad, \
-                [self._state[n] for n in self.state_names]
+        if self._flat is not None:
+            yield (*self._flat, [self._state[n] for n in self.state_names])
             return
         offset = 0
         for p, size in zip(self.params, self._sizes):
@@ -72,8 +72,8 @@ class Optimizer:
             offset += size
 
     def zero_grad(self):
-        if self._model is not None:
-            self._model.flat_grad[...] = 0
+        if self._flat is not None:
+            self._flat[1][...] = 0
         else:
             for p in self.params:
                 p.grad[...] = 0

@@ -107,7 +107,7 @@ def test_optimizer_step_over_flat_buffer_equals_per_parameter(rng):
                         (mf.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
                         (mf.optim.AdamW, {"lr": 0.01})):
         flat_opt, loose_opt = cls(model.parameters(), **kwargs), cls(params_loose, **kwargs)
-        assert flat_opt._model is model and loose_opt._model is None
+        assert flat_opt._flat is not None and loose_opt._flat is None
         for _ in range(2):
             flat_opt.step()
             loose_opt.step()

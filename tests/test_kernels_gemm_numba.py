@@ -1,0 +1,70 @@
+"""The Numba GEMM's own paths: several column blocks and panel widths, both forms
+(packed rank-4 updates and A @ B.T dot products), the bias/relu epilogue, strided views,
+1 and 2 threads. (tests/test_kernels_gemm.py covers every variant on small shapes.)"""
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import mlpfast
+from mlpfast.kernels import gemm
+
+# (m, n, k): several GEMM_MC row blocks and column blocks; k large enough to narrow the
+# panel (k4 * nc * itemsize > GEMM_PANEL_BYTES); k >= DOT_MIN_K for the dot form
+SHAPES = [(70, 1100, 9), (130, 600, 801), (9, 1030, 1030), (200, 33, 300)]
+
+
+def reference(a, b, trans_a, trans_b, alpha, beta, c, bias, relu):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    out = alpha * ((a64.T if trans_a else a64) @ (b64.T if trans_b else b64)) + beta * c + bias
+    return np.maximum(out, 0) if relu else out
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(request.param)
+    yield request.param
+    mlpfast.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_blocks_epilogue_and_forms(m, n, k, trans_a, trans_b, dtype, threads, rng):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    expected = reference(a, b, trans_a, trans_b, 0.5, 2.0, c.astype(np.float64), bias, True)
+    out = gemm.gemm_numba_fused(a, b, c, trans_a, trans_b, 0.5, 2.0, bias, "relu")
+    assert out is c
+    tol = (1e-5 * k, 2e-5 * k ** 0.5) if dtype == np.float32 else (1e-12 * k, 1e-10)
+    assert_close(out, expected, tol=tol)
+
+
+def test_strided_views(rng):
+    big = rng.standard_normal((300, 600))
+    a, b = big[::2, ::3], big[1::2, :260]          # (150, 200) and (150, 260), strided rows
+    assert_close(gemm.gemm_numba(a, b, trans_a=True), a.T @ b, tol=(1e-11, 1e-10))
+    w = big[:50, ::2]                               # (50, 300): unit stride lost -> packed form
+    x = big[100:107, :300]
+    assert_close(gemm.gemm_numba(x, w, trans_b=True), x @ w.T, tol=(1e-11, 1e-10))
+
+
+def test_workspace_is_reused(rng):
+    a = rng.standard_normal((64, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 200)).astype(np.float32)
+    out = np.empty((64, 200), np.float32)
+    gemm.gemm_numba(a, b, out)
+    buffers = dict(gemm._WORKSPACE.buffers)
+    gemm.gemm_numba(a, b, out)
+    assert all(gemm._WORKSPACE.buffers[d] is buf for d, buf in buffers.items())
+
+
+def test_bad_epilogue_arguments_are_rejected():
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        gemm.gemm_numba_fused(a, a, None, False, True, 1.0, 0.0, None, "tanh")
+    with pytest.raises(ValueError, match=r"bias must be a contiguous float32 array of shape \(2,\)"):
+        gemm.gemm_numba_fused(a, a, None, False, True, 1.0, 0.0, np.ones(3, np.float32), "relu")
