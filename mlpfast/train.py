@@ -8,14 +8,18 @@ Data: ``x`` and ``y`` arrays, or a dataset object in place of ``x`` (``y`` omitt
                                      y_out (B,) int64 with the samples ``index`` (B,) int64
 Batches are gathered into buffers allocated once per run, then handed to the model's
 backend. One step: logits = model.forward(x); loss = loss_fn(logits, y);
-model.backward(loss_fn.backward()); optimizer.step().
+model.backward(loss_fn.backward()); loss and gradient checked for NaN/inf; optimizer.step().
+Checkpoints and exact resume: see ``fit`` and ``mlpfast.checkpoint``.
 """
+import math
+import os
 import sys
 import time
 
 import numpy as np
 
-from .backend import get_backend
+from .backend import get_backend, to_numpy
+from .checkpoint import read_checkpoint, training_arrays, write_checkpoint
 from .losses import CrossEntropyLoss, MSELoss, check_labels
 from .nn import check_samples
 
@@ -139,21 +143,40 @@ def _check_positive_int(name, value):
 
 
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
-        seed=None, progress=True, verbose=False):
+        seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
+        resume=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
     in batches of ``batch_size`` (the last one may be smaller). ``val`` = (x, y) or a
     dataset, evaluated after each epoch. ``verbose`` prints a line per epoch.
+
+    ``checkpoint`` = PATH writes model, optimizer state, progress, RNG state and data
+    order to that one file, replaced atomically (see ``mlpfast.checkpoint``), after every
+    epoch (``checkpoint_every="epoch"``) or every N optimizer steps
+    (``checkpoint_every=N``, plus once at the end). ``resume`` = PATH continues the run
+    saved there: ``epochs`` is the total, so the same call finishes the same schedule, and
+    the result is bit-identical to an uninterrupted run (same backend, same threads).
+    The returned History then includes the epochs run before the checkpoint.
+
+    A NaN or inf in the loss or the gradients raises ``TrainingDiverged`` naming the epoch
+    and step; the model and optimizer keep the state of the last good step.
     """
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     if not isinstance(loss_fn, (CrossEntropyLoss, MSELoss)):
         raise TypeError(f"loss_fn must be CrossEntropyLoss() or MSELoss(), "
                         f"got {type(loss_fn).__name__}")
-    if optimizer.params[0].backend is not model.backend:
-        raise ValueError("optimizer was built for another model's parameters")
+    if not hasattr(optimizer, "step") or not getattr(optimizer, "params", None):
+        raise TypeError(f"optimizer must be an mlpfast optimizer, got {type(optimizer).__name__}")
+    own = {id(p) for p in model.parameters()}
+    if optimizer.params[0].backend is not model.backend or \
+            not all(id(p) in own for p in optimizer.params):
+        raise ValueError("optimizer was built for another model's parameters: build it from "
+                         "model.parameters()")
+    every_steps = _check_checkpoint_args(checkpoint, checkpoint_every)
     train_set = as_dataset(model, x, y)
+    _check_targets(loss_fn, train_set, model, "y")
     val_set = None
     if val is not None:
         val_set = val if hasattr(val, "gather_batch") else None
@@ -163,50 +186,321 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
             val_set = as_dataset(model, val[0], val[1], name="val x")
         else:
             val_set = as_dataset(model, val, None, name="val")
+        _check_targets(loss_fn, val_set, model, "val y")
+
+    n = len(train_set)
+    batch_size = min(batch_size, n)
+    steps_per_epoch = -(-n // batch_size)
+    data_spec = {"n": n, "num_features": int(train_set.num_features), "batch_size": batch_size,
+                 "shuffle": bool(shuffle)}
+    run = _RunState()
+    history = History()
+    if resume is not None:            # read, check everything, then load (all or nothing)
+        rng = _resume(read_checkpoint(resume), model, optimizer, loss_fn, data_spec, epochs,
+                      run, history)
+    else:
+        rng = np.random.default_rng(seed)
+    writer = None if checkpoint is None else _CheckpointWriter(
+        checkpoint, every_steps, model, optimizer, loss_fn, data_spec)
 
     backend = model.backend
     loss_fn.backend = backend
     classify = isinstance(loss_fn, CrossEntropyLoss) or _has_labels(train_set)
-    n = len(train_set)
-    batch_size = min(batch_size, n)
-    rng = np.random.default_rng(seed)
     x_buf = np.empty((batch_size, train_set.num_features), dtype=model.dtype)
     y_buf = _label_buffer(train_set, batch_size)
     val_loss_fn = type(loss_fn)(backend=backend)
-    history = History()
+    grads = _gradient_buffers(model, optimizer)
     model.train()
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        bar = _Progress(progress, -(-n // batch_size), f"epoch {epoch}/{epochs}")
-        loss_sum, correct = 0.0, 0
-        for lo in range(0, n, batch_size):
-            index = order[lo:lo + batch_size]
-            rows = index.shape[0]
-            xb, yb = x_buf[:rows], y_buf[:rows]
-            train_set.gather_batch(index, xb, yb)
-            logits = model.forward(backend.to_device(xb))
-            loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward())
-            optimizer.step()
-            loss_sum += loss * rows
-            if classify:
-                correct += _correct(loss_fn, logits, yb, backend)
-            bar.update(loss)
-        bar.close()
+    for epoch in range(run.epochs_done + 1, epochs + 1):
+        start = time.perf_counter() - run.seconds
+        if run.batches_done == 0:
+            run.order = rng.permutation(n) if shuffle else np.arange(n)
+            run.loss_sum, run.correct = 0.0, 0
+        bar = _Progress(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
+        try:
+            for batch in range(run.batches_done, steps_per_epoch):
+                index = run.order[batch * batch_size:(batch + 1) * batch_size]
+                rows = index.shape[0]
+                xb, yb = x_buf[:rows], y_buf[:rows]
+                train_set.gather_batch(index, xb, yb)
+                logits = model.forward(backend.to_device(xb))
+                loss = loss_fn(logits, yb)
+                model.backward(loss_fn.backward())
+                if not _step_is_finite(loss, grads):     # before the step: state stays good
+                    raise _diverged(loss, grads, epoch, batch + 1, steps_per_epoch, run,
+                                    checkpoint)
+                optimizer.step()
+                run.global_step += 1
+                run.batches_done = batch + 1
+                run.loss_sum += loss * rows
+                if classify:
+                    run.correct += _correct(loss_fn, logits, yb, backend)
+                bar.update(loss)
+                if every_steps and run.global_step % every_steps == 0:
+                    run.seconds = time.perf_counter() - start
+                    writer.write(run, rng, history, epoch)
+        finally:
+            bar.close()
+        _check_state_finite(model, optimizer, f"after epoch {epoch}", checkpoint)
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "loss": loss_sum / n,
-                  "train_accuracy": correct / n if classify else None,
+        record = {"epoch": epoch, "loss": run.loss_sum / n,
+                  "train_accuracy": run.correct / n if classify else None,
                   "seconds": seconds, "samples_per_s": n / seconds}
         if val_set is not None:
             result = evaluate(model, val_set, loss_fn=val_loss_fn, confusion=False)
             record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
             model.train()
         history.append(record)
+        run.end_epoch(epoch)
+        if writer is not None and (not every_steps or epoch == epochs):
+            writer.write(run, rng, history, epoch)
         if verbose:
             print(format_record(record, epochs), flush=True)
     model.eval()
     return history
+
+
+def _check_targets(loss_fn, dataset, model, name):
+    """Float targets fit MSELoss only, with one column per model output."""
+    if not isinstance(dataset, ArrayDataset) or dataset.y.dtype.kind != "f":
+        return
+    if isinstance(loss_fn, CrossEntropyLoss):
+        raise TypeError(f"{name} holds float values ({dataset.y.dtype}) but CrossEntropyLoss "
+                        f"needs integer class labels")
+    expected = (len(dataset), model.out_features)
+    if model.out_features is not None and dataset.y.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} (one target per model output) "
+                         f"for MSELoss, got {dataset.y.shape}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradients became NaN or inf; ``epoch``, ``step`` (in the epoch,
+    1-based) and ``global_step`` locate the failing step, ``loss`` is its loss."""
+
+    def __init__(self, message, epoch, step, global_step, loss):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step, self.loss = epoch, step, global_step, loss
+
+
+class _RunState:
+    """Where a run stands: finished epochs, batches of the epoch in progress, its order
+    and running sums. Exactly what a checkpoint must hold to continue bit for bit."""
+
+    def __init__(self):
+        self.epochs_done, self.batches_done, self.global_step = 0, 0, 0
+        self.loss_sum, self.correct, self.seconds = 0.0, 0, 0.0
+        self.order = None
+
+    def end_epoch(self, epoch):
+        self.epochs_done, self.batches_done, self.seconds, self.order = epoch, 0, 0.0, None
+
+    def as_json(self):
+        return {"epochs_done": self.epochs_done, "batches_done": self.batches_done,
+                "global_step": self.global_step, "loss_sum": float(self.loss_sum),
+                "correct": int(self.correct), "seconds": float(self.seconds)}
+
+
+def _check_checkpoint_args(checkpoint, checkpoint_every):
+    """Steps between checkpoints (0 = after every epoch); checks the path's directory."""
+    if isinstance(checkpoint_every, str) and checkpoint_every == "epoch":
+        every_steps = 0
+    elif isinstance(checkpoint_every, (int, np.integer)) and not isinstance(checkpoint_every,
+                                                                            bool):
+        every_steps = _check_positive_int("checkpoint_every", checkpoint_every)
+    else:
+        raise ValueError(f"checkpoint_every must be 'epoch' or a positive number of steps, "
+                         f"got {checkpoint_every!r}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
+        directory = os.path.dirname(os.path.abspath(checkpoint))
+        if not os.path.isdir(directory):
+            raise ValueError(f"checkpoint {checkpoint}: directory {directory} does not exist")
+        if os.path.isdir(checkpoint):
+            raise ValueError(f"checkpoint {checkpoint} is a directory; give a file path")
+    return every_steps
+
+
+def _gradient_buffers(model, optimizer):
+    """The arrays holding every gradient: the model's flat buffer when it has one."""
+    flat = getattr(model, "flat_grad", None)
+    return [flat] if flat is not None else [p.grad for p in optimizer.params]
+
+
+def _step_is_finite(loss, grads):
+    """loss finite and every gradient finite, in one BLAS dot per buffer.
+
+    sum(g*g) is NaN or inf when any element is; it also overflows (and so stops the run)
+    when |g| > ~1.8e19 in float32, far beyond any trainable gradient. Device (non-NumPy)
+    gradients are not read back: there only the loss is checked per step.
+    """
+    if not math.isfinite(loss):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        for g in grads:
+            if isinstance(g, np.ndarray) and not math.isfinite(float(np.dot(g.ravel(),
+                                                                            g.ravel()))):
+                return False
+    return True
+
+
+def _diverged(loss, grads, epoch, step, steps_per_epoch, run, checkpoint):
+    if not math.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif all(np.isfinite(to_numpy(g)).all() for g in grads):
+        what = f"the gradient norm overflows (loss {loss:.6g})"
+    else:
+        what = f"the gradient holds NaN or inf (loss {loss:.6g})"
+    where = (f"training diverged at epoch {epoch}, step {step} of {steps_per_epoch} "
+             f"(global step {run.global_step + 1}): {what}")
+    kept = (f"the model and optimizer keep the state after global step {run.global_step}, "
+            f"the last good step" if run.global_step else
+            "the model and optimizer keep their initial state")
+    hint = "; lower the learning rate" + (f" or resume from {checkpoint}" if checkpoint else "")
+    return TrainingDiverged(f"{where}; {kept}{hint}", epoch, step, run.global_step + 1, loss)
+
+
+def _check_state_finite(model, optimizer, when, checkpoint):
+    """Parameters and optimizer state finite (one pass each), else TrainingDiverged.
+
+    Catches an update that overflowed from finite gradients, which the per-step check
+    cannot see; run before every checkpoint write so NaN never replaces good weights.
+    """
+    arrays = [("parameter " + name, p.data) for name, p in model.named_parameters()]
+    arrays += [("optimizer state " + name, a)
+               for name, a in optimizer.state_dict()["state"].items()]
+    for name, a in arrays:
+        host = to_numpy(a)
+        if not np.isfinite(host).all():
+            kept = f"; {checkpoint} keeps the last good checkpoint" if checkpoint else ""
+            raise TrainingDiverged(f"training diverged: {name} holds NaN or inf {when} (an "
+                                   f"update overflowed){kept}; lower the learning rate",
+                                   None, None, None, None)
+
+
+class _CheckpointWriter:
+    """Writes the run's full state to one path, atomically, never with NaN in it."""
+
+    def __init__(self, path, every_steps, model, optimizer, loss_fn, data_spec):
+        self.path, self.every_steps = path, every_steps
+        self.model, self.optimizer = model, optimizer
+        self.loss_name, self.data_spec = type(loss_fn).__name__, data_spec
+
+    def write(self, run, rng, history, epoch):
+        _check_state_finite(self.model, self.optimizer, f"in epoch {epoch}", self.path)
+        opt = self.optimizer.state_dict()
+        meta = {"architecture": self.model.architecture(),
+                "optimizer": {"type": opt["type"], "step": opt["step"], "hyper": opt["hyper"]},
+                "loss": self.loss_name, "data": self.data_spec, "progress": run.as_json(),
+                "rng": _jsonable(rng.bit_generator.state),
+                "history": _jsonable(history.epochs)}
+        order = run.order if run.batches_done else None
+        write_checkpoint(self.path, meta, training_arrays(self.model, self.optimizer, order))
+
+
+def _jsonable(value):
+    """Dicts/lists with NumPy arrays and scalars turned into lists and Python numbers."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
+    """Check ``ckpt`` against this call, then load model, optimizer, progress; returns the rng.
+
+    Every check runs before anything is loaded, so a mismatch changes nothing.
+    """
+    meta, path = ckpt.meta, ckpt.path
+    arch, own_arch = meta["architecture"], model.architecture()
+    if arch.get("layers") != own_arch["layers"] or arch.get("dtype") != own_arch["dtype"]:
+        raise ValueError(f"resume: {path} holds a {arch.get('dtype')} model with layers "
+                         f"{arch.get('layers')}, not this {own_arch['dtype']} model with "
+                         f"layers {own_arch['layers']}")
+    if meta["loss"] != type(loss_fn).__name__:
+        raise ValueError(f"resume: {path} was trained with {meta['loss']}, "
+                         f"not {type(loss_fn).__name__}")
+    for key, value in data_spec.items():
+        if meta["data"].get(key) != value:
+            raise ValueError(f"resume: {path} was written with {key}={meta['data'].get(key)!r}"
+                             f", this call has {key}={value!r}; exact resume needs the same "
+                             f"data and batching")
+    progress = meta["progress"]
+    if progress["epochs_done"] > epochs:
+        raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "
+                         f"than epochs={epochs} (epochs counts the whole run)")
+    model_state = ckpt.model_state()
+    own_params = dict(model.named_parameters())
+    if set(model_state) != set(own_params):
+        raise ValueError(f"resume: {path} parameters {sorted(model_state)} do not match the "
+                         f"model's {sorted(own_params)}")
+    for name, a in model_state.items():
+        if a.shape != own_params[name].shape or a.dtype != model.dtype \
+                or not np.isfinite(a).all():
+            raise ValueError(f"resume: {path} parameter {name} is not a finite "
+                             f"{model.dtype} array of shape {own_params[name].shape}")
+    opt_state = ckpt.optimizer_state()
+    _check_optimizer_state(path, opt_state, optimizer)
+    rng = _rng_from_state(path, meta["rng"])
+    # -- everything checked: load
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(opt_state)
+    run.epochs_done, run.batches_done = progress["epochs_done"], progress["batches_done"]
+    run.global_step, run.seconds = progress["global_step"], progress["seconds"]
+    run.loss_sum, run.correct = progress["loss_sum"], progress["correct"]
+    run.order = ckpt.arrays.get("order") if run.batches_done else None
+    history.epochs = [dict(r) for r in meta["history"]]
+    return rng
+
+
+def _check_optimizer_state(path, state, optimizer):
+    if state["type"] != type(optimizer).__name__:
+        raise ValueError(f"resume: {path} holds {state['type']} state, the optimizer is "
+                         f"{type(optimizer).__name__}")
+    own = optimizer.state_dict()
+    if set(state["state"]) != set(own["state"]):
+        raise ValueError(f"resume: {path} optimizer state {sorted(state['state'])} does not "
+                         f"match {type(optimizer).__name__}'s {sorted(own['state'])} (e.g. "
+                         f"momentum on in one and off in the other)")
+    for name, a in state["state"].items():
+        ref = own["state"][name]
+        if a.shape != ref.shape or a.dtype != ref.dtype or not np.isfinite(a).all():
+            raise ValueError(f"resume: {path} optimizer state {name} is not a finite "
+                             f"{ref.dtype} array of shape {ref.shape}")
+    hyper = state["hyper"]
+    if set(hyper) != set(own["hyper"]):
+        raise ValueError(f"resume: {path} optimizer hyperparameters {sorted(hyper)} do not "
+                         f"match {sorted(own['hyper'])}")
+    for key, ref in own["hyper"].items():
+        value = hyper[key]
+        if isinstance(ref, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(ref, (tuple, list)):
+            ok = isinstance(value, list) and len(value) == len(ref) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value)
+            if ok:
+                hyper[key] = tuple(value)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value >= 0
+        if not ok:
+            raise ValueError(f"resume: {path} optimizer hyperparameter {key}={value!r} is "
+                             f"not valid")
+
+
+def _rng_from_state(path, state):
+    try:
+        bit_generator = getattr(np.random, state["bit_generator"])()
+        bit_generator.state = state
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise ValueError(f"resume: {path} holds an invalid RNG state ({e})") from None
+    return np.random.Generator(bit_generator)
 
 
 def format_record(record, epochs):

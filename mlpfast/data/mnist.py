@@ -9,12 +9,14 @@ SHA-256 before use. Cache: ``$MLPFAST_DATA/mnist`` or ``~/.cache/mlpfast/mnist``
 """
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 
 import numpy as np
 
@@ -42,7 +44,7 @@ def parse_idx(data, name="data"):
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise IDXError(f"{name}: corrupt gzip stream ({e})") from None
     if len(data) < 4:
         raise IDXError(f"{name}: {len(data)} bytes is too short for an IDX header (4 bytes)")
@@ -58,11 +60,14 @@ def parse_idx(data, name="data"):
         raise IDXError(f"{name}: truncated header, {len(data)} bytes < {header}")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(IDX_TYPES[type_code])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize        # exact: Python integers
     if len(data) != expected:
         raise IDXError(f"{name}: {len(data)} bytes but its header {shape} of {dtype} needs "
                        f"{expected} (truncated or trailing data)")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError:        # zero-size, but the other sizes overflow NumPy's index type
+        raise IDXError(f"{name}: header shape {shape} is too large") from None
 
 
 def read_idx(path):

@@ -1,0 +1,298 @@
+"""Training checkpoints: one file, replaced atomically, read without unpickling.
+
+A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` entries, ZIP_STORED):
+
+    __checkpoint__     uint8 bytes of the JSON object below
+    model/<name>       each parameter in PyTorch's layout ("0.weight" is (out, in))
+    optimizer/<name>   each flat optimizer state array ("exp_avg", "momentum_buffer", ...)
+    order              int64 (N,): the sample order of the epoch in progress (mid-epoch only)
+
+    {"format": "mlpfast.checkpoint", "version": 1,
+     "architecture": model.architecture(),        # layers and dtype
+     "optimizer": {"type", "step", "hyper"},
+     "loss": "CrossEntropyLoss" | "MSELoss",
+     "data": {"n", "num_features", "batch_size", "shuffle"},
+     "progress": {"epochs_done", "batches_done", "global_step", "loss_sum", "correct",
+                  "seconds"},                     # batches_done: of epoch epochs_done + 1
+     "rng": numpy bit_generator.state,            # after drawing the order of that epoch
+     "history": [per-epoch records of the finished epochs],
+     "sha256": {entry: SHA-256 of its array bytes}}
+
+Writing (``atomic_write``): a temporary file in the same directory, flush, fsync, rename
+over the target, fsync the directory. A crash at any moment leaves either the old file or
+the new one, never a mixture. Reading (``read_checkpoint``) checks the zip CRCs, each
+entry's ``.npy`` header against its size before allocating, every SHA-256, and the
+schema, and raises ``ValueError`` naming the problem.
+"""
+import hashlib
+import io
+import json
+import os
+import secrets
+import zipfile
+
+import numpy as np
+
+from .backend import to_numpy
+
+FORMAT, VERSION = "mlpfast.checkpoint", 1
+META_ENTRY = "__checkpoint__"
+ARRAY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64),
+                np.dtype(np.uint8))
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+# --- atomic replacement ----------------------------------------------------------------
+
+def atomic_write(path, write):
+    """Replace ``path`` by what ``write(file)`` writes, atomically and durably.
+
+    The bytes go to ``.<name>.<pid>.<random>.tmp`` beside ``path`` (same filesystem, so
+    the rename is atomic), are flushed and fsync'ed, then renamed over ``path``; the
+    directory is fsync'ed so the rename itself survives a power loss. Temporary files
+    left by killed writers of the same target are removed first.
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"checkpoint directory {directory} does not exist")
+    _remove_stale_temporaries(directory, name)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # mode honours umask
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:                 # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(directory, name):
+    """Delete ``.<name>.<pid>.*.tmp`` files whose writing process no longer exists."""
+    prefix = f".{name}."
+    for entry in os.listdir(directory):
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid = entry[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except FileNotFoundError:
+            pass
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def write_checkpoint(path, meta, arrays):
+    """Write ``arrays`` ({entry: NumPy array}) and the JSON-able ``meta`` to ``path``.
+
+    Adds the format, version and the SHA-256 of every array to ``meta``.
+    """
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    meta = dict(meta, format=FORMAT, version=VERSION,
+                sha256={name: _digest(a) for name, a in arrays.items()})
+    blob = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
+
+    def write(f):
+        np.savez(f, **{META_ENTRY: blob}, **arrays)
+
+    atomic_write(path, write)
+
+
+def training_arrays(model, optimizer, order=None):
+    """{entry: host array} of the parameters, the optimizer state and the data order."""
+    arrays = {f"model/{name}": to_numpy(p.data) for name, p in model.named_parameters()}
+    arrays.update({f"optimizer/{name}": to_numpy(a)
+                   for name, a in optimizer.state_dict()["state"].items()})
+    if order is not None:
+        arrays["order"] = np.asarray(order, dtype=np.int64)
+    return arrays
+
+
+def _digest(a):
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+class Checkpoint:
+    """A verified checkpoint: ``meta`` (the JSON object) and ``arrays`` ({entry: array})."""
+
+    def __init__(self, path, meta, arrays):
+        self.path, self.meta, self.arrays = path, meta, arrays
+
+    @property
+    def progress(self):
+        return self.meta["progress"]
+
+    def model_state(self):
+        """The parameters as a state_dict ({"0.weight": array, ...})."""
+        return {k[len("model/"):]: a for k, a in self.arrays.items() if k.startswith("model/")}
+
+    def optimizer_state(self):
+        """The optimizer's state_dict as ``Optimizer.load_state_dict`` takes it."""
+        opt = self.meta["optimizer"]
+        return {"type": opt["type"], "step": opt["step"], "hyper": opt["hyper"],
+                "state": {k[len("optimizer/"):]: a for k, a in self.arrays.items()
+                          if k.startswith("optimizer/")}}
+
+    def __repr__(self):
+        p = self.progress
+        return (f"Checkpoint({self.path!r}, epochs_done={p['epochs_done']}, "
+                f"batches_done={p['batches_done']}, global_step={p['global_step']})")
+
+
+def read_checkpoint(path):
+    """The ``Checkpoint`` at ``path``, fully verified; ``ValueError`` if anything is wrong."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        entries = _read_npz_entries(path)
+    except ValueError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
+    blob = entries.pop(META_ENTRY, None)
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError(f"{path} is not an mlpfast checkpoint (no {META_ENTRY!r} entry)")
+    try:
+        meta = json.loads(bytes(blob).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from None
+    _check_meta(path, meta, entries)
+    return Checkpoint(path, meta, entries)
+
+
+def _read_npz_entries(path):
+    """{name: array} of an uncompressed npz, each .npy header checked before reading."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{path} is not a checkpoint (not a zip/npz file)")
+    entries = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{path}: unexpected entry {info.filename!r}")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: entry {info.filename!r} is compressed; "
+                                 f"checkpoints are written uncompressed")
+            name = info.filename[:-len(".npy")]
+            if name in entries:
+                raise ValueError(f"{path}: duplicate entry {info.filename!r}")
+            entries[name] = _parse_npy(zf.read(info), f"{path}:{info.filename}")
+    return entries
+
+
+def _parse_npy(data, where):
+    """The array in ``.npy`` bytes, for plain dtypes only, sizes checked first."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{where}: corrupt .npy header ({e})") from None
+    if dtype.newbyteorder("=") not in ARRAY_DTYPES and dtype not in ARRAY_DTYPES:
+        raise ValueError(f"{where}: dtype {dtype} is not allowed in a checkpoint")
+    if fortran:
+        raise ValueError(f"{where}: Fortran-ordered arrays are not written by mlpfast")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    offset = stream.tell()
+    if count < 0 or len(data) - offset != count * dtype.itemsize:
+        raise ValueError(f"{where}: header says {shape} of {dtype} "
+                         f"({count * dtype.itemsize} bytes) but {len(data) - offset} follow")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape) \
+        .astype(dtype.newbyteorder("="), copy=False)
+
+
+def _require(path, condition, message):
+    if not condition:
+        raise ValueError(f"{path}: corrupt checkpoint ({message})")
+
+
+def _is_int(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _check_meta(path, meta, entries):
+    """The schema of the module docstring, every digest, and the arrays it names."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an mlpfast checkpoint (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} is not "
+                         f"supported (this mlpfast reads version {VERSION})")
+    for key, kind in (("architecture", dict), ("optimizer", dict), ("data", dict),
+                      ("progress", dict), ("rng", dict), ("history", list), ("sha256", dict),
+                      ("loss", str)):
+        _require(path, isinstance(meta.get(key), kind), f"{key!r} must be a {kind.__name__}")
+    digests = meta["sha256"]
+    _require(path, set(digests) == set(entries),
+             f"entries {sorted(entries)} do not match the digests {sorted(digests)}")
+    for name, a in entries.items():
+        if _digest(a) != digests[name]:
+            raise ValueError(f"{path}: entry {name!r} fails its SHA-256 check (corrupt file)")
+    data, progress, opt = meta["data"], meta["progress"], meta["optimizer"]
+    for key in ("n", "num_features", "batch_size"):
+        _require(path, _is_int(data.get(key), 1), f"data.{key} must be a positive integer")
+    _require(path, isinstance(data.get("shuffle"), bool), "data.shuffle must be true/false")
+    for key in ("epochs_done", "batches_done", "global_step", "correct"):
+        _require(path, _is_int(progress.get(key)), f"progress.{key} must be an integer >= 0")
+    for key in ("loss_sum", "seconds"):
+        _require(path, _is_number(progress.get(key)), f"progress.{key} must be a number")
+    steps_per_epoch = -(-data["n"] // data["batch_size"])
+    _require(path, progress["batches_done"] <= steps_per_epoch,
+             f"progress.batches_done {progress['batches_done']} > {steps_per_epoch} batches")
+    _require(path, isinstance(opt.get("type"), str) and _is_int(opt.get("step"))
+             and isinstance(opt.get("hyper"), dict), "optimizer must have type, step, hyper")
+    if progress["batches_done"] > 0:
+        order = entries.get("order")
+        _require(path, order is not None and order.shape == (data["n"],)
+                 and order.dtype == np.int64, "mid-epoch checkpoint without a valid order")
+        _require(path, np.array_equal(np.sort(order), np.arange(data["n"])),
+                 "order is not a permutation of the samples")
+    _require(path, meta["rng"].get("bit_generator") in BIT_GENERATORS,
+             f"rng.bit_generator must be one of {BIT_GENERATORS}")
+    _require(path, all(isinstance(r, dict) for r in meta["history"]),
+             "history must be a list of records")

@@ -1,0 +1,263 @@
+"""Checkpoint files: atomic replacement, verification on read, no pickles, and a writer
+killed with SIGKILL at random moments always leaving the previous checkpoint intact."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import mlpfast as mf
+from mlpfast.checkpoint import (META_ENTRY, atomic_write, read_checkpoint, training_arrays,
+                                write_checkpoint)
+
+
+def _trained(tmp_path, every="epoch", epochs=2):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 50)
+    model = mf.MLP([6, 8, 3], backend="numpy", seed=0)
+    opt = mf.optim.Adam(model.parameters(), lr=1e-2)
+    path = tmp_path / "run.ckpt"
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=16, seed=1,
+           progress=False, checkpoint=path, checkpoint_every=every)
+    return model, opt, path
+
+
+def test_checkpoint_holds_model_optimizer_progress_rng(tmp_path):
+    model, opt, path = _trained(tmp_path)
+    ckpt = read_checkpoint(path)
+    for name, p in model.named_parameters():
+        assert np.array_equal(ckpt.model_state()[name], p.data)
+    state = ckpt.optimizer_state()
+    assert state["type"] == "Adam" and state["step"] == opt.step_count == 8
+    for name, a in opt.state_dict()["state"].items():
+        assert np.array_equal(state["state"][name], a)
+    assert ckpt.progress == {**ckpt.progress, "epochs_done": 2, "batches_done": 0,
+                             "global_step": 8}
+    assert ckpt.meta["data"] == {"n": 50, "num_features": 6, "batch_size": 16, "shuffle": True}
+    assert ckpt.meta["rng"]["bit_generator"] == "PCG64"
+    assert [r["epoch"] for r in ckpt.meta["history"]] == [1, 2]
+    assert "order" not in ckpt.arrays          # epoch boundary: the next order is not drawn
+
+
+def test_mid_epoch_checkpoint_holds_the_epoch_order(tmp_path):
+    _, _, path = _trained(tmp_path, every=3, epochs=1)     # 4 steps: written at 3, then final
+    ckpt = read_checkpoint(path)
+    assert (ckpt.progress["epochs_done"], ckpt.progress["batches_done"]) == (1, 0)
+    _, _, path = _trained(tmp_path, every=3, epochs=2)     # 8 steps: 3, 6, final
+    ckpt = read_checkpoint(path)
+    assert ckpt.progress["global_step"] == 8
+    model = mf.MLP([6, 8, 3], backend="numpy", seed=0)
+    opt = mf.optim.Adam(model.parameters(), lr=1e-2)
+    write_checkpoint(tmp_path / "mid.ckpt", dict(ckpt.meta, progress=dict(
+        ckpt.progress, epochs_done=1, batches_done=2)), training_arrays(
+        model, opt, order=np.arange(50)[::-1]))
+    mid = read_checkpoint(tmp_path / "mid.ckpt")
+    assert np.array_equal(mid.arrays["order"], np.arange(50)[::-1])
+
+
+def test_checkpoint_is_a_plain_npz_without_pickles(tmp_path):
+    _, _, path = _trained(tmp_path)
+    with np.load(path, allow_pickle=False) as npz:
+        assert META_ENTRY in npz.files and "model/0.weight" in npz.files
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"half of the new")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f.bin"]           # the temporary file is gone
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".f.bin.{dead.pid}.0000.tmp"
+    live = tmp_path / f".f.bin.{os.getppid()}.0000.tmp"     # a writer that still runs
+    other = tmp_path / f".g.bin.{dead.pid}.0000.tmp"         # another target's
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("flip", "SHA-256|Bad CRC|corrupt"),
+    ("truncate", "not a readable checkpoint|corrupt|File is not a zip"),
+    ("garbage", "not a checkpoint"),
+    ("empty", "not a checkpoint"),
+])
+def test_damaged_checkpoints_are_refused(tmp_path, damage, message):
+    _, _, path = _trained(tmp_path)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":                  # one bit inside the first weight's values
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("model/0.weight.npy")
+        data[info.header_offset + 30 + len(info.filename) + 200] ^= 0x10
+    elif damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "garbage":
+        data = bytearray(b"not a checkpoint at all" * 10)
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=message):
+        read_checkpoint(path)
+
+
+def test_digest_catches_a_consistent_rewrite_of_one_array(tmp_path):
+    """An entry replaced by a valid .npy with other values (CRC fine) fails its SHA-256."""
+    _, _, path = _trained(tmp_path)
+    ckpt = read_checkpoint(path)
+    arrays = {f"{k}": v for k, v in ckpt.arrays.items()}
+    arrays["model/0.bias"] = arrays["model/0.bias"] + 1
+    blob = np.frombuffer(__import__("json").dumps(ckpt.meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "forged.npz", **{META_ENTRY: blob}, **arrays)
+    with pytest.raises(ValueError, match="'model/0.bias' fails its SHA-256"):
+        read_checkpoint(tmp_path / "forged.npz")
+
+
+def test_pickled_compressed_and_foreign_files_are_refused(tmp_path):
+    np.savez(tmp_path / "obj.npz", **{META_ENTRY: np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="dtype object is not allowed"):
+        read_checkpoint(tmp_path / "obj.npz")
+    np.savez_compressed(tmp_path / "z.npz", **{META_ENTRY: np.zeros(3, np.uint8)})
+    with pytest.raises(ValueError, match="compressed"):
+        read_checkpoint(tmp_path / "z.npz")
+    model = mf.MLP([2, 2], backend="numpy", seed=0)
+    model.save(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="not an mlpfast checkpoint"):
+        read_checkpoint(tmp_path / "model.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_bad_checkpoint_arguments_are_refused_before_training(tmp_path):
+    model = mf.MLP([2, 2], backend="numpy", seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    before = model.flat_data.copy()
+    for every in (0, -1, 1.5, "step", True):
+        with pytest.raises(ValueError, match="checkpoint_every must be"):
+            mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=2,
+                   checkpoint=tmp_path / "c", checkpoint_every=every, progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=2,
+               checkpoint=tmp_path / "no" / "such" / "dir" / "c", progress=False)
+    with pytest.raises(ValueError, match="is a directory"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=2,
+               checkpoint=tmp_path, progress=False)
+    assert np.array_equal(model.flat_data, before) and opt.step_count == 0
+
+
+# --- SIGKILL while writing ---------------------------------------------------------------
+
+KILLS = 20
+CHILD = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import mlpfast as mf
+    path, epochs = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    model = mf.MLP([64, 256, 256, 10], backend="numpy", seed=0)   # 85k params: 1 MB files
+    opt = mf.optim.Adam(model.parameters(), lr=1e-3)
+    print("ready", flush=True)
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=4, seed=7,
+           progress=False, checkpoint=path, checkpoint_every=1,
+           resume=path if os.path.exists(path) else None)
+""")
+
+
+def test_sigkill_during_checkpoint_writes_never_corrupts_and_resume_is_exact(tmp_path):
+    """Kill a training run that writes a checkpoint after every step, KILLS times at random
+    moments; after each kill the file must verify (zip CRCs + SHA-256 + schema), never go
+    back in time, and the run resumed after all kills must equal an uninterrupted one."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    path = tmp_path / "run.ckpt"
+    epochs = 10                                   # 24 steps per epoch, 240 in all
+    rng = np.random.default_rng(2024)
+    steps_seen, during_write, kills = [], 0, 0
+    for _ in range(3 * KILLS):
+        if kills == KILLS:
+            break
+        child = subprocess.Popen([sys.executable, str(script), str(path), str(epochs)],
+                                 stdout=subprocess.PIPE)
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.3))
+        finished = child.poll() is not None
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        if finished:                  # a fast machine finished the run: start a new one
+            assert child.returncode == 0 and read_checkpoint(path).progress[
+                "global_step"] == epochs * 24
+            path.unlink()
+            steps_seen.append("restart")
+            continue
+        kills += 1
+        during_write += any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+        if path.exists():
+            step = read_checkpoint(path).progress["global_step"]
+            assert not steps_seen or steps_seen[-1] == "restart" or step >= steps_seen[-1]
+            steps_seen.append(step)
+    assert kills == KILLS
+    # the last run completes from whatever the kills left
+    subprocess.run([sys.executable, str(script), str(path), str(epochs)], check=True,
+                   stdout=subprocess.DEVNULL)
+    final = read_checkpoint(path)
+    assert final.progress["global_step"] == epochs * 24
+
+    rng_data = np.random.default_rng(0)
+    x = rng_data.normal(size=(96, 64)).astype(np.float32)
+    y = rng_data.integers(0, 10, 96)
+    model = mf.MLP([64, 256, 256, 10], backend="numpy", seed=0)
+    opt = mf.optim.Adam(model.parameters(), lr=1e-3)
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=4,
+                     seed=7, progress=False)
+    for name, p in model.named_parameters():
+        assert np.array_equal(final.model_state()[name], p.data), name
+    for name, a in opt.state_dict()["state"].items():
+        assert np.array_equal(final.optimizer_state()["state"][name], a), name
+    assert [r["loss"] for r in final.meta["history"]] == history["loss"]
+    print(f"\n{KILLS} kills, {during_write} left a partial temporary file (killed mid-write), "
+          f"{sum(isinstance(s, int) for s in steps_seen)} found a checkpoint; steps at "
+          f"kills: {steps_seen}")
+    assert during_write >= 1, "no kill landed inside a write: the test proves nothing"
+
+
+def test_model_save_is_atomic_too(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    model = mf.MLP([3, 2], backend="numpy", seed=0)
+    model.save(path)
+    before = path.read_bytes()
+
+    def crash_mid_write(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(np, "savez", crash_mid_write)
+    with pytest.raises(OSError, match="No space left"):
+        mf.MLP([3, 2], backend="numpy", seed=1).save(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.npz"]
+    monkeypatch.undo()
+    assert np.array_equal(mf.load(path, backend="numpy").flat_data, model.flat_data)

@@ -1,0 +1,150 @@
+"""Divergence: a NaN or inf in the loss or the gradients stops training with an error naming
+the epoch and step; model and optimizer keep the state of the last good step; a checkpoint
+is never overwritten with non-finite values."""
+import numpy as np
+import pytest
+
+import mlpfast as mf
+from mlpfast import TrainingDiverged
+from mlpfast.checkpoint import read_checkpoint
+from mlpfast.train import _step_is_finite
+
+BACKENDS = mf.backends()
+
+
+class StopAt(Exception):
+    pass
+
+
+class Samples:
+    """x/y through the dataset protocol, raising StopAt on gather call ``stop_at``."""
+
+    def __init__(self, x, y, stop_at=None):
+        self.x, self.y, self.stop_at, self.calls = x, y, stop_at, 0
+        self.num_features, self.num_classes = x.shape[1], 10
+
+    def __len__(self):
+        return len(self.x)
+
+    def gather_batch(self, index, x_out, y_out):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise StopAt
+        x_out[...] = self.x[index]
+        y_out[...] = self.y[index]
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 20)).astype(np.float32) * 3
+    return x, rng.integers(0, 10, 64)
+
+
+def _diverging_run(backend, data, **kwargs):
+    model = mf.MLP([20, 64, 64, 10], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=1e4, momentum=0.9)    # far too large
+    mf.fit(model, opt, mf.CrossEntropyLoss(), data, epochs=50, batch_size=16, seed=0,
+           progress=False, **kwargs)
+    return model, opt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diverging_learning_rate_stops_with_the_last_good_parameters(backend, tmp_path):
+    x, y = _data()
+    with pytest.raises(TrainingDiverged) as info:
+        _diverging_run(backend, Samples(x, y), checkpoint=tmp_path / "c", checkpoint_every=1)
+    error = info.value
+    message = str(error)
+    print("\n" + message)
+    assert f"training diverged at epoch {error.epoch}, step {error.step} of 4 " \
+           f"(global step {error.global_step})" in message
+    assert "the last good step" in message and "lower the learning rate" in message
+    assert error.global_step == 4 * (error.epoch - 1) + error.step and error.global_step > 1
+
+    # the same run stopped right before the failing step: bit-identical state
+    model = mf.MLP([20, 64, 64, 10], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=1e4, momentum=0.9)
+    with pytest.raises(StopAt):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), Samples(x, y, stop_at=error.global_step),
+               epochs=50, batch_size=16, seed=0, progress=False)
+    reference = mf.to_numpy(model.flat_data)
+
+    with pytest.raises(TrainingDiverged):
+        failed_model, failed_opt = None, None
+        failed_model = mf.MLP([20, 64, 64, 10], backend=backend, seed=0)
+        failed_opt = mf.optim.SGD(failed_model.parameters(), lr=1e4, momentum=0.9)
+        mf.fit(failed_model, failed_opt, mf.CrossEntropyLoss(), Samples(x, y), epochs=50,
+               batch_size=16, seed=0, progress=False)
+    params = mf.to_numpy(failed_model.flat_data)
+    assert np.isfinite(params).all()
+    assert np.array_equal(params, reference)
+    assert failed_opt.step_count == opt.step_count == error.global_step - 1
+    assert np.array_equal(failed_opt.state_dict()["state"]["momentum_buffer"],
+                          opt.state_dict()["state"]["momentum_buffer"])
+    # the checkpoint holds the last good step too, finite
+    ckpt = read_checkpoint(tmp_path / "c")
+    assert ckpt.progress["global_step"] == error.global_step - 1
+    for name, a in ckpt.model_state().items():
+        assert np.isfinite(a).all()
+        assert np.array_equal(a, dict(failed_model.named_parameters())[name].numpy())
+
+
+class NaNGradientAt(mf.CrossEntropyLoss):
+    """Cross-entropy whose gradient gets one NaN at global step ``step`` (loss stays finite)."""
+
+    def __init__(self, step=None, backend=None):
+        super().__init__(backend)
+        self.step, self.calls = step, 0
+
+    def backward(self):
+        self.calls += 1
+        grad = super().backward()
+        if self.calls == self.step:
+            grad[0, 0] = np.nan
+        return grad
+
+
+def test_nan_gradient_with_a_finite_loss_is_caught_before_the_update():
+    x, y = _data()
+    model = mf.MLP([20, 8, 10], backend="numpy", seed=0)
+    opt = mf.optim.Adam(model.parameters())
+    with pytest.raises(TrainingDiverged, match=r"at epoch 2, step 2 of 4 \(global step 6\): "
+                                               r"the gradient holds NaN or inf \(loss "):
+        mf.fit(model, opt, NaNGradientAt(6), x, y, epochs=3, batch_size=16, seed=0,
+               progress=False)
+    assert opt.step_count == 5 and np.isfinite(model.flat_data).all()
+    assert np.isfinite(opt.state_dict()["state"]["exp_avg"]).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_an_update_that_overflows_is_reported_and_never_checkpointed(tmp_path):
+    """lr = 1e300 turns finite gradients into inf weights inside the first update; the
+    next check names the overflow, and the checkpoint of the last good epoch survives."""
+    x, y = _data()
+    model = mf.MLP([20, 8, 10], backend="numpy", seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.01)
+    path = tmp_path / "c"
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=64, progress=False,
+           checkpoint=path)
+    good = read_checkpoint(path).model_state()
+    opt.lr = 1e300
+    with pytest.raises(TrainingDiverged, match="holds NaN or inf after epoch 1 \\(an update "
+                                               "overflowed\\).*keeps the last good checkpoint"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=64,
+               progress=False, checkpoint=path)
+    after = read_checkpoint(path)
+    assert after.progress["global_step"] == 1
+    for name, a in after.model_state().items():
+        assert np.array_equal(a, good[name])
+
+
+def test_step_check_sees_nan_and_inf_anywhere():
+    g = np.zeros(1001, np.float32)
+    assert _step_is_finite(0.5, [g])
+    assert not _step_is_finite(float("nan"), [g])
+    assert not _step_is_finite(float("inf"), [g])
+    for i in (0, 500, 1000):
+        for bad in (np.nan, np.inf, -np.inf):
+            h = g.copy()
+            h[i] = bad
+            assert not _step_is_finite(0.5, [g, h])

@@ -1,0 +1,221 @@
+"""Exact resume: a run stopped (after an epoch, or mid-epoch by a crash) and resumed from its
+checkpoint ends bit-identical to the uninterrupted run: parameters, optimizer state, history."""
+import numpy as np
+import pytest
+
+import mlpfast as mf
+
+BACKENDS = mf.backends()
+OPTIMIZERS = {
+    "sgd_nesterov_wd": lambda p: mf.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                              weight_decay=1e-3),
+    "sgd_plain": lambda p: mf.optim.SGD(p, lr=0.1),
+    "adam": lambda p: mf.optim.Adam(p, lr=1e-2, weight_decay=1e-4),
+    "adamw": lambda p: mf.optim.AdamW(p, lr=1e-2),
+}
+
+
+class Crash(Exception):
+    """Stands in for a crash (kill, power loss) in the middle of an epoch."""
+
+
+class Samples:
+    """A dataset (the gather_batch protocol) that can crash on its n-th batch."""
+
+    def __init__(self, x, y, crash_at=None):
+        self.x, self.y, self.crash_at, self.calls = x, y, crash_at, 0
+        self.num_features, self.num_classes = x.shape[1], 4
+
+    def __len__(self):
+        return len(self.x)
+
+    def gather_batch(self, index, x_out, y_out):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Crash(f"crash while gathering batch {self.calls}")
+        x_out[...] = self.x[index]
+        y_out[...] = self.y[index]
+
+
+def _data(n=53, features=7, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
+
+
+def _model(backend, optimizer, init_seed=0, dtype=np.float32):
+    model = mf.MLP([7, 9, 4], activation="tanh", backend=backend, seed=init_seed, dtype=dtype)
+    return model, OPTIMIZERS[optimizer](model.parameters())
+
+
+def _assert_same_run(model_a, opt_a, hist_a, model_b, opt_b, hist_b):
+    assert np.array_equal(mf.to_numpy(model_a.flat_data), mf.to_numpy(model_b.flat_data))
+    state_a, state_b = opt_a.state_dict(), opt_b.state_dict()
+    assert state_a["step"] == state_b["step"]
+    for name in state_a["state"]:
+        assert np.array_equal(state_a["state"][name], state_b["state"][name]), name
+    for key in ("epoch", "loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert [r.get(key) for r in hist_a.epochs] == [r.get(key) for r in hist_b.epochs], key
+
+
+def _fit(model, opt, data, epochs, **kwargs):
+    return mf.fit(model, opt, mf.CrossEntropyLoss(), data, epochs=epochs, batch_size=8,
+                  seed=11, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_resume_after_an_epoch_is_bit_identical(backend, optimizer, tmp_path):
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model_a, opt_a = _model(backend, optimizer)
+    hist_a = _fit(model_a, opt_a, Samples(x, y), 5, val=(x[:20], y[:20]))
+
+    model_b, opt_b = _model(backend, optimizer)
+    _fit(model_b, opt_b, Samples(x, y), 2, val=(x[:20], y[:20]), checkpoint=path)
+    model_c, opt_c = _model(backend, optimizer, init_seed=99)     # other initial weights
+    hist_c = _fit(model_c, opt_c, Samples(x, y), 5, val=(x[:20], y[:20]), checkpoint=path,
+                  resume=path)
+    _assert_same_run(model_a, opt_a, hist_a, model_c, opt_c, hist_c)
+    assert len(hist_c) == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+# 7 batches per epoch; (checkpoint every N steps, crash in gather call k): saved mid-epoch 1,
+# crash in epoch 1; saved mid-epoch 1, crash in epoch 2; crash right after a save; saved at
+# the last batch of an epoch (batches_done == 7, before the epoch's record is made)
+@pytest.mark.parametrize("every,crash_at", [(3, 5), (3, 8), (3, 13), (7, 10)])
+def test_resume_after_a_mid_epoch_crash_is_bit_identical(backend, every, crash_at, tmp_path):
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model_a, opt_a = _model(backend, "adam")
+    hist_a = _fit(model_a, opt_a, Samples(x, y), 3)
+
+    model_b, opt_b = _model(backend, "adam")
+    with pytest.raises(Crash):
+        _fit(model_b, opt_b, Samples(x, y, crash_at=crash_at), 3, checkpoint=path,
+             checkpoint_every=every)
+    model_c, opt_c = _model(backend, "adam", init_seed=5)
+    hist_c = _fit(model_c, opt_c, Samples(x, y), 3, checkpoint=path, checkpoint_every=every,
+                  resume=path)
+    _assert_same_run(model_a, opt_a, hist_a, model_c, opt_c, hist_c)
+
+
+def test_resume_without_shuffle_with_mse_and_float64(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 7))
+    target = rng.normal(size=(30, 4))
+    path = tmp_path / "run.ckpt"
+
+    def run(epochs, init_seed=0, **kwargs):
+        model, opt = _model("numpy", "sgd_nesterov_wd", init_seed, dtype=np.float64)
+        hist = mf.fit(model, opt, mf.MSELoss(), x, target, epochs=epochs, batch_size=7,
+                      shuffle=False, progress=False, **kwargs)
+        return model, opt, hist
+
+    a = run(4)
+    run(1, checkpoint=path, checkpoint_every=2)
+    c = run(4, init_seed=3, resume=path)
+    _assert_same_run(*a, *c)
+
+
+def test_resume_keeps_a_user_generator_of_another_kind(tmp_path):
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+
+    def run(epochs, **kwargs):
+        model, opt = _model("numpy", "adam")
+        hist = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=8,
+                      progress=False, **kwargs)
+        return model, opt, hist
+
+    a = run(3, seed=np.random.Generator(np.random.MT19937(4)))
+    run(1, seed=np.random.Generator(np.random.MT19937(4)), checkpoint=path)
+    c = run(3, resume=path)
+    _assert_same_run(*a, *c)
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path):
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model_a, opt_a = _model("numpy", "adam")
+    hist_a = _fit(model_a, opt_a, Samples(x, y), 2, checkpoint=path)
+    model_b, opt_b = _model("numpy", "adam", init_seed=8)
+    hist_b = _fit(model_b, opt_b, Samples(x, y), 2, resume=path)
+    _assert_same_run(model_a, opt_a, hist_a, model_b, opt_b, hist_b)
+    assert not model_b.training
+
+
+@pytest.mark.parametrize("change,message", [
+    ("batch_size", "written with batch_size=8, this call has batch_size=5"),
+    ("samples", "written with n=53, this call has n=52"),
+    ("shuffle", "written with shuffle=True, this call has shuffle=False"),
+    ("architecture", "not this float32 model with layers"),
+    ("optimizer", "holds Adam state, the optimizer is AdamW"),
+    ("momentum", "optimizer state \\[\\] does not match SGD's \\['momentum_buffer'\\]"),
+    ("loss", "trained with CrossEntropyLoss, not MSELoss"),
+    ("epochs", "finished 2 epochs, more than epochs=1"),
+])
+def test_resume_refuses_a_different_run_and_changes_nothing(change, message, tmp_path):
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model, opt = _model("numpy", "sgd_plain" if change == "momentum" else "adam")
+    _fit(model, opt, Samples(x, y), 2, checkpoint=path)
+    args = dict(batch_size=8, shuffle=True, epochs=3)
+    loss = mf.CrossEntropyLoss()
+    target = y
+    if change == "batch_size":
+        args["batch_size"] = 5
+    elif change == "samples":
+        x, y, target = x[:-1], y[:-1], y[:-1]
+    elif change == "shuffle":
+        args["shuffle"] = False
+    elif change == "epochs":
+        args["epochs"] = 1
+    elif change == "loss":
+        loss = mf.MSELoss()
+    if change == "architecture":
+        model = mf.MLP([7, 10, 4], activation="tanh", backend="numpy", seed=0)
+        opt = mf.optim.Adam(model.parameters())
+    elif change == "optimizer":
+        model, opt = _model("numpy", "adamw")
+    elif change == "momentum":
+        model, opt = _model("numpy", "sgd_nesterov_wd")
+    else:
+        model, opt = _model("numpy", "adam")
+    params, state = model.flat_data.copy(), opt.state_dict()
+    with pytest.raises(ValueError, match=message):
+        mf.fit(model, opt, loss, x, target, progress=False, resume=path, **args)
+    assert np.array_equal(model.flat_data, params)
+    assert opt.step_count == state["step"] and opt.hyper == state["hyper"]
+    for name, a in opt.state_dict()["state"].items():
+        assert np.array_equal(a, state["state"][name])
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_changes_nothing(tmp_path):
+    x, y = _data()
+    model, opt = _model("numpy", "adam")
+    model.save(tmp_path / "model.npz")
+    params = model.flat_data.copy()
+    with pytest.raises(ValueError, match="not an mlpfast checkpoint"):
+        _fit(model, opt, Samples(x, y), 2, resume=tmp_path / "model.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _fit(model, opt, Samples(x, y), 2, resume=tmp_path / "nothing.ckpt")
+    assert np.array_equal(model.flat_data, params) and opt.step_count == 0
+
+
+def test_cli_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, capsys):
+    from mlpfast import cli
+
+    common = ["train", "xor", "--per-corner", "8", "--no-progress", "--seed", "3"]
+    assert cli.main(common + ["--epochs", "40", "--save", str(tmp_path / "full.npz")]) == 0
+    ckpt = str(tmp_path / "run.ckpt")
+    assert cli.main(common + ["--epochs", "15", "--checkpoint", ckpt, "--resume",
+                              "--checkpoint-every", "4"]) == 0     # no file yet: a fresh run
+    assert cli.main(common + ["--epochs", "40", "--checkpoint", ckpt, "--resume",
+                              "--save", str(tmp_path / "resumed.npz")]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    full, resumed = mf.load(tmp_path / "full.npz"), mf.load(tmp_path / "resumed.npz")
+    assert np.array_equal(full.flat_data, resumed.flat_data)
+    assert cli.main(common + ["--epochs", "2", "--resume"]) == 1
+    assert "--resume needs --checkpoint PATH" in capsys.readouterr().err
