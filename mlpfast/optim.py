@@ -38,6 +38,7 @@ class Optimizer:
         self.params = params
         self.hyper = hyper
         self.step_count = 0
+        self.lr_scale = 1.0     # set by a learning-rate schedule: the step uses lr * lr_scale
         self._flat = self._common_flat_buffers(params)
         self.backend = params[0].backend
         self._sizes = [int(np.prod(p.shape)) for p in params]
@@ -126,8 +127,8 @@ class SGD(Optimizer):
     def step(self):
         h = self.hyper
         for data, grad, state in self._groups():
-            self.backend.sgd(data, grad, state[0] if state else None, lr=h["lr"],
-                             momentum=h["momentum"], nesterov=h["nesterov"],
+            self.backend.sgd(data, grad, state[0] if state else None,
+                             lr=h["lr"] * self.lr_scale, momentum=h["momentum"], nesterov=h["nesterov"],
                              weight_decay=h["weight_decay"], first_step=self.step_count == 0)
         self.step_count += 1
 
@@ -152,7 +153,8 @@ class Adam(Optimizer):
         h = self.hyper
         self.step_count += 1
         for data, grad, (m, v) in self._groups():
-            self.backend.adam(data, grad, m, v, step=self.step_count, lr=h["lr"],
+            self.backend.adam(data, grad, m, v, step=self.step_count,
+                              lr=h["lr"] * self.lr_scale,
                               beta1=h["betas"][0], beta2=h["betas"][1], eps=h["eps"],
                               weight_decay=h["weight_decay"], decoupled=self.decoupled)
 

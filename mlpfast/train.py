@@ -144,7 +144,7 @@ def _check_positive_int(name, value):
 
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
         seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
-        resume=None):
+        resume=None, lr_schedule=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
@@ -161,6 +161,10 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
 
     A NaN or inf in the loss or the gradients raises ``TrainingDiverged`` naming the epoch
     and step; the model and optimizer keep the state of the last good step.
+
+    ``lr_schedule`` scales the optimizer's lr at each step t of the T steps of the run:
+    None (constant), "cosine" (lr * (1 + cos(pi t / T)) / 2, from lr down to 0), or a
+    function f(t, T) -> factor. It is a function of the step, so a resumed run follows it.
     """
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
@@ -175,6 +179,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         raise ValueError("optimizer was built for another model's parameters: build it from "
                          "model.parameters()")
     every_steps = _check_checkpoint_args(checkpoint, checkpoint_every)
+    lr_factor = _lr_schedule(lr_schedule)
     train_set = as_dataset(model, x, y)
     _check_targets(loss_fn, train_set, model, "y")
     val_set = None
@@ -211,53 +216,74 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     val_loss_fn = type(loss_fn)(backend=backend)
     grads = _gradient_buffers(model, optimizer)
     model.train()
-    for epoch in range(run.epochs_done + 1, epochs + 1):
-        start = time.perf_counter() - run.seconds
-        if run.batches_done == 0:
-            run.order = rng.permutation(n) if shuffle else np.arange(n)
-            run.loss_sum, run.correct = 0.0, 0
-        bar = _Progress(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
-        try:
-            for batch in range(run.batches_done, steps_per_epoch):
-                index = run.order[batch * batch_size:(batch + 1) * batch_size]
-                rows = index.shape[0]
-                xb, yb = x_buf[:rows], y_buf[:rows]
-                train_set.gather_batch(index, xb, yb)
-                logits = model.forward(backend.to_device(xb))
-                loss = loss_fn(logits, yb)
-                model.backward(loss_fn.backward())
-                if not _step_is_finite(loss, grads):     # before the step: state stays good
-                    raise _diverged(loss, grads, epoch, batch + 1, steps_per_epoch, run,
-                                    checkpoint)
-                optimizer.step()
-                run.global_step += 1
-                run.batches_done = batch + 1
-                run.loss_sum += loss * rows
-                if classify:
-                    run.correct += _correct(loss_fn, logits, yb, backend)
-                bar.update(loss)
-                if every_steps and run.global_step % every_steps == 0:
-                    run.seconds = time.perf_counter() - start
-                    writer.write(run, rng, history, epoch)
-        finally:
-            bar.close()
-        _check_state_finite(model, optimizer, f"after epoch {epoch}", checkpoint)
-        seconds = time.perf_counter() - start
-        record = {"epoch": epoch, "loss": run.loss_sum / n,
-                  "train_accuracy": run.correct / n if classify else None,
-                  "seconds": seconds, "samples_per_s": n / seconds}
-        if val_set is not None:
-            result = evaluate(model, val_set, loss_fn=val_loss_fn, confusion=False)
-            record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
-            model.train()
-        history.append(record)
-        run.end_epoch(epoch)
-        if writer is not None and (not every_steps or epoch == epochs):
-            writer.write(run, rng, history, epoch)
-        if verbose:
-            print(format_record(record, epochs), flush=True)
+    try:
+        for epoch in range(run.epochs_done + 1, epochs + 1):
+            start = time.perf_counter() - run.seconds
+            if run.batches_done == 0:
+                run.order = rng.permutation(n) if shuffle else np.arange(n)
+                run.loss_sum, run.correct = 0.0, 0
+            bar = _Progress(progress, steps_per_epoch, f"epoch {epoch}/{epochs}")
+            try:
+                for batch in range(run.batches_done, steps_per_epoch):
+                    index = run.order[batch * batch_size:(batch + 1) * batch_size]
+                    rows = index.shape[0]
+                    xb, yb = x_buf[:rows], y_buf[:rows]
+                    train_set.gather_batch(index, xb, yb)
+                    logits = model.forward(backend.to_device(xb))
+                    loss = loss_fn(logits, yb)
+                    model.backward(loss_fn.backward())
+                    if not _step_is_finite(loss, grads):     # before the step: state stays good
+                        raise _diverged(loss, grads, epoch, batch + 1, steps_per_epoch, run,
+                                        checkpoint)
+                    if lr_factor is not None:
+                        optimizer.lr_scale = lr_factor(run.global_step, epochs * steps_per_epoch)
+                    optimizer.step()
+                    run.global_step += 1
+                    run.batches_done = batch + 1
+                    run.loss_sum += loss * rows
+                    if classify:
+                        run.correct += _correct(loss_fn, logits, yb, backend)
+                    bar.update(loss)
+                    if every_steps and run.global_step % every_steps == 0:
+                        run.seconds = time.perf_counter() - start
+                        writer.write(run, rng, history, epoch)
+            finally:
+                bar.close()
+            _check_state_finite(model, optimizer, f"after epoch {epoch}", checkpoint)
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch, "loss": run.loss_sum / n,
+                      "train_accuracy": run.correct / n if classify else None,
+                      "seconds": seconds, "samples_per_s": n / seconds}
+            if val_set is not None:
+                result = evaluate(model, val_set, loss_fn=val_loss_fn, confusion=False)
+                record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
+                model.train()
+            history.append(record)
+            run.end_epoch(epoch)
+            if writer is not None and (not every_steps or epoch == epochs):
+                writer.write(run, rng, history, epoch)
+            if verbose:
+                print(format_record(record, epochs), flush=True)
+    finally:
+        optimizer.lr_scale = 1.0
     model.eval()
     return history
+
+
+def cosine_schedule(step, total_steps):
+    """(1 + cos(pi * step / total_steps)) / 2: 1 at the first step, towards 0 at the last."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def _lr_schedule(schedule):
+    if schedule is None or schedule == "constant":
+        return None
+    if schedule == "cosine":
+        return cosine_schedule
+    if callable(schedule):
+        return schedule
+    raise ValueError(f"lr_schedule must be None, 'constant', 'cosine' or a function "
+                     f"f(step, total_steps) -> factor, got {schedule!r}")
 
 
 def _check_targets(loss_fn, dataset, model, name):
