@@ -11,13 +11,23 @@ setup(
     packages=["mlpfast", "mlpfast.data", "mlpfast.kernels", "mlpfast.kernels.cuda"],
     package_dir={"mlpfast.kernels": "kernels"},
     setup_requires=["cffi>=1.15"],
-    cffi_modules=["csrc/build_cgemm.py:ffibuilder"],
+    cffi_modules=["csrc/build_cgemm.py:ffibuilder", "csrc/build_peak.py:ffibuilder"],
     install_requires=["numpy>=1.23", "numba>=0.58", "cffi>=1.15", "soundfile>=0.12"],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6"],
+        # Everything the test suite runs for real: matplotlib for the plots, numba-cuda for
+        # the CUDA kernels under Numba's simulator.
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
+                 "numba-cuda>=0.30"],
         "plot": ["matplotlib>=3.5"],
-        "compare": ["threadpoolctl>=3", "torch", "jax[cpu]"],
-        "cuda": ["numba-cuda"],
+        # PyTorch is not listed: a plain `pip install torch` pulls a multi-GB CUDA build.
+        # Install its CPU build yourself (README, "Benchmarks") to compare against it.
+        "compare": ["threadpoolctl>=3", "jax>=0.4"],
+        # The CUDA target (kernels/cuda/, backend "cuda"): enough for the CUDA simulator the
+        # tests use, and for a GPU machine with a CUDA toolkit installed. Without a toolkit,
+        # take cuda12 / cuda13 (by the driver's CUDA version): they add NVIDIA's runtime wheels.
+        "cuda": ["numba-cuda>=0.30"],
+        "cuda12": ["numba-cuda[cu12]>=0.30"],
+        "cuda13": ["numba-cuda[cu13]>=0.30"],
         "progress": ["tqdm>=4"],
     },
     entry_points={"console_scripts": ["mlpfast=mlpfast.cli:main"]},

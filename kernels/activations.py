@@ -113,7 +113,7 @@ def gelu_tanh_backward(grad_y, x, y, out=None):
 
 def softmax_forward(x, out=None):
     # y_ij = exp(x_ij - max_j x_ij) / sum_j exp(x_ij - max_j x_ij), over each row
-    e = np.exp(x - x.max(axis=1, keepdims=True))
+    e = np.exp(x - x.max(axis=1, keepdims=True, initial=-np.inf))
     return _result(e / e.sum(axis=1, keepdims=True), out)
 
 

@@ -12,4 +12,7 @@ from .backend import backends, get_backend, get_num_threads, set_num_threads, to
 from .losses import CrossEntropyLoss, MSELoss  # noqa: F401
 from .nn import (GELU, MLP, Identity, LeakyReLU, Linear, Module, Parameter, ReLU,  # noqa: F401
                  Sequential, Sigmoid, Softmax, Tanh, load)
-from .train import History, evaluate, fit, predict, predict_proba  # noqa: F401
+from .perceptron import Perceptron  # noqa: F401
+from .summary import summary  # noqa: F401
+from .train import (History, TrainingDiverged, evaluate, fit, predict,  # noqa: F401
+                    predict_proba)

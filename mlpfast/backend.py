@@ -5,6 +5,9 @@ helpers of its device. Tables are built from the kernel registries
 (``mlpfast.kernels.<family>.VARIANTS``) by a factory registered under a name:
 
     numpy   the NumPy references: obviously correct, the baseline for every test
+    numba   every op a Numba kernel (parallel, fused, float32 transcendentals vectorized)
+    cpu     the Numba kernels with the C GEMM where it is built: the default on a CPU
+    cuda    Numba CUDA kernels (kernels/cuda/, the ``cuda`` extra) when a GPU is usable
     auto    the first available of: cuda, cpu, numpy
 
 Other backends (numba, cpu, cuda) register themselves with ``register_backend`` in
@@ -14,7 +17,10 @@ Threads: ``set_num_threads(n)`` (or ``MLPFAST_NUM_THREADS`` at import) sets the 
 count of every threaded kernel in the process through the hooks registered with
 ``add_thread_hook``; one count for the C GEMM and for Numba, so they never oversubscribe.
 """
+import functools
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
@@ -195,3 +201,120 @@ def _c_thread_hook(n):
 
 register_backend("numpy", _numpy_backend)
 add_thread_hook(_c_thread_hook)
+
+
+def _numba_thread_hook(n):
+    from .kernels import _numba_config
+    _numba_config.set_threads(n)
+
+
+add_thread_hook(_numba_thread_hook)
+
+
+def _numba_backend():
+    """Every op a Numba kernel (kernels/*.py, variant "numba")."""
+    from .kernels import _numba_config, linear
+    ops, acts = _registry_table("numba")
+    return Backend("numba", "cpu", ops, acts, fused_activations=linear.FUSED["numba"],
+                   info=_numba_config.info())
+
+
+def _cpu_backend():
+    """The fastest CPU mix: the Numba kernels, with the GEMM and the linear forward of
+    the C extension when it is built. Rule, from bench/compare_gemm_numba.py: the C
+    GEMM was at least as fast as the Numba GEMM at every square and MLP shape measured
+    (1 and 2 threads), so it is used for every shape; the Numba GEMM is the fallback."""
+    from .kernels import _numba_config, gemm, linear
+    ops, acts = _registry_table("numba")
+    fused = linear.FUSED["numba"]
+    info = dict(_numba_config.info(), gemm="numba")
+    if gemm.c_available():
+        ops["gemm"] = gemm.VARIANTS["c"]
+        ops["linear_forward"] = linear.VARIANTS["cpu"]["linear_forward"]
+        fused = linear.FUSED["cpu"]
+        info["gemm"] = "c"
+    return Backend("cpu", "cpu", ops, acts, fused_activations=fused, info=info)
+
+
+register_backend("numba", _numba_backend)
+register_backend("cpu", _cpu_backend)
+
+
+# --- cuda: Numba CUDA kernels (kernels/cuda/), the `cuda` extra (numba-cuda) ---------------
+
+@functools.lru_cache(maxsize=None)
+def _cuda_available():
+    """numba-cuda is installed and a GPU (or Numba's CUDA simulator) is usable; cached."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return False
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    if not simulated and not _nvidia_driver_loadable():
+        return False                   # skips importing numba.cuda (~0.5 s) on GPU-less hosts
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:                  # a broken driver or toolkit: not usable
+        return False
+
+
+def _nvidia_driver_loadable():
+    import ctypes
+    names = {"win32": ["nvcuda.dll"], "darwin": []}.get(sys.platform, ["libcuda.so.1"])
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _cuda_zeros(shape, dtype=np.float32):
+    from numba import cuda
+    return cuda.to_device(np.zeros(shape, dtype=dtype))
+
+
+def _cuda_empty(shape, dtype=np.float32):
+    from numba import cuda
+    return cuda.device_array(shape, dtype=dtype)
+
+
+def _cuda_to_device(host):
+    from numba import cuda
+    return cuda.to_device(np.ascontiguousarray(host))
+
+
+def _cuda_backend():
+    """Parameters, activations, gradients and optimizer state stay on the GPU; batches go
+    up with ``to_device``, and only the loss and metrics come back."""
+    from importlib.metadata import version
+
+    from numba import cuda
+
+    from .kernels.cuda import activations, data, gemm, linear, losses, optim
+    from .kernels.cuda._device import simulator_enabled
+    ops = {"gemm": gemm.VARIANTS["cuda"]}
+    for family in (linear, losses, optim, data):
+        ops.update(family.VARIANTS["cuda"])
+    if simulator_enabled():
+        gpu = "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), no GPU"
+    else:
+        device = cuda.get_current_device()
+        name = device.name.decode() if isinstance(device.name, bytes) else device.name
+        gpu = f"{name}, compute capability {'.'.join(map(str, device.compute_capability))}"
+    info = {"gpu": gpu, "numba-cuda": version("numba-cuda")}
+    return Backend("cuda", "cuda", ops, activations.VARIANTS["cuda"],
+                   fused_activations=linear.FUSED["cuda"], empty=_cuda_empty, zeros=_cuda_zeros,
+                   to_device=_cuda_to_device, to_numpy=to_numpy, info=info)
+
+
+def gpu_summary():
+    """One line for ``mlpfast info``: the GPU backend "cuda" runs on, or why there is none."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "none used: numba-cuda is not installed (pip install 'mlpfast[cuda]')"
+    if not _cuda_available():
+        return "none found (no NVIDIA driver or GPU usable by numba-cuda)"
+    return f"{get_backend('cuda').info['gpu']} (backend cuda)"
+
+
+register_backend("cuda", _cuda_backend, _cuda_available)

@@ -1,17 +1,27 @@
 """The ``mlpfast`` command: train, info (and the subcommands other modules add).
 
     mlpfast train mnist [--hidden 512,256] [--activation relu] [--epochs N] [--batch-size B]
-                        [--lr LR] [--optimizer adam|sgd] [--backend NAME] [--seed S] [--save PATH]
+                        [--lr LR] [--lr-schedule cosine|constant] [--optimizer adam|adamw|sgd]
+                        [--backend NAME] [--seed S] [--save PATH]
+                        [--plots DIR]
+    mlpfast train xor|moons [--hidden 8] [--epochs 300] [--noise SD] [--per-corner N | --samples N]
+                            [--perceptron-epochs 100] [--plots DIR]  (perceptron vs MLP in 2-D)
     mlpfast info
+    mlpfast bench [--quick|--full] [--compare] [--json PATH] [--baseline PATH] [--plot PATH]
+    mlpfast train speech DIR [DIR ...] [--context K] [--hidden 1024,512] [--epochs N]
+                         [--holdout FRACTION] [--test DIR ...] [--vtln] [--phones FILE]
+                         [--n-mfcc N] [--deltas 0|1|2] [--train-warps 0.9,1.0,1.1]
+    mlpfast data synth-speech OUT [--voices kal,ked,slt] [--utterances N] [--seed S]
 """
 import argparse
+import os
 import platform
 import sys
 
 import numpy as np
 
 from . import __version__
-from .backend import backends, get_backend, get_num_threads, set_num_threads
+from .backend import backends, get_backend, get_num_threads, gpu_summary, set_num_threads
 
 
 def _hidden_sizes(text):
@@ -37,7 +47,19 @@ def _positive(kind):
     return parse
 
 
-def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128):
+def _warp_list(text):
+    try:
+        warps = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated factors like 0.9,1.0,1.1, "
+                                         f"got {text!r}") from None
+    if not warps or any(not 0.5 <= w <= 2.0 for w in warps):
+        raise argparse.ArgumentTypeError(f"warp factors must lie in [0.5, 2], got {text!r}")
+    return warps
+
+
+def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
+                           lr_schedule="constant"):
     """Options shared by the ``train`` subcommands."""
     parser.add_argument("--hidden", type=_hidden_sizes, default=_hidden_sizes(hidden),
                         help=f"hidden layer sizes, comma-separated (default {hidden})")
@@ -46,6 +68,9 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128):
     parser.add_argument("--epochs", type=_positive(int), default=epochs)
     parser.add_argument("--batch-size", type=_positive(int), default=batch_size)
     parser.add_argument("--lr", type=_positive(float), default=1e-3)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=lr_schedule,
+                        help=f"constant lr, or cosine decay from --lr to 0 over the run "
+                             f"(default {lr_schedule})")
     parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
     parser.add_argument("--momentum", type=float, default=0.9, help="for --optimizer sgd")
     parser.add_argument("--backend", default="auto", help="numpy, numba, cpu, cuda or auto")
@@ -53,7 +78,28 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128):
                         help="threads for every kernel (default: MLPFAST_NUM_THREADS or all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="keep the run's full state in PATH, replaced atomically after "
+                             "every epoch (or every --checkpoint-every steps)")
+    parser.add_argument("--checkpoint-every", type=_positive(int), default=None,
+                        metavar="STEPS", help="checkpoint every STEPS optimizer steps")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --checkpoint when that file exists "
+                             "(same arguments: --epochs is the total)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fit_options(args):
+    """fit()'s lr_schedule, checkpoint, checkpoint_every and resume from the options."""
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH")
+    if args.checkpoint_every and not args.checkpoint:
+        raise ValueError("--checkpoint-every needs --checkpoint PATH")
+    resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
+    if resume:
+        print(f"resuming from {resume}")
+    return {"checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or "epoch",
+            "resume": resume, "lr_schedule": args.lr_schedule}
 
 
 def make_optimizer(args, model):
@@ -69,24 +115,83 @@ def _train_mnist(args):
     from . import datasets
     from .losses import CrossEntropyLoss
     from .nn import MLP
+    from .summary import summary
     from .train import evaluate, fit
 
+    plot = _plot_module() if args.plots else None        # fail before training, not after
     (x_train, y_train), (x_test, y_test) = datasets.mnist(root=args.data)
     model = MLP([784, *args.hidden, 10], activation=args.activation, backend=args.backend,
                 seed=args.seed)
     print(f"mlpfast {__version__}: MNIST {len(x_train)} train / {len(x_test)} test, "
           f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), "
           f"backend {model.backend.name}, {get_num_threads()} threads, "
-          f"{args.optimizer} lr {args.lr}, batch {args.batch_size}")
+          f"{args.optimizer} lr {args.lr} ({args.lr_schedule}), batch {args.batch_size}")
+    summary(model, 784, batch_size=args.batch_size)
     optimizer = make_optimizer(args, model)
-    fit(model, optimizer, CrossEntropyLoss(), x_train, y_train, epochs=args.epochs,
-        batch_size=args.batch_size, val=(x_test, y_test), seed=args.seed,
-        progress=not args.no_progress and sys.stderr.isatty(), verbose=True)
+    history = fit(model, optimizer, CrossEntropyLoss(), x_train, y_train, epochs=args.epochs,
+                  batch_size=args.batch_size, val=(x_test, y_test), seed=args.seed,
+                  progress=not args.no_progress and sys.stderr.isatty(), verbose=True,
+                  **fit_options(args))
     result = evaluate(model, x_test, y_test)
     print(f"test accuracy: {100 * result['accuracy']:.2f}%  (loss {result['loss']:.4f})")
     if args.save:
         model.save(args.save)
         print(f"saved model to {args.save}")
+    if plot is not None:
+        for path in plot.mnist_report(model, history, x_test, y_test, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
+def _plot_module():
+    try:
+        from . import plot
+    except ImportError:
+        raise RuntimeError("--plots needs matplotlib: pip install 'mlpfast[plot]'") from None
+    return plot
+
+
+def _train_2d(args):
+    """A perceptron and an MLP on the same 2-D set: their accuracy and decision regions."""
+    from .data import toy2d
+    from .losses import CrossEntropyLoss
+    from .nn import MLP
+    from .perceptron import Perceptron
+    from .summary import summary
+    from .train import evaluate, fit
+
+    plot = _plot_module() if args.plots else None
+    if args.dataset == "xor":
+        x, y = toy2d.xor(args.per_corner, noise=args.noise, seed=args.seed)
+    else:
+        x, y = toy2d.moons(args.samples, noise=args.noise, seed=args.seed)
+    print(f"mlpfast {__version__}: {args.dataset}, {len(x)} points (noise {args.noise})")
+    perceptron = Perceptron(max_epochs=args.perceptron_epochs, seed=args.seed).fit(x, y)
+    print(f"perceptron: training accuracy {100 * perceptron.score(x, y):.1f}%, converged: "
+          f"{perceptron.converged_} after {perceptron.n_epochs_} epochs")
+    model = MLP([2, *args.hidden, 2], activation=args.activation, backend=args.backend,
+                seed=args.seed)
+    name = f"MLP {'-'.join(str(s) for s in model.sizes)}"
+    print(f"{name} ({args.activation}), backend {model.backend.name}, {args.optimizer} "
+          f"lr {args.lr}, batch {min(args.batch_size, len(x))}")
+    summary(model, 2, batch_size=min(args.batch_size, len(x)))
+    history = fit(model, make_optimizer(args, model), CrossEntropyLoss(), x, y,
+                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                  progress=not args.no_progress and sys.stderr.isatty(),
+                  **fit_options(args))
+    print(f"{name}: training accuracy {100 * evaluate(model, x, y)['accuracy']:.1f}% "
+          f"(loss {history['loss'][-1]:.4f} after {args.epochs} epochs)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved model to {args.save}")
+    if plot is not None:
+        os.makedirs(args.plots, exist_ok=True)
+        paths = [os.path.join(args.plots, f"decision_regions_{args.dataset}.png"),
+                 os.path.join(args.plots, f"training_curves_{args.dataset}.png")]
+        plot.decision_regions({"perceptron": perceptron, name: model}, x, y, paths[0])
+        plot.training_curves(history, paths[1])
+        for path in paths:
+            print(f"wrote {path}")
     return 0
 
 
@@ -125,11 +230,145 @@ def _info(args):
           f"  cffi {cffi.__version__}")
     print(f"cpu: {cpu_model()} ({platform.machine()})")
     print(f"cpu features: {' '.join(cpu_features()) or 'none detected'}")
+    print(f"gpu: {gpu_summary()}")
     print(f"threads: {get_num_threads()} (set with MLPFAST_NUM_THREADS or --threads)")
     print(f"backends available: {', '.join(backends())}; auto -> {get_backend('auto').name}")
     for name in backends():
         for key, value in get_backend(name).info.items():
             print(f"  {name}: {key}: {value}")
+    return 0
+
+
+def _bench(args):
+    from .benchmark import run
+    return run(args)
+
+
+def _speech_sets(args):
+    """(train, held_out or None, test or None) SpeechFrames from the folders of args."""
+    from pathlib import Path
+
+    from .data import speech
+
+    def load(dirs, stems=None, phones=None, warp=1.0):
+        kwargs = dict(context=args.context, phones=phones)
+        if stems is not None:                             # precomputed features
+            return speech.SpeechFrames.from_folder(dirs, stems=stems, **kwargs)
+        return speech.SpeechFrames(dirs, n_mfcc=args.n_mfcc, deltas=args.deltas, warp=warp,
+                                   **kwargs)
+
+    phones = speech.read_phone_list(args.phones) if args.phones else None
+    precomputed = (Path(args.dirs[0]) / speech.FEATURE_DIR).is_dir()
+    if precomputed:
+        if len(args.dirs) != 1:
+            raise ValueError("give one folder of precomputed features (mfcc/, transcript/)")
+        folder = Path(args.dirs[0])
+        files = sorted((folder / speech.FEATURE_DIR).glob("*.npy"))
+    else:
+        files = speech.find_audio(args.dirs)
+        if not files:
+            raise ValueError(f"no .flac or .wav files under {args.dirs}")
+        listed = [Path(args.dirs[0]) / speech.PHONES_FILE,          # DIR/ or the corpus root
+                  Path(args.dirs[0]).resolve().parent / speech.PHONES_FILE]
+        if phones is None and any(p.exists() for p in listed):
+            phones = speech.read_phone_list(next(p for p in listed if p.exists()))
+    train_files, held_files = (speech.split_by_utterance(files, args.holdout, args.seed)
+                               if args.holdout else (files, []))
+    if precomputed:
+        train = load(folder, [f.stem for f in train_files], phones)
+        held = load(folder, [f.stem for f in held_files], train.phones) if held_files else None
+    else:
+        train = load(train_files, phones=phones, warp=args.train_warps)
+        held = load(held_files, phones=train.phones) if held_files else None
+    test = load(speech.find_audio(args.test), phones=train.phones) if args.test else None
+    return train, held, test
+
+
+def _report_speech(name, model, data):
+    from .data import speech
+    from .train import evaluate
+
+    result = evaluate(model, data)
+    print(f"{name}: frame accuracy {100 * result['accuracy']:.2f}% on {result['n']} frames of "
+          f"{data.num_utterances} utterances (loss {result['loss']:.4f})")
+    accuracy = speech.per_phone_accuracy(result["confusion_matrix"])
+    counts = result["confusion_matrix"].sum(axis=1)
+    print("  per-phone accuracy (frames): " + "  ".join(
+        f"{p} {100 * a:.0f}% ({c})" for p, a, c in zip(data.phones, accuracy, counts) if c))
+    print("  most confused (true -> predicted: frames): " + ", ".join(
+        f"{t}->{p}: {n}" for t, p, n in speech.top_confusions(result["confusion_matrix"],
+                                                              data.phones, 10)))
+    return result
+
+
+def _report_vtln(args, model, phones):
+    """Each --test folder read with the VTLN warp its own frames suggest (labels unused)."""
+    from pathlib import Path
+
+    from .data import speech
+    from .train import evaluate
+
+    options = dict(context=args.context, n_mfcc=args.n_mfcc, deltas=args.deltas)
+    correct = total = 0
+    for folder in args.test:
+        files = speech.find_audio([folder])
+        warp, confidence = speech.estimate_warp(model, files, phones, **options)
+        result = evaluate(model, speech.SpeechFrames(files, phones=phones, warp=warp, **options),
+                          confusion=False)
+        correct += result["accuracy"] * result["n"]
+        total += result["n"]
+        print(f"VTLN {Path(folder).name}: warp {warp:.2f} chosen by mean confidence "
+              f"({' '.join(f'{w:.2f}:{c:.3f}' for w, c in confidence.items())}): frame accuracy "
+              f"{100 * result['accuracy']:.2f}%")
+    print(f"test with VTLN: frame accuracy {100 * correct / total:.2f}% on {total} frames")
+
+
+def _train_speech(args):
+    from .losses import CrossEntropyLoss
+    from .nn import MLP
+    from .summary import summary
+    from .train import fit
+
+    train, held, test = _speech_sets(args)
+    sets = [s for s in (train, held, test) if s is not None]
+    audio = sum(s.audio_seconds for s in sets)
+    extract = sum(s.extract_seconds for s in sets)
+    print(f"mlpfast {__version__}: speech frames, {len(train)} train frames "
+          f"({train.num_utterances} utterances), {len(held) if held else 0} held out, "
+          f"{len(test) if test else 0} test; {train.num_classes} phones; context +-{args.context} "
+          f"of {train.feature_dim} features = {train.num_features} inputs")
+    if extract:
+        print(f"features: {audio:.0f} s of audio in {extract:.2f} s "
+              f"({audio / extract:.0f} audio s per wall s)")
+    model = MLP([train.num_features, *args.hidden, train.num_classes],
+                activation=args.activation, backend=args.backend, seed=args.seed)
+    print(f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), backend "
+          f"{model.backend.name}, {get_num_threads()} threads, {args.optimizer} lr {args.lr}, "
+          f"batch {args.batch_size}")
+    summary(model, train.num_features, batch_size=args.batch_size)
+    history = fit(model, make_optimizer(args, model), CrossEntropyLoss(), train,
+                  epochs=args.epochs, batch_size=args.batch_size, val=held, seed=args.seed,
+                  progress=not args.no_progress and sys.stderr.isatty(), verbose=True,
+                  **fit_options(args))
+    print(f"training: {np.median(history['samples_per_s']):,.0f} frames/s (median over epochs)")
+    if held is not None:
+        _report_speech("held-out utterances", model, held)
+    if test is not None:
+        _report_speech(f"test ({' '.join(args.test)})", model, test)
+    if test is not None and args.vtln:
+        _report_vtln(args, model, test.phones)
+    if args.save:
+        model.save(args.save)
+        print(f"saved model to {args.save}")
+    return 0
+
+
+def _synth_speech(args):
+    from .data.synth import synth_speech
+
+    voices = [v for v in args.voices.split(",") if v]
+    files = synth_speech(args.out, voices, args.utterances, seed=args.seed, jobs=args.jobs)
+    print(f"wrote {len(files)} utterances ({', '.join(voices)}) under {args.out}")
     return 0
 
 
@@ -141,14 +380,78 @@ def build_parser():
     train = sub.add_parser("train", help="train a model on a dataset")
     train_sub = train.add_subparsers(dest="dataset", required=True)
     mnist = train_sub.add_parser("mnist", help="MNIST digits, 784 -> 10 classes")
-    add_training_arguments(mnist)
+    add_training_arguments(mnist, lr_schedule="cosine")
     mnist.add_argument("--data", metavar="DIR", default=None,
                        help="folder holding the MNIST IDX files (default: $MLPFAST_DATA/mnist "
                             "or ~/.cache/mlpfast/mnist; fetched when missing)")
+    mnist.add_argument("--plots", metavar="DIR", default=None,
+                       help="write training curves, confusion matrix, first-layer weights and "
+                            "misclassified test digits as PNGs into DIR (needs matplotlib)")
     mnist.set_defaults(handler=_train_mnist)
+
+    for name, hidden, epochs, help_text in (
+            ("xor", "8", 300, "XOR in 2-D: a perceptron fails, an MLP succeeds"),
+            ("moons", "16", 500, "two interleaved half-moons in 2-D: perceptron vs MLP")):
+        toy = train_sub.add_parser(name, help=help_text)
+        add_training_arguments(toy, hidden=hidden, epochs=epochs, batch_size=1024)
+        toy.set_defaults(handler=_train_2d, lr=0.05, activation="tanh")
+        toy.add_argument("--noise", type=float, default=0.0 if name == "xor" else 0.1,
+                         help="standard deviation of the Gaussian noise on each coordinate")
+        if name == "xor":
+            toy.add_argument("--per-corner", type=_positive(int), default=1,
+                             help="points per XOR corner (default 1: the truth table)")
+        else:
+            toy.add_argument("--samples", type=_positive(int), default=200)
+        toy.add_argument("--perceptron-epochs", type=_positive(int), default=100)
+        toy.add_argument("--plots", metavar="DIR", default=None,
+                         help="write decision regions (perceptron and MLP) and the MLP's "
+                              "training curves as PNGs into DIR (needs matplotlib)")
+
+    speech = train_sub.add_parser("speech", help="phoneme classification of speech frames "
+                                                 "(audio + .PHN, or mfcc/ + transcript/ folders)")
+    speech.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="folders of .flac/.wav files with .PHN alignments beside them, or "
+                             "one folder of precomputed mfcc/*.npy + transcript/*.npy")
+    add_training_arguments(speech, hidden="1024,512", epochs=3, batch_size=256)
+    speech.add_argument("--context", type=int, default=10, help="+-K neighbour frames")
+    speech.add_argument("--n-mfcc", type=_positive(int), default=28)
+    speech.add_argument("--deltas", type=int, choices=[0, 1, 2], default=0,
+                        help="append deltas (1) or deltas and delta-deltas (2)")
+    speech.add_argument("--holdout", type=float, default=0.2,
+                        help="fraction of each folder's utterances held out (0: none)")
+    speech.add_argument("--test", nargs="+", metavar="DIR", default=None,
+                        help="folders of extra test utterances, e.g. an unseen voice")
+    speech.add_argument("--train-warps", type=_warp_list, default=1.0, metavar="LIST",
+                        help="read each training utterance once per mel warp factor, e.g. "
+                             "0.9,1.0,1.1 (augmentation against unseen voices)")
+    speech.add_argument("--vtln", action="store_true",
+                        help="also read each --test folder with the vocal-tract-length warp "
+                             "(0.80-1.40) the model is most confident on, and report that")
+    speech.add_argument("--phones", metavar="FILE", default=None,
+                        help="phone list, one per line (default: phones.txt in the first DIR "
+                             "or its parent, else the phones of the training files)")
+    speech.set_defaults(handler=_train_speech)
+
+    data = sub.add_parser("data", help="make or fetch datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth-speech", help="a speech corpus synthesized by festival "
+                                                     "(16 kHz FLAC + .PHN per utterance)")
+    synth.add_argument("out", metavar="OUT")
+    synth.add_argument("--voices", default="kal,ked,slt", help="comma-separated: kal, ked, slt")
+    synth.add_argument("--utterances", type=_positive(int), default=150, help="per voice")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--jobs", type=_positive(int), default=2,
+                       help="festival processes at once")
+    synth.set_defaults(handler=_synth_speech)
 
     info = sub.add_parser("info", help="version, backends, CPU features, threads, libraries")
     info.set_defaults(handler=_info)
+
+    bench = sub.add_parser("bench", help="benchmark kernels and training against NumPy, "
+                                         "PyTorch and JAX on this machine")
+    from .benchmark import add_arguments as add_bench_arguments
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -159,7 +462,7 @@ def main(argv=None):
         set_num_threads(args.threads)
     try:
         return args.handler(args)
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, FloatingPointError) as e:  # FPE: diverged
         print(f"mlpfast: error: {e}", file=sys.stderr)
         return 1
 

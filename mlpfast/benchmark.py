@@ -1,0 +1,930 @@
+"""Benchmarks: ``mlpfast bench`` and the helpers the pytest-benchmark suite in bench/ shares.
+
+    mlpfast bench [--quick|--full] [--compare] [--json PATH] [--baseline PATH] [--plot PATH]
+
+What is measured (every case is validated against its NumPy reference before it is timed,
+and called once more after validation so JIT compilation never lands in a timing):
+    kernels   every variant but the reference of each op in ``OP_SPECS`` (read from the
+              kernel registries, so a new variant shows up here by itself), on square and
+              MLP shapes; GFLOP/s or GB/s; the peer is the NumPy reference of the same op,
+              timed right after ours by a child process (``PeerProcess``) that runs without
+              OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, with NumPy's BLAS on the same threads
+    train     one training step (forward, loss, backward, Adam) of the reference
+              configurations on every backend; samples/s and GFLOP/s; the peer is a
+              textbook NumPy MLP (mlpfast.peers.NumpyMLP) in that child process
+    epochs    (--full) one full MNIST epoch of each configuration per backend, through fit()
+    compare   (--compare) full epochs of mlpfast, NumPy, PyTorch and JAX, each in its own
+              process with the same data, sizes, batch, threads, warm-up and epochs
+
+Reference configurations (real MNIST, Adam lr 1e-3, cross-entropy, ReLU): see ``CONFIGS``.
+A row's ``id`` (op, shape, variant, threads) is what ``--baseline`` matches on; a row whose
+median and best times both grew by more than ``--threshold`` (default 25%) is flagged as a
+regression and the command exits with status 1.
+"""
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from . import __version__
+from .backend import backends, get_num_threads, to_numpy
+
+# (sizes, batch) of the three reference configurations
+CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
+PEER_PACKAGES = ("torch", "jax", "jaxlib", "threadpoolctl", "matplotlib")
+WARMUP_BATCHES = 32        # before timed epochs: this many full batches, then one tail batch
+INSTALL_HINTS = {
+    "torch": "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    "jax": "pip install 'mlpfast[compare]' or pip install jax",
+}
+# float32 tolerances atol + rtol * |ref| for kernels whose error does not grow with a size
+TOL = {np.dtype(np.float32): (1e-5, 1e-4), np.dtype(np.float64): (1e-12, 1e-10)}
+
+
+def config_name(sizes, batch):
+    return f"{'-'.join(str(s) for s in sizes)} b{batch}"
+
+
+# --- machine header -------------------------------------------------------------------
+
+def package_version(name):
+    """Installed version of a distribution without importing it, or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def blas_info():
+    """The BLAS NumPy uses in this process, as threadpoolctl reports it (or why not)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            arch = lib.get("architecture") or "?"
+            return (f"{lib.get('internal_api')} {lib.get('version')} ({arch}, "
+                    f"{lib.get('num_threads')} threads)")
+    return "none found by threadpoolctl"
+
+
+def fp32_peak_gflops(threads, milliseconds=25, repeats=8):
+    """Measured fp32 FMA peak of ``threads`` threads in GFLOP/s (csrc/peak.c), or None.
+    The best of ``repeats`` runs: other processes can only make a run slower."""
+    try:
+        from . import _peak
+    except ImportError:
+        return None
+    gflops = max(_peak.lib.mlpf_fma_peak_gflops(int(threads), int(milliseconds))
+                 for _ in range(repeats))
+    return gflops if gflops > 0 else None
+
+
+def fp32_peak_isa():
+    try:
+        from . import _peak
+    except ImportError:
+        return None
+    return _peak.ffi.string(_peak.lib.mlpf_fma_peak_isa()).decode()
+
+
+def machine_info(threads=None, peak=True):
+    """Everything a reader needs to judge the numbers: CPU, ISA, threads, versions, BLAS."""
+    from .cli import cpu_features, cpu_model
+    threads = threads or get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    features = cpu_features()
+    isa = "AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else "baseline"
+    info = {
+        "cpu": cpu_model(), "machine": platform.machine(), "isa": isa,
+        "cpu_features": " ".join(features), "cpus_available": cores, "threads": threads,
+        "python": platform.python_version(), "mlpfast": __version__,
+        "numpy": np.__version__, "numba": package_version("numba"),
+        "cffi": package_version("cffi"), "blas": blas_info(),
+        "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                         if k in os.environ},
+        "backends": backends(),
+    }
+    for name in PEER_PACKAGES:
+        info[name] = package_version(name)
+    if peak:
+        info["fp32_peak_gflops"] = fp32_peak_gflops(threads)
+        info["fp32_peak_isa"] = fp32_peak_isa()
+    return info
+
+
+def format_machine(info):
+    """The header lines printed above every report."""
+    peers = ", ".join(f"{n} {info[n]}" for n in ("torch", "jax") if info.get(n)) or "none"
+    peak = info.get("fp32_peak_gflops")
+    peak_text = (f"{peak:.0f} GFLOP/s fp32 measured ({info.get('fp32_peak_isa')} FMA probe, "
+                 f"{info['threads']} threads)" if peak else
+                 "not measured (mlpfast._peak is not built: pip install -e .)")
+    env = info.get("openblas_env") or {}
+    env_text = (" [this process: " + " ".join(f"{k}={v}" for k, v in env.items()) +
+                "; the NumPy peer runs without them]") if env else ""
+    return [
+        f"cpu: {info['cpu']} ({info['machine']}), ISA {info['isa']}; "
+        f"{info['cpus_available']} cpus available, {info['threads']} threads used",
+        f"fp32 peak: {peak_text}",
+        f"mlpfast {info['mlpfast']}, python {info['python']}, numpy {info['numpy']}, "
+        f"numba {info['numba']}, cffi {info['cffi']}; peers: {peers}",
+        f"numpy BLAS: {info['blas']}{env_text}",
+        f"backends: {', '.join(info['backends'])}",
+    ]
+
+
+# --- validation and timing ------------------------------------------------------------
+
+def assert_close(actual, expected, atol, rtol, what):
+    """Raise AssertionError unless |actual - expected| <= atol + rtol * |expected| everywhere."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {actual.shape}, reference {expected.shape}")
+    excess = (np.abs(actual.astype(np.float64) - expected)
+              - (atol + rtol * np.abs(expected.astype(np.float64))))
+    if excess.size and not excess.max() <= 0:        # also catches NaN
+        i = np.unravel_index(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)),
+                             excess.shape)
+        raise AssertionError(f"{what}: at {tuple(int(j) for j in i)} got {actual[i]!r}, "
+                             f"reference {expected[i]!r} (atol {atol:g}, rtol {rtol:g})")
+
+
+def time_call(fn, min_seconds=0.15, min_rounds=3, max_rounds=200):
+    """Seconds per call of ``fn()``: a list of at least ``min_rounds`` timings, more until
+    ``min_seconds`` have passed. Call ``fn`` once before (warm-up) yourself."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_rounds or (time.perf_counter() - start < min_seconds
+                                      and len(times) < max_rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# --- kernel cases ---------------------------------------------------------------------
+
+@dataclass
+class OpSpec:
+    """How to benchmark one op of a kernel registry.
+
+    ``implementations()``  variant -> function for this op (read from the registry each time)
+    ``inputs(shape, rng)`` a dict of fresh float32 arrays for one call
+    ``call(fn, inputs)``   runs the op, returns the array to compare with the reference
+    ``work(shape)``        (flops, bytes) of one call; flops 0 means "report GB/s"
+    ``tolerance(shape)``   (atol, rtol) for float32
+    """
+    family: str
+    op: str
+    implementations: Callable[[], Dict[str, Callable]]
+    inputs: Callable
+    call: Callable
+    work: Callable
+    shapes: Dict[str, List[tuple]]
+    tolerance: Callable = lambda shape: TOL[np.dtype(np.float32)]
+    describe: Callable = lambda shape: "x".join(str(s) for s in shape)
+
+
+def _registry_ops(module_name, op):
+    """variant -> function for ``op`` over a registry of op tables (families but gemm)."""
+    def implementations():
+        import importlib
+        module = importlib.import_module(f"mlpfast.kernels.{module_name}")
+        return {v: table[op] for v, table in module.VARIANTS.items() if op in table}
+    return implementations
+
+
+def _linear_relu_implementations():
+    from .kernels import linear
+    return {v: table["linear_forward"] for v, table in linear.VARIANTS.items()
+            if "linear_forward" in table and "relu" in linear.FUSED.get(v, ())}
+
+
+def _gemm_implementations():
+    from .kernels import gemm
+    return dict(gemm.VARIANTS)
+
+
+def _activation_implementations(direction):
+    def implementations():
+        from .kernels import activations
+        return {v: getattr(table["relu"], direction) for v, table in activations.VARIANTS.items()
+                if "relu" in table}
+    return implementations
+
+
+def _uniform(rng, shape):
+    return rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+
+
+# GEMM shapes (m, n, k, trans_a, trans_b); the MLP ones are the three GEMMs of one Linear
+# layer (out, in) at batch B: forward y = x @ w.T (B, out, in, N, T); weight gradient
+# grad_w = grad_y.T @ x (out, in, B, T, N); input gradient grad_x = grad_y @ w (B, in, out, N, N)
+def mlp_gemm_shapes(n_in, n_out, batch):
+    return [(batch, n_out, n_in, False, True), (n_out, n_in, batch, True, False),
+            (batch, n_in, n_out, False, False)]
+
+
+def _gemm_describe(shape):
+    m, n, k, ta, tb = shape
+    return f"{m}x{n}x{k} {'T' if ta else 'N'}{'T' if tb else 'N'}"
+
+
+def _gemm_inputs(shape, rng):
+    m, n, k, ta, tb = shape
+    return {"a": _uniform(rng, (k, m) if ta else (m, k)),
+            "b": _uniform(rng, (n, k) if tb else (k, n)),
+            "out": np.empty((m, n), np.float32), "ta": ta, "tb": tb}
+
+
+def _squares(sizes):
+    return [(s, s, s, False, False) for s in sizes]
+
+
+GEMM_QUICK = (_squares([512, 1024]) + mlp_gemm_shapes(784, 256, 64)[:1]
+              + mlp_gemm_shapes(1024, 1024, 256))
+GEMM_FULL = (_squares([128, 256, 512, 1024, 2048]) + mlp_gemm_shapes(784, 256, 64)
+             + mlp_gemm_shapes(256, 128, 64) + mlp_gemm_shapes(784, 1024, 256)
+             + mlp_gemm_shapes(1024, 1024, 256))
+LINEAR_SHAPES = [(64, 784, 256), (256, 784, 1024), (256, 1024, 1024)]   # (batch, in, out)
+ELEMENTWISE_SHAPES = [(64, 256), (256, 1024)]
+ADAM_SIZES = [(235146,), (1863690,)]      # parameters of 784-256-128-10 and 784-1024-1024-10
+
+
+def _adam_inputs(shape, rng):
+    n = shape[0]
+    return {"param": _uniform(rng, n), "grad": _uniform(rng, n),
+            "m": _uniform(rng, n) * 0.1, "v": np.abs(_uniform(rng, n)) * 0.01}
+
+
+def _adam_call(fn, d):
+    fn(d["param"], d["grad"], d["m"], d["v"], step=10, lr=1e-3, beta1=0.9, beta2=0.999,
+       eps=1e-8, weight_decay=0.0, decoupled=False)
+    return d["param"]
+
+
+def _relu_backward_inputs(shape, rng):
+    x = _uniform(rng, shape)
+    return {"g": _uniform(rng, shape), "x": x, "y": np.maximum(x, 0),
+            "out": np.empty(shape, np.float32)}
+
+
+def _cross_entropy_inputs(shape, rng):
+    batch, classes = shape
+    return {"logits": rng.standard_normal(shape).astype(np.float32) * 3,
+            "labels": rng.integers(0, classes, batch), "grad": np.empty(shape, np.float32)}
+
+
+def _cross_entropy_call(fn, d):
+    loss, grad, _ = fn(d["logits"], d["labels"], d["grad"])
+    return np.append(grad.ravel(), np.float32(loss))
+
+
+OP_SPECS = [
+    OpSpec("gemm", "sgemm", _gemm_implementations, _gemm_inputs,
+           lambda fn, d: fn(d["a"], d["b"], d["out"], trans_a=d["ta"], trans_b=d["tb"]),
+           lambda s: (2.0 * s[0] * s[1] * s[2], 4.0 * (s[0] * s[2] + s[2] * s[1] + s[0] * s[1])),
+           {"quick": GEMM_QUICK, "full": GEMM_FULL},
+           tolerance=lambda s: (1e-5 * s[2], 2e-5 * math.sqrt(s[2])), describe=_gemm_describe),
+    OpSpec("linear", "linear_forward_relu", _linear_relu_implementations,
+           lambda s, rng: {"x": _uniform(rng, s[:2]), "w": _uniform(rng, (s[2], s[1])),
+                           "b": _uniform(rng, s[2]), "out": np.empty((s[0], s[2]), np.float32)},
+           lambda fn, d: fn(d["x"], d["w"], d["b"], "relu", d["out"]),
+           lambda s: (2.0 * s[0] * s[1] * s[2], 4.0 * (s[0] * s[1] + s[1] * s[2] + s[0] * s[2])),
+           {"quick": LINEAR_SHAPES[1:2], "full": LINEAR_SHAPES},
+           tolerance=lambda s: (1e-5 * s[1], 2e-5 * math.sqrt(s[1]))),
+    OpSpec("activations", "relu_forward", _activation_implementations("forward"),
+           lambda s, rng: {"x": _uniform(rng, s), "out": np.empty(s, np.float32)},
+           lambda fn, d: fn(d["x"], d["out"]),
+           lambda s: (0.0, 2 * 4.0 * s[0] * s[1]),          # read x, write y
+           {"quick": ELEMENTWISE_SHAPES[1:], "full": ELEMENTWISE_SHAPES}),
+    OpSpec("activations", "relu_backward", _activation_implementations("backward"),
+           _relu_backward_inputs,
+           lambda fn, d: fn(d["g"], d["x"], d["y"], d["out"]),
+           lambda s: (0.0, 3 * 4.0 * s[0] * s[1]),          # read grad_y and x, write grad_x
+           {"quick": ELEMENTWISE_SHAPES[1:], "full": ELEMENTWISE_SHAPES}),
+    OpSpec("losses", "softmax_cross_entropy", _registry_ops("losses", "softmax_cross_entropy"),
+           _cross_entropy_inputs, _cross_entropy_call,
+           lambda s: (0.0, 2 * 4.0 * s[0] * s[1] + 8.0 * s[0]),  # read logits + labels, write grad
+           {"quick": [(256, 10)], "full": [(64, 10), (256, 10)]}),
+    OpSpec("optim", "adam", _registry_ops("optim", "adam"), _adam_inputs, _adam_call,
+           lambda s: (0.0, 7 * 4.0 * s[0]),   # read param, grad, m, v; write param, m, v
+           {"quick": ADAM_SIZES[1:], "full": ADAM_SIZES},
+           tolerance=lambda s: (1e-6, 1e-5)),
+]
+
+
+def validate_op(spec, shape, fn, reference, seed=0):
+    """Run ``fn`` and the reference on the same fresh inputs and compare (AssertionError)."""
+    got = np.array(spec.call(fn, spec.inputs(shape, np.random.default_rng(seed))), copy=True)
+    ref = np.array(spec.call(reference, spec.inputs(shape, np.random.default_rng(seed))),
+                   copy=True)
+    atol, rtol = spec.tolerance(shape)
+    assert_close(got, ref, atol, rtol, f"{spec.op} {spec.describe(shape)}")
+
+
+ROUNDS = 3     # turns per case: ours, the peer's, ours, the peer's, ...
+# idle time before each turn: thread pools that just finished (OpenBLAS, OpenMP, the C
+# GEMM's) spin on their cores for up to ~0.1 s and would slow down whoever runs next
+PAUSE_S = 0.12
+
+
+def time_side_by_side(calls, seconds, min_rounds, peer=None, request=None):
+    """Time each of ``calls`` (name -> fn(), warmed up) and the peer's ``request`` in turns,
+    ROUNDS times, each turn ``seconds / ROUNDS`` long after a pause of PAUSE_S, so that load
+    from other processes falls on every side alike. Returns ({name: [seconds per call]}, the peer's reply with
+    the times of all its turns merged, or None without a peer)."""
+    times = {name: [] for name in calls}
+    reply = None
+    for _ in range(ROUNDS):
+        for name, fn in calls.items():
+            time.sleep(PAUSE_S)
+            times[name] += time_call(fn, seconds / ROUNDS, max(1, -(-min_rounds // ROUNDS)))
+        if peer is not None and (reply is None or "row" in reply):
+            time.sleep(PAUSE_S)
+            turn = peer.ask(dict(request, seconds=seconds / ROUNDS))
+            if reply is not None and "row" in turn:
+                turn["row"]["times"] = reply["row"]["times"] + turn["row"]["times"]
+            reply = turn
+    if reply is not None and "row" in reply:
+        row = reply["row"]
+        median = float(np.median(row["times"]))
+        row["rate"] *= row["median_s"] / median
+        row["median_s"], row["rounds"] = median, len(row["times"])
+    return times, reply
+
+
+def kernel_rows(mode, variants="fast", select=None, min_seconds=0.15, peer=None):
+    """Validate, warm up and time every (op, shape, variant); a list of result rows.
+
+    variants: "fast" = every variant but the NumPy reference, "reference" = only it.
+    select(row_id) -> bool restricts the cases (``--only``).
+    peer: a ``PeerProcess`` timing the same case in turns with ours (``time_side_by_side``).
+    """
+    rows = []
+    threads = get_num_threads()
+    for spec in OP_SPECS:
+        implementations = spec.implementations()
+        reference = implementations.get("numpy")
+        chosen = {v: fn for v, fn in implementations.items()
+                  if (v == "numpy") == (variants == "reference")}
+        for shape in spec.shapes[mode]:
+            case = f"{spec.family}.{spec.op} {spec.describe(shape)}"
+            failed, calls = [], {}
+            for variant, fn in chosen.items():
+                row_id = f"{case} [{variant}] t{threads}"
+                if select is not None and not select(row_id):
+                    continue
+                if variant != "numpy":
+                    try:
+                        validate_op(spec, shape, fn, reference)
+                    except AssertionError as e:
+                        failed.append(_failed_row(row_id, spec.family, spec.op,
+                                                  spec.describe(shape), variant, threads, e))
+                        continue
+                inputs = spec.inputs(shape, np.random.default_rng(1))
+                spec.call(fn, inputs)                      # warm-up, past any JIT compile
+                calls[variant] = functools.partial(spec.call, fn, inputs)
+            if not calls:
+                rows += failed
+                continue
+            times, reply = time_side_by_side(calls, min_seconds, 3, peer,
+                                             {"kernel": case, "mode": mode})
+            case_rows = [_rate_row(f"{case} [{variant}] t{threads}", "kernel", spec.family,
+                                   spec.op, spec.describe(shape), variant, threads, t,
+                                   *spec.work(shape)) for variant, t in times.items()]
+            if reply is not None:
+                attach_peer(case_rows, reply, peer.name)
+            rows += case_rows + failed
+    return rows
+
+
+def _failed_row(row_id, family, op, shape, variant, threads, error):
+    """A case whose result disagreed with the reference: reported, never timed."""
+    return {"id": row_id, "kind": "failed", "family": family, "op": op, "shape": shape,
+            "variant": variant, "threads": threads, "error": str(error)}
+
+
+def _rate_row(row_id, kind, family, op, shape, variant, threads, times, flops=0.0, nbytes=0.0,
+              samples=None):
+    median = float(np.median(times))
+    row = {"id": row_id, "kind": kind, "family": family, "op": op, "shape": shape,
+           "variant": variant, "threads": threads, "median_s": median,
+           "min_s": float(np.min(times)), "rounds": len(times), "flops": flops,
+           "times": [float(t) for t in times]}
+    if flops:
+        row["unit"], row["rate"] = "GFLOP/s", flops / median * 1e-9
+    else:
+        row["unit"], row["rate"] = "GB/s", nbytes / median * 1e-9
+    if samples:
+        row["samples_per_s"] = samples / median
+    return row
+
+
+# --- training cases -------------------------------------------------------------------
+
+def mlp_train_flops(sizes, batch):
+    """FLOPs of one training step: forward 2*B*in*out per layer, weight gradient as much,
+    input gradient as much for every layer but the first (its input needs no gradient)."""
+    layers = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2.0 * batch * (2 * sum(a * b for a, b in layers) + sum(a * b for a, b in layers[1:]))
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_train():
+    """MNIST's training images (60000, 784) float32 and labels, loaded once per process."""
+    from .datasets import mnist
+    (x, y), _ = mnist()
+    return x, y
+
+
+def mnist_batch(batch, seed=0):
+    """A fixed batch of real MNIST training images and labels."""
+    x, y = mnist_train()
+    index = np.random.default_rng(seed).choice(len(x), batch, replace=False)
+    return np.ascontiguousarray(x[index]), y[index]
+
+
+def train_step_setup(backend, sizes, batch, seed=0):
+    """A model, Adam and loss on ``backend`` plus one MNIST batch.
+    Returns (model, step() -> loss, forward_backward() -> loss)."""
+    from .losses import CrossEntropyLoss
+    from .nn import MLP
+    from .optim import Adam
+    model = MLP(list(sizes), activation="relu", backend=backend, seed=seed)
+    optimizer = Adam(model.parameters(), lr=1e-3)
+    loss_fn = CrossEntropyLoss(backend=model.backend)
+    x, y = mnist_batch(batch, seed)
+    x_dev = model.backend.to_device(x)
+    model.train()
+
+    def forward_backward():
+        loss = loss_fn(model.forward(x_dev), y)
+        model.backward(loss_fn.backward())
+        return loss
+
+    def step():
+        loss = forward_backward()
+        optimizer.step()
+        return loss
+    return model, step, forward_backward
+
+
+def validate_train_step(backend, sizes, batch, steps=3):
+    """A training step on ``backend`` against the numpy backend from the same weights: the
+    loss and every gradient of one forward/backward, then the losses of ``steps`` Adam steps.
+    (Parameters after Adam steps are not compared: Adam moves a weight by about lr whatever
+    the size of its gradient, so rounding in a gradient near 0 can flip that move.)"""
+    model, step, forward_backward = train_step_setup(backend, sizes, batch)
+    ref_model, ref_step, ref_forward_backward = train_step_setup("numpy", sizes, batch)
+    assert_close(forward_backward(), ref_forward_backward(), 1e-5, 1e-4, f"{backend} loss")
+    ref_grads = {name: to_numpy(p.grad) for name, p in ref_model.named_parameters()}
+    for name, p in model.named_parameters():
+        ref = ref_grads[name]
+        scale = float(np.abs(ref).max()) or 1.0
+        assert_close(to_numpy(p.grad), ref, 1e-4 * scale, 1e-3, f"{backend} gradient of {name}")
+    losses = [(step(), ref_step()) for _ in range(steps)]
+    assert_close([a for a, _ in losses], [b for _, b in losses], 1e-4, 1e-3,
+                 f"{backend} losses of {steps} Adam steps")
+
+
+def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.45, peer=None):
+    """Validate, warm up and time a training step per configuration and backend; ``peer``
+    (a ``PeerProcess``) times its textbook MLP step in turns with ours."""
+    rows = []
+    threads = get_num_threads()
+    for sizes, batch in configs:
+        config = config_name(sizes, batch)
+        failed, calls = [], {}
+        for name in backend_names:
+            row_id = f"train.step {config} [{name}] t{threads}"
+            if select is not None and not select(row_id):
+                continue
+            if name != "numpy":
+                try:
+                    validate_train_step(name, sizes, batch)
+                except AssertionError as e:
+                    failed.append(_failed_row(row_id, "train", "step", config, name, threads,
+                                              e))
+                    continue
+            _, step, _ = train_step_setup(name, sizes, batch)
+            step()
+            step()                                       # warm-up, past any JIT compile
+            calls[name] = step
+        if not calls:
+            rows += failed
+            continue
+        times, reply = time_side_by_side(calls, min_seconds, 6, peer, {"step": config})
+        config_rows = [_rate_row(f"train.step {config} [{name}] t{threads}", "train", "train",
+                                 "step", config, name, threads, t,
+                                 mlp_train_flops(sizes, batch), samples=batch)
+                       for name, t in times.items()]
+        if reply is not None:
+            attach_peer(config_rows, reply, peer.name)
+        rows += config_rows + failed
+    return rows
+
+
+def epoch_rows(backend_names, configs=CONFIGS, epochs=1, select=None):
+    """Full MNIST epochs through ``fit`` after a warm-up of a few dozen steps."""
+    from .losses import CrossEntropyLoss
+    from .nn import MLP
+    from .optim import Adam
+    from .train import fit
+    x, y = mnist_train()
+    rows = []
+    threads = get_num_threads()
+    for sizes, batch in configs:
+        for name in backend_names:
+            row_id = f"train.epoch {config_name(sizes, batch)} [{name}] t{threads}"
+            if select is not None and not select(row_id):
+                continue
+            model = MLP(list(sizes), backend=name, seed=0)
+            optimizer = Adam(model.parameters(), lr=1e-3)
+            warm = WARMUP_BATCHES * batch + len(x) % batch
+            fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1,
+                batch_size=batch, seed=0, progress=False)
+            history = fit(model, optimizer, CrossEntropyLoss(), x, y, epochs=epochs,
+                          batch_size=batch, seed=1, progress=False)
+            times = history["seconds"]
+            rows.append(_rate_row(row_id, "epoch", "train", "epoch", config_name(sizes, batch),
+                                  name, threads, times, mlp_train_flops(sizes, 1) * len(x),
+                                  samples=len(x)))
+            rows[-1]["loss"] = history["loss"][-1]
+    return rows
+
+
+# --- peers in child processes ---------------------------------------------------------
+
+def peer_env(peer, threads, base=None):
+    """The environment of a peer's child process (from ``base``, default ours): every thread
+    pool sized ``threads``, and for the NumPy peer no OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
+    (they slow OpenBLAS down)."""
+    env = dict(os.environ if base is None else base)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                 "MLPFAST_NUM_THREADS"):
+        env[name] = str(threads)
+    if threads == 1:      # XLA's CPU thread pool otherwise follows the CPU affinity below
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+    if peer == "numpy":
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    return env
+
+
+def _pin_cpus(threads):
+    """In the child, before it starts: run on the first ``threads`` CPUs we may use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < len(cpus):
+        os.sched_setaffinity(0, cpus[:threads])
+
+
+def _peer_command(peer, threads, args):
+    cmd = [sys.executable, "-m", "mlpfast.peers", peer, "--threads", str(threads), *args]
+    pin = (lambda: _pin_cpus(threads)) if hasattr(os, "sched_setaffinity") else None
+    return cmd, dict(env=peer_env(peer, threads), preexec_fn=pin, text=True)
+
+
+def _last_error(stderr):
+    return (stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def run_peer(peer, args, threads, timeout=1800):
+    """``python -m mlpfast.peers PEER ARGS`` in its own process; its JSON result (a dict)."""
+    cmd, options = _peer_command(peer, threads, args)
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, **options)
+    if proc.returncode != 0:
+        return {"peer": peer, "skipped": f"failed: {_last_error(proc.stderr)}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class PeerProcess:
+    """A peer (``python -m mlpfast.peers numpy --serve``) that stays up and times one case
+    per request, so ours and the peer's timings of a case are taken one right after the
+    other. ``ask(request)`` -> the reply dict ({"row": ...} or {"skipped": why})."""
+
+    def __init__(self, peer, threads):
+        self.name = peer
+        cmd, options = _peer_command(peer, threads, ["--serve"])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, **options)
+
+    def ask(self, request):
+        if self.proc.poll() is not None:
+            return {"skipped": f"peer exited: {_last_error(self.proc.stderr.read())}"}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            return {"skipped": f"peer exited: {_last_error(self.proc.stderr.read())}"}
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def attach_peer(rows, reply, peer_name):
+    """Put the peer's rate next to each timed row; ratio = ours / peer (>1: we are faster)."""
+    peer_row = reply.get("row")
+    for row in rows:
+        if "rate" not in row:
+            continue
+        if peer_row is None:
+            row["peer_error"] = reply.get("skipped", "no reply")
+            continue
+        row["peer"], row["peer_rate"] = peer_name, peer_row["rate"]
+        row["ratio"] = row["rate"] / peer_row["rate"]
+
+
+# --- report ---------------------------------------------------------------------------
+
+def format_table(rows, peak=None):
+    """Rows as a fixed-width table: what, shape, variant, rate, % of peak, peer, ratio."""
+    lines = [f"{'benchmark':<28} {'shape':<22} {'variant':<8} {'median':>9} {'rate':>16} "
+             f"{'%peak':>6} {'peer rate':>16} {'ratio':>6}"]
+    for r in rows:
+        what = f"{r['family']}.{r['op']}" if r["family"] != "train" else f"train {r['op']}"
+        if "error" in r:
+            lines.append(f"{what:<28} {r['shape']:<22} {r['variant']:<8} NOT TIMED, differs "
+                         f"from the reference: {r['error']}")
+            continue
+        rate = f"{r['rate']:,.1f} {r['unit']}"
+        if "samples_per_s" in r:
+            rate = f"{r['samples_per_s']:,.0f} samples/s"
+        pct = f"{100 * r['rate'] / peak:.0f}%" if peak and r["unit"] == "GFLOP/s" else ""
+        peer = ratio = ""
+        if "peer_rate" in r:
+            peer_value = r["peer_rate"]
+            if "samples_per_s" in r:
+                peer_value *= r["samples_per_s"] / r["rate"]   # same unit as the rate column
+                peer = f"{peer_value:,.0f} {r['peer']}"
+            else:
+                peer = f"{peer_value:,.1f} {r['peer']}"
+            ratio = f"{r['ratio']:.2f}x"
+        lines.append(f"{what:<28} {r['shape']:<22} {r['variant']:<8} "
+                     f"{_format_seconds(r['median_s']):>9} {rate:>16} {pct:>6} {peer:>16} "
+                     f"{ratio:>6}")
+    return lines
+
+
+def _format_seconds(s):
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def compare_with_baseline(rows, baseline, threshold):
+    """Lines describing each row whose median and best times both grew by more than
+    ``threshold`` (a fraction) over its baseline, and the number of such regressions."""
+    old = {r["id"]: r for r in baseline.get("results", [])}
+    lines, regressions, matched = [], 0, 0
+    for row in rows:
+        base = old.get(row["id"])
+        if base is None or "median_s" not in row or "median_s" not in base:
+            continue
+        matched += 1
+        # both the median and the best call must have moved: load from other processes
+        # raises medians, and rarely spoils every single call of a row
+        best, base_best = row.get("min_s", row["median_s"]), base.get("min_s", base["median_s"])
+        ratios = (row["median_s"] / base["median_s"], best / base_best)
+        vs = f"{_format_seconds(row['median_s'])} vs {_format_seconds(base['median_s'])} baseline"
+        if min(ratios) - 1.0 > threshold:
+            regressions += 1
+            lines.append(f"REGRESSION {row['id']}: {vs} (+{100 * (min(ratios) - 1):.0f}%)")
+        elif max(ratios) - 1.0 < -threshold:
+            lines.append(f"faster     {row['id']}: {vs} ({100 * (max(ratios) - 1):.0f}%)")
+    lines.append(f"baseline: {matched} rows matched, {regressions} regressions beyond "
+                 f"+{100 * threshold:.0f}%")
+    return lines, regressions
+
+
+def write_plot(rows, path, peak=None):
+    """A PNG of GFLOP/s against problem size (GFLOP per call), one line per variant."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'mlpfast[plot]'") from None
+    rows = [r for r in rows if r.get("unit") == "GFLOP/s" and r["kind"] == "kernel"]
+    ops = sorted({(r["family"], r["op"]) for r in rows})
+    if not ops:
+        raise ValueError("--plot: no kernel GFLOP/s results to plot (see --only)")
+    fig, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
+    for ax, (family, op) in zip(axes[0], ops):
+        mine = [r for r in rows if (r["family"], r["op"]) == (family, op)]
+        for variant in sorted({r["variant"] for r in mine}):
+            pts = sorted((r["flops"] * 1e-9, r["rate"]) for r in mine if r["variant"] == variant)
+            ax.plot(*zip(*pts), "o-", label=variant)
+        peer = sorted({(r["flops"] * 1e-9, r["peer_rate"], r["peer"]) for r in mine
+                       if "peer_rate" in r})
+        if peer:
+            ax.plot([p[0] for p in peer], [p[1] for p in peer], "s--", color="gray",
+                    label=f"{peer[0][2]} (peer)")
+        if peak:
+            ax.axhline(peak, color="red", lw=0.8, ls=":", label=f"fp32 peak {peak:.0f}")
+        ax.set_xscale("log")
+        ax.set_xlabel("GFLOP per call")
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{family}.{op}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the command ----------------------------------------------------------------------
+
+def add_arguments(parser):
+    from .cli import _positive
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                      help="a curated run, under 2 minutes (the default)")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode",
+                      help="every shape, and full MNIST epochs per backend (several minutes)")
+    parser.set_defaults(mode="quick")
+    parser.add_argument("--compare", action="store_true",
+                        help="train the reference configurations with mlpfast, NumPy, PyTorch "
+                             "and JAX side by side (samples/s and ratios)")
+    parser.add_argument("--epochs", type=_positive(int), default=1,
+                        help="timed epochs per run of --compare and --full (default 1)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="a --json file to compare against; rows whose median and best "
+                         "times both grew beyond --threshold are flagged (exit status 1)")
+    parser.add_argument("--threshold", type=_positive(float), default=0.25,
+                        help="relative slowdown flagged by --baseline (default 0.25 = 25%%)")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of GFLOP/s against size")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="run only the rows whose id contains TEXT (e.g. 'gemm', 'b256')")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the NumPy peer processes of the kernel and step tables")
+    parser.add_argument("--threads", type=_positive(int), default=None,
+                        help="threads for mlpfast and every peer (default: MLPFAST_NUM_THREADS "
+                             "or all cores)")
+
+
+def _select(only):
+    return None if not only else (lambda row_id: only in row_id)
+
+
+def compare_training(configs, threads, epochs, log):
+    """Full epochs of every peer on every configuration, each in its own process."""
+    results = []
+    for sizes, batch in configs:
+        for peer in ("mlpfast", "numpy", "torch", "jax"):
+            result = run_peer(peer, ["--sizes", ",".join(map(str, sizes)), "--batch", str(batch),
+                                     "--epochs", str(epochs)], threads)
+            result.update(peer=peer, config=config_name(sizes, batch))
+            log(f"  {peer:<8} {config_name(sizes, batch)}: " +
+                (f"{result['samples_per_s']:,.0f} samples/s" if "samples_per_s" in result
+                 else f"skipped: {result['skipped']}"))
+            results.append(result)
+    return results
+
+
+def format_compare(results):
+    lines = [f"{'configuration':<22} {'peer':<8} {'samples/s':>10} {'s/epoch':>8} "
+             f"{'last loss':>9} {'mlpfast/peer':>12}  notes"]
+    ours = {r["config"]: r.get("samples_per_s") for r in results if r["peer"] == "mlpfast"}
+    for r in results:
+        if "samples_per_s" not in r:
+            lines.append(f"{r['config']:<22} {r['peer']:<8} {'-':>10} {'-':>8} {'-':>9} "
+                         f"{'-':>12}  skipped: {r['skipped']}")
+            continue
+        ratio = ours.get(r["config"])
+        ratio_text = f"{ratio / r['samples_per_s']:.2f}x" if ratio else "-"
+        lines.append(f"{r['config']:<22} {r['peer']:<8} {r['samples_per_s']:>10,.0f} "
+                     f"{r['seconds_per_epoch']:>8.2f} {r['loss']:>9.4f} {ratio_text:>12}  "
+                     f"{r.get('notes', '')}")
+    return lines
+
+
+def compare_rows(results, threads):
+    """--compare results as rows that --json / --baseline understand."""
+    rows = []
+    for r in results:
+        if "samples_per_s" in r:
+            rows.append({"id": f"compare {r['config']} [{r['peer']}] t{threads}",
+                         "kind": "compare", "family": "train", "op": "epoch",
+                         "shape": r["config"], "variant": r["peer"], "threads": threads,
+                         "median_s": r["seconds_per_epoch"], "min_s": min(r["epoch_seconds"]),
+                         "rate": r["samples_per_s"],
+                         "unit": "samples/s", "samples_per_s": r["samples_per_s"],
+                         "loss": r["loss"]})
+    return rows
+
+
+def _print(text=""):
+    print(text, flush=True)
+
+
+def limit_blas_threads(threads):
+    """A context in which NumPy's BLAS (used by the numpy backend and the references) runs
+    ``threads`` threads, like every other kernel; no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def run(args, out=_print):
+    """``mlpfast bench``: returns the exit status (1 when --baseline flags a regression)."""
+    with limit_blas_threads(get_num_threads()):
+        return _run(args, out)
+
+
+def _run(args, out):
+    baseline = None
+    if args.baseline:
+        with open(args.baseline) as f:
+            baseline = json.load(f)
+        if not isinstance(baseline, dict) or "results" not in baseline:
+            raise ValueError(f"--baseline {args.baseline} is not a `mlpfast bench --json` file")
+    started = time.perf_counter()
+    threads = get_num_threads()
+    select = _select(args.only)
+    info = machine_info(threads)
+    out(f"mlpfast bench --{args.mode}{' --compare' if args.compare else ''}")
+    for line in format_machine(info):
+        out("  " + line)
+
+    peer = contextlib.nullcontext() if args.no_peers else PeerProcess("numpy", threads)
+    with peer:
+        if not args.no_peers:
+            reply = peer.ask({"info": True})
+            info["numpy_peer_blas"] = reply.get("blas", reply.get("skipped"))
+            out(f"  NumPy peer (own process, OPENBLAS_CORETYPE/L2_SIZE unset): "
+                f"{info['numpy_peer_blas']}")
+        rows = kernel_rows(args.mode, select=select, peer=None if args.no_peers else peer)
+        rows += train_step_rows(backends(), select=select,
+                                peer=None if args.no_peers else peer)
+    if args.mode == "full":
+        rows += epoch_rows(backends(), epochs=args.epochs, select=select)
+    out("")
+    if rows:
+        out("rate: median of repeated calls; peer: NumPy in its own process (textbook MLP for "
+            "train rows); ratio = mlpfast / peer, >1 is faster")
+        for line in format_table(rows, info.get("fp32_peak_gflops")):
+            out(line)
+        for error in sorted({r["peer_error"] for r in rows if "peer_error" in r}):
+            out(f"NumPy peer: {error}")
+    else:
+        out(f"no benchmark matched --only {args.only!r}")
+
+    if args.compare:
+        configs = [c for c in CONFIGS if select is None or select(config_name(*c))]
+        out("")
+        out(f"training on MNIST, {args.epochs} timed full epoch(s) after a warm-up of "
+            f"{WARMUP_BATCHES} batches + one tail batch; {threads} threads; each peer in its "
+            f"own process")
+        results = compare_training(configs, threads, args.epochs, out)
+        out("")
+        for line in format_compare(results):
+            out(line)
+        rows += compare_rows(results, threads)
+    out(f"total time {time.perf_counter() - started:.0f} s")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "mode": args.mode, "results": rows}, f, indent=1)
+        out(f"wrote {args.json}")
+    if args.plot:
+        write_plot(rows, args.plot, info.get("fp32_peak_gflops"))
+        out(f"wrote {args.plot}")
+    if baseline is not None:
+        lines, regressions = compare_with_baseline(rows, baseline, args.threshold)
+        for line in lines:
+            out(line)
+        if regressions:
+            return 1
+    failed = [r["id"] for r in rows if "error" in r]
+    if failed:
+        out(f"{len(failed)} case(s) differ from the reference and were not timed: "
+            f"{', '.join(failed)}")
+        return 1
+    return 0
