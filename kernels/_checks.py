@@ -30,10 +30,15 @@ def check_out(out, shape, dtype, name="out", inputs=()):
             raise ValueError(f"{name} must not overlap input {other_name}")
 
 
-def check_gemm_args(a, b, out, trans_a, trans_b, beta):
-    """Returns (m, n, k) for out(m,n) = op(a)(m,k) @ op(b)(k,n)."""
-    check_float_array(a, "a", 2)
-    check_float_array(b, "b", 2)
+def check_gemm_args(a, b, out, trans_a, trans_b, beta, check_array=None, check_output=None):
+    """Returns (m, n, k) for out(m,n) = op(a)(m,k) @ op(b)(k,n).
+
+    check_array / check_output default to the NumPy checks; a device backend passes its own.
+    """
+    check_array = check_array or check_float_array
+    check_output = check_output or check_out
+    check_array(a, "a", 2)
+    check_array(b, "b", 2)
     if a.dtype != b.dtype:
         raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
@@ -43,7 +48,7 @@ def check_gemm_args(a, b, out, trans_a, trans_b, beta):
                          f"(trans_a={trans_a}, trans_b={trans_b})")
     if out is None and beta != 0.0:
         raise ValueError("beta != 0 needs an out array to accumulate into")
-    check_out(out, (m, n), a.dtype, inputs=(("a", a), ("b", b)))
+    check_output(out, (m, n), a.dtype, inputs=(("a", a), ("b", b)))
     return m, n, k
 
 

@@ -28,6 +28,7 @@ import functools
 import numpy as np
 from numba import cuda, from_dtype
 
+from .. import _checks as shared_checks
 from ._device import check_device_float, check_device_out, simulator_enabled
 from .activations import DEVICE_FORWARD
 
@@ -153,20 +154,9 @@ def _multiprocessors():
 
 
 def check_gemm_args(a, b, out, trans_a, trans_b, beta):
-    """Returns (m, n, k) for out(m,n) = op(a)(m,k) @ op(b)(k,n)."""
-    check_device_float(a, "a", 2)
-    check_device_float(b, "b", 2)
-    if a.dtype != b.dtype:
-        raise TypeError(f"a and b must have the same dtype, got {a.dtype} and {b.dtype}")
-    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-    if k != k_b:
-        raise ValueError(f"inner dimensions differ: op(a) is {m}x{k}, op(b) is {k_b}x{n} "
-                         f"(trans_a={trans_a}, trans_b={trans_b})")
-    if out is None and beta != 0.0:
-        raise ValueError("beta != 0 needs an out array to accumulate into")
-    check_device_out(out, (m, n), a.dtype, inputs=(("a", a), ("b", b)))
-    return m, n, k
+    """Returns (m, n, k) for out(m,n) = op(a)(m,k) @ op(b)(k,n), all device arrays."""
+    return shared_checks.check_gemm_args(a, b, out, trans_a, trans_b, beta,
+                                         check_device_float, check_device_out)
 
 
 def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
