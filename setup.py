@@ -15,9 +15,9 @@ setup(
     install_requires=["numpy>=1.23", "numba>=0.58", "cffi>=1.15", "soundfile>=0.12"],
     extras_require={
         # Everything the test suite runs for real: matplotlib for the plots, numba-cuda for
-        # the CUDA kernels under Numba's simulator.
+        # the CUDA kernels under Numba's simulator, threadpoolctl for the benchmark header.
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
-                 "numba-cuda>=0.30"],
+                 "numba-cuda>=0.30", "threadpoolctl>=3"],
         "plot": ["matplotlib>=3.5"],
         # PyTorch is not listed: a plain `pip install torch` pulls a multi-GB CUDA build.
         # Install its CPU build yourself (README, "Benchmarks") to compare against it.
