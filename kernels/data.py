@@ -70,7 +70,8 @@ def gather_numba(src, index, out):
             raise TypeError(f"{name} must be a bool, integer, float32 or float64 array for "
                             f"the numba gather, got {a.dtype}")
     rows = np.ascontiguousarray(src).reshape(src.shape[0], -1)
-    _numba_config.parallel_call(_gather_rows_numba, rows, index, out.reshape(out.shape[0], -1))
+    _numba_config.parallel_call(_gather_rows_numba, rows, index, out.reshape(out.shape[0], -1),
+                                work=2 * out.size)     # reads and writes B rows, not all of src
     return out
 
 

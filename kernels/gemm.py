@@ -455,13 +455,14 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
         blocks = -(-m // GEMM_MC) * -(-n // DOT_NC)
         tiles = _WORKSPACE.get(a.dtype, min(_numba_config.get_threads(), blocks), 16)
         _numba_config.parallel_call(_gemm_dot_kernel, a, b, out, dtype(alpha), dtype(beta), bias,
-                                    ACT_CODES[activation], tiles)
+                                    ACT_CODES[activation], tiles, work=m * n * k)
         return out
     nc, ld, size = _gemm_numba_blocks(k, n, a.itemsize)
     blocks = -(-m // GEMM_MC) * -(-n // nc)
     workspace = _WORKSPACE.get(a.dtype, min(_numba_config.get_threads(), blocks), size)
     _numba_config.parallel_call(_gemm_numba_kernel, a, trans_a, b, trans_b, out, dtype(alpha),
-                                dtype(beta), bias, ACT_CODES[activation], nc, ld, workspace)
+                                dtype(beta), bias, ACT_CODES[activation], nc, ld, workspace,
+                                work=m * n * k)
     return out
 
 
