@@ -52,22 +52,28 @@ def check_gemm_args(a, b, out, trans_a, trans_b, beta, check_array=None, check_o
     return m, n, k
 
 
-def check_linear_args(x, w, b, activation, out, activations):
-    check_float_array(x, "x", 2)
-    check_float_array(w, "w", 2)
+def check_linear_args(x, w, b, activation, out, activations, check_array=None,
+                      check_output=None):
+    """x (B, in), w (out, in), b (out,) or None; check_array / check_output as in
+    check_gemm_args."""
+    check_array = check_array or check_float_array
+    check_output = check_output or check_out
+    check_array(x, "x", 2)
+    check_array(w, "w", 2)
     if x.dtype != w.dtype:
         raise TypeError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
                          f"(w is (out_features, in_features) = {w.shape})")
     if b is not None:
-        check_float_array(b, "b", 1)
+        check_array(b, "b", 1)
         if b.shape[0] != w.shape[0] or b.dtype != w.dtype:
             raise ValueError(f"b must be {w.dtype} of shape ({w.shape[0]},), "
-                             f"got {b.dtype} {b.shape}")
+                             f"got {b.dtype} {tuple(b.shape)}")
     if activation not in activations:
         raise ValueError(f"activation must be one of {activations}, got {activation!r}")
-    check_out(out, (x.shape[0], w.shape[0]), x.dtype, inputs=(("x", x), ("w", w), ("b", b)))
+    check_output(out, (x.shape[0], w.shape[0]), x.dtype,
+                 inputs=(("x", x), ("w", w), ("b", b)))
 
 
 def check_same_shape(a, a_name, b, b_name):

@@ -10,6 +10,7 @@ Versions:
 """
 from numba import cuda
 
+from .. import _checks as shared_checks
 from ._device import blocks_for, check_device_float, check_device_out, THREADS_PER_BLOCK
 from .gemm import gemm_tiled
 
@@ -19,17 +20,8 @@ FUSED_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "gelu", "gelu_tanh")
 
 def forward_cuda(x, w, b, activation="identity", out=None):
     """y = act(x @ w.T + b) in one kernel."""
-    check_device_float(x, "x", 2)
-    check_device_float(w, "w", 2)
-    if x.dtype != w.dtype:
-        raise TypeError(f"x and w must have the same dtype, got {x.dtype} and {w.dtype}")
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
-                         f"(w is (out_features, in_features) = {tuple(w.shape)})")
-    if activation not in FUSED_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {FUSED_ACTIVATIONS}, got {activation!r}")
-    check_device_out(out, (x.shape[0], w.shape[0]), x.dtype,
-                     inputs=(("x", x), ("w", w), ("b", b)))
+    shared_checks.check_linear_args(x, w, b, activation, out, FUSED_ACTIVATIONS,
+                                    check_device_float, check_device_out)
     return gemm_tiled(x, w, out, trans_b=True, bias=b, activation=activation)
 
 
