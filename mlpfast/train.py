@@ -45,7 +45,8 @@ class ArrayDataset:
         else:
             raise TypeError(f"y must be integer labels (N,) or float targets, got {y.dtype} "
                             f"of shape {y.shape}")
-        self.x, self.y = x, y
+        # contiguous once here, so that gathering a batch never copies the whole dataset
+        self.x, self.y = np.ascontiguousarray(x), np.ascontiguousarray(y)
         self.num_features = x.shape[1]
         self.num_classes = num_classes
         self._gather = gather if gather is not None else get_backend("numpy").gather
