@@ -12,6 +12,12 @@ int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                double beta, double *c, int64_t ldc, const double *bias, int act);
+int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    float *c, int64_t ldc, const float *y, int64_t ldy, int dact);
+int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
+                    double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 const char *mlpf_kernel_name(void);

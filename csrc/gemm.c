@@ -171,6 +171,39 @@ static void pack_cols_portable(int R, int64_t kc, int64_t rows, const float *src
     }
 }
 
+/* --- activation derivative: C *= f'(Y) (mlpf_sgemm_dact, mlpf_dgemm_dact) ------------- */
+
+/* One function per precision; on x86 GCC clones it for AVX-512 and AVX2 and picks the
+ * clone at load time, so the loops vectorize without -march flags. */
+#ifdef MLPF_X86
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+#define DEFINE_APPLY_DACT(NAME, T)                                                        \
+VECTOR_CLONES static void NAME(int64_t rows, int64_t cols, T *c, int64_t ldc,            \
+                               const T *y, int64_t ldy, int dact)                        \
+{                                                                                         \
+    for (int64_t i = 0; i < rows; i++) {                                                  \
+        T *restrict c_row = c + i * ldc;                                                  \
+        const T *restrict y_row = y + i * ldy;                                            \
+        if (dact == MLPF_DACT_RELU)           /* [y > 0]: y NaN gives 0, as the reference */ \
+            for (int64_t j = 0; j < cols; j++) c_row[j] = y_row[j] > 0 ? c_row[j] : (T)0;  \
+        else if (dact == MLPF_DACT_SIGMOID)                                               \
+            for (int64_t j = 0; j < cols; j++) c_row[j] *= y_row[j] * ((T)1 - y_row[j]);  \
+        else                                                                              \
+            for (int64_t j = 0; j < cols; j++) c_row[j] *= (T)1 - y_row[j] * y_row[j];    \
+    }                                                                                     \
+}
+DEFINE_APPLY_DACT(sapply_dact, float)
+DEFINE_APPLY_DACT(dapply_dact, double)
+
+#define CHECK_DACT_ARGS                                                                   \
+    if (dact < MLPF_DACT_RELU || dact > MLPF_DACT_TANH) return MLPF_ERR_ACT;              \
+    if (ldy < imax(1, n)) return MLPF_ERR_STRIDE;                                         \
+    if (m && n && !y) return MLPF_ERR_NULL;
+
 /* --- single precision ----------------------------------------------------------------- */
 
 typedef struct {
@@ -184,6 +217,9 @@ typedef struct {
     int64_t ldc;
     const float *bias;
     int relu;
+    const float *y;                  /* mlpf_sgemm_dact: C *= f'(Y), or NULL */
+    int64_t ldy;
+    int dact;
     int64_t kc;                      /* depth of every k block but maybe the last */
     char *workspace;                 /* per thread: A block(s), then B block */
     size_t a_block_bytes, thread_bytes;
@@ -275,6 +311,9 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
                 cfg->ukernel(kcb, a_panel, b_panel, c_tile, g->ldc, &ep);
             else
                 edge_tile(cfg, kcb, a_panel, b_panel, c_tile, g->ldc, rows, cols, &ep);
+            if (last && g->y)                      /* the tile is still in L1 */
+                sapply_dact(rows, cols, c_tile, g->ldc, g->y + (ic + ir) * g->ldy + jc + jr,
+                            g->ldy, g->dact);
         }
     }
 }
@@ -428,23 +467,12 @@ static const int64_t MAX_SHARED_A_BYTES = 32 << 20, SHARED_A_L2_BYTES = 1 << 20;
  * (tens of us when it sleeps) costs more than it saves. */
 static const double MIN_PARALLEL_FMAS = 4194304.0;
 
-int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-               float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-               float beta, float *c, int64_t ldc, const float *bias, int act)
+/* Runs the call described by g (sizes, operands and epilogue set, m, n, k > 0). */
+static int sgemm_run(sgemm_call *g)
 {
-    CHECK_ARGS(float)
-    if (m == 0 || n == 0) return MLPF_OK;
-    if (k == 0 || alpha == 0.0f) {
-        sscale(m, n, beta, c, ldc, bias, act);
-        return MLPF_OK;
-    }
-    const mlpf_sgemm_config *cfg = sgemm_config();
-    sgemm_call g = {
-        .cfg = cfg, .trans_a = trans_a != 0, .trans_b = trans_b != 0, .m = m, .n = n, .k = k,
-        .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda, .ldb = ldb, .c = c,
-        .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU,
-        .kc = depth_block_len(k, cfg->kc),
-    };
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int64_t m = g->m, n = g->n, k = g->k;
+    g->kc = depth_block_len(k, cfg->kc);
     int threads = (double)m * n * k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
@@ -455,21 +483,59 @@ int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
          * again: 4 chunks per thread while it stays in L2, 2 when it comes from L3. */
         const int64_t per_thread = m_block * k * 4 <= SHARED_A_L2_BYTES ? 4 : 2;
         const int64_t chunks = per_thread * threads;
-        g.chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
+        g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
                          round_up(imin(n, cfg->nc), cfg->nr));
-        g.chunks = (n + g.chunk_n - 1) / g.chunk_n;
-        atomic_init(&g.next_item, 0);
+        g->chunks = (n + g->chunk_n - 1) / g->chunk_n;
+        atomic_init(&g->next_item, 0);
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */
-    g.a_block_bytes = (size_t)round_up(m_block * (g.chunks ? k : g.kc) * 4, 4096);
-    g.thread_bytes = g.a_block_bytes +
-                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g.kc * 4, 4096);
+    g->a_block_bytes = (size_t)round_up(m_block * (g->chunks ? k : g->kc) * 4, 4096);
+    g->thread_bytes = g->a_block_bytes +
+                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096);
     int cached;
-    g.workspace = workspace_acquire(g.thread_bytes * threads, &cached);
-    if (!g.workspace) return MLPF_ERR_NOMEM;
-    mlpf_pool_run(threads, sgemm_task, &g);
-    workspace_release(g.workspace, cached);
+    g->workspace = workspace_acquire(g->thread_bytes * threads, &cached);
+    if (!g->workspace) return MLPF_ERR_NOMEM;
+    mlpf_pool_run(threads, sgemm_task, g);
+    workspace_release(g->workspace, cached);
     return MLPF_OK;
+}
+
+int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+               float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+               float beta, float *c, int64_t ldc, const float *bias, int act)
+{
+    CHECK_ARGS(float)
+    if (m == 0 || n == 0) return MLPF_OK;
+    if (k == 0 || alpha == 0.0f) {
+        sscale(m, n, beta, c, ldc, bias, act);
+        return MLPF_OK;
+    }
+    sgemm_call g = {
+        .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
+        .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
+        .ldb = ldb, .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
+    return sgemm_run(&g);
+}
+
+int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    float *c, int64_t ldc, const float *y, int64_t ldy, int dact)
+{
+    const float beta = 0.0f, *bias = NULL;
+    const int act = MLPF_ACT_IDENTITY;
+    CHECK_ARGS(float)
+    CHECK_DACT_ARGS
+    if (m == 0 || n == 0) return MLPF_OK;
+    if (k == 0 || alpha == 0.0f) {
+        sscale(m, n, beta, c, ldc, bias, act);
+        sapply_dact(m, n, c, ldc, y, ldy, dact);
+        return MLPF_OK;
+    }
+    sgemm_call g = {
+        .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
+        .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
+        .ldb = ldb, .c = c, .ldc = ldc, .y = y, .ldy = ldy, .dact = dact};
+    return sgemm_run(&g);
 }
 
 /* --- double precision: the plain loop, threaded over rows of C ------------------------ */
@@ -484,6 +550,9 @@ typedef struct {
     int64_t ldc;
     const double *bias;
     int act;
+    const double *y;                 /* mlpf_dgemm_dact: C *= f'(Y), or NULL */
+    int64_t ldy;
+    int dact;
 } dgemm_call;
 
 /* Rows i of C in this thread's share, loop i-p-j: unit stride over op(B) rows and C. */
@@ -506,7 +575,15 @@ static void dgemm_task(void *arg, int index, int threads)
             double v = c_row[j] + (g->bias ? g->bias[j] : 0.0);
             c_row[j] = g->act == MLPF_ACT_RELU && v < 0 ? 0.0 : v;
         }
+        if (g->y) dapply_dact(1, g->n, c_row, g->ldc, g->y + i * g->ldy, g->ldy, g->dact);
     }
+}
+
+static int dgemm_run(dgemm_call *g)
+{
+    int threads = (double)g->m * g->n * g->k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
+    mlpf_pool_run((int)imin(threads, g->m), dgemm_task, g);
+    return MLPF_OK;
 }
 
 int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
@@ -520,7 +597,24 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         return MLPF_OK;
     }
     dgemm_call g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, lda, ldb, c, ldc, bias, act};
-    int threads = (double)m * n * k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
-    mlpf_pool_run((int)imin(threads, m), dgemm_task, &g);
-    return MLPF_OK;
+    return dgemm_run(&g);
+}
+
+int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
+                    double *c, int64_t ldc, const double *y, int64_t ldy, int dact)
+{
+    const double beta = 0.0, *bias = NULL;
+    const int act = MLPF_ACT_IDENTITY;
+    CHECK_ARGS(double)
+    CHECK_DACT_ARGS
+    if (m == 0 || n == 0) return MLPF_OK;
+    if (k == 0 || alpha == 0.0) {
+        dscale(m, n, beta, c, ldc, bias, act);
+        dapply_dact(m, n, c, ldc, y, ldy, dact);
+        return MLPF_OK;
+    }
+    dgemm_call g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, lda, ldb, c, ldc, bias, act,
+                    y, ldy, dact};
+    return dgemm_run(&g);
 }

@@ -31,6 +31,21 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                double beta, double *c, int64_t ldc, const double *bias, int act);
 
+/* The backward of a layer y = f(z) whose input gradient is a GEMM (dz_prev of a Linear):
+ *
+ *     C = (alpha * op(A) @ op(B)) * f'(Y)        elementwise, f' written with f's output Y
+ *
+ * dact is one of MLPF_DACT_*: relu f' = [Y > 0], sigmoid f' = Y (1 - Y), tanh f' = 1 - Y^2.
+ * Y is (m, n) with row stride ldy; C is never read and must not overlap A, B or Y. The
+ * factor is applied to each tile of C while it is in L1, so dz costs no extra pass. */
+enum { MLPF_DACT_RELU = 1, MLPF_DACT_SIGMOID = 2, MLPF_DACT_TANH = 3 };
+int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    float *c, int64_t ldc, const float *y, int64_t ldy, int dact);
+int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
+                    double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
+
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);

@@ -113,6 +113,17 @@ def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):
         beta = 0.0
     if m == 0 or n == 0:
         return out
+    fn, pointer, ta, tb, lda, ldb, ldc = _c_operands(a, b, out, trans_a, trans_b, "gemm")
+    rc = fn(ta, tb, m, n, k, float(alpha), pointer(a), lda, pointer(b), ldb, float(beta),
+            pointer(out), ldc, pointer(bias), act)
+    if rc != 0:   # the checks above should make this unreachable
+        raise RuntimeError(f"mlpf gemm failed: {_C_ERRORS.get(rc, rc)}")
+    return out
+
+
+def _c_operands(a, b, out, trans_a, trans_b, entry):
+    """(C function, pointer(array), trans_a, trans_b, lda, ldb, ldc) for a C call on a, b,
+    out: entry "gemm" is mlpf_sgemm/mlpf_dgemm, "gemm_dact" mlpf_sgemm_dact/..._dact."""
     flip_a, lda = _c_layout(a, "a")
     flip_b, ldb = _c_layout(b, "b")
     out_transposed, ldc = _c_layout(out, "out")
@@ -122,19 +133,35 @@ def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):
     lib = _c_lib()
     ffi, clib = lib.ffi, lib.lib
     single = a.dtype == np.float32
-    fn = clib.mlpf_sgemm if single else clib.mlpf_dgemm
+    fn = getattr(clib, f"mlpf_{'s' if single else 'd'}{entry}")
     ctype = "float" if single else "double"
 
     def pointer(x):      # from_buffer is the fast path for C-contiguous arrays
+        if x is None:
+            return ffi.NULL
         if x.flags.c_contiguous:
             return ffi.from_buffer(ctype + "[]", x)
         return ffi.cast(ctype + " *", x.ctypes.data)
 
-    rc = fn(int(bool(trans_a) != flip_a), int(bool(trans_b) != flip_b), m, n, k, float(alpha),
-            pointer(a), lda, pointer(b), ldb, float(beta), pointer(out), ldc,
-            ffi.NULL if bias is None else pointer(bias), act)
-    if rc != 0:   # the checks above should make this unreachable
-        raise RuntimeError(f"mlpf gemm failed: {_C_ERRORS.get(rc, rc)}")
+    return (fn, pointer, int(bool(trans_a) != flip_a), int(bool(trans_b) != flip_b), lda, ldb,
+            ldc)
+
+
+def gemm_c_dact(a, b, out, y, dact):
+    """out = (a @ b) * f'(y) in one pass of the C GEMM (csrc/gemm.h, mlpf_sgemm_dact):
+    dact 1 relu [y > 0], 2 sigmoid y (1 - y), 3 tanh 1 - y^2. a (m, k), b (k, n), y and
+    out (m, n); out must not overlap a, b or y. The caller checks shapes and dtypes."""
+    m, n = out.shape
+    if m == 0 or n == 0:
+        return out
+    fn, pointer, ta, tb, lda, ldb, ldc = _c_operands(a, b, out, False, False, "gemm_dact")
+    y_transposed, ldy = _c_layout(y, "y")
+    if y_transposed:                        # the C side reads y by rows
+        y, ldy = np.ascontiguousarray(y), n
+    rc = fn(ta, tb, m, n, a.shape[1], 1.0, pointer(a), lda, pointer(b), ldb, pointer(out), ldc,
+            pointer(y), ldy, dact)
+    if rc != 0:
+        raise RuntimeError(f"mlpf gemm_dact failed: {_C_ERRORS.get(rc, rc)}")
     return out
 
 

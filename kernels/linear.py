@@ -1,4 +1,5 @@
-"""Linear layer kernels: fused forward y = act(x @ w.T + b) and the bias gradient.
+"""Linear layer kernels: fused forward y = act(x @ w.T + b), the bias gradient, and the
+input gradient with the previous layer's activation derivative folded in.
 
 Shapes: x is (B, in), w is (out, in) as in torch.nn.Linear, b is (out,), y is (B, out).
 
@@ -11,9 +12,19 @@ Versions:
                                           epilogue (activations "identity" and "relu")
     cpu     forward_cpu                   forward_c, other activations by Numba in place
 
+    grad_input: for a Linear layer whose input x = f(z) is the output of the previous
+    layer's activation f,  dz = (grad_y @ w) * f'(z),  with f'(z) written with x alone:
+        identity 1, relu [x > 0], sigmoid x (1 - x), tanh 1 - x^2   (DERIVATIVE_FROM_OUTPUT)
+    numpy   grad_input_ref    GEMM, then the activation's reference backward
+    numba   grad_input_numba  Numba GEMM, then the Numba activation backward in place
+    c, cpu  grad_input_c      one C GEMM call; f' multiplies each tile of dz while it is
+                              in L1 (mlpf_sgemm_dact), so dz costs no extra pass
+
 ``VARIANTS[variant]`` maps op names to functions:
     "linear_forward"  f(x, w, b, activation="identity", out=None) -> y
     "bias_grad"  f(grad_y, out=None) -> grad_b = sum over the batch of grad_y   (out,)
+    "linear_grad_input"  f(grad_y, w, activation="identity", x=None, out=None) -> dz (B, in)
+                 x (B, in) is the layer's input f(z); it may be None for identity
 Each variant lists in ``FUSED[variant]`` the activations its forward accepts.
 """
 import threading
@@ -23,6 +34,8 @@ from numba import njit, prange
 
 from . import _numba_config, activations, gemm
 from ._checks import check_float_array, check_linear_args, check_out
+
+DERIVATIVE_FROM_OUTPUT = ("identity", "relu", "sigmoid", "tanh")
 
 
 def forward_ref(x, w, b, activation="identity", out=None):
@@ -49,7 +62,61 @@ def bias_grad_ref(grad_y, out=None):
     return out
 
 
+def check_grad_input_args(grad_y, w, activation, x, out, check_array=None,
+                          check_output=None):
+    """grad_y (B, out), w (out, in), x (B, in) (None allowed for identity), out (B, in);
+    check_array / check_output as in check_linear_args."""
+    check_array = check_array or check_float_array
+    check_output = check_output or check_out
+    check_array(grad_y, "grad_y", 2)
+    check_array(w, "w", 2)
+    if grad_y.dtype != w.dtype:
+        raise TypeError(f"grad_y and w must have the same dtype, got {grad_y.dtype} and "
+                        f"{w.dtype}")
+    if grad_y.shape[1] != w.shape[0]:
+        raise ValueError(f"grad_y has {grad_y.shape[1]} columns but w has {w.shape[0]} output "
+                         f"features (w is (out_features, in_features) = {tuple(w.shape)})")
+    if activation not in DERIVATIVE_FROM_OUTPUT:
+        raise ValueError(f"activation must be one of {DERIVATIVE_FROM_OUTPUT} (derivative "
+                         f"from the output), got {activation!r}")
+    shape = (grad_y.shape[0], w.shape[1])
+    if x is None:
+        if activation != "identity":
+            raise ValueError(f"x (the layer's input, {activation}'s output) is needed for "
+                             f"activation {activation!r}")
+    else:
+        check_array(x, "x", 2)
+        if tuple(x.shape) != shape or x.dtype != grad_y.dtype:
+            raise ValueError(f"x must be {grad_y.dtype} of shape {shape}, got {x.dtype} "
+                             f"{tuple(x.shape)}")
+    check_output(out, shape, grad_y.dtype, inputs=(("grad_y", grad_y), ("w", w), ("x", x)))
+
+
+def grad_input_ref(grad_y, w, activation="identity", x=None, out=None):
+    """dz = (grad_y @ w) * f'(z), f' from the layer input x = f(z)."""
+    check_grad_input_args(grad_y, w, activation, x, out)
+    dz = grad_y @ w
+    if activation != "identity":
+        dz = activations.REFERENCE[activation].backward(dz, x, x)
+    if out is None:
+        return dz
+    out[...] = dz
+    return out
+
+
+def compose_grad_input(gemm_fn, activation_kernels, check_array=None, check_output=None):
+    """linear_grad_input from a backend's gemm and activation backward (two passes)."""
+    def grad_input(grad_y, w, activation="identity", x=None, out=None):
+        check_grad_input_args(grad_y, w, activation, x, out, check_array, check_output)
+        dz = gemm_fn(grad_y, w, out)
+        if activation != "identity":
+            activation_kernels[activation].backward(dz, x, x, dz)
+        return dz
+    return grad_input
+
+
 C_FUSED = ("identity", "relu")
+C_DACT = {"relu": 1, "sigmoid": 2, "tanh": 3}     # MLPF_DACT_* of csrc/gemm.h
 
 
 def forward_c(x, w, b, activation="identity", out=None):
@@ -59,10 +126,21 @@ def forward_c(x, w, b, activation="identity", out=None):
     return gemm.gemm_c_fused(x, w, out, False, True, 1.0, 0.0, bias, C_FUSED.index(activation))
 
 
-VARIANTS = {"numpy": {"linear_forward": forward_ref, "bias_grad": bias_grad_ref}}
+def grad_input_c(grad_y, w, activation="identity", x=None, out=None):
+    """dz = (grad_y @ w) * f'(z) in one C GEMM call (f' applied tile by tile)."""
+    check_grad_input_args(grad_y, w, activation, x, out)
+    if activation == "identity":
+        return gemm.gemm_c(grad_y, w, out)
+    if out is None:
+        out = np.empty((grad_y.shape[0], w.shape[1]), dtype=grad_y.dtype)
+    return gemm.gemm_c_dact(grad_y, w, out, x, C_DACT[activation])
+
+
+VARIANTS = {"numpy": {"linear_forward": forward_ref, "bias_grad": bias_grad_ref,
+                      "linear_grad_input": grad_input_ref}}
 FUSED = {"numpy": activations.NAMES}
 if gemm.c_available():
-    VARIANTS["c"] = {"linear_forward": forward_c}
+    VARIANTS["c"] = {"linear_forward": forward_c, "linear_grad_input": grad_input_c}
     FUSED["c"] = C_FUSED
 
 
@@ -136,7 +214,8 @@ def forward_numba(x, w, b, activation="identity", out=None):
     return y
 
 
-VARIANTS["numba"] = {"linear_forward": forward_numba, "bias_grad": bias_grad_numba}
+VARIANTS["numba"] = {"linear_forward": forward_numba, "bias_grad": bias_grad_numba,
+                     "linear_grad_input": compose_grad_input(gemm.gemm_numba, activations.NUMBA)}
 FUSED["numba"] = activations.NAMES
 
 
@@ -152,5 +231,5 @@ def forward_cpu(x, w, b, activation="identity", out=None):
 
 
 if gemm.c_available():
-    VARIANTS["cpu"] = {"linear_forward": forward_cpu}
+    VARIANTS["cpu"] = {"linear_forward": forward_cpu, "linear_grad_input": grad_input_c}
     FUSED["cpu"] = activations.NAMES

@@ -29,7 +29,7 @@ import numpy as np
 # Every backend provides all of these ops (signatures in the kernel modules):
 OPS = (
     "gemm",                              # kernels/gemm.py
-    "linear_forward", "bias_grad",       # kernels/linear.py
+    "linear_forward", "bias_grad", "linear_grad_input",     # kernels/linear.py
     "softmax_cross_entropy", "softmax_cross_entropy_forward", "mse", "mse_backward",  # losses.py
     "sgd", "adam",                       # kernels/optim.py
     "gather",                            # kernels/data.py
@@ -292,10 +292,13 @@ def _cuda_backend():
     from numba import cuda
 
     from .kernels.cuda import activations, data, gemm, linear, losses, optim
-    from .kernels.cuda._device import simulator_enabled
+    from .kernels.cuda._device import check_device_float, check_device_out, simulator_enabled
+    from .kernels.linear import compose_grad_input
     ops = {"gemm": gemm.VARIANTS["cuda"]}
     for family in (linear, losses, optim, data):
         ops.update(family.VARIANTS["cuda"])
+    ops["linear_grad_input"] = compose_grad_input(ops["gemm"], activations.VARIANTS["cuda"],
+                                                  check_device_float, check_device_out)
     if simulator_enabled():
         gpu = "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), no GPU"
     else:

@@ -76,7 +76,8 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
+        """Sets the parameters' grads; returns dL/dx (None when not ``input_grad``)."""
         raise NotImplementedError
 
     def named_parameters(self):
@@ -164,13 +165,25 @@ class Linear(Module):
         b = self.bias.data if self.bias is not None else None
         return self.backend.linear_forward(x, self.weight.data, b, activation, out)
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True, input_activation=None):
+        """Sets dW and db; returns dx = dy @ W, or None when not ``input_grad``.
+
+        ``input_activation``: the activation layer whose output f(z) fed this layer (as a
+        fused epilogue, see Sequential); dz = (dy @ W) * f'(z) is then computed in the
+        same kernel, written to that layer's gradient buffer and returned.
+        """
         be = self.backend
         be.gemm(grad_y, self._x, self.weight.grad, trans_a=True)            # dW = dy.T @ x
         if self.bias is not None:
             be.bias_grad(grad_y, self.bias.grad)                              # db = sum_i dy_i
-        grad_x = self._buffer("dx", grad_y.shape[0], self._in)
-        return be.gemm(grad_y, self.weight.data, grad_x)                      # dx = dy @ W
+        if not input_grad:
+            return None
+        if input_activation is None:
+            grad_x = self._buffer("dx", grad_y.shape[0], self._in)
+            return be.gemm(grad_y, self.weight.data, grad_x)                  # dx = dy @ W
+        grad_z = input_activation._buffer("dx", grad_y.shape[0], self._in)   # dz = dx * f'(z)
+        return be.linear_grad_input(grad_y, self.weight.data, input_activation.kind, self._x,
+                                    grad_z)
 
     def config(self):
         return {"type": "Linear", "in_features": self._in, "out_features": self.out_features,
@@ -197,7 +210,9 @@ class Activation(Module):
         self._y = self._kernels.forward(x, self._buffer("y", *x.shape), **self.params)
         return self._y
 
-    def backward(self, grad_y):
+    def backward(self, grad_y, input_grad=True):
+        if not input_grad:                      # no parameters: nothing else to compute
+            return None
         grad_x = self._buffer("dx", *grad_y.shape)
         return self._kernels.backward(grad_y, self._x, self._y, grad_x, **self.params)
 
@@ -371,11 +386,30 @@ class Sequential(Module):
                 activation.fused_output(x)
         return x
 
-    def backward(self, grad_y):
-        for layer, activation in reversed(self._steps):
-            if activation is not None:
+    def backward(self, grad_y, input_grad=True):
+        """dL/dx from dL/dy, setting every parameter's grad. ``input_grad=False`` skips
+        dL/dx of the first layer (training needs only the parameters' gradients) and
+        returns None.
+
+        A Linear step whose input is a fused activation's output multiplies by that
+        activation's derivative inside its input-gradient GEMM (linear_grad_input), so
+        the activation's own backward pass is skipped.
+        """
+        folded = False                          # grad_y already includes f'(z) of this step
+        for i in range(len(self._steps) - 1, -1, -1):
+            layer, activation = self._steps[i]
+            if activation is not None and not folded:
                 grad_y = activation.backward(grad_y)      # grad_z = grad_y * f'(z)
-            grad_y = layer.backward(grad_y)
+            previous = self._steps[i - 1][1] if i > 0 else None
+            if i == 0 and not input_grad:
+                if isinstance(layer, Linear):
+                    layer.backward(grad_y, input_grad=False)
+                return None                     # (an activation has no parameters)
+            folded = isinstance(layer, Linear) and previous is not None
+            if folded:
+                grad_y = layer.backward(grad_y, input_activation=previous)
+            else:
+                grad_y = layer.backward(grad_y)
         return grad_y
 
     def zero_grad(self):

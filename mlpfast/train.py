@@ -8,7 +8,8 @@ Data: ``x`` and ``y`` arrays, or a dataset object in place of ``x`` (``y`` omitt
                                      y_out (B,) int64 with the samples ``index`` (B,) int64
 Batches are gathered into buffers allocated once per run, then handed to the model's
 backend. One step: logits = model.forward(x); loss = loss_fn(logits, y);
-model.backward(loss_fn.backward()); loss and gradient checked for NaN/inf; optimizer.step().
+model.backward(loss_fn.backward(), input_grad=False) (no dL/dx: only the parameters'
+gradients are needed); loss and gradients checked for NaN/inf; optimizer.step().
 Checkpoints and exact resume: see ``fit`` and ``mlpfast.checkpoint``.
 """
 import math
@@ -232,7 +233,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
                     train_set.gather_batch(index, xb, yb)
                     logits = model.forward(backend.to_device(xb))
                     loss = loss_fn(logits, yb)
-                    model.backward(loss_fn.backward())
+                    model.backward(loss_fn.backward(), input_grad=False)
                     if not _step_is_finite(loss, grads):     # before the step: state stays good
                         raise _diverged(loss, grads, epoch, batch + 1, steps_per_epoch, run,
                                         checkpoint)

@@ -393,3 +393,39 @@ def test_no_read_past_the_operands(kernel):
     out = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT, kernel], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+DACT = {"relu": (1, lambda y: (y > 0).astype(np.float64)), "sigmoid": (2, lambda y: y * (1 - y)),
+        "tanh": (3, lambda y: 1 - y * y)}
+
+
+@pytest.mark.parametrize("name", list(DACT))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (13, 37, 29), (25, 65, 17), (131, 97, 601),
+                                   (64, 784, 128)])
+def test_derivative_epilogue_every_kernel(kernel, threads, name, dtype, m, n, k, rng):
+    # mlpf_sgemm_dact / mlpf_dgemm_dact: C = (A @ B) * f'(Y), tiles and edge tiles alike
+    code, derivative = DACT[name]
+    a, b = operands(rng, m, n, k, False, False, dtype)
+    y = rng.random((m, n)).astype(dtype) - (0.3 if name == "relu" else 0.0)
+    out = np.full((m, n), np.nan, dtype)
+    gemm.gemm_c_dact(a, b, out, y, code)
+    want = reference(a, b, False, False) * derivative(y.astype(np.float64))
+    assert_close(out, want, tol=tol(dtype, k), what=f"{kernel} {name}")
+
+
+def test_derivative_epilogue_k0_and_bad_arguments():
+    lib, ffi = gemm._c_lib().lib, gemm._c_lib().ffi
+    a, b = np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)
+    y = np.full((3, 4), 0.5, np.float32)
+    out = np.full((3, 4), np.nan, np.float32)
+    gemm.gemm_c_dact(a, b, out, y, 2)                    # k = 0: dz = 0 * f'(y) = 0
+    assert np.array_equal(out, np.zeros((3, 4), np.float32))
+    p = lambda x: ffi.from_buffer("float[]", x)  # noqa: E731
+    a = np.ones((3, 2), np.float32)
+    b = np.ones((2, 4), np.float32)
+    assert lib.mlpf_sgemm_dact(0, 0, 3, 4, 2, 1.0, p(a), 2, p(b), 4, p(out), 4, p(y), 4, 0) == -3
+    assert lib.mlpf_sgemm_dact(0, 0, 3, 4, 2, 1.0, p(a), 2, p(b), 4, p(out), 4, p(y), 3, 1) == -2
+    assert lib.mlpf_sgemm_dact(0, 0, 3, 4, 2, 1.0, p(a), 2, p(b), 4, p(out), 4, ffi.NULL, 4,
+                               1) == -5
+    assert np.array_equal(out, np.zeros((3, 4), np.float32))   # rejected calls wrote nothing

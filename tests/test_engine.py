@@ -28,6 +28,23 @@ def test_mlp_gradients_match_finite_differences(backend, activation, rng):
     assert relative_error(analytic, numeric) < 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_backward_without_input_gradient_sets_the_same_parameter_gradients(backend, activation,
+                                                                            rng):
+    # training skips dL/dx of the first layer; every parameter gradient stays the same
+    model = mf.MLP([6, 5, 4, 3], activation=activation, backend=backend, dtype=np.float64, seed=3)
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 3, 7)
+    loss_fn = mf.CrossEntropyLoss()
+    loss_fn(model.forward(x), y)
+    grad_x = model.backward(loss_fn.backward())
+    assert grad_x.shape == (7, 6)
+    with_input = mf.to_numpy(model.flat_grad).copy()
+    model.flat_grad[...] = np.nan
+    assert model.backward(loss_fn.backward(), input_grad=False) is None
+    assert np.array_equal(mf.to_numpy(model.flat_grad), with_input)
+
+
 def test_input_gradient_and_every_layer_type(rng):
     layers = [mf.Linear(4, 6, dtype=np.float64, seed=0), mf.LeakyReLU(0.2, dtype=np.float64),
               mf.Linear(6, 5, bias=False, dtype=np.float64, seed=1), mf.GELU("tanh", dtype=np.float64),

@@ -70,3 +70,62 @@ def test_gather_rejects_bad_index(variant):
         gather(src, np.array([0, 10]), np.empty((2, 3), np.float32))
     with pytest.raises(ValueError, match="out must have shape"):
         gather(src, np.array([0, 1]), np.empty((3, 3), np.float32))
+
+
+GRAD_INPUT_CASES = [(v, act) for v in linear.VARIANTS if "linear_grad_input" in linear.VARIANTS[v]
+                    for act in linear.DERIVATIVE_FROM_OUTPUT]
+
+
+@pytest.mark.parametrize("variant,activation", GRAD_INPUT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,n_in,n_out", [(1, 1, 1), (7, 13, 5), (64, 784, 33),
+                                              (131, 97, 601)])
+def test_linear_grad_input(variant, activation, dtype, batch, n_in, n_out, rng):
+    # dz = (dy @ w) * f'(z), with x = f(z) the layer's input
+    grad_y = rng.standard_normal((batch, n_out)).astype(dtype)
+    w = rng.standard_normal((n_out, n_in)).astype(dtype)
+    x = activations.REFERENCE[activation].forward(rng.standard_normal((batch, n_in))).astype(dtype)
+    x64 = x.astype(np.float64)
+    derivative = {"identity": np.ones_like(x64), "relu": (x64 > 0).astype(np.float64),
+                  "sigmoid": x64 * (1 - x64), "tanh": 1 - x64 * x64}[activation]
+    expected = (grad_y.astype(np.float64) @ w.astype(np.float64)) * derivative
+    out = np.full((batch, n_in), np.nan, dtype)
+    result = linear.VARIANTS[variant]["linear_grad_input"](grad_y, w, activation, x, out)
+    assert result is out
+    tol = (1e-5 * n_out ** 0.5, 1e-4) if dtype == np.float32 else (1e-12 * n_out, 1e-10)
+    assert_close(out, expected, tol=tol, what=f"{variant} {activation}")
+    if activation == "relu":
+        assert (out == 0).sum() > batch * n_in // 4           # the mask really cut
+
+
+@pytest.mark.parametrize("variant", sorted({v for v, _ in GRAD_INPUT_CASES}))
+def test_linear_grad_input_nan_and_strided_input(variant, rng):
+    # relu: a NaN input gives 0 (as [x > 0]); tanh: x read through a transposed view
+    f = linear.VARIANTS[variant]["linear_grad_input"]
+    grad_y, w = rng.standard_normal((9, 4)), rng.standard_normal((4, 6))
+    x = np.abs(rng.standard_normal((9, 6)))
+    x[2, 3] = np.nan
+    out = f(grad_y, w, "relu", x, np.empty((9, 6)))
+    assert out[2, 3] == 0 and np.isfinite(out).all()
+    x_t = np.tanh(rng.standard_normal((6, 9))).T
+    out = f(grad_y, w, "tanh", x_t, np.empty((9, 6)))
+    assert_close(out, (grad_y @ w) * (1 - x_t * x_t), dtype=np.float64)
+
+
+@pytest.mark.parametrize("variant", sorted({v for v, _ in GRAD_INPUT_CASES}))
+def test_linear_grad_input_rejects_bad_arguments(variant):
+    f = linear.VARIANTS[variant]["linear_grad_input"]
+    grad_y, w = np.zeros((4, 3), np.float32), np.zeros((3, 5), np.float32)
+    x, out = np.zeros((4, 5), np.float32), np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="grad_y has 3 columns but w has 2 output features"):
+        f(grad_y, np.zeros((2, 5), np.float32), "relu", x, out)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        f(grad_y, w, "gelu", x, out)
+    with pytest.raises(ValueError, match="x .* is needed for activation 'tanh'"):
+        f(grad_y, w, "tanh", None, out)
+    with pytest.raises(ValueError, match=r"x must be float32 of shape \(4, 5\)"):
+        f(grad_y, w, "relu", np.zeros((4, 6), np.float32), out)
+    with pytest.raises(ValueError, match="out must not overlap input x"):
+        f(grad_y, w, "relu", x, x)
+    with pytest.raises(TypeError, match="grad_y and w must have the same dtype"):
+        f(grad_y, w.astype(np.float64), "relu", x, out)
