@@ -213,8 +213,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     backend = model.backend
     loss_fn.backend = backend
     classify = isinstance(loss_fn, CrossEntropyLoss) or _has_labels(train_set)
-    x_buf = np.empty((batch_size, train_set.num_features), dtype=model.dtype)
-    y_buf = _label_buffer(train_set, batch_size)
+    train_step = _make_train_step(model, loss_fn, optimizer, train_set, batch_size)
     val_loss_fn = type(loss_fn)(backend=backend)
     grads = _gradient_buffers(model, optimizer)
     model.train()
@@ -229,12 +228,8 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
                 for batch in range(run.batches_done, steps_per_epoch):
                     index = run.order[batch * batch_size:(batch + 1) * batch_size]
                     rows = index.shape[0]
-                    xb, yb = x_buf[:rows], y_buf[:rows]
-                    train_set.gather_batch(index, xb, yb)
-                    logits = model.forward(backend.to_device(xb))
-                    loss = loss_fn(logits, yb)
-                    model.backward(loss_fn.backward(), input_grad=False)
-                    if not _step_is_finite(loss, grads):     # before the step: state stays good
+                    loss, correct, finite = train_step(index)
+                    if not finite:                  # before the update: state stays good
                         raise _diverged(loss, grads, epoch, batch + 1, steps_per_epoch, run,
                                         checkpoint)
                     if lr_factor is not None:
@@ -244,7 +239,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
                     run.batches_done = batch + 1
                     run.loss_sum += loss * rows
                     if classify:
-                        run.correct += _correct(loss_fn, logits, yb, backend)
+                        run.correct += correct
                     bar.update(loss)
                     if every_steps and run.global_step % every_steps == 0:
                         run.seconds = time.perf_counter() - start
@@ -557,7 +552,73 @@ def _label_buffer(dataset, rows):
 def _correct(loss_fn, logits, labels, backend):
     if isinstance(loss_fn, CrossEntropyLoss):
         return loss_fn.last_correct
+    if labels.ndim != 1:                        # float targets: no classes to count
+        return 0
     return int((backend.to_numpy(logits).argmax(axis=1) == labels).sum())
+
+
+def _make_train_step(model, loss_fn, optimizer, train_set, batch_size):
+    """step(index) -> (mean loss, correct rows, finite): gather the rows ``index`` of the
+    training set, forward, loss, backward (no update). The backend's compiled MLP step
+    when it has one that fits the model (see _mlp_layout), else the layer-by-layer one."""
+    compiled = model.backend.ops.get("mlp_train_step")
+    layout = _mlp_layout(model) if compiled is not None else None
+    if layout is not None and isinstance(loss_fn, CrossEntropyLoss) \
+            and isinstance(train_set, ArrayDataset) and train_set.y.dtype == np.int64 \
+            and model.dtype == np.float32:
+        steps = {}                              # one per batch size: full and tail batches
+
+        def compiled_step(index):
+            rows = index.shape[0]
+            if rows not in steps:
+                steps[rows] = compiled(*layout, model.flat_grad, train_set.x, train_set.y, rows)
+            return steps[rows](np.ascontiguousarray(index, dtype=np.int64))
+        return compiled_step
+    return _LayerByLayerStep(model, loss_fn, optimizer, train_set, batch_size)
+
+
+def _mlp_layout(model):
+    """(weights, biases, weight_grads, bias_grads, activations) of a model that is a chain
+    of Linear layers, each followed by nothing or by an activation its backend fused into
+    it (Sequential._steps), the last Linear unfused; None for any other model."""
+    steps = getattr(model, "_steps", None)
+    if not steps or getattr(model, "flat_grad", None) is None:
+        return None
+    from .nn import Linear
+    layers, names = [], []
+    for layer, activation in steps:
+        if not isinstance(layer, Linear):
+            return None
+        layers.append(layer)
+        names.append("identity" if activation is None else activation.kind)
+    if steps[-1][1] is not None:
+        return None
+    return ([l.weight.data for l in layers], [None if l.bias is None else l.bias.data
+                                              for l in layers],
+            [l.weight.grad for l in layers], [None if l.bias is None else l.bias.grad
+                                              for l in layers], names)
+
+
+class _LayerByLayerStep:
+    """The engine's step: gather into reused buffers, model.forward, the loss,
+    model.backward (no dL/dx), loss and gradients checked for NaN/inf."""
+
+    def __init__(self, model, loss_fn, optimizer, train_set, batch_size):
+        self.model, self.loss_fn, self.train_set = model, loss_fn, train_set
+        self.x_buf = np.empty((batch_size, train_set.num_features), dtype=model.dtype)
+        self.y_buf = _label_buffer(train_set, batch_size)
+        self.grads = _gradient_buffers(model, optimizer)
+
+    def __call__(self, index):
+        rows = index.shape[0]
+        xb, yb = self.x_buf[:rows], self.y_buf[:rows]
+        self.train_set.gather_batch(index, xb, yb)
+        backend = self.model.backend
+        logits = self.model.forward(backend.to_device(xb))
+        loss = self.loss_fn(logits, yb)
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        return loss, _correct(self.loss_fn, logits, yb, backend), _step_is_finite(loss,
+                                                                                  self.grads)
 
 
 def _batches(model, x, y, batch_size, name="x"):
