@@ -2,9 +2,10 @@
 
 Versions, in order of complexity:
     numpy   gemm_ref      reference; computes in the inputs' dtype with NumPy's matmul
-    numba   gemm_numba    Numba: packed op(B) panels, rank-4 updates vectorized by LLVM,
-                          prange over blocks of C; A @ B.T as 4x4 blocks of dot products
-                          (see "Numba GEMM" below); gemm_numba_fused adds bias + relu
+    numba   gemm_numba    Numba: the C GEMM's packing and cache blocking around a 12 x NR
+                          register-blocked micro-kernel written as LLVM IR through a Numba
+                          intrinsic (see "Numba GEMM" below); gemm_numba_fused adds bias +
+                          relu in the epilogue
     c       gemm_c        the C GEMM in csrc/ called through cffi (mlpfast._cgemm): packed,
                           cache-blocked, threaded, AVX-512 / AVX2 / portable micro-kernel
                           chosen at run time (c_kernel_name(), set_c_kernel(),
@@ -21,7 +22,10 @@ import os
 import threading
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import _numba_config
 from ._checks import check_gemm_args
@@ -218,210 +222,373 @@ if c_available():
 #
 # gemm_numba: C (m, n) = act(alpha * op(A) (m, k) @ op(B) (k, n) + beta * C + bias).
 #
-# Blocking. C is cut into blocks of GEMM_MC rows x nc columns, handed out in contiguous
-# runs to the threads (prange over threads). For its block's columns a thread packs the
-# panel op(B)[:, j0:j0+nc] once into its workspace as a contiguous (k4, nc) array
-# (k4 = k rounded up to 4, zero rows below k), sized so that it stays in L2.
-# Then, for each group of GEMM_MR rows, it accumulates into a (GEMM_MR, nc) tile of
-# its workspace (in L1) by rank-4 updates:
-#     tile[r, :] += sum_{q<4} op(A)[i+r, p+q] * panel[p+q, :]      for p = 0, 4, 8, ...
-# Why this form: Numba has no vector variables, but LLVM vectorizes the loop over the
-# tile's columns into AVX-512 FMAs, keeping the 16 op(A) scalars of a 4x4 block in
-# registers and loading/storing each tile element once per 4 k-steps (4 FMAs). The
-# inner-product form (k-loop innermost, 16 scalar accumulators) needs a horizontal sum
-# per accumulator, which costs as much as the loop itself when k is a batch of 128.
-# Last, C[i+r, j0:j0+nc] = act(alpha * tile[r] + beta * C[i+r] + bias) (C not read when
-# beta == 0), so the linear layer's bias and ReLU cost no extra pass.
+# The loop nest of the C GEMM (csrc/gemm.c, after BLIS), with its block sizes:
 #
-# A @ B.T with k >= DOT_MIN_K (the linear forward x @ W.T) skips the packing: both
-# operands are k-contiguous, so 4x4 blocks of C are 16 dot products over the whole k
-# (_dot_4x4: the k loop vectorized, 16 scalar accumulators, one horizontal sum each).
+#   for ic in m by GEMM_MC:       A block  op(A)[ic:ic+mc, pc:pc+kc] packed (L2/L3)
+#     for pc in k by kc:          kc near GEMM_KC, k split evenly
+#       for jc in n by GEMM_NC:   B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2)
+#         for ir in mc by MR:     A micro-panel (kc x MR, 18 KiB) stays in L1
+#           for jr in nc by NR:   B micro-panel (kc x NR) streams from L2
+#             tile (MR x NR) = A micro-panel . B micro-panel     (the micro-kernel)
+#             C[ic+ir:+MR, jc+jr:+NR] = act(alpha tile + beta C + bias)   (the epilogue)
 #
-# Speed (bench/compare_gemm_numba.py, 1 thread, shared 2-core machine): 0.41-0.56x
-# OpenBLAS (SkylakeX) at the MLP shapes and 256^3, 0.42x at 1024^3, 0.27x at 2048^3;
-# the C GEMM (a register-blocked assembly-level micro-kernel) is at 1.0x. Tried and
-# dropped: outer-product micro-kernels on scalar accumulators (LLVM vectorizes the k
-# loop instead and spills), a stack-allocated tile (not promoted to registers), rank-8
-# updates and 1024-wide blocks (no gain).
+# Packing copies each micro-panel into the contiguous, zero-padded order in which the
+# micro-kernel reads it (A: MR values of a column of op(A) per k-step; B: NR values of a
+# row of op(B)), so all four transpose cases, strided views and edge tiles reduce to one
+# kernel. The first k block applies beta (C is not read when beta == 0), later ones add
+# to C, the last adds the bias and applies relu, so a linear layer costs one pass.
+#
+# The micro-kernel (_microkernel_12xNR) keeps the MR x NR tile in 2 * MR = 24 vector
+# registers (NR = two 64-byte vectors: 32 float32 or 16 float64) and per k-step does
+# 2 vector loads of B, MR broadcasts of A and 2 * MR FMAs. Numba has no vector type and
+# LLVM's auto-vectorizer never chooses this register blocking from scalar loops (it
+# vectorizes the k loop instead and spills), so the kernel is written as LLVM IR
+# through a Numba @intrinsic: vectors of 64 bytes and llvm.fma, which LLVM compiles to
+# AVX-512 vfmadd231ps with embedded broadcasts (and to AVX2/SSE pairs on CPUs without
+# AVX-512). Everything around it (packing, blocking, epilogue, threads) is plain Numba.
+# Checked with _gemm_numba_shared_kernel.inspect_asm(...): the k loop is 2 vector loads,
+# 12 vbroadcastss and 24 zmm FMAs, no spills.
+#
+# Threads: when the threads split only columns (the usual case in an MLP, m <= GEMM_MC),
+# they take column chunks from a shared atomic counter (_take_item), so that a thread the
+# OS deschedules on a busy machine does not hold up the call; each packs op(A) once for
+# all its chunks. Otherwise C is cut into a gm x gn grid, one block per thread, chosen as
+# in the C GEMM to re-pack least (each extra grid column re-packs A, each row B).
+#
+# Speed (python bench/compare_gemm_numba.py --threads 1 2 --rounds 3, side by side with
+# OpenBLAS's SkylakeX kernels in one run, 2-core machine shared with other work):
+# 1 thread 0.78-1.05x OpenBLAS (1024^3: 0.96x; the MLP shapes 0.90-1.05x).
+# Before (rank-4 updates of an L1 tile by LLVM-vectorized loops, or 4x4 blocks of dot
+# products over unpacked operands) it was 0.35-0.70x: those inner loops load and store
+# the tile, or reduce 16 vectors horizontally, every few FMAs, and Numba's element-wise
+# packing loops ran at a third of memcpy speed (LLVM does not vectorize 32-element copies
+# whose source may alias the destination), which the vector packers below fix.
 
-GEMM_MC = 64            # rows of C per parallel block
-GEMM_MR = 8             # rows of C accumulated together (two 4-row updates per panel load)
-GEMM_NC_MAX = 512       # columns of C per block (long rows amortize each update's setup)
-GEMM_PANEL_BYTES = 3 << 19   # packed op(B) panel budget: 1.5 MiB of the 2 MiB L2
-DOT_MIN_K = 256         # A @ B.T with k >= this: dot-product form, no packing (see below)
-DOT_NC = 64             # columns of C per block in the dot-product form
+GEMM_MR = 12            # rows of the micro-kernel's tile
+GEMM_VECTOR_BYTES = 64  # one AVX-512 register; the tile is 2 vectors wide (NR = 128 / itemsize)
+GEMM_MC = 3072          # rows of the packed A block (3072 x 384 x 4 B = 4.5 MiB, in L3)
+GEMM_KC = 384           # depth of a k block (A micro-panel 12 x 384 x 4 B = 18 KiB, in L1)
+GEMM_NC = 768           # columns of the packed B block (384 x 768 x 4 B = 1.1 MiB, in L2)
+GEMM_SHARED_A_L2_BYTES = 1 << 20   # shared schedule: small chunks while op(A) fits here
 ACT_CODES = {"identity": 0, "relu": 1}
-# Rows of the panel and of the tile are ld elements apart, with ld * itemsize = 1 KiB
-# (mod 4 KiB), and the tile starts 512 bytes (mod 4 KiB) after a panel row: the 4 panel
-# rows and 4 tile rows of an update then sit 512 bytes apart modulo 4 KiB, so the
-# loads never falsely depend on the tile stores in flight ("4K aliasing"); with
-# ld * itemsize a multiple of 4 KiB an update runs at a third of the speed.
-_ROW_BYTES_MOD_4K = 1024
-_TILE_OFFSET_BYTES = 512
+
+
+@intrinsic
+def _microkernel_12xNR(typingctx, a_panel, a_start, b_panel, b_start, kc, tile):
+    """tile[r * NR + s] = sum_{p < kc} a_panel[a_start + p MR + r] b_panel[b_start + p NR + s]
+    for r < MR = 12, s < NR = 128 / itemsize; a_panel, b_panel, tile 1-D contiguous."""
+    dtype = a_panel.dtype
+    lanes = GEMM_VECTOR_BYTES * 8 // dtype.bitwidth
+    sig = types.void(a_panel, types.intp, b_panel, types.intp, types.intp, tile)
+
+    def codegen(context, builder, signature, args):
+        a_arr, a0, b_arr, b0, depth, tile_arr = args
+        vec = ir.VectorType(context.get_value_type(dtype), lanes)
+        intp = context.get_value_type(types.intp)
+        align = dtype.bitwidth // 8
+        a_ptr = context.make_array(signature.args[0])(context, builder, a_arr).data
+        b_ptr = context.make_array(signature.args[2])(context, builder, b_arr).data
+        t_ptr = context.make_array(signature.args[5])(context, builder, tile_arr).data
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+        zero, undef = ir.Constant(vec, None), ir.Constant(vec, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+
+        def index(i):
+            return ir.Constant(intp, i)
+
+        def vector_at(ptr, offset):
+            return builder.bitcast(builder.gep(ptr, [offset]), vec.as_pointer())
+
+        # for p in range(kc): acc[2r + q] += broadcast(a[p, r]) * b[p, q-th vector]
+        entry = builder.basic_block
+        loop = builder.append_basic_block("ukernel.loop")
+        done = builder.append_basic_block("ukernel.done")
+        builder.cbranch(builder.icmp_signed(">", depth, index(0)), loop, done)
+        builder.position_at_end(loop)
+        p = builder.phi(intp)
+        acc = [builder.phi(vec) for _ in range(2 * GEMM_MR)]
+        a_step = builder.add(a0, builder.mul(p, index(GEMM_MR)))
+        b_step = builder.add(b0, builder.mul(p, index(2 * lanes)))
+        b = [builder.load(vector_at(b_ptr, builder.add(b_step, index(q * lanes))), align=align)
+             for q in range(2)]
+        updated = []
+        for r in range(GEMM_MR):
+            a = builder.load(builder.gep(a_ptr, [builder.add(a_step, index(r))]))
+            a_vec = builder.shuffle_vector(
+                builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)), undef, splat)
+            updated += [builder.call(fma, [a_vec, b[q], acc[2 * r + q]]) for q in range(2)]
+        p_next = builder.add(p, index(1))
+        loop_end = builder.basic_block
+        builder.cbranch(builder.icmp_signed("<", p_next, depth), loop, done)
+        p.add_incoming(index(0), entry)
+        p.add_incoming(p_next, loop_end)
+        for phi, value in zip(acc, updated):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop_end)
+        builder.position_at_end(done)         # store the tile (zeros when kc == 0)
+        results = []
+        for value in updated:
+            result = builder.phi(vec)
+            result.add_incoming(zero, entry)
+            result.add_incoming(value, loop_end)
+            results.append(result)
+        for i, result in enumerate(results):
+            builder.store(result, vector_at(t_ptr, index(i * lanes)), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _make_packer(width_of, transpose):
+    """An intrinsic f(src, row, col, dst, start) that packs L = 64 / itemsize k-steps of a
+    micro-panel of width W = width_of(L) (MR or NR) with vector loads and stores:
+        transpose: dst[start + p W + r] = src[row + r, col + p]     (r < W, p < L)
+        copy:      dst[start + p W + r] = src[row + p, col + r]
+    src is 2-D with unit stride along its rows (the caller checks), dst 1-D contiguous.
+    The transpose loads W rows of L values and swaps the bits of the row and column
+    indices one at a time (log2 L rounds of L two-vector shuffles)."""
+    @intrinsic
+    def packer(typingctx, src, row, col, dst, start):
+        dtype = src.dtype
+        lanes = GEMM_VECTOR_BYTES * 8 // dtype.bitwidth
+        width = width_of(lanes)
+        sig = types.void(src, types.intp, types.intp, dst, types.intp)
+
+        def codegen(context, builder, signature, args):
+            src_arr, row0, col0, dst_arr, start0 = args
+            fty = context.get_value_type(dtype)
+            intp = context.get_value_type(types.intp)
+            align = dtype.bitwidth // 8
+            src_ary = context.make_array(signature.args[0])(context, builder, src_arr)
+            row_bytes = cgutils.unpack_tuple(builder, src_ary.strides)[0]
+            src_bytes = builder.bitcast(src_ary.data, ir.IntType(8).as_pointer())
+            dst_ptr = context.make_array(signature.args[3])(context, builder, dst_arr).data
+
+            def const(i):
+                return ir.Constant(intp, i)
+
+            def vector(count):
+                return ir.VectorType(fty, count)
+
+            def src_at(i, j, count):          # &src[row0 + i, col0 + j] as <count x T>*
+                offset = builder.add(builder.mul(builder.add(row0, const(i)), row_bytes),
+                                     builder.mul(builder.add(col0, const(j)), const(align)))
+                return builder.bitcast(builder.gep(src_bytes, [offset]),
+                                       vector(count).as_pointer())
+
+            def dst_at(offset, count):        # &dst[start0 + offset] as <count x T>*
+                return builder.bitcast(builder.gep(dst_ptr, [builder.add(start0, const(offset))]),
+                                       vector(count).as_pointer())
+
+            def mask(values):
+                return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), values)
+
+            for r0 in range(0, width, lanes):
+                count = min(lanes, width - r0)
+                if not transpose:
+                    for p in range(lanes):
+                        value = builder.load(src_at(p, r0, count), align=align)
+                        builder.store(value, dst_at(p * width + r0, count), align=align)
+                    continue
+                v = [builder.load(src_at(r0 + i, 0, lanes), align=align) if i < count
+                     else ir.Constant(vector(lanes), None) for i in range(lanes)]
+                bit = 1
+                while bit < lanes:            # v[i][e] <-> v[i ^ bit][e ^ bit] where they differ
+                    for i in range(lanes):
+                        if not i & bit:
+                            lo = [e if not e & bit else lanes + e - bit for e in range(lanes)]
+                            hi = [e + bit if not e & bit else lanes + e for e in range(lanes)]
+                            v[i], v[i + bit] = (builder.shuffle_vector(v[i], v[i + bit], mask(lo)),
+                                                builder.shuffle_vector(v[i], v[i + bit], mask(hi)))
+                    bit *= 2
+                for p in range(lanes):        # v[p] = column p of the block: store its rows
+                    value = v[p]
+                    if count < lanes:
+                        value = builder.shuffle_vector(value, value, mask(list(range(count))))
+                    builder.store(value, dst_at(p * width + r0, count), align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+    return packer
+
+
+_pack_transposed_mr = _make_packer(lambda lanes: GEMM_MR, transpose=True)
+_pack_copied_mr = _make_packer(lambda lanes: GEMM_MR, transpose=False)
+_pack_transposed_nr = _make_packer(lambda lanes: 2 * lanes, transpose=True)
+_pack_copied_nr = _make_packer(lambda lanes: 2 * lanes, transpose=False)
 
 
 @njit(fastmath=True, cache=True)
-def _op_a(a, trans_a, row, col, m, k):
-    """op(A)[row, col], or 0 outside the (m, k) matrix."""
-    if row >= m or col >= k:
-        return a.dtype.type(0)
-    return a[col, row] if trans_a else a[row, col]
+def _pack(x, k_major, i0, count, p0, kc, width, dst):
+    """dst[ir kc + p W + r] = X[i0 + ir + r, p0 + p] for micro-panels ir = 0, W, ... of
+    count rows of X (zeros past the last), p < kc; X = x.T if k_major else x, W = width.
+    op(A) is X = a (k_major = trans_a), W = MR; op(B) is X.T with X = b (k_major = not
+    trans_b), W = NR. Whole panels go L k-steps at a time through the vector packers,
+    the rest element by element."""
+    lanes = GEMM_VECTOR_BYTES // dst.itemsize
+    zero = dst.dtype.type(0)
+    unit_stride = x.strides[1] == x.itemsize
+    for ir in range(0, count, width):
+        base = ir * kc
+        live = min(width, count - ir)
+        fast = kc // lanes * lanes if unit_stride and live == width else 0
+        for p in range(0, fast, lanes):
+            if width == GEMM_MR:
+                if k_major:
+                    _pack_copied_mr(x, p0 + p, i0 + ir, dst, base + p * width)
+                else:
+                    _pack_transposed_mr(x, i0 + ir, p0 + p, dst, base + p * width)
+            elif k_major:
+                _pack_copied_nr(x, p0 + p, i0 + ir, dst, base + p * width)
+            else:
+                _pack_transposed_nr(x, i0 + ir, p0 + p, dst, base + p * width)
+        for p in range(fast, kc):
+            for r in range(width):
+                v = zero
+                if r < live:
+                    v = x[p0 + p, i0 + ir + r] if k_major else x[i0 + ir + r, p0 + p]
+                dst[base + p * width + r] = v
 
 
 @njit(fastmath=True, cache=True)
-def _rank4_update(tile, r0, panel, p, nc, a, trans_a, i, m, k):
-    """tile[r0:r0+4, :nc] += op(A)[i:i+4, p:p+4] @ panel[p:p+4, :nc] (rows >= m, k-steps >= k
-    of op(A) read as 0)."""
-    a00 = _op_a(a, trans_a, i, p, m, k); a01 = _op_a(a, trans_a, i, p + 1, m, k)
-    a02 = _op_a(a, trans_a, i, p + 2, m, k); a03 = _op_a(a, trans_a, i, p + 3, m, k)
-    a10 = _op_a(a, trans_a, i + 1, p, m, k); a11 = _op_a(a, trans_a, i + 1, p + 1, m, k)
-    a12 = _op_a(a, trans_a, i + 1, p + 2, m, k); a13 = _op_a(a, trans_a, i + 1, p + 3, m, k)
-    a20 = _op_a(a, trans_a, i + 2, p, m, k); a21 = _op_a(a, trans_a, i + 2, p + 1, m, k)
-    a22 = _op_a(a, trans_a, i + 2, p + 2, m, k); a23 = _op_a(a, trans_a, i + 2, p + 3, m, k)
-    a30 = _op_a(a, trans_a, i + 3, p, m, k); a31 = _op_a(a, trans_a, i + 3, p + 1, m, k)
-    a32 = _op_a(a, trans_a, i + 3, p + 2, m, k); a33 = _op_a(a, trans_a, i + 3, p + 3, m, k)
-    c0 = tile[r0]; c1 = tile[r0 + 1]; c2 = tile[r0 + 2]; c3 = tile[r0 + 3]
-    b0 = panel[p]; b1 = panel[p + 1]; b2 = panel[p + 2]; b3 = panel[p + 3]
-    for s in range(nc):
-        x0 = b0[s]; x1 = b1[s]; x2 = b2[s]; x3 = b3[s]
-        c0[s] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
-        c1[s] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
-        c2[s] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
-        c3[s] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
-
-
-@njit(fastmath=True, cache=True)
-def _pack_panel(b, trans_b, j0, nc, k, panel):
-    """panel[p, s] = op(B)[p, j0 + s] for p < k, 0 for k <= p < k4; panel is (k4, >= nc)."""
-    zero = panel.dtype.type(0)
-    if trans_b:                   # B is (n, k): 16 rows of B at a time become 16 columns
-        for s0 in range(0, nc, 16):
-            for p in range(k):
-                for s in range(s0, min(s0 + 16, nc)):
-                    panel[p, s] = b[j0 + s, p]
-    else:                                             # B is (k, n): copy row segments
-        for p in range(k):
-            src = b[p]
-            dst = panel[p]
-            for s in range(nc):
-                dst[s] = src[j0 + s]
-    for p in range(k, panel.shape[0]):
-        for s in range(nc):
-            panel[p, s] = zero
-
-
-@njit(fastmath=True, cache=True)
-def _gemm_numba_thread(t, a, trans_a, b, trans_b, c, alpha, beta, bias, act, nc_max, ld,
-                       workspace):
-    """Thread t's share of C = act(alpha op(A) op(B) + beta C + bias), act 1 = relu.
-
-    workspace is (threads, size): per thread a (k4, ld) panel, then at an offset of
-    _TILE_OFFSET_BYTES a (GEMM_MR, ld) tile. C is cut into GEMM_MC x nc_max blocks,
-    ordered column-block-major, and thread t takes a contiguous run of them, so it
-    packs each panel op(B)[:, j0:j0+nc] once.
-    """
-    m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    k4 = (k + 3) // 4 * 4
+def _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_buf, b_buf, tile, alpha, beta, bias, relu):
+    """C[ic:ic+mcb, jc:jc+ncb] = act(alpha A block . B block + beta C + bias): the two
+    loops over micro-panels, a micro-kernel call per tile, then its epilogue.
+    beta is 0 (C not read) or the first block's beta or 1 (later k blocks); bias is empty
+    except in the last k block, where relu may be set."""
+    nr = tile.shape[0] // GEMM_MR
     zero = c.dtype.type(0)
-    tile_start = k4 * ld + _TILE_OFFSET_BYTES // c.itemsize
-    panel = workspace[t, :k4 * ld].reshape((k4, ld))
-    tile = workspace[t, tile_start:tile_start + GEMM_MR * ld].reshape((GEMM_MR, ld))
-    row_blocks = (m + GEMM_MC - 1) // GEMM_MC
-    blocks = row_blocks * ((n + nc_max - 1) // nc_max)
-    threads = workspace.shape[0]
-    packed_col_block = -1
-    for blk in range(t * blocks // threads, (t + 1) * blocks // threads):
-        col_block, row_block = blk // row_blocks, blk % row_blocks
-        j0 = col_block * nc_max
-        nc = min(nc_max, n - j0)
-        if col_block != packed_col_block:
-            _pack_panel(b, trans_b, j0, nc, k, panel)
-            packed_col_block = col_block
-        for i in range(row_block * GEMM_MC, min(m, (row_block + 1) * GEMM_MC), GEMM_MR):
-            for r in range(GEMM_MR):
-                tile_row = tile[r]
-                for s in range(nc):
-                    tile_row[s] = zero
-            for p in range(0, k4, 4):
-                for r0 in range(0, GEMM_MR, 4):
-                    if i + r0 < m:
-                        _rank4_update(tile, r0, panel, p, nc, a, trans_a, i + r0, m, k)
-            for r in range(min(GEMM_MR, m - i)):          # epilogue: C rows from the tile
-                out_row = c[i + r]
-                acc = tile[r]
-                for s in range(nc):
+    for ir in range(0, mcb, GEMM_MR):
+        rows = min(GEMM_MR, mcb - ir)
+        for jr in range(0, ncb, nr):
+            cols = min(nr, ncb - jr)
+            _microkernel_12xNR(a_buf, ir * kcb, b_buf, jr * kcb, kcb, tile)
+            j = jc + jr
+            for r in range(rows):
+                out = c[ic + ir + r, j:j + cols]
+                acc = tile[r * nr:r * nr + cols]
+                for s in range(cols):
                     v = alpha * acc[s]
                     if beta != zero:
-                        v += beta * out_row[j0 + s]
+                        v += beta * out[s]
                     if bias.shape[0] > 0:
-                        v += bias[j0 + s]
-                    if act == 1 and v < zero:
+                        v += bias[j + s]
+                    if relu and v < zero:
                         v = zero
-                    out_row[j0 + s] = v
+                    out[s] = v
+
+
+@njit(fastmath=True, cache=True)
+def _block_len(total, max_block, multiple):
+    """The fewest blocks of at most max_block covering total, evened out, rounded up."""
+    blocks = max(1, (total + max_block - 1) // max_block)
+    return ((total + blocks - 1) // blocks + multiple - 1) // multiple * multiple
+
+
+@njit(fastmath=True, cache=True)
+def _gemm_numba_block(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, m0, m1, n0, n1,
+                      a_buf, b_buf, tile):
+    """The loop nest of the block comment over C[m0:m1, n0:n1]."""
+    k = a.shape[0] if trans_a else a.shape[1]
+    nr = tile.shape[0] // GEMM_MR
+    mc = _block_len(m1 - m0, GEMM_MC, GEMM_MR)
+    nc = _block_len(n1 - n0, GEMM_NC, nr)
+    no_bias = bias[:0]
+    for ic in range(m0, m1, mc):
+        mcb = min(mc, m1 - ic)
+        for pc in range(0, k, kc):
+            kcb = min(kc, k - pc)
+            last = pc + kcb == k
+            _pack(a, trans_a, ic, mcb, pc, kcb, GEMM_MR, a_buf)
+            for jc in range(n0, n1, nc):
+                ncb = min(nc, n1 - jc)
+                _pack(b, not trans_b, jc, ncb, pc, kcb, nr, b_buf)
+                _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_buf, b_buf, tile, alpha,
+                                 beta if pc == 0 else c.dtype.type(1),
+                                 bias if last else no_bias, relu and last)
 
 
 @njit(parallel=True, cache=True)
-def _gemm_numba_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, act, nc_max, ld, workspace):
-    for t in prange(workspace.shape[0]):
-        _gemm_numba_thread(t, a, trans_a, b, trans_b, c, alpha, beta, bias, act, nc_max, ld,
-                           workspace)
-
-
-@njit(fastmath=True, cache=True)
-def _dot_4x4(a, i, b, j, k, out):
-    """out[r, q] = sum_p a[i+r, p] * b[j+q, p] (rows past the ends count as row i / j):
-    16 scalar accumulators, the p loop vectorized by LLVM."""
-    m, n = a.shape[0], b.shape[0]
-    a0 = a[i]; a1 = a[min(i + 1, m - 1)]; a2 = a[min(i + 2, m - 1)]; a3 = a[min(i + 3, m - 1)]
-    b0 = b[j]; b1 = b[min(j + 1, n - 1)]; b2 = b[min(j + 2, n - 1)]; b3 = b[min(j + 3, n - 1)]
-    zero = out.dtype.type(0)
-    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-    for p in range(k):
-        x0 = a0[p]; x1 = a1[p]; x2 = a2[p]; x3 = a3[p]
-        y0 = b0[p]; y1 = b1[p]; y2 = b2[p]; y3 = b3[p]
-        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3
-        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3
-        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3
-        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3
-    out[0, 0] = c00; out[0, 1] = c01; out[0, 2] = c02; out[0, 3] = c03
-    out[1, 0] = c10; out[1, 1] = c11; out[1, 2] = c12; out[1, 3] = c13
-    out[2, 0] = c20; out[2, 1] = c21; out[2, 2] = c22; out[2, 3] = c23
-    out[3, 0] = c30; out[3, 1] = c31; out[3, 2] = c32; out[3, 3] = c33
-
-
-@njit(fastmath=True, cache=True)
-def _gemm_dot_thread(t, threads, a, b, c, alpha, beta, bias, act, tile):
-    """Thread t's share of C = act(alpha A @ B.T + beta C + bias), A (m, k), B (n, k):
-    blocks of GEMM_MC x DOT_NC, 4x4 dot products over the whole k."""
+def _gemm_numba_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, grid_m, grid_n,
+                       a_size, b_size, workspace):
+    """Thread t computes block (t // grid_n, t % grid_n) of the grid_m x grid_n grid of C,
+    with workspace[t] as [B block (b_size) | A block (a_size) | tile (MR x NR)]."""
     m, n = c.shape
-    k = a.shape[1]
-    zero = c.dtype.type(0)
-    row_blocks = (m + GEMM_MC - 1) // GEMM_MC
-    blocks = row_blocks * ((n + DOT_NC - 1) // DOT_NC)
-    for blk in range(t * blocks // threads, (t + 1) * blocks // threads):
-        col_block, row_block = blk // row_blocks, blk % row_blocks
-        for i in range(row_block * GEMM_MC, min(m, (row_block + 1) * GEMM_MC), 4):
-            for j in range(col_block * DOT_NC, min(n, (col_block + 1) * DOT_NC), 4):
-                _dot_4x4(a, i, b, j, k, tile)
-                for r in range(min(4, m - i)):
-                    for q in range(min(4, n - j)):
-                        v = alpha * tile[r, q]
-                        if beta != zero:
-                            v += beta * c[i + r, j + q]
-                        if bias.shape[0] > 0:
-                            v += bias[j + q]
-                        if act == 1 and v < zero:
-                            v = zero
-                        c[i + r, j + q] = v
+    nr = GEMM_VECTOR_BYTES * 2 // c.itemsize
+    for t in prange(grid_m * grid_n):
+        row, col = t // grid_n, t % grid_n
+        ws = workspace[t]
+        _gemm_numba_block(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc,
+                          _split(m, GEMM_MR, grid_m, row), _split(m, GEMM_MR, grid_m, row + 1),
+                          _split(n, nr, grid_n, col), _split(n, nr, grid_n, col + 1),
+                          ws[b_size:b_size + a_size], ws[:b_size],
+                          ws[b_size + a_size:b_size + a_size + GEMM_MR * nr])
+
+
+@intrinsic
+def _take_item(typingctx, counter):
+    """counter[0] += 1 as one atomic step; returns the value before (counter: int64[1])."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
 
 
 @njit(parallel=True, cache=True)
-def _gemm_dot_kernel(a, b, c, alpha, beta, bias, act, workspace):
+def _gemm_numba_shared_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, chunk_n,
+                              a_size, b_size, workspace, counter):
+    """The threads take column chunks C[:, jc:jc+chunk_n] from a shared counter, so that a
+    thread the OS deschedules leaves its share to the others. Each thread packs op(A)
+    (all rows, m <= GEMM_MC) for every k block once, before its first chunk, into
+    workspace[t][b_size:]: the block of depth pc starts at pc * rows rounded up to MR."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    nr = GEMM_VECTOR_BYTES * 2 // c.itemsize
+    m_pad = (m + GEMM_MR - 1) // GEMM_MR * GEMM_MR
+    chunks = (n + chunk_n - 1) // chunk_n
+    no_bias = bias[:0]
     for t in prange(workspace.shape[0]):
-        _gemm_dot_thread(t, workspace.shape[0], a, b, c, alpha, beta, bias, act,
-                         workspace[t, :16].reshape((4, 4)))
+        ws = workspace[t]
+        b_buf, a_full = ws[:b_size], ws[b_size:b_size + a_size]
+        tile = ws[b_size + a_size:b_size + a_size + GEMM_MR * nr]
+        item = _take_item(counter)
+        if item < chunks:
+            for pc in range(0, k, kc):
+                _pack(a, trans_a, 0, m, pc, min(kc, k - pc), GEMM_MR, a_full[pc * m_pad:])
+        while item < chunks:
+            jc = item * chunk_n
+            ncb = min(chunk_n, n - jc)
+            for pc in range(0, k, kc):
+                kcb = min(kc, k - pc)
+                last = pc + kcb == k
+                _pack(b, not trans_b, jc, ncb, pc, kcb, nr, b_buf)
+                _multiply_blocks(c, 0, m, jc, ncb, kcb, a_full[pc * m_pad:], b_buf, tile, alpha,
+                                 beta if pc == 0 else c.dtype.type(1),
+                                 bias if last else no_bias, relu and last)
+            item = _take_item(counter)
+
+
+@njit(cache=True)
+def _split(length, tile, parts, part):
+    """Start of part `part` when `length` is split into `parts` runs of whole tiles."""
+    tiles = (length + tile - 1) // tile
+    return min(length, tiles * part // parts * tile)
+
+
+def _choose_grid(threads, m, n, k, nr):
+    """The (grid_m, grid_n) with grid_m * grid_n <= threads that re-packs the least: each
+    extra grid column re-packs A (m x k), each extra grid row re-packs B (k x n)."""
+    m_tiles, n_tiles = -(-m // GEMM_MR), -(-n // nr)
+    for t in range(threads, 1, -1):
+        grids = [(rows, t // rows) for rows in range(1, t + 1)
+                 if t % rows == 0 and rows <= m_tiles and t // rows <= n_tiles]
+        if grids:
+            return min(grids, key=lambda g: (g[1] - 1) * m * k + (g[0] - 1) * k * n)
+    return 1, 1
 
 
 class _Workspace(threading.local):
@@ -441,24 +608,22 @@ class _Workspace(threading.local):
             buffers[dtype] = buf
         return buf[:threads]
 
+    def counter(self):
+        """The shared schedule's item counter, set to 0."""
+        counter = self.__dict__.setdefault("item_counter", np.zeros(1, np.int64))
+        counter[0] = 0
+        return counter
+
 
 _WORKSPACE = _Workspace()
 _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
             np.dtype(np.float64): np.empty(0, np.float64)}
 
 
-def _gemm_numba_blocks(k, n, itemsize):
-    """(nc, ld, workspace elements per thread) for op(B) with k rows and n columns."""
-    k4 = (k + 3) // 4 * 4
-    row_step = 4096 // itemsize                       # ld = 1 KiB worth, plus 4 KiB steps
-    nc = min(GEMM_NC_MAX, (n + 15) // 16 * 16)
-    while nc > 64 and k4 * nc * itemsize > GEMM_PANEL_BYTES:
-        nc //= 2
-    ld = _ROW_BYTES_MOD_4K // itemsize
-    while ld < nc:
-        ld += row_step
-    size = k4 * ld + _TILE_OFFSET_BYTES // itemsize + GEMM_MR * ld
-    return nc, ld, size
+def _depth_block_len(k):
+    """kc: the even split of k nearest to GEMM_KC (784 -> 392 + 392, not 384 + 384 + 16)."""
+    blocks = max(1, (k + GEMM_KC // 2) // GEMM_KC)
+    return -(-k // blocks)
 
 
 def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation):
@@ -475,21 +640,43 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
         beta = 0.0
     if m == 0 or n == 0:
         return out
-    dtype = a.dtype.type
-    if bias is None:
-        bias = _NO_BIAS[a.dtype]
-    if trans_b and not trans_a and k >= DOT_MIN_K and a.strides[1] == b.strides[1] == a.itemsize:
-        blocks = -(-m // GEMM_MC) * -(-n // DOT_NC)
-        tiles = _WORKSPACE.get(a.dtype, min(_numba_config.get_threads(), blocks), 16)
-        _numba_config.parallel_call(_gemm_dot_kernel, a, b, out, dtype(alpha), dtype(beta), bias,
-                                    ACT_CODES[activation], tiles, work=m * n * k)
+    relu = activation == "relu"
+    if k == 0:                                    # no product: out = act(beta out + bias)
+        out[...] = 0 if beta == 0.0 else beta * out
+        if bias is not None:
+            out += bias
+        if relu:
+            np.maximum(out, 0, out=out)
         return out
-    nc, ld, size = _gemm_numba_blocks(k, n, a.itemsize)
-    blocks = -(-m // GEMM_MC) * -(-n // nc)
-    workspace = _WORKSPACE.get(a.dtype, min(_numba_config.get_threads(), blocks), size)
-    _numba_config.parallel_call(_gemm_numba_kernel, a, trans_a, b, trans_b, out, dtype(alpha),
-                                dtype(beta), bias, ACT_CODES[activation], nc, ld, workspace,
-                                work=m * n * k)
+    dtype = a.dtype.type
+    nr = GEMM_VECTOR_BYTES * 2 // a.itemsize
+    threads = _numba_config.get_threads()
+    if m * n * k < _numba_config.PARALLEL_MIN_ELEMENTS:
+        threads = 1
+    grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
+    kc = _depth_block_len(k)
+    bias = _NO_BIAS[a.dtype] if bias is None else bias
+    m_pad = -(-m // GEMM_MR) * GEMM_MR
+    if grid_m == 1 and grid_n > 1 and m_pad <= GEMM_MC:
+        # columns split: the shared schedule, 4 chunks per thread while the packed op(A)
+        # stays within half of L2, else 2 (each chunk reads all of it again)
+        chunks = threads * (4 if m_pad * k * a.itemsize <= GEMM_SHARED_A_L2_BYTES else 2)
+        chunk_n = min(-(-(-(-n // chunks)) // nr) * nr, GEMM_NC)
+        a_size, b_size = m_pad * k, chunk_n * kc
+        workspace = _WORKSPACE.get(a.dtype, threads, b_size + a_size + GEMM_MR * nr)
+        counter = _WORKSPACE.counter()
+        _numba_config.parallel_call(
+            _gemm_numba_shared_kernel, a, trans_a, b, trans_b, out, dtype(alpha), dtype(beta),
+            bias, relu, kc, chunk_n, a_size, b_size, workspace, counter, work=m * n * k)
+        return out
+    share_m = -(-(-(-m // GEMM_MR)) // grid_m) * GEMM_MR      # a thread's rows, whole tiles
+    share_n = -(-(-(-n // nr)) // grid_n) * nr
+    a_size = min(share_m, GEMM_MC) * kc          # the largest packed blocks (GEMM_MC and
+    b_size = min(share_n, GEMM_NC) * kc          # GEMM_NC are multiples of MR and NR)
+    workspace = _WORKSPACE.get(a.dtype, grid_m * grid_n, b_size + a_size + GEMM_MR * nr)
+    _numba_config.parallel_call(
+        _gemm_numba_kernel, a, trans_a, b, trans_b, out, dtype(alpha), dtype(beta), bias, relu,
+        kc, grid_m, grid_n, a_size, b_size, workspace, work=m * n * k)
     return out
 
 

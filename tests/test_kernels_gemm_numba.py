@@ -1,6 +1,7 @@
-"""The Numba GEMM's own paths: several column blocks and panel widths, both forms
-(packed rank-4 updates and A @ B.T dot products), the bias/relu epilogue, strided views,
-1 and 2 threads. (tests/test_kernels_gemm.py covers every variant on small shapes.)"""
+"""The Numba GEMM's own paths: several row, depth and column blocks, edge tiles, the
+vector packers and their element-by-element fallback, the bias/relu epilogue over several
+k blocks, strided views, 1 and 2 threads. (tests/test_kernels_gemm.py covers every
+variant on small shapes.)"""
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -8,9 +9,9 @@ from conftest import assert_close
 import mlpfast
 from mlpfast.kernels import gemm
 
-# (m, n, k): several GEMM_MC row blocks and column blocks; k large enough to narrow the
-# panel (k4 * nc * itemsize > GEMM_PANEL_BYTES); k >= DOT_MIN_K for the dot form
-SHAPES = [(70, 1100, 9), (130, 600, 801), (9, 1030, 1030), (200, 33, 300)]
+# (m, n, k): n > GEMM_NC (two column blocks), k > 1.5 GEMM_KC (two or three k blocks),
+# m > GEMM_MC (two row blocks); m, n, k not multiples of MR, NR or the vector length
+SHAPES = [(70, 1100, 9), (130, 600, 801), (9, 1030, 1030), (200, 33, 300), (3100, 40, 7)]
 
 
 def reference(a, b, trans_a, trans_b, alpha, beta, c, bias, relu):
