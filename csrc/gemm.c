@@ -464,8 +464,16 @@ static void workspace_release(void *memory, int cached)
 static const int64_t MAX_SHARED_A_BYTES = 32 << 20, SHARED_A_L2_BYTES = 1 << 20;
 
 /* Below 2^22 multiply-adds (about 160^3, 20-40 us on one core) waking a second thread
- * (tens of us when it sleeps) costs more than it saves. */
-static const double MIN_PARALLEL_FMAS = 4194304.0;
+ * (tens of us when it sleeps) costs more than it saves. When the workers are still awake
+ * from the previous call (back-to-back GEMMs of a training step), starting them costs
+ * about a microsecond, and calls down to 2^19 multiply-adds (64 x 128 x 64, ~3 us) gain. */
+static const double MIN_PARALLEL_FMAS = 4194304.0, MIN_PARALLEL_FMAS_AWAKE = 524288.0;
+
+static int threads_for(double fmas)
+{
+    const double least = mlpf_pool_awake() ? MIN_PARALLEL_FMAS_AWAKE : MIN_PARALLEL_FMAS;
+    return fmas < least ? 1 : mlpf_get_num_threads();
+}
 
 /* Runs the call described by g (sizes, operands and epilogue set, m, n, k > 0). */
 static int sgemm_run(sgemm_call *g)
@@ -473,7 +481,7 @@ static int sgemm_run(sgemm_call *g)
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
     g->kc = depth_block_len(k, cfg->kc);
-    int threads = (double)m * n * k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
+    int threads = threads_for((double)m * n * k);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);

@@ -45,6 +45,7 @@ static struct {
     void *arg;
     int job_threads;
     atomic_int remaining;           /* workers yet to finish the current job */
+    atomic_int asleep;              /* workers waiting on the condition variable */
 } pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .sleep_lock = PTHREAD_MUTEX_INITIALIZER,
         .wake = PTHREAD_COND_INITIALIZER};
 
@@ -60,8 +61,10 @@ static void *worker_main(void *index_ptr)
             for (int spin = 0; spin < 16; spin++) cpu_relax();
         if (atomic_load(&pool.generation) == seen) {
             pthread_mutex_lock(&pool.sleep_lock);
+            atomic_fetch_add(&pool.asleep, 1);
             while (atomic_load(&pool.generation) == seen)
                 pthread_cond_wait(&pool.wake, &pool.sleep_lock);
+            atomic_fetch_sub(&pool.asleep, 1);
             pthread_mutex_unlock(&pool.sleep_lock);
         }
         seen = atomic_load(&pool.generation);
@@ -78,6 +81,7 @@ static void reset_in_child(void)
     pthread_mutex_init(&pool.sleep_lock, NULL);
     pthread_cond_init(&pool.wake, NULL);
     pool.num_workers = 0;
+    atomic_store(&pool.asleep, 0);
 }
 
 static void register_atfork(void) { pthread_atfork(NULL, NULL, reset_in_child); }
@@ -99,6 +103,11 @@ static int grow_pool(int n)
         pool.num_workers++;
     }
     return pool.num_workers + 1;
+}
+
+int mlpf_pool_awake(void)
+{
+    return pool.num_workers > 0 && atomic_load(&pool.asleep) == 0;
 }
 
 int mlpf_pool_run(int n, mlpf_task task, void *arg)
