@@ -461,22 +461,23 @@ def mnist_batch(batch, seed=0):
 
 
 def train_step_setup(backend, sizes, batch, seed=0):
-    """A model, Adam and loss on ``backend`` plus one MNIST batch.
-    Returns (model, step() -> loss, forward_backward() -> loss)."""
+    """A model, Adam and loss on ``backend`` plus one MNIST batch, trained by the step that
+    ``fit`` runs (``train.make_train_step``: the backend's compiled MLP step where it has
+    one). Returns (model, step() -> loss, forward_backward() -> loss)."""
     from .losses import CrossEntropyLoss
     from .nn import MLP
     from .optim import Adam
+    from .train import as_dataset, make_train_step
     model = MLP(list(sizes), activation="relu", backend=backend, seed=seed)
     optimizer = Adam(model.parameters(), lr=1e-3)
     loss_fn = CrossEntropyLoss(backend=model.backend)
     x, y = mnist_batch(batch, seed)
-    x_dev = model.backend.to_device(x)
+    train_step = make_train_step(model, loss_fn, optimizer, as_dataset(model, x, y), batch)
+    index = np.arange(batch)
     model.train()
 
     def forward_backward():
-        loss = loss_fn(model.forward(x_dev), y)
-        model.backward(loss_fn.backward(), input_grad=False)
-        return loss
+        return train_step(index)[0]
 
     def step():
         loss = forward_backward()

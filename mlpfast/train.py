@@ -10,6 +10,9 @@ Batches are gathered into buffers allocated once per run, then handed to the mod
 backend. One step: logits = model.forward(x); loss = loss_fn(logits, y);
 model.backward(loss_fn.backward(), input_grad=False) (no dL/dx: only the parameters'
 gradients are needed); loss and gradients checked for NaN/inf; optimizer.step().
+``make_train_step`` builds that step: on a backend with a compiled MLP step ("cpu") the
+whole of it (gather included) is one call for a chain of Linear layers with fused
+activations (kernels/mlp_step.py), else the layer-by-layer engine (``LayerByLayerStep``).
 Checkpoints and exact resume: see ``fit`` and ``mlpfast.checkpoint``.
 """
 import math
@@ -213,7 +216,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     backend = model.backend
     loss_fn.backend = backend
     classify = isinstance(loss_fn, CrossEntropyLoss) or _has_labels(train_set)
-    train_step = _make_train_step(model, loss_fn, optimizer, train_set, batch_size)
+    train_step = make_train_step(model, loss_fn, optimizer, train_set, batch_size)
     val_loss_fn = type(loss_fn)(backend=backend)
     grads = _gradient_buffers(model, optimizer)
     model.train()
@@ -557,7 +560,7 @@ def _correct(loss_fn, logits, labels, backend):
     return int((backend.to_numpy(logits).argmax(axis=1) == labels).sum())
 
 
-def _make_train_step(model, loss_fn, optimizer, train_set, batch_size):
+def make_train_step(model, loss_fn, optimizer, train_set, batch_size):
     """step(index) -> (mean loss, correct rows, finite): gather the rows ``index`` of the
     training set, forward, loss, backward (no update). The backend's compiled MLP step
     when it has one that fits the model (see _mlp_layout), else the layer-by-layer one."""
@@ -574,7 +577,7 @@ def _make_train_step(model, loss_fn, optimizer, train_set, batch_size):
                 steps[rows] = compiled(*layout, model.flat_grad, train_set.x, train_set.y, rows)
             return steps[rows](np.ascontiguousarray(index, dtype=np.int64))
         return compiled_step
-    return _LayerByLayerStep(model, loss_fn, optimizer, train_set, batch_size)
+    return LayerByLayerStep(model, loss_fn, optimizer, train_set, batch_size)
 
 
 def _mlp_layout(model):
@@ -599,7 +602,7 @@ def _mlp_layout(model):
                                               for l in layers], names)
 
 
-class _LayerByLayerStep:
+class LayerByLayerStep:
     """The engine's step: gather into reused buffers, model.forward, the loss,
     model.backward (no dL/dx), loss and gradients checked for NaN/inf."""
 

@@ -67,9 +67,9 @@ def test_fit_uses_the_compiled_step_and_trains_the_same_model(monkeypatch, rng):
         opt = mf.optim.Adam(model.parameters(), lr=3e-2)
         if not compiled:
             monkeypatch.delitem(model.backend.ops, "mlp_train_step")
-        made = train._make_train_step(model, mf.CrossEntropyLoss(), opt,
+        made = train.make_train_step(model, mf.CrossEntropyLoss(), opt,
                                       train.as_dataset(model, x, y), 64)
-        assert isinstance(made, train._LayerByLayerStep) != compiled
+        assert isinstance(made, train.LayerByLayerStep) != compiled
         history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=8, batch_size=64,
                          seed=5, progress=False)
         results.append((history, model.flat_data.copy()))
@@ -91,8 +91,8 @@ def test_models_it_does_not_cover_use_the_engine(rng):
                            (mf.Sequential(mf.Linear(5, 3), mf.Softmax()), mf.CrossEntropyLoss()),
                            (mf.MLP([5, 4, 3], backend="numba"), mf.CrossEntropyLoss())):
         opt = mf.optim.SGD(model.parameters(), lr=0.1)
-        step = train._make_train_step(model, loss_fn, opt, train.as_dataset(model, x, y), 8)
-        assert isinstance(step, train._LayerByLayerStep), model
+        step = train.make_train_step(model, loss_fn, opt, train.as_dataset(model, x, y), 8)
+        assert isinstance(step, train.LayerByLayerStep), model
 
 
 def test_nan_gradient_is_reported_and_nothing_else_changes(rng):
