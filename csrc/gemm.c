@@ -475,13 +475,28 @@ static int threads_for(double fmas)
     return fmas < least ? 1 : mlpf_get_num_threads();
 }
 
+/* A narrow product A B^T (n <= MLPF_NARROW_N): each thread takes a band of rows (4 at a time). */
+static void narrow_task(void *arg, int index, int threads)
+{
+    const sgemm_call *g = arg;
+    const int64_t r0 = split(g->m, 4, threads, index), r1 = split(g->m, 4, threads, index + 1);
+    const mlpf_tile_epilogue ep = {g->alpha, g->beta, g->bias, g->relu};
+    if (r1 > r0)
+        g->cfg->narrow_nt(r1 - r0, g->n, g->k, g->a + r0 * g->lda, g->lda, g->b, g->ldb,
+                          g->c + r0 * g->ldc, g->ldc, &ep);
+}
+
 /* Runs the call described by g (sizes, operands and epilogue set, m, n, k > 0). */
 static int sgemm_run(sgemm_call *g)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
-    g->kc = depth_block_len(k, cfg->kc);
     int threads = threads_for((double)m * n * k);
+    if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
+        mlpf_pool_run((int)imin(threads, (m + 3) / 4), narrow_task, g);
+        return MLPF_OK;
+    }
+    g->kc = depth_block_len(k, cfg->kc);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);

@@ -32,6 +32,16 @@ typedef void (*mlpf_sgemm_ukernel)(int64_t kc, const float *a_panel, const float
  * pack_cols:  dst[p*R + r] = src[p*ld + r]   (source rows contiguous along r: copy)   */
 typedef void (*mlpf_spack)(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst);
 
+/* A narrow product: C (rows x n) = alpha A B^T + beta C + bias, then act, for n <= MLPF_NARROW_N,
+ * with A (rows x k, row stride lda) and B (n x k, row stride ldb) read in place: every C
+ * value is a dot product over k, vectorized along k. For a layer with few outputs (a
+ * classifier's logits: y = h @ W.T with W of 10 rows) a register tile NR columns wide
+ * would be mostly padding, and packing h would cost as much as the arithmetic. */
+typedef void (*mlpf_sgemm_narrow)(int64_t rows, int64_t n, int64_t k, const float *a,
+                                  int64_t lda, const float *b, int64_t ldb, float *c,
+                                  int64_t ldc, const mlpf_tile_epilogue *ep);
+#define MLPF_NARROW_N 16
+
 /* One kernel and the block sizes that go with it (one "config" per ISA, as in BLIS).
  * Loops of the driver (gemm.c), outermost first:
  *   mc rows of op(A)   packed A block  mc x kc   lives in L3 (per thread)
@@ -46,6 +56,7 @@ typedef struct {
     mlpf_sgemm_ukernel ukernel;
     /* Packing routines for A (R = mr) and B (R = nr); NULL = the portable ones in gemm.c. */
     mlpf_spack pack_a_rows, pack_a_cols, pack_b_rows, pack_b_cols;
+    mlpf_sgemm_narrow narrow_nt;  /* NULL: narrow products go through the tiles too */
     int (*supported)(void);   /* nonzero when this CPU can run it */
 } mlpf_sgemm_config;
 

@@ -429,3 +429,19 @@ def test_derivative_epilogue_k0_and_bad_arguments():
     assert lib.mlpf_sgemm_dact(0, 0, 3, 4, 2, 1.0, p(a), 2, p(b), 4, p(out), 4, ffi.NULL, 4,
                                1) == -5
     assert np.array_equal(out, np.zeros((3, 4), np.float32))   # rejected calls wrote nothing
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 10, 17), (7, 16, 33), (256, 10, 1024),
+                                   (13, 5, 1000), (64, 11, 128)])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_narrow_products_every_kernel(kernel, threads, m, n, k, trans_a, trans_b, rng):
+    # n <= 16 with B transposed (a classifier's logits h @ W.T): dot products along k on
+    # AVX-512; bias, relu, alpha and beta as in every other path
+    a, b = operands(rng, m, n, k, trans_a, trans_b, np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for alpha, beta, relu in ((1.0, 0.0, True), (0.5, 2.0, False)):
+        out = c0.copy()
+        gemm.gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, int(relu))
+        want = reference(a, b, trans_a, trans_b, alpha, beta, c0, bias, relu)
+        assert_close(out, want, tol=tol(np.float32, k), what=f"{kernel} {m}x{n}x{k} relu={relu}")
