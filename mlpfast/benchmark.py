@@ -42,6 +42,7 @@ from .backend import backends, get_num_threads, to_numpy
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
 PEER_PACKAGES = ("torch", "jax", "jaxlib", "threadpoolctl", "matplotlib")
 WARMUP_BATCHES = 32        # before timed epochs: this many full batches, then one tail batch
+INFER_ROUNDS = 7           # timed inference passes over the MNIST test set (median)
 INSTALL_HINTS = {
     "torch": "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu",
     "jax": "pip install 'mlpfast[compare]' or pip install jax",
@@ -807,6 +808,46 @@ def compare_training(configs, threads, epochs, log):
     return results
 
 
+INFER_CONFIG = ((784, 1024, 1024, 10), 1024)    # the wide configuration, batches of 1024
+
+
+def compare_inference(threads, log, config=INFER_CONFIG):
+    """Predicted classes of the MNIST test set by mlpfast, PyTorch and JAX, each in its own
+    process, from the same weights: samples/s and agreement with mlpfast's classes."""
+    sizes, batch = config
+    results = []
+    for peer in ("mlpfast", "torch", "jax"):
+        result = run_peer(peer, ["--infer", "--sizes", ",".join(map(str, sizes)), "--batch",
+                                 str(batch)], threads)
+        result.update(peer=peer, config=config_name(sizes, batch))
+        log(f"  {peer:<8} inference {config_name(sizes, batch)}: " +
+            (f"{result['samples_per_s']:,.0f} samples/s" if "samples_per_s" in result
+             else f"skipped: {result['skipped']}"))
+        results.append(result)
+    ours = results[0].get("agree_with")
+    for r in results:
+        classes = r.pop("agree_with", None)
+        if ours is not None and classes is not None:
+            r["agreement"] = float(np.mean(np.array(classes) == np.array(ours)))
+    return results
+
+
+def format_inference(results):
+    lines = [f"{'configuration':<22} {'peer':<8} {'samples/s':>10} {'s/pass':>8} "
+             f"{'agree':>7} {'mlpfast/peer':>12}  notes"]
+    ours = results[0].get("samples_per_s") if results else None
+    for r in results:
+        if "samples_per_s" not in r:
+            lines.append(f"{r['config']:<22} {r['peer']:<8} {'-':>10} {'-':>8} {'-':>7} "
+                         f"{'-':>12}  skipped: {r['skipped']}")
+            continue
+        ratio = f"{ours / r['samples_per_s']:.2f}x" if ours else "-"
+        agree = f"{100 * r['agreement']:.2f}%" if "agreement" in r else "-"
+        lines.append(f"{r['config']:<22} {r['peer']:<8} {r['samples_per_s']:>10,.0f} "
+                     f"{r['seconds']:>8.3f} {agree:>7} {ratio:>12}  {r.get('notes', '')}")
+    return lines
+
+
 def format_compare(results):
     lines = [f"{'configuration':<22} {'peer':<8} {'samples/s':>10} {'s/epoch':>8} "
              f"{'last loss':>9} {'mlpfast/peer':>12}  notes"]
@@ -837,6 +878,16 @@ def compare_rows(results, threads):
                          "unit": "samples/s", "samples_per_s": r["samples_per_s"],
                          "loss": r["loss"]})
     return rows
+
+
+def inference_rows(results, threads):
+    """compare_inference results as rows that --json / --baseline understand."""
+    return [{"id": f"inference {r['config']} [{r['peer']}] t{threads}", "kind": "compare",
+             "family": "inference", "op": "predict", "shape": r["config"],
+             "variant": r["peer"], "threads": threads, "median_s": r["seconds"],
+             "min_s": r["seconds"], "rate": r["samples_per_s"], "unit": "samples/s",
+             "samples_per_s": r["samples_per_s"]}
+            for r in results if "samples_per_s" in r]
 
 
 def _print(text=""):
@@ -908,6 +959,15 @@ def _run(args, out):
         for line in format_compare(results):
             out(line)
         rows += compare_rows(results, threads)
+        if select is None or select("inference " + config_name(*INFER_CONFIG)):
+            out("")
+            out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
+                f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
+            inference = compare_inference(threads, out)
+            out("")
+            for line in format_inference(inference):
+                out(line)
+            rows += inference_rows(inference, threads)
     out(f"total time {time.perf_counter() - started:.0f} s")
 
     if args.json:

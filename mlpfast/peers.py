@@ -9,6 +9,10 @@ for NumPy, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE. It prints one JSON line
         PEER: mlpfast | numpy | torch | jax. Full MNIST epochs; the same warm-up for all
         (32 full batches and one batch of the epoch's tail size, so JAX compiles both
         shapes), the same initial weights, shuffles and Adam (lr 1e-3) updates.
+    python -m mlpfast.peers PEER --infer --sizes 784,1024,1024,10 --batch 1024 --threads 2
+        PEER: mlpfast | torch | jax. Inference: predicted classes (argmax of the logits)
+        of the 10,000 MNIST test images in batches, the same initial weights; a warm-up
+        pass, then benchmark.INFER_ROUNDS timed passes, median.
     python -m mlpfast.peers numpy --serve --threads 2
         reads JSON requests on stdin, one per line, and times what each asks for, like
         one turn of mlpfast's own rows: {"kernel": "gemm.sgemm 512x512x512 NN", "mode":
@@ -85,7 +89,8 @@ def numpy_trainer(weights, threads):
     return model.step, lambda: None, f"textbook NumPy, {benchmark.blas_info()}"
 
 
-def torch_trainer(weights, threads):
+def _torch_model(weights, threads):
+    """torch.nn.Sequential of Linear + ReLU layers holding ``weights``."""
     import torch
     torch.set_num_threads(threads)
     layers = []
@@ -95,7 +100,12 @@ def torch_trainer(weights, threads):
             linear.weight.copy_(torch.from_numpy(w))
             linear.bias.copy_(torch.from_numpy(b))
         layers += [linear] + ([torch.nn.ReLU()] if i < len(weights) - 1 else [])
-    model = torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers)
+
+
+def torch_trainer(weights, threads):
+    import torch
+    model = _torch_model(weights, threads)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -182,12 +192,9 @@ def train_epochs(peer, sizes, batch, threads, epochs, seed):
 def mlpfast_epochs(x, y, weights, sizes, batch, epochs, seed, warm):
     from . import get_num_threads
     from .losses import CrossEntropyLoss
-    from .nn import MLP
     from .optim import Adam
     from .train import fit
-    model = MLP(list(sizes), activation="relu", seed=seed)
-    model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
-                           for kind, value in zip(("weight", "bias"), layer)})
+    model = _mlpfast_model(weights, sizes, seed)
     optimizer = Adam(model.parameters(), lr=LR)
     fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
         seed=seed, progress=False)
@@ -201,6 +208,74 @@ def epoch_result(seconds, loss, n, notes):
     median = float(np.median(seconds))
     return {"samples_per_s": n / median, "seconds_per_epoch": median,
             "epoch_seconds": [float(s) for s in seconds], "loss": loss, "notes": notes}
+
+
+def _mlpfast_model(weights, sizes, seed=None):
+    """mlpfast.MLP (relu, the default backend) holding ``weights``."""
+    from .nn import MLP
+    model = MLP(list(sizes), activation="relu", seed=seed)
+    model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
+                           for kind, value in zip(("weight", "bias"), layer)})
+    return model
+
+
+def mlpfast_predictor(weights, sizes, threads):
+    from . import get_num_threads
+    from .train import predict
+    model = _mlpfast_model(weights, sizes)
+    return (lambda x, batch: predict(model, x, batch_size=batch),
+            f"mlpfast backend {model.backend.name}, {get_num_threads()} threads")
+
+
+def torch_predictor(weights, sizes, threads):
+    import torch
+    model = _torch_model(weights, threads).eval()
+
+    def predict(x, batch):
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(x[lo:lo + batch])).argmax(1).numpy()
+                                   for lo in range(0, len(x), batch)])
+    return predict, f"torch {torch.__version__}, {torch.get_num_threads()} threads, no_grad"
+
+
+def jax_predictor(weights, sizes, threads):
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def classes(params, x):
+        h = x
+        for w, b in params[:-1]:
+            h = jax.nn.relu(h @ w.T + b)
+        w, b = params[-1]
+        return jnp.argmax(h @ w.T + b, axis=1)
+
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]
+
+    def predict(x, batch):
+        return np.concatenate([np.asarray(classes(params, x[lo:lo + batch]))
+                               for lo in range(0, len(x), batch)])
+    return predict, f"jax {jax.__version__} jit on {jax.devices()[0].platform}"
+
+
+def infer_rate(peer, sizes, batch, threads, seed):
+    """Classes of the MNIST test images by ``peer``: {samples_per_s, seconds, accuracy...}."""
+    from .datasets import mnist
+    make = {"mlpfast": mlpfast_predictor, "torch": torch_predictor, "jax": jax_predictor}[peer]
+    predict, notes = make(initial_weights(sizes, seed), sizes, threads)
+    _, (x, y) = mnist()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    first = predict(x, batch)                                  # warm-up (and JIT compile)
+    seconds = []
+    for _ in range(benchmark.INFER_ROUNDS):
+        start = time.perf_counter()
+        classes = predict(x, batch)
+        seconds.append(time.perf_counter() - start)
+    if not np.array_equal(first, classes):
+        raise RuntimeError(f"{peer} predicted different classes in two passes")
+    median = float(np.median(seconds))
+    return {"samples_per_s": len(x) / median, "seconds": median, "agree_with": classes.tolist(),
+            "notes": notes}
 
 
 def numpy_step_row(config, seconds, seed=0):
@@ -256,6 +331,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--infer", action="store_true",
+                        help="time inference (predicted classes of the MNIST test set), not "
+                             "training; mlpfast, torch or jax")
     parser.add_argument("--serve", action="store_true",
                         help="numpy only: answer kernel and step timing requests on stdin")
     args = parser.parse_args(argv)
@@ -265,9 +343,14 @@ def main(argv=None):
         serve(sys.stdin, sys.stdout)
         return 0
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.infer and args.peer == "numpy":
+        parser.error("--infer is for mlpfast, torch and jax")
     try:
-        result = train_epochs(args.peer, sizes, args.batch, args.threads, args.epochs,
-                              args.seed)
+        if args.infer:
+            result = infer_rate(args.peer, sizes, args.batch, args.threads, args.seed)
+        else:
+            result = train_epochs(args.peer, sizes, args.batch, args.threads, args.epochs,
+                                  args.seed)
     except ImportError as e:
         result = {"skipped": f"{e.name or args.peer} is not installed "
                              f"({benchmark.INSTALL_HINTS.get(args.peer, '')})"}

@@ -231,3 +231,27 @@ def test_ours_and_the_peer_are_timed_in_turns():
     assert len(row["times"]) == 2 * benchmark.ROUNDS and row["rounds"] == 2 * benchmark.ROUNDS
     assert row["median_s"] == pytest.approx(0.375)       # median of all turns' times
     assert row["rate"] == pytest.approx(2.0 * 0.5 / 0.375)
+
+
+def test_inference_peers_predict_the_classes_of_the_same_model(monkeypatch):
+    # the mlpfast and PyTorch inference peers load the same weights: same classes
+    rng = np.random.default_rng(0)
+    test_x = rng.standard_normal((300, 784)).astype(np.float32)
+    monkeypatch.setattr("mlpfast.datasets.mnist", lambda: (None, (test_x, None)))
+    ours = peers.infer_rate("mlpfast", [784, 16, 10], 128, 1, seed=2)
+    assert ours["samples_per_s"] > 0 and len(ours["agree_with"]) == 300
+    torch = pytest.importorskip("torch")
+    assert torch is not None
+    theirs = peers.infer_rate("torch", [784, 16, 10], 128, 1, seed=2)
+    assert np.mean(np.array(theirs["agree_with"]) == ours["agree_with"]) > 0.99
+
+
+def test_inference_table_gives_rates_ratios_and_agreement(monkeypatch):
+    answers = {"mlpfast": {"samples_per_s": 80000.0, "seconds": 0.125, "agree_with": [1, 2, 3]},
+               "torch": {"samples_per_s": 40000.0, "seconds": 0.25, "agree_with": [1, 2, 0]},
+               "jax": {"skipped": "jax is not installed"}}
+    monkeypatch.setattr(benchmark, "run_peer", lambda peer, args, threads: dict(answers[peer]))
+    results = benchmark.compare_inference(2, lambda line: None)
+    lines = benchmark.format_inference(results)
+    assert "2.00x" in lines[2] and "66.67%" in lines[2] and "skipped: jax" in lines[3]
+    assert [r["variant"] for r in benchmark.inference_rows(results, 2)] == ["mlpfast", "torch"]
