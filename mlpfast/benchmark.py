@@ -850,18 +850,18 @@ def format_inference(results):
 
 def format_compare(results):
     lines = [f"{'configuration':<22} {'peer':<8} {'samples/s':>10} {'s/epoch':>8} "
-             f"{'last loss':>9} {'mlpfast/peer':>12}  notes"]
+             f"{'last loss':>9} {'test acc':>8} {'mlpfast/peer':>12}  notes"]
     ours = {r["config"]: r.get("samples_per_s") for r in results if r["peer"] == "mlpfast"}
     for r in results:
         if "samples_per_s" not in r:
             lines.append(f"{r['config']:<22} {r['peer']:<8} {'-':>10} {'-':>8} {'-':>9} "
-                         f"{'-':>12}  skipped: {r['skipped']}")
+                         f"{'-':>8} {'-':>12}  skipped: {r['skipped']}")
             continue
         ratio = ours.get(r["config"])
         ratio_text = f"{ratio / r['samples_per_s']:.2f}x" if ratio else "-"
         lines.append(f"{r['config']:<22} {r['peer']:<8} {r['samples_per_s']:>10,.0f} "
-                     f"{r['seconds_per_epoch']:>8.2f} {r['loss']:>9.4f} {ratio_text:>12}  "
-                     f"{r.get('notes', '')}")
+                     f"{r['seconds_per_epoch']:>8.2f} {r['loss']:>9.4f} "
+                     f"{100 * r['test_accuracy']:>7.2f}% {ratio_text:>12}  {r.get('notes', '')}")
     return lines
 
 
@@ -876,7 +876,7 @@ def compare_rows(results, threads):
                          "median_s": r["seconds_per_epoch"], "min_s": min(r["epoch_seconds"]),
                          "rate": r["samples_per_s"],
                          "unit": "samples/s", "samples_per_s": r["samples_per_s"],
-                         "loss": r["loss"]})
+                         "loss": r["loss"], "test_accuracy": r["test_accuracy"]})
     return rows
 
 

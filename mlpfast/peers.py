@@ -86,7 +86,14 @@ class NumpyMLP:
 
 def numpy_trainer(weights, threads):
     model = NumpyMLP(weights)
-    return model.step, lambda: None, f"textbook NumPy, {benchmark.blas_info()}"
+
+    def classes(x):
+        h = x
+        for i in range(0, len(model.params), 2):
+            h = h @ model.params[i].T + model.params[i + 1]
+            h = np.maximum(h, 0) if i + 2 < len(model.params) else h
+        return h.argmax(axis=1)
+    return model.step, lambda: None, f"textbook NumPy, {benchmark.blas_info()}", classes
 
 
 def _torch_model(weights, threads):
@@ -115,7 +122,12 @@ def torch_trainer(weights, threads):
         loss.backward()
         optimizer.step()
         return loss.detach()
-    return step, lambda: None, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def classes(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).argmax(1).numpy()
+    return (step, lambda: None, f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            classes)
 
 
 def jax_trainer(weights, threads):
@@ -153,21 +165,29 @@ def jax_trainer(weights, threads):
 
     def sync():
         jax.block_until_ready(state["params"])
-    return step, sync, f"jax {jax.__version__} jit on {jax.devices()[0].platform}"
+
+    def classes(x):
+        h = x
+        for w, b in state["params"][:-1]:
+            h = jax.nn.relu(h @ w.T + b)
+        w, b = state["params"][-1]
+        return np.asarray(jnp.argmax(h @ w.T + b, axis=1))
+    return step, sync, f"jax {jax.__version__} jit on {jax.devices()[0].platform}", classes
 
 
 def train_epochs(peer, sizes, batch, threads, epochs, seed):
-    """Warm-up, then ``epochs`` timed epochs; {samples_per_s, seconds_per_epoch, loss, ...}."""
+    """Warm-up, then ``epochs`` timed epochs; {samples_per_s, seconds_per_epoch, loss,
+    test_accuracy (of the trained model on the 10,000 MNIST test images), ...}."""
     from .datasets import mnist
     weights = initial_weights(sizes, seed)
     if peer != "mlpfast":          # first, so that a missing library is reported at once
         make = {"numpy": numpy_trainer, "torch": torch_trainer, "jax": jax_trainer}[peer]
-        step, sync, notes = make(weights, threads)
-    (x, y), _ = mnist()
+        step, sync, notes, classes = make(weights, threads)
+    (x, y), (x_test, y_test) = mnist()
     n = len(x)
     warm = benchmark.WARMUP_BATCHES * batch + n % batch
     if peer == "mlpfast":
-        return mlpfast_epochs(x, y, weights, sizes, batch, epochs, seed, warm)
+        return mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, warm)
 
     def epoch(order):
         losses = []
@@ -186,14 +206,15 @@ def train_epochs(peer, sizes, batch, threads, epochs, seed):
         start = time.perf_counter()
         losses.append(epoch(order))
         seconds.append(time.perf_counter() - start)
-    return epoch_result(seconds, losses[-1], n, notes)
+    accuracy = float(np.mean(classes(np.ascontiguousarray(x_test, dtype=np.float32)) == y_test))
+    return epoch_result(seconds, losses[-1], n, notes, accuracy)
 
 
-def mlpfast_epochs(x, y, weights, sizes, batch, epochs, seed, warm):
+def mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, warm):
     from . import get_num_threads
     from .losses import CrossEntropyLoss
     from .optim import Adam
-    from .train import fit
+    from .train import fit, predict
     model = _mlpfast_model(weights, sizes, seed)
     optimizer = Adam(model.parameters(), lr=LR)
     fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
@@ -201,13 +222,15 @@ def mlpfast_epochs(x, y, weights, sizes, batch, epochs, seed, warm):
     history = fit(model, optimizer, CrossEntropyLoss(), x, y, epochs=epochs, batch_size=batch,
                   seed=seed + 1, progress=False)
     notes = f"mlpfast backend {model.backend.name}, {get_num_threads()} threads"
-    return epoch_result(history["seconds"], history["loss"][-1], len(x), notes)
+    accuracy = float(np.mean(predict(model, x_test) == y_test))
+    return epoch_result(history["seconds"], history["loss"][-1], len(x), notes, accuracy)
 
 
-def epoch_result(seconds, loss, n, notes):
+def epoch_result(seconds, loss, n, notes, test_accuracy):
     median = float(np.median(seconds))
     return {"samples_per_s": n / median, "seconds_per_epoch": median,
-            "epoch_seconds": [float(s) for s in seconds], "loss": loss, "notes": notes}
+            "epoch_seconds": [float(s) for s in seconds], "loss": loss,
+            "test_accuracy": test_accuracy, "notes": notes}
 
 
 def _mlpfast_model(weights, sizes, seed=None):

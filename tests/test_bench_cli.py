@@ -255,3 +255,31 @@ def test_inference_table_gives_rates_ratios_and_agreement(monkeypatch):
     lines = benchmark.format_inference(results)
     assert "2.00x" in lines[2] and "66.67%" in lines[2] and "skipped: jax" in lines[3]
     assert [r["variant"] for r in benchmark.inference_rows(results, 2)] == ["mlpfast", "torch"]
+
+
+def test_compare_table_shows_test_accuracy_and_ratio():
+    results = [{"peer": "mlpfast", "config": "784-8-10 b64", "samples_per_s": 90000.0,
+                "seconds_per_epoch": 0.67, "loss": 0.25, "test_accuracy": 0.9712},
+               {"peer": "torch", "config": "784-8-10 b64", "samples_per_s": 30000.0,
+                "seconds_per_epoch": 2.0, "loss": 0.25, "test_accuracy": 0.9705}]
+    lines = benchmark.format_compare(results)
+    assert "test acc" in lines[0]
+    assert "97.12%" in lines[1] and "97.05%" in lines[2] and "3.00x" in lines[2]
+
+
+def test_peers_classify_with_their_trained_weights():
+    # each trainer's classes() reads its current parameters: same weights, same classes
+    import mlpfast
+    sizes = [20, 16, 5]
+    weights = peers.initial_weights(sizes, seed=4)
+    x = np.random.default_rng(1).standard_normal((50, 20)).astype(np.float32)
+    model = mlpfast.MLP(sizes, backend="numpy")
+    model.load_state_dict({f"{2 * i}.{k}": v for i, layer in enumerate(weights)
+                           for k, v in zip(("weight", "bias"), layer)})
+    expected = mlpfast.predict(model, x)
+    *_, classes = peers.numpy_trainer(weights, 1)
+    assert np.array_equal(classes(x), expected)
+    torch = pytest.importorskip("torch")
+    assert torch is not None
+    *_, classes = peers.torch_trainer(weights, 1)
+    assert np.array_equal(classes(x), expected)
