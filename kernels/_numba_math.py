@@ -26,7 +26,7 @@ them (activations, softmax, cross-entropy) keep up with memory only when the mat
                  1 + 3e-7 and the result clipped to [-1, 1], so Phi is exactly 0 and 1
                  far out), absolute error < 4e-7 (an absolute error: in the far left tail
                  Phi is 0, where the float64 reference has 1e-9)
-    row_max(row)   the largest element of a 1-D array, vectorized
+    row_max(row)   the largest element of a 1-D array, vectorized (llvm.maxnum)
 The tests check every kernel that uses them against the float64 NumPy references.
 Measured (python bench/compare_bandwidth.py, see there): these forms made tanh, gelu,
 softmax and cross-entropy 1.2-1.6x faster on arrays past L2 than the previous Taylor
@@ -41,6 +41,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
@@ -187,18 +188,28 @@ def _normal_cdf_impl(x):
         return lambda x: 0.5 * math.erfc(-x * SQRT_HALF)
 
 
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """max(a, b) as LLVM's llvm.maxnum (a NaN operand is ignored); a, b the same float type."""
+    if not isinstance(a, types.Float) or a != b:
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(a)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]),
+                                            f"llvm.maxnum.f{a.bitwidth}")
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
 @njit(fastmath=True, cache=True)
 def row_max(row):
-    """max of a 1-D array, as 8 interleaved running maxima: LLVM does not vectorize a
-    single max(top, x) chain (measured 18x slower on rows of 1024 float32)."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
-    n8 = row.shape[0] // 8 * 8
-    for j in range(0, n8, 8):
-        m0 = max(m0, row[j]); m1 = max(m1, row[j + 1])
-        m2 = max(m2, row[j + 2]); m3 = max(m3, row[j + 3])
-        m4 = max(m4, row[j + 4]); m5 = max(m5, row[j + 5])
-        m6 = max(m6, row[j + 6]); m7 = max(m7, row[j + 7])
-    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    for j in range(n8, row.shape[0]):
-        top = max(top, row[j])
+    """max of a 1-D array. LLVM vectorizes the llvm.maxnum chain as a reduction; it does
+    not vectorize max() or a compare-and-select chain (Numba puts no fast-math flags on
+    comparisons): 17.5 against 0.8 Gelem/s on rows of 1024 float32 in L1."""
+    top = row[0]
+    for j in range(1, row.shape[0]):
+        top = _maxnum(top, row[j])
     return top

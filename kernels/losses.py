@@ -103,11 +103,13 @@ VARIANTS = {"numpy": {
 @njit(fastmath=True, cache=True)
 def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
     """(sum of the rows' losses, number of rows whose argmax is the label)."""
-    scale = logits.dtype.type(1.0 / logits.shape[0])
+    batch = float(logits.shape[0])
+    scale = logits.dtype.type(1.0 / batch)
     loss = 0.0
     correct = 0
     for i in range(row_start, row_end):
         row = logits[i]
+        label = labels[i]
         top = nm.row_max(row)
         total = logits.dtype.type(0)
         if with_grad:                       # keep exp(x - max) in grad, scale it below
@@ -116,21 +118,22 @@ def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
                 e = nm.exp(row[j] - top)
                 g[j] = e
                 total += e
+            # 1 / (B sum) rounded from float64: written as scale / total in float32,
+            # LLVM multiplies each element by scale and by 1 / total (measured 12% slower
+            # on 64 MiB of logits)
+            inv = logits.dtype.type(1.0 / (batch * total))
+            for j in range(row.shape[0]):
+                g[j] *= inv
+            g[label] -= scale
         else:
             for j in range(row.shape[0]):
                 total += nm.exp(row[j] - top)
-        label = labels[i]
         loss += math.log(total) + top - row[label]
         if row[label] == top:               # argmax is the first maximum: no tie before label
             ties_before = 0
             for j in range(label):
                 ties_before += row[j] == top
             correct += ties_before == 0
-        if with_grad:
-            inv = scale / total
-            for j in range(row.shape[0]):
-                g[j] *= inv
-            g[label] -= scale
     return loss, correct
 
 
