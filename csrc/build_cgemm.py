@@ -18,16 +18,21 @@ int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                     double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
+int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
+               float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
+               float weight_decay, float decay);
+double mlpf_ssum_squares(const float *x, int64_t n);
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 const char *mlpf_kernel_name(void);
 int mlpf_set_kernel(const char *name);
 """
 
-# gemm.c: checks, dispatch, packing, blocking; threadpool.c: the pthread pool; one file per
-# micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
+# gemm.c: checks, dispatch, packing, blocking; optim.c: Adam and the gradient check on the
+# same threads; threadpool.c: the pthread pool; one file per micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
 # runs on any x86-64 and picks its kernel at run time; elsewhere only the portable one.
-SOURCES = ["gemm.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c", "kernel_portable.c"]
+SOURCES = ["gemm.c", "optim.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c",
+           "kernel_portable.c"]
 
 
 def make_builder(module_name="mlpfast._cgemm", define_macros=()):
@@ -41,7 +46,7 @@ def make_builder(module_name="mlpfast._cgemm", define_macros=()):
         sources=[os.path.join(HERE, name) for name in SOURCES],
         include_dirs=[HERE],
         define_macros=list(define_macros),
-        extra_compile_args=["-O3", "-std=gnu11", "-pthread"],
+        extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fno-math-errno"],
         extra_link_args=["-pthread"],
     )
     return builder

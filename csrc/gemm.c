@@ -173,13 +173,7 @@ static void pack_cols_portable(int R, int64_t kc, int64_t rows, const float *src
 
 /* --- activation derivative: C *= f'(Y) (mlpf_sgemm_dact, mlpf_dgemm_dact) ------------- */
 
-/* One function per precision; on x86 GCC clones it for AVX-512 and AVX2 and picks the
- * clone at load time, so the loops vectorize without -march flags. */
-#ifdef MLPF_X86
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+/* One function per precision (VECTOR_CLONES: one clone per ISA, see gemm_kernels.h). */
 
 #define DEFINE_APPLY_DACT(NAME, T)                                                        \
 VECTOR_CLONES static void NAME(int64_t rows, int64_t cols, T *c, int64_t ldc,            \

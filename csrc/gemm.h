@@ -46,6 +46,18 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                     double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
 
+/* Passes over a model's flat float32 buffers, on the same threads as the GEMM (optim.c).
+ * mlpf_sadam: one Adam/AdamW step over n parameters, in place (kernels/optim.py has the
+ * formulas): g = grad + weight_decay p; m = beta1 m + (1 - beta1) g; v = beta2 v +
+ * (1 - beta2) g^2; p = p decay - step_size m / (sqrt(v) inv_bc2_sqrt + eps). Returns MLPF_OK
+ * or MLPF_ERR_SHAPE (n < 0) / MLPF_ERR_NULL.
+ * mlpf_ssum_squares: sum of x^2 in float32 running sums, NaN or inf when any x is, or when
+ * it overflows (the finiteness check of the gradients). */
+int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
+               float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
+               float weight_decay, float decay);
+double mlpf_ssum_squares(const float *x, int64_t n);
+
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);

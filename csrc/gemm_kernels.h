@@ -68,6 +68,15 @@ extern const mlpf_sgemm_config mlpf_sgemm_avx2_config;
 extern const mlpf_sgemm_config mlpf_sgemm_avx512_config;
 #endif
 
+/* A plain C loop that GCC should vectorize for the CPU it runs on: on x86 it is compiled
+ * for AVX-512, AVX2 and baseline x86-64, and the clone is picked at load time (no -march
+ * flags, so one build runs anywhere). */
+#ifdef MLPF_X86
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 /* The largest register tile of any kernel (size of the driver's scratch edge tile). */
 #define MLPF_MAX_MR 16
 #define MLPF_MAX_NR 32

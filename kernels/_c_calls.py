@@ -8,6 +8,7 @@ other. ``c_addresses()`` gives the addresses to pass, from the loaded mlpfast._c
     sgemm(address, a, b, c, trans_b, bias, act)       c = act(a @ op(b) + bias)
     sgemm_at(address, a, b, c)                         c = a.T @ b
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
+    sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
 All arrays float32, C-contiguous; the caller has checked the shapes.
 """
 from llvmlite import ir
@@ -24,6 +25,8 @@ _SGEMM = ir.FunctionType(_I32, [_I32, _I32, _I64, _I64, _I64, _F32, _PTR, _I64, 
 # int mlpf_sgemm_dact(int, int, int64 m, n, k, float alpha, const float *a, int64 lda,
 #                     const float *b, int64 ldb, float *c, int64 ldc, const float *y,
 #                     int64 ldy, int dact)
+# double mlpf_ssum_squares(const float *x, int64 n)
+_SUM_SQUARES = ir.FunctionType(ir.DoubleType(), [_PTR, _I64])
 _SGEMM_DACT = ir.FunctionType(_I32, [_I32, _I32, _I64, _I64, _I64, _F32, _PTR, _I64, _PTR,
                                      _I64, _PTR, _I64, _PTR, _I64, _I32])
 
@@ -63,6 +66,11 @@ def _call_sgemm_dact(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, ld
     return sig, _codegen(_SGEMM_DACT)
 
 
+@intrinsic
+def _call_sum_squares(typingctx, address, x, n):
+    return types.float64(address, x, n), _codegen(_SUM_SQUARES)
+
+
 @njit(cache=True)
 def sgemm(address, a, b, c, trans_b, bias, act):
     """c (m, n) = act(a (m, k) @ op(b) + bias): op(b) = b (k, n), or b.T for b (n, k) when
@@ -92,10 +100,17 @@ def sgemm_dact(address, a, b, c, y, dact):
                             c.ctypes.data, n, y.ctypes.data, n, dact)
 
 
+@njit(cache=True)
+def sum_squares(address, x):
+    """sum of x^2 over the 1-D x, on the C GEMM's threads (mlpf_ssum_squares)."""
+    return _call_sum_squares(address, x.ctypes.data, x.shape[0])
+
+
 def c_addresses():
-    """(mlpf_sgemm, mlpf_sgemm_dact) addresses as ints, from the loaded C extension."""
+    """(mlpf_sgemm, mlpf_sgemm_dact, mlpf_ssum_squares) addresses as ints, from the loaded
+    C extension."""
     from .gemm import _c_lib
     lib = _c_lib()
     ffi = lib.ffi
     return tuple(int(ffi.cast("intptr_t", ffi.addressof(lib.lib, name)))
-                 for name in ("mlpf_sgemm", "mlpf_sgemm_dact"))
+                 for name in ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares"))

@@ -9,7 +9,7 @@ identity for the last layer, whose outputs are the logits). With h_0 = x[index]:
                dz_{L-1} = (softmax(h_L) - onehot(y)) / B           also gives the gradient
     backward   dW_l = dz_l.T @ h_l,  db_l = sum_i dz_l[i]           C GEMM, column sums
                dz_{l-1} = (dz_l @ W_l) * f'_{l-1}(h_l)   (l > 0)    C GEMM, f' in its epilogue
-    check      the loss and sum(g^2) over every gradient are finite
+    check      the loss and sum(g^2) over every gradient are finite    (C, GEMM threads)
 
 The optimizer step stays with the optimizer (one kernel over the flat parameter buffer).
 Per step Python makes one call here instead of about twenty backend calls, each with its
@@ -37,8 +37,8 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _train_step(sgemm, sgemm_dact, src_x, src_y, index, weights, biases, weight_grads,
-                bias_grads, activations, hs, dzs, labels, flat_grad):
+def _train_step(sgemm, sgemm_dact, sum_squares, src_x, src_y, index, weights, biases,
+                weight_grads, bias_grads, activations, hs, dzs, labels, flat_grad):
     """One forward + backward pass; returns (sum of the rows' losses, correct rows, status).
 
     src_x (N, in_0), src_y (N,) int: the dataset; index (B,): its rows in this batch.
@@ -100,9 +100,7 @@ def _train_step(sgemm, sgemm_dact, src_x, src_y, index, weights, biases, weight_
         if status != 0:
             return 0.0, 0, C_ERROR
 
-    squares = np.float32(0)                                 # NaN or inf in any gradient
-    for i in range(flat_grad.shape[0]):                     # makes the sum NaN or inf
-        squares += flat_grad[i] * flat_grad[i]
+    squares = _c_calls.sum_squares(sum_squares, flat_grad)  # NaN or inf if any gradient is
     if not (math.isfinite(loss) and math.isfinite(squares)):
         return loss, correct, NOT_FINITE
     return loss, correct, OK

@@ -4,6 +4,9 @@ All arrays of one call have the same shape (one parameter, or the flat buffer
 holding every parameter of a model). Versions:
     numpy   the references below
     numba   each update as one parallel pass over the flat arrays
+    c       adam only: the same pass in C (csrc/optim.c) on the C GEMM's threads, which
+            right after a training step's last GEMM are still awake: no OpenMP wake-up,
+            no two pools sharing the cores (float64 goes to the numba kernel)
 
 ``VARIANTS[variant]`` maps op names to functions:
     "sgd"   f(param, grad, momentum_buf, *, lr, momentum, nesterov, weight_decay, first_step)
@@ -25,6 +28,7 @@ from numba import njit, prange
 
 from . import _numba_config
 from ._checks import check_float_array, check_same_shape
+from .gemm import _c_lib, c_available
 
 
 def _check_state(param, writeable=(), **arrays):
@@ -124,6 +128,16 @@ def _flat_views(names_arrays):
     return views
 
 
+def _adam_views(param, grad, exp_avg, exp_avg_sq, step):
+    """The four arrays of an Adam step as 1-D views, after checking them and the step."""
+    _check_state(param, ("exp_avg", "exp_avg_sq"), grad=grad, exp_avg=exp_avg,
+                 exp_avg_sq=exp_avg_sq)
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    return _flat_views([("param", param), ("grad", grad), ("exp_avg", exp_avg),
+                        ("exp_avg_sq", exp_avg_sq)])
+
+
 def sgd_numba(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
               first_step=False):
     _check_state(param, ("momentum_buf",), grad=grad, momentum_buf=momentum_buf)
@@ -138,12 +152,7 @@ def sgd_numba(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, we
 
 def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
                eps=1e-8, weight_decay=0.0, decoupled=False):
-    _check_state(param, ("exp_avg", "exp_avg_sq"), grad=grad, exp_avg=exp_avg,
-                 exp_avg_sq=exp_avg_sq)
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
-    views = _flat_views([("param", param), ("grad", grad), ("exp_avg", exp_avg),
-                         ("exp_avg_sq", exp_avg_sq)])
+    views = _adam_views(param, grad, exp_avg, exp_avg_sq, step)
     t = param.dtype.type
     decay_factor = 1.0 - lr * weight_decay if decoupled else 1.0
     l2 = 0.0 if decoupled else weight_decay
@@ -153,3 +162,23 @@ def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0
 
 
 VARIANTS["numba"] = {"sgd": sgd_numba, "adam": adam_numba}
+
+
+def adam_c(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=0.0, decoupled=False):
+    if param.dtype != np.float32:
+        return adam_numba(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
+                          beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
+    views = _adam_views(param, grad, exp_avg, exp_avg_sq, step)
+    lib = _c_lib()
+    pointers = [lib.ffi.from_buffer("float[]", a) for a in views]
+    decay_factor = 1.0 - lr * weight_decay if decoupled else 1.0
+    rc = lib.lib.mlpf_sadam(*pointers, param.size, lr / (1.0 - beta1 ** step), beta1, beta2,
+                            1.0 / math.sqrt(1.0 - beta2 ** step), eps,
+                            0.0 if decoupled else weight_decay, decay_factor)
+    if rc != 0:
+        raise RuntimeError(f"mlpf_sadam failed with status {rc}")
+
+
+if c_available():
+    VARIANTS["c"] = {"adam": adam_c}

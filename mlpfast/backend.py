@@ -228,13 +228,14 @@ def _cpu_backend():
     the C extension when it is built. Rule, from bench/compare_gemm_numba.py: the C
     GEMM was at least as fast as the Numba GEMM at every square and MLP shape measured
     (1 and 2 threads), so it is used for every shape; the Numba GEMM is the fallback."""
-    from .kernels import _numba_config, gemm, linear, mlp_step
+    from .kernels import _numba_config, gemm, linear, mlp_step, optim
     ops, acts = _registry_table("numba")
     fused = linear.FUSED["numba"]
     info = dict(_numba_config.info(), gemm="numba")
     if gemm.c_available():
         ops["gemm"] = gemm.VARIANTS["c"]
         ops.update(linear.VARIANTS["cpu"])
+        ops.update(optim.VARIANTS["c"])
         ops["mlp_train_step"] = mlp_step.MLPTrainStep
         fused = linear.FUSED["cpu"]
         info["gemm"] = "c"

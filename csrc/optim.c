@@ -1,0 +1,120 @@
+/* Memory-bound passes over a model's flat float32 buffers on the GEMM's thread pool
+ * (API in gemm.h): the Adam/AdamW update and the sum of squares that checks gradients.
+ *
+ * Why here and not only in Numba: in a training step these passes come right after the
+ * step's last GEMM, while the pool's workers still spin, so they start on every core at
+ * once; a Numba parallel kernel would first wake OpenMP's sleeping threads (about 55 us
+ * here) and then share the cores with the spinning GEMM workers. Each thread takes one
+ * contiguous range, cut at multiples of 16 floats (64-byte cache lines).
+ */
+#include <math.h>
+#include <stdint.h>
+#include "gemm.h"
+#include "gemm_kernels.h"
+#include "threadpool.h"
+
+/* Below this many elements one core does the pass in a few microseconds; with the pool's
+ * workers asleep, waking them (tens of us) costs more than half of a pass this long. */
+static const int64_t MIN_PARALLEL = 1 << 15, MIN_PARALLEL_ASLEEP = 1 << 20;
+
+static int pass_threads(int64_t n)
+{
+    const int64_t least = mlpf_pool_awake() ? MIN_PARALLEL : MIN_PARALLEL_ASLEEP;
+    return n < least ? 1 : mlpf_get_num_threads();
+}
+
+static int64_t range_start(int64_t n, int threads, int index)
+{
+    const int64_t lines = (n + 15) / 16;
+    const int64_t start = lines * index / threads * 16;
+    return start < n ? start : n;
+}
+
+/* --- Adam / AdamW ------------------------------------------------------------------------ */
+
+typedef struct {
+    float *p;
+    const float *g;
+    float *m, *v;
+    int64_t n;
+    float step_size, beta1, beta2, inv_bc2_sqrt, eps, weight_decay, decay;
+} adam_call;
+
+/* The update of kernels/optim.py, element by element:
+ *   g = grad + wd p (Adam), p *= 1 - lr wd (AdamW: decay);  m = b1 m + (1 - b1) g;
+ *   v = b2 v + (1 - b2) g^2;  p -= step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+VECTOR_CLONES static void adam_range(const adam_call *c, int64_t lo, int64_t hi)
+{
+    float *restrict p = c->p, *restrict m = c->m, *restrict v = c->v;
+    const float *restrict g = c->g;
+    const float b1 = c->beta1, b2 = c->beta2;
+    for (int64_t i = lo; i < hi; i++) {
+        const float grad = g[i] + c->weight_decay * p[i];
+        const float m_i = b1 * m[i] + (1.0f - b1) * grad;
+        const float v_i = b2 * v[i] + (1.0f - b2) * grad * grad;
+        m[i] = m_i;
+        v[i] = v_i;
+        p[i] = p[i] * c->decay - c->step_size * m_i / (sqrtf(v_i) * c->inv_bc2_sqrt + c->eps);
+    }
+}
+
+static void adam_task(void *arg, int index, int threads)
+{
+    const adam_call *c = arg;
+    adam_range(c, range_start(c->n, threads, index), range_start(c->n, threads, index + 1));
+}
+
+int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
+               float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
+               float weight_decay, float decay)
+{
+    if (n < 0) return MLPF_ERR_SHAPE;
+    if (n && (!param || !grad || !exp_avg || !exp_avg_sq)) return MLPF_ERR_NULL;
+    adam_call c = {param, grad, exp_avg, exp_avg_sq, n, step_size, beta1, beta2, inv_bc2_sqrt,
+                   eps, weight_decay, decay};
+    mlpf_pool_run(pass_threads(n), adam_task, &c);
+    return MLPF_OK;
+}
+
+/* --- sum of squares ------------------------------------------------------------------------ */
+
+enum { MAX_PARTS = 256 };
+
+typedef struct {
+    const float *x;
+    int64_t n;
+    double part[MAX_PARTS];
+} squares_call;
+
+/* Sixteen float32 running sums (one vector), added in double at the end: NaN or inf in x
+ * makes the sum NaN or inf, and so does |x| beyond about 1.8e19 (x^2 overflows). */
+VECTOR_CLONES static double squares_range(const float *restrict x, int64_t lo, int64_t hi)
+{
+    float lanes[16] = {0};
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16)
+        for (int j = 0; j < 16; j++) lanes[j] += x[i + j] * x[i + j];
+    for (; i < hi; i++) lanes[0] += x[i] * x[i];
+    double total = 0.0;
+    for (int j = 0; j < 16; j++) total += lanes[j];
+    return total;
+}
+
+static void squares_task(void *arg, int index, int threads)
+{
+    squares_call *c = arg;
+    c->part[index] = squares_range(c->x, range_start(c->n, threads, index),
+                                   range_start(c->n, threads, index + 1));
+}
+
+double mlpf_ssum_squares(const float *x, int64_t n)
+{
+    if (n <= 0 || !x) return 0.0;
+    squares_call c = {.x = x, .n = n};
+    int threads = pass_threads(n);
+    if (threads > MAX_PARTS) threads = MAX_PARTS;
+    threads = mlpf_pool_run(threads, squares_task, &c);
+    double total = 0.0;
+    for (int t = 0; t < threads; t++) total += c.part[t];
+    return total;
+}
