@@ -122,6 +122,19 @@ def _exp_impl(x):
         return lambda x: math.exp(x)
 
 
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (softmax, cross-entropy, Gaussians): in float32 one clamp fewer."""
+    return math.exp(x)
+
+
+@overload(exp_nonpositive, jit_options={"fastmath": True})
+def _exp_nonpositive_impl(x):
+    if x == types.float32:
+        return lambda x: _exp32_in_range(max(x, np.float32(-87.3)))
+    if isinstance(x, types.Float):
+        return lambda x: math.exp(x)
+
+
 def _odd_rational32(x, p, q):
     """x P(x^2) / Q(x^2) in float32, P and Q given by their coefficients, lowest first."""
 
@@ -148,7 +161,7 @@ def tanh(x):
 def _tanh_impl(x):
     if x == types.float32:
         def tanh32(x):
-            e = _exp32_in_range(max(np.float32(-2) * abs(x), np.float32(-87.3)))
+            e = exp_nonpositive(np.float32(-2) * abs(x))
             t = np.float32(1) - np.float32(2) * e / (np.float32(1) + e)   # exactly 1 for tiny e
             return math.copysign(t, x)
         return tanh32
@@ -166,7 +179,7 @@ def _sigmoid_impl(x):
         one = as_dtype(x).type(1)
 
         def sigmoid_impl(x):
-            e = exp(-abs(x))
+            e = exp_nonpositive(-abs(x))
             r = one / (one + e)
             return r if x >= 0 else e * r
         return sigmoid_impl

@@ -240,17 +240,20 @@ def _gelu_backward_numba(grad_y, x, out):
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[i, j]
-            out[i, j] = grad_y[i, j] * (nm.normal_cdf(v) + v * inv_sqrt_2pi * nm.exp(-half * v * v))
+            pdf = inv_sqrt_2pi * nm.exp_nonpositive(-half * v * v)
+            out[i, j] = grad_y[i, j] * (nm.normal_cdf(v) + v * pdf)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _gelu_tanh_forward_numba(x, out):
-    half, one = x.dtype.type(0.5), x.dtype.type(1)
-    c0, c1 = x.dtype.type(SQRT_2_OVER_PI), x.dtype.type(GELU_TANH_C)
+    """y = 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)), u = c0 (v + c1 v^3): one exp and one
+    division, no sign handling; exp(-2u) is clamped, so y -> 0 without overflow."""
+    one = x.dtype.type(1)
+    k0, k1 = x.dtype.type(-2 * SQRT_2_OVER_PI), x.dtype.type(-2 * SQRT_2_OVER_PI * GELU_TANH_C)
     for i in prange(x.shape[0]):
         for j in range(x.shape[1]):
             v = x[i, j]
-            out[i, j] = half * v * (one + nm.tanh(c0 * (v + c1 * v * v * v)))
+            out[i, j] = v / (one + nm.exp(v * (k0 + k1 * v * v)))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -272,7 +275,7 @@ def _softmax_forward_numba(x, out):
         top = nm.row_max(row)
         total = x.dtype.type(0)
         for j in range(row.shape[0]):
-            e = nm.exp(row[j] - top)
+            e = nm.exp_nonpositive(row[j] - top)
             dst[j] = e
             total += e
         scale = x.dtype.type(1) / total

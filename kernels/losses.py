@@ -115,7 +115,7 @@ def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
         if with_grad:                       # keep exp(x - max) in grad, scale it below
             g = grad[i]
             for j in range(row.shape[0]):
-                e = nm.exp(row[j] - top)
+                e = nm.exp_nonpositive(row[j] - top)
                 g[j] = e
                 total += e
             # 1 / (B sum) rounded from float64: written as scale / total in float32,
@@ -127,7 +127,7 @@ def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
             g[label] -= scale
         else:
             for j in range(row.shape[0]):
-                total += nm.exp(row[j] - top)
+                total += nm.exp_nonpositive(row[j] - top)
         loss += math.log(total) + top - row[label]
         if row[label] == top:               # argmax is the first maximum: no tie before label
             ties_before = 0
