@@ -158,8 +158,8 @@ VARIANTS = {"numpy": REFERENCE}
 #
 # One kernel per formula: prange over rows, a vectorized loop over columns, written into
 # ``out`` (which may be x for forward, grad_y for backward). exp/tanh/sigmoid/Phi come
-# from _numba_math: polynomial approximations in float32 (they vectorize; libm does
-# not), libm in float64.
+# from _numba_math: polynomial and rational approximations in float32 (they vectorize;
+# libm does not), libm in float64. Fractions of copy bandwidth: see _numba_math.
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _copy_numba(x, out):
