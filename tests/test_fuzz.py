@@ -376,6 +376,23 @@ def test_fuzz_linear_forward_arguments(variant, data):
 
 
 @FUZZ
+@given(st.sampled_from([v for v in linear.VARIANTS if "linear_grad_input" in linear.VARIANTS[v]]),
+       st.data())
+def test_fuzz_linear_grad_input_arguments(variant, data):
+    rows, n_in, n_out = (data.draw(st.integers(0, 6)) for _ in range(3))
+    grad_y = data.draw(arrays((rows, n_out)))
+    w = data.draw(arrays((n_out, n_in)))
+    activation = data.draw(st.sampled_from(list(linear.DERIVATIVE_FROM_OUTPUT) + ["gelu"]))
+    x = data.draw(st.one_of(st.none(), arrays((rows, n_in))))
+    out = data.draw(st.sampled_from(["none", "fresh", "alias"]))
+    out = {"none": None, "alias": x}.get(out, None) if out != "fresh" else \
+        data.draw(arrays((rows, n_in), wrong=0.2))
+    _call_and_check(linear.VARIANTS[variant]["linear_grad_input"],
+                    linear.VARIANTS["numpy"]["linear_grad_input"], (grad_y, w, activation, x, out),
+                    {})
+
+
+@FUZZ
 @given(st.sampled_from(sorted(activations.VARIANTS)), st.sampled_from(activations.NAMES),
        st.data())
 def test_fuzz_activation_arguments(variant, name, data):
@@ -420,7 +437,7 @@ def test_fuzz_optimizer_arguments(variant, data):
     param = data.draw(arrays(shape))
     grad, state1, state2 = (data.draw(arrays(shape)) for _ in range(3))
     table, reference = optim.VARIANTS[variant], optim.VARIANTS["numpy"]
-    if data.draw(st.booleans()):
+    if "sgd" in table and data.draw(st.booleans()):
         momentum = data.draw(st.sampled_from([0.0, 0.9]))
         _call_and_check(table["sgd"], reference["sgd"],
                         (param, grad, state1 if momentum else None),
@@ -454,13 +471,15 @@ def test_fuzz_gather_arguments(variant, draw_data):
 # fixed, the XPASS fails, and the exclusion and the mark go.
 
 def _optimizer_calls(variant, param, state):
+    """A call of each optimizer kernel the variant has (sgd, adam)."""
     grad = np.ones_like(param)
     table = optim.VARIANTS[variant]
-    return (lambda: table["sgd"](param, grad, state, lr=0.1, momentum=0.9, nesterov=False,
-                                 weight_decay=0.0, first_step=False),
-            lambda: table["adam"](param, grad, state, np.ones_like(param), step=1, lr=1e-3,
-                                  beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                                  decoupled=False))
+    calls = {"sgd": lambda: table["sgd"](param, grad, state, lr=0.1, momentum=0.9,
+                                         nesterov=False, weight_decay=0.0, first_step=False),
+             "adam": lambda: table["adam"](param, grad, state, np.ones_like(param), step=1,
+                                           lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                                           weight_decay=0.0, decoupled=False)}
+    return [call for op, call in calls.items() if op in table]
 
 
 @pytest.mark.parametrize("variant", sorted(optim.VARIANTS))
