@@ -224,10 +224,13 @@ def _numba_backend():
 
 
 def _cpu_backend():
-    """The fastest CPU mix: the Numba kernels, with the GEMM and the linear forward of
-    the C extension when it is built. Rule, from bench/compare_gemm_numba.py: the C
-    GEMM was at least as fast as the Numba GEMM at every square and MLP shape measured
-    (1 and 2 threads), so it is used for every shape; the Numba GEMM is the fallback."""
+    """The fastest CPU mix: the Numba kernels, with from the C extension, when it is
+    built: the GEMM, the linear forward and input gradient (GEMM epilogues), Adam, and
+    the compiled MLP step of fit (kernels/mlp_step.py). Rule, from
+    bench/compare_gemm_numba.py: the C GEMM was at least as fast as the Numba GEMM at
+    every square and MLP shape measured (1 and 2 threads), so it is used for every shape;
+    the Numba GEMM is the fallback. Adam in C runs on the GEMM's threads, awake right
+    after a step's last GEMM, where the Numba kernel would wake OpenMP's."""
     from .kernels import _numba_config, gemm, linear, mlp_step, optim
     ops, acts = _registry_table("numba")
     fused = linear.FUSED["numba"]
