@@ -11,6 +11,7 @@ checked against its NumPy reference (on a slice) before timing. Rounds interleav
 kernels, so that a noisy neighbour slows all of them alike.
 """
 import argparse
+import os
 import statistics
 
 import numpy as np
@@ -110,7 +111,7 @@ def main():
     from mlpfast.kernels import _numba_config
     print(f"variant {args.variant}; arrays of {args.mib} MiB float32; GB/s of bytes that "
           f"must move; median of {args.rounds} interleaved rounds; Numba 512-bit vectors: "
-          f"{_numba_config.VECTOR_512}")
+          f"{_numba_config.VECTOR_512}; load average {os.getloadavg()[0]:.2f}")
     for threads in args.threads:
         mlpfast.set_num_threads(threads)
         times = {name: [] for name, *_ in table}
@@ -123,6 +124,7 @@ def main():
         print(f"\n{threads} thread(s): {'kernel':24s} {'GB/s':>7s} {'/ copy':>7s}")
         for name, *_ in table:
             print(f"{'':13s}{name:24s} {gbps[name]:7.1f} {gbps[name] / copy:7.2f}")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

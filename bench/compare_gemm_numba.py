@@ -45,7 +45,8 @@ def main():
     ours = [v for v in ("numba", "c") if v in gemm.VARIANTS]
     shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK]
     print(f"peer NumPy/OpenBLAS with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset; "
-          f"median of {args.rounds} interleaved rounds; GFLOP/s")
+          f"median of {args.rounds} interleaved rounds; GFLOP/s; load average "
+          f"{os.getloadavg()[0]:.2f}")
     print(f"{'shape (m x k . k x n)':28s} {'th':>2s} " + " ".join(f"{v:>8s}" for v in ours)
           + f" {'OpenBLAS':>8s} {'numba/OB':>8s}")
     peer = Peer()
@@ -67,6 +68,7 @@ def main():
                       + f" {gf['openblas']:8.1f} {gf['numba'] / gf['openblas']:8.2f}", flush=True)
     finally:
         peer.close()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
