@@ -269,7 +269,8 @@ GEMM_VECTOR_BYTES = 64  # one AVX-512 register; the tile is 2 vectors wide (NR =
 GEMM_MC = 3072          # rows of the packed A block (3072 x 384 x 4 B = 4.5 MiB, in L3)
 GEMM_KC = 384           # depth of a k block (A micro-panel 12 x 384 x 4 B = 18 KiB, in L1)
 GEMM_NC = 768           # columns of the packed B block (384 x 768 x 4 B = 1.1 MiB, in L2)
-GEMM_SHARED_A_L2_BYTES = 1 << 20   # shared schedule: small chunks while op(A) fits here
+GEMM_SHARED_A_L2_BYTES = 3 << 19   # shared schedule: small chunks while op(A) fits here
+GEMM_SHARED_CHUNKS = 8             # and this many per thread then
 ACT_CODES = {"identity": 0, "relu": 1}
 
 
@@ -658,10 +659,13 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
     bias = _NO_BIAS[a.dtype] if bias is None else bias
     m_pad = -(-m // GEMM_MR) * GEMM_MR
     if grid_m == 1 and grid_n > 1 and m_pad <= GEMM_MC:
-        # columns split: the shared schedule, 4 chunks per thread while the packed op(A)
-        # stays within half of L2, else 2 (each chunk reads all of it again)
-        chunks = threads * (4 if m_pad * k * a.itemsize <= GEMM_SHARED_A_L2_BYTES else 2)
-        chunk_n = min(-(-(-(-n // chunks)) // nr) * nr, GEMM_NC)
+        # columns split: the shared schedule, in chunks of whole NR-wide panels, about
+        # GEMM_SHARED_CHUNKS per thread while the packed op(A) stays in L2, else 2 (each
+        # chunk reads all of it again)
+        in_l2 = m_pad * k * a.itemsize <= GEMM_SHARED_A_L2_BYTES
+        per_thread = GEMM_SHARED_CHUNKS if in_l2 else 2
+        panels = -(-n // nr)
+        chunk_n = min(max(1, panels // (threads * per_thread)) * nr, GEMM_NC)
         a_size, b_size = m_pad * k, chunk_n * kc
         workspace = _WORKSPACE.get(a.dtype, threads, b_size + a_size + GEMM_MR * nr)
         counter = _WORKSPACE.counter()
