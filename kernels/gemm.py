@@ -270,7 +270,7 @@ GEMM_MC = 3072          # rows of the packed A block (3072 x 384 x 4 B = 4.5 MiB
 GEMM_KC = 384           # depth of a k block (A micro-panel 12 x 384 x 4 B = 18 KiB, in L1)
 GEMM_NC = 768           # columns of the packed B block (384 x 768 x 4 B = 1.1 MiB, in L2)
 GEMM_SHARED_A_L2_BYTES = 3 << 19   # shared schedule: small chunks while op(A) fits here
-GEMM_SHARED_CHUNKS = 8             # and this many per thread then
+GEMM_SHARED_CHUNKS = 4             # and about this many per thread then
 ACT_CODES = {"identity": 0, "relu": 1}
 
 
