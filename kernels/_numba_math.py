@@ -34,13 +34,15 @@ side by side in the same run): sigmoid 0.75 -> 0.85, tanh 0.72 -> 0.80, gelu 0.7
 0.77, gelu_tanh 0.66 -> 0.80, softmax 0.53 -> 0.72, softmax-cross-entropy 0.52 -> 0.73,
 gelu backward 0.76 -> 0.80 (relu, the bound for a pass that reads and writes: 0.83-0.86).
 Softmax and cross-entropy are held back by their three passes over each row more than by
-exp: with exp taken out, the same passes reach 0.73-0.78.
+exp: with exp taken out, the same passes reach 0.73-0.78; streaming stores (below) take
+them to 0.76-0.77 on 1 thread.
 
 Numba's on-disk cache keys a kernel on its own source file only: after editing this
 file, delete the kernels' cache (kernels/__pycache__/*.nbi, *.nbc) or the kernels that
 call these functions keep the old machine code.
 """
 import math
+import platform
 
 import numpy as np
 from llvmlite import ir
@@ -230,3 +232,82 @@ def row_max(row):
     for j in range(1, row.shape[0]):
         top = _maxnum(top, row[j])
     return top
+
+
+# --- streaming stores -------------------------------------------------------------------
+#
+# A plain store first reads the line it writes ("read for ownership"), so a kernel that
+# writes a large output moves its bytes twice, and memcpy, which the copy bandwidth is
+# measured with, does not. Streaming (non-temporal) stores write whole 64-byte lines
+# without reading them and without keeping them in cache: softmax and cross-entropy use
+# them for outputs of at least STREAM_MIN_BYTES (python bench/compare_bandwidth.py, 64 MiB:
+# softmax 0.71 -> 0.77 of copy bandwidth on 1 thread, 0.52 -> 0.64 on 2; cross-entropy
+# 0.71 -> 0.76 and 0.50 -> 0.67). Small outputs, which the next layer reads from cache,
+# keep plain stores.
+
+STREAM_MIN_BYTES = 16 << 20
+STREAM_BYTES = 64                     # one AVX-512 store
+
+
+@intrinsic
+def _stream_scaled(typingctx, dst, dst_start, src, src_start, scale):
+    """dst[dst_start:+L] = src[src_start:+L] * scale, L = 64 / itemsize, by one streaming
+    store; &dst[dst_start] must be 64-byte aligned; dst, src 1-D contiguous."""
+    dtype = dst.dtype
+    lanes = STREAM_BYTES * 8 // dtype.bitwidth
+    sig = types.void(dst, types.intp, src, types.intp, dtype)
+
+    def codegen(context, builder, signature, args):
+        dst_arr, d0, src_arr, s0, factor = args
+        vec = ir.VectorType(context.get_value_type(dtype), lanes)
+        dst_ptr = context.make_array(signature.args[0])(context, builder, dst_arr).data
+        src_ptr = context.make_array(signature.args[2])(context, builder, src_arr).data
+        value = builder.load(builder.bitcast(builder.gep(src_ptr, [s0]), vec.as_pointer()),
+                             align=dtype.bitwidth // 8)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        factors = builder.insert_element(ir.Constant(vec, ir.Undefined), factor,
+                                         ir.Constant(ir.IntType(32), 0))
+        value = builder.fmul(value, builder.shuffle_vector(factors, factors, splat))
+        store = builder.store(value, builder.bitcast(builder.gep(dst_ptr, [d0]),
+                                                     vec.as_pointer()), align=STREAM_BYTES)
+        store.set_metadata("nontemporal",
+                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def stream_fence(typingctx):
+    """sfence on x86 (the fence Intel documents for streaming stores), a full fence
+    elsewhere: streaming stores before it are visible to other threads after it."""
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(fastmath=True, cache=True)
+def scale_row(dst, src, scale, stream):
+    """dst[j] = src[j] * scale (dst may be src); with stream, the 64-byte aligned middle of
+    dst by streaming stores (call stream_fence() before other threads read dst)."""
+    n = dst.shape[0]
+    if not stream:
+        for j in range(n):
+            dst[j] = src[j] * scale
+        return
+    lanes = STREAM_BYTES // dst.itemsize
+    head = min(n, (-dst.ctypes.data % STREAM_BYTES) // dst.itemsize)
+    body_end = head + (n - head) // lanes * lanes
+    for j in range(head):
+        dst[j] = src[j] * scale
+    for j in range(head, body_end, lanes):
+        _stream_scaled(dst, j, src, j, scale)
+    for j in range(body_end, n):
+        dst[j] = src[j] * scale

@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from . import _numba_math as nm
 from ._checks import check_float_array, check_out, check_same_shape
-from ._numba_config import parallel_call
+from ._numba_config import get_threads, parallel_call
 
 Activation = namedtuple("Activation", ["forward", "backward"])
 
@@ -269,18 +269,24 @@ def _gelu_tanh_backward_numba(grad_y, x, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _softmax_forward_numba(x, out):
-    for i in prange(x.shape[0]):
-        row, dst = x[i], out[i]
-        top = nm.row_max(row)
-        total = x.dtype.type(0)
-        for j in range(row.shape[0]):
-            e = nm.exp_nonpositive(row[j] - top)
-            dst[j] = e
-            total += e
-        scale = x.dtype.type(1) / total
-        for j in range(row.shape[0]):
-            dst[j] *= scale
+def _softmax_forward_numba(x, scratch, stream, out):
+    """Per row: max, e = exp(x - max) and its sum, out = e / sum. Rows are split into one
+    band per row of scratch (bands, cols); with stream, e goes to scratch and out is
+    written by streaming stores (_numba_math.scale_row), else e goes to out itself."""
+    rows, bands = x.shape[0], scratch.shape[0]
+    for t in prange(bands):
+        for i in range(t * rows // bands, (t + 1) * rows // bands):
+            row, dst = x[i], out[i]
+            e_row = scratch[t] if stream else dst
+            top = nm.row_max(row)
+            total = x.dtype.type(0)
+            for j in range(row.shape[0]):
+                e = nm.exp_nonpositive(row[j] - top)
+                e_row[j] = e
+                total += e
+            nm.scale_row(dst, e_row, x.dtype.type(1) / total, stream)
+        if stream:
+            nm.stream_fence()
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -294,9 +300,18 @@ def _softmax_backward_numba(grad_y, y, out):
             dst[j] = p[j] * (g[j] - dot)
 
 
-def _run(kernel, out, arrays, *scalars):
+def _stream_scratch(out):
+    """(scratch, stream) for a row-wise kernel writing out (rows, cols): one band per
+    thread; scratch rows for e when out is large enough for streaming stores."""
+    bands = max(1, min(get_threads(), out.shape[0]))
+    stream = out.nbytes >= nm.STREAM_MIN_BYTES and out.flags.c_contiguous
+    return np.empty((bands, out.shape[1] if stream else 0), out.dtype), stream
+
+
+def _run(kernel, out, arrays, *scalars, streamed=False):
     """arrays: [(name, 2-D float array)] of one shape and dtype; runs
-    kernel(*arrays, *scalars, out) with out made or checked; returns out."""
+    kernel(*arrays, *scalars, out) with out made or checked; returns out. streamed: the
+    kernel takes (scratch, stream) of _stream_scratch(out) before out."""
     first_name, first = arrays[0]
     check_float_array(first, first_name, 2)
     for name, a in arrays[1:]:
@@ -309,7 +324,8 @@ def _run(kernel, out, arrays, *scalars):
     else:
         check_out(out, first.shape, first.dtype)
     scalars = tuple(first.dtype.type(v) for v in scalars)
-    parallel_call(kernel, *(a for _, a in arrays), *scalars, out)
+    extra = _stream_scratch(out) if streamed else ()
+    parallel_call(kernel, *(a for _, a in arrays), *scalars, *extra, out)
     return out
 
 
@@ -371,7 +387,7 @@ def gelu_tanh_backward_numba(grad_y, x, y, out=None):
 
 
 def softmax_forward_numba(x, out=None):
-    return _run(_softmax_forward_numba, out, [("x", x)])
+    return _run(_softmax_forward_numba, out, [("x", x)], streamed=True)
 
 
 def softmax_backward_numba(grad_y, x, y, out=None):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import DTYPES, GRAD_TOL, assert_close, numerical_grad
 
+import mlpfast
 from mlpfast.kernels import activations
 
 SHAPES = [(1, 1), (3, 7), (17, 129), (64, 10), (5, 1000)]
@@ -73,3 +74,28 @@ def test_forward_in_place_and_extreme_values(variant, name):
     y = act.forward(x, x)                    # out aliases x: allowed for forward
     assert np.isfinite(y).all(), name
     assert_close(y, expected, what=f"{variant} {name}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 129), (5, 1000)])
+def test_numba_softmax_streaming_stores(shape, dtype, threads, rng, monkeypatch):
+    """The streaming-store path (outputs of STREAM_MIN_BYTES and more), forced on small
+    arrays; out starts one element past a 64-byte boundary, so rows have a head, an
+    aligned middle and a tail; out may also be x."""
+    from mlpfast.kernels import _numba_math
+    monkeypatch.setattr(_numba_math, "STREAM_MIN_BYTES", 0)
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(threads)
+    try:
+        x = (3 * rng.standard_normal(shape)).astype(dtype)
+        expected = activations.REFERENCE["softmax"].forward(x.astype(np.float64))
+        buffer = np.empty(x.size + 64, dtype)
+        skip = (-buffer.ctypes.data % 64) // buffer.itemsize + 1
+        out = buffer[skip:skip + x.size].reshape(shape)
+        softmax = activations.VARIANTS["numba"]["softmax"]
+        assert activations._stream_scratch(out)[1]
+        assert_close(softmax.forward(x, out), expected, what="streamed softmax")
+        assert_close(softmax.forward(x, x), expected, what="streamed softmax in place")
+    finally:
+        mlpfast.set_num_threads(previous)

@@ -74,3 +74,31 @@ def test_mse_matches_formula_and_finite_differences(variant, dtype, rng):
     p64, t64 = pred.astype(np.float64), target.astype(np.float64)
     numeric = numerical_grad(lambda: losses.mse_ref(p64, t64), p64)
     assert_close(losses.mse_backward_ref(p64, t64), numeric, tol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,classes", [(1, 2), (7, 10), (129, 41), (40, 1000)])
+def test_numba_cross_entropy_streaming_stores(batch, classes, dtype, threads, rng, monkeypatch):
+    """The streaming-store path for the gradient (grad_out of STREAM_MIN_BYTES and more),
+    forced on small arrays; grad_out starts one element past a 64-byte boundary."""
+    import mlpfast
+    from mlpfast.kernels import _numba_math
+    monkeypatch.setattr(_numba_math, "STREAM_MIN_BYTES", 0)
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(threads)
+    try:
+        logits = (3 * rng.standard_normal((batch, classes))).astype(dtype)
+        labels = rng.integers(0, classes, batch)
+        loss_expected, p = naive_cross_entropy(logits.astype(np.float64), labels)
+        buffer = np.empty(logits.size + 64, dtype)
+        skip = (-buffer.ctypes.data % 64) // buffer.itemsize + 1
+        grad_out = buffer[skip:skip + logits.size].reshape(logits.shape)
+        loss, grad, correct = losses.VARIANTS["numba"]["softmax_cross_entropy"](logits, labels,
+                                                                                 grad_out)
+        assert grad is grad_out
+        assert abs(loss - loss_expected) <= 1e-5 * max(1, loss_expected)
+        assert_close(grad, (p - np.eye(classes)[labels]) / batch)
+        assert correct == int((logits.argmax(axis=1) == labels).sum())
+    finally:
+        mlpfast.set_num_threads(previous)
