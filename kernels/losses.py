@@ -101,7 +101,15 @@ VARIANTS = {"numpy": {
 # adds its loss (in float64) and correct count into its own slot, summed at the end.
 
 @njit(fastmath=True, cache=True)
-def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end, e_row, stream):
+def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
+    """(sum of the rows' losses, number of rows whose argmax is the label), plain stores
+    (kernels/mlp_step.py calls this for its batches)."""
+    return _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end,
+                               logits[0, :0], False)
+
+
+@njit(fastmath=True, cache=True)
+def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_row, stream):
     """(sum of the rows' losses, number of rows whose argmax is the label). With stream,
     exp(x - max) goes to e_row and grad rows are written by streaming stores."""
     batch = float(logits.shape[0])
@@ -145,7 +153,7 @@ def _cross_entropy_numba(logits, labels, grad, with_grad, scratch, stream, band_
     bands = band_loss.shape[0]
     rows = logits.shape[0]
     for t in prange(bands):
-        band_loss[t], band_correct[t] = _cross_entropy_rows(
+        band_loss[t], band_correct[t] = _cross_entropy_band(
             logits, labels, grad, with_grad, t * rows // bands, (t + 1) * rows // bands,
             scratch[t], stream)
 
