@@ -30,7 +30,7 @@ from .losses import _cross_entropy_rows
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")   # codes 0..3, as MLPF_DACT_* in C
 IDENTITY, RELU, SIGMOID, TANH = range(4)
-OK, NOT_FINITE, BAD_INDEX, C_ERROR = range(4)           # status of _train_step
+OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR = range(5)    # status of _train_step
 
 # every fast-math flag but "no NaN / no inf": the finiteness check must see them
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -48,10 +48,13 @@ def _train_step(sgemm, sgemm_dact, sum_squares, src_x, src_y, index, weights, bi
     """
     rows = index.shape[0]
     x = hs[0]
+    classes = weights[len(weights) - 1].shape[0]
     for i in range(rows):                                   # gather the batch
         r = index[i]
         if r < 0 or r >= src_x.shape[0]:
             return 0.0, 0, BAD_INDEX
+        if src_y[r] < 0 or src_y[r] >= classes:
+            return 0.0, 0, BAD_LABEL
         labels[i] = src_y[r]
         source, row = src_x[r], x[i]
         for j in range(row.shape[0]):
@@ -151,8 +154,6 @@ class MLPTrainStep:
         if not isinstance(src_y, np.ndarray) or src_y.dtype != np.int64 \
                 or src_y.shape != src_x.shape[:1]:
             raise ValueError(f"src_y must be int64 labels of shape ({src_x.shape[0]},)")
-        if src_y.size and (src_y.min() < 0 or src_y.max() >= sizes[-1]):
-            raise ValueError(f"src_y must lie in [0, {sizes[-1]}) for {sizes[-1]} outputs")
         if self.rows < 1:
             raise ValueError(f"rows must be positive, got {rows}")
         self._weights, self._weight_grads = tuple(weights), tuple(weight_grads)
@@ -181,6 +182,9 @@ class MLPTrainStep:
             self._hs, self._dzs, self._labels, self._flat_grad)
         if status == BAD_INDEX:
             raise ValueError(f"index must lie in [0, {self._src_x.shape[0]})")
+        if status == BAD_LABEL:
+            classes = self._weights[-1].shape[0]
+            raise ValueError(f"labels must lie in [0, {classes}) for {classes} outputs")
         if status == C_ERROR:
             raise RuntimeError("the C GEMM rejected a call of the compiled MLP step")
         return loss / self.rows, int(correct), status == OK

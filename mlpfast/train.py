@@ -11,8 +11,9 @@ backend. One step: logits = model.forward(x); loss = loss_fn(logits, y);
 model.backward(loss_fn.backward(), input_grad=False) (no dL/dx: only the parameters'
 gradients are needed); loss and gradients checked for NaN/inf; optimizer.step().
 ``make_train_step`` builds that step: on a backend with a compiled MLP step ("cpu") the
-whole of it (gather included) is one call for a chain of Linear layers with fused
-activations (kernels/mlp_step.py), else the layer-by-layer engine (``LayerByLayerStep``).
+whole of it (gather included; a dataset object's gather_batch first) is one call for a
+chain of Linear layers with fused activations (kernels/mlp_step.py), else the
+layer-by-layer engine (``LayerByLayerStep``).
 Checkpoints and exact resume: see ``fit`` and ``mlpfast.checkpoint``.
 """
 import math
@@ -566,18 +567,27 @@ def make_train_step(model, loss_fn, optimizer, train_set, batch_size):
     when it has one that fits the model (see _mlp_layout), else the layer-by-layer one."""
     compiled = model.backend.ops.get("mlp_train_step")
     layout = _mlp_layout(model) if compiled is not None else None
-    if layout is not None and isinstance(loss_fn, CrossEntropyLoss) \
-            and isinstance(train_set, ArrayDataset) and train_set.y.dtype == np.int64 \
-            and model.dtype == np.float32:
-        steps = {}                              # one per batch size: full and tail batches
+    arrays = isinstance(train_set, ArrayDataset)
+    if layout is None or not isinstance(loss_fn, CrossEntropyLoss) \
+            or model.dtype != np.float32 or (arrays and train_set.y.dtype != np.int64):
+        return LayerByLayerStep(model, loss_fn, optimizer, train_set, batch_size)
+    if arrays:                      # the step gathers the rows itself
+        src_x, src_y = train_set.x, train_set.y
+    else:                           # the dataset gathers into buffers the step reads in order
+        src_x = np.empty((batch_size, train_set.num_features), np.float32)
+        src_y = np.empty(batch_size, np.int64)
+        in_order = np.arange(batch_size)
+    steps = {}                      # one per batch size: full and tail batches
 
-        def compiled_step(index):
-            rows = index.shape[0]
-            if rows not in steps:
-                steps[rows] = compiled(*layout, model.flat_grad, train_set.x, train_set.y, rows)
-            return steps[rows](np.ascontiguousarray(index, dtype=np.int64))
-        return compiled_step
-    return LayerByLayerStep(model, loss_fn, optimizer, train_set, batch_size)
+    def compiled_step(index):
+        rows = index.shape[0]
+        if rows not in steps:
+            steps[rows] = compiled(*layout, model.flat_grad, src_x, src_y, rows)
+        if not arrays:
+            train_set.gather_batch(index, src_x[:rows], src_y[:rows])
+            index = in_order[:rows]
+        return steps[rows](np.ascontiguousarray(index, dtype=np.int64))
+    return compiled_step
 
 
 def _mlp_layout(model):

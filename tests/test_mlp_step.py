@@ -81,6 +81,41 @@ def test_fit_uses_the_compiled_step_and_trains_the_same_model(monkeypatch, rng):
     assert h1["train_accuracy"][-1] > 0.8
 
 
+class FramesLike:
+    """A dataset object as the speech frames are: gather_batch fills the caller's buffers."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.num_features, self.num_classes = x.shape[1], int(y.max()) + 1
+
+    def __len__(self):
+        return len(self.x)
+
+    def gather_batch(self, index, x_out, y_out):
+        x_out[...] = self.x[index] * 2.0                 # a transform arrays would not have
+        y_out[...] = self.y[index]
+
+
+def test_dataset_objects_train_through_the_compiled_step_too(monkeypatch, rng):
+    x = rng.standard_normal((150, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 3] > 0)
+    results = []
+    for compiled in (True, False):
+        model = mf.MLP([12, 10, 4], activation="tanh", backend="cpu", seed=0)
+        opt = mf.optim.Adam(model.parameters(), lr=1e-2)
+        if not compiled:
+            monkeypatch.delitem(model.backend.ops, "mlp_train_step")
+        step = train.make_train_step(model, mf.CrossEntropyLoss(), opt, FramesLike(x, y), 32)
+        assert isinstance(step, train.LayerByLayerStep) != compiled
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), FramesLike(x, y), epochs=3,
+                         batch_size=32, seed=1, progress=False)
+        results.append((history, model.flat_data.copy()))
+        monkeypatch.undo()
+    (h1, p1), (h2, p2) = results
+    assert_close(p1, p2, tol=(1e-5, 1e-4))
+    assert h1["train_accuracy"] == h2["train_accuracy"]
+
+
 def test_models_it_does_not_cover_use_the_engine(rng):
     x, y = rng.standard_normal((40, 5)).astype(np.float32), rng.integers(0, 3, 40)
     for model, loss_fn in ((mf.MLP([5, 4, 3], activation="gelu", backend="cpu"),
@@ -118,9 +153,14 @@ def test_bad_arguments_are_named(rng):
         step(np.array([0, 1, 30, 2]))
     with pytest.raises(ValueError, match=r"index must be int64 of shape \(4,\)"):
         step(np.arange(5))
-    with pytest.raises(ValueError, match=r"src_y must lie in \[0, 3\)"):
-        mlp_step.MLPTrainStep(weights, biases, weight_grads, bias_grads, names,
-                              model.flat_grad, x, np.full(30, 3), 4)
+    bad_labels = y.copy()
+    bad_labels[7] = 3
+    before = model.flat_grad.copy()
+    step = mlp_step.MLPTrainStep(weights, biases, weight_grads, bias_grads, names,
+                                 model.flat_grad, x, bad_labels, 4)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for 3 outputs"):
+        step(np.array([5, 6, 7, 8]))
+    assert np.array_equal(model.flat_grad, before)        # refused before any gradient
     with pytest.raises(ValueError, match=r"src_x must be a C-contiguous numeric array \(N, 6\)"):
         mlp_step.MLPTrainStep(weights, biases, weight_grads, bias_grads, names,
                               model.flat_grad, x[:, :5], y, 4)
