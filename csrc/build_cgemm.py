@@ -22,16 +22,18 @@ int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_s
                float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
                float weight_decay, float decay);
 double mlpf_ssum_squares(const float *x, int64_t n);
+int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
+                 const int64_t *index, int64_t rows, float *out);
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 const char *mlpf_kernel_name(void);
 int mlpf_set_kernel(const char *name);
 """
 
-# gemm.c: checks, dispatch, packing, blocking; optim.c: Adam and the gradient check on the
-# same threads; threadpool.c: the pthread pool; one file per micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
+# gemm.c: checks, dispatch, packing, blocking; passes.c: Adam, the gradient check and the
+# batch gather on the same threads; threadpool.c: the pthread pool; one file per micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
 # runs on any x86-64 and picks its kernel at run time; elsewhere only the portable one.
-SOURCES = ["gemm.c", "optim.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c",
+SOURCES = ["gemm.c", "passes.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c",
            "kernel_portable.c"]
 
 

@@ -46,7 +46,7 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                     double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
 
-/* Passes over a model's flat float32 buffers, on the same threads as the GEMM (optim.c).
+/* Passes over a model's flat float32 buffers, on the same threads as the GEMM (passes.c).
  * mlpf_sadam: one Adam/AdamW step over n parameters, in place (kernels/optim.py has the
  * formulas): g = grad + weight_decay p; m = beta1 m + (1 - beta1) g; v = beta2 v +
  * (1 - beta2) g^2; p = p decay - step_size m / (sqrt(v) inv_bc2_sqrt + eps). Returns MLPF_OK
@@ -57,6 +57,11 @@ int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_s
                float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
                float weight_decay, float decay);
 double mlpf_ssum_squares(const float *x, int64_t n);
+/* out[i, :] = src[index[i], :] for i < rows: src (src_rows, cols) with row stride ld, out
+ * (rows, cols) contiguous. MLPF_ERR_SHAPE (out untouched) when an index is outside
+ * [0, src_rows). */
+int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
+                 const int64_t *index, int64_t rows, float *out);
 
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);

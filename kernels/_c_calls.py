@@ -9,6 +9,7 @@ other. ``c_addresses()`` gives the addresses to pass, from the loaded mlpfast._c
     sgemm_at(address, a, b, c)                         c = a.T @ b
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
     sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
+    gather(address, src, index, out)                   out[i] = src[index[i]]
 All arrays float32, C-contiguous; the caller has checked the shapes.
 """
 from llvmlite import ir
@@ -25,6 +26,9 @@ _SGEMM = ir.FunctionType(_I32, [_I32, _I32, _I64, _I64, _I64, _F32, _PTR, _I64, 
 # int mlpf_sgemm_dact(int, int, int64 m, n, k, float alpha, const float *a, int64 lda,
 #                     const float *b, int64 ldb, float *c, int64 ldc, const float *y,
 #                     int64 ldy, int dact)
+# int mlpf_sgather(const float *src, int64 src_rows, int64 ld, int64 cols,
+#                  const int64 *index, int64 rows, float *out)
+_GATHER = ir.FunctionType(_I32, [_PTR, _I64, _I64, _I64, ir.PointerType(_I64), _I64, _PTR])
 # double mlpf_ssum_squares(const float *x, int64 n)
 _SUM_SQUARES = ir.FunctionType(ir.DoubleType(), [_PTR, _I64])
 _SGEMM_DACT = ir.FunctionType(_I32, [_I32, _I32, _I64, _I64, _I64, _F32, _PTR, _I64, _PTR,
@@ -71,6 +75,11 @@ def _call_sum_squares(typingctx, address, x, n):
     return types.float64(address, x, n), _codegen(_SUM_SQUARES)
 
 
+@intrinsic
+def _call_gather(typingctx, address, src, src_rows, ld, cols, index, rows, out):
+    return types.int32(address, src, src_rows, ld, cols, index, rows, out), _codegen(_GATHER)
+
+
 @njit(cache=True)
 def sgemm(address, a, b, c, trans_b, bias, act):
     """c (m, n) = act(a (m, k) @ op(b) + bias): op(b) = b (k, n), or b.T for b (n, k) when
@@ -106,11 +115,20 @@ def sum_squares(address, x):
     return _call_sum_squares(address, x.ctypes.data, x.shape[0])
 
 
+@njit(cache=True)
+def gather(address, src, index, out):
+    """out (B, D) = src[index] for src (N, D) float32, index (B,) int64, on the C GEMM's
+    threads (mlpf_sgather). Returns the C status (nonzero: an index outside [0, N))."""
+    return _call_gather(address, src.ctypes.data, src.shape[0], src.shape[1], src.shape[1],
+                        index.ctypes.data, index.shape[0], out.ctypes.data)
+
+
+NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather")
+
+
 def c_addresses():
-    """(mlpf_sgemm, mlpf_sgemm_dact, mlpf_ssum_squares) addresses as ints, from the loaded
-    C extension."""
+    """The addresses of the C functions in NAMES, as ints, from the loaded C extension."""
     from .gemm import _c_lib
     lib = _c_lib()
     ffi = lib.ffi
-    return tuple(int(ffi.cast("intptr_t", ffi.addressof(lib.lib, name)))
-                 for name in ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares"))
+    return tuple(int(ffi.cast("intptr_t", ffi.addressof(lib.lib, name))) for name in NAMES)

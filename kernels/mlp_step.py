@@ -37,28 +37,34 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _train_step(sgemm, sgemm_dact, sum_squares, src_x, src_y, index, weights, biases,
-                weight_grads, bias_grads, activations, hs, dzs, labels, flat_grad):
+def _train_step(sgemm, sgemm_dact, sum_squares, gather, src_x, src_y, index, weights,
+                biases, weight_grads, bias_grads, activations, hs, dzs, labels, flat_grad):
     """One forward + backward pass; returns (sum of the rows' losses, correct rows, status).
 
-    src_x (N, in_0), src_y (N,) int: the dataset; index (B,): its rows in this batch.
+    sgemm, sgemm_dact, sum_squares, gather: addresses of the C functions (gather 0 when
+    src_x is not float32); src_x (N, in_0), src_y (N,) int: the dataset; index (B,): its
+    rows in this batch.
     weights[l] (out_l, in_l), biases[l] (out_l,) or empty, with their gradients;
     activations[l]: code of f_l; hs[l] (B, in_l) for l <= L (hs[L]: logits); dzs[l]
     (B, out_l); labels (B,) int64; flat_grad: every gradient (the views above share it).
     """
     rows = index.shape[0]
-    x = hs[0]
     classes = weights[len(weights) - 1].shape[0]
-    for i in range(rows):                                   # gather the batch
+    for i in range(rows):                                   # gather the batch: labels,
         r = index[i]
         if r < 0 or r >= src_x.shape[0]:
             return 0.0, 0, BAD_INDEX
         if src_y[r] < 0 or src_y[r] >= classes:
             return 0.0, 0, BAD_LABEL
         labels[i] = src_y[r]
-        source, row = src_x[r], x[i]
-        for j in range(row.shape[0]):
-            row[j] = source[j]
+    x = hs[0]
+    if gather:                                              # rows: float32 on the GEMM's
+        _c_calls.gather(gather, src_x, index, x)            # threads (address, else 0),
+    else:                                                   # or cast to float32 here
+        for i in range(rows):
+            source, row = src_x[index[i]], x[i]
+            for j in range(row.shape[0]):
+                row[j] = source[j]
 
     layers = len(weights)
     for l in range(layers):                                 # forward
@@ -163,7 +169,9 @@ class MLPTrainStep:
         self._dzs = tuple(np.empty((self.rows, n), np.float32) for n in sizes[1:])
         self._labels = np.empty(self.rows, np.int64)
         self._flat_grad, self._src_x, self._src_y = flat_grad, src_x, src_y
-        self._addresses = _c_calls.c_addresses()
+        sgemm, sgemm_dact, sum_squares, gather = _c_calls.c_addresses()
+        self._addresses = (sgemm, sgemm_dact, sum_squares,
+                           gather if src_x.dtype == np.float32 else 0)
 
     @property
     def logits(self):

@@ -4,7 +4,7 @@ All arrays of one call have the same shape (one parameter, or the flat buffer
 holding every parameter of a model). Versions:
     numpy   the references below
     numba   each update as one parallel pass over the flat arrays
-    c       adam only: the same pass in C (csrc/optim.c) on the C GEMM's threads, which
+    c       adam only: the same pass in C (csrc/passes.c) on the C GEMM's threads, which
             right after a training step's last GEMM are still awake: no OpenMP wake-up,
             no two pools sharing the cores (float64 goes to the numba kernel)
 

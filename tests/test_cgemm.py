@@ -445,3 +445,17 @@ def test_narrow_products_every_kernel(kernel, threads, m, n, k, trans_a, trans_b
         gemm.gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, int(relu))
         want = reference(a, b, trans_a, trans_b, alpha, beta, c0, bias, relu)
         assert_close(out, want, tol=tol(np.float32, k), what=f"{kernel} {m}x{n}x{k} relu={relu}")
+
+
+def test_gather_rows_and_its_index_check(threads, rng):
+    lib, ffi = gemm._c_lib().lib, gemm._c_lib().ffi
+    src = rng.standard_normal((1000, 300)).astype(np.float32)
+    index = rng.integers(0, 1000, 257)
+    out = np.full((257, 300), np.nan, np.float32)
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    assert lib.mlpf_sgather(p(src), 1000, 300, 300, p(index, "int64_t[]"), 257, p(out)) == 0
+    assert np.array_equal(out, src[index])
+    index[100] = 1000
+    out[...] = 0
+    assert lib.mlpf_sgather(p(src), 1000, 300, 300, p(index, "int64_t[]"), 257, p(out)) == -1
+    assert (out == 0).all()                              # refused before copying anything

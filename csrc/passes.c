@@ -1,5 +1,6 @@
-/* Memory-bound passes over a model's flat float32 buffers on the GEMM's thread pool
- * (API in gemm.h): the Adam/AdamW update and the sum of squares that checks gradients.
+/* Memory-bound passes of a training step on the GEMM's thread pool (API in gemm.h): the
+ * Adam/AdamW update and the sum of squares that checks the gradients, over a model's flat
+ * float32 buffers, and the gather of a batch's rows.
  *
  * Why here and not only in Numba: in a training step these passes come right after the
  * step's last GEMM, while the pool's workers still spin, so they start on every core at
@@ -9,6 +10,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #include "gemm.h"
 #include "gemm_kernels.h"
 #include "threadpool.h"
@@ -117,4 +119,34 @@ double mlpf_ssum_squares(const float *x, int64_t n)
     double total = 0.0;
     for (int t = 0; t < threads; t++) total += c.part[t];
     return total;
+}
+
+/* --- batch gather ------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *src;
+    int64_t ld, cols;
+    const int64_t *index;
+    int64_t rows;
+    float *out;
+} gather_call;
+
+static void gather_task(void *arg, int index, int threads)
+{
+    const gather_call *c = arg;
+    const int64_t lo = c->rows * index / threads, hi = c->rows * (index + 1) / threads;
+    for (int64_t i = lo; i < hi; i++)
+        memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
+}
+
+int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
+                 const int64_t *index, int64_t rows, float *out)
+{
+    if (rows < 0 || cols < 0 || src_rows < 0 || ld < cols) return MLPF_ERR_SHAPE;
+    if (rows && cols && (!src || !index || !out)) return MLPF_ERR_NULL;
+    for (int64_t i = 0; i < rows; i++)
+        if (index[i] < 0 || index[i] >= src_rows) return MLPF_ERR_SHAPE;
+    gather_call c = {src, ld, cols, index, rows, out};
+    mlpf_pool_run(pass_threads(rows * cols), gather_task, &c);
+    return MLPF_OK;
 }
