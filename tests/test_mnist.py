@@ -80,3 +80,18 @@ def test_real_mnist_loads_with_the_right_shapes_and_values():
         data = gzip.open(path).read() if path.endswith(".gz") else open(path, "rb").read()
         assert hashlib.sha256(data).hexdigest() == digest
     assert os.path.isdir(root)
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(monkeypatch):
+    # 64 MiB of zeros compress to ~64 KiB; with a 1 MiB limit the parser stops early
+    bomb = gzip.compress(b"\0\0\x08\x01" + b"\0" * (64 << 20))
+    monkeypatch.setattr(mnist_mod, "MAX_IDX_BYTES", 1 << 20)
+    with pytest.raises(mnist_mod.IDXError, match="decompresses to more than 1048576 bytes"):
+        mnist_mod.parse_idx(bomb, "bomb.gz")
+
+
+def test_concatenated_gzip_members_are_one_file(rng):
+    images = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    raw = idx_bytes(images)
+    assert np.array_equal(mnist_mod.parse_idx(gzip.compress(raw[:10]) + gzip.compress(raw[10:])),
+                          images)

@@ -39,12 +39,30 @@ class IDXError(ValueError):
     """A file that is not a well-formed IDX file."""
 
 
+MAX_IDX_BYTES = 1 << 31     # 2 GiB, 45x the MNIST training images: refuses gzip bombs
+
+
+def _gunzip(data, name):
+    """The bytes of the gzip members in ``data``, refusing more than MAX_IDX_BYTES."""
+    limit = MAX_IDX_BYTES
+    out = bytearray()
+    while data:
+        stream = zlib.decompressobj(wbits=31)                  # one gzip member
+        out += stream.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise IDXError(f"{name}: decompresses to more than {limit} bytes")
+        if not stream.eof:
+            raise IDXError(f"{name}: corrupt gzip stream (truncated)")
+        data = stream.unused_data
+    return bytes(out)
+
+
 def parse_idx(data, name="data"):
     """The array held by IDX bytes ``data`` (raw or gzip-compressed)."""
     if data[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
+            data = _gunzip(data, name)
+        except zlib.error as e:
             raise IDXError(f"{name}: corrupt gzip stream ({e})") from None
     if len(data) < 4:
         raise IDXError(f"{name}: {len(data)} bytes is too short for an IDX header (4 bytes)")
