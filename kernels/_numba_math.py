@@ -35,7 +35,8 @@ side by side in the same run): sigmoid 0.75 -> 0.85, tanh 0.72 -> 0.80, gelu 0.7
 gelu backward 0.76 -> 0.80 (relu, the bound for a pass that reads and writes: 0.83-0.86).
 Softmax and cross-entropy are held back by their three passes over each row more than by
 exp: with exp taken out, the same passes reach 0.73-0.78; streaming stores (below) take
-them to 0.76-0.77 on 1 thread.
+them to 0.80-0.82 on 1 thread and 0.79-0.81 on 2. On 2 threads the others measured
+0.70-0.80 (gelu, gelu_tanh and gelu backward closest to 0.7; load average 1.4).
 
 Numba's on-disk cache keys a kernel on its own source file only: after editing this
 file, delete the kernels' cache (kernels/__pycache__/*.nbi, *.nbc) or the kernels that
@@ -241,8 +242,8 @@ def row_max(row):
 # measured with, does not. Streaming (non-temporal) stores write whole 64-byte lines
 # without reading them and without keeping them in cache: softmax and cross-entropy use
 # them for outputs of at least STREAM_MIN_BYTES (python bench/compare_bandwidth.py, 64 MiB:
-# softmax 0.71 -> 0.77 of copy bandwidth on 1 thread, 0.52 -> 0.64 on 2; cross-entropy
-# 0.71 -> 0.76 and 0.50 -> 0.67). Small outputs, which the next layer reads from cache,
+# softmax 0.71 -> 0.80 of copy bandwidth on 1 thread, 0.52 -> 0.79 on 2; cross-entropy
+# 0.71 -> 0.82 and 0.50 -> 0.81). Small outputs, which the next layer reads from cache,
 # keep plain stores.
 
 STREAM_MIN_BYTES = 16 << 20
@@ -304,10 +305,11 @@ def scale_row(dst, src, scale, stream):
         return
     lanes = STREAM_BYTES // dst.itemsize
     head = min(n, (-dst.ctypes.data % STREAM_BYTES) // dst.itemsize)
-    body_end = head + (n - head) // lanes * lanes
     for j in range(head):
         dst[j] = src[j] * scale
-    for j in range(head, body_end, lanes):
+    j = head
+    while j + lanes <= n:     # as a range loop LLVM unrolls it 8 times: 7% slower, 2 threads
         _stream_scaled(dst, j, src, j, scale)
-    for j in range(body_end, n):
-        dst[j] = src[j] * scale
+        j += lanes
+    for k in range(j, n):
+        dst[k] = src[k] * scale
