@@ -257,12 +257,14 @@ if c_available():
 #
 # Speed (python bench/compare_gemm_numba.py --threads 1 2 --rounds 5: side by side with
 # OpenBLAS's SkylakeX kernels in one run, medians, 2-core machine shared with other work,
-# load average 0.7-1.2; ranges over three runs):
+# load average 0.7-1.2; ranges over four runs):
 #   1 thread:  0.85-1.2x OpenBLAS at 1024^3, 2048^3 and the MLP shapes (the C GEMM: 1.0x)
 #   2 threads: 0.88-0.92x at 1024^3 and 2048^3, 0.73-1.05x at the 256x1024 shapes,
-#              0.66-0.91x at the 128-row MLP shapes (about 0.4 ms per call), where
+#              0.66-0.97x at the 128-row MLP shapes (about 0.4 ms per call), where
 #              starting the second thread costs Numba about 60 us (an empty 2-thread
 #              prange: 62 us, with OMP_WAIT_POLICY=passive), the C GEMM's pool less.
+#              The quietest run (load 0.7): 0.77-0.97x at every one of these shapes;
+#              256^3 (0.1 ms) stays at 0.6x.
 # Before (rank-4 updates of an L1 tile by LLVM-vectorized loops, or 4x4 blocks of dot
 # products over unpacked operands) it was 0.35-0.70x: those inner loops load and store
 # the tile, or reduce 16 vectors horizontally, every few FMAs, and Numba's element-wise
