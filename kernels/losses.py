@@ -99,8 +99,10 @@ VARIANTS = {"numpy": {
 # log(sum) + max - x_i[label_i]; the row counts as correct when x_i[label_i] is its
 # first maximum (as argmax). Rows are split into one band per thread; each band
 # adds its loss (in float64) and correct count into its own slot, summed at the end.
+# NumPy's error model: logits of inf or NaN give a NaN loss (and the training loop a clear
+# TrainingDiverged), where Python's would raise ZeroDivisionError from inside the kernel.
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
     """(sum of the rows' losses, number of rows whose argmax is the label), plain stores
     (kernels/mlp_step.py calls this for its batches)."""
@@ -108,7 +110,7 @@ def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
                                logits[0, :0], False)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_row, stream):
     """(sum of the rows' losses, number of rows whose argmax is the label). With stream,
     exp(x - max) goes to e_row and grad rows are written by streaming stores."""
@@ -147,7 +149,7 @@ def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_r
     return loss, correct
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
 def _cross_entropy_numba(logits, labels, grad, with_grad, scratch, stream, band_loss,
                          band_correct):
     bands = band_loss.shape[0]

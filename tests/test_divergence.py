@@ -148,3 +148,18 @@ def test_step_check_sees_nan_and_inf_anywhere():
             h = g.copy()
             h[i] = bad
             assert not _step_is_finite(0.5, [g, h])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infinite_logits_stop_training_with_a_clear_error(backend):
+    # weights so large that the logits overflow to inf: TrainingDiverged, not an exception
+    # from inside a kernel, and the weights are those the run started with
+    x, y = _data()
+    model = mf.MLP([20, 8, 10], backend=backend, seed=0)
+    model.layers[0].weight.data[...] = 3e38
+    before = model.flat_data.copy()
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1 of 4"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=16,
+               progress=False)
+    assert np.array_equal(mf.to_numpy(model.flat_data), before)
