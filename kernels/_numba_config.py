@@ -37,6 +37,7 @@ Threads
 import contextlib
 import os
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -51,11 +52,15 @@ def _numba_compiled_anything():
 def _enable_512_bit_vectors():
     if os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("MLPFAST_NUMBA_512") == "0":
         return False
-    if _numba_compiled_anything():
-        return False
     import llvmlite.binding as ll
     features = ll.get_host_cpu_features().flatten()
     if "+avx512f" not in features.split(","):
+        return False
+    if _numba_compiled_anything():
+        warnings.warn("mlpfast's Numba kernels run with 256-bit vectors (about half the FMA "
+                      "throughput of this AVX-512 CPU): Numba code was compiled before "
+                      "mlpfast was imported, which fixes Numba's CPU features. Import mlpfast "
+                      "first, or set NUMBA_CPU_FEATURES.", RuntimeWarning, stacklevel=3)
         return False
     config.CPU_FEATURES = features + ",-prefer-256-bit"
     return True

@@ -200,3 +200,21 @@ def test_workqueue_layer_is_guarded_against_concurrent_launches():
     assert layer == "workqueue"
     assert float(loss1) == train_steps("numba", np.float32, seed=1, steps=6)[1]
     assert float(loss2) == train_steps("numba", np.float32, seed=2, steps=6)[1]
+
+
+@pytest.mark.skipif(not _numba_config.VECTOR_512, reason="no AVX-512 here, or 512-bit vectors "
+                                                          "turned off for this run")
+def test_numba_compiled_before_mlpfast_warns_about_256_bit_vectors():
+    import subprocess
+    import sys
+    code = ("from numba import njit\n"
+            "njit(lambda x: x + 1)(1)\n"              # Numba's code generator now exists
+            "import warnings\n"
+            "warnings.simplefilter('always')\n"
+            "import mlpfast\n"
+            "from mlpfast.kernels import _numba_config\n"
+            "print(_numba_config.VECTOR_512)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "False"
+    assert "run with 256-bit vectors" in out.stderr
