@@ -14,6 +14,8 @@
  *
  * Returns 0 on success, a negative MLPF_ERR_* code on bad arguments (C untouched).
  * The functions are thread-safe and never hold the Python GIL (cffi releases it).
+ * On x86 they compute with denormal floats flushed to zero (as XLA does; see
+ * threadpool.c) and leave the caller's floating-point mode as it was.
  */
 #ifndef MLPF_GEMM_H
 #define MLPF_GEMM_H

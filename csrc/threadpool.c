@@ -17,9 +17,32 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define cpu_relax() _mm_pause()
+/* Every task runs with denormal floats flushed to zero (MXCSR flush-to-zero and
+ * denormals-are-zero, as XLA runs its CPU code): on x86 an operation on a denormal
+ * (|x| < 1.2e-38 in float32) takes a microcode assist of 100+ cycles. They do occur in
+ * training: Adam's first moment of a weight whose gradient stays 0 (a pixel that is 0 in
+ * every image) shrinks by beta1 = 0.9 per step and is denormal after ~800 steps, which
+ * measured +30% per step at batch 64 from the second epoch on. */
+static unsigned flush_denormals(void)
+{
+    const unsigned before = _mm_getcsr();
+    _mm_setcsr(before | 0x8040);                    /* FTZ (bit 15) | DAZ (bit 6) */
+    return before;
+}
+static void restore_denormals(unsigned before) { _mm_setcsr(before); }
 #else
 #define cpu_relax() ((void)0)
+static unsigned flush_denormals(void) { return 0; }
+static void restore_denormals(unsigned before) { (void)before; }
 #endif
+
+/* task(arg, index, n) in the caller's thread, which gets its floating-point mode back. */
+static void run_in_caller(mlpf_task task, void *arg, int index, int n)
+{
+    const unsigned before = flush_denormals();
+    task(arg, index, n);
+    restore_denormals(before);
+}
 
 enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* ~25 us of pause before the caller yields */
 /* How long an idle worker spins before it sleeps: longer than the Python between two
@@ -55,6 +78,7 @@ static void *worker_main(void *index_ptr)
 {
     const int index = (int)(intptr_t)index_ptr;
     unsigned long seen = pool.start_generation[index];  /* jobs before the worker existed */
+    flush_denormals();                                  /* for every task of this thread */
     for (;;) {
         const double spin_until = now_microseconds() + SPIN_MICROSECONDS;
         while (atomic_load(&pool.generation) == seen && now_microseconds() < spin_until)
@@ -114,14 +138,14 @@ int mlpf_pool_run(int n, mlpf_task task, void *arg)
 {
     if (n > MAX_THREADS) n = MAX_THREADS;
     if (n <= 1 || pthread_mutex_trylock(&pool.owner) != 0) {
-        task(arg, 0, 1);
+        run_in_caller(task, arg, 0, 1);
         return 1;
     }
     int available = grow_pool(n);
     if (n > available) n = available;
     if (n <= 1) {
         pthread_mutex_unlock(&pool.owner);
-        task(arg, 0, 1);
+        run_in_caller(task, arg, 0, 1);
         return 1;
     }
     pool.task = task;
@@ -133,7 +157,7 @@ int mlpf_pool_run(int n, mlpf_task task, void *arg)
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.sleep_lock);
 
-    task(arg, 0, n);
+    run_in_caller(task, arg, 0, n);
     for (long spin = 0; atomic_load(&pool.remaining) > 0; spin++) {
         if (spin < JOIN_SPINS) cpu_relax(); else sched_yield();   /* let a late worker run */
     }

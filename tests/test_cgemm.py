@@ -459,3 +459,19 @@ def test_gather_rows_and_its_index_check(threads, rng):
     out[...] = 0
     assert lib.mlpf_sgather(p(src), 1000, 300, 300, p(index, "int64_t[]"), 257, p(out)) == -1
     assert (out == 0).all()                              # refused before copying anything
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="the flush mode is set on x86 only")
+def test_c_kernels_flush_denormals_and_leave_the_callers_mode_alone(threads):
+    # Adam's moment of a weight whose gradient stays 0 decays into denormals; the C
+    # kernels flush them to zero (no 100-cycle assists), NumPy in this thread still sees them
+    from mlpfast.kernels import optim
+    n = 100_000
+    param, grad = np.ones(n, np.float32), np.zeros(n, np.float32)
+    exp_avg, exp_avg_sq = np.full(n, 1e-39, np.float32), np.full(n, 1e-30, np.float32)
+    assert exp_avg[0] != 0                                   # a denormal float32
+    optim.VARIANTS["c"]["adam"](param, grad, exp_avg, exp_avg_sq, step=900, lr=1e-3)
+    assert (exp_avg == 0).all()
+    tiny = np.float32(1e-39) * np.float32(0.5)               # denormal arithmetic in NumPy
+    assert tiny != 0 and tiny < np.float32(1e-39)
