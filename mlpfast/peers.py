@@ -52,12 +52,18 @@ class NumpyMLP:
         self.v = [np.zeros_like(p) for p in self.params]
         self.t = 0
 
-    def step(self, x, y):
+    def forward(self, x):
+        """[x, h_1, ..., logits]: the input of every layer, then the logits."""
         ws, bs = self.params[0::2], self.params[1::2]
         activations = [x]
         for i, (w, b) in enumerate(zip(ws, bs)):
             z = activations[-1] @ w.T + b
             activations.append(np.maximum(z, 0) if i < len(ws) - 1 else z)
+        return activations
+
+    def step(self, x, y):
+        ws = self.params[0::2]
+        activations = self.forward(x)
         logits = activations[-1]
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -88,11 +94,7 @@ def numpy_trainer(weights, threads):
     model = NumpyMLP(weights)
 
     def classes(x):
-        h = x
-        for i in range(0, len(model.params), 2):
-            h = h @ model.params[i].T + model.params[i + 1]
-            h = np.maximum(h, 0) if i + 2 < len(model.params) else h
-        return h.argmax(axis=1)
+        return model.forward(x)[-1].argmax(axis=1)
     return model.step, lambda: None, f"textbook NumPy, {benchmark.blas_info()}", classes
 
 
@@ -130,16 +132,22 @@ def torch_trainer(weights, threads):
             classes)
 
 
+def _jax_logits(params, x):
+    """The MLP's logits in JAX: ReLU hidden layers, params [(w, b), ...]."""
+    import jax
+    h = x
+    for w, b in params[:-1]:
+        h = jax.nn.relu(h @ w.T + b)
+    w, b = params[-1]
+    return h @ w.T + b
+
+
 def jax_trainer(weights, threads):
     import jax
     import jax.numpy as jnp
 
     def loss_fn(params, x, y):
-        h = x
-        for w, b in params[:-1]:
-            h = jax.nn.relu(h @ w.T + b)
-        w, b = params[-1]
-        log_p = jax.nn.log_softmax(h @ w.T + b)
+        log_p = jax.nn.log_softmax(_jax_logits(params, x))
         return -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=1))
 
     def update(params, m, v, t, x, y):
@@ -167,11 +175,7 @@ def jax_trainer(weights, threads):
         jax.block_until_ready(state["params"])
 
     def classes(x):
-        h = x
-        for w, b in state["params"][:-1]:
-            h = jax.nn.relu(h @ w.T + b)
-        w, b = state["params"][-1]
-        return np.asarray(jnp.argmax(h @ w.T + b, axis=1))
+        return np.asarray(jnp.argmax(_jax_logits(state["params"], x), axis=1))
     return step, sync, f"jax {jax.__version__} jit on {jax.devices()[0].platform}", classes
 
 
@@ -267,11 +271,7 @@ def jax_predictor(weights, sizes, threads):
 
     @jax.jit
     def classes(params, x):
-        h = x
-        for w, b in params[:-1]:
-            h = jax.nn.relu(h @ w.T + b)
-        w, b = params[-1]
-        return jnp.argmax(h @ w.T + b, axis=1)
+        return jnp.argmax(_jax_logits(params, x), axis=1)
 
     params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]
 
