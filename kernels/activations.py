@@ -271,19 +271,17 @@ def _gelu_tanh_backward_numba(grad_y, x, out):
 @njit(parallel=True, fastmath=True, cache=True)
 def _softmax_forward_numba(x, scratch, stream, out):
     """Per row: max, e = exp(x - max) and its sum, out = e / sum. Rows are split into one
-    band per row of scratch (bands, cols); with stream, e goes to scratch and out is
-    written by streaming stores (_numba_math.scale_row), else e goes to out itself."""
+    band per row of scratch (bands, cols); with stream, e goes to scratch, out is written
+    by streaming stores (_numba_math.scale_row) and the rows ahead are prefetched, else e
+    goes to out itself."""
     rows, bands = x.shape[0], scratch.shape[0]
     for t in prange(bands):
-        for i in range(t * rows // bands, (t + 1) * rows // bands):
+        end = (t + 1) * rows // bands
+        for i in range(t * rows // bands, end):
             row, dst = x[i], out[i]
             e_row = scratch[t] if stream else dst
-            top = nm.row_max(row)
-            total = x.dtype.type(0)
-            for j in range(row.shape[0]):
-                e = nm.exp_nonpositive(row[j] - top)
-                e_row[j] = e
-                total += e
+            ahead = nm.row_ahead(x, i, end) if stream else row[:0]
+            total = nm.exp_shifted_sum(row, nm.row_max(row), e_row, ahead)
             nm.scale_row(dst, e_row, x.dtype.type(1) / total, stream)
         if stream:
             nm.stream_fence()

@@ -99,3 +99,20 @@ def test_numba_softmax_streaming_stores(shape, dtype, threads, rng, monkeypatch)
         assert_close(softmax.forward(x, x), expected, what="streamed softmax in place")
     finally:
         mlpfast.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1000])
+@pytest.mark.parametrize("ahead_len", [0, 7, 256, 3000])
+def test_exp_shifted_sum_prefetching_or_not(n, ahead_len, dtype, rng):
+    """The helper of softmax and cross-entropy: e = exp(row - top) and its sum, the same
+    whether it prefetches (in bursts of EXP_CHUNK values, then a tail) or not."""
+    from mlpfast.kernels import _numba_math
+    row = (3 * rng.standard_normal(n)).astype(dtype)
+    top = row.max()
+    ahead = rng.standard_normal(ahead_len).astype(dtype)
+    e_row = np.full(n, np.nan, dtype)
+    total = _numba_math.exp_shifted_sum(row, top, e_row, ahead)
+    expected = np.exp(row.astype(np.float64) - top)
+    assert_close(e_row, expected, what="exp(row - top)")
+    assert abs(total - expected.sum()) <= 1e-5 * expected.sum()
