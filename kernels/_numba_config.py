@@ -33,15 +33,28 @@ Threads
     1M elements touched: 57 us on 1, 82 us on 2). ``parallel_call`` therefore uses one
     thread when the call touches fewer than ``MLPFAST_PARALLEL_MIN_ELEMENTS`` elements
     (default 2**21, where one thread needs about twice the wake-up time).
+
+JIT cache
+    Kernels are compiled with ``cache=True``; Numba keeps their machine code where it
+    would for any module (``kernels/__pycache__``, or ``NUMBA_CACHE_DIR``). Numba stamps
+    a cached function with a hash of its own source file only, but a kernel carries the
+    code of the helpers it calls from other files (``_numba_math``, ``losses`` in
+    ``mlp_step``): after an edit to a helper, or an upgrade that changed one, the caller's
+    stale machine code would load. ``_KernelSourcesLocator`` adds a hash of every
+    ``kernels/*.py`` file to the stamp of mlpfast's kernels, so a change to any of them
+    recompiles them all (once).
 """
 import contextlib
+import functools
+import glob
+import hashlib
 import os
 import threading
 import warnings
 
 import numba
 import numpy as np
-from numba.core import config, registry
+from numba.core import caching, config, registry
 
 
 def _numba_compiled_anything():
@@ -94,6 +107,63 @@ def _choose_threading_layer():
         layer = next((name for name in ("omp", "tbb") if _layer_imports(name)), "workqueue")
     config.THREADING_LAYER = layer
     return layer
+
+
+KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources_stamp(directory=KERNELS_DIR):
+    """SHA-256 over the names and contents of the directory's *.py files, in name order."""
+    files = sorted(glob.glob(os.path.join(directory, "*.py")))
+    return _hash_files(tuple((path, os.stat(path).st_mtime_ns, os.stat(path).st_size)
+                             for path in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(stats):
+    """stats: ((path, mtime, size), ...); hashed again when any of them changes."""
+    digest = hashlib.sha256()
+    for path, _, _ in stats:
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+class _KernelSourcesLocator(caching._CacheLocator):
+    """Numba cache locator for functions defined in kernels/*.py: the place and name that
+    Numba's own locators give, with sources_stamp() added to the source stamp."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def ensure_cache_path(self):
+        self._inner.ensure_cache_path()
+
+    def get_cache_path(self):
+        return self._inner.get_cache_path()
+
+    def get_disambiguator(self):
+        return self._inner.get_disambiguator()
+
+    def get_source_stamp(self):
+        return self._inner.get_source_stamp(), sources_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.dirname(os.path.abspath(py_file)) != KERNELS_DIR:
+            return None
+        for locator_class in _CACHE_IMPL._locator_classes:
+            if locator_class is not cls:
+                inner = locator_class.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+        return None
+
+
+_CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl   # before Numba 0.61
+if _KernelSourcesLocator not in _CACHE_IMPL._locator_classes:
+    _CACHE_IMPL._locator_classes.insert(0, _KernelSourcesLocator)
 
 
 VECTOR_512 = _enable_512_bit_vectors()

@@ -41,9 +41,9 @@ them to 0.80-0.82 on 1 thread and 0.79-0.81 on 2, prefetching (below) to 1.0-1.1
 thread. On 2 threads the others measured 0.70-0.80 (gelu, gelu_tanh and gelu backward
 closest to 0.7; load average 1.4).
 
-Numba's on-disk cache keys a kernel on its own source file only: after editing this
-file, delete the kernels' cache (kernels/__pycache__/*.nbi, *.nbc) or the kernels that
-call these functions keep the old machine code.
+The kernels that call these functions are compiled with their code inlined; an edit here
+recompiles them all (the cache stamp of every kernel covers every kernels/*.py file:
+_numba_config.py, "JIT cache").
 """
 import math
 import platform
