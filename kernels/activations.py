@@ -271,7 +271,8 @@ def _gelu_tanh_backward_numba(grad_y, x, out):
 @njit(parallel=True, fastmath=True, cache=True)
 def _softmax_forward_numba(x, scratch, stream, out):
     """Per row: max, e = exp(x - max) and its sum, out = e / sum. Rows are split into one
-    band per row of scratch (bands, cols); with stream, e goes to scratch, out is written
+    band per row of scratch (_numba_math.scratch_rows); with stream, e goes to scratch (at
+    the row's offset in a page: _numba_math.same_page_offset), out is written
     by streaming stores (_numba_math.scale_row) and the rows ahead are prefetched, else e
     goes to out itself."""
     rows, bands = x.shape[0], scratch.shape[0]
@@ -279,7 +280,7 @@ def _softmax_forward_numba(x, scratch, stream, out):
         end = (t + 1) * rows // bands
         for i in range(t * rows // bands, end):
             row, dst = x[i], out[i]
-            e_row = scratch[t] if stream else dst
+            e_row = nm.same_page_offset(scratch[t], row) if stream else dst
             ahead = nm.row_ahead(x, i, end) if stream else row[:0]
             total = nm.exp_shifted_sum(row, nm.row_max(row), e_row, ahead)
             nm.scale_row(dst, e_row, x.dtype.type(1) / total, stream)
@@ -303,7 +304,7 @@ def _stream_scratch(out):
     thread; scratch rows for e when out is large enough for streaming stores."""
     bands = max(1, min(get_threads(), out.shape[0]))
     stream = out.nbytes >= nm.STREAM_MIN_BYTES and out.flags.c_contiguous
-    return np.empty((bands, out.shape[1] if stream else 0), out.dtype), stream
+    return nm.scratch_rows(bands, out.shape[1] if stream else 0, out.dtype), stream
 
 
 def _run(kernel, out, arrays, *scalars, streamed=False):

@@ -113,8 +113,8 @@ def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_row, stream):
     """(sum of the rows' losses, number of rows whose argmax is the label). With stream,
-    exp(x - max) goes to e_row, grad rows are written by streaming stores and the rows
-    ahead are prefetched."""
+    exp(x - max) goes to the scratch row e_row (_numba_math.same_page_offset), grad rows
+    are written by streaming stores and the rows ahead are prefetched."""
     batch = float(logits.shape[0])
     loss = 0.0
     correct = 0
@@ -124,7 +124,7 @@ def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_r
         top = nm.row_max(row)
         if with_grad:                       # keep exp(x - max) in grad (or e_row), scale it
             g = grad[i]
-            e_buf = e_row if stream else g
+            e_buf = nm.same_page_offset(e_row, row) if stream else g
             ahead = nm.row_ahead(logits, i, row_end) if stream else row[:0]
             total = nm.exp_shifted_sum(row, top, e_buf, ahead)
             e_buf[label] -= total           # (e - sum) / (B sum) = p / B - 1 / B at the label
@@ -203,7 +203,7 @@ def softmax_cross_entropy_numba(logits, labels, grad_out=None):
     grad = np.empty_like(logits) if grad_out is None else grad_out
     sums, counts = _BANDS.get(_bands(logits.shape[0], ROWS_PER_BAND))
     stream = grad.nbytes >= nm.STREAM_MIN_BYTES and grad.flags.c_contiguous
-    scratch = np.empty((sums.shape[0], grad.shape[1] if stream else 0), grad.dtype)
+    scratch = nm.scratch_rows(sums.shape[0], grad.shape[1] if stream else 0, grad.dtype)
     _numba_config.parallel_call(_cross_entropy_numba, logits, labels, grad, True, scratch,
                                 stream, sums, counts)
     return float(sums.sum()) / logits.shape[0], grad, int(counts.sum())

@@ -102,6 +102,31 @@ def test_numba_softmax_streaming_stores(shape, dtype, threads, rng, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1, 10, 1000, 1024])
+def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
+    """Streaming softmax and cross-entropy store exp(x - max) in a scratch row at the page
+    offset of the row they read (no 4K aliasing): every row of x gets a slice of the
+    scratch row of its length that starts at its own address modulo 4096."""
+    from numba import njit
+
+    from mlpfast.kernels import _numba_math
+
+    same_page_offset = njit(lambda scratch, row: _numba_math.same_page_offset(scratch, row))
+    buffer = np.zeros(7 * cols + 40, dtype)
+    scratch = _numba_math.scratch_rows(2, cols, dtype)
+    assert scratch.shape == (2, cols + 4096 // scratch.itemsize)
+    assert _numba_math.scratch_rows(2, 0, dtype).shape == (2, 0)
+    for skip in (0, 1, 3):
+        x = buffer[skip:skip + 7 * cols].reshape(7, cols)
+        for i in range(7):
+            e_row = same_page_offset(scratch[1], x[i])
+            assert e_row.shape == (cols,)
+            assert (e_row.ctypes.data - x[i].ctypes.data) % 4096 == 0
+            start = (e_row.ctypes.data - scratch[1].ctypes.data) // scratch.itemsize
+            assert 0 <= start and start + cols <= scratch.shape[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 1000])
 @pytest.mark.parametrize("ahead_len", [0, 7, 256, 3000])
 def test_exp_shifted_sum_prefetching_or_not(n, ahead_len, dtype, rng):
