@@ -122,26 +122,31 @@ def softmax_backward(grad_y, x, y, out=None):
     return _result(y * (grad_y - (grad_y * y).sum(axis=1, keepdims=True)), out)
 
 
+def _check(arrays, out):
+    """arrays: [(name, 2-D float array)] of one shape and dtype; out None or of that shape
+    and dtype (the checks of every variant)."""
+    first_name, first = arrays[0]
+    check_float_array(first, first_name, 2)
+    for name, a in arrays[1:]:
+        check_float_array(a, name, 2)
+        check_same_shape(first, first_name, a, name)
+        if a.dtype != first.dtype:
+            raise TypeError(f"{name} must be {first.dtype}, got {a.dtype}")
+    if out is not None:
+        check_out(out, first.shape, first.dtype)
+
+
 def _checked(name):
     """The reference pair of ``name``, checking its arguments first (the formulas above
     stay bare): 2-D float arrays of one shape and dtype; out of that shape and dtype."""
     forward, backward = globals()[f"{name}_forward"], globals()[f"{name}_backward"]
 
-    def check(arrays, out):
-        first_name, first = arrays[0]
-        for arg_name, a in arrays:
-            check_float_array(a, arg_name, 2)
-            check_same_shape(first, first_name, a, arg_name)
-            if a.dtype != first.dtype:
-                raise TypeError(f"{arg_name} must be {first.dtype}, got {a.dtype}")
-        check_out(out, first.shape, first.dtype)
-
     def checked_forward(x, out=None, **params):
-        check([("x", x)], out)
+        _check([("x", x)], out)
         return forward(x, out, **params)
 
     def checked_backward(grad_y, x, y, out=None, **params):
-        check([("grad_y", grad_y), ("x", x), ("y", y)], out)
+        _check([("grad_y", grad_y), ("x", x), ("y", y)], out)
         return backward(grad_y, x, y, out, **params)
 
     checked_forward.__doc__, checked_backward.__doc__ = forward.__doc__, backward.__doc__
@@ -307,21 +312,15 @@ def _stream_scratch(out):
     return nm.scratch_rows(bands, out.shape[1] if stream else 0, out.dtype), stream
 
 
-def _run(kernel, out, arrays, *scalars, streamed=False):
-    """arrays: [(name, 2-D float array)] of one shape and dtype; runs
-    kernel(*arrays, *scalars, out) with out made or checked; returns out. streamed: the
-    kernel takes (scratch, stream) of _stream_scratch(out) before out."""
-    first_name, first = arrays[0]
-    check_float_array(first, first_name, 2)
-    for name, a in arrays[1:]:
-        check_float_array(a, name, 2)
-        check_same_shape(first, first_name, a, name)
-        if a.dtype != first.dtype:
-            raise TypeError(f"{name} must be {first.dtype}, got {a.dtype}")
+def _run(kernel, out, arrays, *scalars, streamed=False, unused=()):
+    """Checks arrays and unused (arguments the formula does not need: a backward gets
+    grad_y, x and y) like the reference; runs kernel(*arrays, *scalars, out) with out made
+    if None; returns out. streamed: the kernel takes (scratch, stream) of
+    _stream_scratch(out) before out."""
+    _check([*arrays, *unused], out)
+    first = arrays[0][1]
     if out is None:
         out = np.empty_like(first)
-    else:
-        check_out(out, first.shape, first.dtype)
     scalars = tuple(first.dtype.type(v) for v in scalars)
     extra = _stream_scratch(out) if streamed else ()
     parallel_call(kernel, *(a for _, a in arrays), *scalars, *extra, out)
@@ -329,11 +328,17 @@ def _run(kernel, out, arrays, *scalars, streamed=False):
 
 
 def identity_forward_numba(x, out=None):
-    return x if out is x else _run(_copy_numba, out, [("x", x)])
+    if out is x:
+        _check([("x", x)], out)
+        return x
+    return _run(_copy_numba, out, [("x", x)])
 
 
 def identity_backward_numba(grad_y, x, y, out=None):
-    return grad_y if out is grad_y else _run(_copy_numba, out, [("grad_y", grad_y)])
+    if out is grad_y:
+        _check([("grad_y", grad_y), ("x", x), ("y", y)], out)
+        return grad_y
+    return _run(_copy_numba, out, [("grad_y", grad_y)], unused=[("x", x), ("y", y)])
 
 
 def sigmoid_forward_numba(x, out=None):
@@ -341,7 +346,8 @@ def sigmoid_forward_numba(x, out=None):
 
 
 def sigmoid_backward_numba(grad_y, x, y, out=None):
-    return _run(_sigmoid_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+    return _run(_sigmoid_backward_numba, out, [("grad_y", grad_y), ("y", y)],
+                unused=[("x", x)])
 
 
 def tanh_forward_numba(x, out=None):
@@ -349,7 +355,8 @@ def tanh_forward_numba(x, out=None):
 
 
 def tanh_backward_numba(grad_y, x, y, out=None):
-    return _run(_tanh_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+    return _run(_tanh_backward_numba, out, [("grad_y", grad_y), ("y", y)],
+                unused=[("x", x)])
 
 
 def relu_forward_numba(x, out=None):
@@ -357,7 +364,8 @@ def relu_forward_numba(x, out=None):
 
 
 def relu_backward_numba(grad_y, x, y, out=None):
-    return _run(_leaky_relu_backward_numba, out, [("grad_y", grad_y), ("x", x)], 0.0)
+    return _run(_leaky_relu_backward_numba, out, [("grad_y", grad_y), ("x", x)], 0.0,
+                unused=[("y", y)])
 
 
 def leaky_relu_forward_numba(x, out=None, negative_slope=0.01):
@@ -366,7 +374,7 @@ def leaky_relu_forward_numba(x, out=None, negative_slope=0.01):
 
 def leaky_relu_backward_numba(grad_y, x, y, out=None, negative_slope=0.01):
     return _run(_leaky_relu_backward_numba, out, [("grad_y", grad_y), ("x", x)],
-                negative_slope)
+                negative_slope, unused=[("y", y)])
 
 
 def gelu_forward_numba(x, out=None):
@@ -374,7 +382,8 @@ def gelu_forward_numba(x, out=None):
 
 
 def gelu_backward_numba(grad_y, x, y, out=None):
-    return _run(_gelu_backward_numba, out, [("grad_y", grad_y), ("x", x)])
+    return _run(_gelu_backward_numba, out, [("grad_y", grad_y), ("x", x)],
+                unused=[("y", y)])
 
 
 def gelu_tanh_forward_numba(x, out=None):
@@ -382,7 +391,8 @@ def gelu_tanh_forward_numba(x, out=None):
 
 
 def gelu_tanh_backward_numba(grad_y, x, y, out=None):
-    return _run(_gelu_tanh_backward_numba, out, [("grad_y", grad_y), ("x", x)])
+    return _run(_gelu_tanh_backward_numba, out, [("grad_y", grad_y), ("x", x)],
+                unused=[("y", y)])
 
 
 def softmax_forward_numba(x, out=None):
@@ -390,7 +400,8 @@ def softmax_forward_numba(x, out=None):
 
 
 def softmax_backward_numba(grad_y, x, y, out=None):
-    return _run(_softmax_backward_numba, out, [("grad_y", grad_y), ("y", y)])
+    return _run(_softmax_backward_numba, out, [("grad_y", grad_y), ("y", y)],
+                unused=[("x", x)])
 
 
 NUMBA = {name: Activation(globals()[f"{name}_forward_numba"], globals()[f"{name}_backward_numba"])

@@ -551,15 +551,25 @@ def test_finding_g_c_gemm_into_a_strided_row(n):
         assert (out == 2).all(), (variant, out)
 
 
-@pytest.mark.xfail(strict=True, reason="H: the numba identity activation checks nothing: it "
-                                       "accepts a 0-d x, and a grad_y whose dtype or shape "
-                                       "differs from x, where the reference refuses")
-def test_finding_h_identity_checks_its_arguments_like_the_reference():
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_finding_h_activations_check_their_arguments_like_the_reference(name):
+    """Finding H: the numba identity checked nothing in place (a 0-d x was returned as is),
+    and numba backwards checked only the arrays their formula reads (grad_y of another
+    dtype or shape than x passed through identity's backward)."""
     scalar = np.array(0.5, np.float32)
+    x = np.ones((2, 3), np.float32)
     for variant, table in activations.VARIANTS.items():
+        act = table[name]
+        for call in (lambda: act.forward(scalar), lambda: act.forward(scalar, scalar),
+                     lambda: act.backward(np.ones((2, 3)), x, x),              # float64 grad_y
+                     lambda: act.backward(x, np.ones((2, 3)), x),              # float64 x
+                     lambda: act.backward(x, x, np.ones((3, 2), np.float32)),  # y of another shape
+                     lambda: act.backward(x, x[:, :2], x),                     # x of another shape
+                     lambda: act.backward(x.copy(), x[:1], x, None)):
+            with pytest.raises((TypeError, ValueError)):
+                call()
+        grad = np.ones((3, 2), np.float32)
         with pytest.raises((TypeError, ValueError)):
-            table["identity"].forward(scalar)
-        x = np.ones((2, 3), np.float32)
-        with pytest.raises((TypeError, ValueError)):
-            table["identity"].backward(np.ones((2, 3)), x, x)           # float64 grad_y
+            act.backward(grad, x, x, grad)                                     # in place
+        assert (grad == 1).all(), f"{variant} {name} wrote into grad_y before refusing"
 
