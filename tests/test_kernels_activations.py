@@ -131,7 +131,7 @@ def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
 @pytest.mark.parametrize("ahead_len", [0, 7, 256, 3000])
 def test_exp_shifted_sum_prefetching_or_not(n, ahead_len, dtype, rng):
     """The helper of softmax and cross-entropy: e = exp(row - top) and its sum, the same
-    whether it prefetches (in bursts of EXP_CHUNK values, then a tail) or not."""
+    whether it prefetches (in bursts of BURST values, then a tail) or not."""
     from mlpfast.kernels import _numba_math
     row = (3 * rng.standard_normal(n)).astype(dtype)
     top = row.max()
