@@ -276,16 +276,16 @@ def _gelu_tanh_backward_numba(grad_y, x, out):
 @njit(parallel=True, fastmath=True, cache=True)
 def _softmax_forward_numba(x, scratch, stream, out):
     """Per row: max, e = exp(x - max) and its sum, out = e / sum. Rows are split into one
-    band per row of scratch (_numba_math.scratch_rows); with stream, e goes to scratch (at
-    the row's offset in a page: _numba_math.same_page_offset), out is written
-    by streaming stores (_numba_math.scale_row) and the rows ahead are prefetched, else e
-    goes to out itself."""
+    band per row of scratch (_numba_math.scratch_rows). e goes to the band's scratch row
+    (at the row's offset in a page: _numba_math.same_page_offset), or to out itself when
+    scratch has rows of 0 (_row_scratch). With stream, out is written by streaming stores
+    (_numba_math.scale_row) and the rows ahead are prefetched."""
     rows, bands = x.shape[0], scratch.shape[0]
     for t in prange(bands):
         end = (t + 1) * rows // bands
         for i in range(t * rows // bands, end):
             row, dst = x[i], out[i]
-            e_row = nm.same_page_offset(scratch[t], row) if stream else dst
+            e_row = nm.same_page_offset(scratch[t], row) if scratch.shape[1] else dst
             ahead = nm.row_ahead(x, i, end) if stream else row[:0]
             total = nm.exp_shifted_sum(row, nm.row_max(row), e_row, ahead)
             nm.scale_row(dst, e_row, x.dtype.type(1) / total, stream)
@@ -304,25 +304,28 @@ def _softmax_backward_numba(grad_y, y, out):
             dst[j] = p[j] * (g[j] - dot)
 
 
-def _stream_scratch(out):
-    """(scratch, stream) for a row-wise kernel writing out (rows, cols): one band per
-    thread; scratch rows for e when out is large enough for streaming stores."""
+def _row_scratch(x, out):
+    """(scratch, stream) for a row-wise kernel reading x and writing out (rows, cols): one
+    band per thread; scratch rows for e when out is large enough for streaming stores, or
+    when out overlaps x (e written into out would alias the x being read: the exp loop
+    then does not vectorize, softmax in place on 256x1024 took 2.2 ns per value, not 0.5)."""
     bands = max(1, min(get_threads(), out.shape[0]))
     stream = out.nbytes >= nm.STREAM_MIN_BYTES and out.flags.c_contiguous
-    return nm.scratch_rows(bands, out.shape[1] if stream else 0, out.dtype), stream
+    need_rows = stream or np.may_share_memory(x, out)
+    return nm.scratch_rows(bands, out.shape[1] if need_rows else 0, out.dtype), stream
 
 
 def _run(kernel, out, arrays, *scalars, streamed=False, unused=()):
     """Checks arrays and unused (arguments the formula does not need: a backward gets
     grad_y, x and y) like the reference; runs kernel(*arrays, *scalars, out) with out made
     if None; returns out. streamed: the kernel takes (scratch, stream) of
-    _stream_scratch(out) before out."""
+    _row_scratch(x, out) before out, x the first of arrays."""
     _check([*arrays, *unused], out)
     first = arrays[0][1]
     if out is None:
         out = np.empty_like(first)
     scalars = tuple(first.dtype.type(v) for v in scalars)
-    extra = _stream_scratch(out) if streamed else ()
+    extra = _row_scratch(first, out) if streamed else ()
     parallel_call(kernel, *(a for _, a in arrays), *scalars, *extra, out)
     return out
 

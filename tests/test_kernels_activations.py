@@ -94,7 +94,7 @@ def test_numba_softmax_streaming_stores(shape, dtype, threads, rng, monkeypatch)
         skip = (-buffer.ctypes.data % 64) // buffer.itemsize + 1
         out = buffer[skip:skip + x.size].reshape(shape)
         softmax = activations.VARIANTS["numba"]["softmax"]
-        assert activations._stream_scratch(out)[1]
+        assert activations._row_scratch(x, out)[1]
         assert_close(softmax.forward(x, out), expected, what="streamed softmax")
         assert_close(softmax.forward(x, x), expected, what="streamed softmax in place")
     finally:
@@ -124,6 +124,21 @@ def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
             assert (e_row.ctypes.data - x[i].ctypes.data) % 4096 == 0
             start = (e_row.ctypes.data - scratch[1].ctypes.data) // scratch.itemsize
             assert 0 <= start and start + cols <= scratch.shape[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_softmax_in_place_uses_a_scratch_row_and_matches(dtype, rng):
+    """In place (out is x) e goes to a scratch row, not into the row being read; the
+    result is the same, to the bit, as out of place."""
+    x = (3 * rng.standard_normal((37, 300))).astype(dtype)
+    softmax = activations.VARIANTS["numba"]["softmax"]
+    scratch, stream = activations._row_scratch(x, x)
+    assert not stream and scratch.shape[1] > x.shape[1]
+    assert activations._row_scratch(x, np.empty_like(x))[0].shape[1] == 0
+    expected = softmax.forward(x)
+    in_place = x.copy()
+    assert softmax.forward(in_place, in_place) is in_place
+    np.testing.assert_array_equal(in_place, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
