@@ -254,6 +254,7 @@ def row_max(row):
 # at once, before its exp pass, gained nothing.
 
 PREFETCH_BYTES = 8 << 10
+PREFETCH_MIN_BYTES = 4 << 20          # twice a core's L2: smaller arrays are in cache
 LINE_BYTES = 64
 BURST = 256
 
@@ -295,6 +296,14 @@ def prefetch_burst(ahead, start):
     64 bytes."""
     for j in range(start, min(start + BURST, ahead.shape[0]), LINE_BYTES // ahead.itemsize):
         prefetch(ahead, j)
+
+
+@njit(cache=True, inline="always")
+def burst(start, n):
+    """range(start, min(start + BURST, n)) as uint64: the loop over it vectorizes. With
+    signed indices it does not (Numba wraps negative indices, and a loop that starts
+    anywhere but 0 may reach them): gelu forward, 64 MiB, 2.2x slower."""
+    return range(np.uint64(start), np.uint64(min(start + BURST, n)))
 
 
 PAGE_BYTES = 4096

@@ -126,6 +126,39 @@ def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
             assert 0 <= start and start + cols <= scratch.shape[1]
 
 
+@pytest.mark.parametrize("name", ["tanh", "gelu", "gelu_tanh"])
+def test_numba_prefetching_twins_on_large_arrays(name, rng, monkeypatch):
+    """Arrays of PREFETCH_MIN_BYTES and more go to the kernels' prefetching twins (rows of
+    1000: bursts of 256 values and a tail of 232), in place to the plain kernels: both
+    match the reference, and each other to the bit."""
+    from mlpfast.kernels import _numba_math
+    rows = _numba_math.PREFETCH_MIN_BYTES // 4000 + 3
+    x = inputs(rng, (rows, 1000), np.float32, name)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    act, ref = activations.VARIANTS["numba"][name], activations.REFERENCE[name]
+    used = []
+    real_call = activations.parallel_call
+    monkeypatch.setattr(activations, "parallel_call",
+                        lambda kernel, *args: used.append(kernel.__name__) or
+                        real_call(kernel, *args))
+    x64 = x.astype(np.float64)
+    y64 = ref.forward(x64)
+    y = act.forward(x)
+    assert_close(y, y64, what=f"{name} forward")
+    in_place = x.copy()
+    act.forward(in_place, in_place)
+    np.testing.assert_array_equal(in_place, y)
+    assert used == [f"_{name}_forward_numba_prefetching", f"_{name}_forward_numba"]
+    if name != "tanh":                      # tanh's backward reads y only: no twin
+        grad_x = act.backward(g, x, y)
+        assert_close(grad_x, ref.backward(g.astype(np.float64), x64, y64),
+                     what=f"{name} backward")
+        grad_in_place = g.copy()
+        act.backward(grad_in_place, x, y, grad_in_place)
+        np.testing.assert_array_equal(grad_in_place, grad_x)
+        assert used[2:] == [f"_{name}_backward_numba_prefetching", f"_{name}_backward_numba"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_softmax_in_place_uses_a_scratch_row_and_matches(dtype, rng):
     """In place (out is x) e goes to a scratch row, not into the row being read; the
