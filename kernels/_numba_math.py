@@ -310,9 +310,10 @@ PAGE_BYTES = 4096
 
 
 def scratch_rows(bands, cols, dtype):
-    """Scratch for a row kernel that streams: one row per band, PAGE_BYTES longer than
-    cols, for same_page_offset (cols 0: rows of 0, for a kernel that does not stream)."""
-    pad = PAGE_BYTES // np.dtype(dtype).itemsize if cols else 0
+    """Scratch rows, one per band (thread), for same_page_offset: PAGE_BYTES + LINE_BYTES
+    longer than cols, so that the slices of two bands never share a cache line (cols 0:
+    rows of 0, for a kernel that needs none)."""
+    pad = (PAGE_BYTES + LINE_BYTES) // np.dtype(dtype).itemsize if cols else 0
     return np.empty((bands, cols + pad), dtype)
 
 

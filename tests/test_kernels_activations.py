@@ -114,7 +114,7 @@ def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
     same_page_offset = njit(lambda scratch, row: _numba_math.same_page_offset(scratch, row))
     buffer = np.zeros(7 * cols + 40, dtype)
     scratch = _numba_math.scratch_rows(2, cols, dtype)
-    assert scratch.shape == (2, cols + 4096 // scratch.itemsize)
+    assert scratch.shape == (2, cols + (4096 + 64) // scratch.itemsize)
     assert _numba_math.scratch_rows(2, 0, dtype).shape == (2, 0)
     for skip in (0, 1, 3):
         x = buffer[skip:skip + 7 * cols].reshape(7, cols)
@@ -124,6 +124,8 @@ def test_scratch_row_at_the_same_page_offset_as_each_row(cols, dtype):
             assert (e_row.ctypes.data - x[i].ctypes.data) % 4096 == 0
             start = (e_row.ctypes.data - scratch[1].ctypes.data) // scratch.itemsize
             assert 0 <= start and start + cols <= scratch.shape[1]
+            # and at least a cache line before the next band's row: no false sharing
+            assert (scratch.shape[1] - start - cols) * scratch.itemsize >= 64
 
 
 @pytest.mark.parametrize("name", ["tanh", "gelu", "gelu_tanh"])

@@ -27,7 +27,7 @@ def test_linear_forward(variant, activation, dtype, batch, n_in, n_out, with_bia
 @pytest.mark.parametrize("variant", [v for v in linear.VARIANTS
                                      if "bias_grad" in linear.VARIANTS[v]])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1), (129, 7), (5, 1000)])
+@pytest.mark.parametrize("shape", [(1, 1), (129, 7), (5, 1000), (300, 37), (999, 1030)])
 def test_bias_grad(variant, dtype, shape, rng):
     g = rng.standard_normal(shape).astype(dtype)
     out = linear.VARIANTS[variant]["bias_grad"](g, np.empty(shape[1], dtype))
