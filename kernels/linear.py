@@ -176,11 +176,11 @@ def _bias_grad_numba(grad_y, partials, out):
         start = t * rows // threads
         _column_sums(grad_y, start, (t + 1) * rows // threads,
                      nm.same_page_offset(partials[t], grad_y[start]))
-    for j in range(out.shape[0]):
-        total = out.dtype.type(0)
-        for t in range(threads):
-            total += nm.same_page_offset(partials[t], grad_y[t * rows // threads])[j]
-        out[j] = total
+    out[:] = 0
+    for t in range(threads):
+        partial = nm.same_page_offset(partials[t], grad_y[t * rows // threads])
+        for j in range(out.shape[0]):
+            out[j] += partial[j]
 
 
 class _Partials(threading.local):
