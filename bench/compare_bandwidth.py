@@ -81,6 +81,8 @@ def cases(variant, n, rng):
         ("softmax_cross_entropy", lambda: loss["softmax_cross_entropy"](x, labels, grad_out),
          2 * n * item, lambda: close(loss["softmax_cross_entropy"](x[:8], labels[:8])[1],
                                      losses.softmax_cross_entropy_ref(x[:8], labels[:8])[1])),
+        ("mse", lambda: loss["mse"](x, g), 2 * n * item,
+         lambda: abs(loss["mse"](x[:8], g[:8]) - losses.mse_ref(x[:8], g[:8])) <= 1e-6),
         ("mse_backward", lambda: loss["mse_backward"](x, g, out), 3 * n * item,
          lambda: close(loss["mse_backward"](x[:8], g[:8]),
                        losses.mse_backward_ref(x[:8], g[:8]))),

@@ -61,6 +61,23 @@ def test_cross_entropy_rejects_bad_labels(variant):
         f(logits, np.array([1.0, 2.0, 3.0]))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_mse_in_bands(threads, dtype, rng):
+    """Large enough for one band per thread (ELEMENTS_PER_BAND each), of uneven sizes."""
+    import mlpfast
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(threads)
+    try:
+        pred = rng.standard_normal((301, 217)).astype(dtype)
+        target = rng.standard_normal((301, 217)).astype(dtype)
+        assert losses._bands(pred.size, losses.ELEMENTS_PER_BAND) == threads
+        expected = ((pred.astype(np.float64) - target) ** 2).mean()
+        assert abs(losses.VARIANTS["numba"]["mse"](pred, target) - expected) <= 1e-12
+    finally:
+        mlpfast.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mse_matches_formula_and_finite_differences(variant, dtype, rng):
