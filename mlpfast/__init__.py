@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from . import datasets, optim  # noqa: F401
+from . import datasets, metrics, optim  # noqa: F401
 from .backend import backends, get_backend, get_num_threads, set_num_threads, to_numpy  # noqa: F401
 from .losses import CrossEntropyLoss, MSELoss  # noqa: F401
 from .nn import (GELU, MLP, Identity, LeakyReLU, Linear, Module, Parameter, ReLU,  # noqa: F401
