@@ -31,8 +31,10 @@ OPS = (
     "gemm",                              # kernels/gemm.py
     "linear_forward", "bias_grad", "linear_grad_input",     # kernels/linear.py
     "softmax_cross_entropy", "softmax_cross_entropy_forward", "mse", "mse_backward",  # losses.py
-    "sgd", "adam",                       # kernels/optim.py
+    "sgd", "adam", "max_norm",           # kernels/optim.py
     "gather",                            # kernels/data.py
+    "batchnorm_train", "batchnorm_eval", "batchnorm_backward",     # kernels/batchnorm.py
+    "dropout_mask", "dropout_forward", "dropout_backward",         # kernels/dropout.py
 )
 # and may provide these (the engine checks with ``ops.get``):
 OPTIONAL_OPS = (
@@ -179,9 +181,9 @@ def get_num_threads():
 
 def _registry_table(variant):
     """ops + activations of one kernel variant across all families."""
-    from .kernels import activations, data, gemm, linear, losses, optim  # noqa: F401
+    from .kernels import activations, batchnorm, data, dropout, gemm, linear, losses, optim
     ops = {"gemm": gemm.VARIANTS[variant]}
-    for family in (linear, losses, optim, data):
+    for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS[variant])
     return ops, activations.VARIANTS[variant]
 
@@ -300,11 +302,12 @@ def _cuda_backend():
 
     from numba import cuda
 
-    from .kernels.cuda import activations, data, gemm, linear, losses, optim
+    from .kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
+                               optim)
     from .kernels.cuda._device import check_device_float, check_device_out, simulator_enabled
     from .kernels.linear import compose_grad_input
     ops = {"gemm": gemm.VARIANTS["cuda"]}
-    for family in (linear, losses, optim, data):
+    for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS["cuda"])
     ops["linear_grad_input"] = compose_grad_input(ops["gemm"], activations.VARIANTS["cuda"],
                                                   check_device_float, check_device_out)
