@@ -521,3 +521,24 @@ def test_weights_move_between_cuda_and_numpy(tmp_path):
     on_numpy.layers[0].weight.data[...] *= 2
     model.load_state_dict(on_numpy.state_dict())
     assert_close(model(x), on_numpy(x), tol=(1e-6, 1e-5))
+
+
+def test_batchnorm_dropout_and_max_norm_train_on_cuda_as_on_numpy():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 12)).astype(np.float32), rng.integers(0, 5, 40)
+    runs = {}
+    for name in ("numpy", "cuda"):
+        model = mf.MLP([12, 9, 5], batchnorm=True, dropout=0.3, backend=name, seed=1)
+        opt = mf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, max_norm=1.0)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16,
+                         seed=3, progress=False, val=(x[:9], y[:9]))
+        runs[name] = model, history
+    (ref_model, ref_hist), (model, hist) = runs["numpy"], runs["cuda"]
+    tol = (1e-5, 1e-4)
+    for key in ("loss", "val_loss"):
+        assert_close(hist[key], ref_hist[key], tol=tol, what=f"epoch {key}")
+    ref_state = ref_model.state_dict()
+    for key, value in model.state_dict().items():
+        assert_close(value, ref_state[key], tol=tol, what=key)
+    assert int(model.state_dict()["1.num_batches_tracked"]) == 6
+    assert_close(model(x[:5]), ref_model(x[:5]), tol=tol, what="eval logits")
