@@ -95,7 +95,7 @@ def _compile_specs():
         ("batchnorm grad input", batchnorm._grad_input_kernel,
          (m2, m2, v1, v1, v1, arr(f64, 2), types.boolean, m2)),
         ("dropout forward", dropout._dropout_forward_kernel,
-         (m2,) + (types.uint64,) + (types.float32,) + (types.uint64,) * 5 + (m2, arr(types.uint8, 2))),
+         (m2, types.uint64, types.float32) + (types.uint64,) * 5 + (m2, arr(types.uint8, 2))),
         ("dropout backward", dropout._dropout_backward_kernel,
          (m2, arr(types.uint8, 2), types.float32, m2)),
     ]

@@ -102,14 +102,16 @@ def test_five_training_steps_then_eval_match_torch(variant, dtype, rng):
     ops = batchnorm.VARIANTS[variant]
     features = 7
     weight, bias, rm, rv = bn_state(rng, features, dtype)
-    layer = torch.nn.BatchNorm1d(features, eps=1e-5, momentum=0.2).to(getattr(torch, np.dtype(dtype).name))
+    layer = torch.nn.BatchNorm1d(features, eps=1e-5, momentum=0.2)
+    layer = layer.to(getattr(torch, np.dtype(dtype).name))
     with torch.no_grad():
         for name, value in (("weight", weight), ("bias", bias), ("running_mean", rm),
                             ("running_var", rv)):
             getattr(layer, name).copy_(torch.from_numpy(value))
     tol = TORCH_TOL[dtype]
     for step, rows in enumerate((16, 5, 33, 2, 9)):
-        x, g = batch(rng, (rows, features), dtype), rng.standard_normal((rows, features)).astype(dtype)
+        x = batch(rng, (rows, features), dtype)
+        g = rng.standard_normal((rows, features)).astype(dtype)
         x_torch = torch.from_numpy(x.copy()).requires_grad_()
         y_torch = layer(x_torch)
         y_torch.backward(torch.from_numpy(g))

@@ -140,7 +140,8 @@ def test_mlp_layers_and_state_dict_keys_are_torchs():
     assert [layer.layer_id for layer in model if isinstance(layer, mf.Dropout)] == [0, 4, 8]
     assert list(model.state_dict()) == list(torch_sequential_like(model).state_dict())
     state = model.state_dict()
-    assert state["2.num_batches_tracked"].dtype == np.int64 and state["2.num_batches_tracked"].shape == ()
+    counter = state["2.num_batches_tracked"]
+    assert counter.dtype == np.int64 and counter.shape == ()
     assert dict(model.named_buffers()).keys() == {f"{i}.{name}" for i in (2, 6) for name in
                                                   ("running_mean", "running_var",
                                                    "num_batches_tracked")}
@@ -291,7 +292,8 @@ def torch_loop(model_torch, optimizer, x, y, epochs, batch_size, max_norm=None):
     for _ in range(epochs):
         total = 0.0
         for lo in range(0, len(x), batch_size):
-            xb, yb = torch.from_numpy(x[lo:lo + batch_size]), torch.from_numpy(y[lo:lo + batch_size])
+            xb = torch.from_numpy(x[lo:lo + batch_size])
+            yb = torch.from_numpy(y[lo:lo + batch_size])
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model_torch(xb), yb)
             loss.backward()

@@ -40,7 +40,8 @@ def our_lrs(schedule):
 def warmup_then_cosine(opt, warmup, start, eta_min_factor):
     return lr_scheduler.SequentialLR(opt, [
         lr_scheduler.LinearLR(opt, start_factor=start, total_iters=warmup),
-        lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - warmup, eta_min=eta_min_factor * BASE_LR)],
+        lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL - warmup,
+                                       eta_min=eta_min_factor * BASE_LR)],
         milestones=[warmup])
 
 
