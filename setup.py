@@ -18,7 +18,7 @@ setup(
         # Everything the test suite runs for real: matplotlib for the plots, numba-cuda for
         # the CUDA kernels under Numba's simulator, threadpoolctl for the benchmark header.
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
-                 "numba-cuda>=0.30", "threadpoolctl>=3"],
+                 "numba-cuda>=0.30", "threadpoolctl>=3", "scikit-learn>=1.1"],
         "plot": ["matplotlib>=3.5"],
         # PyTorch is not listed: a plain `pip install torch` pulls a multi-GB CUDA build.
         # Install its CPU build yourself (README, "Benchmarks") to compare against it.

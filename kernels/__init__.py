@@ -6,8 +6,10 @@ Each module holds the NumPy reference of its ops, the fast variants, and a
     gemm         matrix product C = alpha*op(A)@op(B) + beta*C (+ fused bias/activation)
     activations  identity, sigmoid, tanh, relu, leaky_relu, gelu (erf, tanh), softmax
     losses       softmax cross-entropy (+ gradient), mean squared error
-    optim        SGD (momentum, Nesterov, weight decay), Adam, AdamW updates
+    optim        SGD (momentum, Nesterov, weight decay), Adam, AdamW updates, max-norm
     data         batch gather (rows of x and y by an index)
+    batchnorm    BatchNorm1d forward (training, eval) and backward
+    dropout      inverted dropout with a counter-based (Philox) mask, forward and backward
 
 The engine never imports these modules directly: it asks its backend
 (``mlpfast.backend``), whose tables are built from these registries.

@@ -102,6 +102,7 @@ class _KernelSourcesLocator(caching._CacheLocator):
 
     def __init__(self, inner):
         self._inner = inner
+        self._py_file = inner._py_file          # where Numba's "cannot cache" warnings point
 
     def ensure_cache_path(self):
         self._inner.ensure_cache_path()

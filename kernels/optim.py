@@ -19,6 +19,10 @@ holding every parameter of a model). Versions:
         Adam:  g = grad + weight_decay * param            AdamW (decoupled): param *= 1 - lr * wd
         m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
         param -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+    "max_norm"  f(weight, max_norm)   after a step, on each 2-D weight (out, in): every row
+        w_r (one neuron's incoming weights) is projected onto the L2 ball of radius c:
+        w_r *= c / ||w_r||  where ||w_r|| > c  (Srivastava et al. 2014, max-norm
+        regularization); norms in float64
 ``momentum_buf`` is unused (may be None) when momentum == 0.
 """
 import math
@@ -81,7 +85,25 @@ def adam_ref(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.9
     param -= ((lr / bias_correction1) * exp_avg / denom).astype(param.dtype)
 
 
-VARIANTS = {"numpy": {"sgd": sgd_ref, "adam": adam_ref}}
+def check_max_norm(weight, max_norm, check_array=None):
+    """weight: a 2-D float array updated in place; max_norm: a positive finite number."""
+    (check_array or check_float_array)(weight, "weight", 2)
+    if isinstance(weight, np.ndarray) and not weight.flags.writeable:
+        raise ValueError("weight is read-only: the constraint is applied in place")
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.floating)) \
+            or not math.isfinite(max_norm) or max_norm <= 0:
+        raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}")
+    return float(max_norm)
+
+
+def max_norm_ref(weight, max_norm):
+    """Rescale each row of weight (out, in) to L2 norm <= max_norm, in place."""
+    c = check_max_norm(weight, max_norm)
+    norms = np.sqrt((weight.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
+    weight[...] = (weight * (c / np.maximum(norms, c))).astype(weight.dtype)   # 1 if <= c
+
+
+VARIANTS = {"numpy": {"sgd": sgd_ref, "adam": adam_ref, "max_norm": max_norm_ref}}
 
 
 # --- Numba ------------------------------------------------------------------------------
@@ -116,6 +138,18 @@ def _adam_numba(param, grad, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, w
         m[i] = m_i
         v[i] = v_i
         param[i] = p - step_size * m_i / (math.sqrt(v_i) * inv_bc2_sqrt + eps)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _max_norm_numba(weight, max_norm):
+    for r in prange(weight.shape[0]):
+        squares = 0.0
+        for j in range(weight.shape[1]):
+            squares += np.float64(weight[r, j]) * weight[r, j]
+        if squares > max_norm * max_norm:
+            factor = max_norm / math.sqrt(squares)
+            for j in range(weight.shape[1]):
+                weight[r, j] = weight[r, j] * factor
 
 
 def _flat_views(names_arrays):
@@ -161,7 +195,14 @@ def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0
         t(1.0 / math.sqrt(1.0 - beta2 ** step)), t(eps), t(l2), t(decay_factor))
 
 
-VARIANTS["numba"] = {"sgd": sgd_numba, "adam": adam_numba}
+def max_norm_numba(weight, max_norm):
+    """Rescale each row of weight (out, in) to L2 norm <= max_norm, in place, rows in
+    parallel."""
+    c = check_max_norm(weight, max_norm)
+    _numba_config.parallel_call(_max_norm_numba, weight, c)
+
+
+VARIANTS["numba"] = {"sgd": sgd_numba, "adam": adam_numba, "max_norm": max_norm_numba}
 
 
 def adam_c(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,

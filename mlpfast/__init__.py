@@ -7,11 +7,11 @@
 """
 __version__ = "0.1.0"
 
-from . import datasets, optim  # noqa: F401
+from . import datasets, init, metrics, optim, schedules  # noqa: F401
 from .backend import backends, get_backend, get_num_threads, set_num_threads, to_numpy  # noqa: F401
 from .losses import CrossEntropyLoss, MSELoss  # noqa: F401
-from .nn import (GELU, MLP, Identity, LeakyReLU, Linear, Module, Parameter, ReLU,  # noqa: F401
-                 Sequential, Sigmoid, Softmax, Tanh, load)
+from .nn import (GELU, MLP, BatchNorm1d, Dropout, Identity, LeakyReLU, Linear,  # noqa: F401
+                 Module, Parameter, ReLU, Sequential, Sigmoid, Softmax, Tanh, load)
 from .perceptron import Perceptron  # noqa: F401
 from .summary import summary  # noqa: F401
 from .train import (History, TrainingDiverged, evaluate, fit, predict,  # noqa: F401

@@ -119,7 +119,7 @@ def write_checkpoint(path, meta, arrays):
 
     Adds the format, version and the SHA-256 of every array to ``meta``.
     """
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    arrays = {name: np.asarray(a, order="C") for name, a in arrays.items()}   # 0-d stays 0-d
     meta = dict(meta, format=FORMAT, version=VERSION,
                 sha256={name: _digest(a) for name, a in arrays.items()})
     blob = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
@@ -131,8 +131,9 @@ def write_checkpoint(path, meta, arrays):
 
 
 def training_arrays(model, optimizer, order=None):
-    """{entry: host array} of the parameters, the optimizer state and the data order."""
-    arrays = {f"model/{name}": to_numpy(p.data) for name, p in model.named_parameters()}
+    """{entry: host array} of the parameters and buffers (model.state_dict()), the optimizer
+    state and the data order."""
+    arrays = {f"model/{name}": a for name, a in model.state_dict().items()}
     arrays.update({f"optimizer/{name}": to_numpy(a)
                    for name, a in optimizer.state_dict()["state"].items()})
     if order is not None:
@@ -157,7 +158,7 @@ class Checkpoint:
         return self.meta["progress"]
 
     def model_state(self):
-        """The parameters as a state_dict ({"0.weight": array, ...})."""
+        """The parameters and buffers as a state_dict ({"0.weight": array, ...})."""
         return {k[len("model/"):]: a for k, a in self.arrays.items() if k.startswith("model/")}
 
     def optimizer_state(self):

@@ -14,6 +14,7 @@ import numpy as np
 
 from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, get_backend, to_numpy
 from .checkpoint import atomic_write
+from .init import check_init, linear_parameters
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -63,7 +64,12 @@ class Parameter:
 
 
 class Module:
-    """Base class: ``forward``, ``backward``, parameters, train/eval mode, buffers."""
+    """Base class: ``forward``, ``backward``, parameters, train/eval mode, buffers.
+
+    Two kinds of buffers: the reused work arrays of ``_buffer`` (outputs, gradients), and
+    the state a layer keeps besides its parameters, listed by ``named_buffers()`` and
+    saved in its state_dict (BatchNorm1d's running statistics, as torch's buffers).
+    """
 
     def __init__(self, backend="auto", dtype=np.float32):
         self.backend = get_backend(backend)
@@ -80,6 +86,10 @@ class Module:
         raise NotImplementedError
 
     def named_parameters(self):
+        return iter(())
+
+    def named_buffers(self):
+        """(name, array) of the state saved beside the parameters, as torch's buffers."""
         return iter(())
 
     # -- common --------------------------------------------------------------------
@@ -109,13 +119,20 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def _buffer(self, key, rows, cols):
-        """A (rows, cols) view of a reused buffer that grows to the largest batch seen."""
+    def _buffer(self, key, rows, cols, dtype=None):
+        """A (rows, cols) view of a reused buffer that grows to the largest batch seen
+        (of this module's dtype unless ``dtype`` is given)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._buffers.get(key)
-        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
-            buf = self.backend.empty((rows, cols), dtype=self.dtype)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype:
+            buf = self.backend.empty((rows, cols), dtype=dtype)
             self._buffers[key] = buf
         return buf[:rows]
+
+    def _new_parameter(self, host_values):
+        """A Parameter on this module's backend holding host_values, its grad zeroed."""
+        data = self.backend.to_device(host_values.astype(self.dtype))
+        return Parameter(data, self.backend.zeros(data.shape, dtype=self.dtype), self.backend)
 
     def config(self):
         """JSON-able description of this layer (type and constructor arguments)."""
@@ -125,28 +142,25 @@ class Module:
 class Linear(Module):
     """y = x @ W.T + b, with W of shape (out_features, in_features) as in torch.nn.Linear.
 
-    Initialized as PyTorch does: W and b uniform in [-1/sqrt(in), 1/sqrt(in)].
+    Initialized as PyTorch does (``init="kaiming_uniform"``): W and b uniform in
+    [-1/sqrt(in), 1/sqrt(in)]. ``init`` may also be kaiming_normal, xavier_uniform or
+    xavier_normal with the gain of ``nonlinearity``, the activation after the layer (None:
+    torch.nn.init's default for that init); see ``mlpfast.init``.
     Backward: dW = dy.T @ x, db = sum over the batch of dy, dx = dy @ W.
     """
 
-    def __init__(self, in_features, out_features, bias=True, *, backend="auto",
-                 dtype=np.float32, seed=None):
+    def __init__(self, in_features, out_features, bias=True, *, init="kaiming_uniform",
+                 nonlinearity=None, backend="auto", dtype=np.float32, seed=None):
         super().__init__(backend, dtype)
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._in, self.out_features = int(in_features), int(out_features)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(in_features)
-        w = rng.uniform(-bound, bound, size=(out_features, in_features))
+        w, b = linear_parameters(init, self._in, self.out_features, bias, rng, nonlinearity)
         self.weight = self._new_parameter(w)
-        self.bias = self._new_parameter(rng.uniform(-bound, bound, size=out_features)) \
-            if bias else None
+        self.bias = self._new_parameter(b) if bias else None
         self._x = None
-
-    def _new_parameter(self, host_values):
-        data = self.backend.to_device(host_values.astype(self.dtype))
-        return Parameter(data, self.backend.zeros(data.shape, dtype=self.dtype), self.backend)
 
     @property
     def in_features(self):
@@ -276,10 +290,157 @@ class Softmax(Activation):
     kind = "softmax"
 
 
+def _check_rate(p):
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) \
+            or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    return float(p)
+
+
+class Dropout(Module):
+    """Inverted dropout, as torch.nn.Dropout: in training y = keep * x / (1 - p), each
+    element kept with probability 1 - p; the identity in eval().
+
+    The mask is a pure function of (seed, step, layer_id, element index) (Philox,
+    kernels/dropout.py), so a run replays bit for bit on any backend. ``step`` counts the
+    training forward passes and advances after each; a training loop that resumes sets it
+    to the global step. ``seed`` None draws one from the OS; ``layer_id`` tells apart the
+    dropout layers that share a seed (MLP gives each its index in the model).
+    """
+
+    def __init__(self, p=0.5, *, seed=None, layer_id=0, backend="auto", dtype=np.float32):
+        self.p = _check_rate(p)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+        for name, value, bound in (("seed", seed, 1 << 64), ("layer_id", layer_id, 1 << 32)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or not 0 <= value < bound:
+                raise ValueError(f"{name} must be an integer in [0, {bound}), got {value!r}")
+        super().__init__(backend, dtype)
+        self.seed, self.layer_id, self.step = int(seed), int(layer_id), 0
+        self._keep = None
+
+    def forward(self, x):
+        self._keep = None
+        if not self.training:
+            return x
+        step, self.step = self.step, self.step + 1
+        if self.p == 0.0:
+            return x
+        rows, cols = x.shape
+        out = self._buffer("y", rows, cols)
+        self._keep = self._buffer("keep", rows, cols, np.uint8)
+        return self.backend.dropout_forward(x, self.p, self.seed, step, self.layer_id, out=out,
+                                            mask=self._keep)[0]
+
+    def backward(self, grad_y, input_grad=True):
+        """dL/dx = keep * dL/dy / (1 - p), with the mask of the last forward pass."""
+        if not input_grad:                      # no parameters
+            return None
+        if self._keep is None:                  # the last forward was the identity
+            return grad_y
+        return self.backend.dropout_backward(grad_y, self._keep, self.p,
+                                             out=self._buffer("dx", *grad_y.shape))
+
+    def config(self):
+        return {"type": "Dropout", "p": self.p, "seed": self.seed, "layer_id": self.layer_id}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class BatchNorm1d(Module):
+    """torch.nn.BatchNorm1d over the features of (batch, num_features) inputs.
+
+    Training: normalize with the batch mean and biased variance, then y = xhat * weight +
+    bias; running_mean and running_var (unbiased) move by ``momentum`` (None: the
+    cumulative average, 1 / num_batches_tracked). Eval: the running statistics. weight
+    starts at 1, bias at 0, running_mean at 0, running_var at 1 (as torch).
+    state_dict keys: weight, bias (when affine), running_mean, running_var,
+    num_batches_tracked (int64, shape ()). Formulas: kernels/batchnorm.py.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, backend="auto",
+                 dtype=np.float32):
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps must be a number > 0, got {eps!r}")
+        if momentum is not None:
+            momentum = _check_rate(momentum)
+        super().__init__(backend, dtype)
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.affine = bool(affine)
+        self.weight = self._new_parameter(np.ones(self.num_features)) if self.affine else None
+        self.bias = self._new_parameter(np.zeros(self.num_features)) if self.affine else None
+        self.running_mean = self.backend.to_device(np.zeros(self.num_features, self.dtype))
+        self.running_var = self.backend.to_device(np.ones(self.num_features, self.dtype))
+        self.num_batches_tracked = np.zeros((), np.int64)
+        self._x = None
+
+    @property
+    def in_features(self):
+        return self.num_features
+
+    def named_parameters(self):
+        if self.affine:
+            yield "weight", self.weight
+            yield "bias", self.bias
+
+    def named_buffers(self):
+        yield "running_mean", self.running_mean
+        yield "running_var", self.running_var
+        yield "num_batches_tracked", self.num_batches_tracked
+
+    def _affine_data(self):
+        return (self.weight.data, self.bias.data) if self.affine else (None, None)
+
+    def forward(self, x):
+        rows, cols = x.shape
+        out = self._buffer("y", rows, cols)
+        if not self.training:
+            self._x = None
+            return self.backend.batchnorm_eval(x, *self._affine_data(), self.running_mean,
+                                               self.running_var, eps=self.eps, out=out)
+        if rows < 2:                  # before num_batches_tracked moves
+            raise ValueError(f"BatchNorm1d in training needs more than 1 sample, got x of "
+                             f"shape {tuple(x.shape)}")
+        self.num_batches_tracked += 1
+        momentum = self.momentum if self.momentum is not None \
+            else 1.0 / int(self.num_batches_tracked)
+        stats = self._buffer("stats", 2, cols)         # rows: batch mean, invstd
+        self._x, self._mean, self._invstd = x, stats[0], stats[1]
+        return self.backend.batchnorm_train(
+            x, *self._affine_data(), self.running_mean, self.running_var, momentum=momentum,
+            eps=self.eps, out=out, mean=self._mean, invstd=self._invstd)[0]
+
+    def backward(self, grad_y, input_grad=True):
+        """Sets weight.grad and bias.grad; returns dL/dx (None when not ``input_grad``)."""
+        if self._x is None:
+            raise RuntimeError("BatchNorm1d.backward needs a forward pass in training mode "
+                               "first (call model.train())")
+        weight = self.weight.data if self.affine else None
+        grads = (self.weight.grad, self.bias.grad) if self.affine else (None, None)
+        grad_x = self.backend.batchnorm_backward(
+            grad_y, self._x, weight, self._mean, self._invstd,
+            out=self._buffer("dx", *grad_y.shape), grad_weight=grads[0], grad_bias=grads[1])[0]
+        return grad_x if input_grad else None
+
+    def config(self):
+        return {"type": "BatchNorm1d", "num_features": self.num_features, "eps": self.eps,
+                "momentum": self.momentum, "affine": self.affine}
+
+    def __repr__(self):
+        return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine})")
+
+
 ACTIVATION_LAYERS = {"identity": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU,
                      "leaky_relu": LeakyReLU, "gelu": GELU, "softmax": Softmax}
 LAYER_TYPES = {cls.__name__: cls for cls in
-               (Linear, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax)}
+               (Linear, Identity, Sigmoid, Tanh, ReLU, LeakyReLU, GELU, Softmax, Dropout,
+                BatchNorm1d)}
 
 
 class Sequential(Module):
@@ -418,9 +579,8 @@ class Sequential(Module):
                 grad_y = activation.backward(grad_y)      # grad_z = grad_y * f'(z)
             previous = self._stages[i - 1][1] if i > 0 else None
             if i == 0 and not input_grad:
-                if isinstance(layer, Linear):
-                    layer.backward(grad_y, input_grad=False)
-                return None                     # (an activation has no parameters)
+                layer.backward(grad_y, input_grad=False)
+                return None
             folded = isinstance(layer, Linear) and previous is not None
             if folded:
                 grad_y = layer.backward(grad_y, input_activation=previous)
@@ -436,32 +596,47 @@ class Sequential(Module):
             layer.train(mode)
         return super().train(mode)
 
+    def set_training_step(self, step):
+        """The global training step of the next forward pass, which dropout masks are a
+        function of (a resumed run continues its masks)."""
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                layer.step = int(step)
+
     # -- weights in and out ------------------------------------------------------------
+    def named_buffers(self):
+        for i, layer in enumerate(self.layers):
+            for name, buffer in layer.named_buffers():
+                yield f"{i}.{name}", buffer
+
+    def _named_state(self):
+        """(key, array) of every parameter and buffer, layer by layer as torch orders them."""
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.named_parameters():
+                yield f"{i}.{name}", p.data
+            for name, buffer in layer.named_buffers():
+                yield f"{i}.{name}", buffer
+
     def state_dict(self):
-        """{"<index>.weight": (out, in) array, "<index>.bias": (out,) array}, NumPy copies."""
-        return {name: to_numpy(p.data).copy() for name, p in self.named_parameters()}
+        """{"<index>.weight": (out, in) array, "<index>.bias": (out,) array, and each
+        layer's buffers ("<index>.running_mean", ...)}, NumPy copies."""
+        return {name: to_numpy(a).copy() for name, a in self._named_state()}
 
     def load_state_dict(self, state):
-        """Copy arrays in PyTorch's layout into the parameters; checks everything first."""
+        """Copy arrays in PyTorch's layout into the parameters and buffers; checks
+        everything first."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
-        own = dict(self.named_parameters())
+        own = dict(self._named_state())
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"state_dict keys do not match the model: missing {missing}, "
                              f"unexpected {unexpected}")
-        arrays = {}
-        for name, p in own.items():
-            a = np.asarray(to_numpy(state[name]))
-            if a.shape != p.shape:
-                raise ValueError(f"{name} must have shape {p.shape}, got {a.shape}")
-            if a.dtype.kind != "f":
-                raise TypeError(f"{name} must be a float array, got {a.dtype}")
-            if not np.isfinite(a).all():
-                raise ValueError(f"{name} contains NaN or inf")
-            arrays[name] = a.astype(self.dtype)
-        for name, p in own.items():
-            p.data[...] = self.backend.to_device(arrays[name])
+        arrays = {name: _checked_state_array(name, state[name], target, self.dtype)
+                  for name, target in own.items()}
+        for name, target in own.items():
+            target[...] = arrays[name] if isinstance(target, np.ndarray) \
+                else self.backend.to_device(arrays[name])
 
     def architecture(self):
         return {"format": "mlpfast.Sequential", "version": 1, "dtype": self.dtype.name,
@@ -483,14 +658,38 @@ class Sequential(Module):
         return f"{type(self).__name__}(\n{body}\n)"
 
 
+def _checked_state_array(name, value, target, dtype):
+    """value as a host array to copy into target: same shape; finite floats (cast to the
+    model's dtype), or for an integer buffer (a counter) integers >= 0."""
+    a = np.asarray(to_numpy(value))
+    if a.shape != tuple(target.shape):
+        raise ValueError(f"{name} must have shape {tuple(target.shape)}, got {a.shape}")
+    if target.dtype.kind == "i":
+        if a.dtype.kind not in "iu" or (a < 0).any():
+            raise TypeError(f"{name} must hold integers >= 0, got {a.dtype} {a.tolist()}")
+        return a.astype(target.dtype)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got {a.dtype}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return a.astype(dtype)
+
+
 class MLP(Sequential):
     """Linear, act, Linear, act, ..., Linear: the layers of the same torch.nn.Sequential.
 
     ``sizes`` = [in, hidden..., out]; ``activation`` names the hidden activation
-    (one of identity, sigmoid, tanh, relu, leaky_relu, gelu, gelu_tanh).
+    (one of identity, sigmoid, tanh, relu, leaky_relu, gelu, gelu_tanh). Each hidden
+    layer is Linear, then BatchNorm1d when ``batchnorm``, the activation, then
+    Dropout(``dropout``) when it is > 0; ``input_dropout`` > 0 puts a Dropout before the
+    first Linear. ``init`` chooses the Linear weights (``mlpfast.init``: kaiming_uniform,
+    torch's default, or kaiming_normal, xavier_uniform, xavier_normal with the gain of the
+    activation that follows). ``seed`` fixes the weights (drawn layer by layer, weight then
+    bias, whatever batchnorm and dropout are) and then the dropout layers' seed.
     """
 
-    def __init__(self, sizes, activation="relu", *, bias=True, backend="auto",
+    def __init__(self, sizes, activation="relu", *, batchnorm=False, dropout=0.0,
+                 input_dropout=0.0, init="kaiming_uniform", bias=True, backend="auto",
                  dtype=np.float32, seed=None):
         sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
         if not isinstance(sizes, list) or len(sizes) < 2:
@@ -499,14 +698,32 @@ class MLP(Sequential):
         hidden_acts = [a for a in ACTIVATIONS if a != "softmax"]
         if activation not in hidden_acts:
             raise ValueError(f"activation must be one of {hidden_acts}, got {activation!r}")
+        dropout, input_dropout = _check_rate(dropout), _check_rate(input_dropout)
+        check_init(init)
         backend = get_backend(backend)
         rng = np.random.default_rng(seed)
+        hidden = len(sizes) - 2
+        linears = [Linear(n_in, n_out, bias, init=init, backend=backend, dtype=dtype, seed=rng,
+                          nonlinearity=activation if i < hidden else "identity")
+                   for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        dropout_seed = int(rng.integers(0, 1 << 64, dtype=np.uint64))   # after every weight
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(Linear(n_in, n_out, bias, backend=backend, dtype=dtype, seed=rng))
-            if i < len(sizes) - 2:
+
+        def add_dropout(p):
+            if p > 0:
+                layers.append(Dropout(p, seed=dropout_seed, layer_id=len(layers),
+                                      backend=backend, dtype=dtype))
+
+        add_dropout(input_dropout)
+        for i, linear in enumerate(linears):
+            layers.append(linear)
+            if i < hidden:
+                if batchnorm:
+                    layers.append(BatchNorm1d(linear.out_features, backend=backend, dtype=dtype))
                 layers.append(_activation_layer(activation, backend, dtype))
+                add_dropout(dropout)
         self.sizes, self.activation = [int(s) for s in sizes], activation
+        self.batchnorm, self.dropout, self.input_dropout = bool(batchnorm), dropout, input_dropout
         super().__init__(*layers)
 
 
@@ -534,7 +751,7 @@ def load(path, backend="auto"):
             raise ValueError("unknown format")
         dtype = _resolve_dtype(arch["dtype"])
         for i, cfg in enumerate(arch["layers"]):     # sizes vs stored arrays, before allocating
-            _check_linear_sizes(i, cfg, arrays)
+            _check_declared_sizes(i, cfg, arrays)
         layers = [_layer_from_config(cfg, backend, dtype) for cfg in arch["layers"]]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
             RecursionError) as e:
@@ -547,9 +764,17 @@ def load(path, backend="auto"):
     return model
 
 
-def _check_linear_sizes(i, cfg, arrays):
-    """A Linear layer's declared (out, in) must be the shape of the weight stored for it."""
-    if not isinstance(cfg, dict) or cfg.get("type") != "Linear":
+def _check_declared_sizes(i, cfg, arrays):
+    """A Linear layer's declared (out, in) must be the shape of the weight stored for it,
+    a BatchNorm1d's num_features the length of its running mean."""
+    if not isinstance(cfg, dict) or cfg.get("type") not in ("Linear", "BatchNorm1d"):
+        return
+    if cfg["type"] == "BatchNorm1d":
+        stored = arrays.get(f"{i}.running_mean")
+        if stored is None or stored.shape != (cfg.get("num_features"),):
+            raise ValueError(f"layer {i} is declared BatchNorm1d({cfg.get('num_features')!r}) "
+                             f"but the file holds {i}.running_mean of shape "
+                             f"{None if stored is None else stored.shape}")
         return
     weight = arrays.get(f"{i}.weight")
     declared = (cfg.get("out_features"), cfg.get("in_features"))

@@ -1,5 +1,10 @@
 """Optimizers with PyTorch's update rules: SGD (momentum, Nesterov, weight decay), Adam, AdamW.
 
+``max_norm=c`` (any optimizer) adds the max-norm constraint of the dropout paper
+(Srivastava et al. 2014): after each step, every row of every 2-D parameter (a Linear
+weight (out, in): one neuron's incoming weights) is rescaled to L2 norm <= c; biases and
+1-D parameters are left alone. It is then part of ``hyper`` and of the state_dict.
+
 Each keeps its state (momentum buffer, Adam moments) in one flat buffer. When the
 parameters are the flat buffer of one ``Sequential`` (``model.parameters()``), ``step()``
 is a single kernel call over every parameter at once; otherwise one call per parameter.
@@ -25,7 +30,7 @@ def _check_hyper(name, value, low=0.0, high=None, low_inclusive=True):
 class Optimizer:
     state_names = ()
 
-    def __init__(self, params, **hyper):
+    def __init__(self, params, max_norm=None, **hyper):
         params = list(params)
         if not params:
             raise ValueError("params is empty: pass model.parameters()")
@@ -35,8 +40,11 @@ class Optimizer:
             if p.backend is not params[0].backend or p.data.dtype != params[0].data.dtype:
                 raise ValueError(f"params[{i}] lives on {p.backend.name}/{p.data.dtype}, "
                                  f"params[0] on {params[0].backend.name}/{params[0].data.dtype}")
+        if max_norm is not None:
+            hyper["max_norm"] = _check_hyper("max_norm", max_norm, low_inclusive=False)
         self.params = params
         self.hyper = hyper
+        self._weights = [p for p in params if len(p.shape) == 2]    # max_norm applies to these
         self.step_count = 0
         self._flat = self._common_flat_buffers(params)
         self.backend = params[0].backend
@@ -78,6 +86,13 @@ class Optimizer:
             for p in self.params:
                 p.grad[...] = 0
 
+    def _apply_max_norm(self):
+        """Each row of each 2-D parameter onto the L2 ball of radius max_norm (if set)."""
+        max_norm = self.hyper.get("max_norm")
+        if max_norm is not None:
+            for p in self._weights:
+                self.backend.max_norm(p.data, max_norm)
+
     @property
     def lr(self):
         return self.hyper["lr"]
@@ -113,14 +128,15 @@ class Optimizer:
 
 class SGD(Optimizer):
     """p -= lr * d, with d from momentum/Nesterov/weight decay as torch.optim.SGD."""
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 max_norm=None):
         lr = _check_hyper("lr", lr)
         momentum = _check_hyper("momentum", momentum)
         weight_decay = _check_hyper("weight_decay", weight_decay)
         if nesterov and momentum <= 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.state_names = ("momentum_buffer",) if momentum else ()
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=bool(nesterov),
+        super().__init__(params, max_norm, lr=lr, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=weight_decay)
 
     def step(self, lr=None):
@@ -132,12 +148,14 @@ class SGD(Optimizer):
                              lr=h["lr"] if lr is None else lr, momentum=h["momentum"],
                              nesterov=h["nesterov"], weight_decay=h["weight_decay"],
                              first_step=self.step_count == 0)
+        self._apply_max_norm()
         self.step_count += 1
 
     def compiled_spec(self):
         """("sgd", (momentum, nesterov, weight_decay), (momentum_buffer,)) for a compiled
-        step over the flat buffers, or None when the parameters are not one flat buffer."""
-        if self._flat is None:
+        step over the flat buffers, or None when the parameters are not one flat buffer (or
+        max_norm is set)."""
+        if self._flat is None or "max_norm" in self.hyper:
             return None
         h = self.hyper
         state = (self._state["momentum_buffer"],) if h["momentum"] else ()
@@ -149,12 +167,13 @@ class Adam(Optimizer):
     state_names = ("exp_avg", "exp_avg_sq")
     decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 max_norm=None):
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        super().__init__(params, lr=_check_hyper("lr", lr),
+        super().__init__(params, max_norm, lr=_check_hyper("lr", lr),
                          betas=(_check_hyper("betas[0]", beta1, high=1.0),
                                 _check_hyper("betas[1]", beta2, high=1.0)),
                          eps=_check_hyper("eps", eps),
@@ -170,12 +189,13 @@ class Adam(Optimizer):
                               lr=h["lr"] if lr is None else lr,
                               beta1=h["betas"][0], beta2=h["betas"][1], eps=h["eps"],
                               weight_decay=h["weight_decay"], decoupled=self.decoupled)
+        self._apply_max_norm()
 
     def compiled_spec(self):
         """("adam", (beta1, beta2, eps, weight_decay, decoupled), (exp_avg, exp_avg_sq)) for
         a compiled step over the flat buffers, or None when the parameters are not one
-        flat buffer."""
-        if self._flat is None:
+        flat buffer (or max_norm is set)."""
+        if self._flat is None or "max_norm" in self.hyper:
             return None
         h = self.hyper
         return ("adam", (*h["betas"], h["eps"], h["weight_decay"], float(self.decoupled)),
@@ -186,5 +206,6 @@ class AdamW(Adam):
     """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr * weight_decay (default 0.01)."""
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 max_norm=None):
+        super().__init__(params, lr, betas, eps, weight_decay, max_norm)

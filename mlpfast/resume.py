@@ -90,15 +90,7 @@ def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
         raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "
                          f"than epochs={epochs} (epochs counts the whole run)")
     model_state = ckpt.model_state()
-    own_params = dict(model.named_parameters())
-    if set(model_state) != set(own_params):
-        raise ValueError(f"resume: {path} parameters {sorted(model_state)} do not match the "
-                         f"model's {sorted(own_params)}")
-    for name, a in model_state.items():
-        if a.shape != own_params[name].shape or a.dtype != model.dtype \
-                or not np.isfinite(a).all():
-            raise ValueError(f"resume: {path} parameter {name} is not a finite "
-                             f"{model.dtype} array of shape {own_params[name].shape}")
+    _check_model_state(path, model_state, model.state_dict())
     opt_state = ckpt.optimizer_state()
     _check_optimizer_state(path, opt_state, optimizer)
     rng = _rng_from_state(path, meta["rng"])
@@ -106,8 +98,20 @@ def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
     model.load_state_dict(model_state)
     optimizer.load_state_dict(opt_state)
     run.load_json(progress, ckpt.arrays.get("order"))
+    model.set_training_step(run.global_step)          # dropout masks continue where they were
     history.epochs = [dict(r) for r in meta["history"]]
     return rng
+
+
+def _check_model_state(path, state, own):
+    """The checkpoint's parameters and buffers: the model's names, shapes and dtypes, finite."""
+    if set(state) != set(own):
+        raise ValueError(f"resume: {path} parameters and buffers {sorted(state)} do not match "
+                         f"the model's {sorted(own)}")
+    for name, a in state.items():
+        if a.shape != own[name].shape or a.dtype != own[name].dtype or not np.isfinite(a).all():
+            raise ValueError(f"resume: {path} entry {name} is not a finite {own[name].dtype} "
+                             f"array of shape {own[name].shape}")
 
 
 def _check_optimizer_state(path, state, optimizer):

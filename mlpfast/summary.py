@@ -6,6 +6,9 @@ Counts, per sample (one row of the batch), for the forward pass:
                          FLOPs  = 2*in*out (a multiply and an add per weight) (+ out for the bias)
     activation on n      params = 0, FLOPs = n (one operation per element, whatever it costs
                          in cycles: exp and erf are slower than ReLU's compare)
+    BatchNorm1d(n)       params = 2n with affine (buffers not counted), FLOPs = 2n: y =
+                         x * scale + shift per element in eval (training adds the statistics)
+    Dropout on n         params = 0, FLOPs = n (a multiply by mask / (1 - p))
     activation memory    bytes of the layer's output: out * itemsize of the model's dtype
 
 ``N`` in an output shape stands for the batch size.
@@ -15,7 +18,7 @@ import sys
 
 import numpy as np
 
-from .nn import Activation, Linear, Module, Sequential
+from .nn import Activation, BatchNorm1d, Dropout, Linear, Module, Sequential
 
 
 class Summary:
@@ -101,8 +104,11 @@ def summary(model, input_size, *, batch_size=None, show=True, file=None):
             flops = 2 * layer.in_features * layer.out_features           # y = x W^T
             flops += layer.out_features if layer.bias is not None else 0  # + b
             features = layer.out_features
-        elif isinstance(layer, Activation):
+        elif isinstance(layer, (Activation, Dropout)):
             params, flops = 0, features                                   # f(x) elementwise
+        elif isinstance(layer, BatchNorm1d):
+            params = sum(int(np.prod(p.shape)) for p in layer.parameters())
+            flops = 2 * features                                          # x * scale + shift
         else:
             raise TypeError(f"summary does not know how to count layer {index} "
                             f"({type(layer).__name__})")

@@ -16,12 +16,14 @@ from numba.np.numpy_support import as_dtype
 
 import mlpfast as mf
 from mlpfast.kernels import activations as ref_activations
+from mlpfast.kernels import batchnorm as ref_batchnorm
 from mlpfast.kernels import data as ref_data
+from mlpfast.kernels import dropout as ref_dropout
 from mlpfast.kernels import gemm as ref_gemm
 from mlpfast.kernels import linear as ref_linear
 from mlpfast.kernels import losses as ref_losses
 from mlpfast.kernels import optim as ref_optim
-from mlpfast.kernels.cuda import activations, data, gemm, linear, losses, optim
+from mlpfast.kernels.cuda import activations, batchnorm, data, dropout, gemm, linear, losses, optim
 from mlpfast.kernels.cuda._device import simulator_enabled
 
 
@@ -339,6 +341,104 @@ def test_optimizers_reject_bad_input():
         optim.VARIANTS["cuda"]["adam"](p, p, p, p, step=0, lr=0.1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_norm_matches_reference(dtype, rng):
+    for shape in [(1, 1), (9, 13), (0, 3)]:
+        weight = (2 * rng.standard_normal(shape)).astype(dtype)
+        on_device = dev(weight)
+        ref_optim.max_norm_ref(weight, 2.5)
+        optim.VARIANTS["cuda"]["max_norm"](on_device, 2.5)
+        assert_close(on_device.copy_to_host(), weight, what=f"max_norm {shape}")
+    with pytest.raises(ValueError, match="max_norm must be a positive"):
+        optim.VARIANTS["cuda"]["max_norm"](dev(np.ones((2, 2))), 0.0)
+
+
+# --- batchnorm -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_matches_reference(dtype, affine, rng):
+    ops = batchnorm.VARIANTS["cuda"]
+    for rows, cols in [(2, 1), (3, 7), (37, 5)]:
+        x = (3 * rng.standard_normal((rows, cols)) + 1).astype(dtype)
+        g = rng.standard_normal((rows, cols)).astype(dtype)
+        weight = (1 + rng.standard_normal(cols)).astype(dtype) if affine else None
+        bias = rng.standard_normal(cols).astype(dtype) if affine else None
+        rm, rv = rng.standard_normal(cols).astype(dtype), (0.5 + rng.random(cols)).astype(dtype)
+        rm_dev, rv_dev = dev(rm), dev(rv)
+        w_dev, b_dev = (dev(weight), dev(bias)) if affine else (None, None)
+        expected = ref_batchnorm.train_ref(x, weight, bias, rm, rv, momentum=0.3, eps=1e-4)
+        y, mean, invstd = ops["batchnorm_train"](dev(x), w_dev, b_dev, rm_dev, rv_dev,
+                                                 momentum=0.3, eps=1e-4)
+        for actual, wanted, what in zip((y, mean, invstd, rm_dev, rv_dev), expected + (rm, rv),
+                                        ("y", "mean", "invstd", "running_mean", "running_var")):
+            assert_close(actual.copy_to_host(), wanted, what=f"{what} {rows}x{cols}")
+        grads = ops["batchnorm_backward"](dev(g), dev(x), w_dev, mean, invstd)
+        wanted = ref_batchnorm.backward_ref(g, x, weight, expected[1], expected[2])
+        assert_close(grads[0].copy_to_host(), wanted[0], what="grad_x",
+                     tol={np.float32: (1e-4, 1e-4), np.float64: (1e-11, 1e-10)}[dtype])
+        if affine:
+            assert_close(grads[1].copy_to_host(), wanted[1], what="grad_weight")
+            assert_close(grads[2].copy_to_host(), wanted[2], what="grad_bias")
+        y_eval = ops["batchnorm_eval"](dev(x), w_dev, b_dev, rm_dev, rv_dev, eps=1e-4)
+        assert_close(y_eval.copy_to_host(), ref_batchnorm.eval_ref(x, weight, bias, rm, rv,
+                                                                   eps=1e-4), what="eval")
+
+
+def test_batchnorm_backward_matches_finite_differences(rng):
+    ops = batchnorm.VARIANTS["cuda"]
+    x, g = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    weight, bias = 1 + rng.standard_normal(3), rng.standard_normal(3)
+
+    def loss():
+        y = ops["batchnorm_train"](dev(x), dev(weight), dev(bias), dev(np.zeros(3)),
+                                   dev(np.ones(3)))[0]
+        return float((y.copy_to_host() * g).sum())
+
+    _, mean, invstd = ops["batchnorm_train"](dev(x), dev(weight), dev(bias), dev(np.zeros(3)),
+                                             dev(np.ones(3)))
+    grads = ops["batchnorm_backward"](dev(g), dev(x), dev(weight), mean, invstd)
+    for grad, wrt in zip(grads, (x, weight, bias)):
+        assert_close(grad.copy_to_host(), numerical_grad(loss, wrt), tol=GRAD_TOL)
+
+
+def test_batchnorm_rejects_bad_input():
+    ops = batchnorm.VARIANTS["cuda"]
+    x, v = dev(np.ones((4, 3), np.float32)), dev(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="more than 1 sample"):
+        ops["batchnorm_train"](x[:1], v, v, dev(np.zeros(3, np.float32)), v)
+    with pytest.raises(TypeError, match="x must be a CUDA device array"):
+        ops["batchnorm_eval"](np.ones((4, 3), np.float32), v, v, v, v)
+
+
+# --- dropout ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_equals_the_cpu_mask_bit_for_bit(dtype, rng):
+    ops = dropout.VARIANTS["cuda"]
+    for shape, (p, seed, step, layer) in [((1, 1), (0.5, 0, 0, 0)), ((7, 13), (0.3, 99, 5, 2)),
+                                          ((3, 33), (0.8, 2 ** 64 - 1, 2 ** 33, 7)),
+                                          ((0, 3), (0.5, 1, 1, 1))]:
+        x, g = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+        y_ref, keep_ref = ref_dropout.forward_ref(x, p, seed, step, layer)
+        y, keep = ops["dropout_forward"](dev(x), p, seed, step, layer)
+        np.testing.assert_array_equal(keep.copy_to_host(), keep_ref)
+        np.testing.assert_array_equal(y.copy_to_host(), y_ref)
+        np.testing.assert_array_equal(ops["dropout_mask"](shape, p, seed, step, layer)
+                                      .copy_to_host(), keep_ref)
+        np.testing.assert_array_equal(ops["dropout_backward"](dev(g), keep, p).copy_to_host(),
+                                      ref_dropout.backward_ref(g, keep_ref, p))
+
+
+def test_dropout_rejects_bad_input():
+    ops = dropout.VARIANTS["cuda"]
+    x = dev(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="p must be a probability"):
+        ops["dropout_forward"](x, -0.1, 0, 0, 0)
+    with pytest.raises(ValueError, match="keep must be the uint8 mask"):
+        ops["dropout_backward"](x, dev(np.ones((2, 3), np.float32)), 0.5)
+
+
 # --- gather ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("src_dtype,out_dtype", [(np.float32, np.float32), (np.uint8, np.float32),
@@ -421,6 +521,27 @@ def test_weights_move_between_cuda_and_numpy(tmp_path):
     on_numpy.layers[0].weight.data[...] *= 2
     model.load_state_dict(on_numpy.state_dict())
     assert_close(model(x), on_numpy(x), tol=(1e-6, 1e-5))
+
+
+def test_batchnorm_dropout_and_max_norm_train_on_cuda_as_on_numpy():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 12)).astype(np.float32), rng.integers(0, 5, 40)
+    runs = {}
+    for name in ("numpy", "cuda"):
+        model = mf.MLP([12, 9, 5], batchnorm=True, dropout=0.3, backend=name, seed=1)
+        opt = mf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, max_norm=1.0)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16,
+                         seed=3, progress=False, val=(x[:9], y[:9]))
+        runs[name] = model, history
+    (ref_model, ref_hist), (model, hist) = runs["numpy"], runs["cuda"]
+    tol = (1e-5, 1e-4)
+    for key in ("loss", "val_loss"):
+        assert_close(hist[key], ref_hist[key], tol=tol, what=f"epoch {key}")
+    ref_state = ref_model.state_dict()
+    for key, value in model.state_dict().items():
+        assert_close(value, ref_state[key], tol=tol, what=key)
+    assert int(model.state_dict()["1.num_batches_tracked"]) == 6
+    assert_close(model(x[:5]), ref_model(x[:5]), tol=tol, what="eval logits")
 
 
 # --- against PyTorch ----------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def _compile_specs():
     """(name, kernel, argument types) for every kernel of kernels/cuda."""
     from numba import types
 
-    from mlpfast.kernels.cuda import activations, data, gemm, linear, losses, optim
+    from mlpfast.kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
+                                      optim)
 
     def arr(dtype, ndim):
         return types.Array(dtype, ndim, "C")
@@ -85,6 +86,18 @@ def _compile_specs():
         ("sgd", optim._sgd_kernel, (v1, v1, v1, f64, f64, types.boolean, f64, types.boolean)),
         ("adam", optim._adam_kernel, (v1, v1, v1, v1) + (f64,) * 7),
         ("gather", data._gather_kernel, (arr(types.uint8, 2), arr(i64, 1), m2)),
+        ("max_norm", optim._max_norm_kernel, (m2, f64)),
+        ("batchnorm statistics", batchnorm._statistics_kernel, (m2, f64, f64, v1, v1, v1, v1)),
+        ("batchnorm normalize", batchnorm._normalize_kernel,
+         (m2, v1, v1, types.boolean, f64, v1, v1, types.boolean, m2)),
+        ("batchnorm gradient sums", batchnorm._gradient_sums_kernel,
+         (m2, m2, v1, v1, arr(f64, 2), v1, v1, types.boolean)),
+        ("batchnorm grad input", batchnorm._grad_input_kernel,
+         (m2, m2, v1, v1, v1, arr(f64, 2), types.boolean, m2)),
+        ("dropout forward", dropout._dropout_forward_kernel,
+         (m2, types.uint64, types.float32) + (types.uint64,) * 5 + (m2, arr(types.uint8, 2))),
+        ("dropout backward", dropout._dropout_backward_kernel,
+         (m2, arr(types.uint8, 2), types.float32, m2)),
     ]
     for with_grad in (True, False):
         specs.append((f"cross-entropy grad={with_grad}", losses._CROSS_ENTROPY[with_grad],

@@ -91,3 +91,55 @@ def test_optimizer_kernels_check_shapes(variant):
         ops["adam"](p, np.zeros(5, np.float32), p.copy(), p.copy(), step=1, lr=0.1)
     with pytest.raises(TypeError, match="exp_avg must be float32"):
         ops["adam"](p, np.zeros(4, np.float32), np.zeros(4), np.zeros(4, np.float32), step=1, lr=0.1)
+
+
+MAX_NORM_VARIANTS = [v for v in optim.VARIANTS if "max_norm" in optim.VARIANTS[v]]
+
+
+@pytest.mark.parametrize("variant", MAX_NORM_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (13, 257), (300, 3)])
+def test_max_norm_rescales_rows_above_the_bound(variant, dtype, shape, rng):
+    weight = (rng.standard_normal(shape) * rng.uniform(0.1, 3, (shape[0], 1))).astype(dtype)
+    norms = np.linalg.norm(weight.astype(np.float64), axis=1)
+    ranked = np.sort(norms)                            # c halfway between two rows' norms
+    c = (ranked[max(0, len(norms) // 2 - 1)] + ranked[len(norms) // 2]) / 2 if len(norms) > 1 \
+        else ranked[0] / 2
+    expected = [w * (c / n if n > c else 1.0) for w, n in zip(weight.astype(np.float64), norms)]
+    before = weight.copy()
+    optim.VARIANTS[variant]["max_norm"](weight, c)
+    assert_close(weight, np.array(expected), what=variant)
+    after = np.linalg.norm(weight.astype(np.float64), axis=1)
+    assert (after <= c * (1 + 1e-6)).all()
+    inside = norms <= c
+    assert np.array_equal(weight[inside], before[inside])  # rows within the ball untouched
+
+
+@pytest.mark.parametrize("variant", MAX_NORM_VARIANTS)
+def test_max_norm_matches_torch_renorm_and_strided_views(variant, rng):
+    torch = pytest.importorskip("torch")
+    big = rng.standard_normal((9, 20))
+    before = big.copy()
+    view = big[1:8, 2:14]                                # rows of a larger array
+    expected = torch.renorm(torch.from_numpy(before[1:8, 2:14].copy()), p=2, dim=0, maxnorm=1.5)
+    optim.VARIANTS[variant]["max_norm"](view, 1.5)
+    assert_close(view, expected.numpy(), tol=(1e-7, 1e-6))   # torch divides by norm + 1e-7
+    outside = np.ones((9, 20), bool)
+    outside[1:8, 2:14] = False
+    assert np.array_equal(big[outside], before[outside])
+
+
+@pytest.mark.parametrize("variant", MAX_NORM_VARIANTS)
+def test_max_norm_rejects_bad_input(variant):
+    f = optim.VARIANTS[variant]["max_norm"]
+    weight = np.ones((3, 4), np.float32)
+    for bad in (0.0, -1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
+            f(weight, bad)
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        f(np.ones(4, np.float32), 1.0)
+    read_only = np.ones((3, 4), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        f(read_only, 1.0)
+    assert (weight == 1).all()

@@ -224,3 +224,29 @@ def test_cli_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, capsys):
     assert np.array_equal(full.flat_data, resumed.flat_data)
     assert cli.main(common + ["--epochs", "2", "--resume"]) == 1
     assert "--resume needs --checkpoint PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_with_batchnorm_and_dropout_is_bit_identical(backend, tmp_path):
+    """Running statistics and num_batches_tracked are checkpointed; dropout masks, a
+    function of the global step, continue where the crash left them."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+
+    def model_and_optimizer():
+        model = mf.MLP([7, 9, 4], activation="tanh", batchnorm=True, dropout=0.3,
+                       backend=backend, seed=3)
+        return model, mf.optim.Adam(model.parameters(), lr=1e-2)
+
+    model_a, opt_a = model_and_optimizer()
+    hist_a = _fit(model_a, opt_a, Samples(x, y), 3)
+    model_b, opt_b = model_and_optimizer()
+    with pytest.raises(Crash):
+        _fit(model_b, opt_b, Samples(x, y, crash_at=12), 3, checkpoint=path, checkpoint_every=4)
+    model_c, opt_c = model_and_optimizer()
+    model_c.flat_data[...] = 0.5                            # everything comes from the file
+    hist_c = _fit(model_c, opt_c, Samples(x, y), 3, checkpoint=path, checkpoint_every=4,
+                  resume=path)
+    _assert_same_run(model_a, opt_a, hist_a, model_c, opt_c, hist_c)
+    for name, value in model_a.state_dict().items():
+        assert np.array_equal(value, model_c.state_dict()[name]), name

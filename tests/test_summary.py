@@ -79,3 +79,13 @@ def test_cli_train_prints_the_summary_before_training(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"Total params: {784 * 16 + 16 + 16 * 10 + 10:,}" in out
     assert out.index("Total params") < out.index("epoch 1/1")
+
+
+def test_batchnorm_and_dropout_layers_are_counted():
+    model = mf.MLP([784, 256, 10], batchnorm=True, dropout=0.2, seed=0)
+    result = mf.summary(model, 784, show=False)
+    assert [r["layer"] for r in result.rows] == ["Linear", "BatchNorm1d", "ReLU", "Dropout",
+                                                 "Linear"]
+    assert [r["params"] for r in result.rows] == [784 * 256 + 256, 2 * 256, 0, 0, 256 * 10 + 10]
+    assert [r["flops"] for r in result.rows][1:4] == [2 * 256, 256, 256]
+    assert result.total_params == sum(p.data.size for p in model.parameters())

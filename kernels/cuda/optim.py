@@ -8,11 +8,13 @@ Versions:
     cuda   one grid-stride kernel per optimizer, one thread per element, reading each of
            param, grad and state once and writing param and state once. Scalars that do not
            depend on the element (bias corrections) are computed on the host.
+           max_norm: one thread per row of a weight (its norm in float64, then the rescale).
 """
 import math
 
 from numba import cuda
 
+from ..optim import check_max_norm
 from ._device import blocks_for, check_device_float, check_same_device_shape, THREADS_PER_BLOCK
 
 
@@ -59,6 +61,20 @@ def _adam_kernel(param, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_s
         param[e] = p - step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps)
 
 
+@cuda.jit
+def _max_norm_kernel(weight, max_norm):
+    # row r of weight (out, in): w_r *= c / ||w_r|| where ||w_r|| > c
+    rows, cols = weight.shape
+    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        squares = 0.0
+        for j in range(cols):
+            squares += weight[r, j] * (weight[r, j] + 0.0)
+        if squares > max_norm * max_norm:
+            factor = max_norm / math.sqrt(squares)
+            for j in range(cols):
+                weight[r, j] = weight[r, j] * factor
+
+
 def _flat(a):
     return a.reshape(a.size)
 
@@ -91,4 +107,11 @@ def adam_cuda(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.
         float(beta2), float(eps), float(l2_decay), float(decay_factor))
 
 
-VARIANTS = {"cuda": {"sgd": sgd_cuda, "adam": adam_cuda}}
+def max_norm_cuda(weight, max_norm):
+    """Rescale each row of the device array weight (out, in) to L2 norm <= max_norm."""
+    c = check_max_norm(weight, max_norm, check_device_float)
+    if weight.shape[0]:
+        _max_norm_kernel[blocks_for(weight.shape[0]), THREADS_PER_BLOCK](weight, c)
+
+
+VARIANTS = {"cuda": {"sgd": sgd_cuda, "adam": adam_cuda, "max_norm": max_norm_cuda}}

@@ -13,9 +13,9 @@ from .steps import LayerByLayerStep, label_buffer
 
 def _registry_table(variant):
     """ops + activations of one kernel variant across all families."""
-    from ..kernels import activations, data, gemm, linear, losses, optim
+    from ..kernels import activations, batchnorm, data, dropout, gemm, linear, losses, optim
     ops = {"gemm": gemm.VARIANTS[variant]}
-    for family in (linear, losses, optim, data):
+    for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS[variant])
     return ops, activations.VARIANTS[variant]
 

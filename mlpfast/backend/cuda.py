@@ -60,11 +60,12 @@ def _cuda_backend():
 
     from numba import cuda
 
-    from ..kernels.cuda import activations, data, gemm, linear, losses, optim
+    from ..kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
+                                optim)
     from ..kernels.cuda._device import check_device_float, check_device_out, simulator_enabled
     from ..kernels.linear import compose_grad_input
     ops = {"gemm": gemm.VARIANTS["cuda"]}
-    for family in (linear, losses, optim, data):
+    for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS["cuda"])
     ops["linear_grad_input"] = compose_grad_input(ops["gemm"], activations.VARIANTS["cuda"],
                                                   check_device_float, check_device_out)

@@ -14,8 +14,10 @@ OPS = (
     "gemm",                              # kernels/gemm.py
     "linear_forward", "bias_grad", "linear_grad_input",     # kernels/linear.py
     "softmax_cross_entropy", "softmax_cross_entropy_forward", "mse", "mse_backward",  # losses.py
-    "sgd", "adam",                       # kernels/optim.py
+    "sgd", "adam", "max_norm",           # kernels/optim.py
     "gather",                            # kernels/data.py
+    "batchnorm_train", "batchnorm_eval", "batchnorm_backward",     # kernels/batchnorm.py
+    "dropout_mask", "dropout_forward", "dropout_backward",         # kernels/dropout.py
 )
 
 

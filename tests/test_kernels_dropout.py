@@ -1,0 +1,142 @@
+"""Dropout kernels: Philox-4x32-10 against Random123's known answers, every variant's mask
+and output against the NumPy reference, keep fraction and scaling, backward with the same
+mask against the reference and finite differences."""
+import numpy as np
+import pytest
+from conftest import DTYPES, GRAD_TOL, assert_close, numerical_grad
+
+from mlpfast.kernels import dropout
+
+VARIANTS = list(dropout.VARIANTS)
+U = np.uint64
+
+# Random123's kat_vectors for philox4x32_10: (counter, key) -> output
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
+def test_philox_matches_random123_known_answers(counter, key, expected):
+    args = [U(v) for v in counter + key]
+    assert [int(w) for w in dropout.philox4x32_10(*args)] == list(expected)
+    assert [int(w) for w in dropout._philox_numba(*args)] == list(expected)
+    as_arrays = dropout.philox4x32_10(np.array([U(counter[0])] * 3), *args[1:])
+    assert [[int(v) for v in w] for w in as_arrays] == [[e] * 3 for e in expected]
+
+
+SHAPES = [(1, 1), (1, 7), (3, 5), (13, 17), (0, 4), (64, 129)]
+STREAMS = [(0.5, 0, 0, 0), (0.2, 12345, 7, 3), (0.9, 2 ** 64 - 1, 2 ** 40 + 5, 2 ** 32 - 1)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p,seed,step,layer", STREAMS)
+def test_forward_matches_reference(variant, dtype, p, seed, step, layer, rng):
+    ops = dropout.VARIANTS[variant]
+    for shape in SHAPES:
+        x = rng.standard_normal(shape).astype(dtype)
+        y_ref, keep_ref = dropout.forward_ref(x, p, seed, step, layer)
+        y, keep = ops["dropout_forward"](x, p, seed, step, layer)
+        np.testing.assert_array_equal(keep, keep_ref, err_msg=f"{variant} mask {shape}")
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"{variant} output {shape}")
+        np.testing.assert_array_equal(ops["dropout_mask"](shape, p, seed, step, layer), keep_ref)
+        scale = dtype(1 / (1 - p))
+        np.testing.assert_array_equal(y, np.where(keep_ref == 1, x * scale, 0))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mask_is_a_function_of_the_element_index_only(variant, rng):
+    ops = dropout.VARIANTS[variant]
+    keep = ops["dropout_mask"]((11, 23), 0.4, 9, 2, 1)
+    np.testing.assert_array_equal(keep.reshape(1, -1), ops["dropout_mask"]((1, 253), 0.4, 9, 2, 1))
+    wide = rng.standard_normal((11, 46)).astype(np.float32)
+    view = wide[:, ::2]                                   # strided rows and columns
+    out = np.full((11, 40), np.nan, np.float32)[:, 3:26]  # a strided output
+    y, view_keep = ops["dropout_forward"](view, 0.4, 9, 2, 1, out=out)
+    np.testing.assert_array_equal(view_keep, keep)
+    np.testing.assert_array_equal(y, dropout.forward_ref(np.ascontiguousarray(view), 0.4, 9, 2,
+                                                         1)[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_keep_fraction_within_three_standard_errors(variant, p):
+    n = 1000 * 1000
+    keep = dropout.VARIANTS[variant]["dropout_mask"]((1000, 1000), p, 2024, 17, 4)
+    standard_error = np.sqrt(p * (1 - p) / n)
+    assert abs(keep.mean() - (1 - p)) < 3 * standard_error
+    columns = keep.mean(axis=0)                  # no column (feature) favoured
+    assert abs(columns.std() - np.sqrt(p * (1 - p) / 1000)) < 0.1 * np.sqrt(p * (1 - p) / 1000)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_masks_differ_across_seed_step_and_layer(variant):
+    mask = dropout.VARIANTS[variant]["dropout_mask"]
+    base = mask((200, 50), 0.5, 1, 0, 0)
+    for other in (mask((200, 50), 0.5, 2, 0, 0), mask((200, 50), 0.5, 1, 1, 0),
+                  mask((200, 50), 0.5, 1, 0, 1), mask((200, 50), 0.5, 1, 2 ** 32, 0)):
+        agreement = (other == base).mean()          # independent halves agree half the time
+        assert 0.47 < agreement < 0.53
+    np.testing.assert_array_equal(mask((200, 50), 0.5, 1, 0, 0), base)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_extreme_rates(variant, rng):
+    forward = dropout.VARIANTS[variant]["dropout_forward"]
+    x = rng.standard_normal((5, 9)).astype(np.float32)
+    y, keep = forward(x, 0.0, 3, 4, 5)
+    assert keep.all() and np.array_equal(y, x)
+    y, keep = forward(x, 1.0, 3, 4, 5)
+    assert not keep.any() and not y.any()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_uses_the_forward_mask(variant, dtype, rng):
+    ops = dropout.VARIANTS[variant]
+    for shape in SHAPES:
+        x = rng.standard_normal(shape).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        _, keep = ops["dropout_forward"](x, 0.3, 77, 5, 2)
+        grad_x = ops["dropout_backward"](g, keep, 0.3)
+        np.testing.assert_array_equal(grad_x, dropout.backward_ref(g, keep, 0.3))
+        np.testing.assert_array_equal(grad_x, np.where(keep == 1, g * dtype(1 / 0.7), 0))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backward_matches_finite_differences(variant, rng):
+    ops = dropout.VARIANTS[variant]
+    x, g = rng.standard_normal((4, 7)), rng.standard_normal((4, 7))
+    _, keep = ops["dropout_forward"](x, 0.4, 5, 6, 7)
+    numeric = numerical_grad(lambda: float((ops["dropout_forward"](x, 0.4, 5, 6, 7)[0] * g).sum()),
+                             x)
+    assert_close(ops["dropout_backward"](g, keep, 0.4), numeric, tol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_input_is_named_and_writes_nothing(variant):
+    ops = dropout.VARIANTS[variant]
+    x = np.ones((3, 4), np.float32)
+    out = np.full((3, 4), 7.0, np.float32)
+    cases = [
+        (lambda: ops["dropout_forward"](x, 1.5, 0, 0, 0, out=out), ValueError, "p must be"),
+        (lambda: ops["dropout_forward"](x, 0.5, -1, 0, 0, out=out), ValueError, "seed must be"),
+        (lambda: ops["dropout_forward"](x, 0.5, 0, 2 ** 64, 0, out=out), ValueError,
+         "step must be"),
+        (lambda: ops["dropout_forward"](x, 0.5, 0, 0, 2 ** 32, out=out), ValueError,
+         "layer must be"),
+        (lambda: ops["dropout_forward"](x.astype(int), 0.5, 0, 0, 0), TypeError, "x must be float"),
+        (lambda: ops["dropout_forward"](x, 0.5, 0, 0, 0, out=x), ValueError, "overlap"),
+        (lambda: ops["dropout_forward"](x[0], 0.5, 0, 0, 0), ValueError, "2-D"),
+        (lambda: ops["dropout_backward"](x, np.ones((3, 4), bool), 0.5, out=out), ValueError,
+         "keep must be the uint8 mask"),
+        (lambda: ops["dropout_mask"]((3,), 0.5, 0, 0, 0), ValueError, "2-D"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert (out == 7).all()
