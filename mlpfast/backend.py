@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
@@ -79,6 +80,7 @@ class Backend:
 _FACTORIES: Dict[str, tuple] = {}   # name -> (factory() -> Backend, available() -> bool)
 _INSTANCES: Dict[str, Backend] = {}
 AUTO_ORDER = ("cuda", "cpu", "numpy")
+WHY_UNAVAILABLE: Dict[str, str] = {}   # name -> why a present device cannot be used
 
 
 def register_backend(name, factory, available=lambda: True):
@@ -102,7 +104,8 @@ def resolve_name(name="auto"):
     if name not in _FACTORIES:
         raise ValueError(f"backend must be one of {['auto'] + sorted(_FACTORIES)}, got {name!r}")
     if not _FACTORIES[name][1]():
-        raise ValueError(f"backend {name!r} is not available on this machine; "
+        why = f" ({WHY_UNAVAILABLE[name]})" if name in WHY_UNAVAILABLE else ""
+        raise ValueError(f"backend {name!r} is not available on this machine{why}; "
                          f"available: {backends()}")
     return name
 
@@ -253,7 +256,9 @@ register_backend("cpu", _cpu_backend)
 
 @functools.lru_cache(maxsize=None)
 def _cuda_available():
-    """numba-cuda is installed and a GPU (or Numba's CUDA simulator) is usable; cached."""
+    """numba-cuda is installed, a GPU (or Numba's CUDA simulator) is usable, and a tiny kernel
+    compiled, ran and gave the right values there (``_cuda_probe``); cached, so the probe
+    runs once per process. When the probe fails, warns once with the cause and the fix."""
     if importlib.util.find_spec("numba_cuda") is None:
         return False
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
@@ -261,9 +266,57 @@ def _cuda_available():
         return False                   # skips importing numba.cuda (~0.5 s) on GPU-less hosts
     try:
         from numba import cuda
-        return bool(cuda.is_available())
+        if not cuda.is_available():
+            return False
     except Exception:                  # a broken driver or toolkit: not usable
         return False
+    problem = _cuda_probe()
+    if problem is not None:
+        WHY_UNAVAILABLE["cuda"] = problem
+        warnings.warn(f"mlpfast: the GPU is not used, backend 'auto' falls back to the CPU: "
+                      f"{problem}", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _cuda_probe():
+    """None when a tiny kernel compiles, runs and returns 2 x + 1; else the cause and the fix.
+
+    Compiled eagerly for one signature, so a compiler failure (e.g. numba-cuda 0.30 under
+    NumPy 2.5) shows before any device memory is touched."""
+    from numba import cuda
+    try:
+        from .kernels.cuda._device import probe_kernel
+        kernel = cuda.jit("void(float32[:], float32[:])")(probe_kernel)
+        x = np.arange(64, dtype=np.float32)
+        out = cuda.device_array(64, dtype=np.float32)
+        kernel[2, 32](cuda.to_device(x), out)
+        got = out.copy_to_host()
+    except Exception as e:             # any failure means: not usable here
+        return _probe_failure(e)
+    if not np.array_equal(got, 2 * x + 1):
+        return (f"a test kernel ran but returned wrong values ({got[:4]} ... instead of "
+                f"{(2 * x + 1)[:4]} ...). Fix: update the NVIDIA driver and numba-cuda")
+    return None
+
+
+def _probe_failure(error):
+    """The cause of a failed probe, in words, with the fix."""
+    from importlib.metadata import version
+    words = " ".join(str(error).split())
+    cause = f"{type(error).__name__}: {words[:200]}"
+    if "row_stack" in str(error):
+        return (f"numba-cuda {version('numba-cuda')} cannot compile CUDA kernels under NumPy "
+                f"{np.__version__} ({cause}): NumPy 2.5 removed np.row_stack, which "
+                f"numba-cuda 0.30 registers. Fix: pip install 'numpy<2.5' (the pin of "
+                f"mlpfast's cuda extra)")
+    if any(name in str(error).lower() for name in ("nvvm", "nvrtc", "libdevice")):
+        return (f"the CUDA compiler libraries were not found ({cause}). Fix: pip install "
+                f"'mlpfast[cuda12]' or 'mlpfast[cuda13]' (NVIDIA's wheels, by the driver's "
+                f"CUDA version) or install the CUDA toolkit")
+    return (f"a test kernel failed to compile or run ({cause}). Fix: check the driver and "
+            f"toolkit with python -c 'from numba import cuda; cuda.detect()'; "
+            f"pip install 'mlpfast[cuda12]' or 'mlpfast[cuda13]' brings NVIDIA's runtime")
 
 
 def _nvidia_driver_loadable():
@@ -325,6 +378,8 @@ def gpu_summary():
     if importlib.util.find_spec("numba_cuda") is None:
         return "none used: numba-cuda is not installed (pip install 'mlpfast[cuda]')"
     if not _cuda_available():
+        if "cuda" in WHY_UNAVAILABLE:
+            return f"none used: {WHY_UNAVAILABLE['cuda']}"
         return "none found (no NVIDIA driver or GPU usable by numba-cuda)"
     return f"{get_backend('cuda').info['gpu']} (backend cuda)"
 
