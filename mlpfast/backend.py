@@ -41,6 +41,10 @@ OPTIONAL_OPS = (
 )
 
 
+def _fill_zeros(a):
+    a.fill(0)
+
+
 @dataclass
 class Backend:
     """A table of kernels for one device plus the array helpers the engine needs.
@@ -58,6 +62,9 @@ class Backend:
     zeros: Callable = np.zeros
     to_device: Callable = np.ascontiguousarray   # host array -> backend array
     to_numpy: Callable = np.asarray              # backend array -> NumPy array
+    assign: Callable = np.copyto                 # assign(dst, src): dst[...] = src, src a host
+                                                 # or backend array of dst's shape
+    zero: Callable = _fill_zeros                 # zero(dst): dst[...] = 0
     info: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -346,6 +353,20 @@ def _cuda_to_device(host):
     return cuda.to_device(np.ascontiguousarray(host))
 
 
+def _cuda_assign(dst, src):
+    """dst[...] = src for a contiguous device array dst; src a device array of dst's dtype,
+    or a host array (cast to dst's dtype): one copy, no temporary on the device."""
+    from .kernels.cuda._device import is_device_array
+    if not is_device_array(src):
+        src = np.ascontiguousarray(src, dtype=dst.dtype)
+    dst.copy_to_device(src)
+
+
+def _cuda_zero(dst):
+    """dst[...] = 0 for a contiguous device array (gradients, optimizer state)."""
+    dst.copy_to_device(np.zeros(dst.shape, dtype=dst.dtype))
+
+
 def _cuda_backend():
     """Parameters, activations, gradients and optimizer state stay on the GPU; batches go
     up with ``to_device``, and only the loss and metrics come back."""
@@ -370,7 +391,8 @@ def _cuda_backend():
     info = {"gpu": gpu, "numba-cuda": version("numba-cuda")}
     return Backend("cuda", "cuda", ops, activations.VARIANTS["cuda"],
                    fused_activations=linear.FUSED["cuda"], empty=_cuda_empty, zeros=_cuda_zeros,
-                   to_device=_cuda_to_device, to_numpy=to_numpy, info=info)
+                   to_device=_cuda_to_device, to_numpy=to_numpy, assign=_cuda_assign,
+                   zero=_cuda_zero, info=info)
 
 
 def gpu_summary():

@@ -101,7 +101,7 @@ class Module:
 
     def zero_grad(self):
         for p in self.parameters():
-            p.grad[...] = 0
+            self.backend.zero(p.grad)
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -343,7 +343,7 @@ class Sequential(Module):
         for p in params:
             size = int(np.prod(p.shape))
             data_view = self.flat_data[offset:offset + size].reshape(p.shape)
-            data_view[...] = p.data
+            self.backend.assign(data_view, p.data)
             p.data = data_view
             p.grad = self.flat_grad[offset:offset + size].reshape(p.shape)
             p.flat_slice = (self.flat_data, self.flat_grad, offset, size)
@@ -413,7 +413,7 @@ class Sequential(Module):
         return grad_y
 
     def zero_grad(self):
-        self.flat_grad[...] = 0
+        self.backend.zero(self.flat_grad)
 
     def train(self, mode=True):
         for layer in self.layers:
@@ -445,7 +445,7 @@ class Sequential(Module):
                 raise ValueError(f"{name} contains NaN or inf")
             arrays[name] = a.astype(self.dtype)
         for name, p in own.items():
-            p.data[...] = self.backend.to_device(arrays[name])
+            self.backend.assign(p.data, arrays[name])
 
     def architecture(self):
         return {"format": "mlpfast.Sequential", "version": 1, "dtype": self.dtype.name,

@@ -23,6 +23,7 @@ from mlpfast.kernels import losses as ref_losses
 from mlpfast.kernels import optim as ref_optim
 from mlpfast.kernels.cuda import activations, data, gemm, linear, losses, optim
 from mlpfast.kernels.cuda._device import simulator_enabled
+from strict_device import install as install_strict_device_arrays
 
 
 def _serialize_simulator_shared_arrays():
@@ -47,6 +48,7 @@ def _serialize_simulator_shared_arrays():
 
 if simulator_enabled():
     _serialize_simulator_shared_arrays()
+    StrictDeviceArray = install_strict_device_arrays()   # refuses what a GPU's arrays refuse
 
 
 def dev(a):
@@ -421,3 +423,87 @@ def test_weights_move_between_cuda_and_numpy(tmp_path):
     on_numpy.layers[0].weight.data[...] *= 2
     model.load_state_dict(on_numpy.state_dict())
     assert_close(model(x), on_numpy(x), tol=(1e-6, 1e-5))
+
+
+
+def fit_small_cuda_model(x, y, epochs, **kwargs):
+    model = mf.MLP([6, 7, 3], activation="relu", backend="cuda", seed=4)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=8,
+                     seed=6, progress=False, **kwargs)
+    return model, opt, history
+
+
+def test_checkpoint_resume_predict_and_zero_grad_on_cuda(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    path = tmp_path / "run.npz"
+    model_a, _, hist_a = fit_small_cuda_model(x, y, 2)
+    fit_small_cuda_model(x, y, 1, checkpoint=path, checkpoint_every=3)   # 1 epoch, checkpointed at its end
+    model_b, opt_b, hist_b = fit_small_cuda_model(x, y, 2, resume=path)
+    assert hist_b["loss"] == hist_a["loss"]                               # exact resume
+    for key, value in model_a.state_dict().items():
+        np.testing.assert_array_equal(model_b.state_dict()[key], value)
+    on_numpy = mf.MLP([6, 7, 3], activation="relu", backend="numpy", seed=0)
+    on_numpy.load_state_dict(model_b.state_dict())
+    np.testing.assert_array_equal(mf.predict(model_b, x), mf.predict(on_numpy, x))
+    assert_close(mf.predict_proba(model_b, x), mf.predict_proba(on_numpy, x), tol=(1e-6, 1e-5))
+    first_layer = model_b.layers[0].weight.grad.size + model_b.layers[0].bias.grad.size
+    for zero_grad, zeros in ((model_b.layers[0].zero_grad, first_layer),
+                             (model_b.zero_grad, None), (opt_b.zero_grad, None)):
+        model_b.flat_grad.copy_to_device(np.ones(model_b.flat_grad.shape, np.float32))
+        zero_grad()
+        grads = model_b.flat_grad.copy_to_host()
+        assert not grads[:zeros].any() and grads[zeros:].all() if zeros else not grads.any()
+
+
+# --- the strict device array: refuses what a GPU's DeviceNDArray refuses -------------------------
+# On a GPU these run against numba-cuda's own DeviceNDArray, which must refuse the same.
+
+def test_device_arrays_refuse_what_numba_cuda_refuses():
+    a = dev(np.arange(12, dtype=np.float32).reshape(3, 4))
+    for key in (Ellipsis, (Ellipsis, 0), None, (0, None), [0, 2], np.array([0, 2]),
+                np.array([True, False, True])):
+        with pytest.raises(TypeError):
+            a[key]
+        with pytest.raises(TypeError):
+            a[key] = 0
+    with pytest.raises(IndexError):
+        a[0, 1, 2]
+    for operation in (lambda: a + 1, lambda: 2 * a, lambda: -a, lambda: a @ a):
+        with pytest.raises(TypeError):
+            operation()
+    for method in ("fill", "sum", "astype", "copy", "max"):
+        assert not hasattr(a, method), method
+    with pytest.raises(NotImplementedError, match="copying"):
+        a[:, 1:3].reshape(6)                              # rows not contiguous: needs a copy
+    with pytest.raises(NotImplementedError):
+        a[:, :2].ravel()
+    if simulator_enabled():                               # the real one copies to the host here
+        for operation in (lambda: np.asarray(a), lambda: np.isfinite(a), lambda: np.sum(a),
+                          lambda: a == 0, lambda: a[True]):
+            with pytest.raises(TypeError):
+                operation()
+
+
+def test_device_arrays_accept_what_numba_cuda_accepts():
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a = dev(host)
+    assert a[1, 2] == host[1, 2] and a[np.int64(2), -1] == host[2, -1]
+    np.testing.assert_array_equal(a[1:, ::2].copy_to_host(), host[1:, ::2])
+    np.testing.assert_array_equal(a[1].copy_to_host(), host[1])
+    np.testing.assert_array_equal(a[1:3].reshape(8).copy_to_host(), host[1:3].reshape(8))
+    np.testing.assert_array_equal(a[:, 1:3].reshape(3, 1, 2).copy_to_host(),
+                                  host[:, 1:3].reshape(3, 1, 2))       # a view: no copy needed
+    np.testing.assert_array_equal(a.T.copy_to_host(), host.T)
+    a[0] = 7.0
+    a[1, :] = np.full(4, 8, np.float32)
+    a[2] = dev(np.full(4, 9, np.float32))
+    np.testing.assert_array_equal(a.copy_to_host(), np.repeat([[7.0], [8.0], [9.0]], 4, axis=1))
+    a.copy_to_device(host)
+    b = dev(np.zeros((3, 4), np.float32))
+    b.copy_to_device(a)                                   # device to device
+    np.testing.assert_array_equal(b.copy_to_host(), host)
+    assert len(b) == 3 and b.size == 12 and b.ndim == 2 and b.dtype == np.float32
+    assert b.is_c_contiguous() and "__cuda_array_interface__" in dir(type(b))
