@@ -375,13 +375,10 @@ def _cuda_backend():
     from numba import cuda
 
     from .kernels.cuda import activations, data, gemm, linear, losses, optim
-    from .kernels.cuda._device import check_device_float, check_device_out, simulator_enabled
-    from .kernels.linear import compose_grad_input
+    from .kernels.cuda._device import simulator_enabled
     ops = {"gemm": gemm.VARIANTS["cuda"]}
     for family in (linear, losses, optim, data):
         ops.update(family.VARIANTS["cuda"])
-    ops["linear_grad_input"] = compose_grad_input(ops["gemm"], activations.VARIANTS["cuda"],
-                                                  check_device_float, check_device_out)
     if simulator_enabled():
         gpu = "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), no GPU"
     else:

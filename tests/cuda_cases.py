@@ -104,12 +104,98 @@ def test_gemm_alpha_beta_and_never_reads_out_when_beta_is_zero(dtype, rng):
     assert_close(out.copy_to_host(), a @ b.T, what="beta=0 over NaN")
 
 
-@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 2, 4),))
-def test_gemm_every_tile(tile, rng):
-    # the production tiles (128x128 of 8x8, 64x64 of 4x4) and an odd one, edges in m, n, k
-    a, b = gemm_inputs(rng, 9, 11, 13, True, False, np.float32)
-    out = gemm.gemm_tiled(dev(a), dev(b), None, True, False, tile=tile)
-    assert_close(out.copy_to_host(), a.T @ b, what=f"tile {tile}")
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 4, 4),))
+def test_gemm_every_tile(tile, trans_a, trans_b, rng):
+    # every tile choose_config can pick, and an odd one (BK 3): two block rows, the second
+    # partial, a partial block column, and three tiles of k (the last partial), so the
+    # double buffer turns over
+    m, n, k = tile[0] + 3, tile[1] // 2 + 3, 2 * tile[2] + 3
+    a, b = gemm_inputs(rng, m, n, k, trans_a, trans_b, np.float32)
+    out = gemm.gemm_tiled(dev(a), dev(b), None, trans_a, trans_b, tile=tile)
+    expected = ref_gemm.gemm_ref(a.astype(np.float64), b.astype(np.float64), trans_a=trans_a,
+                                 trans_b=trans_b)
+    assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"tile {tile}")
+
+
+EPILOGUES = [dict(), dict(alpha=0.5, beta=-1.5), dict(bias=True, activation="relu"),
+             dict(bias=True, activation="gelu", beta=0.5), dict(dact="relu"),
+             dict(dact="sigmoid", bias=True), dict(dact="tanh", alpha=2.0, beta=1.0)]
+
+
+def epilogue_ref(a, b, c0, bias, y, alpha=1.0, beta=0.0, activation="identity",
+                 dact="identity"):
+    z = alpha * (a.astype(np.float64) @ b) + beta * c0 + (0 if bias is None else bias)
+    if dact != "identity":
+        y = y.astype(np.float64)
+        return ref_activations.REFERENCE[dact].backward(z, y, y)
+    return ref_activations.REFERENCE[activation].forward(z)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_gemm_epilogues_and_split_k(epilogue, splits, rng):
+    # split-K: k = 29 in slices of 12, 12 and 5, added in order, then the epilogue
+    m, n, k = 18, 7, 29
+    epilogue = dict(epilogue)
+    a, b = gemm_inputs(rng, m, n, k, False, False, np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if epilogue.pop("bias", False) else None
+    y = rng.random((m, n)).astype(np.float32)            # an activation's output
+    y[::3] = 0                                           # relu' = 0 there
+    expected = epilogue_ref(a, b, c0, bias, y, **epilogue)
+    out = dev(c0)
+    gemm.gemm_tiled(dev(a), dev(b), out, bias=None if bias is None else dev(bias),
+                    y=dev(y) if "dact" in epilogue else None, splits=splits, **epilogue)
+    assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"{epilogue} {splits}")
+
+
+def test_choose_config_picks_by_shape(monkeypatch):
+    monkeypatch.setattr(gemm, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(gemm, "_multiprocessors", lambda: 132)          # an H100 / H200
+    picks = {shape: gemm.choose_config(*shape) for shape in [
+        (4096, 4096, 4096), (1024, 1024, 1024), (1024, 1024, 784), (1024, 784, 1024),
+        (128, 512, 784), (128, 256, 512), (512, 784, 128), (1024, 10, 1024),
+        (10, 1024, 1024), (128, 10, 256), (1024, 1536, 1024)]}
+    assert picks[(4096, 4096, 4096)] == (gemm.TILE_128x128x8, 1)
+    assert picks[(1024, 1024, 1024)] == (gemm.TILE_64x64x16, 1)        # 256 blocks
+    assert picks[(1024, 1536, 1024)] == (gemm.TILE_128x64x16, 1)
+    assert picks[(128, 512, 784)] == (gemm.TILE_32x32x8, 2)            # MNIST b128 layer 1
+    assert picks[(128, 256, 512)] == (gemm.TILE_32x32x8, 4)
+    assert picks[(1024, 10, 1024)] == (gemm.TILE_64x16x8, 8)           # the logits layer
+    assert picks[(10, 1024, 1024)] == (gemm.TILE_16x64x8, 8)           # its weight gradient
+    assert {tile for tile, _ in picks.values()} == set(gemm.TILES)     # each tested above
+
+
+def test_gemm_rejects_bad_epilogues():
+    a = dev(np.ones((3, 4), np.float32))
+    b = dev(np.ones((4, 2), np.float32))
+    y = dev(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="dact must be one of"):
+        gemm.gemm_tiled(a, b, dact="gelu", y=y)
+    with pytest.raises(ValueError, match="cannot both apply"):
+        gemm.gemm_tiled(a, b, dact="relu", y=y, activation="relu")
+    with pytest.raises(ValueError, match=r"y must be float32 of shape \(3, 2\)"):
+        gemm.gemm_tiled(a, b, dact="relu", y=a)
+    with pytest.raises(ValueError, match="out must not overlap input y"):
+        gemm.gemm_tiled(a, b, y, dact="relu", y=y)
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        gemm.gemm_tiled(a, b, splits=0)
+
+
+@pytest.mark.parametrize("activation", ref_linear.DERIVATIVE_FROM_OUTPUT)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_grad_input_folds_the_activation_derivative(activation, dtype, rng):
+    grad_y = rng.standard_normal((13, 5)).astype(dtype)
+    w = rng.standard_normal((5, 9)).astype(dtype)
+    x = ref_activations.REFERENCE[activation].forward(rng.standard_normal((13, 9))).astype(dtype)
+    expected = ref_linear.grad_input_ref(grad_y.astype(np.float64), w.astype(np.float64),
+                                         activation, x.astype(np.float64))
+    f = linear.VARIANTS["cuda"]["linear_grad_input"]
+    out = f(dev(grad_y), dev(w), activation, dev(x), dev(np.full((13, 9), np.nan, dtype)))
+    assert_close(out.copy_to_host(), expected, dtype=dtype, what=activation)
+    with pytest.raises(ValueError, match="x .* is needed"):
+        f(dev(grad_y), dev(w), "relu")
 
 
 def test_gemm_strided_views(rng):

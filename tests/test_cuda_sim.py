@@ -52,26 +52,36 @@ def _compile_specs():
     """(name, kernel, argument types) for every kernel of kernels/cuda."""
     from numba import types
 
-    from mlpfast.kernels.cuda import activations, data, gemm, linear, losses, optim
+    from mlpfast.kernels.cuda import _device, activations, data, gemm, linear, losses, optim
 
     def arr(dtype, ndim):
         return types.Array(dtype, ndim, "C")
     f64, i64 = types.float64, types.int64
+
+    def gemm_spec(name, dtype, *options):
+        kernel, _ = gemm.gemm_kernel(np.dtype(str(dtype)), *options)
+        m2, v1, m3 = arr(dtype, 2), arr(dtype, 1), arr(dtype, 3)
+        return (name, kernel, (m2, m2, m2, v1, m2, m3, f64, f64, i64, i64, i64, i64))
     specs = []
-    for dtype in (types.float32, types.float64):       # every transpose case, both dtypes
-        m2, v1 = arr(dtype, 2), arr(dtype, 1)
+    for tile in gemm.TILES:                             # every tile and transpose case
         for trans_a in (False, True):
             for trans_b in (False, True):
-                kernel, _ = gemm.gemm_kernel(np.dtype(str(dtype)), trans_a, trans_b, "identity",
-                                             False, gemm.TILE_LARGE)
-                specs.append((f"gemm {dtype} {trans_a} {trans_b}", kernel,
-                              (m2, m2, m2, v1, f64, f64, i64, i64, i64)))
+                specs.append(gemm_spec(f"gemm {tile} {trans_a} {trans_b}", types.float32,
+                                       trans_a, trans_b, "identity", False, tile))
+    tile = gemm.TILE_64x64x16
+    for trans_a, trans_b in ((False, True), (True, False)):
+        specs.append(gemm_spec(f"gemm float64 {trans_a} {trans_b}", types.float64, trans_a,
+                               trans_b, "identity", False, tile))
+    for activation, dact, split in (("relu", "identity", False), ("gelu", "identity", False),
+                                    ("identity", "relu", False), ("identity", "sigmoid", False),
+                                    ("identity", "tanh", False), ("identity", "identity", True)):
+        specs.append(gemm_spec(f"gemm + bias + {activation}, dact {dact}, split {split}",
+                               types.float32, False, True, activation, True, tile, dact, split))
     m2, v1 = arr(types.float32, 2), arr(types.float32, 1)   # the rest in float32
-    for activation in ("relu", "gelu"):                     # inline, and second-pass epilogue
-        kernel, _ = gemm.gemm_kernel(np.dtype(np.float32), False, True, activation, True,
-                                     gemm.TILE_LARGE)
-        specs.append((f"gemm + bias + {activation}", kernel,
-                      (m2, m2, m2, v1, f64, f64, i64, i64, i64)))
+    for activation, dact in (("identity", "identity"), ("gelu", "identity"), ("relu", "tanh")):
+        specs.append((f"split-K reduce {activation} {dact}",
+                      gemm.split_reduce_kernel(activation, True, dact),
+                      (arr(types.float32, 3), m2, v1, m2, f64, f64)))
     for name in activations.ELEMENTWISE:
         specs.append((f"{name} forward", activations._FORWARD_KERNELS[name], (m2, m2, f64)))
         specs.append((f"{name} backward", activations._BACKWARD_KERNELS[name],
@@ -85,6 +95,7 @@ def _compile_specs():
         ("sgd", optim._sgd_kernel, (v1, v1, v1, f64, f64, types.boolean, f64, types.boolean)),
         ("adam", optim._adam_kernel, (v1, v1, v1, v1) + (f64,) * 7),
         ("gather", data._gather_kernel, (arr(types.uint8, 2), arr(i64, 1), m2)),
+        ("backend probe", _device.probe_kernel, (v1, v1)),
     ]
     for with_grad in (True, False):
         specs.append((f"cross-entropy grad={with_grad}", losses._CROSS_ENTROPY[with_grad],
@@ -118,10 +129,15 @@ def test_every_cuda_kernel_compiles_for_a_gpu(monkeypatch):
     # device functions (the activations the GEMM epilogue calls) ask the current GPU for its
     # compute capability; without a GPU, answer for one
     monkeypatch.setattr(dispatcher, "get_current_device", lambda: Hopper())
+    from mlpfast.kernels.cuda import gemm
     for name, kernel, argument_types in _compile_specs():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, argument_types, cc=(9, 0))
+        function = getattr(kernel, "py_func", kernel)
+        bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
+        ptx, _ = cuda.compile_ptx(function, argument_types, cc=(9, 0), launch_bounds=bounds)
         if name.startswith("gemm"):          # accumulators in registers, none in local memory
             assert "__local_depot" not in ptx, f"{name}: uses local memory"
+        if any(name.startswith(f"gemm {tile}") for tile in gemm.TILES if tile[3] == 8):
+            assert "ld.shared.v4.f32" in ptx, f"{name}: no 16-byte shared-memory loads"
 
 
 # --- the probe: "auto" never picks a GPU that cannot run kernels ------------------------------
