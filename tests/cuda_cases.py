@@ -593,3 +593,23 @@ def test_device_arrays_accept_what_numba_cuda_accepts():
     np.testing.assert_array_equal(b.copy_to_host(), host)
     assert len(b) == 3 and b.size == 12 and b.ndim == 2 and b.dtype == np.float32
     assert b.is_c_contiguous() and "__cuda_array_interface__" in dir(type(b))
+
+
+# --- bench/gpu_check.py --quick: the script a GPU run relies on, smoke-tested here ------------
+
+def test_gpu_check_quick_runs_every_check(capsys):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench",
+                        "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    status = gpu_check.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and "MISMATCH" not in out, out
+    assert status == 0 and " 0 mismatches or failed checks" in out, out
+    for row in ("linear_grad_input tanh'", "split-K 3", "MNIST-like b16 epoch s",
+                "wide-like b32 epoch s", "mlpfast train mnist", "bars (issue 16)",
+                "sgemm 4096^3 vs cuBLAS fp32", "wide b1024 epoch vs JAX jit"):
+        assert row in out, row
