@@ -18,7 +18,7 @@ fp32 peak) is printed above the run and stored in the JSON of ``--benchmark-json
 import numpy as np
 
 from mlpfast import get_num_threads
-from mlpfast.benchmark import (CONFIGS, OP_SPECS, TOL, assert_close, config_name,  # noqa: F401
+from mlpfast.benchmarks.harness import (CONFIGS, OP_SPECS, TOL, assert_close, config_name,  # noqa: F401
                                fp32_peak_gflops, machine_info, mlp_gemm_shapes,
                                mlp_train_flops)
 

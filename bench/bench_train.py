@@ -11,7 +11,7 @@ import pytest
 from _common import CONFIGS, config_name, mlp_train_flops, peak_gflops, run_benchmark
 
 import mlpfast
-from mlpfast.benchmark import WARMUP_BATCHES, train_step_setup, validate_train_step
+from mlpfast.benchmarks.harness import WARMUP_BATCHES, train_step_setup, validate_train_step
 
 CONFIG_IDS = [config_name(sizes, batch).replace(" ", "-") for sizes, batch in CONFIGS]
 
@@ -27,7 +27,7 @@ def mnist_train():
 def test_train_step(benchmark, backend, sizes, batch):
     if backend != "numpy":
         validate_train_step(backend, sizes, batch)
-    _, step, _ = train_step_setup(backend, sizes, batch)
+    _, step = train_step_setup(backend, sizes, batch)
     loss = run_benchmark(benchmark, step, flops=mlp_train_flops(sizes, batch),
                          shape=config_name(sizes, batch), variant=backend)
     if "median_s" in benchmark.extra_info:

@@ -103,17 +103,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variant", default="numba")
     args = parser.parse_args()
-    from mlpfast.benchmark import time_call
+    from mlpfast.benchmarks.harness import time_call
     n = args.mib * 2 ** 20 // 4 // 1024 * 1024
     table = cases(args.variant, n, np.random.default_rng(0))
     for name, call, _, check in table:
         call()                                   # compile, warm the pages
         if not check():
             raise SystemExit(f"{name} does not match its reference")
-    from mlpfast.kernels import _numba_config
     print(f"variant {args.variant}; arrays of {args.mib} MiB float32; GB/s of bytes that "
-          f"must move; median of {args.rounds} interleaved rounds; Numba 512-bit vectors: "
-          f"{_numba_config.VECTOR_512}; load average {os.getloadavg()[0]:.2f}")
+          f"must move; median of {args.rounds} interleaved rounds; load average "
+          f"{os.getloadavg()[0]:.2f}")
     for threads in args.threads:
         mlpfast.set_num_threads(threads)
         times = {name: [] for name, *_ in table}

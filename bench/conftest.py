@@ -10,7 +10,7 @@ import fnmatch
 import pytest
 
 from mlpfast.backend import add_thread_hook
-from mlpfast.benchmark import format_machine, machine_info
+from mlpfast.benchmarks.harness import format_machine, machine_info
 
 _INFO = {}
 

@@ -80,6 +80,18 @@ static const mlpf_sgemm_config *sgemm_config(void)
 
 const char *mlpf_kernel_name(void) { return sgemm_config()->name; }
 
+const mlpf_sgemm_config *mlpf_active_config(void) { return sgemm_config(); }
+
+int64_t mlpf_config_value(const char *family, const char *key)
+{
+    static const struct { const char *family, *key; int64_t value; } table[] = {MLPF_CFG_TABLE};
+    if (!family || !key) return -1;
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (strcmp(table[i].family, family) == 0 && strcmp(table[i].key, key) == 0)
+            return table[i].value;
+    return -1;
+}
+
 int mlpf_set_kernel(const char *name)
 {
     if (!name) return MLPF_ERR_KERNEL;
@@ -182,9 +194,9 @@ VECTOR_CLONES static void NAME(int64_t rows, int64_t cols, T *c, int64_t ldc,   
     for (int64_t i = 0; i < rows; i++) {                                                  \
         T *restrict c_row = c + i * ldc;                                                  \
         const T *restrict y_row = y + i * ldy;                                            \
-        if (dact == MLPF_DACT_RELU)           /* [y > 0]: y NaN gives 0, as the reference */ \
+        if (dact == MLPF_ACT_RELU)           /* [y > 0]: y NaN gives 0, as the reference */ \
             for (int64_t j = 0; j < cols; j++) c_row[j] = y_row[j] > 0 ? c_row[j] : (T)0;  \
-        else if (dact == MLPF_DACT_SIGMOID)                                               \
+        else if (dact == MLPF_ACT_SIGMOID)                                               \
             for (int64_t j = 0; j < cols; j++) c_row[j] *= y_row[j] * ((T)1 - y_row[j]);  \
         else                                                                              \
             for (int64_t j = 0; j < cols; j++) c_row[j] *= (T)1 - y_row[j] * y_row[j];    \
@@ -194,7 +206,7 @@ DEFINE_APPLY_DACT(sapply_dact, float)
 DEFINE_APPLY_DACT(dapply_dact, double)
 
 #define CHECK_DACT_ARGS                                                                   \
-    if (dact < MLPF_DACT_RELU || dact > MLPF_DACT_TANH) return MLPF_ERR_ACT;              \
+    if (dact < MLPF_ACT_RELU || dact > MLPF_ACT_TANH) return MLPF_ERR_ACT;                 \
     if (ldy < imax(1, n)) return MLPF_ERR_STRIDE;                                         \
     if (m && n && !y) return MLPF_ERR_NULL;
 
@@ -453,19 +465,13 @@ static void workspace_release(void *memory, int cached)
     else free(memory);
 }
 
-/* The shared schedule keeps op(A) packed for all of k per thread up to this size, and
- * takes small chunks while it stays within half of an L2 of 2 MiB. */
-static const int64_t MAX_SHARED_A_BYTES = 32 << 20, SHARED_A_L2_BYTES = 1 << 20;
-
-/* Below 2^22 multiply-adds (about 160^3, 20-40 us on one core) waking a second thread
- * (tens of us when it sleeps) costs more than it saves. When the workers are still awake
- * from the previous call (back-to-back GEMMs of a training step), starting them costs
- * about a microsecond, and calls down to 2^19 multiply-adds (64 x 128 x 64, ~3 us) gain. */
-static const double MIN_PARALLEL_FMAS = 4194304.0, MIN_PARALLEL_FMAS_AWAKE = 524288.0;
-
-static int threads_for(double fmas)
+/* Threads for a call of `fmas` multiply-adds: one below the config's threshold, which is
+ * lower while the pool's workers still spin from the previous call (back-to-back GEMMs of
+ * a training step start on every thread within a microsecond). */
+static int threads_for(const mlpf_sgemm_config *cfg, double fmas)
 {
-    const double least = mlpf_pool_awake() ? MIN_PARALLEL_FMAS_AWAKE : MIN_PARALLEL_FMAS;
+    const double least = (double)(mlpf_pool_awake() ? cfg->min_parallel_fmas_awake
+                                                     : cfg->min_parallel_fmas);
     return fmas < least ? 1 : mlpf_get_num_threads();
 }
 
@@ -485,7 +491,7 @@ static int sgemm_run(sgemm_call *g)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
-    int threads = threads_for((double)m * n * k);
+    int threads = threads_for(cfg, (double)m * n * k);
     if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
         mlpf_pool_run((int)imin(threads, (m + 3) / 4), narrow_task, g);
         return MLPF_OK;
@@ -494,11 +500,12 @@ static int sgemm_run(sgemm_call *g)
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);
-    if (threads > 1 && gm == 1 && m_block * k * 4 <= MAX_SHARED_A_BYTES) {
+    if (threads > 1 && gm == 1 && m_block * k * 4 <= cfg->max_shared_a_bytes) {
         /* columns split among the threads: take them from the shared schedule in chunks,
          * so that a late thread's share can move. Every chunk reads the whole packed A
-         * again: 4 chunks per thread while it stays in L2, 2 when it comes from L3. */
-        const int64_t per_thread = m_block * k * 4 <= SHARED_A_L2_BYTES ? 4 : 2;
+         * again: fewer chunks per thread when it comes from L3 than from L2. */
+        const int64_t per_thread = m_block * k * 4 <= cfg->shared_a_l2_bytes
+                                   ? cfg->shared_chunks_l2 : cfg->shared_chunks_l3;
         const int64_t chunks = per_thread * threads;
         g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
                          round_up(imin(n, cfg->nc), cfg->nr));
@@ -598,7 +605,7 @@ static void dgemm_task(void *arg, int index, int threads)
 
 static int dgemm_run(dgemm_call *g)
 {
-    int threads = (double)g->m * g->n * g->k < MIN_PARALLEL_FMAS ? 1 : mlpf_get_num_threads();
+    int threads = threads_for(sgemm_config(), (double)g->m * g->n * g->k);
     mlpf_pool_run((int)imin(threads, g->m), dgemm_task, g);
     return MLPF_OK;
 }

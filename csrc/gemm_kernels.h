@@ -42,23 +42,49 @@ typedef void (*mlpf_sgemm_narrow)(int64_t rows, int64_t n, int64_t k, const floa
                                   int64_t ldc, const mlpf_tile_epilogue *ep);
 #define MLPF_NARROW_N 16
 
-/* One kernel and the block sizes that go with it (one "config" per ISA, as in BLIS).
- * Loops of the driver (gemm.c), outermost first:
- *   mc rows of op(A)   packed A block  mc x kc   lives in L3 (per thread)
- *   kc depth
- *   nc columns of op(B) packed B block kc x nc   lives in L2
- *   MR rows            A micro-panel   MR x kc   lives in L1 for the whole inner loop
- *   NR columns         B micro-panel   kc x NR   streamed from L2 into the micro-kernel */
+/* One kernel and the block sizes and thresholds that go with it (one "config" per ISA, as
+ * in BLIS). The numbers come from kernels/cpu_config.py (its docstring explains each) through
+ * the generated cpu_config.h: MLPF_CONFIG_VALUES(AVX512) fills them for the "avx512" config. */
 typedef struct {
     const char *name;
     int mr, nr;
-    int mc, kc, nc;
+    int64_t vector_bytes, mc, kc, nc;
+    int64_t max_shared_a_bytes, shared_a_l2_bytes, shared_chunks_l2, shared_chunks_l3;
+    int64_t min_parallel_fmas, min_parallel_fmas_awake, pass_min_parallel,
+            pass_min_parallel_asleep, parallel_min_elements, stream_min_bytes,
+            prefetch_min_bytes;
     mlpf_sgemm_ukernel ukernel;
     /* Packing routines for A (R = mr) and B (R = nr); NULL = the portable ones in gemm.c. */
     mlpf_spack pack_a_rows, pack_a_cols, pack_b_rows, pack_b_cols;
     mlpf_sgemm_narrow narrow_nt;  /* NULL: narrow products go through the tiles too */
     int (*supported)(void);   /* nonzero when this CPU can run it */
 } mlpf_sgemm_config;
+
+#include "cpu_config.h"
+#define MLPF_CONFIG_VALUES(F)                                                                \
+    .mr = MLPF_CFG_##F##_MR, .nr = MLPF_CFG_##F##_NR,                                        \
+    .vector_bytes = MLPF_CFG_##F##_VECTOR_BYTES, .mc = MLPF_CFG_##F##_MC,                    \
+    .kc = MLPF_CFG_##F##_KC, .nc = MLPF_CFG_##F##_NC,                                        \
+    .max_shared_a_bytes = MLPF_CFG_##F##_MAX_SHARED_A_BYTES,                                 \
+    .shared_a_l2_bytes = MLPF_CFG_##F##_SHARED_A_L2_BYTES,                                   \
+    .shared_chunks_l2 = MLPF_CFG_##F##_SHARED_CHUNKS_L2,                                     \
+    .shared_chunks_l3 = MLPF_CFG_##F##_SHARED_CHUNKS_L3,                                     \
+    .min_parallel_fmas = MLPF_CFG_##F##_MIN_PARALLEL_FMAS,                                   \
+    .min_parallel_fmas_awake = MLPF_CFG_##F##_MIN_PARALLEL_FMAS_AWAKE,                       \
+    .pass_min_parallel = MLPF_CFG_##F##_PASS_MIN_PARALLEL,                                   \
+    .pass_min_parallel_asleep = MLPF_CFG_##F##_PASS_MIN_PARALLEL_ASLEEP,                     \
+    .parallel_min_elements = MLPF_CFG_##F##_PARALLEL_MIN_ELEMENTS,                           \
+    .stream_min_bytes = MLPF_CFG_##F##_STREAM_MIN_BYTES,                                     \
+    .prefetch_min_bytes = MLPF_CFG_##F##_PREFETCH_MIN_BYTES
+
+#define MLPF_STR_(x) #x
+#define MLPF_STR(x) MLPF_STR_(x)
+/* "sgemm_<isa>_<mr>x<nr>", e.g. "sgemm_avx512_12x32" */
+#define MLPF_KERNEL_NAME(isa, F) \
+    "sgemm_" #isa "_" MLPF_STR(MLPF_CFG_##F##_MR) "x" MLPF_STR(MLPF_CFG_##F##_NR)
+
+/* The config in use (gemm.c): the GEMM and the passes read their thresholds from it. */
+const mlpf_sgemm_config *mlpf_active_config(void);
 
 extern const mlpf_sgemm_config mlpf_sgemm_portable_config;
 /* The ISA kernels exist on x86 only; -DMLPF_PORTABLE_ONLY builds as on any other CPU. */

@@ -15,7 +15,8 @@
 
 #define AVX2 __attribute__((target("avx2,fma")))
 
-enum { MR = 6, NR = 16 };
+enum { MR = MLPF_CFG_AVX2_MR, NR = MLPF_CFG_AVX2_NR };
+_Static_assert(NR == 16, "the micro-kernel holds 16 floats of a row of C");
 
 AVX2 static void sgemm_avx2_6x16(int64_t kc, const float *restrict a,
                                  const float *restrict b, float *restrict c,
@@ -162,7 +163,7 @@ static int avx2_supported(void)
  * row-major loops: the A micro-panel 6 x 256 x 4 B = 6 KiB stays in L1, the packed B block
  * 256 x 256 x 4 B = 256 KiB in L2, the A block 3072 x 256 x 4 B = 3 MiB in L3. */
 const mlpf_sgemm_config mlpf_sgemm_avx2_config = {
-    .name = "sgemm_avx2_6x16", .mr = MR, .nr = NR, .mc = 3072, .kc = 256, .nc = 256,
+    .name = MLPF_KERNEL_NAME(avx2, AVX2), MLPF_CONFIG_VALUES(AVX2),
     .ukernel = sgemm_avx2_6x16, .supported = avx2_supported,
     .pack_a_rows = pack_a_rows, .pack_a_cols = pack_a_cols,
     .pack_b_rows = pack_b_rows, .pack_b_cols = pack_b_cols,

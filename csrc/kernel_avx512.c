@@ -15,7 +15,8 @@
 
 #define AVX512 __attribute__((target("avx512f,avx2,fma")))
 
-enum { MR = 12, NR = 32 };
+enum { MR = MLPF_CFG_AVX512_MR, NR = MLPF_CFG_AVX512_NR };
+_Static_assert(NR == 32, "the micro-kernel holds 32 floats of a row of C");
 
 AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
                                       const float *restrict b, float *restrict c,
@@ -239,7 +240,7 @@ static int avx512_supported(void)
  *   mc = 3072: the packed A block 3072 x 384 x 4 B = 4.5 MiB per thread lives in L3;
  *             one pass of it per B block. */
 const mlpf_sgemm_config mlpf_sgemm_avx512_config = {
-    .name = "sgemm_avx512_12x32", .mr = MR, .nr = NR, .mc = 3072, .kc = 384, .nc = 768,
+    .name = MLPF_KERNEL_NAME(avx512, AVX512), MLPF_CONFIG_VALUES(AVX512),
     .ukernel = sgemm_avx512_12x32, .supported = avx512_supported,
     .narrow_nt = sgemm_avx512_narrow_nt,
     .pack_a_rows = pack_a_rows, .pack_a_cols = pack_a_cols,

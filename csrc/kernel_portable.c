@@ -3,7 +3,8 @@
  * the CPU has neither AVX-512 nor AVX2+FMA, and forced with MLPFAST_GEMM_KERNEL=portable. */
 #include "gemm_kernels.h"
 
-enum { MR = 4, NR = 8 };
+enum { MR = MLPF_CFG_PORTABLE_MR, NR = MLPF_CFG_PORTABLE_NR };
+_Static_assert(NR == 8, "the micro-kernel holds 8 floats of a row of C");
 
 static void sgemm_portable_4x8(int64_t kc, const float *restrict a, const float *restrict b,
                                float *restrict c, int64_t ldc, const mlpf_tile_epilogue *ep)
@@ -31,6 +32,6 @@ static int always_supported(void) { return 1; }
 /* Block sizes: with 8 floats per row of a B micro-panel the kernel streams little, so
  * moderate blocks suit small caches too (kc x MR = 1 KiB in L1, kc x nc = 256 KiB in L2). */
 const mlpf_sgemm_config mlpf_sgemm_portable_config = {
-    .name = "sgemm_portable_4x8", .mr = MR, .nr = NR, .mc = 1024, .kc = 256, .nc = 256,
+    .name = MLPF_KERNEL_NAME(portable, PORTABLE), MLPF_CONFIG_VALUES(PORTABLE),
     .ukernel = sgemm_portable_4x8, .supported = always_supported,
 };

@@ -1,6 +1,6 @@
 /* Memory-bound passes of a training step on the GEMM's thread pool (API in gemm.h): the
- * Adam/AdamW update and the sum of squares that checks the gradients, over a model's flat
- * float32 buffers, and the gather of a batch's rows.
+ * SGD and Adam/AdamW updates and the sum of squares that checks the gradients, over a
+ * model's flat float32 buffers, and the gather of a batch's rows.
  *
  * Why here and not only in Numba: in a training step these passes come right after the
  * step's last GEMM, while the pool's workers still spin, so they start on every core at
@@ -15,13 +15,13 @@
 #include "gemm_kernels.h"
 #include "threadpool.h"
 
-/* Below this many elements one core does the pass in a few microseconds; with the pool's
- * workers asleep, waking them (tens of us) costs more than half of a pass this long. */
-static const int64_t MIN_PARALLEL = 1 << 15, MIN_PARALLEL_ASLEEP = 1 << 20;
-
+/* One thread below the config's threshold: one core does a short pass in a few
+ * microseconds, less than waking the pool's workers when they sleep. */
 static int pass_threads(int64_t n)
 {
-    const int64_t least = mlpf_pool_awake() ? MIN_PARALLEL : MIN_PARALLEL_ASLEEP;
+    const mlpf_sgemm_config *cfg = mlpf_active_config();
+    const int64_t least = mlpf_pool_awake() ? cfg->pass_min_parallel
+                                            : cfg->pass_min_parallel_asleep;
     return n < least ? 1 : mlpf_get_num_threads();
 }
 
@@ -30,6 +30,52 @@ static int64_t range_start(int64_t n, int threads, int index)
     const int64_t lines = (n + 15) / 16;
     const int64_t start = lines * index / threads * 16;
     return start < n ? start : n;
+}
+
+/* --- SGD ------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *p;
+    const float *g;
+    float *buf;
+    int64_t n;
+    float lr, momentum, weight_decay;
+    int nesterov, first_step;
+} sgd_call;
+
+/* The update of kernels/optim.py, element by element: g = grad + wd p; with momentum,
+ * buf = g (first step) or momentum buf + g, then g = g + momentum buf (Nesterov) or buf;
+ * p -= lr g. */
+VECTOR_CLONES static void sgd_range(const sgd_call *c, int64_t lo, int64_t hi)
+{
+    float *restrict p = c->p, *restrict buf = c->buf;
+    const float *restrict g = c->g;
+    for (int64_t i = lo; i < hi; i++) {
+        float d = g[i] + c->weight_decay * p[i];
+        if (c->momentum != 0.0f) {
+            const float b = c->first_step ? d : c->momentum * buf[i] + d;
+            buf[i] = b;
+            d = c->nesterov ? d + c->momentum * b : b;
+        }
+        p[i] -= c->lr * d;
+    }
+}
+
+static void sgd_task(void *arg, int index, int threads)
+{
+    const sgd_call *c = arg;
+    sgd_range(c, range_start(c->n, threads, index), range_start(c->n, threads, index + 1));
+}
+
+int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, float lr,
+              float momentum, int nesterov, float weight_decay, int first_step)
+{
+    if (n < 0) return MLPF_ERR_SHAPE;
+    if (n && (!param || !grad || (momentum != 0.0f && !momentum_buf))) return MLPF_ERR_NULL;
+    sgd_call c = {param, grad, momentum_buf, n, lr, momentum, weight_decay, nesterov != 0,
+                  first_step != 0};
+    mlpf_pool_run(pass_threads(n), sgd_task, &c);
+    return MLPF_OK;
 }
 
 /* --- Adam / AdamW ------------------------------------------------------------------------ */

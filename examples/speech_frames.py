@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import mlpfast as mf
+from mlpfast import speech as speech_analysis
 from mlpfast.data import speech
 from mlpfast.data.synth import synth_speech
 
@@ -45,7 +46,7 @@ for context in (0, 5):
     history = mf.fit(model, optimizer, mf.CrossEntropyLoss(), train, epochs=3, batch_size=128,
                      seed=0, progress=False)
     result = mf.evaluate(model, test)
-    confused = speech.top_confusions(result["confusion_matrix"], train.phones, 3)
+    confused = speech_analysis.top_confusions(result["confusion_matrix"], train.phones, 3)
     print(f"context +-{context}: {train.num_features} inputs, {len(train)} training frames, "
           f"{np.median(history['samples_per_s']):,.0f} frames/s; held-out frame accuracy "
           f"{100 * result['accuracy']:.1f}%; most confused: "

@@ -1,48 +1,36 @@
-"""How mlpfast runs Numba: vector width, threading layer, thread count, JIT cache.
+"""How mlpfast runs Numba: threading layer, thread count, JIT cache.
 
 Imported by every kernel module with Numba variants, before any of them is compiled.
-
-Vector width
-    LLVM tunes Intel AVX-512 CPUs to prefer 256-bit vectors (``prefer-256-bit``), which
-    halves the FMA throughput of every vectorized loop. Unless ``NUMBA_CPU_FEATURES`` is
-    set by the user or ``MLPFAST_NUMBA_512=0``, this module asks Numba for the host's
-    features minus that preference, so loops use 512-bit zmm registers. Numba reads the
-    setting when it compiles its first function in the process: import mlpfast before
-    compiling other Numba code, or set ``NUMBA_CPU_FEATURES`` yourself. Cached machine
-    code is keyed by these features, so the two settings never mix in the cache.
+Importing it changes nothing outside mlpfast: no environment variable, no Numba setting
+(except the threading layer, and only when ``MLPFAST_NUMBA_THREADING_LAYER`` asks for one).
 
 Threading layer
-    ``MLPFAST_NUMBA_THREADING_LAYER`` (default: the first of ``omp``, ``tbb`` that
-    imports, else ``workqueue``) becomes ``numba.config.THREADING_LAYER``, unless the user
-    set ``NUMBA_THREADING_LAYER``. ``omp`` (GNU OpenMP here) and ``tbb`` accept parallel
-    kernels launched from several Python threads at once; ``workqueue`` aborts the
-    process if that happens, so on it ``parallel_call`` serializes launches with a lock.
-    (GNU OpenMP is not fork-safe: fork after a parallel kernel ran gives a child whose
-    parallel kernels hang; use the ``spawn`` start method for multiprocessing.)
-    ``OMP_WAIT_POLICY`` defaults to ``passive`` here (set it to override): with OpenMP's
-    active waiting, idle threads spin and take the cores from the threads that have
-    work whenever other processes share the machine; measured on 2 shared cores, an
-    empty 2-thread parallel region took 16-25 ms spinning and 5 us passive.
+    Numba's own choice (``NUMBA_THREADING_LAYER``, else the first of tbb, omp, workqueue
+    that loads), or ``MLPFAST_NUMBA_THREADING_LAYER=omp|tbb|workqueue``, which sets
+    ``numba.config.THREADING_LAYER``. ``omp`` and ``tbb`` accept parallel kernels launched
+    from several Python threads at once; ``workqueue`` aborts the process if that happens,
+    so on it ``parallel_call`` serializes launches with a lock. (GNU OpenMP is not
+    fork-safe: fork after a parallel kernel ran gives a child whose parallel kernels hang;
+    use the ``spawn`` start method for multiprocessing.) With other processes on the same
+    cores, ``OMP_WAIT_POLICY=passive`` (set before Python starts) keeps OpenMP's idle
+    threads from spinning; mlpfast leaves that choice to you (README, "Environment").
 
 Threads
     ``mlpfast.set_num_threads(n)`` reaches Numba through ``set_threads`` (registered in
     mlpfast.backend). Numba's thread count is per Python thread, so ``parallel_call``
-    applies the process-wide count in the calling thread before each launch.
-    Small calls run on one thread: waking a passive OpenMP thread costs about 55 us here
-    (bias gradient of 64x256: 6 us on 1 thread, 62 us on 2; relu backward of 256x1024,
-    1M elements touched: 57 us on 1, 82 us on 2). ``parallel_call`` therefore uses one
-    thread when the call touches fewer than ``MLPFAST_PARALLEL_MIN_ELEMENTS`` elements
-    (default 2**21, where one thread needs about twice the wake-up time).
+    applies the process-wide count in the calling thread before each launch. A call that
+    touches fewer than ``PARALLEL_MIN_ELEMENTS`` elements runs on one thread: waking a
+    sleeping thread costs tens of microseconds (kernels/cpu_config.py).
 
 JIT cache
     Kernels are compiled with ``cache=True``; Numba keeps their machine code where it
     would for any module (``kernels/__pycache__``, or ``NUMBA_CACHE_DIR``). Numba stamps
     a cached function with a hash of its own source file only, but a kernel carries the
     code of the helpers it calls from other files (``_numba_math``, ``losses`` in
-    ``mlp_step``): after an edit to a helper, or an upgrade that changed one, the caller's
-    stale machine code would load. ``_KernelSourcesLocator`` adds a hash of every
-    ``kernels/*.py`` file to the stamp of mlpfast's kernels, so a change to any of them
-    recompiles them all (once).
+    ``mlp_step``): after an edit to a helper, the caller's stale machine code would load.
+    Each kernel module ends with ``stamp_kernel_caches(globals())``, which gives its
+    cached functions a cache whose stamp adds a hash of every ``kernels/*.py`` file
+    (``_KernelSourcesLocator``), so a change to any of them recompiles them all (once).
 """
 import contextlib
 import functools
@@ -50,33 +38,13 @@ import glob
 import hashlib
 import os
 import threading
-import warnings
 
 import numba
 import numpy as np
-from numba.core import caching, config, registry
+from numba.core import caching, config
 
-
-def _numba_compiled_anything():
-    """True once Numba's CPU code generator exists (its features are then fixed)."""
-    return registry.cpu_target.__dict__.get("_toplevel_target_context") is not None
-
-
-def _enable_512_bit_vectors():
-    if os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("MLPFAST_NUMBA_512") == "0":
-        return False
-    import llvmlite.binding as ll
-    features = ll.get_host_cpu_features().flatten()
-    if "+avx512f" not in features.split(","):
-        return False
-    if _numba_compiled_anything():
-        warnings.warn("mlpfast's Numba kernels run with 256-bit vectors (about half the FMA "
-                      "throughput of this AVX-512 CPU): Numba code was compiled before "
-                      "mlpfast was imported, which fixes Numba's CPU features. Import mlpfast "
-                      "first, or set NUMBA_CPU_FEATURES.", RuntimeWarning, stacklevel=3)
-        return False
-    config.CPU_FEATURES = features + ",-prefer-256-bit"
-    return True
+from .. import env
+from .cpu_config import THRESHOLDS
 
 
 def _layer_imports(layer):
@@ -90,23 +58,21 @@ def _layer_imports(layer):
         return False
 
 
-def _choose_threading_layer():
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # read when libgomp loads
-    if os.environ.get("NUMBA_THREADING_LAYER"):
-        return config.THREADING_LAYER
-    wanted = os.environ.get("MLPFAST_NUMBA_THREADING_LAYER")
-    if wanted is not None:
-        if wanted not in ("omp", "tbb", "workqueue"):
-            raise ValueError(f"MLPFAST_NUMBA_THREADING_LAYER must be omp, tbb or workqueue, "
-                             f"got {wanted!r}")
+def _threading_layer():
+    """The layer parallel kernels will run on: MLPFAST_NUMBA_THREADING_LAYER (then set in
+    Numba's config), else the one Numba will pick (its setting, or tbb, omp, workqueue)."""
+    wanted = env.numba_threading_layer()
+    if wanted is not None and not os.environ.get("NUMBA_THREADING_LAYER"):
         if not _layer_imports(wanted):
             raise ValueError(f"MLPFAST_NUMBA_THREADING_LAYER={wanted} but Numba cannot load "
                              f"that layer on this machine")
-        layer = wanted
-    else:
-        layer = next((name for name in ("omp", "tbb") if _layer_imports(name)), "workqueue")
-    config.THREADING_LAYER = layer
-    return layer
+        config.THREADING_LAYER = wanted
+        return wanted
+    chosen = config.THREADING_LAYER
+    if chosen in ("omp", "tbb", "workqueue"):
+        return chosen
+    order = ("omp", "tbb") if chosen == "forksafe" else ("tbb", "omp")   # "default", "safe"
+    return next((name for name in order if _layer_imports(name)), "workqueue")
 
 
 KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -153,21 +119,36 @@ class _KernelSourcesLocator(caching._CacheLocator):
     def from_function(cls, py_func, py_file):
         if os.path.dirname(os.path.abspath(py_file)) != KERNELS_DIR:
             return None
-        for locator_class in _CACHE_IMPL._locator_classes:
-            if locator_class is not cls:
-                inner = locator_class.from_function(py_func, py_file)
-                if inner is not None:
-                    return cls(inner)
+        for locator_class in _NumbaCacheImpl._locator_classes:
+            inner = locator_class.from_function(py_func, py_file)
+            if inner is not None:
+                return cls(inner)
         return None
 
 
-_CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl   # before Numba 0.61
-if _KernelSourcesLocator not in _CACHE_IMPL._locator_classes:
-    _CACHE_IMPL._locator_classes.insert(0, _KernelSourcesLocator)
+_NumbaCacheImpl = getattr(caching, "CompileResultCacheImpl", None) or caching._CacheImpl
 
 
-VECTOR_512 = _enable_512_bit_vectors()
-THREADING_LAYER = _choose_threading_layer()
+class _KernelCacheImpl(_NumbaCacheImpl):
+    _locator_classes = [_KernelSourcesLocator]
+
+
+class _KernelCache(caching.FunctionCache):
+    """Numba's cache of compiled functions, located by _KernelSourcesLocator."""
+    _impl_class = _KernelCacheImpl
+
+
+def stamp_kernel_caches(namespace):
+    """Give every cached Numba function in ``namespace`` (a kernel module's globals) the
+    cache stamped with all kernel sources. Touches only those functions' own cache
+    objects; Numba's settings and other functions keep theirs."""
+    for value in list(namespace.values()):
+        cache = getattr(value, "_cache", None)
+        if isinstance(cache, caching.FunctionCache) and not isinstance(cache, _KernelCache):
+            value._cache = _KernelCache(value.py_func)
+
+
+THREADING_LAYER = _threading_layer()
 MAX_THREADS = config.NUMBA_NUM_THREADS       # Numba's pool size, fixed at import
 
 _threads = MAX_THREADS
@@ -184,16 +165,7 @@ def get_threads():
     return _threads
 
 
-def _parallel_min_elements():
-    value = os.environ.get("MLPFAST_PARALLEL_MIN_ELEMENTS", str(1 << 21))
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"MLPFAST_PARALLEL_MIN_ELEMENTS must be an integer, got {value!r}") \
-            from None
-
-
-PARALLEL_MIN_ELEMENTS = _parallel_min_elements()
+PARALLEL_MIN_ELEMENTS = env.parallel_min_elements(THRESHOLDS["parallel_min_elements"])
 
 
 def parallel_call(kernel, *args, work=None):
@@ -214,4 +186,4 @@ def parallel_call(kernel, *args, work=None):
 def info():
     """What ``mlpfast info`` can show about the Numba setup."""
     return {"numba": numba.__version__, "threading_layer": THREADING_LAYER,
-            "max_threads": str(MAX_THREADS), "vector_512": str(VECTOR_512)}
+            "max_threads": str(MAX_THREADS)}

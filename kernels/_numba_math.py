@@ -55,6 +55,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
+from . import _numba_config
+from .cpu_config import THRESHOLDS
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 ROUNDING_BIAS = 12583039.0            # 1.5 * 2^23 + 127: adding it rounds to an integer
@@ -254,7 +257,7 @@ def row_max(row):
 # at once, before its exp pass, gained nothing.
 
 PREFETCH_BYTES = 8 << 10
-PREFETCH_MIN_BYTES = 4 << 20          # twice a core's L2: smaller arrays are in cache
+PREFETCH_MIN_BYTES = THRESHOLDS["prefetch_min_bytes"]
 LINE_BYTES = 64
 BURST = 256
 
@@ -373,7 +376,7 @@ def _exp_shifted_sum(row, top, e_row):
 # 0.71 -> 0.82 and 0.50 -> 0.81). Small outputs, which the next layer reads from cache,
 # keep plain stores.
 
-STREAM_MIN_BYTES = 16 << 20
+STREAM_MIN_BYTES = THRESHOLDS["stream_min_bytes"]
 STREAM_BYTES = 64                     # one AVX-512 store
 
 
@@ -440,3 +443,5 @@ def scale_row(dst, src, scale, stream):
         j += lanes
     for k in range(j, n):
         dst[k] = src[k] * scale
+
+_numba_config.stamp_kernel_caches(globals())

@@ -13,6 +13,14 @@ For each name, ``VARIANTS[variant][name]`` is an ``Activation(forward, backward)
 written in its cheapest form (sigmoid' = y(1-y), tanh' = 1-y^2, relu' = [x>0]).
 ``out`` may be the same array as ``x`` (forward) or ``grad_y`` (backward).
 Only ``leaky_relu`` takes a parameter: ``negative_slope`` (default 0.01).
+
+``DERIVATIVE`` is the one table of what each activation's derivative is written with:
+    "output"  f' from y = f(z) alone: identity 1, relu [y > 0], sigmoid y (1 - y),
+              tanh 1 - y^2. A Linear layer may apply f in its epilogue and keep only y
+              (``FUSABLE``); the input gradient of the next layer multiplies by f'(y).
+    "input"   f' needs z (leaky_relu, gelu, gelu_tanh).
+    "row"     softmax: f' couples a row.
+``c_code(name)`` is the activation's MLPF_ACT_* code in csrc/gemm.h, read from the C library.
 """
 import math
 from collections import namedtuple
@@ -22,13 +30,25 @@ from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
+from . import _numba_config
 from . import _numba_math as nm
+from ._c_library import c_library
 from ._checks import check_float_array, check_out, check_same_shape
 from ._numba_config import get_threads, parallel_call
 
 Activation = namedtuple("Activation", ["forward", "backward"])
 
-NAMES = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh", "softmax")
+DERIVATIVE = {"identity": "output", "sigmoid": "output", "tanh": "output", "relu": "output",
+              "leaky_relu": "input", "gelu": "input", "gelu_tanh": "input", "softmax": "row"}
+NAMES = tuple(DERIVATIVE)
+FUSABLE = tuple(name for name, written_with in DERIVATIVE.items() if written_with == "output")
+ELEMENTWISE = tuple(name for name, written_with in DERIVATIVE.items() if written_with != "row")
+
+
+def c_code(name):
+    """MLPF_ACT_<NAME> of csrc/gemm.h (from the loaded C library): the code of ``name`` in
+    every C entry point and in the compiled training step."""
+    return getattr(c_library().lib, f"MLPF_ACT_{name.upper()}")
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -527,3 +547,5 @@ def softmax_backward_numba(grad_y, x, y, out=None):
 NUMBA = {name: Activation(globals()[f"{name}_forward_numba"], globals()[f"{name}_backward_numba"])
          for name in NAMES}
 VARIANTS["numba"] = NUMBA
+
+_numba_config.stamp_kernel_caches(globals())

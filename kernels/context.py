@@ -22,6 +22,7 @@ Versions:
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_config
 from ._checks import check_float_array, check_out
 
 
@@ -93,3 +94,5 @@ VARIANTS = {
     "numpy": {"context_gather": context_gather_ref},
     "numba": {"context_gather": context_gather_numba},
 }
+
+_numba_config.stamp_kernel_caches(globals())

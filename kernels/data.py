@@ -76,3 +76,5 @@ def gather_numba(src, index, out):
 
 
 VARIANTS["numba"] = {"gather": gather_numba}
+
+_numba_config.stamp_kernel_caches(globals())

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_config
 from ._checks import check_float_array, check_out
 
 
@@ -452,3 +453,5 @@ VARIANTS = {
               "log_mel": log_mel_numba, "mfcc": mfcc_numba, "deltas": deltas_numba,
               "cmvn": cmvn_numba},
 }
+
+_numba_config.stamp_kernel_caches(globals())

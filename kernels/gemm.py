@@ -18,7 +18,6 @@ Every entry of ``VARIANTS`` is callable as
 with op(A) of shape (m, k), op(B) of shape (k, n) and out of shape (m, n).
 When beta == 0, ``out`` is never read.
 """
-import os
 import threading
 
 import numpy as np
@@ -27,8 +26,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import _numba_config
+from .. import env
+from . import _numba_config, cpu_config
+from ._c_library import c_available, c_library
 from ._checks import check_gemm_args
+from .activations import ELEMENTWISE, c_code
 
 
 def gemm_ref(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
@@ -50,16 +52,6 @@ def gemm_ref(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.
 
 
 # --- C GEMM through cffi ------------------------------------------------------------
-
-_CGEMM = []     # the loaded mlpfast._cgemm, once imported
-
-
-def _c_lib():
-    if not _CGEMM:
-        from .. import _cgemm  # compiled by `pip install -e .` from csrc/
-        _CGEMM.append(_cgemm)
-    return _CGEMM[0]
-
 
 def _c_layout(a, name):
     """(transposed, ld) of 2-D ``a`` for the C API, which reads row-major matrices.
@@ -96,13 +88,15 @@ def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):
     """out = act(alpha * op(a) @ op(b) + beta * out + bias) in one pass of the C GEMM.
 
     op(a) is (m, k), op(b) is (k, n); bias is None or a contiguous (n,) vector added to
-    every row; act is 0 (identity) or 1 (relu), applied while each tile is in registers.
+    every row; act is the MLPF_ACT_* code of an activation in C_EPILOGUE, applied while
+    each tile is in registers.
     a and b may be row-strided or transposed (F-order) views; out must have unit stride
     along its rows and may not overlap a, b or bias. When beta == 0, out is never read.
     """
     m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
-    if act not in (0, 1):
-        raise ValueError(f"act must be 0 (identity) or 1 (relu), got {act!r}")
+    if act not in _C_EPILOGUE_CODES.values():
+        raise ValueError(f"act must be the code of one of {C_EPILOGUE} "
+                         f"({_C_EPILOGUE_CODES}), got {act!r}")
     if bias is not None:
         if not isinstance(bias, np.ndarray) or bias.dtype != a.dtype or bias.shape != (n,):
             raise ValueError(f"bias must be a {a.dtype} array of shape ({n},), got "
@@ -134,7 +128,7 @@ def _c_operands(a, b, out, trans_a, trans_b, entry):
     if out_transposed:
         raise ValueError(f"out must have unit stride along its last axis (got shape "
                          f"{out.shape}, strides {out.strides}); pass a C-ordered array")
-    lib = _c_lib()
+    lib = c_library()
     ffi, clib = lib.ffi, lib.lib
     single = a.dtype == np.float32
     fn = getattr(clib, f"mlpf_{'s' if single else 'd'}{entry}")
@@ -153,8 +147,9 @@ def _c_operands(a, b, out, trans_a, trans_b, entry):
 
 def gemm_c_dact(a, b, out, y, dact):
     """out = (a @ b) * f'(y) in one pass of the C GEMM (csrc/gemm.h, mlpf_sgemm_dact):
-    dact 1 relu [y > 0], 2 sigmoid y (1 - y), 3 tanh 1 - y^2. a (m, k), b (k, n), y and
-    out (m, n); out must not overlap a, b or y. The caller checks shapes and dtypes."""
+    dact the code of an activation in C_DERIVATIVE (relu [y > 0], sigmoid y (1 - y), tanh
+    1 - y^2). a (m, k), b (k, n), y and out (m, n); out must not overlap a, b or y. The
+    caller checks shapes and dtypes."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
@@ -174,46 +169,57 @@ def gemm_c(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
     return gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, None, 0)
 
 
-def c_available():
-    try:
-        _c_lib()
-        return True
-    except ImportError:
-        return False
-
-
 C_KERNEL_FAMILIES = ("avx512", "avx2", "portable")   # best first
 
 
 def c_kernel_name():
     """The C sgemm micro-kernel in use, e.g. "sgemm_avx512_12x32"."""
-    lib = _c_lib()
+    lib = c_library()
     return lib.ffi.string(lib.lib.mlpf_kernel_name()).decode()
 
 
 def set_c_kernel(name):
     """Selects the C sgemm micro-kernel: "auto" (the best this CPU runs), a family from
     C_KERNEL_FAMILIES or a full kernel name as c_kernel_name() returns it."""
-    if not isinstance(name, str) or _c_lib().lib.mlpf_set_kernel(name.encode()) != 0:
+    if not isinstance(name, str) or c_library().lib.mlpf_set_kernel(name.encode()) != 0:
         raise ValueError(f"kernel must be 'auto' or one of {c_kernels()} (the families this "
                          f"CPU supports, or their full names), got {name!r}")
 
 
 def c_kernels():
     """The kernel families this CPU can run, best first."""
-    lib = _c_lib().lib
+    lib = c_library().lib
     current = c_kernel_name().encode()
     supported = [name for name in C_KERNEL_FAMILIES if lib.mlpf_set_kernel(name.encode()) == 0]
     lib.mlpf_set_kernel(current)
     return supported
 
 
+def _c_accepts(entry, code):
+    """Whether the C entry point mlpf_sgemm ("epilogue") or mlpf_sgemm_dact ("derivative")
+    takes activation ``code``: asked with an empty product, as the library checks the code
+    before the sizes (csrc/gemm.h is the one statement of what each entry point applies)."""
+    lib = c_library()
+    null = lib.ffi.NULL
+    if entry == "epilogue":
+        rc = lib.lib.mlpf_sgemm(0, 0, 0, 0, 0, 1.0, null, 1, null, 1, 0.0, null, 1, null, code)
+    else:
+        rc = lib.lib.mlpf_sgemm_dact(0, 0, 0, 0, 0, 1.0, null, 1, null, 1, null, 1, null, 1, code)
+    return rc != lib.lib.MLPF_ERR_ACT
+
+
 VARIANTS = {"numpy": gemm_ref}
+C_EPILOGUE = C_DERIVATIVE = ()     # activations mlpf_sgemm applies / mlpf_sgemm_dact multiplies by
 if c_available():
+    _C_EPILOGUE_CODES = {name: c_code(name) for name in ELEMENTWISE
+                         if _c_accepts("epilogue", c_code(name))}
+    C_EPILOGUE = tuple(_C_EPILOGUE_CODES)
+    C_DERIVATIVE = tuple(name for name in ELEMENTWISE
+                         if _c_accepts("derivative", c_code(name)))
     VARIANTS["c"] = gemm_c
-    if os.environ.get("MLPFAST_GEMM_KERNEL"):     # e.g. "portable", to test a fallback
+    if env.gemm_kernel():                         # e.g. "portable", to test a fallback
         try:
-            set_c_kernel(os.environ["MLPFAST_GEMM_KERNEL"])
+            set_c_kernel(env.gemm_kernel())
         except ValueError as err:
             raise ValueError(f"MLPFAST_GEMM_KERNEL: {err}") from None
 
@@ -222,12 +228,13 @@ if c_available():
 #
 # gemm_numba: C (m, n) = act(alpha * op(A) (m, k) @ op(B) (k, n) + beta * C + bias).
 #
-# The loop nest of the C GEMM (csrc/gemm.c, after BLIS), with its block sizes:
+# The C GEMM's algorithm (csrc/gemm.c, after BLIS) with the same config (GEMM_CONFIG, the
+# host's family in kernels/cpu_config.py, which the C build compiles in too):
 #
-#   for ic in m by GEMM_MC:       A block  op(A)[ic:ic+mc, pc:pc+kc] packed (L2/L3)
-#     for pc in k by kc:          kc near GEMM_KC, k split evenly
-#       for jc in n by GEMM_NC:   B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2)
-#         for ir in mc by MR:     A micro-panel (kc x MR, 18 KiB) stays in L1
+#   for ic in m by mc:            A block  op(A)[ic:ic+mc, pc:pc+kc] packed (L2/L3)
+#     for pc in k by kc:          kc near the config's kc, k split evenly
+#       for jc in n by nc:        B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2)
+#         for ir in mc by MR:     A micro-panel (kc x MR) stays in L1
 #           for jr in nc by NR:   B micro-panel (kc x NR) streams from L2
 #             tile (MR x NR) = A micro-panel . B micro-panel     (the micro-kernel)
 #             C[ic+ir:+MR, jc+jr:+NR] = act(alpha tile + beta C + bias)   (the epilogue)
@@ -238,53 +245,44 @@ if c_available():
 # kernel. The first k block applies beta (C is not read when beta == 0), later ones add
 # to C, the last adds the bias and applies relu, so a linear layer costs one pass.
 #
-# The micro-kernel (_microkernel_12xNR) keeps the MR x NR tile in 2 * MR = 24 vector
-# registers (NR = two 64-byte vectors: 32 float32 or 16 float64) and per k-step does
-# 2 vector loads of B, MR broadcasts of A and 2 * MR FMAs. Numba has no vector type and
-# LLVM's auto-vectorizer never chooses this register blocking from scalar loops (it
-# vectorizes the k loop instead and spills), so the kernel is written as LLVM IR
-# through a Numba @intrinsic: vectors of 64 bytes and llvm.fma, which LLVM compiles to
-# AVX-512 vfmadd231ps with embedded broadcasts (and to AVX2/SSE pairs on CPUs without
-# AVX-512). Everything around it (packing, blocking, epilogue, threads) is plain Numba.
-# Checked with _gemm_numba_shared_kernel.inspect_asm(...): the k loop is 2 vector loads,
-# 12 vbroadcastss and 24 zmm FMAs, no spills.
+# The micro-kernel (_microkernel_MRxNR) keeps the MR x NR tile in 2 * MR vector registers
+# (NR = two vectors of the config's vector_bytes: 32 float32 or 16 float64 on AVX-512) and
+# per k-step does 2 vector loads of B, MR broadcasts of A and 2 * MR FMAs. Numba has no
+# vector type and LLVM's auto-vectorizer never chooses this register blocking from scalar
+# loops, so the kernel is written as LLVM IR through a Numba @intrinsic: vectors and
+# llvm.fma, which LLVM compiles to vfmadd231ps with embedded broadcasts. Everything around
+# it (packing, blocking, epilogue, threads) is plain Numba.
 #
-# Threads: when the threads split only columns (the usual case in an MLP, m <= GEMM_MC),
-# they take column chunks from a shared atomic counter (_take_item), so that a thread the
-# OS deschedules on a busy machine does not hold up the call; each packs op(A) once for
-# all its chunks. Otherwise C is cut into a gm x gn grid, one block per thread, chosen as
-# in the C GEMM to re-pack least (each extra grid column re-packs A, each row B).
-#
-# Speed (python bench/compare_gemm_numba.py --threads 1 2 --rounds 5: side by side with
-# OpenBLAS's SkylakeX kernels in one run, medians, 2-core machine shared with other work,
-# load average 0.7-1.2; ranges over four runs):
-#   1 thread:  0.85-1.2x OpenBLAS at 1024^3, 2048^3 and the MLP shapes (the C GEMM: 1.0x)
-#   2 threads: 0.88-0.92x at 1024^3 and 2048^3, 0.73-1.05x at the 256x1024 shapes,
-#              0.66-0.97x at the 128-row MLP shapes (about 0.4 ms per call), where
-#              starting the second thread costs Numba about 60 us (an empty 2-thread
-#              prange: 62 us, with OMP_WAIT_POLICY=passive), the C GEMM's pool less.
-#              The quietest run (load 0.7): 0.77-0.97x at every one of these shapes;
-#              256^3 (0.1 ms) stays at 0.6x.
-# Before (rank-4 updates of an L1 tile by LLVM-vectorized loops, or 4x4 blocks of dot
-# products over unpacked operands) it was 0.35-0.70x: those inner loops load and store
-# the tile, or reduce 16 vectors horizontally, every few FMAs, and Numba's element-wise
-# packing loops ran at a third of memcpy speed (LLVM does not vectorize 32-element copies
-# whose source may alias the destination), which the vector packers below fix.
+# Threads: when the threads split only columns (m <= mc and op(A) packed for all of k fits
+# in max_shared_a_bytes), they take column chunks from a shared atomic counter
+# (_take_item), so that a thread the OS deschedules on a busy machine does not hold up the
+# call; each packs op(A) once for all its chunks. Otherwise C is cut into a gm x gn grid,
+# one block per thread, chosen as in the C GEMM to re-pack least (each extra grid column
+# re-packs A, each row B). Speed against OpenBLAS: bench/README.md, "GEMM".
 
-GEMM_MR = 12            # rows of the micro-kernel's tile
-GEMM_VECTOR_BYTES = 64  # one AVX-512 register; the tile is 2 vectors wide (NR = 128 / itemsize)
-GEMM_MC = 3072          # rows of the packed A block (3072 x 384 x 4 B = 4.5 MiB, in L3)
-GEMM_KC = 384           # depth of a k block (A micro-panel 12 x 384 x 4 B = 18 KiB, in L1)
-GEMM_NC = 768           # columns of the packed B block (384 x 768 x 4 B = 1.1 MiB, in L2)
-GEMM_SHARED_A_L2_BYTES = 3 << 19   # shared schedule: small chunks while op(A) fits here
-GEMM_SHARED_CHUNKS = 4             # and about this many per thread then
-ACT_CODES = {"identity": 0, "relu": 1}
+
+def _host_family():
+    """The cpu_config family of this CPU as LLVM sees it (what Numba compiles for)."""
+    import llvmlite.binding as ll
+    features = set(ll.get_host_cpu_features().flatten().split(","))
+    if "+avx512f" in features:
+        return "avx512"
+    return "avx2" if {"+avx2", "+fma"} <= features else "portable"
+
+
+GEMM_FAMILY = _host_family()
+GEMM_CONFIG = cpu_config.CONFIGS[GEMM_FAMILY]
+GEMM_MR = GEMM_CONFIG["mr"]                     # rows of the micro-kernel's tile
+GEMM_VECTOR_BYTES = GEMM_CONFIG["vector_bytes"]  # the tile is 2 vectors wide
+GEMM_MC, GEMM_KC, GEMM_NC = GEMM_CONFIG["mc"], GEMM_CONFIG["kc"], GEMM_CONFIG["nc"]
+NUMBA_EPILOGUE = ("identity", "relu")           # activations gemm_numba_fused applies per tile
 
 
 @intrinsic
-def _microkernel_12xNR(typingctx, a_panel, a_start, b_panel, b_start, kc, tile):
+def _microkernel_MRxNR(typingctx, a_panel, a_start, b_panel, b_start, kc, tile):
     """tile[r * NR + s] = sum_{p < kc} a_panel[a_start + p MR + r] b_panel[b_start + p NR + s]
-    for r < MR = 12, s < NR = 128 / itemsize; a_panel, b_panel, tile 1-D contiguous."""
+    for r < MR = GEMM_MR, s < NR = 2 GEMM_VECTOR_BYTES / itemsize; a_panel, b_panel, tile
+    1-D contiguous."""
     dtype = a_panel.dtype
     lanes = GEMM_VECTOR_BYTES * 8 // dtype.bitwidth
     sig = types.void(a_panel, types.intp, b_panel, types.intp, types.intp, tile)
@@ -471,7 +469,7 @@ def _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_buf, b_buf, tile, alpha, beta, 
         rows = min(GEMM_MR, mcb - ir)
         for jr in range(0, ncb, nr):
             cols = min(nr, ncb - jr)
-            _microkernel_12xNR(a_buf, ir * kcb, b_buf, jr * kcb, kcb, tile)
+            _microkernel_MRxNR(a_buf, ir * kcb, b_buf, jr * kcb, kcb, tile)
             j = jc + jr
             for r in range(rows):
                 out = c[ic + ir + r, j:j + cols]
@@ -547,35 +545,41 @@ def _take_item(typingctx, counter):
 
 
 @njit(parallel=True, cache=True)
-def _gemm_numba_shared_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, chunk_n,
-                              a_size, b_size, workspace, counter):
-    """The threads take column chunks C[:, jc:jc+chunk_n] from a shared counter, so that a
-    thread the OS deschedules leaves its share to the others. Each thread packs op(A)
-    (all rows, m <= GEMM_MC) for every k block once, before its first chunk, into
-    workspace[t][b_size:]: the block of depth pc starts at pc * rows rounded up to MR."""
+def _gemm_numba_shared_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, mc,
+                              chunk_n, a_size, b_size, workspace, counter):
+    """The threads take items (A block of mc rows, column chunk C[:, jc:jc+chunk_n]) from a
+    shared counter, so that a thread the OS deschedules leaves its share to the others.
+    A thread packs an A block for every k block once, when its first item in that block
+    comes, into workspace[t][b_size:]: the k block at depth pc starts at pc * mcb rounded
+    up to MR."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     nr = GEMM_VECTOR_BYTES * 2 // c.itemsize
-    m_pad = (m + GEMM_MR - 1) // GEMM_MR * GEMM_MR
     chunks = (n + chunk_n - 1) // chunk_n
+    items = (m + mc - 1) // mc * chunks
     no_bias = bias[:0]
     for t in prange(workspace.shape[0]):
         ws = workspace[t]
         b_buf, a_full = ws[:b_size], ws[b_size:b_size + a_size]
         tile = ws[b_size + a_size:b_size + a_size + GEMM_MR * nr]
+        packed = -1
         item = _take_item(counter)
-        if item < chunks:
-            for pc in range(0, k, kc):
-                _pack(a, trans_a, 0, m, pc, min(kc, k - pc), GEMM_MR, a_full[pc * m_pad:])
-        while item < chunks:
-            jc = item * chunk_n
-            ncb = min(chunk_n, n - jc)
+        while item < items:
+            block = item // chunks
+            ic, jc = block * mc, item % chunks * chunk_n
+            mcb, ncb = min(mc, m - ic), min(chunk_n, n - jc)
+            mcb_pad = (mcb + GEMM_MR - 1) // GEMM_MR * GEMM_MR
+            if block != packed:
+                for pc in range(0, k, kc):
+                    _pack(a, trans_a, ic, mcb, pc, min(kc, k - pc), GEMM_MR,
+                          a_full[pc * mcb_pad:])
+                packed = block
             for pc in range(0, k, kc):
                 kcb = min(kc, k - pc)
                 last = pc + kcb == k
                 _pack(b, not trans_b, jc, ncb, pc, kcb, nr, b_buf)
-                _multiply_blocks(c, 0, m, jc, ncb, kcb, a_full[pc * m_pad:], b_buf, tile, alpha,
-                                 beta if pc == 0 else c.dtype.type(1),
+                _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_full[pc * mcb_pad:], b_buf, tile,
+                                 alpha, beta if pc == 0 else c.dtype.type(1),
                                  bias if last else no_bias, relu and last)
             item = _take_item(counter)
 
@@ -628,16 +632,34 @@ _NO_BIAS = {np.dtype(np.float32): np.empty(0, np.float32),
             np.dtype(np.float64): np.empty(0, np.float64)}
 
 
+def _round_up(x, multiple):
+    return -(-x // multiple) * multiple
+
+
 def _depth_block_len(k):
-    """kc: the even split of k nearest to GEMM_KC (784 -> 392 + 392, not 384 + 384 + 16)."""
+    """kc: the even split of k nearest to the config's kc, rounded up to 8 (784 -> 392 +
+    392, not 384 + 384 + 16), as csrc/gemm.c's depth_block_len."""
     blocks = max(1, (k + GEMM_KC // 2) // GEMM_KC)
-    return -(-k // blocks)
+    return _round_up(-(-k // blocks), 8)
+
+
+def _shared_schedule(threads, m, n, k, nr, itemsize):
+    """(mc, chunk_n) of the shared schedule, as csrc/gemm.c's sgemm_run, or None when the
+    threads do not split only columns or op(A) packed for all of k would not fit."""
+    grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
+    m_block = _round_up(min(m, GEMM_MC), GEMM_MR)
+    if threads == 1 or grid_m != 1 or m_block * k * itemsize > GEMM_CONFIG["max_shared_a_bytes"]:
+        return None
+    in_l2 = m_block * k * itemsize <= GEMM_CONFIG["shared_a_l2_bytes"]
+    chunks = threads * GEMM_CONFIG["shared_chunks_l2" if in_l2 else "shared_chunks_l3"]
+    chunk_n = min(_round_up(-(-n // chunks), nr), _round_up(min(n, GEMM_NC), nr))
+    return _block_len(m, GEMM_MC, GEMM_MR), chunk_n
 
 
 def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation):
     """out = act(alpha * op(a) @ op(b) + beta * out + bias); act is "identity" or "relu"."""
-    if activation not in ACT_CODES:
-        raise ValueError(f"activation must be one of {tuple(ACT_CODES)}, got {activation!r}")
+    if activation not in NUMBA_EPILOGUE:
+        raise ValueError(f"activation must be one of {NUMBA_EPILOGUE}, got {activation!r}")
     m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
     if bias is not None and (bias.shape != (n,) or bias.dtype != a.dtype
                              or not bias.flags.c_contiguous):
@@ -659,27 +681,21 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
     dtype = a.dtype.type
     nr = GEMM_VECTOR_BYTES * 2 // a.itemsize
     threads = _numba_config.get_threads()
-    if m * n * k < _numba_config.PARALLEL_MIN_ELEMENTS:
+    if m * n * k < GEMM_CONFIG["min_parallel_fmas"]:
         threads = 1
-    grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
     kc = _depth_block_len(k)
     bias = _NO_BIAS[a.dtype] if bias is None else bias
-    m_pad = -(-m // GEMM_MR) * GEMM_MR
-    if grid_m == 1 and grid_n > 1 and m_pad <= GEMM_MC:
-        # columns split: the shared schedule, in chunks of whole NR-wide panels, about
-        # GEMM_SHARED_CHUNKS per thread while the packed op(A) stays in L2, else 2 (each
-        # chunk reads all of it again)
-        in_l2 = m_pad * k * a.itemsize <= GEMM_SHARED_A_L2_BYTES
-        per_thread = GEMM_SHARED_CHUNKS if in_l2 else 2
-        panels = -(-n // nr)
-        chunk_n = min(max(1, panels // (threads * per_thread)) * nr, GEMM_NC)
-        a_size, b_size = m_pad * k, chunk_n * kc
+    shared = _shared_schedule(threads, m, n, k, nr, a.itemsize)
+    if shared is not None:
+        mc, chunk_n = shared
+        a_size, b_size = _round_up(mc, GEMM_MR) * k, chunk_n * kc
         workspace = _WORKSPACE.get(a.dtype, threads, b_size + a_size + GEMM_MR * nr)
-        counter = _WORKSPACE.counter()
         _numba_config.parallel_call(
             _gemm_numba_shared_kernel, a, trans_a, b, trans_b, out, dtype(alpha), dtype(beta),
-            bias, relu, kc, chunk_n, a_size, b_size, workspace, counter, work=m * n * k)
+            bias, relu, kc, mc, chunk_n, a_size, b_size, workspace, _WORKSPACE.counter(),
+            work=m * n * k)
         return out
+    grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
     share_m = -(-(-(-m // GEMM_MR)) // grid_m) * GEMM_MR      # a thread's rows, whole tiles
     share_n = -(-(-(-n // nr)) // grid_n) * nr
     a_size = min(share_m, GEMM_MC) * kc          # the largest packed blocks (GEMM_MC and
@@ -697,3 +713,5 @@ def gemm_numba(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=
 
 
 VARIANTS["numba"] = gemm_numba
+
+_numba_config.stamp_kernel_caches(globals())

@@ -13,8 +13,8 @@ Versions:
     cpu     forward_cpu                   forward_c, other activations by Numba in place
 
     grad_input: for a Linear layer whose input x = f(z) is the output of the previous
-    layer's activation f,  dz = (grad_y @ w) * f'(z),  with f'(z) written with x alone:
-        identity 1, relu [x > 0], sigmoid x (1 - x), tanh 1 - x^2   (DERIVATIVE_FROM_OUTPUT)
+    layer's activation f,  dz = (grad_y @ w) * f'(z),  with f'(z) written with x alone
+    (activations.FUSABLE): identity 1, relu [x > 0], sigmoid x (1 - x), tanh 1 - x^2
     numpy   grad_input_ref    GEMM, then the activation's reference backward
     numba   grad_input_numba  Numba GEMM, then the Numba activation backward in place
     c, cpu  grad_input_c      one C GEMM call; f' multiplies each tile of dz while it is
@@ -35,8 +35,6 @@ from numba import njit, prange
 from . import _numba_config, activations, gemm
 from . import _numba_math as nm
 from ._checks import check_float_array, check_linear_args, check_out
-
-DERIVATIVE_FROM_OUTPUT = ("identity", "relu", "sigmoid", "tanh")
 
 
 def forward_ref(x, w, b, activation="identity", out=None):
@@ -77,8 +75,8 @@ def check_grad_input_args(grad_y, w, activation, x, out, check_array=None,
     if grad_y.shape[1] != w.shape[0]:
         raise ValueError(f"grad_y has {grad_y.shape[1]} columns but w has {w.shape[0]} output "
                          f"features (w is (out_features, in_features) = {tuple(w.shape)})")
-    if activation not in DERIVATIVE_FROM_OUTPUT:
-        raise ValueError(f"activation must be one of {DERIVATIVE_FROM_OUTPUT} (derivative "
+    if activation not in activations.FUSABLE:
+        raise ValueError(f"activation must be one of {activations.FUSABLE} (derivative "
                          f"from the output), got {activation!r}")
     shape = (grad_y.shape[0], w.shape[1])
     if x is None:
@@ -116,15 +114,13 @@ def compose_grad_input(gemm_fn, activation_kernels, check_array=None, check_outp
     return grad_input
 
 
-C_FUSED = ("identity", "relu")
-C_DACT = {"relu": 1, "sigmoid": 2, "tanh": 3}     # MLPF_DACT_* of csrc/gemm.h
-
-
 def forward_c(x, w, b, activation="identity", out=None):
-    """y = act(x @ w.T + b) in one C GEMM call; bias and relu applied in the epilogue."""
-    check_linear_args(x, w, b, activation, out, C_FUSED)
+    """y = act(x @ w.T + b) in one C GEMM call; bias and the activation (gemm.C_EPILOGUE)
+    applied in the epilogue."""
+    check_linear_args(x, w, b, activation, out, gemm.C_EPILOGUE)
     bias = None if b is None else np.ascontiguousarray(b)
-    return gemm.gemm_c_fused(x, w, out, False, True, 1.0, 0.0, bias, C_FUSED.index(activation))
+    return gemm.gemm_c_fused(x, w, out, False, True, 1.0, 0.0, bias,
+                             activations.c_code(activation))
 
 
 def grad_input_c(grad_y, w, activation="identity", x=None, out=None):
@@ -134,7 +130,7 @@ def grad_input_c(grad_y, w, activation="identity", x=None, out=None):
         return gemm.gemm_c(grad_y, w, out)
     if out is None:
         out = np.empty((grad_y.shape[0], w.shape[1]), dtype=grad_y.dtype)
-    return gemm.gemm_c_dact(grad_y, w, out, x, C_DACT[activation])
+    return gemm.gemm_c_dact(grad_y, w, out, x, activations.c_code(activation))
 
 
 VARIANTS = {"numpy": {"linear_forward": forward_ref, "bias_grad": bias_grad_ref,
@@ -142,7 +138,7 @@ VARIANTS = {"numpy": {"linear_forward": forward_ref, "bias_grad": bias_grad_ref,
 FUSED = {"numpy": activations.NAMES}
 if gemm.c_available():
     VARIANTS["c"] = {"linear_forward": forward_c, "linear_grad_input": grad_input_c}
-    FUSED["c"] = C_FUSED
+    FUSED["c"] = gemm.C_EPILOGUE
 
 
 # --- Numba ------------------------------------------------------------------------------
@@ -215,7 +211,7 @@ def forward_numba(x, w, b, activation="identity", out=None):
     """y = act(x @ w.T + b): Numba GEMM with bias (+ relu) in its epilogue."""
     check_linear_args(x, w, b, activation, out, activations.NAMES)
     bias = None if b is None else np.ascontiguousarray(b)
-    fused = activation if activation in gemm.ACT_CODES else "identity"
+    fused = activation if activation in gemm.NUMBA_EPILOGUE else "identity"
     y = gemm.gemm_numba_fused(x, w, out, False, True, 1.0, 0.0, bias, fused)
     if fused != activation:
         activations.NUMBA[activation].forward(y, y)
@@ -231,7 +227,7 @@ def forward_cpu(x, w, b, activation="identity", out=None):
     """y = act(x @ w.T + b): the C GEMM with bias (+ relu) in its epilogue; any other
     activation by its Numba kernel in place. The "cpu" backend's linear forward."""
     check_linear_args(x, w, b, activation, out, activations.NAMES)
-    fused = activation if activation in C_FUSED else "identity"
+    fused = activation if activation in gemm.C_EPILOGUE else "identity"
     y = forward_c(x, w, b, fused, out)
     if fused != activation:
         activations.NUMBA[activation].forward(y, y)
@@ -241,3 +237,5 @@ def forward_cpu(x, w, b, activation="identity", out=None):
 if gemm.c_available():
     VARIANTS["cpu"] = {"linear_forward": forward_cpu, "linear_grad_input": grad_input_c}
     FUSED["cpu"] = activations.NAMES
+
+_numba_config.stamp_kernel_caches(globals())

@@ -259,3 +259,5 @@ VARIANTS["numba"] = {
     "mse": mse_numba,
     "mse_backward": mse_backward_numba,
 }
+
+_numba_config.stamp_kernel_caches(globals())

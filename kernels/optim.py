@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from . import _numba_config
 from ._checks import check_float_array, check_same_shape
-from .gemm import _c_lib, c_available
+from ._c_library import c_available, c_library
 
 
 def _check_state(param, writeable=(), **arrays):
@@ -170,7 +170,7 @@ def adam_c(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
         return adam_numba(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1,
                           beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
     views = _adam_views(param, grad, exp_avg, exp_avg_sq, step)
-    lib = _c_lib()
+    lib = c_library()
     pointers = [lib.ffi.from_buffer("float[]", a) for a in views]
     decay_factor = 1.0 - lr * weight_decay if decoupled else 1.0
     rc = lib.lib.mlpf_sadam(*pointers, param.size, lr / (1.0 - beta1 ** step), beta1, beta2,
@@ -182,3 +182,5 @@ def adam_c(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
 
 if c_available():
     VARIANTS["c"] = {"adam": adam_c}
+
+_numba_config.stamp_kernel_caches(globals())

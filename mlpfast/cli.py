@@ -22,6 +22,8 @@ import numpy as np
 
 from . import __version__
 from .backend import backends, get_backend, get_num_threads, gpu_summary, set_num_threads
+from .argtypes import positive as _positive
+from .machine import cpu_features, cpu_model
 
 
 def _hidden_sizes(text):
@@ -33,18 +35,6 @@ def _hidden_sizes(text):
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
     return sizes
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-    return parse
 
 
 def _warp_list(text):
@@ -195,33 +185,6 @@ def _train_2d(args):
     return 0
 
 
-def cpu_features():
-    """The SIMD features of this CPU that matter to the kernels."""
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-              "avx512_bf16", "amx_tile")
-    return [f for f in wanted if f in flags]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _info(args):
     import cffi
     import numba
@@ -240,7 +203,7 @@ def _info(args):
 
 
 def _bench(args):
-    from .benchmark import run
+    from .benchmarks.harness import run
     return run(args)
 
 
@@ -285,7 +248,7 @@ def _speech_sets(args):
 
 
 def _report_speech(name, model, data):
-    from .data import speech
+    from . import speech
     from .train import evaluate
 
     result = evaluate(model, data)
@@ -305,15 +268,16 @@ def _report_vtln(args, model, phones):
     """Each --test folder read with the VTLN warp its own frames suggest (labels unused)."""
     from pathlib import Path
 
-    from .data import speech
+    from . import speech
+    from .data.speech import SpeechFrames, find_audio
     from .train import evaluate
 
     options = dict(context=args.context, n_mfcc=args.n_mfcc, deltas=args.deltas)
     correct = total = 0
     for folder in args.test:
-        files = speech.find_audio([folder])
+        files = find_audio([folder])
         warp, confidence = speech.estimate_warp(model, files, phones, **options)
-        result = evaluate(model, speech.SpeechFrames(files, phones=phones, warp=warp, **options),
+        result = evaluate(model, SpeechFrames(files, phones=phones, warp=warp, **options),
                           confusion=False)
         correct += result["accuracy"] * result["n"]
         total += result["n"]
@@ -376,9 +340,36 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="mlpfast", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mlpfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
     train = sub.add_parser("train", help="train a model on a dataset")
     train_sub = train.add_subparsers(dest="dataset", required=True)
+    _add_train_mnist(train_sub)
+    _add_train_2d(train_sub)
+    _add_train_speech(train_sub)
+
+    data = sub.add_parser("data", help="make or fetch datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth-speech", help="a speech corpus synthesized by festival "
+                                                     "(16 kHz FLAC + .PHN per utterance)")
+    synth.add_argument("out", metavar="OUT")
+    synth.add_argument("--voices", default="kal,ked,slt", help="comma-separated: kal, ked, slt")
+    synth.add_argument("--utterances", type=_positive(int), default=150, help="per voice")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--jobs", type=_positive(int), default=2,
+                       help="festival processes at once")
+    synth.set_defaults(handler=_synth_speech)
+
+    info = sub.add_parser("info", help="version, backends, CPU features, threads, libraries")
+    info.set_defaults(handler=_info)
+
+    bench = sub.add_parser("bench", help="benchmark kernels and training against NumPy, "
+                                         "PyTorch and JAX on this machine")
+    from .benchmarks.harness import add_arguments as add_bench_arguments
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _add_train_mnist(train_sub):
     mnist = train_sub.add_parser("mnist", help="MNIST digits, 784 -> 10 classes")
     add_training_arguments(mnist, lr_schedule="cosine")
     mnist.add_argument("--data", metavar="DIR", default=None,
@@ -389,6 +380,8 @@ def build_parser():
                             "misclassified test digits as PNGs into DIR (needs matplotlib)")
     mnist.set_defaults(handler=_train_mnist)
 
+
+def _add_train_2d(train_sub):
     for name, hidden, epochs, help_text in (
             ("xor", "8", 300, "XOR in 2-D: a perceptron fails, an MLP succeeds"),
             ("moons", "16", 500, "two interleaved half-moons in 2-D: perceptron vs MLP")):
@@ -407,6 +400,8 @@ def build_parser():
                          help="write decision regions (perceptron and MLP) and the MLP's "
                               "training curves as PNGs into DIR (needs matplotlib)")
 
+
+def _add_train_speech(train_sub):
     speech = train_sub.add_parser("speech", help="phoneme classification of speech frames "
                                                  "(audio + .PHN, or mfcc/ + transcript/ folders)")
     speech.add_argument("dirs", nargs="+", metavar="DIR",
@@ -431,28 +426,6 @@ def build_parser():
                         help="phone list, one per line (default: phones.txt in the first DIR "
                              "or its parent, else the phones of the training files)")
     speech.set_defaults(handler=_train_speech)
-
-    data = sub.add_parser("data", help="make or fetch datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth-speech", help="a speech corpus synthesized by festival "
-                                                     "(16 kHz FLAC + .PHN per utterance)")
-    synth.add_argument("out", metavar="OUT")
-    synth.add_argument("--voices", default="kal,ked,slt", help="comma-separated: kal, ked, slt")
-    synth.add_argument("--utterances", type=_positive(int), default=150, help="per voice")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--jobs", type=_positive(int), default=2,
-                       help="festival processes at once")
-    synth.set_defaults(handler=_synth_speech)
-
-    info = sub.add_parser("info", help="version, backends, CPU features, threads, libraries")
-    info.set_defaults(handler=_info)
-
-    bench = sub.add_parser("bench", help="benchmark kernels and training against NumPy, "
-                                         "PyTorch and JAX on this machine")
-    from .benchmark import add_arguments as add_bench_arguments
-    add_bench_arguments(bench)
-    bench.set_defaults(handler=_bench)
-    return parser
 
 
 def main(argv=None):

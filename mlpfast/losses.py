@@ -9,6 +9,8 @@ The kernels come from ``backend`` (default: the backend of the model that ``fit`
 or for NumPy arrays the fastest CPU backend). ``backward`` returns a buffer that the next
 ``forward`` overwrites.
 """
+import copy
+
 import numpy as np
 
 from .backend import get_backend
@@ -51,6 +53,17 @@ class Loss:
     def __call__(self, *args):
         return self.forward(*args)
 
+    def on_backend(self, backend):
+        """A copy of this loss that runs on ``backend`` (the caller's stays as it is)."""
+        twin = copy.copy(self)
+        twin.backend, twin._grad, twin._grad_buffer = get_backend(backend), None, None
+        return twin
+
+    def compiled_kind(self):
+        """"cross_entropy" or "mse" when this is the library's loss itself, which a backend
+        may run inside a compiled step; None for a subclass (it may change the formulas)."""
+        return {CrossEntropyLoss: "cross_entropy", MSELoss: "mse"}.get(type(self))
+
     def backward(self):
         """dL/d(prediction) of the last forward."""
         if self._grad is None:
@@ -76,6 +89,10 @@ class CrossEntropyLoss(Loss):
         grad = self._grad_out(be, logits.shape, logits.dtype)
         loss, self._grad, self.last_correct = be.softmax_cross_entropy(logits, labels, grad)
         return loss
+
+    def correct(self, logits, labels):
+        """Rows of the last forward(logits, labels) whose argmax is the label."""
+        return self.last_correct
 
     def value(self, logits, labels):
         """The loss alone, without computing or storing the gradient."""
@@ -108,3 +125,10 @@ class MSELoss(Loss):
     def value(self, pred, target):
         """The loss alone, without computing or storing the gradient."""
         return self._backend_for(pred).mse(pred, self._target(pred, target))
+
+    def correct(self, pred, target):
+        """Rows whose argmax is the label for integer labels (0 for float targets)."""
+        target = np.asarray(target)
+        if target.ndim != 1:
+            return 0
+        return int((self._backend_for(pred).to_numpy(pred).argmax(axis=1) == target).sum())

@@ -12,9 +12,8 @@ import json
 
 import numpy as np
 
-from .backend import get_backend, to_numpy
+from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, get_backend, to_numpy
 from .checkpoint import atomic_write
-from .kernels.activations import NAMES as ACTIVATION_NAMES
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -219,8 +218,8 @@ class Activation(Module):
     def fused_output(self, y):
         """Record y = f(z), computed by the preceding Linear, as this layer's output.
 
-        Only for kinds in OUTPUT_DERIVATIVE (f' is a function of y), so backward can
-        use y in place of the z that was never stored: relu'(z) = [z > 0] = [y > 0].
+        Only for kinds in FUSABLE (f' is a function of y), so backward can use y in place
+        of the z that was never stored: relu'(z) = [z > 0] = [y > 0].
         """
         self._x = self._y = y
 
@@ -230,11 +229,6 @@ class Activation(Module):
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
-
-
-# Activations whose derivative can be written with their output y alone, so that a
-# Linear layer may apply them in its epilogue without keeping z (see Sequential).
-OUTPUT_DERIVATIVE = ("identity", "relu", "sigmoid", "tanh")
 
 
 class Identity(Activation):
@@ -310,25 +304,47 @@ class Sequential(Module):
         super().__init__(backend, dtype)
         self.layers = list(layers)
         self._flatten_parameters()
-        self._steps = self._plan_steps()
+        self._stages = self._fuse()
 
-    def _plan_steps(self):
-        """[(layer, activation or None)]: a Linear followed by an activation that the
-        backend's linear_forward applies in its epilogue (and whose derivative needs only
-        its output) becomes one step: one kernel call forward instead of two passes."""
-        steps, i = [], 0
+    def _fuse(self):
+        """((layer, activation or None), ...): a Linear followed by an activation whose
+        derivative needs only its output (FUSABLE) becomes one stage, one kernel call
+        forward (linear_forward applies it in its epilogue) instead of two passes."""
+        stages, i = [], 0
         while i < len(self.layers):
             layer = self.layers[i]
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if (isinstance(layer, Linear) and isinstance(nxt, Activation)
-                    and nxt.kind in OUTPUT_DERIVATIVE
-                    and nxt.kind in self.backend.fused_activations):
-                steps.append((layer, nxt))
+            if isinstance(layer, Linear) and isinstance(nxt, Activation) \
+                    and nxt.kind in FUSABLE:
+                stages.append((layer, nxt))
                 i += 2
             else:
-                steps.append((layer, None))
+                stages.append((layer, None))
                 i += 1
-        return steps
+        return tuple(stages)
+
+    def plan(self):
+        """The Plan a backend builds a training step from (mlpfast.backend.plan)."""
+        return Plan(model=self, stages=self._stages, chain=self._chain(), dtype=self.dtype,
+                    flat_data=self.flat_data, flat_grad=self.flat_grad)
+
+    def _chain(self):
+        """PlanLayer per Linear when the layers are Linear (elementwise activation) ...
+        Linear, else None."""
+        chain, layers = [], self.layers
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Linear):
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                act = nxt if isinstance(nxt, Activation) and nxt.kind != "softmax" else None
+                chain.append(PlanLayer(layer.weight, layer.bias,
+                                       act.kind if act else "identity",
+                                       dict(act.params) if act else {}))
+            elif not (isinstance(layer, Activation) and i > 0
+                      and isinstance(layers[i - 1], Linear) and layer.kind != "softmax"):
+                return None
+        if not chain or not isinstance(layers[-1], Linear):
+            return None
+        return tuple(chain)
 
     def _flatten_parameters(self):
         """Move every parameter (and its grad) into one flat buffer, in order, as views.
@@ -378,7 +394,7 @@ class Sequential(Module):
                 yield f"{i}.{name}", p
 
     def forward(self, x):
-        for layer, activation in self._steps:
+        for layer, activation in self._stages:
             if activation is None:
                 x = layer.forward(x)
             else:                                   # Linear + activation in one kernel
@@ -396,11 +412,11 @@ class Sequential(Module):
         the activation's own backward pass is skipped.
         """
         folded = False                          # grad_y already includes f'(z) of this step
-        for i in range(len(self._steps) - 1, -1, -1):
-            layer, activation = self._steps[i]
+        for i in range(len(self._stages) - 1, -1, -1):
+            layer, activation = self._stages[i]
             if activation is not None and not folded:
                 grad_y = activation.backward(grad_y)      # grad_z = grad_y * f'(z)
-            previous = self._steps[i - 1][1] if i > 0 else None
+            previous = self._stages[i - 1][1] if i > 0 else None
             if i == 0 and not input_grad:
                 if isinstance(layer, Linear):
                     layer.backward(grad_y, input_grad=False)
@@ -480,7 +496,7 @@ class MLP(Sequential):
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output size, "
                              f"got {sizes!r}")
-        hidden_acts = [a for a in ACTIVATION_NAMES if a != "softmax"]
+        hidden_acts = [a for a in ACTIVATIONS if a != "softmax"]
         if activation not in hidden_acts:
             raise ValueError(f"activation must be one of {hidden_acts}, got {activation!r}")
         backend = get_backend(backend)

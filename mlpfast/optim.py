@@ -38,7 +38,6 @@ class Optimizer:
         self.params = params
         self.hyper = hyper
         self.step_count = 0
-        self.lr_scale = 1.0     # set by a learning-rate schedule: the step uses lr * lr_scale
         self._flat = self._common_flat_buffers(params)
         self.backend = params[0].backend
         self._sizes = [int(np.prod(p.shape)) for p in params]
@@ -124,13 +123,25 @@ class SGD(Optimizer):
         super().__init__(params, lr=lr, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=weight_decay)
 
-    def step(self):
+    def step(self, lr=None):
+        """One update with the gradients in the parameters' .grad; ``lr`` (default
+        self.lr) is this step's learning rate (a schedule's)."""
         h = self.hyper
         for data, grad, state in self._groups():
             self.backend.sgd(data, grad, state[0] if state else None,
-                             lr=h["lr"] * self.lr_scale, momentum=h["momentum"], nesterov=h["nesterov"],
-                             weight_decay=h["weight_decay"], first_step=self.step_count == 0)
+                             lr=h["lr"] if lr is None else lr, momentum=h["momentum"],
+                             nesterov=h["nesterov"], weight_decay=h["weight_decay"],
+                             first_step=self.step_count == 0)
         self.step_count += 1
+
+    def compiled_spec(self):
+        """("sgd", (momentum, nesterov, weight_decay), (momentum_buffer,)) for a compiled
+        step over the flat buffers, or None when the parameters are not one flat buffer."""
+        if self._flat is None:
+            return None
+        h = self.hyper
+        state = (self._state["momentum_buffer"],) if h["momentum"] else ()
+        return "sgd", (h["momentum"], float(h["nesterov"]), h["weight_decay"]), state
 
 
 class Adam(Optimizer):
@@ -149,14 +160,26 @@ class Adam(Optimizer):
                          eps=_check_hyper("eps", eps),
                          weight_decay=_check_hyper("weight_decay", weight_decay))
 
-    def step(self):
+    def step(self, lr=None):
+        """One update with the gradients in the parameters' .grad; ``lr`` (default
+        self.lr) is this step's learning rate (a schedule's)."""
         h = self.hyper
         self.step_count += 1
         for data, grad, (m, v) in self._groups():
             self.backend.adam(data, grad, m, v, step=self.step_count,
-                              lr=h["lr"] * self.lr_scale,
+                              lr=h["lr"] if lr is None else lr,
                               beta1=h["betas"][0], beta2=h["betas"][1], eps=h["eps"],
                               weight_decay=h["weight_decay"], decoupled=self.decoupled)
+
+    def compiled_spec(self):
+        """("adam", (beta1, beta2, eps, weight_decay, decoupled), (exp_avg, exp_avg_sq)) for
+        a compiled step over the flat buffers, or None when the parameters are not one
+        flat buffer."""
+        if self._flat is None:
+            return None
+        h = self.hyper
+        return ("adam", (*h["betas"], h["eps"], h["weight_decay"], float(self.decoupled)),
+                (self._state["exp_avg"], self._state["exp_avg_sq"]))
 
 
 class AdamW(Adam):

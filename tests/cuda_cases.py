@@ -61,7 +61,7 @@ def test_cuda_backend_has_every_op_and_activation():
     backend = mf.get_backend("cuda")
     assert backend.device == "cuda"
     assert set(backend.activations) == set(ref_activations.NAMES)
-    assert set(backend.fused_activations) <= set(ref_linear.FUSED["numpy"])
+    assert set(ref_activations.FUSABLE) <= set(linear.FUSED["cuda"])
     assert "cuda" in mf.backends()
     assert mf.get_backend("auto") is backend          # a usable (or simulated) GPU wins
     assert isinstance(mf.to_numpy(dev(np.ones(3))), np.ndarray)
@@ -183,7 +183,7 @@ def test_gemm_rejects_bad_epilogues():
         gemm.gemm_tiled(a, b, splits=0)
 
 
-@pytest.mark.parametrize("activation", ref_linear.DERIVATIVE_FROM_OUTPUT)
+@pytest.mark.parametrize("activation", ref_activations.FUSABLE)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_grad_input_folds_the_activation_derivative(activation, dtype, rng):
     grad_y = rng.standard_normal((13, 5)).astype(dtype)
@@ -511,6 +511,13 @@ def test_weights_move_between_cuda_and_numpy(tmp_path):
     assert_close(model(x), on_numpy(x), tol=(1e-6, 1e-5))
 
 
+# --- against PyTorch ----------------------------------------------------------------------------
+
+def test_cuda_trains_as_pytorch_does():
+    """Logits, loss, every gradient and 20 Adam steps against PyTorch (tests/torch_parity.py)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    from torch_parity import check_against_torch
+    check_against_torch(torch, "cuda", "tanh", sizes=(13, 11, 7), batch=8)
 
 def fit_small_cuda_model(x, y, epochs, **kwargs):
     model = mf.MLP([6, 7, 3], activation="relu", backend="cuda", seed=4)

@@ -10,6 +10,7 @@ from conftest import assert_close
 
 import mlpfast
 from mlpfast import nn, optim, train
+from mlpfast.datasets import as_dataset
 from mlpfast.kernels import _numba_config
 
 FAST = ["numba", "cpu"]
@@ -67,10 +68,10 @@ def test_training_matches_numpy(backend, dtype, activation, loss, opt):
 def test_linear_and_output_activation_fuse_into_one_step(backend):
     model = nn.MLP([6, 8, 8, 3], "relu", backend=backend)
     kinds = [(type(layer).__name__, type(act).__name__ if act else None)
-             for layer, act in model._steps]
+             for layer, act in model.plan().stages]
     assert kinds == [("Linear", "ReLU"), ("Linear", "ReLU"), ("Linear", None)]
     gelu = nn.MLP([6, 8, 3], "gelu", backend=backend)      # GELU' needs z: not fused
-    assert [act for _, act in gelu._steps] == [None, None, None]
+    assert [act for _, act in gelu.plan().stages] == [None, None, None]
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -107,17 +108,18 @@ def test_train_step_allocates_no_arrays_after_the_first(backend, path, rng):
     be = model.backend
     xb, yb = np.empty((batch, sizes[0]), np.float32), np.empty(batch, np.int64)
     indices = [rng.permutation(200)[:batch] for _ in range(6)]
-    fit_step = train.make_train_step(model, loss_fn, opt_, train.as_dataset(model, x, y), batch)
+    fit_step = be.make_step(model.plan(), loss_fn, opt_, as_dataset(model, x, y), batch)
+    lrs, sums = np.full(1, 1e-3), np.zeros(2)
 
     def step(index):
         if path == "fit":
-            fit_step(index)
+            fit_step.run(index, 0, 1, lrs, sums)
         else:
             be.gather(x, index, xb)
             be.gather(y, index, yb)
             loss_fn(model.forward(xb), yb)
             model.backward(loss_fn.backward())
-        opt_.step()
+            opt_.step()
 
     step(indices[0])
     step(indices[1])
@@ -202,19 +204,33 @@ def test_workqueue_layer_is_guarded_against_concurrent_launches():
     assert float(loss2) == train_steps("numba", np.float32, seed=2, steps=6)[1]
 
 
-@pytest.mark.skipif(not _numba_config.VECTOR_512, reason="no AVX-512 here, or 512-bit vectors "
-                                                          "turned off for this run")
-def test_numba_compiled_before_mlpfast_warns_about_256_bit_vectors():
+IMPORT_SCRIPT = """
+import json, os, sys
+import numba
+from numba.core import config, caching
+before = (dict(os.environ), config.CPU_FEATURES, config.CPU_NAME, config.THREADING_LAYER,
+          list(caching.CompileResultCacheImpl._locator_classes))
+import mlpfast
+m = mlpfast.MLP([4, 3], backend="cpu", seed=0)
+mlpfast.fit(m, mlpfast.optim.Adam(m.parameters()), mlpfast.CrossEntropyLoss(),
+            [[0.0] * 4] * 8, [0] * 8, epochs=1, batch_size=4, progress=False)
+after = (dict(os.environ), config.CPU_FEATURES, config.CPU_NAME, config.THREADING_LAYER,
+         list(caching.CompileResultCacheImpl._locator_classes))
+print(json.dumps([before[0] == after[0], before[1:4] == after[1:4], before[4] == after[4],
+                  os.environ.get("OMP_WAIT_POLICY")]))
+"""
+
+
+def test_importing_and_training_change_nothing_outside_mlpfast():
+    """No environment variable, no Numba setting (CPU features, threading layer), no Numba
+    cache locator of other functions: mlpfast keeps its choices to its own kernels."""
+    import json
+    import os
     import subprocess
     import sys
-    code = ("from numba import njit\n"
-            "njit(lambda x: x + 1)(1)\n"              # Numba's code generator now exists
-            "import warnings\n"
-            "warnings.simplefilter('always')\n"
-            "import mlpfast\n"
-            "from mlpfast.kernels import _numba_config\n"
-            "print(_numba_config.VECTOR_512)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.stdout.strip() == "False"
-    assert "run with 256-bit vectors" in out.stderr
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "MLPFAST_NUMBA_THREADING_LAYER")}
+    done = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True, None]

@@ -153,12 +153,12 @@ if sys.argv[1] == "numpy-2.5":
 from numba import cuda
 from numba.cuda import dispatcher
 import mlpfast as mf
-from mlpfast import backend
+from mlpfast.backend import cuda as cuda_backend
 
 class Hopper:
     compute_capability = (9, 0)
 
-backend._nvidia_driver_loadable = lambda: True
+cuda_backend._nvidia_driver_loadable = lambda: True
 cuda.is_available = lambda: True
 dispatcher.get_current_device = lambda: Hopper()
 with warnings.catch_warnings(record=True) as caught:

@@ -258,13 +258,13 @@ def test_lr_schedule_scales_each_step(rng):
     mf.fit(frozen, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16, progress=False,
            lr_schedule=lambda step, total: 0.0)
     assert np.array_equal(frozen.flat_data, before)        # lr * 0: nothing moves
-    assert opt.lr_scale == 1.0 and opt.lr == 0.1            # the schedule leaves no trace
+    assert opt.lr == 0.1                                     # the schedule leaves no trace
     seen = []
     model = mf.MLP([4, 6, 3], seed=0)
     mf.fit(model, mf.optim.Adam(model.parameters()), mf.CrossEntropyLoss(), x, y, epochs=2,
            batch_size=16, progress=False, lr_schedule=lambda t, total: seen.append((t, total)) or 1)
     assert seen == [(t, 8) for t in range(8)]
-    from mlpfast.train import cosine_schedule
+    from mlpfast.run import cosine_schedule
     assert cosine_schedule(0, 8) == 1.0 and abs(cosine_schedule(4, 8) - 0.5) < 1e-12
     with pytest.raises(ValueError, match="lr_schedule must be"):
         mf.fit(model, mf.optim.Adam(model.parameters()), mf.CrossEntropyLoss(), x, y, epochs=1,

@@ -22,12 +22,13 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mlpfast as mf  # noqa: E402
+from mlpfast import env  # noqa: E402
 from mlpfast.checkpoint import META_ENTRY, read_checkpoint  # noqa: E402
 from mlpfast.data.mnist import IDX_TYPES, IDXError, parse_idx  # noqa: E402
 from mlpfast.data.speech import parse_phn  # noqa: E402
 from mlpfast.kernels import activations, data, gemm, linear, losses, optim  # noqa: E402
 
-EXAMPLES = int(os.environ.get("MLPFAST_FUZZ_EXAMPLES", "150"))
+EXAMPLES = env.fuzz_examples()
 # CI (CI=true) draws the same examples every run, so a red CI is reproducible, not luck.
 FUZZ = settings(max_examples=EXAMPLES, deadline=datetime.timedelta(seconds=60), database=None,
                 derandomize=os.environ.get("CI") == "true",
@@ -382,7 +383,7 @@ def test_fuzz_linear_grad_input_arguments(variant, data):
     rows, n_in, n_out = (data.draw(st.integers(0, 6)) for _ in range(3))
     grad_y = data.draw(arrays((rows, n_out)))
     w = data.draw(arrays((n_out, n_in)))
-    activation = data.draw(st.sampled_from(list(linear.DERIVATIVE_FROM_OUTPUT) + ["gelu"]))
+    activation = data.draw(st.sampled_from(list(activations.FUSABLE) + ["gelu"]))
     x = data.draw(st.one_of(st.none(), arrays((rows, n_in))))
     out = data.draw(st.sampled_from(["none", "fresh", "alias"]))
     out = {"none": None, "alias": x}.get(out, None) if out != "fresh" else \

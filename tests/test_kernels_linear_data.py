@@ -73,7 +73,7 @@ def test_gather_rejects_bad_index(variant):
 
 
 GRAD_INPUT_CASES = [(v, act) for v in linear.VARIANTS if "linear_grad_input" in linear.VARIANTS[v]
-                    for act in linear.DERIVATIVE_FROM_OUTPUT]
+                    for act in activations.FUSABLE]
 
 
 @pytest.mark.parametrize("variant,activation", GRAD_INPUT_CASES)

@@ -26,7 +26,7 @@ def test_sources_stamp_follows_every_file_content(tmp_path):
 def test_kernels_are_stamped_with_all_kernel_sources():
     stamp = _numba_config.sources_stamp()
     for kernel in (activations._softmax_forward_numba, losses._cross_entropy_band,
-                   mlp_step._train_step):
+                   mlp_step._train_steps):
         locator = kernel._cache._impl.locator
         assert isinstance(locator, _numba_config._KernelSourcesLocator), kernel
         own_stamp, all_sources = locator.get_source_stamp()

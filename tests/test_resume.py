@@ -19,20 +19,25 @@ class Crash(Exception):
     """Stands in for a crash (kill, power loss) in the middle of an epoch."""
 
 
+BATCH = 8
+
+
 class Samples:
-    """A dataset (the gather_batch protocol) that can crash on its n-th batch."""
+    """A dataset (the gather_batch protocol) that can crash while gathering its n-th batch
+    (counted over the run; a call may gather several batches, the cpu step's do)."""
 
     def __init__(self, x, y, crash_at=None):
-        self.x, self.y, self.crash_at, self.calls = x, y, crash_at, 0
+        self.x, self.y, self.crash_at, self.batches = x, y, crash_at, 0
         self.num_features, self.num_classes = x.shape[1], 4
 
     def __len__(self):
         return len(self.x)
 
     def gather_batch(self, index, x_out, y_out):
-        self.calls += 1
-        if self.calls == self.crash_at:
-            raise Crash(f"crash while gathering batch {self.calls}")
+        first = self.batches + 1
+        self.batches += -(-len(index) // BATCH)
+        if self.crash_at is not None and first <= self.crash_at <= self.batches:
+            raise Crash(f"crash while gathering batch {self.crash_at}")
         x_out[...] = self.x[index]
         y_out[...] = self.y[index]
 
@@ -59,7 +64,7 @@ def _assert_same_run(model_a, opt_a, hist_a, model_b, opt_b, hist_b):
 
 
 def _fit(model, opt, data, epochs, **kwargs):
-    return mf.fit(model, opt, mf.CrossEntropyLoss(), data, epochs=epochs, batch_size=8,
+    return mf.fit(model, opt, mf.CrossEntropyLoss(), data, epochs=epochs, batch_size=BATCH,
                   seed=11, progress=False, **kwargs)
 
 

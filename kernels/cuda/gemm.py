@@ -52,7 +52,7 @@ import numpy as np
 from numba import cuda, from_dtype
 
 from .. import _checks as shared_checks
-from ..linear import DERIVATIVE_FROM_OUTPUT as DACT     # f' written with y = f(z) alone
+from ..activations import FUSABLE as DACT     # f' written with y = f(z) alone
 from ._device import (ScratchBuffers, blocks_for, check_device_float, check_device_out,
                       simulator_enabled, THREADS_PER_BLOCK)
 from .activations import DEVICE_BACKWARD, DEVICE_FORWARD

@@ -20,6 +20,8 @@ import zlib
 
 import numpy as np
 
+from .. import env
+
 FILES = {  # name -> SHA-256 of the raw (uncompressed) file
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -94,8 +96,7 @@ def read_idx(path):
 
 
 def default_root():
-    base = os.environ.get("MLPFAST_DATA") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "mlpfast")
+    base = env.data_dir() or os.path.join(os.path.expanduser("~"), ".cache", "mlpfast")
     return os.path.join(base, "mnist")
 
 

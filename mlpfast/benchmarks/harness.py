@@ -11,7 +11,7 @@ and called once more after validation so JIT compilation never lands in a timing
               OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, with NumPy's BLAS on the same threads
     train     one training step (forward, loss, backward, Adam) of the reference
               configurations on every backend; samples/s and GFLOP/s; the peer is a
-              textbook NumPy MLP (mlpfast.peers.NumpyMLP) in that child process
+              textbook NumPy MLP (mlpfast.benchmarks.peers.NumpyMLP) in that child process
     epochs    (--full) one full MNIST epoch of each configuration per backend, through fit()
     compare   (--compare) full epochs of mlpfast, NumPy, PyTorch and JAX, each in its own
               process with the same data, sizes, batch, threads, warm-up and epochs
@@ -35,8 +35,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from . import __version__
-from .backend import backends, get_num_threads, to_numpy
+from .. import __version__
+from ..backend import backends, get_num_threads, to_numpy
 
 # (sizes, batch) of the three reference configurations
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
@@ -84,7 +84,7 @@ def fp32_peak_gflops(threads, milliseconds=25, repeats=8):
     """Measured fp32 FMA peak of ``threads`` threads in GFLOP/s (csrc/peak.c), or None.
     The best of ``repeats`` runs: other processes can only make a run slower."""
     try:
-        from . import _peak
+        from .. import _peak
     except ImportError:
         return None
     gflops = max(_peak.lib.mlpf_fma_peak_gflops(int(threads), int(milliseconds))
@@ -94,7 +94,7 @@ def fp32_peak_gflops(threads, milliseconds=25, repeats=8):
 
 def fp32_peak_isa():
     try:
-        from . import _peak
+        from .. import _peak
     except ImportError:
         return None
     return _peak.ffi.string(_peak.lib.mlpf_fma_peak_isa()).decode()
@@ -102,14 +102,14 @@ def fp32_peak_isa():
 
 def machine_info(threads=None, peak=True):
     """Everything a reader needs to judge the numbers: CPU, ISA, threads, versions, BLAS."""
-    from .cli import cpu_features, cpu_model
+    from ..machine import cpu_features, cpu_model, isa_name
     threads = threads or get_num_threads()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
     features = cpu_features()
-    isa = "AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else "baseline"
+    isa = isa_name(features)
     info = {
         "cpu": cpu_model(), "machine": platform.machine(), "isa": isa,
         "cpu_features": " ".join(features), "cpus_available": cores, "threads": threads,
@@ -211,19 +211,19 @@ def _registry_ops(module_name, op):
 
 
 def _linear_relu_implementations():
-    from .kernels import linear
+    from ..kernels import linear
     return {v: table["linear_forward"] for v, table in linear.VARIANTS.items()
             if "linear_forward" in table and "relu" in linear.FUSED.get(v, ())}
 
 
 def _gemm_implementations():
-    from .kernels import gemm
+    from ..kernels import gemm
     return dict(gemm.VARIANTS)
 
 
 def _activation_implementations(direction):
     def implementations():
-        from .kernels import activations
+        from ..kernels import activations
         return {v: getattr(table["relu"], direction) for v, table in activations.VARIANTS.items()
                 if "relu" in table}
     return implementations
@@ -449,7 +449,7 @@ def mlp_train_flops(sizes, batch):
 @functools.lru_cache(maxsize=1)
 def mnist_train():
     """MNIST's training images (60000, 784) float32 and labels, loaded once per process."""
-    from .datasets import mnist
+    from ..datasets import mnist
     (x, y), _ = mnist()
     return x, y
 
@@ -463,38 +463,35 @@ def mnist_batch(batch, seed=0):
 
 def train_step_setup(backend, sizes, batch, seed=0):
     """A model, Adam and loss on ``backend`` plus one MNIST batch, trained by the step that
-    ``fit`` runs (``train.make_train_step``: the backend's compiled MLP step where it has
-    one). Returns (model, step() -> loss, forward_backward() -> loss)."""
-    from .losses import CrossEntropyLoss
-    from .nn import MLP
-    from .optim import Adam
-    from .train import as_dataset, make_train_step
+    ``fit`` runs (the backend's ``make_step``). Returns (model, step() -> the mean loss of
+    one step on the batch; the gradients stay in the model's .grad)."""
+    from ..datasets import as_dataset
+    from ..losses import CrossEntropyLoss
+    from ..nn import MLP
+    from ..optim import Adam
     model = MLP(list(sizes), activation="relu", backend=backend, seed=seed)
     optimizer = Adam(model.parameters(), lr=1e-3)
-    loss_fn = CrossEntropyLoss(backend=model.backend)
     x, y = mnist_batch(batch, seed)
-    train_step = make_train_step(model, loss_fn, optimizer, as_dataset(model, x, y), batch)
-    index = np.arange(batch)
+    train_step = model.backend.make_step(model.plan(), CrossEntropyLoss(), optimizer,
+                                         as_dataset(model, x, y), batch)
+    order, lrs, sums = np.arange(batch), np.full(1, optimizer.lr), np.zeros(2)
     model.train()
 
-    def forward_backward():
-        return train_step(index)[0]
-
     def step():
-        loss = forward_backward()
-        optimizer.step()
-        return loss
-    return model, step, forward_backward
+        sums[:] = 0
+        train_step.run(order, 0, 1, lrs, sums)
+        return sums[0] / batch
+    return model, step
 
 
 def validate_train_step(backend, sizes, batch, steps=3):
     """A training step on ``backend`` against the numpy backend from the same weights: the
-    loss and every gradient of one forward/backward, then the losses of ``steps`` Adam steps.
+    loss and every gradient of the first step, then the losses of ``steps`` more Adam steps.
     (Parameters after Adam steps are not compared: Adam moves a weight by about lr whatever
     the size of its gradient, so rounding in a gradient near 0 can flip that move.)"""
-    model, step, forward_backward = train_step_setup(backend, sizes, batch)
-    ref_model, ref_step, ref_forward_backward = train_step_setup("numpy", sizes, batch)
-    assert_close(forward_backward(), ref_forward_backward(), 1e-5, 1e-4, f"{backend} loss")
+    model, step = train_step_setup(backend, sizes, batch)
+    ref_model, ref_step = train_step_setup("numpy", sizes, batch)
+    assert_close(step(), ref_step(), 1e-5, 1e-4, f"{backend} loss")
     ref_grads = {name: to_numpy(p.grad) for name, p in ref_model.named_parameters()}
     for name, p in model.named_parameters():
         ref = ref_grads[name]
@@ -524,7 +521,7 @@ def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.4
                     failed.append(_failed_row(row_id, "train", "step", config, name, threads,
                                               e))
                     continue
-            _, step, _ = train_step_setup(name, sizes, batch)
+            _, step = train_step_setup(name, sizes, batch)
             step()
             step()                                       # warm-up, past any JIT compile
             calls[name] = step
@@ -544,10 +541,10 @@ def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.4
 
 def epoch_rows(backend_names, configs=CONFIGS, epochs=1, select=None):
     """Full MNIST epochs through ``fit`` after a warm-up of a few dozen steps."""
-    from .losses import CrossEntropyLoss
-    from .nn import MLP
-    from .optim import Adam
-    from .train import fit
+    from ..losses import CrossEntropyLoss
+    from ..nn import MLP
+    from ..optim import Adam
+    from ..train import fit
     x, y = mnist_train()
     rows = []
     threads = get_num_threads()
@@ -598,7 +595,7 @@ def _pin_cpus(threads):
 
 
 def _peer_command(peer, threads, args):
-    cmd = [sys.executable, "-m", "mlpfast.peers", peer, "--threads", str(threads), *args]
+    cmd = [sys.executable, "-m", "mlpfast.benchmarks.peers", peer, "--threads", str(threads), *args]
     pin = (lambda: _pin_cpus(threads)) if hasattr(os, "sched_setaffinity") else None
     return cmd, dict(env=peer_env(peer, threads), preexec_fn=pin, text=True)
 
@@ -608,7 +605,7 @@ def _last_error(stderr):
 
 
 def run_peer(peer, args, threads, timeout=1800):
-    """``python -m mlpfast.peers PEER ARGS`` in its own process; its JSON result (a dict)."""
+    """``python -m mlpfast.benchmarks.peers PEER ARGS`` in its own process; its JSON result (a dict)."""
     cmd, options = _peer_command(peer, threads, args)
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout, **options)
     if proc.returncode != 0:
@@ -617,7 +614,7 @@ def run_peer(peer, args, threads, timeout=1800):
 
 
 class PeerProcess:
-    """A peer (``python -m mlpfast.peers numpy --serve``) that stays up and times one case
+    """A peer (``python -m mlpfast.benchmarks.peers numpy --serve``) that stays up and times one case
     per request, so ours and the peer's timings of a case are taken one right after the
     other. ``ask(request)`` -> the reply dict ({"row": ...} or {"skipped": why})."""
 
@@ -761,7 +758,7 @@ def write_plot(rows, path, peak=None):
 # --- the command ----------------------------------------------------------------------
 
 def add_arguments(parser):
-    from .cli import _positive
+    from ..argtypes import positive as _positive
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
                       help="a curated run, under 2 minutes (the default)")

@@ -1,19 +1,19 @@
 """Peers for ``mlpfast bench``: the same MLP training in mlpfast, NumPy, PyTorch and JAX.
 
-Each peer runs in its own process, started by ``mlpfast.benchmark.run_peer`` (or kept up
+Each peer runs in its own process, started by ``mlpfast.benchmarks.harness.run_peer`` (or kept up
 by ``PeerProcess`` for the NumPy peer of the kernel and step tables) with its
 threads pinned (CPU affinity, the *_NUM_THREADS variables, torch.set_num_threads) and,
 for NumPy, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE. It prints one JSON line.
 
-    python -m mlpfast.peers PEER --sizes 784,256,128,10 --batch 64 --threads 2 --epochs 1
+    python -m mlpfast.benchmarks.peers PEER --sizes 784,256,128,10 --batch 64 --threads 2 --epochs 1
         PEER: mlpfast | numpy | torch | jax. Full MNIST epochs; the same warm-up for all
         (32 full batches and one batch of the epoch's tail size, so JAX compiles both
         shapes), the same initial weights, shuffles and Adam (lr 1e-3) updates.
-    python -m mlpfast.peers PEER --infer --sizes 784,1024,1024,10 --batch 1024 --threads 2
+    python -m mlpfast.benchmarks.peers PEER --infer --sizes 784,1024,1024,10 --batch 1024 --threads 2
         PEER: mlpfast | torch | jax. Inference: predicted classes (argmax of the logits)
         of the 10,000 MNIST test images in batches, the same initial weights; a warm-up
         pass, then benchmark.INFER_ROUNDS timed passes, median.
-    python -m mlpfast.peers numpy --serve --threads 2
+    python -m mlpfast.benchmarks.peers numpy --serve --threads 2
         reads JSON requests on stdin, one per line, and times what each asks for, like
         one turn of mlpfast's own rows: {"kernel": "gemm.sgemm 512x512x512 NN", "mode":
         "quick", "seconds": 0.05} (the NumPy reference of a kernel case), {"step":
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from . import benchmark
+from . import harness as benchmark
 
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 
@@ -182,7 +182,7 @@ def jax_trainer(weights, threads):
 def train_epochs(peer, sizes, batch, threads, epochs, seed):
     """Warm-up, then ``epochs`` timed epochs; {samples_per_s, seconds_per_epoch, loss,
     test_accuracy (of the trained model on the 10,000 MNIST test images), ...}."""
-    from .datasets import mnist
+    from ..datasets import mnist
     weights = initial_weights(sizes, seed)
     if peer != "mlpfast":          # first, so that a missing library is reported at once
         make = {"numpy": numpy_trainer, "torch": torch_trainer, "jax": jax_trainer}[peer]
@@ -215,10 +215,10 @@ def train_epochs(peer, sizes, batch, threads, epochs, seed):
 
 
 def mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, warm):
-    from . import get_num_threads
-    from .losses import CrossEntropyLoss
-    from .optim import Adam
-    from .train import fit, predict
+    from .. import get_num_threads
+    from ..losses import CrossEntropyLoss
+    from ..optim import Adam
+    from ..train import fit, predict
     model = _mlpfast_model(weights, sizes, seed)
     optimizer = Adam(model.parameters(), lr=LR)
     fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
@@ -239,7 +239,7 @@ def epoch_result(seconds, loss, n, notes, test_accuracy):
 
 def _mlpfast_model(weights, sizes, seed=None):
     """mlpfast.MLP (relu, the default backend) holding ``weights``."""
-    from .nn import MLP
+    from ..nn import MLP
     model = MLP(list(sizes), activation="relu", seed=seed)
     model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
                            for kind, value in zip(("weight", "bias"), layer)})
@@ -247,8 +247,8 @@ def _mlpfast_model(weights, sizes, seed=None):
 
 
 def mlpfast_predictor(weights, sizes, threads):
-    from . import get_num_threads
-    from .train import predict
+    from .. import get_num_threads
+    from ..train import predict
     model = _mlpfast_model(weights, sizes)
     return (lambda x, batch: predict(model, x, batch_size=batch),
             f"mlpfast backend {model.backend.name}, {get_num_threads()} threads")
@@ -283,7 +283,7 @@ def jax_predictor(weights, sizes, threads):
 
 def infer_rate(peer, sizes, batch, threads, seed):
     """Classes of the MNIST test images by ``peer``: {samples_per_s, seconds, accuracy...}."""
-    from .datasets import mnist
+    from ..datasets import mnist
     make = {"mlpfast": mlpfast_predictor, "torch": torch_predictor, "jax": jax_predictor}[peer]
     predict, notes = make(initial_weights(sizes, seed), sizes, threads)
     _, (x, y) = mnist()
@@ -347,7 +347,7 @@ def serve(stdin, stdout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mlpfast.peers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlpfast.benchmarks.peers", description=__doc__)
     parser.add_argument("peer", choices=["mlpfast", "numpy", "torch", "jax"])
     parser.add_argument("--sizes", default="784,256,128,10")
     parser.add_argument("--batch", type=int, default=64)

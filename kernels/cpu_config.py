@@ -1,0 +1,72 @@
+"""Block sizes and thresholds of the CPU kernels, one config per ISA.
+
+The one source for both GEMMs: csrc/build_cgemm.py executes this file (it imports nothing)
+and compiles every value into the C library as an ``MLPF_CFG_<ISA>_<KEY>`` macro; the Numba
+GEMM (kernels/gemm.py) and the Numba passes read the same dicts. ``mlpf_config_value``
+(csrc/gemm.h) reads a value back from the C library, and tests/test_cpu_config.py checks
+that every value matches.
+
+GEMM loop nest (csrc/gemm.c, kernels/gemm.py), outermost first:
+    mc rows of op(A)     packed A block   mc x kc   in L3 (per thread)
+    kc depth             (k is split evenly, each block near kc, rounded up to 8)
+    nc columns of op(B)  packed B block   kc x nc   in L2
+    mr rows              A micro-panel    mr x kc   in L1 for the whole inner loop
+    nr columns           B micro-panel    kc x nr   streamed from L2 into the micro-kernel
+The micro-kernel holds an mr x nr tile of C in registers; nr is two vectors of
+``vector_bytes`` (float32: nr = 2 * vector_bytes / 4).
+
+Shared schedule: when the threads split only columns (m <= mc) and op(A) packed for all of
+k takes at most ``max_shared_a_bytes``, threads take column chunks from a shared counter:
+``shared_chunks_l2`` chunks per thread while that packed op(A) fits in
+``shared_a_l2_bytes``, else ``shared_chunks_l3``.
+
+Thresholds (why each value: bench/README.md, "CPU thresholds"):
+    min_parallel_fmas          a GEMM below this many multiply-adds runs on one thread ...
+    min_parallel_fmas_awake    ... or below this one when the pool's workers still spin
+    pass_min_parallel          a pass over a flat buffer (Adam, SGD, sum of squares,
+    pass_min_parallel_asleep   gather) below this many elements runs on one thread
+                               (the second value when the workers sleep)
+    parallel_min_elements      a Numba parallel kernel touching fewer elements runs on one
+                               thread (MLPFAST_PARALLEL_MIN_ELEMENTS overrides it)
+    stream_min_bytes           Numba softmax / cross-entropy outputs of this size and more
+                               are written with streaming stores
+    prefetch_min_bytes         Numba elementwise kernels prefetch arrays of this size and more
+"""
+
+THRESHOLDS = {
+    "min_parallel_fmas": 1 << 22,
+    "min_parallel_fmas_awake": 1 << 19,
+    "pass_min_parallel": 1 << 15,
+    "pass_min_parallel_asleep": 1 << 20,
+    "parallel_min_elements": 1 << 21,
+    "stream_min_bytes": 16 << 20,
+    "prefetch_min_bytes": 4 << 20,
+}
+
+SHARED_SCHEDULE = {
+    "max_shared_a_bytes": 32 << 20,
+    "shared_a_l2_bytes": 1 << 20,
+    "shared_chunks_l2": 4,
+    "shared_chunks_l3": 2,
+}
+
+CONFIGS = {
+    # 48 KiB L1d, 2 MiB L2 (Sapphire/Emerald Rapids; Zen 4/5 and Skylake-X do well with it):
+    # A micro-panel 12 x 384 x 4 B = 18 KiB in L1; B block 384 x 768 x 4 B = 1.1 MiB in L2
+    "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 384, "nc": 768,
+               **SHARED_SCHEDULE, **THRESHOLDS},
+    # BLIS's Haswell config transposed: A micro-panel 6 KiB in L1, B block 256 KiB in L2
+    "avx2": {"mr": 6, "nr": 16, "vector_bytes": 32, "mc": 3072, "kc": 256, "nc": 256,
+             **SHARED_SCHEDULE, **THRESHOLDS},
+    # any CPU: moderate blocks for small caches (A micro-panel 1 KiB, B block 256 KiB)
+    "portable": {"mr": 4, "nr": 8, "vector_bytes": 16, "mc": 1024, "kc": 256, "nc": 256,
+                 **SHARED_SCHEDULE, **THRESHOLDS},
+}
+
+FAMILIES = tuple(CONFIGS)       # best first
+
+
+def c_macros():
+    """[(name, value)]: every value as the MLPF_CFG_<FAMILY>_<KEY> macro of the C build."""
+    return [(f"MLPF_CFG_{family.upper()}_{key.upper()}", str(value))
+            for family, config in CONFIGS.items() for key, value in config.items()]

@@ -1,0 +1,156 @@
+"""Checkpoints of a run of ``fit``, next to the file format in ``mlpfast.checkpoint``: what
+a checkpoint holds (``CheckpointWriter``) and how a run continues from one (``resume``)."""
+import math
+import os
+
+import numpy as np
+
+from .checkpoint import training_arrays, write_checkpoint
+from .run import check_state_finite
+
+
+def check_checkpoint_args(checkpoint, checkpoint_every):
+    """Steps between checkpoints (0 = after every epoch); checks the path's directory."""
+    if isinstance(checkpoint_every, str) and checkpoint_every == "epoch":
+        every_steps = 0
+    elif isinstance(checkpoint_every, (int, np.integer)) and not isinstance(checkpoint_every,
+                                                                            bool):
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, got "
+                             f"{checkpoint_every!r}")
+        every_steps = int(checkpoint_every)
+    else:
+        raise ValueError(f"checkpoint_every must be 'epoch' or a positive number of steps, "
+                         f"got {checkpoint_every!r}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
+        directory = os.path.dirname(os.path.abspath(checkpoint))
+        if not os.path.isdir(directory):
+            raise ValueError(f"checkpoint {checkpoint}: directory {directory} does not exist")
+        if os.path.isdir(checkpoint):
+            raise ValueError(f"checkpoint {checkpoint} is a directory; give a file path")
+    return every_steps
+
+
+class CheckpointWriter:
+    """Writes the run's full state to one path, atomically, never with NaN in it."""
+
+    def __init__(self, path, every_steps, model, optimizer, loss_fn, data_spec):
+        self.path, self.every_steps = path, every_steps
+        self.model, self.optimizer = model, optimizer
+        self.loss_name, self.data_spec = type(loss_fn).__name__, data_spec
+
+    def write(self, run, rng, history, epoch):
+        check_state_finite(self.model, self.optimizer, f"in epoch {epoch}", self.path)
+        opt = self.optimizer.state_dict()
+        meta = {"architecture": self.model.architecture(),
+                "optimizer": {"type": opt["type"], "step": opt["step"], "hyper": opt["hyper"]},
+                "loss": self.loss_name, "data": self.data_spec, "progress": run.as_json(),
+                "rng": _jsonable(rng.bit_generator.state),
+                "history": _jsonable(history.epochs)}
+        order = run.order if run.batches_done else None
+        write_checkpoint(self.path, meta, training_arrays(self.model, self.optimizer, order))
+
+
+def _jsonable(value):
+    """Dicts/lists with NumPy arrays and scalars turned into lists and Python numbers."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
+    """Check ``ckpt`` against this call, then load model, optimizer, progress; returns the rng.
+
+    Every check runs before anything is loaded, so a mismatch changes nothing.
+    """
+    meta, path = ckpt.meta, ckpt.path
+    arch, own_arch = meta["architecture"], model.architecture()
+    if arch.get("layers") != own_arch["layers"] or arch.get("dtype") != own_arch["dtype"]:
+        raise ValueError(f"resume: {path} holds a {arch.get('dtype')} model with layers "
+                         f"{arch.get('layers')}, not this {own_arch['dtype']} model with "
+                         f"layers {own_arch['layers']}")
+    if meta["loss"] != type(loss_fn).__name__:
+        raise ValueError(f"resume: {path} was trained with {meta['loss']}, "
+                         f"not {type(loss_fn).__name__}")
+    for key, value in data_spec.items():
+        if meta["data"].get(key) != value:
+            raise ValueError(f"resume: {path} was written with {key}={meta['data'].get(key)!r}"
+                             f", this call has {key}={value!r}; exact resume needs the same "
+                             f"data and batching")
+    progress = meta["progress"]
+    if progress["epochs_done"] > epochs:
+        raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "
+                         f"than epochs={epochs} (epochs counts the whole run)")
+    model_state = ckpt.model_state()
+    own_params = dict(model.named_parameters())
+    if set(model_state) != set(own_params):
+        raise ValueError(f"resume: {path} parameters {sorted(model_state)} do not match the "
+                         f"model's {sorted(own_params)}")
+    for name, a in model_state.items():
+        if a.shape != own_params[name].shape or a.dtype != model.dtype \
+                or not np.isfinite(a).all():
+            raise ValueError(f"resume: {path} parameter {name} is not a finite "
+                             f"{model.dtype} array of shape {own_params[name].shape}")
+    opt_state = ckpt.optimizer_state()
+    _check_optimizer_state(path, opt_state, optimizer)
+    rng = _rng_from_state(path, meta["rng"])
+    # -- everything checked: load
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(opt_state)
+    run.load_json(progress, ckpt.arrays.get("order"))
+    history.epochs = [dict(r) for r in meta["history"]]
+    return rng
+
+
+def _check_optimizer_state(path, state, optimizer):
+    if state["type"] != type(optimizer).__name__:
+        raise ValueError(f"resume: {path} holds {state['type']} state, the optimizer is "
+                         f"{type(optimizer).__name__}")
+    own = optimizer.state_dict()
+    if set(state["state"]) != set(own["state"]):
+        raise ValueError(f"resume: {path} optimizer state {sorted(state['state'])} does not "
+                         f"match {type(optimizer).__name__}'s {sorted(own['state'])} (e.g. "
+                         f"momentum on in one and off in the other)")
+    for name, a in state["state"].items():
+        ref = own["state"][name]
+        if a.shape != ref.shape or a.dtype != ref.dtype or not np.isfinite(a).all():
+            raise ValueError(f"resume: {path} optimizer state {name} is not a finite "
+                             f"{ref.dtype} array of shape {ref.shape}")
+    hyper = state["hyper"]
+    if set(hyper) != set(own["hyper"]):
+        raise ValueError(f"resume: {path} optimizer hyperparameters {sorted(hyper)} do not "
+                         f"match {sorted(own['hyper'])}")
+    for key, ref in own["hyper"].items():
+        value = hyper[key]
+        if isinstance(ref, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(ref, (tuple, list)):
+            ok = isinstance(value, list) and len(value) == len(ref) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value)
+            if ok:
+                hyper[key] = tuple(value)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value >= 0
+        if not ok:
+            raise ValueError(f"resume: {path} optimizer hyperparameter {key}={value!r} is "
+                             f"not valid")
+
+
+def _rng_from_state(path, state):
+    try:
+        bit_generator = getattr(np.random, state["bit_generator"])()
+        bit_generator.state = state
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise ValueError(f"resume: {path} holds an invalid RNG state ({e})") from None
+    return np.random.Generator(bit_generator)
+

@@ -1,0 +1,74 @@
+"""Every MLPFAST_* environment variable is read in mlpfast/env.py alone and listed in the
+README's table; bad values are named."""
+import ast
+import os
+import re
+
+import pytest
+
+from mlpfast import env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def environment_reads(path):
+    """Names of the MLPFAST_* variables the file reads from os.environ / os.getenv."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        key = None
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "os.environ.get", "os.getenv", "os.environ.setdefault", "environ.get"):
+            key = node.args[0] if node.args else None
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            key = node.slice
+        if isinstance(key, ast.Constant) and str(key.value).startswith("MLPFAST_"):
+            names.add(key.value)
+    return names
+
+
+def sources():
+    for folder in ("mlpfast", "kernels", "tests", "bench", "examples"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            yield from (os.path.join(directory, f) for f in files if f.endswith(".py"))
+
+
+def test_only_env_py_reads_mlpfast_variables():
+    readers = {os.path.relpath(p, ROOT): environment_reads(p) for p in sources()}
+    assert {p: n for p, n in readers.items() if n and p != os.path.join("mlpfast", "env.py")} \
+        == {}
+    tree = ast.parse(open(os.path.join(ROOT, "mlpfast", "env.py"), encoding="utf-8").read())
+    read = {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).startswith("MLPFAST_")}
+    assert read == set(env.VARIABLES)                  # each listed variable has its reader
+
+
+def test_the_readme_table_lists_every_variable():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    listed = set(re.findall(r"^\| `(MLPFAST_\w+)` \|", readme, re.M))
+    assert listed == set(env.VARIABLES)
+
+
+@pytest.mark.parametrize("name, value, reader", [
+    ("MLPFAST_NUM_THREADS", "0", env.num_threads),
+    ("MLPFAST_NUM_THREADS", "two", env.num_threads),
+    ("MLPFAST_FUZZ_EXAMPLES", "-3", env.fuzz_examples),
+    ("MLPFAST_NUMBA_THREADING_LAYER", "openmp", env.numba_threading_layer),
+    ("MLPFAST_PARALLEL_MIN_ELEMENTS", "many", lambda: env.parallel_min_elements(1)),
+])
+def test_bad_values_are_named(monkeypatch, name, value, reader):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        reader()
+
+
+def test_values_and_defaults(monkeypatch):
+    for name in env.VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert env.num_threads() is None and env.data_dir() is None and env.gemm_kernel() is None
+    assert env.fuzz_examples() == 150 and env.parallel_min_elements(7) == 7
+    monkeypatch.setenv("MLPFAST_NUM_THREADS", "3")
+    monkeypatch.setenv("MLPFAST_DATA", "/data")
+    monkeypatch.setenv("MLPFAST_PARALLEL_MIN_ELEMENTS", "1024")
+    assert env.num_threads() == 3 and env.data_dir() == "/data"
+    assert env.parallel_min_elements(7) == 1024
