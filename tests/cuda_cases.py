@@ -533,7 +533,7 @@ def test_checkpoint_resume_predict_and_zero_grad_on_cuda(tmp_path):
     y = rng.integers(0, 3, 30)
     path = tmp_path / "run.npz"
     model_a, _, hist_a = fit_small_cuda_model(x, y, 2)
-    fit_small_cuda_model(x, y, 1, checkpoint=path, checkpoint_every=3)   # 1 epoch, checkpointed at its end
+    fit_small_cuda_model(x, y, 1, checkpoint=path, checkpoint_every=3)   # checkpoint: epoch 1
     model_b, opt_b, hist_b = fit_small_cuda_model(x, y, 2, resume=path)
     assert hist_b["loss"] == hist_a["loss"]                               # exact resume
     for key, value in model_a.state_dict().items():
