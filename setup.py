@@ -18,7 +18,7 @@ setup(
         # Everything the test suite runs for real: matplotlib for the plots, numba-cuda for
         # the CUDA kernels under Numba's simulator, threadpoolctl for the benchmark header.
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "matplotlib>=3.5",
-                 "numba-cuda>=0.30", "threadpoolctl>=3", "scikit-learn>=1.1"],
+                 "numba-cuda>=0.30", "numpy<2.5", "threadpoolctl>=3", "scikit-learn>=1.1"],
         "plot": ["matplotlib>=3.5"],
         # PyTorch is not listed: a plain `pip install torch` pulls a multi-GB CUDA build.
         # Install its CPU build yourself (README, "Benchmarks") to compare against it.
@@ -26,9 +26,11 @@ setup(
         # The CUDA target (kernels/cuda/, backend "cuda"): enough for the CUDA simulator the
         # tests use, and for a GPU machine with a CUDA toolkit installed. Without a toolkit,
         # take cuda12 / cuda13 (by the driver's CUDA version): they add NVIDIA's runtime wheels.
-        "cuda": ["numba-cuda>=0.30"],
-        "cuda12": ["numba-cuda[cu12]>=0.30"],
-        "cuda13": ["numba-cuda[cu13]>=0.30"],
+        # numpy<2.5: numba-cuda 0.30 registers np.row_stack, which NumPy 2.5 removed, and then
+        # compiles no kernel (README, "GPU": why not numba-cuda-mlir).
+        "cuda": ["numba-cuda>=0.30", "numpy<2.5"],
+        "cuda12": ["numba-cuda[cu12]>=0.30", "numpy<2.5"],
+        "cuda13": ["numba-cuda[cu13]>=0.30", "numpy<2.5"],
         "progress": ["tqdm>=4"],
     },
     entry_points={"console_scripts": ["mlpfast=mlpfast.cli:main"]},

@@ -1,13 +1,16 @@
 """GPU check: every CUDA kernel against its NumPy reference at real sizes, then the speed of
-the CUDA GEMM and of one MNIST epoch on backend "cuda", next to cuBLAS and PyTorch.
+the CUDA GEMM and of training epochs on backend "cuda" next to cuBLAS, PyTorch and JAX, and a
+``mlpfast train mnist`` run on cuda next to cpu; a last table says which bars of issue 16 hold.
 
     python bench/gpu_check.py           # on a machine with an NVIDIA GPU, in under 5 minutes
+    python bench/gpu_check.py --mnist DIR   # MNIST's four IDX files (raw or .gz) in DIR
     python bench/gpu_check.py --quick   # tiny sizes: a smoke test of this script, e.g. under
                                         # NUMBA_ENABLE_CUDASIM=1 (its timings mean nothing)
 
 Prints one table: one row per validated kernel (worst error as a fraction of its tolerance,
-so <= 1 passes), then the timed rows. Exit status: 0 when every kernel matches, 1 on any
-mismatch, 2 when no GPU is usable.
+so <= 1 passes), then the timed rows, then the bars. Each check runs on its own: one that
+fails prints an ERROR row and the others still run. Exit status: 0 when every kernel matches
+and no check failed, 1 otherwise, 2 when no GPU is usable.
 
 Tolerances: elementwise ops ``atol + rtol * |ref|`` per dtype against a float64 reference;
 GEMMs the forward-error bound |C - ref| <= 2 k eps (|op(A)| @ |op(B)|) + tiny, which any
@@ -15,13 +18,21 @@ correct summation order meets and a wrong element or a missed tile edge does not
 
 Timings: medians of several synchronized calls after warm-up (past JIT compilation). The
 GEMM peer is cuBLAS through CuPy (``cupy.matmul``) or else PyTorch (``torch.matmul``), both
-with TF32 off; the MNIST peer is the same MLP, optimizer and batches in PyTorch on CUDA.
-MNIST comes from the local cache (``mlpfast.datasets.mnist(download=False)``), else random
-data of MNIST's shape (the row says which).
+with TF32 off; every GEMM tile is also timed at the MLP's shapes (with its registers and
+local memory per thread), to check ``choose_config``. Epochs: MNIST 784-512-256-10 at batch
+128 and the wide 784-1024-1024-10 at batch 1024, Adam, from the same initial weights and
+batches in each framework, the data on the GPU for the peers: PyTorch eager, and JAX with the
+whole step jitted and its buffers donated; all fp32 (TF32 off). mlpfast's epoch is one call
+of ``mf.fit`` (``mlpfast_epoch_seconds``): whatever step ``fit`` uses on cuda is what is
+timed. MNIST comes from ``--mnist DIR``, else the local cache
+(``mlpfast.datasets.mnist(download=False)``), else random data of MNIST's shape (the row says
+which); the ``mlpfast train mnist`` rows need the real data.
 """
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -35,25 +46,42 @@ from mlpfast.kernels import activations as ref_activations  # noqa: E402
 from mlpfast.kernels import losses as ref_losses  # noqa: E402
 from mlpfast.kernels import optim as ref_optim  # noqa: E402
 
+# epochs: (name, samples or None for all, input features, hidden sizes, batch size)
 SIZES = {
     "full": dict(gemm=(1031, 1543, 517), gemm_time=4096, linear=(512, 784, 1000),
                  elementwise=(4096, 1000), logits=[(8192, 10), (1024, 1000)], flat=10_000_000,
-                 gather=(60000, 784, 4096), mnist=(None, 784, (512, 256), 128), repeats=10),
+                 gather=(60000, 784, 4096), repeats=10,
+                 epochs=[("MNIST b128", None, 784, (512, 256), 128),
+                         ("wide b1024", None, 784, (1024, 1024), 1024)],
+                 tile_shapes=[(4096, 4096, 4096), (1024, 1024, 784), (1024, 784, 1024),
+                              (128, 512, 784), (512, 784, 128), (1024, 10, 1024),
+                              (10, 1024, 1024)],
+                 train_epochs=10),
     "quick": dict(gemm=(37, 29, 19), gemm_time=32, linear=(9, 12, 7), elementwise=(13, 9),
-                  logits=[(9, 10)], flat=1000, gather=(50, 12, 16), mnist=(48, 20, (8,), 16),
-                  repeats=2),
+                  logits=[(9, 10)], flat=1000, gather=(50, 12, 16), repeats=2,
+                  epochs=[("MNIST-like b16", 48, 20, (8,), 16),
+                          ("wide-like b32", 64, 20, (12, 12), 32)],
+                  tile_shapes=[], train_epochs=None),
 }
 TOL = {np.dtype(np.float32): (1e-5, 2e-4), np.dtype(np.float64): (1e-12, 1e-10)}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PARAMS = {"leaky_relu": {"negative_slope": 0.07}}
+# issue 16's bars: name -> (what is measured, at least)
+BARS = {"sgemm": ("sgemm 4096^3 vs cuBLAS fp32", 0.6),
+        "MNIST b128 torch": ("MNIST b128 epoch vs PyTorch eager", 6.0),
+        "MNIST b128 jax": ("MNIST b128 epoch vs JAX jit", 4.0),
+        "wide b1024 torch": ("wide b1024 epoch vs PyTorch eager", 2.0),
+        "wide b1024 jax": ("wide b1024 epoch vs JAX jit", 1.2)}
+TRAIN_GAP = 0.3        # points of test accuracy between cuda and cpu, at most
 
 
 class Table:
-    """Rows of (item, shape, dtype, error/tol, mlpfast, peer, status), printed once at the end."""
+    """Rows of (item, shape, dtype, error/tol, mlpfast, peer, status), printed once at the end,
+    and the measured ratios of the bars."""
     HEADER = ("item", "shape", "dtype", "err/tol", "mlpfast", "peer", "status")
 
     def __init__(self):
-        self.rows, self.failures = [], 0
+        self.rows, self.failures, self.measured = [], 0, {}
 
     def check(self, item, shape, dtype, ratio):
         ok = bool(np.isfinite(ratio) and ratio <= 1.0)
@@ -66,6 +94,11 @@ class Table:
         self.rows.append((item, shape, str(np.dtype(dtype)) if dtype else "", "", ours, peer,
                           status))
 
+    def error(self, check, error):
+        self.failures += 1
+        words = " ".join(str(error).split())[:160]
+        self.rows.append((check, "", "", "", "", "", f"ERROR {type(error).__name__}: {words}"))
+
     def print(self, title):
         widths = [max(len(str(r[i])) for r in self.rows + [self.HEADER])
                   for i in range(len(self.HEADER))]
@@ -75,6 +108,24 @@ class Table:
         for row in [self.HEADER] + self.rows:
             print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
         print(line)
+
+    def print_bars(self):
+        """Each bar of issue 16: measured, needed, and whether it holds."""
+        print("bars (issue 16)")
+        lines = [("0 mismatches, no failed check", f"{self.failures} failures", "",
+                  "holds" if not self.failures else "FAILS")]
+        for key, (what, needed) in BARS.items():
+            value = self.measured.get(key)
+            lines.append((what, "not measured" if value is None else f"{value:.2f}x",
+                          f">= {needed}x", "" if value is None else
+                          ("holds" if value >= needed else "FAILS")))
+        gap = self.measured.get("train gap")
+        lines.append(("train mnist: cuda test accuracy - cpu", "not measured" if gap is None
+                      else f"{gap:+.2f} points", f"within {TRAIN_GAP}",
+                      "" if gap is None else ("holds" if abs(gap) <= TRAIN_GAP else "FAILS")))
+        widths = [max(len(line[i]) for line in lines) for i in range(4)]
+        for line in lines:
+            print("  " + "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
 
 
 def error_ratio(actual, expected, dtype, tol=None):
@@ -137,15 +188,15 @@ def check_gemm(table, sizes, rng):
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
-    for tile in gemm.TILES:
+    expected = 0.5 * (a.astype(np.float64) @ b) - 2.0 * c0
+    bound = np.finfo(np.float32).eps * (2 * k * 0.5 * (np.abs(a).astype(np.float64)
+                                                          @ np.abs(b)) + 4 * np.abs(c0))
+    for tile, splits in [(tile, 1) for tile in gemm.TILES] + [(gemm.TILES[0], 3)]:
         out = dev(c0)
-        gemm.gemm_tiled(dev(a), dev(b), out, alpha=0.5, beta=-2.0, tile=tile)
-        expected = 0.5 * (a.astype(np.float64) @ b) - 2.0 * c0
-        bound = np.finfo(np.float32).eps * (2 * k * 0.5 * (np.abs(a).astype(np.float64)
-                                                              @ np.abs(b)) + 4 * np.abs(c0))
+        gemm.gemm_tiled(dev(a), dev(b), out, alpha=0.5, beta=-2.0, tile=tile, splits=splits)
         ratio = float((np.abs(out.copy_to_host() - expected) / (bound + 1e-30)).max())
-        table.check(f"gemm tile {'x'.join(map(str, tile))}, alpha, beta", f"{m}x{n}x{k}",
-                    np.float32, ratio)
+        table.check(f"gemm tile {'x'.join(map(str, tile))}, split-K {splits}, alpha, beta",
+                    f"{m}x{n}x{k}", np.float32, ratio)
 
 
 def check_linear(table, sizes, rng):
@@ -166,6 +217,18 @@ def check_linear(table, sizes, rng):
                         error_ratio(y.copy_to_host(), expected, dtype,
                                     tol=(atol + 1.13 * gemm_bound.max(), rtol)))
         g = rng.standard_normal((batch, n_out)).astype(dtype)
+        for activation in ("relu", "sigmoid", "tanh"):        # dz = (g @ w) * f'(z), one GEMM
+            x_in = ref_activations.REFERENCE[activation].forward(
+                rng.standard_normal((batch, n_in))).astype(dtype)     # the layer input f(z)
+            dz = linear.VARIANTS["cuda"]["linear_grad_input"](dev(g), dev(w), activation,
+                                                              dev(x_in))
+            expected = ref_activations.REFERENCE[activation].backward(
+                g.astype(np.float64) @ w, x_in.astype(np.float64), x_in.astype(np.float64))
+            gemm_bound = 2 * n_out * np.finfo(dtype).eps * (np.abs(g) @ np.abs(w))
+            atol, rtol = TOL[dtype]
+            table.check(f"linear_grad_input {activation}'", f"{batch}x{n_out}->{n_in}", dtype,
+                        error_ratio(dz.copy_to_host(), expected, dtype,
+                                    tol=(atol + gemm_bound.max(), rtol)))
         out = linear.VARIANTS["cuda"]["bias_grad"](dev(g))
         table.check("bias_grad", f"{batch}x{n_out}", dtype,
                     error_ratio(out.copy_to_host(), g.astype(np.float64).sum(axis=0), dtype,
@@ -310,54 +373,72 @@ def time_gemm(table, sizes, rng):
         return
     name, make, sync = peer
     theirs = flops / median_seconds(make(a, b), sync, sizes["repeats"]) * 1e-9
-    ratio = ours / theirs
+    table.measured["sgemm"] = ours / theirs
     table.timing("sgemm NN GFLOP/s", f"{size}^3", np.float32, f"{ours:,.0f}",
-                 f"{theirs:,.0f} {name}", f"{ratio:.2f}x " + ("(>= 0.5x)" if ratio >= 0.5
-                                                              else "(below 0.5x)"))
+                 f"{theirs:,.0f} {name}", f"{ours / theirs:.2f}x")
 
 
-def mnist_data(sizes, rng):
+def time_gemm_tiles(table, sizes, rng):
+    """Every tile (and split-K where choose_config picks it) at the MLP's GEMM shapes, to
+    check choose_config's pick: GFLOP/s, registers and local memory per thread."""
+    from mlpfast.kernels.cuda import gemm
+    for m, n, k in sizes["tile_shapes"]:
+        a = dev(rng.standard_normal((m, k)).astype(np.float32))
+        b = dev(rng.standard_normal((k, n)).astype(np.float32))
+        c = dev(np.empty((m, n), np.float32))
+        chosen = gemm.choose_config(m, n, k)
+        configs = sorted({(tile, 1) for tile in gemm.TILES} | {chosen})
+        for tile, splits in configs:
+            seconds = median_seconds(lambda: gemm.gemm_tiled(a, b, c, tile=tile, splits=splits),
+                                     synchronize, sizes["repeats"])
+            kernel, _ = gemm.gemm_kernel(np.dtype(np.float32), False, False, "identity", False,
+                                         tile, "identity", splits > 1)
+            usage = ""
+            if hasattr(kernel, "get_regs_per_thread"):
+                usage = (f"{kernel.get_regs_per_thread()} regs, "
+                         f"{kernel.get_local_mem_per_thread()} B local")
+            table.timing(f"gemm {'x'.join(map(str, tile))} split {splits}"
+                         + (" (chosen)" if (tile, splits) == chosen else ""),
+                         f"{m}x{n}x{k}", np.float32, f"{2.0 * m * n * k / seconds * 1e-9:,.0f}",
+                         "GFLOP/s", usage)
+
+
+def mnist_data(sizes_of_run, rng, root):
+    """(x, y, source): MNIST's training set (from root, the cache) or random data of its shape,
+    cut to the run's samples and features."""
+    _, samples, features, _, _ = sizes_of_run
     try:
-        (x, y), _ = mf.datasets.mnist(download=False)
+        (x, y), _ = mf.datasets.mnist(root=root, download=False)
         source = "MNIST"
     except (RuntimeError, OSError, ValueError):
         x = rng.random((60000, 784), dtype=np.float32)
         y = rng.integers(0, 10, 60000)
         source = "random, MNIST-shaped"
-    samples, features, _, _ = sizes["mnist"]
-    x = np.ascontiguousarray(x[:samples, :features])
-    return x, y[:samples], source
+    return np.ascontiguousarray(x[:samples, :features]), y[:samples], source
 
 
-def time_mnist_epoch(table, sizes, rng):
-    x, y, source = mnist_data(sizes, rng)
-    _, features, hidden, batch_size = sizes["mnist"]
-    layer_sizes = [features, *hidden, 10]
-    model = mf.MLP(layer_sizes, activation="relu", backend="cuda", seed=0)
+def mlpfast_epoch_seconds(model, x, y, batch_size, order):
+    """(seconds, mean loss, train accuracy) of one epoch of ``mf.fit`` on the model's backend
+    (Adam, lr 1e-3): the step fit uses is the one timed. A warm-up fit on a few batches and
+    the tail batch compiles every kernel first."""
     optimizer = mf.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = mf.CrossEntropyLoss()
-    warm = min(len(x), 8 * batch_size)                 # compiles every kernel of a step
-    mf.fit(model, optimizer, loss_fn, x[:warm], y[:warm], epochs=1, batch_size=batch_size,
-           progress=False)
-    history = mf.fit(model, optimizer, loss_fn, x, y, epochs=1, batch_size=batch_size, seed=1,
-                     progress=False)
-    ours = history["seconds"][0]
-    shape = f"{'-'.join(map(str, layer_sizes))}, {len(x)} {source}, batch {batch_size}"
-    theirs = torch_epoch_seconds(x, y, layer_sizes, batch_size)
-    accuracy = f"train acc {100 * history['train_accuracy'][0]:.1f}%"
-    if theirs is None:
-        table.timing("MNIST epoch s (Adam)", shape, np.float32, f"{ours:.2f}", "no PyTorch",
-                     accuracy)
-    else:
-        table.timing("MNIST epoch s (Adam)", shape, np.float32, f"{ours:.2f}",
-                     f"{theirs:.2f} PyTorch", f"{theirs / ours:.2f}x speed, {accuracy}")
+    tail = len(order) % batch_size
+    warm = np.concatenate([order[:8 * batch_size], order[len(order) - tail:]])
+    mf.fit(model, optimizer, loss_fn, x[warm], y[warm], epochs=1, batch_size=batch_size,
+           shuffle=False, progress=False)        # the full and the tail batch's shapes
+    history = mf.fit(model, optimizer, loss_fn, x[order], y[order], epochs=1,
+                     batch_size=batch_size, shuffle=False, progress=False)
+    return history["seconds"][0], history["loss"][0], history["train_accuracy"][0]
 
 
-def torch_epoch_seconds(x, y, layer_sizes, batch_size):
-    """One epoch of the same MLP in PyTorch on CUDA, batches copied from the host each step."""
+def torch_epoch_seconds(state, x, y, layer_sizes, batch_size, order, device="cuda"):
+    """(seconds, mean loss) of one epoch of the same MLP (initial weights ``state``) in
+    PyTorch eager, the data and the batches' indices already on the device, the loss summed
+    there; None without PyTorch on that device."""
     try:
         import torch
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             return None
     except ImportError:
         return None
@@ -368,35 +449,145 @@ def torch_epoch_seconds(x, y, layer_sizes, batch_size):
         layers.append(torch.nn.Linear(n_in, n_out))
         if i < len(layer_sizes) - 2:
             layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).cuda()
+    model = torch.nn.Sequential(*layers).to(device)
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    order = np.random.default_rng(1).permutation(len(x))
+    x_dev, y_dev = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    batches = [torch.from_numpy(order[lo:lo + batch_size]).to(device)
+               for lo in range(0, len(order), batch_size)]
 
-    def epoch(count):
-        total = 0.0
-        for lo in range(0, count, batch_size):
-            index = order[lo:lo + batch_size]
-            xb = torch.from_numpy(x[index]).cuda()
-            yb = torch.from_numpy(y[index]).cuda()
+    def epoch(batches):
+        total = torch.zeros((), device=device)
+        for index in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(model(x_dev[index]), y_dev[index])
             loss.backward()
             optimizer.step()
-            total += loss.item()                      # the loss crosses to the host, as ours
-        return total
+            total += loss.detach() * index.shape[0]
+        return float(total) / sum(index.shape[0] for index in batches)   # waits for the GPU
 
-    epoch(min(len(x), 8 * batch_size))
-    torch.cuda.synchronize()
+    epoch(batches[:8] + batches[-1:])             # warm-up, the tail batch's shape included
     start = time.perf_counter()
-    epoch(len(x))
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
+    loss = epoch(batches)
+    return time.perf_counter() - start, loss
+
+
+def jax_epoch_seconds(state, x, y, layer_sizes, batch_size, order, platform="gpu"):
+    """(seconds, mean loss) of the same epoch in JAX: the whole step (gather, forward, loss,
+    backward, Adam) one jitted function with its parameter and optimizer buffers donated, the
+    data and the batches' indices on the device, fp32 matmuls; None without JAX there."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        gpu = jax.devices(platform)[0]
+    except Exception:                      # not installed, or no such backend
+        return None
+    layers = len(layer_sizes) - 1
+    params = [(jax.device_put(state[f"{2 * i}.weight"], gpu),
+               jax.device_put(state[f"{2 * i}.bias"], gpu)) for i in range(layers)]
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    x_gpu, y_gpu = jax.device_put(x, gpu), jax.device_put(y.astype(np.int32), gpu)
+    batches = [jax.device_put(order[lo:lo + batch_size].astype(np.int32), gpu)
+               for lo in range(0, len(order), batch_size)]
+
+    def loss_of(params, xb, yb):
+        h = xb
+        for i, (w, b) in enumerate(params):
+            h = jnp.dot(h, w.T, precision=jax.lax.Precision.HIGHEST) + b
+            if i < layers - 1:
+                h = jax.nn.relu(h)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), yb[:, None], axis=1))
+
+    def step(params, m, v, t, x_all, y_all, index):
+        loss, grads = jax.value_and_grad(loss_of)(params, x_all[index], y_all[index])
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, grads)
+        step_size = 1e-3 / (1 - 0.9 ** t)
+        root = jnp.sqrt(1 - 0.999 ** t)
+        params = jax.tree_util.tree_map(
+            lambda p, m, v: p - step_size * m / (jnp.sqrt(v) / root + 1e-8), params, m, v)
+        return params, m, v, t, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1, 2, 3))
+    carry = (params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params),
+             jnp.zeros((), jnp.float32))           # params, Adam's m and v, step count
+
+    def epoch(carry, batches):
+        losses = []
+        for index in batches:
+            *carry, loss = step(*carry, x_gpu, y_gpu, index)
+            losses.append(loss * index.shape[0])
+        total = float(jnp.sum(jnp.stack(losses)))      # waits for the last step
+        return carry, total / sum(index.shape[0] for index in batches)
+
+    carry, _ = epoch(carry, batches[:8] + batches[-1:])   # compiles both batch shapes
+    start = time.perf_counter()
+    _, loss = epoch(carry, batches)
+    return time.perf_counter() - start, loss
+
+
+def time_epochs(table, sizes, rng, root=None):
+    """One epoch per configuration on cuda, next to PyTorch eager and JAX jit."""
+    for run in sizes["epochs"]:
+        name, _, features, hidden, batch_size = run
+        x, y, source = mnist_data(run, rng, root)
+        layer_sizes = [features, *hidden, 10]
+        model = mf.MLP(layer_sizes, activation="relu", backend="cuda", seed=0)
+        state = model.state_dict()                     # the peers start from these weights
+        order = np.random.default_rng(1).permutation(len(x))
+        ours, loss, accuracy = mlpfast_epoch_seconds(model, x, y, batch_size, order)
+        shape = f"{'-'.join(map(str, layer_sizes))}, {len(x)} {source}"
+        table.timing(f"{name} epoch s (Adam)", shape, np.float32, f"{ours:.3f}",
+                     f"{len(x) / ours:,.0f} samples/s",
+                     f"loss {loss:.4f}, train acc {100 * accuracy:.1f}%")
+        for peer, timer in (("torch", torch_epoch_seconds), ("jax", jax_epoch_seconds)):
+            measured = timer(state, x, y, layer_sizes, batch_size, order)
+            label = {"torch": "PyTorch eager", "jax": "JAX jit"}[peer]
+            if measured is None:
+                table.timing(f"{name} epoch s, {label}", shape, np.float32, "", "no GPU " +
+                             label.split()[0], "")
+                continue
+            theirs, their_loss = measured           # same weights and batches: same loss
+            table.measured[f"{name} {peer}"] = theirs / ours
+            table.timing(f"{name} epoch s, {label} (data on GPU)", shape, np.float32,
+                         f"{ours:.3f}", f"{theirs:.3f}",
+                         f"{theirs / ours:.2f}x speed, loss {their_loss:.4f}")
+
+
+def train_mnist_cli(table, sizes, rng, root=None):
+    """``mlpfast train mnist`` on cuda and on cpu, same recipe and seed: test accuracy and
+    samples/s (median over the epochs after the first)."""
+    epochs = sizes["train_epochs"]
+    if epochs is None:
+        table.timing("mlpfast train mnist", "", None, "", "", "skipped (--quick)")
+        return
+    results = {}
+    for backend in ("cuda", "cpu"):
+        command = [sys.executable, "-m", "mlpfast.cli", "train", "mnist", "--backend", backend,
+                   "--epochs", str(epochs)] + (["--data", root] if root else [])
+        done = subprocess.run(command, capture_output=True, text=True, timeout=150,
+                              cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:])} failed: {done.stderr.strip()[-300:]}")
+        accuracy = float(re.search(r"test accuracy: ([0-9.]+)%", done.stdout).group(1))
+        rates = [float(r.replace(",", "")) for r in re.findall(r"\(([0-9,]+) samples/s\)",
+                                                                  done.stdout)]
+        results[backend] = (accuracy, statistics.median(rates[1:] or rates))
+    (acc_cuda, rate_cuda), (acc_cpu, rate_cpu) = results["cuda"], results["cpu"]
+    table.measured["train gap"] = acc_cuda - acc_cpu
+    table.timing(f"mlpfast train mnist, {epochs} epochs: test acc %, samples/s", "cuda vs cpu",
+                 np.float32, f"{acc_cuda:.2f}%, {rate_cuda:,.0f}/s",
+                 f"cpu {acc_cpu:.2f}%, {rate_cpu:,.0f}/s",
+                 f"{acc_cuda - acc_cpu:+.2f} points, {rate_cuda / rate_cpu:.2f}x speed")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--mnist", metavar="DIR", default=None,
+                        help="folder with MNIST's IDX files (default: MLPFAST_DATA, the cache)")
     args = parser.parse_args(argv)
     if "cuda" not in mf.backends():
         print("gpu_check: no usable CUDA GPU here (needs an NVIDIA GPU and the `cuda` extra: "
@@ -407,14 +598,25 @@ def main(argv=None):
     start = time.perf_counter()
     table = Table()
     for check in (check_gemm, check_linear, check_activations, check_losses, check_optimizers,
-                  check_gather, time_gemm, time_mnist_epoch):
-        check(table, sizes, rng)
+                  check_gather, time_gemm, time_gemm_tiles):
+        run_check(table, check, sizes, rng)
+    for check in (time_epochs, train_mnist_cli):
+        run_check(table, check, sizes, rng, args.mnist)
     backend = mf.get_backend("cuda")
     table.print(f"mlpfast gpu_check{' --quick' if args.quick else ''}: {backend.info['gpu']}, "
                 f"numba-cuda {backend.info['numba-cuda']}")
-    print(f"{len(table.rows)} rows, {table.failures} mismatches, "
+    print(f"{len(table.rows)} rows, {table.failures} mismatches or failed checks, "
           f"{time.perf_counter() - start:.0f} s")
+    table.print_bars()
     return 1 if table.failures else 0
+
+
+def run_check(table, check, *args):
+    """Run one check; a failure becomes an ERROR row, and the next check still runs."""
+    try:
+        check(table, *args)
+    except Exception as error:           # any failure: reported, never fatal
+        table.error(check.__name__, error)
 
 
 if __name__ == "__main__":

@@ -246,6 +246,23 @@ def _update(addresses, optimizer, hyper, flat_data, flat_grad, state, lr, t):
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _gradients(addresses, src_x, src_y, net, buffers, loss_kind, rows_index):
+    """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
+    status); the gradients are left in net's gradient arrays."""
+    hs, zs, dzs, y = buffers
+    layers = len(net[0])
+    rows = rows_index.shape[0]
+    status = _gather_batch(addresses, src_x, src_y, rows_index, hs[0][:rows], y[:rows],
+                           hs[layers].shape[1])
+    if status == OK:
+        status = _forward(addresses, net, hs, zs, rows)
+    if status != OK:
+        return 0.0, 0, status
+    loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
+    return loss, correct, _backward(addresses, net, hs, zs, dzs, rows)
+
+
+@njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _train_steps(addresses, src_x, src_y, net, buffers, loss_kind, optimizer, hyper, flat,
                  state, order, first_batch, num_batches, lrs, first_step, sums):
     """Steps first_batch .. first_batch + num_batches - 1 of an epoch whose row order is
@@ -254,26 +271,17 @@ def _train_steps(addresses, src_x, src_y, net, buffers, loss_kind, optimizer, hy
     dzs, y): per layer h_l (B, in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0),
     dz_l (B, out_l), y the batch's labels or targets; flat = (data, grad); sums[0] += each
     batch's summed loss, sums[1] += its correct rows."""
-    hs, zs, dzs, y = buffers
-    batch_size = hs[0].shape[0]
-    layers = len(net[0])
+    batch_size = buffers[0][0].shape[0]
     for s in range(num_batches):
         start = (first_batch + s) * batch_size
         rows_index = order[start:min(start + batch_size, order.shape[0])]
-        rows = rows_index.shape[0]
-        status = _gather_batch(addresses, src_x, src_y, rows_index, hs[0][:rows], y[:rows],
-                               hs[layers].shape[1])
-        if status == OK:
-            status = _forward(addresses, net, hs, zs, rows)
+        loss, correct, status = _gradients(addresses, src_x, src_y, net, buffers, loss_kind,
+                                           rows_index)
         if status != OK:
             return s, status, 0.0
-        loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows],
-                                    dzs[layers - 1][:rows])
-        if _backward(addresses, net, hs, zs, dzs, rows) != OK:
-            return s, C_ERROR, 0.0
         squares = _c_calls.sum_squares(addresses[2], flat[1])   # NaN or inf if any g is
         if not (math.isfinite(loss) and math.isfinite(squares)):
-            return s, NOT_FINITE, loss / rows
+            return s, NOT_FINITE, loss / rows_index.shape[0]
         if _update(addresses, optimizer, hyper, flat[0], flat[1], state, lrs[s],
                    first_step + s + 1) != 0:
             return s, C_ERROR, 0.0
@@ -350,6 +358,28 @@ class MLPSteps:
             self._addresses, *self._src, self._net, self._buffers, self._loss,
             self._optimizer, self._hyper, self._flat, self._state, order, first_batch,
             num_batches, lrs, first_step, sums)
+        self._raise_for(status)
+        return steps, status == OK, loss
+
+    def gradients(self, rows_index):
+        """Forward, loss and backward on the dataset rows ``rows_index`` (int64, at most
+        batch_size): (summed loss, correct rows); the gradients are left in flat_grad and
+        nothing is updated (the first half of a step, for data parallelism)."""
+        if not isinstance(rows_index, np.ndarray) or rows_index.dtype != np.int64 or \
+                rows_index.ndim != 1 or not 0 < rows_index.shape[0] <= self.batch_size:
+            raise ValueError(f"rows_index must be 1-D int64 with 1 to {self.batch_size} rows")
+        loss, correct, status = _gradients(self._addresses, *self._src, self._net,
+                                           self._buffers, self._loss, rows_index)
+        self._raise_for(status)
+        return loss, int(correct)
+
+    def update(self, lr, step):
+        """The optimizer's update number ``step`` (from 1) with the gradients in flat_grad."""
+        if _update(self._addresses, self._optimizer, self._hyper, *self._flat, self._state,
+                   float(lr), int(step)) != 0:
+            self._raise_for(C_ERROR)
+
+    def _raise_for(self, status):
         if status == BAD_INDEX:
             raise ValueError(f"order must hold row numbers in [0, {self._src[0].shape[0]})")
         if status == BAD_LABEL:
@@ -357,7 +387,6 @@ class MLPSteps:
             raise ValueError(f"labels must lie in [0, {classes}) for {classes} outputs")
         if status == C_ERROR:
             raise RuntimeError("the C library rejected a call of the compiled MLP step")
-        return steps, status == OK, loss
 
 
 def _check_positive(value, name):

@@ -110,7 +110,7 @@ class Module:
 
     def zero_grad(self):
         for p in self.parameters():
-            p.grad[...] = 0
+            self.backend.zero(p.grad)
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -520,7 +520,7 @@ class Sequential(Module):
         for p in params:
             size = int(np.prod(p.shape))
             data_view = self.flat_data[offset:offset + size].reshape(p.shape)
-            data_view[...] = p.data
+            self.backend.assign(data_view, p.data)
             p.data = data_view
             p.grad = self.flat_grad[offset:offset + size].reshape(p.shape)
             p.flat_slice = (self.flat_data, self.flat_grad, offset, size)
@@ -589,7 +589,7 @@ class Sequential(Module):
         return grad_y
 
     def zero_grad(self):
-        self.flat_grad[...] = 0
+        self.backend.zero(self.flat_grad)
 
     def train(self, mode=True):
         for layer in self.layers:
@@ -635,8 +635,10 @@ class Sequential(Module):
         arrays = {name: _checked_state_array(name, state[name], target, self.dtype)
                   for name, target in own.items()}
         for name, target in own.items():
-            target[...] = arrays[name] if isinstance(target, np.ndarray) \
-                else self.backend.to_device(arrays[name])
+            if isinstance(target, np.ndarray):           # host arrays (num_batches_tracked)
+                np.copyto(target, arrays[name])
+            else:
+                self.backend.assign(target, arrays[name])
 
     def architecture(self):
         return {"format": "mlpfast.Sequential", "version": 1, "dtype": self.dtype.name,

@@ -81,10 +81,10 @@ class Optimizer:
 
     def zero_grad(self):
         if self._flat is not None:
-            self._flat[1][...] = 0
+            self.backend.zero(self._flat[1])
         else:
             for p in self.params:
-                p.grad[...] = 0
+                self.backend.zero(p.grad)
 
     def _apply_max_norm(self):
         """Each row of each 2-D parameter onto the L2 ball of radius max_norm (if set)."""
@@ -121,7 +121,7 @@ class Optimizer:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         for n, a in arrays.items():
-            self._state[n][...] = self.backend.to_device(a)
+            self.backend.assign(self._state[n], a)
         self.hyper.update(state["hyper"])
         self.step_count = step
 

@@ -25,6 +25,7 @@ from mlpfast.kernels import losses as ref_losses
 from mlpfast.kernels import optim as ref_optim
 from mlpfast.kernels.cuda import activations, batchnorm, data, dropout, gemm, linear, losses, optim
 from mlpfast.kernels.cuda._device import simulator_enabled
+from strict_device import install as install_strict_device_arrays
 
 
 def _serialize_simulator_shared_arrays():
@@ -49,6 +50,7 @@ def _serialize_simulator_shared_arrays():
 
 if simulator_enabled():
     _serialize_simulator_shared_arrays()
+    StrictDeviceArray = install_strict_device_arrays()   # refuses what a GPU's arrays refuse
 
 
 def dev(a):
@@ -104,12 +106,98 @@ def test_gemm_alpha_beta_and_never_reads_out_when_beta_is_zero(dtype, rng):
     assert_close(out.copy_to_host(), a @ b.T, what="beta=0 over NaN")
 
 
-@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 2, 4),))
-def test_gemm_every_tile(tile, rng):
-    # the production tiles (128x128 of 8x8, 64x64 of 4x4) and an odd one, edges in m, n, k
-    a, b = gemm_inputs(rng, 9, 11, 13, True, False, np.float32)
-    out = gemm.gemm_tiled(dev(a), dev(b), None, True, False, tile=tile)
-    assert_close(out.copy_to_host(), a.T @ b, what=f"tile {tile}")
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 4, 4),))
+def test_gemm_every_tile(tile, trans_a, trans_b, rng):
+    # every tile choose_config can pick, and an odd one (BK 3): two block rows, the second
+    # partial, a partial block column, and three tiles of k (the last partial), so the
+    # double buffer turns over
+    m, n, k = tile[0] + 3, tile[1] // 2 + 3, 2 * tile[2] + 3
+    a, b = gemm_inputs(rng, m, n, k, trans_a, trans_b, np.float32)
+    out = gemm.gemm_tiled(dev(a), dev(b), None, trans_a, trans_b, tile=tile)
+    expected = ref_gemm.gemm_ref(a.astype(np.float64), b.astype(np.float64), trans_a=trans_a,
+                                 trans_b=trans_b)
+    assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"tile {tile}")
+
+
+EPILOGUES = [dict(), dict(alpha=0.5, beta=-1.5), dict(bias=True, activation="relu"),
+             dict(bias=True, activation="gelu", beta=0.5), dict(dact="relu"),
+             dict(dact="sigmoid", bias=True), dict(dact="tanh", alpha=2.0, beta=1.0)]
+
+
+def epilogue_ref(a, b, c0, bias, y, alpha=1.0, beta=0.0, activation="identity",
+                 dact="identity"):
+    z = alpha * (a.astype(np.float64) @ b) + beta * c0 + (0 if bias is None else bias)
+    if dact != "identity":
+        y = y.astype(np.float64)
+        return ref_activations.REFERENCE[dact].backward(z, y, y)
+    return ref_activations.REFERENCE[activation].forward(z)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+def test_gemm_epilogues_and_split_k(epilogue, splits, rng):
+    # split-K: k = 29 in slices of 12, 12 and 5, added in order, then the epilogue
+    m, n, k = 18, 7, 29
+    epilogue = dict(epilogue)
+    a, b = gemm_inputs(rng, m, n, k, False, False, np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if epilogue.pop("bias", False) else None
+    y = rng.random((m, n)).astype(np.float32)            # an activation's output
+    y[::3] = 0                                           # relu' = 0 there
+    expected = epilogue_ref(a, b, c0, bias, y, **epilogue)
+    out = dev(c0)
+    gemm.gemm_tiled(dev(a), dev(b), out, bias=None if bias is None else dev(bias),
+                    y=dev(y) if "dact" in epilogue else None, splits=splits, **epilogue)
+    assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"{epilogue} {splits}")
+
+
+def test_choose_config_picks_by_shape(monkeypatch):
+    monkeypatch.setattr(gemm, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(gemm, "_multiprocessors", lambda: 132)          # an H100 / H200
+    picks = {shape: gemm.choose_config(*shape) for shape in [
+        (4096, 4096, 4096), (1024, 1024, 1024), (1024, 1024, 784), (1024, 784, 1024),
+        (128, 512, 784), (128, 256, 512), (512, 784, 128), (1024, 10, 1024),
+        (10, 1024, 1024), (128, 10, 256), (1024, 1536, 1024)]}
+    assert picks[(4096, 4096, 4096)] == (gemm.TILE_128x128x8, 1)
+    assert picks[(1024, 1024, 1024)] == (gemm.TILE_64x64x16, 1)        # 256 blocks
+    assert picks[(1024, 1536, 1024)] == (gemm.TILE_128x64x16, 1)
+    assert picks[(128, 512, 784)] == (gemm.TILE_32x32x8, 2)            # MNIST b128 layer 1
+    assert picks[(128, 256, 512)] == (gemm.TILE_32x32x8, 4)
+    assert picks[(1024, 10, 1024)] == (gemm.TILE_64x16x8, 8)           # the logits layer
+    assert picks[(10, 1024, 1024)] == (gemm.TILE_16x64x8, 8)           # its weight gradient
+    assert {tile for tile, _ in picks.values()} == set(gemm.TILES)     # each tested above
+
+
+def test_gemm_rejects_bad_epilogues():
+    a = dev(np.ones((3, 4), np.float32))
+    b = dev(np.ones((4, 2), np.float32))
+    y = dev(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="dact must be one of"):
+        gemm.gemm_tiled(a, b, dact="gelu", y=y)
+    with pytest.raises(ValueError, match="cannot both apply"):
+        gemm.gemm_tiled(a, b, dact="relu", y=y, activation="relu")
+    with pytest.raises(ValueError, match=r"y must be float32 of shape \(3, 2\)"):
+        gemm.gemm_tiled(a, b, dact="relu", y=a)
+    with pytest.raises(ValueError, match="out must not overlap input y"):
+        gemm.gemm_tiled(a, b, y, dact="relu", y=y)
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        gemm.gemm_tiled(a, b, splits=0)
+
+
+@pytest.mark.parametrize("activation", ref_activations.FUSABLE)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_grad_input_folds_the_activation_derivative(activation, dtype, rng):
+    grad_y = rng.standard_normal((13, 5)).astype(dtype)
+    w = rng.standard_normal((5, 9)).astype(dtype)
+    x = ref_activations.REFERENCE[activation].forward(rng.standard_normal((13, 9))).astype(dtype)
+    expected = ref_linear.grad_input_ref(grad_y.astype(np.float64), w.astype(np.float64),
+                                         activation, x.astype(np.float64))
+    f = linear.VARIANTS["cuda"]["linear_grad_input"]
+    out = f(dev(grad_y), dev(w), activation, dev(x), dev(np.full((13, 9), np.nan, dtype)))
+    assert_close(out.copy_to_host(), expected, dtype=dtype, what=activation)
+    with pytest.raises(ValueError, match="x .* is needed"):
+        f(dev(grad_y), dev(w), "relu")
 
 
 def test_gemm_strided_views(rng):
@@ -551,3 +639,105 @@ def test_cuda_trains_as_pytorch_does():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     from torch_parity import check_against_torch
     check_against_torch(torch, "cuda", "tanh", sizes=(13, 11, 7), batch=8)
+
+def fit_small_cuda_model(x, y, epochs, **kwargs):
+    model = mf.MLP([6, 7, 3], activation="relu", backend="cuda", seed=4)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=epochs, batch_size=8,
+                     seed=6, progress=False, **kwargs)
+    return model, opt, history
+
+
+def test_checkpoint_resume_predict_and_zero_grad_on_cuda(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    path = tmp_path / "run.npz"
+    model_a, _, hist_a = fit_small_cuda_model(x, y, 2)
+    fit_small_cuda_model(x, y, 1, checkpoint=path, checkpoint_every=3)   # checkpoint: epoch 1
+    model_b, opt_b, hist_b = fit_small_cuda_model(x, y, 2, resume=path)
+    assert hist_b["loss"] == hist_a["loss"]                               # exact resume
+    for key, value in model_a.state_dict().items():
+        np.testing.assert_array_equal(model_b.state_dict()[key], value)
+    on_numpy = mf.MLP([6, 7, 3], activation="relu", backend="numpy", seed=0)
+    on_numpy.load_state_dict(model_b.state_dict())
+    np.testing.assert_array_equal(mf.predict(model_b, x), mf.predict(on_numpy, x))
+    assert_close(mf.predict_proba(model_b, x), mf.predict_proba(on_numpy, x), tol=(1e-6, 1e-5))
+    first_layer = model_b.layers[0].weight.grad.size + model_b.layers[0].bias.grad.size
+    for zero_grad, zeros in ((model_b.layers[0].zero_grad, first_layer),
+                             (model_b.zero_grad, None), (opt_b.zero_grad, None)):
+        model_b.flat_grad.copy_to_device(np.ones(model_b.flat_grad.shape, np.float32))
+        zero_grad()
+        grads = model_b.flat_grad.copy_to_host()
+        assert not grads[:zeros].any() and grads[zeros:].all() if zeros else not grads.any()
+
+
+# --- the strict device array: refuses what a GPU's DeviceNDArray refuses -------------------------
+# On a GPU these run against numba-cuda's own DeviceNDArray, which must refuse the same.
+
+def test_device_arrays_refuse_what_numba_cuda_refuses():
+    a = dev(np.arange(12, dtype=np.float32).reshape(3, 4))
+    for key in (Ellipsis, (Ellipsis, 0), None, (0, None), [0, 2], np.array([0, 2]),
+                np.array([True, False, True])):
+        with pytest.raises(TypeError):
+            a[key]
+        with pytest.raises(TypeError):
+            a[key] = 0
+    with pytest.raises(IndexError):
+        a[0, 1, 2]
+    for operation in (lambda: a + 1, lambda: 2 * a, lambda: -a, lambda: a @ a):
+        with pytest.raises(TypeError):
+            operation()
+    for method in ("fill", "sum", "astype", "copy", "max"):
+        assert not hasattr(a, method), method
+    with pytest.raises(NotImplementedError, match="copying"):
+        a[:, 1:3].reshape(6)                              # rows not contiguous: needs a copy
+    with pytest.raises(NotImplementedError):
+        a[:, :2].ravel()
+    if simulator_enabled():                               # the real one copies to the host here
+        for operation in (lambda: np.asarray(a), lambda: np.isfinite(a), lambda: np.sum(a),
+                          lambda: a == 0, lambda: a[True]):
+            with pytest.raises(TypeError):
+                operation()
+
+
+def test_device_arrays_accept_what_numba_cuda_accepts():
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a = dev(host)
+    assert a[1, 2] == host[1, 2] and a[np.int64(2), -1] == host[2, -1]
+    np.testing.assert_array_equal(a[1:, ::2].copy_to_host(), host[1:, ::2])
+    np.testing.assert_array_equal(a[1].copy_to_host(), host[1])
+    np.testing.assert_array_equal(a[1:3].reshape(8).copy_to_host(), host[1:3].reshape(8))
+    np.testing.assert_array_equal(a[:, 1:3].reshape(3, 1, 2).copy_to_host(),
+                                  host[:, 1:3].reshape(3, 1, 2))       # a view: no copy needed
+    np.testing.assert_array_equal(a.T.copy_to_host(), host.T)
+    a[0] = 7.0
+    a[1, :] = np.full(4, 8, np.float32)
+    a[2] = dev(np.full(4, 9, np.float32))
+    np.testing.assert_array_equal(a.copy_to_host(), np.repeat([[7.0], [8.0], [9.0]], 4, axis=1))
+    a.copy_to_device(host)
+    b = dev(np.zeros((3, 4), np.float32))
+    b.copy_to_device(a)                                   # device to device
+    np.testing.assert_array_equal(b.copy_to_host(), host)
+    assert len(b) == 3 and b.size == 12 and b.ndim == 2 and b.dtype == np.float32
+    assert b.is_c_contiguous() and "__cuda_array_interface__" in dir(type(b))
+
+
+# --- bench/gpu_check.py --quick: the script a GPU run relies on, smoke-tested here ------------
+
+def test_gpu_check_quick_runs_every_check(capsys):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench",
+                        "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    status = gpu_check.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "ERROR" not in out and "MISMATCH" not in out, out
+    assert status == 0 and " 0 mismatches or failed checks" in out, out
+    for row in ("linear_grad_input tanh'", "split-K 3", "MNIST-like b16 epoch s",
+                "wide-like b32 epoch s", "mlpfast train mnist", "bars (issue 16)",
+                "sgemm 4096^3 vs cuBLAS fp32", "wide b1024 epoch vs JAX jit"):
+        assert row in out, row

@@ -52,27 +52,37 @@ def _compile_specs():
     """(name, kernel, argument types) for every kernel of kernels/cuda."""
     from numba import types
 
-    from mlpfast.kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
-                                      optim)
+    from mlpfast.kernels.cuda import (_device, activations, batchnorm, data, dropout, gemm, linear,
+                                      losses, optim)
 
     def arr(dtype, ndim):
         return types.Array(dtype, ndim, "C")
     f64, i64 = types.float64, types.int64
+
+    def gemm_spec(name, dtype, *options):
+        kernel, _ = gemm.gemm_kernel(np.dtype(str(dtype)), *options)
+        m2, v1, m3 = arr(dtype, 2), arr(dtype, 1), arr(dtype, 3)
+        return (name, kernel, (m2, m2, m2, v1, m2, m3, f64, f64, i64, i64, i64, i64))
     specs = []
-    for dtype in (types.float32, types.float64):       # every transpose case, both dtypes
-        m2, v1 = arr(dtype, 2), arr(dtype, 1)
+    for tile in gemm.TILES:                             # every tile and transpose case
         for trans_a in (False, True):
             for trans_b in (False, True):
-                kernel, _ = gemm.gemm_kernel(np.dtype(str(dtype)), trans_a, trans_b, "identity",
-                                             False, gemm.TILE_LARGE)
-                specs.append((f"gemm {dtype} {trans_a} {trans_b}", kernel,
-                              (m2, m2, m2, v1, f64, f64, i64, i64, i64)))
+                specs.append(gemm_spec(f"gemm {tile} {trans_a} {trans_b}", types.float32,
+                                       trans_a, trans_b, "identity", False, tile))
+    tile = gemm.TILE_64x64x16
+    for trans_a, trans_b in ((False, True), (True, False)):
+        specs.append(gemm_spec(f"gemm float64 {trans_a} {trans_b}", types.float64, trans_a,
+                               trans_b, "identity", False, tile))
+    for activation, dact, split in (("relu", "identity", False), ("gelu", "identity", False),
+                                    ("identity", "relu", False), ("identity", "sigmoid", False),
+                                    ("identity", "tanh", False), ("identity", "identity", True)):
+        specs.append(gemm_spec(f"gemm + bias + {activation}, dact {dact}, split {split}",
+                               types.float32, False, True, activation, True, tile, dact, split))
     m2, v1 = arr(types.float32, 2), arr(types.float32, 1)   # the rest in float32
-    for activation in ("relu", "gelu"):                     # inline, and second-pass epilogue
-        kernel, _ = gemm.gemm_kernel(np.dtype(np.float32), False, True, activation, True,
-                                     gemm.TILE_LARGE)
-        specs.append((f"gemm + bias + {activation}", kernel,
-                      (m2, m2, m2, v1, f64, f64, i64, i64, i64)))
+    for activation, dact in (("identity", "identity"), ("gelu", "identity"), ("relu", "tanh")):
+        specs.append((f"split-K reduce {activation} {dact}",
+                      gemm.split_reduce_kernel(activation, True, dact),
+                      (arr(types.float32, 3), m2, v1, m2, f64, f64)))
     for name in activations.ELEMENTWISE:
         specs.append((f"{name} forward", activations._FORWARD_KERNELS[name], (m2, m2, f64)))
         specs.append((f"{name} backward", activations._BACKWARD_KERNELS[name],
@@ -98,6 +108,7 @@ def _compile_specs():
          (m2, types.uint64, types.float32) + (types.uint64,) * 5 + (m2, arr(types.uint8, 2))),
         ("dropout backward", dropout._dropout_backward_kernel,
          (m2, arr(types.uint8, 2), types.float32, m2)),
+        ("backend probe", _device.probe_kernel, (v1, v1)),
     ]
     for with_grad in (True, False):
         specs.append((f"cross-entropy grad={with_grad}", losses._CROSS_ENTROPY[with_grad],
@@ -105,22 +116,99 @@ def _compile_specs():
     return specs
 
 
+def _missing_compiler():
+    """Why this machine cannot compile PTX (NVVM or NVRTC not found), or None."""
+    from cuda import pathfinder
+    for library in ("nvvm", "nvrtc"):
+        try:
+            pathfinder.load_nvidia_dynamic_lib(library)
+        except pathfinder.DynamicLibNotFoundError as e:
+            return f"no {library.upper()} here (no CUDA toolkit): {str(e).splitlines()[0]}"
+    return None
+
+
 @pytest.mark.skipif(SIMULATED, reason="the simulator does not compile kernels")
 def test_every_cuda_kernel_compiles_for_a_gpu(monkeypatch):
+    # skipped only when the compiler libraries are absent: any other failure (a kernel that
+    # does not type, numba-cuda broken by a NumPy release) fails here
+    missing = _missing_compiler()
+    if missing:
+        pytest.skip(missing)
     from numba import cuda
     from numba.cuda import dispatcher
-
-    try:
-        cuda.compile_ptx(lambda x: None, "void(float32[:])", cc=(9, 0))
-    except Exception as e:                   # no NVVM: no CUDA toolkit on this machine
-        pytest.skip(f"cannot compile PTX here ({type(e).__name__}: {str(e).splitlines()[0]})")
 
     class Hopper:
         compute_capability = (9, 0)
     # device functions (the activations the GEMM epilogue calls) ask the current GPU for its
     # compute capability; without a GPU, answer for one
     monkeypatch.setattr(dispatcher, "get_current_device", lambda: Hopper())
+    from mlpfast.kernels.cuda import gemm
     for name, kernel, argument_types in _compile_specs():
-        ptx, _ = cuda.compile_ptx(kernel.py_func, argument_types, cc=(9, 0))
+        function = getattr(kernel, "py_func", kernel)
+        bounds = getattr(kernel, "targetoptions", {}).get("launch_bounds")
+        ptx, _ = cuda.compile_ptx(function, argument_types, cc=(9, 0), launch_bounds=bounds)
         if name.startswith("gemm"):          # accumulators in registers, none in local memory
             assert "__local_depot" not in ptx, f"{name}: uses local memory"
+        if any(name.startswith(f"gemm {tile}") for tile in gemm.TILES if tile[3] == 8):
+            assert "ld.shared.v4.f32" in ptx, f"{name}: no 16-byte shared-memory loads"
+
+
+# --- the probe: "auto" never picks a GPU that cannot run kernels ------------------------------
+# A fresh interpreter (the probe runs once per process) that sees a GPU: the driver check,
+# cuda.is_available() and the device's compute capability answer as on a GPU machine, so the
+# probe compiles its kernel with the real numba-cuda compiler and fails as it would there.
+
+PROBE_CHILD = """
+import sys, warnings
+import numpy as np
+if sys.argv[1] == "numpy-2.5":
+    del np.row_stack                              # NumPy 2.5 removed it
+from numba import cuda
+from numba.cuda import dispatcher
+import mlpfast as mf
+from mlpfast.backend import cuda as cuda_backend
+
+class Hopper:
+    compute_capability = (9, 0)
+
+cuda_backend._nvidia_driver_loadable = lambda: True
+cuda.is_available = lambda: True
+dispatcher.get_current_device = lambda: Hopper()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(mf.get_backend("auto").name, mf.backends())
+    print(mf.MLP([3, 2], seed=0).backend.name)
+for w in caught:
+    print(w.category.__name__, w.message)
+try:
+    mf.get_backend("cuda")
+except ValueError as e:
+    print("ValueError", e)
+"""
+
+
+def run_probe_child(case):
+    result = subprocess.run([sys.executable, "-c", PROBE_CHILD, case],
+                            env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+def test_auto_falls_back_to_cpu_with_one_warning_under_numpy_2_5():
+    chosen, model_backend, *rest = run_probe_child("numpy-2.5")
+    assert chosen.startswith("cpu ") and "cuda" not in chosen and model_backend == "cpu"
+    warned = [line for line in rest if line.startswith("RuntimeWarning")]
+    assert len(warned) == 1, rest
+    assert "row_stack" in warned[0] and "NumPy 2.5" in warned[0]             # the cause
+    assert "pip install 'numpy<2.5'" in warned[0]                            # the fix
+    error = [line for line in rest if line.startswith("ValueError")]
+    assert error and "backend 'cuda' is not available" in error[0] and "row_stack" in error[0]
+
+
+@pytest.mark.skipif(SIMULATED or "cuda" in backends(), reason="a usable GPU passes the probe")
+def test_auto_falls_back_to_cpu_when_the_probe_kernel_cannot_run():
+    chosen, model_backend, *rest = run_probe_child("no-gpu")
+    assert chosen.startswith("cpu ") and model_backend == "cpu"
+    warned = [line for line in rest if line.startswith("RuntimeWarning")]
+    assert len(warned) == 1 and "Fix:" in warned[0], rest

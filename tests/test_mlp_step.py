@@ -296,3 +296,30 @@ def test_nan_gradient_is_reported_and_nothing_else_changes(rng):
         mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=8,
                shuffle=False, progress=False)
     assert np.array_equal(model.flat_data, before) and opt.step_count == 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numba"])
+@pytest.mark.parametrize("data", ["arrays", "dataset object"])
+def test_the_two_halves_of_a_step_make_the_whole_step(backend, data, rng):
+    """compute_gradients + apply_update (data parallelism's split) give run()'s result."""
+    x = rng.standard_normal((64, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    order = rng.permutation(64).astype(np.int64)
+    results = []
+    for halves in (False, True):
+        model = mf.MLP([10, 8, 3], backend=backend, seed=0)
+        opt = mf.optim.Adam(model.parameters(), lr=1e-2)
+        dataset = as_dataset(model, x, y) if data == "arrays" else FramesLike(x, y)
+        step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(), opt, dataset, 16)
+        sums = np.zeros(2)
+        for b in range(4):
+            if halves:
+                loss, correct = step.compute_gradients(order[16 * b:16 * (b + 1)])
+                step.apply_update(1e-2)
+                sums += (loss * 16, correct)
+            else:
+                step.run(order, b, 1, np.full(1, 1e-2), sums)
+        results.append((model.flat_data.copy(), sums, opt.step_count))
+    (p1, s1, n1), (p2, s2, n2) = results
+    assert np.array_equal(p1, p2) and n1 == n2 == 4
+    assert s1[1] == s2[1] and s1[0] == pytest.approx(s2[0], rel=1e-6)

@@ -1,27 +1,50 @@
-"""GEMM on the GPU: C = act(alpha * op(A) @ op(B) + beta * C + bias).
+"""GEMM on the GPU: C = epilogue(alpha * op(A) @ op(B) + beta * C).
 
 Same contract as ``mlpfast.kernels.gemm`` (``f(a, b, out=None, *, trans_a, trans_b, alpha,
 beta)``, out never read when beta == 0), on device arrays, checked against ``gemm_ref``.
+``gemm_tiled`` adds the epilogues the layers need: + bias (n,), then an activation f
+(``linear_forward``), or times f'(y) with f' written with the layer input y = f(z) alone
+(relu [y > 0], sigmoid y (1 - y), tanh 1 - y^2: ``linear_grad_input``'s dz = (dy @ W) * f'(z)).
 
 Versions:
-    cuda   gemm_cuda: shared-memory tiling with register blocking. A block computes a
-           BM x BN tile of C; each of its (BM/TM)*(BN/TN) threads keeps a TM x TN block of
-           accumulators in registers. Per step of BK along k the block stages
-           op(A)[BM, BK] and op(B)[BK, BN] in shared memory (k-major, so every thread reads
-           a row of each), then each thread does TM*TN multiply-adds per k from TM + TN
-           loaded values. A thread owns rows ty + i*BM/TM and columns tx + j*BN/TN
-           (strided), so a warp reads consecutive shared-memory words and writes
-           consecutive columns of C. Transposes are read in place: loads walk the
-           contiguous axis of a or b. The epilogue applies alpha, beta, bias and an
-           elementwise activation (``gemm_tiled``; ``linear_forward`` uses it).
+    cuda   gemm_cuda: a block computes a BM x BN tile of C with (BM/TM)*(BN/TN) threads, each
+           keeping TM x TN accumulators in registers. A thread's TM rows are TM/4 quads of 4
+           consecutive rows (and likewise its columns), and the shared tiles are stored as
+           16-byte quads, so each step along k reads a quad per group (ld.shared.v4 where
+           the compiler merges the loads, see below). Shared memory is double-buffered: while
+           the block multiplies tile t, its threads' loads of tile t + 1 from global memory
+           are in flight into registers; they go to the other buffer after, with one barrier
+           per tile. Loads walk the contiguous axis of a and b, so transposes are read in
+           place and every warp's load is coalesced. Blocks are visited in groups of GROUP_M
+           block rows, so consecutive blocks share tiles of A and B in L2. 256-thread tiles
+           are compiled for two blocks per SM (launch bounds: at most 128 registers; ptxas
+           reports no spills). The epilogue: alpha, beta, bias, then an activation or f'(y).
+           Split-K (``splits`` > 1): each of the grid's z-slices multiplies a range of k
+           into a scratch buffer, and a second kernel adds the slices in order (the result
+           does not depend on timing) and applies the epilogue. It gives small-m, small-n
+           GEMMs (batch 128, 10 classes) enough blocks for the GPU.
 
-The accumulators must stay in registers: the loops over TM and TN are fully unrolled by the
-compiler only when their bodies are short, so a transcendental activation runs in a second
-pass (tests/test_cuda_sim.py compiles every GEMM for sm_90 and checks for local memory).
+What Numba CUDA allows for wide loads (PTX for sm_90 from numba-cuda 0.30, CUDA 13 NVVM):
+NVVM merges consecutive float32 loads of a 16-byte aligned shared array into ld.shared.v4
+only when it can prove the alignment and that the loads are consecutive: Numba's
+negative-index wraparound (signed indices) and a dynamic buffer index hide both, so the
+k loop runs over an unsigned range and the tiles are arrays of quads. With that, the 8x8
+tiles read 3 of their 4 quads per k step as ld.shared.v4 (the compile test checks for
+them); the 4x4 tiles stay scalar. Loads from kernel arguments stay scalar (ld.global.f32):
+an array's data pointer carries no alignment NVVM can see, and Numba has no pointer casts
+or vector-typed array loads. A float64 view of float32 pairs split with libdevice
+(double2loint/hiint, int_as_float) gives 8-byte loads, not 16, and tile loads are ~2% of a
+tile's instructions, so they stay scalar.
 
-Tiles (BM, BN, BK, TM, TN) are chosen per problem by ``choose_tile``: 128x128 tiles of
-8x8 per thread when that still gives one block per SM, else 64x64 tiles of 4x4 (and
-16x16 tiles of 4x4 under Numba's CUDA simulator, which runs a Python thread per CUDA thread).
+The accumulators must stay in registers: the loops over TM and TN are fully unrolled only when
+their bodies are short, so a transcendental activation runs in a second pass over the
+thread's outputs (the compile test checks every kernel for local memory).
+
+Tiles (BM, BN, BK, TM, TN) are chosen by shape (``choose_config``): the largest tile of
+``SQUARE_TILES`` that still gives every SM a block, a narrow tile when n or m <= 16 (the
+logits layer and its weight gradient), and split-K when even then the blocks are fewer than
+the SMs and k is long. Under Numba's CUDA simulator (a Python thread per CUDA thread) the
+default is ``TILE_SIMULATOR``; tests force every tile and split.
 """
 import functools
 
@@ -29,122 +52,240 @@ import numpy as np
 from numba import cuda, from_dtype
 
 from .. import _checks as shared_checks
-from ._device import check_device_float, check_device_out, simulator_enabled
-from .activations import DEVICE_FORWARD
+from ..activations import FUSABLE as DACT     # f' written with y = f(z) alone
+from ._device import (ScratchBuffers, blocks_for, check_device_float, check_device_out,
+                      simulator_enabled, THREADS_PER_BLOCK)
+from .activations import DEVICE_BACKWARD, DEVICE_FORWARD
 
-TILE_LARGE = (128, 128, 8, 8, 8)    # BM, BN, BK, TM, TN: 256 threads, 64 accumulators each
-TILE_SMALL = (64, 64, 8, 4, 4)      # 256 threads, 16 accumulators each
-TILE_SIMULATOR = (16, 16, 4, 4, 4)  # 16 threads: the simulator runs one Python thread each
-TILES = (TILE_LARGE, TILE_SMALL)
+TILE_128x128x8 = (128, 128, 8, 8, 8)     # BM, BN, BK, TM, TN: 256 threads, 64 accumulators
+TILE_128x64x16 = (128, 64, 16, 8, 4)     # 256 threads, 32 accumulators
+TILE_64x64x16 = (64, 64, 16, 4, 4)       # 256 threads, 16 accumulators
+TILE_32x32x8 = (32, 32, 8, 4, 4)         # 64 threads, 16 accumulators
+TILE_64x16x8 = (64, 16, 8, 4, 4)         # n <= 16 (logits): 64 threads
+TILE_16x64x8 = (16, 64, 8, 4, 4)         # m <= 16 (the logits layer's weight gradient)
+TILE_SIMULATOR = (16, 16, 4, 4, 4)       # 16 threads: the simulator runs one Python thread each
+SQUARE_TILES = (TILE_128x128x8, TILE_128x64x16, TILE_64x64x16, TILE_32x32x8)
+TILES = SQUARE_TILES + (TILE_64x16x8, TILE_16x64x8)
+NARROW = 16            # n (or m) at most this: the narrow tile
+GROUP_M = 8            # block rows visited together (L2 reuse)
+MIN_K_PER_SPLIT = 128  # split-K slices at least this long
+MAX_SPLITS = 8
+INLINE_ACTIVATIONS = ("identity", "relu")     # cheap enough for the GEMM's main epilogue
+
+_scratch = ScratchBuffers()
 
 
-def _check_tile(tile):
+def check_tile(tile):
     bm, bn, bk, tm, tn = tile
-    if bm % tm or bn % tn or min(tile) < 1:
-        raise ValueError(f"tile (BM, BN, BK, TM, TN) must have TM | BM and TN | BN, got {tile}")
+    if min(tile) < 1 or bm % tm or bn % tn or tm % 4 or tn % 4:
+        raise ValueError(f"tile (BM, BN, BK, TM, TN) must have TM | BM, TN | BN and TM, TN "
+                         f"multiples of 4, got {tile}")
+    threads = (bm // tm) * (bn // tn)
+    if (bm * bk) % threads or (bk * bn) % threads:
+        raise ValueError(f"tile {tile}: its {threads} threads must split the BM x BK and "
+                         f"BK x BN tiles evenly")
+
+
+def _epilogue(activation, dact, has_bias):
+    """finish(value, c, bias, y, r, col, beta): value + beta c + bias, then times f'(y) of
+    ``dact`` or through ``activation`` when that is inline."""
+    act, df = DEVICE_FORWARD[activation], DEVICE_BACKWARD[dact]
+    inline_act, with_dact = activation in INLINE_ACTIVATIONS, dact != "identity"
+
+    @cuda.jit(device=True)
+    def finish(value, c, bias, y, r, col, beta):
+        if beta != 0:
+            value += beta * c[r, col]
+        if has_bias:
+            value += bias[col]
+        if with_dact:
+            value = df(value, y[r, col], y[r, col], 0.0)
+        if inline_act:
+            value = act(value, 0.0)
+        return value
+    return finish
+
+
+@cuda.jit(device=True)
+def tile_place(e, down_first, rows, cols):
+    """(row, col) of element e of a rows x cols tile numbered down its columns first, or
+    along its rows first: the loads walk the contiguous axis of the array they read (op(A)'s
+    tile is BM x BK, down first when trans_a; op(B)'s is BK x BN, down first when trans_b)."""
+    if down_first:
+        col = e // rows
+        return e - col * rows, col
+    row = e // cols
+    return row, e - row * cols
 
 
 @functools.lru_cache(maxsize=None)
-def gemm_kernel(dtype, trans_a, trans_b, activation, has_bias, tile):
-    """(kernel, threads per block) for one dtype, transpose case, epilogue and tile;
-    Numba compiles the kernel at its first launch."""
-    _check_tile(tile)
+def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
+                tile=TILE_SIMULATOR, dact="identity", split=False):
+    """(kernel, threads per block) for one dtype, transpose case, epilogue and tile; with
+    ``split`` the kernel writes raw sums to work[z] for ``split_reduce_kernel``. Numba
+    compiles it at its first launch.
+
+    kernel(a, b, c, bias, y, work, alpha, beta, m, n, k, k_split); grid (ceil(n / BN),
+    ceil(m / BM), splits); block z multiplies k in [z k_split, (z + 1) k_split)."""
+    check_tile(tile)
     BM, BN, BK, TM, TN = tile
     ROW_THREADS, COL_THREADS = BM // TM, BN // TN      # thread grid inside a block
     THREADS = ROW_THREADS * COL_THREADS
-    # Loads that walk k (a not transposed, b transposed) put a warp's 32 values in BK k-rows,
-    # 32/BK per row; with rows of BM words (a multiple of 32) they would share 32/BK banks.
-    # Padding each row by 32/BK words spreads them over all 32 banks.
-    A_COLS, B_COLS = BM + max(1, 32 // BK), BN + max(1, 32 // BK)
-    act = DEVICE_FORWARD[activation]
-    inline_act = activation in ("identity", "relu")     # cheap enough to apply in place
+    # a thread's rows: TM / 4 groups of 4, ROW_THREADS quads apart (columns likewise)
+    A_LOADS, B_LOADS = BM * BK // THREADS, BK * BN // THREADS      # per thread per tile
+    # shared tiles as rows of 16-byte quads (index * 16 shows LLVM the alignment), one quad
+    # of padding per row to spread k-major stores over the banks
+    A_QUADS, B_QUADS = BM // 4 + 1, BN // 4 + 1
+    UNSIGNED_BK = np.uint64(BK)
     element = from_dtype(np.dtype(dtype))
+    finish = _epilogue(activation, dact, has_bias)
+    second_pass = activation not in INLINE_ACTIVATIONS and not split
+    act = DEVICE_FORWARD[activation]
 
-    @cuda.jit
-    def kernel(a, b, c, bias, alpha, beta, m, n, k):
-        # a: (m, k), or (k, m) if trans_a;  b: (k, n), or (n, k) if trans_b;  c: (m, n)
-        a_tile = cuda.shared.array((BK, A_COLS), element)    # [kk, r] = op(A)[row0 + r, k0 + kk]
-        b_tile = cuda.shared.array((BK, B_COLS), element)    # [kk, j] = op(B)[k0 + kk, col0 + j]
+    @cuda.jit(device=True)
+    def load(src, values, count, transposed, rows, cols, row0, col0, row_end, col_end, tid):
+        # values[l] = op(src)[row0 + r, col0 + c] for this thread's l-th element (r, c) of a
+        # rows x cols tile (0 outside [0, row_end) x [0, col_end)), src read along its
+        # contiguous axis
+        for l in range(count):
+            r, c = tile_place(tid + l * THREADS, transposed, rows, cols)
+            gr, gc = row0 + r, col0 + c
+            values[l] = 0
+            if gr < row_end and gc < col_end:
+                values[l] = src[gc, gr] if transposed else src[gr, gc]
+
+    @cuda.jit(device=True)
+    def load_both(a, b, a_next, b_next, row0, col0, k0, k_end, m, n, tid):
+        load(a, a_next, A_LOADS, trans_a, BM, BK, row0, k0, m, k_end, tid)
+        load(b, b_next, B_LOADS, trans_b, BK, BN, k0, col0, k_end, n, tid)
+
+    @cuda.jit(device=True)
+    def store(a_tile, b_tile, a_next, b_next, tid):
+        # a_tile[kk, quad, i] = op(A)[row0 + 4 quad + i, k0 + kk]; b_tile[kk, quad, j] likewise
+        for l in range(A_LOADS):
+            r, kk = tile_place(tid + l * THREADS, trans_a, BM, BK)
+            a_tile[kk, r >> 2, r & 3] = a_next[l]
+        for l in range(B_LOADS):
+            kk, j = tile_place(tid + l * THREADS, trans_b, BK, BN)
+            b_tile[kk, j >> 2, j & 3] = b_next[l]
+
+    # 256-thread blocks: at most 128 registers, so that two blocks share an SM (the
+    # simulator takes no launch bounds)
+    bounds = {} if simulator_enabled() else {
+        "launch_bounds": (THREADS, 2) if THREADS >= 256 else THREADS}
+    ALIGN = None if simulator_enabled() else 16          # the simulator refuses alignment
+
+    @cuda.jit(**bounds)
+    def kernel(a, b, c, bias, y, work, alpha, beta, m, n, k, k_split):
+        # a: (m, k), or (k, m) if trans_a;  b: (k, n), or (n, k) if trans_b;  c, y: (m, n)
+        a_tiles = cuda.shared.array((2, BK, A_QUADS, 4), element, alignment=ALIGN)
+        b_tiles = cuda.shared.array((2, BK, B_QUADS, 4), element, alignment=ALIGN)
         acc = cuda.local.array((TM, TN), element)
-        a_reg = cuda.local.array(TM, element)
-        b_reg = cuda.local.array(TN, element)
+        a_frag = cuda.local.array(TM, element)
+        b_frag = cuda.local.array(TN, element)
+        a_next = cuda.local.array(A_LOADS, element)
+        b_next = cuda.local.array(B_LOADS, element)
         tid = cuda.threadIdx.x
         ty = tid // COL_THREADS
         tx = tid - ty * COL_THREADS
-        row0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
+        # block (block_m, block_n): GROUP_M block rows at a time, column by column
+        grid_n, grid_m = cuda.gridDim.x, cuda.gridDim.y
+        block = cuda.blockIdx.y * grid_n + cuda.blockIdx.x
+        first_m = (block // (GROUP_M * grid_n)) * GROUP_M
+        group_rows = min(grid_m - first_m, GROUP_M)
+        in_group = block - first_m * grid_n
+        row0 = (first_m + in_group % group_rows) * BM
+        col0 = (in_group // group_rows) * BN
+        k_begin = cuda.blockIdx.z * k_split
+        k_end = min(k, k_begin + k_split)
+        tiles = (k_end - k_begin + BK - 1) // BK if k_end > k_begin else 0
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = 0
-        for k0 in range(0, k, BK):
-            for e in range(tid, BM * BK, THREADS):
-                if trans_a:                      # walk along m, contiguous in a (k, m)
-                    kk = e // BM
-                    r = e - kk * BM
-                else:                            # walk along k, contiguous in a (m, k)
-                    r = e // BK
-                    kk = e - r * BK
-                gr, gk = row0 + r, k0 + kk
-                if gr < m and gk < k:
-                    a_tile[kk, r] = a[gk, gr] if trans_a else a[gr, gk]
-                else:
-                    a_tile[kk, r] = 0
-            for e in range(tid, BK * BN, THREADS):
-                if trans_b:                      # walk along k, contiguous in b (n, k)
-                    j = e // BK
-                    kk = e - j * BK
-                else:                            # walk along n, contiguous in b (k, n)
-                    kk = e // BN
-                    j = e - kk * BN
-                gk, gc = k0 + kk, col0 + j
-                if gk < k and gc < n:
-                    b_tile[kk, j] = b[gc, gk] if trans_b else b[gk, gc]
-                else:
-                    b_tile[kk, j] = 0
+        load_both(a, b, a_next, b_next, row0, col0, k_begin, k_end, m, n, tid)
+        for t in range(tiles):
+            stage = t & 1
+            store(a_tiles[stage], b_tiles[stage], a_next, b_next, tid)
             cuda.syncthreads()
-            for kk in range(BK):
-                for i in range(TM):
-                    a_reg[i] = a_tile[kk, ty + i * ROW_THREADS]
-                for j in range(TN):
-                    b_reg[j] = b_tile[kk, tx + j * COL_THREADS]
+            if t + 1 < tiles:           # in flight while this tile is multiplied
+                load_both(a, b, a_next, b_next, row0, col0, k_begin + (t + 1) * BK, k_end, m,
+                          n, tid)
+            for kk in range(UNSIGNED_BK):         # unsigned: no negative-index wraparound
+                for g in range(TM // 4):
+                    for i in range(4):
+                        a_frag[g * 4 + i] = a_tiles[stage, kk, g * ROW_THREADS + ty, i]
+                for g in range(TN // 4):
+                    for j in range(4):
+                        b_frag[g * 4 + j] = b_tiles[stage, kk, g * COL_THREADS + tx, j]
                 for i in range(TM):
                     for j in range(TN):
-                        acc[i, j] += a_reg[i] * b_reg[j]
-            cuda.syncthreads()
-        # epilogue: c = act(alpha * acc + beta * c + bias), c never read when beta == 0
+                        acc[i, j] += a_frag[i] * b_frag[j]
+        # epilogue: acc[i, j] is c[row0 + 4 (i // 4 ROW_THREADS + ty) + i % 4, col0 + ...]
         for i in range(TM):
-            r = row0 + ty + i * ROW_THREADS
+            r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
             if r < m:
                 for j in range(TN):
-                    col = col0 + tx + j * COL_THREADS
+                    col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
                     if col < n:
-                        value = alpha * acc[i, j]
-                        if beta != 0:
-                            value += beta * c[r, col]
-                        if has_bias:
-                            value += bias[col]
-                        c[r, col] = act(value, 0.0) if inline_act else value
-        if not inline_act:
+                        if split:
+                            work[cuda.blockIdx.z, r, col] = acc[i, j]
+                        else:
+                            c[r, col] = finish(alpha * acc[i, j], c, bias, y, r, col, beta)
+        if second_pass:
             # a transcendental activation in a second pass over this thread's own outputs:
             # inside the loop above its long body would stop the compiler from unrolling,
             # and acc would move from registers to local memory
             for i in range(TM):
-                r = row0 + ty + i * ROW_THREADS
+                r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
                 if r < m:
                     for j in range(TN):
-                        col = col0 + tx + j * COL_THREADS
+                        col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
                         if col < n:
                             c[r, col] = act(c[r, col], 0.0)
 
     return kernel, THREADS
 
 
-def choose_tile(m, n):
-    """The large tile when it still gives every SM a block, else the small one."""
+@functools.lru_cache(maxsize=None)
+def split_reduce_kernel(activation, has_bias, dact):
+    """kernel(work, c, bias, y, alpha, beta): c = epilogue(alpha * sum_z work[z] + beta c);
+    work (splits, m, n), summed in z order; one thread per element, grid-stride."""
+    finish = _epilogue(activation, dact, has_bias)
+    act = DEVICE_FORWARD[activation]
+    late_act = activation not in INLINE_ACTIVATIONS
+
+    @cuda.jit
+    def kernel(work, c, bias, y, alpha, beta):
+        splits, m, n = work.shape
+        for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
+            r = e // n
+            col = e - r * n
+            total = work[0, r, col]
+            for z in range(1, splits):
+                total += work[z, r, col]
+            value = finish(alpha * total, c, bias, y, r, col, beta)
+            c[r, col] = act(value, 0.0) if late_act else value
+    return kernel
+
+
+def choose_config(m, n, k):
+    """(tile, splits) for out (m, n) = op(a) (m, k) @ op(b) (k, n) on this GPU."""
     if simulator_enabled():
-        return TILE_SIMULATOR
-    blocks = -(-m // TILE_LARGE[0]) * -(-n // TILE_LARGE[1])
-    return TILE_LARGE if blocks >= _multiprocessors() else TILE_SMALL
+        return TILE_SIMULATOR, 1
+    sms = _multiprocessors()
+    if n <= NARROW:
+        tile = TILE_64x16x8
+    elif m <= NARROW:
+        tile = TILE_16x64x8
+    else:
+        tile = next((t for t in SQUARE_TILES if _blocks(m, n, t) >= sms), SQUARE_TILES[-1])
+    blocks = _blocks(m, n, tile)
+    splits = max(1, min(MAX_SPLITS, sms // blocks, k // MIN_K_PER_SPLIT))
+    return tile, splits
+
+
+def _blocks(m, n, tile):
+    return -(-m // tile[0]) * -(-n // tile[1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,29 +300,63 @@ def check_gemm_args(a, b, out, trans_a, trans_b, beta):
                                          check_device_float, check_device_out)
 
 
-def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
-               activation="identity", tile=None):
-    """out = act(alpha * op(a) @ op(b) + beta * out + bias); bias (n,) or None."""
-    m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
+def _check_epilogue(a, n, m, bias, activation, dact, y):
     if activation not in DEVICE_FORWARD or activation == "leaky_relu":
         raise ValueError(f"activation must be one of "
                          f"{[a for a in DEVICE_FORWARD if a != 'leaky_relu']}, got {activation!r}")
+    if dact not in DACT:
+        raise ValueError(f"dact must be one of {DACT}, got {dact!r}")
+    if dact != "identity" and activation != "identity":
+        raise ValueError(f"dact and activation cannot both apply, got dact={dact!r} and "
+                         f"activation={activation!r}")
     if bias is not None:
         check_device_float(bias, "bias", 1)
         if bias.shape[0] != n or bias.dtype != a.dtype:
             raise ValueError(f"bias must be {a.dtype} of shape ({n},), "
                              f"got {bias.dtype} {tuple(bias.shape)}")
+    if dact != "identity":
+        check_device_float(y, "y", 2)
+        if tuple(y.shape) != (m, n) or y.dtype != a.dtype:
+            raise ValueError(f"y must be {a.dtype} of shape ({m}, {n}), "
+                             f"got {y.dtype} {tuple(y.shape)}")
+
+
+def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
+               activation="identity", dact="identity", y=None, tile=None, splits=None):
+    """out = act(alpha * op(a) @ op(b) + beta * out + bias), or with ``dact`` (relu, sigmoid,
+    tanh) out = (alpha * op(a) @ op(b) + beta * out + bias) * f'(y), y (m, n) the
+    activation's output; bias (n,) or None. ``tile`` and ``splits`` override
+    ``choose_config``."""
+    m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
+    _check_epilogue(a, n, m, bias, activation, dact, y)
+    if dact != "identity":
+        check_device_out(out, (m, n), a.dtype, inputs=(("y", y),))
     if out is None:
         out = cuda.device_array((m, n), dtype=a.dtype)
         beta = 0.0
     if m == 0 or n == 0:
         return out
-    tile = choose_tile(m, n) if tile is None else tuple(tile)
+    chosen_tile, chosen_splits = choose_config(m, n, k)
+    tile = chosen_tile if tile is None else tuple(tile)
+    splits = chosen_splits if splits is None else int(splits)
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    k_split = -(-max(k, 1) // splits)
+    k_split = -(-k_split // tile[2]) * tile[2]          # whole tiles per slice
+    splits = max(1, -(-k // k_split))
     kernel, threads = gemm_kernel(a.dtype, bool(trans_a), bool(trans_b), activation,
-                                  bias is not None, tile)
-    grid = (-(-n // tile[1]), -(-m // tile[0]))
+                                  bias is not None, tile, dact, splits > 1)
+    grid = (-(-n // tile[1]), -(-m // tile[0]), splits)
     bias_arg = bias if bias is not None else out[0]        # not read without a bias
-    kernel[grid, threads](a, b, out, bias_arg, float(alpha), float(beta), m, n, k)
+    y_arg = y if dact != "identity" else out               # not read without dact
+    work = _scratch.get("split_k", splits * m * n if splits > 1 else 1, a.dtype)
+    work = work.reshape(splits, m, n) if splits > 1 else work.reshape(1, 1, 1)
+    kernel[grid, threads](a, b, out, bias_arg, y_arg, work, float(alpha), float(beta), m, n, k,
+                          k_split)
+    if splits > 1:
+        split_reduce_kernel(activation, bias is not None, dact)[
+            blocks_for(m * n), THREADS_PER_BLOCK](work, out, bias_arg, y_arg, float(alpha),
+                                                  float(beta))
     return out
 
 

@@ -5,12 +5,15 @@ Shapes as in ``mlpfast.kernels.linear``: x (B, in), w (out, in), b (out,), y (B,
 Versions:
     cuda   forward_cuda: one tiled GEMM (kernels/cuda/gemm.py) with w read transposed in
            place and bias + activation applied in its epilogue;
+           grad_input_cuda: dz = (grad_y @ w) * f'(z) in one GEMM, f' (from the layer input
+           x = f(z): relu [x > 0], sigmoid x (1 - x), tanh 1 - x^2) in its epilogue;
            bias_grad_cuda: one thread per column sums grad_y over the batch (a warp reads
            consecutive columns of a row, so loads are coalesced).
 """
 from numba import cuda
 
 from .. import _checks as shared_checks
+from ..linear import check_grad_input_args
 from ._device import blocks_for, check_device_float, check_device_out, THREADS_PER_BLOCK
 from .gemm import gemm_tiled
 
@@ -23,6 +26,12 @@ def forward_cuda(x, w, b, activation="identity", out=None):
     shared_checks.check_linear_args(x, w, b, activation, out, FUSED_ACTIVATIONS,
                                     check_device_float, check_device_out)
     return gemm_tiled(x, w, out, trans_b=True, bias=b, activation=activation)
+
+
+def grad_input_cuda(grad_y, w, activation="identity", x=None, out=None):
+    """dz = (grad_y @ w) * f'(z), f' from the layer input x = f(z), in one kernel."""
+    check_grad_input_args(grad_y, w, activation, x, out, check_device_float, check_device_out)
+    return gemm_tiled(grad_y, w, out, dact=activation, y=x)
 
 
 @cuda.jit
@@ -47,5 +56,6 @@ def bias_grad_cuda(grad_y, out=None):
     return out
 
 
-VARIANTS = {"cuda": {"linear_forward": forward_cuda, "bias_grad": bias_grad_cuda}}
+VARIANTS = {"cuda": {"linear_forward": forward_cuda, "bias_grad": bias_grad_cuda,
+                     "linear_grad_input": grad_input_cuda}}
 FUSED = {"cuda": FUSED_ACTIVATIONS}

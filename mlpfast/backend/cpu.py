@@ -131,6 +131,16 @@ class CompiledStep:
         self.optimizer.step_count += steps
         return steps, finite, failed_loss
 
+    def compute_gradients(self, index):
+        if self._chunk is not None:
+            index = self._chunk.fill(index, 0, 1)
+        loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64))
+        return loss / index.shape[0], correct
+
+    def apply_update(self, lr):
+        self._steps.update(lr, self.optimizer.step_count + 1)
+        self.optimizer.step_count += 1
+
 
 class _ChunkBuffer:
     """The rows of up to CHUNK_BATCHES batches of a dataset object, gathered in order by

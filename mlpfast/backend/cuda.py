@@ -7,15 +7,18 @@ import functools
 import importlib.util
 import os
 import sys
+import warnings
 
 import numpy as np
 
-from .registry import Backend, get_backend, register_backend, to_numpy
+from .registry import WHY_UNAVAILABLE, Backend, get_backend, register_backend, to_numpy
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_available():
-    """numba-cuda is installed and a GPU (or Numba's CUDA simulator) is usable; cached."""
+    """numba-cuda is installed, a GPU (or Numba's CUDA simulator) is usable, and a tiny kernel
+    compiled, ran and gave the right values there (``_cuda_probe``); cached, so the probe
+    runs once per process. When the probe fails, warns once with the cause and the fix."""
     if importlib.util.find_spec("numba_cuda") is None:
         return False
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
@@ -23,9 +26,57 @@ def _cuda_available():
         return False                   # skips importing numba.cuda (~0.5 s) on GPU-less hosts
     try:
         from numba import cuda
-        return bool(cuda.is_available())
+        if not cuda.is_available():
+            return False
     except Exception:                  # a broken driver or toolkit: not usable
         return False
+    problem = _cuda_probe()
+    if problem is not None:
+        WHY_UNAVAILABLE["cuda"] = problem
+        warnings.warn(f"mlpfast: the GPU is not used, backend 'auto' falls back to the CPU: "
+                      f"{problem}", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def _cuda_probe():
+    """None when a tiny kernel compiles, runs and returns 2 x + 1; else the cause and the fix.
+
+    Compiled eagerly for one signature, so a compiler failure (e.g. numba-cuda 0.30 under
+    NumPy 2.5) shows before any device memory is touched."""
+    from numba import cuda
+    try:
+        from ..kernels.cuda._device import probe_kernel
+        kernel = cuda.jit("void(float32[:], float32[:])")(probe_kernel)
+        x = np.arange(64, dtype=np.float32)
+        out = cuda.device_array(64, dtype=np.float32)
+        kernel[2, 32](cuda.to_device(x), out)
+        got = out.copy_to_host()
+    except Exception as e:             # any failure means: not usable here
+        return _probe_failure(e)
+    if not np.array_equal(got, 2 * x + 1):
+        return (f"a test kernel ran but returned wrong values ({got[:4]} ... instead of "
+                f"{(2 * x + 1)[:4]} ...). Fix: update the NVIDIA driver and numba-cuda")
+    return None
+
+
+def _probe_failure(error):
+    """The cause of a failed probe, in words, with the fix."""
+    from importlib.metadata import version
+    words = " ".join(str(error).split())
+    cause = f"{type(error).__name__}: {words[:200]}"
+    if "row_stack" in str(error):
+        return (f"numba-cuda {version('numba-cuda')} cannot compile CUDA kernels under NumPy "
+                f"{np.__version__} ({cause}): NumPy 2.5 removed np.row_stack, which "
+                f"numba-cuda 0.30 registers. Fix: pip install 'numpy<2.5' (the pin of "
+                f"mlpfast's cuda extra)")
+    if any(name in str(error).lower() for name in ("nvvm", "nvrtc", "libdevice")):
+        return (f"the CUDA compiler libraries were not found ({cause}). Fix: pip install "
+                f"'mlpfast[cuda12]' or 'mlpfast[cuda13]' (NVIDIA's wheels, by the driver's "
+                f"CUDA version) or install the CUDA toolkit")
+    return (f"a test kernel failed to compile or run ({cause}). Fix: check the driver and "
+            f"toolkit with python -c 'from numba import cuda; cuda.detect()'; "
+            f"pip install 'mlpfast[cuda12]' or 'mlpfast[cuda13]' brings NVIDIA's runtime")
 
 
 def _nvidia_driver_loadable():
@@ -55,6 +106,20 @@ def _cuda_to_device(host):
     return cuda.to_device(np.ascontiguousarray(host))
 
 
+def _cuda_assign(dst, src):
+    """dst[...] = src for a contiguous device array dst; src a device array of dst's dtype,
+    or a host array (cast to dst's dtype): one copy, no temporary on the device."""
+    from ..kernels.cuda._device import is_device_array
+    if not is_device_array(src):
+        src = np.ascontiguousarray(src, dtype=dst.dtype)
+    dst.copy_to_device(src)
+
+
+def _cuda_zero(dst):
+    """dst[...] = 0 for a contiguous device array (gradients, optimizer state)."""
+    dst.copy_to_device(np.zeros(dst.shape, dtype=dst.dtype))
+
+
 def _cuda_backend():
     from importlib.metadata import version
 
@@ -62,13 +127,10 @@ def _cuda_backend():
 
     from ..kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
                                 optim)
-    from ..kernels.cuda._device import check_device_float, check_device_out, simulator_enabled
-    from ..kernels.linear import compose_grad_input
+    from ..kernels.cuda._device import simulator_enabled
     ops = {"gemm": gemm.VARIANTS["cuda"]}
     for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS["cuda"])
-    ops["linear_grad_input"] = compose_grad_input(ops["gemm"], activations.VARIANTS["cuda"],
-                                                  check_device_float, check_device_out)
     if simulator_enabled():
         gpu = "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), no GPU"
     else:
@@ -77,7 +139,8 @@ def _cuda_backend():
         gpu = f"{name}, compute capability {'.'.join(map(str, device.compute_capability))}"
     info = {"gpu": gpu, "numba-cuda": version("numba-cuda")}
     return Backend("cuda", "cuda", ops, activations.VARIANTS["cuda"], empty=_cuda_empty,
-                   zeros=_cuda_zeros, to_device=_cuda_to_device, to_numpy=to_numpy, info=info)
+                   zeros=_cuda_zeros, to_device=_cuda_to_device, to_numpy=to_numpy,
+                   assign=_cuda_assign, zero=_cuda_zero, info=info)
 
 
 def gpu_summary():
@@ -85,6 +148,8 @@ def gpu_summary():
     if importlib.util.find_spec("numba_cuda") is None:
         return "none used: numba-cuda is not installed (pip install 'mlpfast[cuda]')"
     if not _cuda_available():
+        if "cuda" in WHY_UNAVAILABLE:
+            return f"none used: {WHY_UNAVAILABLE['cuda']}"
         return "none found (no NVIDIA driver or GPU usable by numba-cuda)"
     return f"{get_backend('cuda').info['gpu']} (backend cuda)"
 

@@ -21,6 +21,10 @@ OPS = (
 )
 
 
+def _fill_zeros(a):
+    a.fill(0)
+
+
 @dataclass
 class Backend:
     """A table of kernels for one device, its array helpers and its training step.
@@ -38,6 +42,9 @@ class Backend:
     zeros: Callable = np.zeros
     to_device: Callable = np.ascontiguousarray   # host array -> backend array
     to_numpy: Callable = np.asarray              # backend array -> NumPy array
+    assign: Callable = np.copyto                 # assign(dst, src): dst[...] = src, src a host
+                                                 # or backend array of dst's shape
+    zero: Callable = _fill_zeros                 # zero(dst): dst[...] = 0
     info: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -60,6 +67,7 @@ class Backend:
 _FACTORIES: Dict[str, tuple] = {}   # name -> (factory() -> Backend, available() -> bool)
 _INSTANCES: Dict[str, Backend] = {}
 AUTO_ORDER = ("cuda", "cpu", "numpy")
+WHY_UNAVAILABLE: Dict[str, str] = {}   # name -> why a present device cannot be used
 
 
 def register_backend(name, factory, available=lambda: True):
@@ -83,7 +91,8 @@ def resolve_name(name="auto"):
     if name not in _FACTORIES:
         raise ValueError(f"backend must be one of {['auto'] + sorted(_FACTORIES)}, got {name!r}")
     if not _FACTORIES[name][1]():
-        raise ValueError(f"backend {name!r} is not available on this machine; "
+        why = f" ({WHY_UNAVAILABLE[name]})" if name in WHY_UNAVAILABLE else ""
+        raise ValueError(f"backend {name!r} is not available on this machine{why}; "
                          f"available: {backends()}")
     return name
 

@@ -13,7 +13,13 @@ label). A batch whose loss or gradients are NaN or inf stops the call before its
 the model and optimizer keep the last good step; ``run`` then returns finite False and that
 batch's mean loss. Returns (steps applied, finite, failed_loss).
 
-``dataset`` follows the protocol of ``mlpfast.train``: ``len``, ``num_features``,
+The same step in two halves, for data parallelism (the gradients are averaged over ranks
+between them):
+
+    loss, correct = step.compute_gradients(index)   # the rows index: forward, loss, backward
+    step.apply_update(lr)                           # the optimizer's step with flat_grad
+
+``dataset`` follows the protocol of ``mlpfast.datasets``: ``len``, ``num_features``,
 ``num_classes`` and ``gather_batch(index, x_out, y_out)``; an array-backed dataset also
 has ``arrays`` = (x, y), which a step may gather from directly.
 
@@ -51,24 +57,26 @@ class LayerByLayerStep:
         self.grads = [plan.flat_grad]
 
     def compute_gradients(self, index):
-        """Forward, loss and backward on the rows ``index``: (mean loss, correct, finite)."""
+        """Forward, loss and backward on the rows ``index``: (mean loss, correct)."""
         rows = index.shape[0]
         xb, yb = self.x_buf[:rows], self.y_buf[:rows]
         self.dataset.gather_batch(index, xb, yb)
         logits = self.model.forward(self.backend.to_device(xb))
         loss = self.loss_fn(logits, yb)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
-        correct = self.loss_fn.correct(logits, yb)
-        return loss, correct, gradients_finite(loss, self.grads)
+        return loss, self.loss_fn.correct(logits, yb)
+
+    def apply_update(self, lr):
+        self.optimizer.step(lr=float(lr))
 
     def run(self, order, first_batch, num_batches, lrs, sums):
         for i in range(num_batches):
             start = (first_batch + i) * self.batch_size
             index = order[start:start + self.batch_size]
-            loss, correct, finite = self.compute_gradients(index)
-            if not finite:
+            loss, correct = self.compute_gradients(index)
+            if not gradients_finite(loss, self.grads):
                 return i, False, loss
-            self.optimizer.step(lr=float(lrs[i]))
+            self.apply_update(lrs[i])
             sums[0] += loss * index.shape[0]
             sums[1] += correct
         return num_batches, True, 0.0

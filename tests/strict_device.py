@@ -1,0 +1,210 @@
+"""A strict stand-in for numba-cuda's DeviceNDArray, for the CUDA simulator runs.
+
+The simulator's device array (``FakeCUDAArray``) wraps a NumPy array and forwards everything
+to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A real
+``DeviceNDArray`` (numba-cuda 0.30, ``numba/cuda/cudadrv/devicearray.py`` and
+``dummyarray.py``) refuses most of that, so code that passed the simulator crashed on a GPU.
+``StrictDeviceArray`` refuses what the real one refuses, and accepts what it accepts:
+
+    keys         ints and slices, or a tuple of them, at most one per axis; no Ellipsis,
+                 None, lists, arrays or booleans (dummyarray.Array.__getitem__)
+    __setitem__  the same keys; the value a scalar, a contiguous host array or a device
+                 array, of at most the target's ndim and broadcastable to it (the real one
+                 copies it to the device and runs an assignment kernel)
+    arithmetic   none: no operators, comparisons, ufuncs or NumPy functions (DeviceNDArray
+                 defines none; NumPy falls back to ``__array__``, which here is refused)
+    __array__    refused: the real one copies to the host silently; mlpfast copies
+                 explicitly (``copy_to_host``, ``mf.to_numpy``)
+    reshape      only as a view, else NotImplementedError("operation requires copying");
+                 ravel only when contiguous; view(dtype) of another size only when
+                 C-contiguous
+    transpose    a copy (the real one runs a transpose kernel into a new array), never a view
+    attributes   only DeviceNDArray's: shape, strides, dtype, size, ndim, nbytes, flags (a
+                 dict), __cuda_array_interface__, copy_to_host, copy_to_device, ...; no
+                 ``.fill``, ``.sum``, ``.astype``, ``.copy``, ``.data``, ``__array_interface__``
+
+``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
+these (simulator only). Inside kernels the simulator indexes them with ints, as a GPU does.
+"""
+import numpy as np
+
+ERR_CONTIGUOUS = ("Array contains non-contiguous buffer and cannot be transferred as a single "
+                  "memory region. Please ensure contiguous buffer with numpy "
+                  ".ascontiguousarray()")
+ALLOWED_ARRAY_ATTRIBUTES = ("strides", "dtype", "size", "ndim")    # read from the wrapped array
+
+
+def _fake_cuda_array():
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    return FakeCUDAArray
+
+
+def check_key(key, ndim):
+    """The keys a DeviceNDArray takes: an int or slice, or a tuple of them, one per axis."""
+    items = key if type(key) is tuple else (key,)
+    if len(items) > ndim:
+        raise IndexError(f"{len(items) - ndim} extra indices given")
+    for item in items:
+        kind = type(item)
+        if kind is int or kind is slice:
+            continue
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+            raise TypeError(f"a device array takes only int and slice keys, got "
+                            f"{type(item).__name__} in {key!r} (no Ellipsis, None, lists, "
+                            f"arrays or booleans)")
+
+
+def _refuse(operation):
+    def refused(self, *args, **kwargs):
+        raise TypeError(f"a CUDA device array does not support {operation}: run a kernel, or "
+                        f"copy_to_host() first")
+    refused.__name__ = operation
+    return refused
+
+
+def make_strict_class():
+    FakeCUDAArray = _fake_cuda_array()
+
+    class StrictDeviceArray(FakeCUDAArray):
+        """A device array as strict as numba-cuda's DeviceNDArray (see the module docstring)."""
+        __array_ufunc__ = None                   # NumPy: operands do not support ufuncs
+        __hash__ = object.__hash__               # hashable, as DeviceNDArray
+
+        def __getattr__(self, name):
+            if name in ALLOWED_ARRAY_ATTRIBUTES:
+                return getattr(self._ary, name)
+            raise AttributeError(f"'DeviceNDArray' object has no attribute {name!r}")
+
+        def __array__(self, dtype=None, copy=None):
+            raise TypeError("implicit copy of a CUDA device array to the host (np.asarray, a "
+                            "NumPy function or operator): call copy_to_host() or mf.to_numpy()")
+
+        @property
+        def flags(self):
+            return {"C_CONTIGUOUS": bool(self._ary.flags.c_contiguous),
+                    "F_CONTIGUOUS": bool(self._ary.flags.f_contiguous)}
+
+        @property
+        def __cuda_array_interface__(self):
+            a = self._ary
+            return {"shape": tuple(a.shape),
+                    "strides": None if a.flags.c_contiguous else tuple(a.strides),
+                    "data": (a.__array_interface__["data"][0], False), "typestr": a.dtype.str,
+                    "stream": None, "version": 3}
+
+        def __getitem__(self, key):
+            check_key(key, self._ary.ndim)
+            got = self._ary[key]
+            return StrictDeviceArray(got, self.stream) if isinstance(got, np.ndarray) else got
+
+        def __setitem__(self, key, value):
+            check_key(key, self._ary.ndim)
+            if isinstance(value, (int, float, np.generic)):     # in kernels: one element
+                self._ary[key] = value
+                return
+            if isinstance(value, FakeCUDAArray):
+                if not isinstance(value, StrictDeviceArray):
+                    raise TypeError("mixing a strict device array with a simulator one")
+                value = value._ary
+            elif isinstance(value, np.ndarray) and not (value.flags.c_contiguous
+                                                        or value.flags.f_contiguous):
+                raise ValueError(ERR_CONTIGUOUS)
+            target_ndim = np.ndim(self._ary[key])
+            if np.ndim(value) > target_ndim:
+                raise ValueError(f"Can't assign {np.ndim(value)}-D array to {target_ndim}-D self")
+            self._ary[key] = value
+
+        def copy_to_device(self, ary, stream=0):
+            if isinstance(ary, StrictDeviceArray):             # device to device
+                for a in (self, ary):
+                    if not (a._ary.flags.c_contiguous or a._ary.flags.f_contiguous):
+                        raise ValueError(ERR_CONTIGUOUS)
+                if ary.dtype != self.dtype or ary._ary.squeeze().shape != self._ary.squeeze().shape:
+                    raise TypeError(f"incompatible arrays: {ary.dtype} {tuple(ary.shape)} vs. "
+                                    f"{self.dtype} {tuple(self.shape)}")
+                np.copyto(self._ary, ary._ary)
+                return
+            super().copy_to_device(ary, stream)
+
+        def squeeze(self, axis=None, stream=0):
+            return StrictDeviceArray(self._ary.squeeze(axis), stream or self.stream)
+
+        def reshape(self, *shape, order="C"):
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = tuple(shape[0])
+            try:
+                view = np.reshape(self._ary, shape, order=order, copy=False)
+            except ValueError as e:
+                if "copy" not in str(e):
+                    raise
+                raise NotImplementedError("operation requires copying") from None
+            return StrictDeviceArray(view, self.stream)
+
+        def ravel(self, order="C", stream=0):
+            flags = self._ary.flags
+            if not (order in "CA" and flags.c_contiguous or order in "FA" and flags.f_contiguous):
+                raise NotImplementedError("operation requires copying")
+            return StrictDeviceArray(self._ary.ravel(order), stream or self.stream)
+
+        def view(self, dtype):
+            dtype = np.dtype(dtype)
+            if dtype.itemsize != self.dtype.itemsize and not self._ary.flags.c_contiguous:
+                raise ValueError("To change to a dtype of a different size, the array must "
+                                 "be C-contiguous")
+            return StrictDeviceArray(self._ary.view(dtype), self.stream)
+
+        def transpose(self, axes=None):
+            if axes and tuple(axes) == tuple(range(self.ndim)):
+                return self
+            if self.ndim != 2:
+                raise NotImplementedError("transposing a non-2D DeviceNDArray isn't supported")
+            return StrictDeviceArray(np.ascontiguousarray(self._ary.T), self.stream)
+
+        @property
+        def T(self):
+            return self.transpose()
+
+        def bind(self, stream=0):
+            return StrictDeviceArray(self._ary, stream)
+
+        def split(self, section, stream=0):
+            return [StrictDeviceArray(part, stream or self.stream)
+                    for part in np.split(self._ary, range(section, len(self), section))]
+
+    for operator in ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "and",
+                     "or", "xor", "lshift", "rshift"):
+        for form in ("__{}__", "__r{}__", "__i{}__"):
+            name = form.format(operator)
+            setattr(StrictDeviceArray, name, _refuse(name))
+    for name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__neg__",
+                 "__pos__", "__abs__", "__invert__", "__float__", "__int__", "__index__"):
+        setattr(StrictDeviceArray, name, _refuse(name))
+    return StrictDeviceArray
+
+
+def install():
+    """numba.cuda.to_device / device_array / device_array_like return StrictDeviceArray
+    (under the CUDA simulator; returns the class)."""
+    from numba import cuda
+    strict = make_strict_class()
+    simulator_to_device, simulator_device_array = cuda.to_device, cuda.device_array
+
+    def to_device(obj, stream=0, copy=True, to=None):
+        if isinstance(obj, strict) and to is None:
+            return obj                      # as numba-cuda: a device array is returned as is
+        if isinstance(obj, strict):
+            return to.copy_to_device(obj)
+        if to is not None:
+            return simulator_to_device(obj, stream, copy, to)
+        return strict(simulator_to_device(obj, stream, copy)._ary, stream)
+
+    def device_array(*args, **kwargs):
+        made = simulator_device_array(*args, **kwargs)
+        return strict(made._ary, made.stream)
+
+    def device_array_like(ary, stream=0):
+        return device_array(ary.shape, dtype=ary.dtype, stream=stream)
+
+    cuda.to_device, cuda.device_array, cuda.device_array_like = (to_device, device_array,
+                                                                 device_array_like)
+    return strict
