@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
@@ -40,6 +41,17 @@ class History:
 
     def __repr__(self):
         return f"History({self.epochs!r})"
+
+    def _repr_html_(self):
+        """Jupyter's view: a table, one row per epoch."""
+        return tables.history_html(self.epochs)
+
+
+class Evaluation(dict):
+    """What ``evaluate`` returns: a plain dict that Jupyter shows as tables."""
+
+    def _repr_html_(self):
+        return tables.evaluation_html(self)
 
 
 def _check_positive_int(name, value):
@@ -228,7 +240,7 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
             if confusion:
                 np.add.at(matrix, (labels, predicted), 1)
         n += rows
-    result = {"loss": loss_sum / n, "accuracy": correct / n if has_labels else None, "n": n}
+    result = Evaluation(loss=loss_sum / n, accuracy=correct / n if has_labels else None, n=n)
     if confusion and has_labels:
         result["confusion_matrix"] = matrix
     return result
