@@ -48,7 +48,8 @@ def history_html(records):
     for record in records:
         keys += [k for k in record if k not in keys]
     rows = [[_format(k, record.get(k)) for k in keys] for record in records]
-    return table([_header(k) for k in keys], rows, caption=f"History ({len(records)} epochs)")
+    epochs = f"{len(records)} epoch" + ("" if len(records) == 1 else "s")
+    return table([_header(k) for k in keys], rows, caption=f"History ({epochs})")
 
 
 def evaluation_html(result):

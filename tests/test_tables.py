@@ -104,6 +104,7 @@ def test_history_html_has_a_row_per_epoch():
                      x, y, epochs=3, batch_size=8, val=(x, y), seed=0, progress=False)
     [table] = parse(history._repr_html_())
     assert table["caption"] == "History (3 epochs)"
+    assert parse(tables.history_html(history.epochs[:1]))[0]["caption"] == "History (1 epoch)"
     assert table["header"][:3] == ["epoch", "loss", "train accuracy (%)"]
     assert "val accuracy (%)" in table["header"] and "samples per s" in table["header"]
     column = {name: i for i, name in enumerate(table["header"])}
