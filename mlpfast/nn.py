@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from . import tables
 from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, get_backend, to_numpy
 from .checkpoint import atomic_write
 from .init import check_init, linear_parameters
@@ -669,6 +670,10 @@ class Sequential(Module):
     def __repr__(self):
         body = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"{type(self).__name__}(\n{body}\n)"
+
+    def _repr_html_(self):
+        """Jupyter's view: a table of the layers, their parameters and the total."""
+        return tables.model_html(self)
 
 
 def _checked_state_array(name, value, target, dtype):

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from . import tables
 from .backend import to_numpy
 from .schedules import make_schedule
 
@@ -42,6 +43,10 @@ class History:
 
     def __repr__(self):
         return f"History({self.epochs!r})"
+
+    def _repr_html_(self):
+        """Jupyter's view: a table, one row per epoch."""
+        return tables.history_html(self.epochs)
 
 
 class RunState:

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
@@ -23,6 +24,13 @@ from .resume import CheckpointWriter, check_checkpoint_args, resume as resume_ru
 from .run import (ChunkSizes, EarlyStopping, History, Interrupts,  # noqa: F401
                   LearningRates, RunState, TrainingDiverged, check_state_finite, diverged,
                   format_record)
+
+
+class Evaluation(dict):
+    """What ``evaluate`` returns: a plain dict that Jupyter shows as tables."""
+
+    def _repr_html_(self):
+        return tables.evaluation_html(self)
 
 
 def _check_positive_int(name, value):
@@ -248,7 +256,7 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
             truth.append(labels.copy())
             predictions.append(model.backend.to_numpy(logits).argmax(axis=1))
         n += rows
-    result = {"loss": loss_sum / n, "accuracy": None, "n": n}
+    result = Evaluation(loss=loss_sum / n, accuracy=None, n=n)
     if truth:
         truth, predictions = np.concatenate(truth), np.concatenate(predictions)
         result["accuracy"] = int((truth == predictions).sum()) / n
