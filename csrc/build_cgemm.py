@@ -28,13 +28,24 @@ void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
 const char *mlpf_kernel_name(void);
 int mlpf_set_kernel(const char *name);
+int mlpf_sbgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const void *a, int a_type, int64_t lda, const void *b, int b_type, int64_t ldb,
+                float beta, void *c, int c_type, int64_t ldc, const float *bias, int act);
+int mlpf_sbgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const void *a, int a_type, int64_t lda, const void *b, int b_type,
+                     int64_t ldb, void *c, int c_type, int64_t ldc, const void *y, int y_type,
+                     int64_t ldy, int dact);
+const char *mlpf_sbgemm_kernel_name(void);
+int mlpf_set_sbgemm_kernel(const char *name);
 """
 
 # gemm.c: checks, dispatch, packing, blocking; passes.c: Adam, the gradient check and the
 # batch gather on the same threads; threadpool.c: the pthread pool; one file per micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
 # runs on any x86-64 and picks its kernel at run time; elsewhere only the portable one.
+# gemm_bf16.c: the same for bf16 products (mlpf_sbgemm), with its own kernel files.
 SOURCES = ["gemm.c", "passes.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c",
-           "kernel_portable.c"]
+           "kernel_portable.c", "gemm_bf16.c", "kernel_amx_bf16.c", "kernel_avx512_bf16.c",
+           "kernel_portable_bf16.c"]
 
 
 def make_builder(module_name="mlpfast._cgemm", define_macros=()):
