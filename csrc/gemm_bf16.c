@@ -1,28 +1,29 @@
 /* mlpfast bf16 GEMM: mlpf_sbgemm and mlpf_sbgemm_dact (API in gemm.h), the loops around
  * the bf16 micro-kernels (contract in gemm_bf16_kernels.h).
  *
- * The loop nest of gemm.c, for C (m x n) = op(A) (m x k) op(B) (k x n), taken by the
- * threads as items (row block, column chunk) from a shared counter:
+ * For C (m x n) = op(A) (m x k) op(B) (k x n), the threads take items (row block, column
+ * chunk) from a shared counter:
  *
- *   item (ic, jc):                      A block  op(A)[ic:ic+mb, 0:k] packed for all k blocks,
- *                                                once per thread and row block (L2/L3)
- *     for pc in k by kc:                B chunk  op(B)[pc:pc+kc, jc:jc+chunk_n] packed (L2)
- *       for ir in mb by MR:             A micro-panel MR x kc stays in L1
- *         for jr in chunk_n by NR:      B micro-panel kc x NR streams from L2
- *           micro-kernel: sums (MR x NR floats) (+)= A panel . B panel
- *           last k block: C tile = epilogue(sums)
+ *   item (ic, jc):                  A block  op(A)[ic:ic+mb, 0:k], packed once per thread
+ *                                            and row block (L2/L3)
+ *                                   B chunk  op(B)[0:k, jc:jc+chunk_n], packed (L2)
+ *     for ir in mb by MR:           sums     MR x chunk_n floats (L1/L2)
+ *       for pc in k by kc:          A micro-panel MR x kc stays in L1
+ *         for jr in chunk_n by NR:  B micro-panel kc x NR streams from L2
+ *           micro-kernel: sums tile (MR x NR) (+)= A panel . B panel
+ *           last k block: C tile = epilogue(sums tile)
  *
- * Packing rounds float32 operands to bf16 and pads k to a multiple of 32 with zeros. The
- * sums stay in float32 until the epilogue, which applies alpha, beta C, bias, act and
- * f'(Y) and rounds C to its type once; when k spans several k blocks, each tile's sums
- * wait in a buffer of the item's mb x chunk_n floats between blocks (a bf16 C cannot hold
- * them), else in one tile. Edge tiles need nothing special: padded rows and columns of
- * the panels are zeros, and the epilogue writes only the rows x cols that exist.
+ * Both operands are packed for all of k, so the sums of a row panel of C wait between k
+ * blocks in a buffer of MR x chunk_n floats, not in C: a bf16 C could not hold them. The
+ * epilogue applies alpha, beta C, bias, act and f'(Y) in float32 and rounds C to its type
+ * once. Packing rounds float32 operands to bf16 and pads k to a multiple of 32 with
+ * zeros. Edge tiles need nothing special: padded rows and columns of the panels are
+ * zeros, and the epilogue writes only the rows x cols that exist.
  *
  * Threads: the grid of gemm.c's choose_grid says whether to split rows (gm > 1: row
- * blocks of about m / gm, one column chunk per block where it fits) or columns (gm = 1:
- * 2-4 column chunks per thread, all threads sharing each row block). Taking items from a
- * counter lets a thread that the OS deschedules leave its share to the others.
+ * blocks of about m / gm) or columns (gm = 1: 2-4 column chunks per thread, all threads
+ * sharing each row block). Taking items from a counter lets a thread that the OS
+ * deschedules leave its share to the others.
  */
 #include <stdatomic.h>
 #include <string.h>
@@ -89,7 +90,7 @@ typedef struct {
     mlpf_bf16_epilogue ep;           /* alpha, beta, act, C's and Y's type and stride */
     int64_t kc;                      /* depth of every k block but maybe the last */
     int64_t mb, chunk_n, chunks, items;
-    char *workspace;                 /* per thread: A block, B chunk, sums */
+    char *workspace;                 /* per thread: A block, B chunk, sums of a row panel */
     size_t a_bytes, b_bytes, thread_bytes;
     atomic_long next_item;
 } sbgemm_call;
@@ -114,17 +115,20 @@ static void pack_a(const sbgemm_call *g, int64_t i0, int64_t rows, uint16_t *dst
     }
 }
 
-/* Packs op(B)[p0 : p0+kcb, j0 : j0+cols] into NR-column micro-panels of round_up(kcb, 32) x NR. */
-static void pack_b(const sbgemm_call *g, int64_t p0, int64_t kcb, int64_t j0, int64_t cols,
-                   uint16_t *dst)
+/* Packs op(B)[0:k, j0 : j0+cols]: the k block at depth pc starts at pc * round_up(cols, NR)
+ * and holds NR-column micro-panels of round_up(kcb, 32) x NR. */
+static void pack_b(const sbgemm_call *g, int64_t j0, int64_t cols, uint16_t *dst)
 {
     const mlpf_sbgemm_config *cfg = g->cfg;
-    const int64_t kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
-    for (int64_t jr = 0; jr < cols; jr += cfg->nr) {
-        /* op(B)[p][j] = b[p*ldb + j], or b[j*ldb + p] when transposed */
-        const int64_t at = g->trans_b ? (j0 + jr) * g->ldb + p0 : p0 * g->ldb + j0 + jr;
-        cfg->pack(cfg->nr, 2, kcb, imin(cfg->nr, cols - jr), g->b + at * type_size(g->b_type),
-                  g->b_type, g->ldb, g->trans_b, dst + jr * kcb_padded);
+    const int64_t cols_padded = round_up(cols, cfg->nr);
+    for (int64_t pc = 0; pc < g->k; pc += g->kc) {
+        const int64_t kcb = imin(g->kc, g->k - pc), kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
+        for (int64_t jr = 0; jr < cols; jr += cfg->nr) {
+            /* op(B)[p][j] = b[p*ldb + j], or b[j*ldb + p] when transposed */
+            const int64_t at = g->trans_b ? (j0 + jr) * g->ldb + pc : pc * g->ldb + j0 + jr;
+            cfg->pack(cfg->nr, 2, kcb, imin(cfg->nr, cols - jr), g->b + at * type_size(g->b_type),
+                      g->b_type, g->ldb, g->trans_b, dst + pc * cols_padded + jr * kcb_padded);
+        }
     }
 }
 
@@ -137,28 +141,27 @@ static void store_tile(const sbgemm_call *g, const float *t, int64_t ldt, int64_
                   g->bias ? g->bias + j : NULL, &g->ep);
 }
 
-/* C[ic : ic+mcb, jc : jc+ncb] from the packed A block (all k) and B, packed here per k block. */
+/* C[ic : ic+mcb, jc : jc+ncb] from the packed A block and B chunk (all k). */
 static void run_item(const sbgemm_call *g, int64_t ic, int64_t mcb, int64_t jc, int64_t ncb,
-                     const uint16_t *a_block, uint16_t *b_buf, float *sums)
+                     const uint16_t *a_block, const uint16_t *b_chunk, float *sums)
 {
     const mlpf_sbgemm_config *cfg = g->cfg;
     const int MR = cfg->mr, NR = cfg->nr;
-    const int64_t mcb_padded = round_up(mcb, MR), tiles_n = (ncb + NR - 1) / NR;
-    const int several = g->kc < g->k;         /* sums wait in `sums` between k blocks */
-    for (int64_t pc = 0; pc < g->k; pc += g->kc) {
-        const int64_t kcb = imin(g->kc, g->k - pc), kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
-        const int last = pc + kcb == g->k;
-        pack_b(g, pc, kcb, jc, ncb, b_buf);
-        for (int64_t ir = 0; ir < mcb; ir += MR)
+    const int64_t mcb_padded = round_up(mcb, MR), ncb_padded = round_up(ncb, NR);
+    for (int64_t ir = 0; ir < mcb; ir += MR)
+        for (int64_t pc = 0; pc < g->k; pc += g->kc) {
+            const int64_t kcb = imin(g->kc, g->k - pc);
+            const int64_t kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
+            const uint16_t *a_panel = a_block + pc * mcb_padded + ir * kcb_padded;
             for (int64_t jr = 0; jr < ncb; jr += NR) {
-                float *tile = several ? sums + (ir / MR * tiles_n + jr / NR) * MR * NR : sums;
-                cfg->ukernel(kcb_padded, a_block + pc * mcb_padded + ir * kcb_padded,
-                             b_buf + jr * kcb_padded, tile, pc > 0);
-                if (last)
+                float *tile = sums + jr * MR;
+                cfg->ukernel(kcb_padded, a_panel, b_chunk + pc * ncb_padded + jr * kcb_padded,
+                             tile, pc > 0);
+                if (pc + kcb == g->k)
                     store_tile(g, tile, NR, ic + ir, jc + jr, imin(MR, mcb - ir),
                                imin(NR, ncb - jr));
             }
-    }
+        }
 }
 
 static void sbgemm_task(void *arg, int index, int threads)
@@ -166,7 +169,7 @@ static void sbgemm_task(void *arg, int index, int threads)
     sbgemm_call *g = arg;
     (void)threads;
     char *mine = g->workspace + index * g->thread_bytes;
-    uint16_t *a_block = (uint16_t *)mine, *b_buf = (uint16_t *)(mine + g->a_bytes);
+    uint16_t *a_block = (uint16_t *)mine, *b_chunk = (uint16_t *)(mine + g->a_bytes);
     float *sums = (float *)(mine + g->a_bytes + g->b_bytes);
     int64_t packed = -1;                           /* the row block now in a_block */
     if (g->cfg->thread_begin) g->cfg->thread_begin();
@@ -177,15 +180,18 @@ static void sbgemm_task(void *arg, int index, int threads)
             pack_a(g, ic, mcb, a_block);
             packed = block;
         }
-        run_item(g, ic, mcb, jc, ncb, a_block, b_buf, sums);
+        pack_b(g, jc, ncb, b_chunk);
+        run_item(g, ic, mcb, jc, ncb, a_block, b_chunk, sums);
     }
     if (g->cfg->thread_end) g->cfg->thread_end();
 }
 
 /* A packed A block holds all of k: at most this many bytes (fewer rows when k is large),
  * and while it stays within half of an L2 of 2 MiB, 4 column chunks per thread, else 2
- * (each chunk reads all of it again). */
+ * (each chunk reads all of it again). A B chunk, also all of k, keeps to half of L2
+ * (fewer columns when k is large). */
 static const int64_t MAX_A_BLOCK_BYTES = 32 << 20, A_BLOCK_L2_BYTES = 1 << 20;
+static const int64_t B_CHUNK_BYTES = 1 << 20;
 
 /* The split into items and the workspace; then the threads. m, n, k > 0. */
 static int sbgemm_run(sbgemm_call *g)
@@ -197,7 +203,8 @@ static int sbgemm_run(sbgemm_call *g)
     const int64_t k_padded = round_up(k, MLPF_BF16_K_GROUP);
     g->kc = depth_block_len(k, cfg->kc, MLPF_BF16_K_GROUP);
     const int64_t mc = imax(MR, imin(cfg->mc, MAX_A_BLOCK_BYTES / (2 * k_padded)) / MR * MR);
-    const int64_t nc = round_up(imin(n, cfg->nc), NR);
+    const int64_t nc_l2 = imax(NR, B_CHUNK_BYTES / (2 * k_padded) / NR * NR);
+    const int64_t nc = round_up(imin(n, imin(cfg->nc, nc_l2)), NR);
     int gm, gn;
     choose_grid(threads, m, n, k, MR, NR, &gm, &gn);
     g->mb = block_len(m, gm > 1 ? imin(mc, round_up((m + gm - 1) / gm, MR)) : mc, MR);
@@ -210,9 +217,8 @@ static int sbgemm_run(sbgemm_call *g)
     g->items = (m + g->mb - 1) / g->mb * g->chunks;
     atomic_init(&g->next_item, 0);
     g->a_bytes = (size_t)round_up(g->mb * k_padded * 2, 4096);
-    g->b_bytes = (size_t)round_up(g->kc * g->chunk_n * 2, 4096);
-    const int64_t sums = g->kc < k ? g->mb * g->chunk_n : MR * NR;
-    g->thread_bytes = g->a_bytes + g->b_bytes + (size_t)round_up(sums * 4, 4096);
+    g->b_bytes = (size_t)round_up(k_padded * g->chunk_n * 2, 4096);
+    g->thread_bytes = g->a_bytes + g->b_bytes + (size_t)round_up(MR * g->chunk_n * 4, 4096);
     threads = (int)imin(threads, g->items);
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);

@@ -106,12 +106,14 @@ static int amx_supported(void)
 }
 
 /* Block sizes (48 KiB L1d, 2 MiB L2):
- *   kc = 512: the A micro-panel 32 x 512 x 2 B = 32 KiB stays in L1 while the B
- *             micro-panels (as large) stream from L2;
- *   nc = 512: a packed B block 512 x 512 x 2 B = 512 KiB, a quarter of L2. */
+ *   kc = 256: the A micro-panel 32 x 256 x 2 B = 16 KiB stays in L1 while the B
+ *             micro-panels (as large) stream from L2; a call is 8 steps of 4 tdpbf16ps
+ *             (measured against 128, 384, 512 and 1024: bench/README.md);
+ *   nc = 512: a B chunk of k = 1024 x 512 x 2 B = 1 MiB, half of L2 (for larger k the
+ *             driver takes fewer columns). */
 const mlpf_sbgemm_config mlpf_sbgemm_amx_config = {
     .name = "sbgemm_amx_32x32", .family = "amx", .mr = MR, .nr = NR,
-    .mc = 3072, .kc = 512, .nc = 512, .ukernel = sbgemm_amx_32x32,
+    .mc = 3072, .kc = 256, .nc = 512, .ukernel = sbgemm_amx_32x32,
     .pack = mlpf_bf16_pack_avx512, .store = mlpf_bf16_store_avx512,
     .thread_begin = amx_begin, .thread_end = amx_end, .supported = amx_supported,
 };

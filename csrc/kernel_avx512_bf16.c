@@ -59,11 +59,22 @@ BF16 static void sbgemm_avx512bf16_12x32(int64_t kc, const uint16_t *restrict a,
 
 /* --- packing --------------------------------------------------------------------------- */
 
-/* The first `count` (<= 16 used) values at src as 16 bf16, zeros after. */
-BF16 static inline __m256i load16_bf16(const void *src, int type, int64_t count)
+/* The pairs (x0[r], x1[r]) of the first `count` (<= 16 used) values of the rows x0 and x1
+ * (x1 NULL: zeros) as 32-bit lanes, zeros after: both rows as 32 bf16, then interleaved. */
+BF16 static inline __m512 pairs_of_rows(const void *x0, const void *x1, int type, int64_t count)
 {
-    if (type == MLPF_TYPE_BF16) return _mm256_maskz_loadu_epi16(first_lanes(count), src);
-    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first_lanes(count), src));
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10,
+                                                25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
+                                                18, 2, 17, 1, 16, 0);
+    const __mmask16 lanes = first_lanes(count), lanes1 = x1 ? lanes : 0;
+    __m512i both;
+    if (type == MLPF_TYPE_BF16)
+        both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(lanes, x0)),
+                                  _mm256_maskz_loadu_epi16(lanes1, x1), 1);
+    else
+        both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(lanes1, x1),
+                                            _mm512_maskz_loadu_ps(lanes, x0));
+    return _mm512_castsi512_ps(_mm512_permutexvar_epi16(interleave, both));
 }
 
 /* The first `count` (<= 32 used) values at src as 32 bf16, zeros after. */
@@ -83,8 +94,9 @@ BF16 static inline __m512i load32_bf16(const void *src, int type, int64_t count)
  * two rows of src), transposed in registers where the layout wants the other way, and
  * stored as 16 vectors along r (group 2: dst pairs [q*R + r]) or along q (group 32:
  * [(q/16)*16*R + r*16 + q%16]). Masked loads never read past the rows' ends. */
-BF16 void mlpf_bf16_pack_avx512(int R, int group, int64_t kc, int64_t rows, const void *src,
-                                int src_type, int64_t ld, int along_k, uint16_t *dst)
+BF16 static inline __attribute__((always_inline)) void
+pack_blocks(int R, const int group, int64_t kc, int64_t rows, const void *src, const int src_type,
+            int64_t ld, const int along_k, uint16_t *dst)
 {
     const size_t size = src_type == MLPF_TYPE_BF16 ? 2 : 4;
     const char *s = src;
@@ -100,13 +112,9 @@ BF16 void mlpf_bf16_pack_avx512(int R, int group, int64_t kc, int64_t rows, cons
                     continue;
                 }
                 const int64_t p = 2 * (q0 + i);   /* v[i] = P[r0 : r0 + 16][q0 + i] */
-                const __m256i x0 = p < kc ? load16_bf16(s + (p * ld + r0) * size, src_type,
-                                                        rows - r0) : _mm256_setzero_si256();
-                const __m256i x1 = p + 1 < kc ? load16_bf16(s + ((p + 1) * ld + r0) * size,
-                                                            src_type, rows - r0)
-                                              : _mm256_setzero_si256();
-                v[i] = _mm512_castsi512_ps(_mm512_or_si512(
-                    _mm512_cvtepu16_epi32(x0), _mm512_slli_epi32(_mm512_cvtepu16_epi32(x1), 16)));
+                v[i] = p >= kc ? _mm512_setzero_ps() : pairs_of_rows(
+                    s + (p * ld + r0) * size, p + 1 < kc ? s + ((p + 1) * ld + r0) * size : NULL,
+                    src_type, rows - r0);
             }
             if ((group == 2) == along_k) transpose_16x16(v);
             if (group == 2) {
@@ -117,6 +125,24 @@ BF16 void mlpf_bf16_pack_avx512(int R, int group, int64_t kc, int64_t rows, cons
                     _mm512_storeu_ps(out + q0 * R + (r0 + i) * 16, v[i]);
             }
         }
+}
+
+/* pack_blocks with the group, source type and direction as constants (no branches on them
+ * in the loops). */
+BF16 void mlpf_bf16_pack_avx512(int R, int group, int64_t kc, int64_t rows, const void *src,
+                                int src_type, int64_t ld, int along_k, uint16_t *dst)
+{
+    switch ((group == 2) * 4 + (src_type == MLPF_TYPE_BF16) * 2 + (along_k != 0)) {
+#define PACK_CASE(G, T, K)                                                                \
+    case (G == 2) * 4 + (T == MLPF_TYPE_BF16) * 2 + K:                                    \
+        pack_blocks(R, G, kc, rows, src, T, ld, K, dst);                                  \
+        break;
+    PACK_CASE(2, MLPF_TYPE_F32, 0) PACK_CASE(2, MLPF_TYPE_F32, 1)
+    PACK_CASE(2, MLPF_TYPE_BF16, 0) PACK_CASE(2, MLPF_TYPE_BF16, 1)
+    PACK_CASE(32, MLPF_TYPE_F32, 0) PACK_CASE(32, MLPF_TYPE_F32, 1)
+    PACK_CASE(32, MLPF_TYPE_BF16, 0) PACK_CASE(32, MLPF_TYPE_BF16, 1)
+#undef PACK_CASE
+    }
 }
 
 /* --- the epilogue ---------------------------------------------------------------------- */
@@ -178,7 +204,8 @@ int mlpf_avx512bf16_supported(void)
 
 /* Block sizes as for sgemm_avx512_12x32 (48 KiB L1d, 2 MiB L2), in bf16:
  *   kc = 768: the A micro-panel 12 x 768 x 2 B = 18 KiB stays in L1;
- *   nc = 768: the packed B block 768 x 768 x 2 B = 1.1 MiB fills about half of L2. */
+ *   nc = 768: a B chunk of k = 683 x 768 x 2 B = 1 MiB, half of L2 (for larger k the
+ *             driver takes fewer columns). */
 const mlpf_sbgemm_config mlpf_sbgemm_avx512bf16_config = {
     .name = "sbgemm_avx512bf16_12x32", .family = "avx512bf16", .mr = MR, .nr = NR,
     .mc = 3072, .kc = 768, .nc = 768, .ukernel = sbgemm_avx512bf16_12x32,

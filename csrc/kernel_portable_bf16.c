@@ -100,7 +100,8 @@ VECTOR_CLONES static void store_portable(int64_t rows, int64_t cols, const float
 
 static int always_supported(void) { return 1; }
 
-/* Block sizes as for sgemm_portable_4x8: small panels that suit any cache. */
+/* Block sizes as for sgemm_portable_4x8: small panels that suit any cache (a B chunk of
+ * k = 1024 x 256 x 2 B = 512 KiB). */
 const mlpf_sbgemm_config mlpf_sbgemm_portable_config = {
     .name = "sbgemm_portable_4x16", .family = "portable", .mr = MR, .nr = NR,
     .mc = 1024, .kc = 256, .nc = 256, .ukernel = sbgemm_portable_4x16, .pack = pack_portable,

@@ -32,11 +32,12 @@ F32, BF16 = bf.F32, bf.BF16
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # m x n x k: 1, primes, odd k (the k pairs and the 32-deep blocks are padded), non-multiples
 # of every tile (32x32, 12x32, 4x16), exact tiles, tall and wide, k across several k blocks
-# (kc 512 / 768 / 256), n across several column chunks, m split among threads (2000 x 40).
+# (kc 256 / 768 / 256), n across several column chunks (also narrowed for a deep k: 7 x 200
+# x 3000), m split among threads (2000 x 40).
 SHAPES = [(1, 1, 1), (1, 33, 7), (29, 1, 13), (13, 37, 29), (12, 32, 32), (32, 32, 64),
           (33, 33, 33), (25, 65, 17), (300, 3, 50), (3, 300, 50), (97, 101, 103),
           (37, 50, 800), (40, 1000, 40), (131, 97, 601), (65, 64, 1537), (200, 300, 100),
-          (2000, 40, 64)]
+          (2000, 40, 64), (7, 200, 3000)]
 # (a, b, out) element types
 TYPES = [(F32, F32, F32), (BF16, BF16, BF16), (F32, BF16, BF16), (BF16, F32, F32)]
 
