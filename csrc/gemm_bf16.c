@@ -10,8 +10,8 @@
  *     for ir in mb by MR:           sums     MR x chunk_n floats (L1/L2)
  *       for pc in k by kc:          A micro-panel MR x kc stays in L1
  *         for jr in chunk_n by NR:  B micro-panel kc x NR streams from L2
- *           micro-kernel: sums tile (MR x NR) (+)= A panel . B panel
- *           last k block: C tile = epilogue(sums tile)
+ *           micro-kernel: sums[:, jr:jr+NR] (+)= A panel . B panel
+ *       C[ir:ir+MR, jc:jc+chunk_n] = epilogue(sums), row by row
  *
  * Both operands are packed for all of k, so the sums of a row panel of C wait between k
  * blocks in a buffer of MR x chunk_n floats, not in C: a bf16 C could not hold them. The
@@ -133,7 +133,7 @@ static void pack_b(const sbgemm_call *g, int64_t j0, int64_t cols, uint16_t *dst
 }
 
 /* C[i : i+rows, j : j+cols] = the epilogue of the sums t (row stride ldt). */
-static void store_tile(const sbgemm_call *g, const float *t, int64_t ldt, int64_t i, int64_t j,
+static void store_block(const sbgemm_call *g, const float *t, int64_t ldt, int64_t i, int64_t j,
                        int64_t rows, int64_t cols)
 {
     g->cfg->store(rows, cols, t, ldt, g->c + (i * g->ep.ldc + j) * type_size(g->ep.c_type),
@@ -141,27 +141,26 @@ static void store_tile(const sbgemm_call *g, const float *t, int64_t ldt, int64_
                   g->bias ? g->bias + j : NULL, &g->ep);
 }
 
-/* C[ic : ic+mcb, jc : jc+ncb] from the packed A block and B chunk (all k). */
+/* C[ic : ic+mcb, jc : jc+ncb] from the packed A block and B chunk (all k). The sums of a
+ * row panel have a row stride of ncb rounded up to NR plus 16 floats, so that their rows
+ * (a multiple of 4 KiB apart otherwise) do not fall into one L1 set. */
 static void run_item(const sbgemm_call *g, int64_t ic, int64_t mcb, int64_t jc, int64_t ncb,
                      const uint16_t *a_block, const uint16_t *b_chunk, float *sums)
 {
     const mlpf_sbgemm_config *cfg = g->cfg;
     const int MR = cfg->mr, NR = cfg->nr;
     const int64_t mcb_padded = round_up(mcb, MR), ncb_padded = round_up(ncb, NR);
-    for (int64_t ir = 0; ir < mcb; ir += MR)
+    const int64_t ldt = ncb_padded + 16;
+    for (int64_t ir = 0; ir < mcb; ir += MR) {
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
-            const int64_t kcb = imin(g->kc, g->k - pc);
-            const int64_t kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
+            const int64_t kcb_padded = round_up(imin(g->kc, g->k - pc), MLPF_BF16_K_GROUP);
             const uint16_t *a_panel = a_block + pc * mcb_padded + ir * kcb_padded;
-            for (int64_t jr = 0; jr < ncb; jr += NR) {
-                float *tile = sums + jr * MR;
+            for (int64_t jr = 0; jr < ncb; jr += NR)
                 cfg->ukernel(kcb_padded, a_panel, b_chunk + pc * ncb_padded + jr * kcb_padded,
-                             tile, pc > 0);
-                if (pc + kcb == g->k)
-                    store_tile(g, tile, NR, ic + ir, jc + jr, imin(MR, mcb - ir),
-                               imin(NR, ncb - jr));
-            }
+                             sums + jr, ldt, pc > 0);
         }
+        store_block(g, sums, ldt, ic + ir, jc, imin(MR, mcb - ir), ncb);
+    }
 }
 
 static void sbgemm_task(void *arg, int index, int threads)
@@ -218,7 +217,7 @@ static int sbgemm_run(sbgemm_call *g)
     atomic_init(&g->next_item, 0);
     g->a_bytes = (size_t)round_up(g->mb * k_padded * 2, 4096);
     g->b_bytes = (size_t)round_up(k_padded * g->chunk_n * 2, 4096);
-    g->thread_bytes = g->a_bytes + g->b_bytes + (size_t)round_up(MR * g->chunk_n * 4, 4096);
+    g->thread_bytes = g->a_bytes + g->b_bytes + (size_t)round_up(MR * (g->chunk_n + 16) * 4, 4096);
     threads = (int)imin(threads, g->items);
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
@@ -235,7 +234,7 @@ static void store_zero_product(const sbgemm_call *g)
     static const float zeros[MLPF_MAX_NR] __attribute__((aligned(64)));
     for (int64_t i = 0; i < g->m; i++)
         for (int64_t j = 0; j < g->n; j += MLPF_MAX_NR)
-            store_tile(g, zeros, 0, i, j, 1, imin(MLPF_MAX_NR, g->n - j));
+            store_block(g, zeros, 0, i, j, 1, imin(MLPF_MAX_NR, g->n - j));
 }
 
 static int known_type(int type) { return type == MLPF_TYPE_F32 || type == MLPF_TYPE_BF16; }

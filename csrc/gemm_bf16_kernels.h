@@ -1,18 +1,19 @@
 /* The bf16 micro-kernel contract shared by gemm_bf16.c and the kernel files.
  *
  * A micro-kernel sums the products of two packed bf16 micro-panels into an MR x NR tile
- * of floats (bf16 is a uint16_t: the upper half of a float32):
+ * of floats with row stride ldt (bf16 is a uint16_t: the upper half of a float32):
  *
  *     a_panel  op(A)[0:MR, 0:kc]   a_panel[(p/32)*32*MR + i*32 + p%32] = op(A)[i][p]
  *     b_panel  op(B)[0:kc, 0:NR]   b_panel[(p/2)*2*NR + 2*j + p%2]     = op(B)[p][j]
  *
- *     tile[i*NR + j] = (accumulate ? tile[i*NR + j] : 0) + sum_{p < kc} a * b
+ *     tile[i*ldt + j] = (accumulate ? tile[i*ldt + j] : 0) + sum_{p < kc} a * b
  *
  * in float32 arithmetic (each product of two bf16 values is exact). The A panel holds
  * MR rows of 32 consecutive k values per block (an AMX A tile: 16 rows of 64 bytes); the
  * B panel holds NR pairs (k, k + 1) per row (the "VNNI" layout of vdpbf16ps and of an
  * AMX B tile). kc is a multiple of 32: packing pads k with zeros. Panels and tile are
- * 64-byte aligned. The driver then applies the epilogue (mlpf_bf16_store) to the tile.
+ * 64-byte aligned, ldt a multiple of 16. The driver then applies the epilogue
+ * (mlpf_bf16_store) to a row of tiles.
  */
 #ifndef MLPF_GEMM_BF16_KERNELS_H
 #define MLPF_GEMM_BF16_KERNELS_H
@@ -23,7 +24,7 @@
 enum { MLPF_BF16_K_GROUP = 32 };     /* packed k is a multiple of this */
 
 typedef void (*mlpf_sbgemm_ukernel)(int64_t kc, const uint16_t *a_panel, const uint16_t *b_panel,
-                                    float *tile, int accumulate);
+                                    float *tile, int64_t ldt, int accumulate);
 
 /* Packs one micro-panel of R rows (R = MR for op(A), NR for op(B)) and depth kc, rounding
  * float32 values to bf16:
@@ -34,7 +35,7 @@ typedef void (*mlpf_sbgemm_ukernel)(int64_t kc, const uint16_t *a_panel, const u
 typedef void (*mlpf_bf16_pack)(int R, int group, int64_t kc, int64_t rows, const void *src,
                                int src_type, int64_t ld, int along_k, uint16_t *dst);
 
-/* The epilogue of one tile of C, rows x cols (<= MR x NR), from the tile of sums t:
+/* The epilogue of a block of C, rows x cols, from the sums t (row stride ldt):
  *     v = act(alpha * t[i*ldt + j] + beta * C[i][j] + bias[j]);  v *= f'(Y[i][j]) if y
  *     C[i][j] = v, rounded to c_type
  * C[i][j] at c + (i*ldc + j) elements of c_type, Y at y + (i*ldy + j) of y_type; beta == 0:

@@ -29,14 +29,15 @@
 enum { MR = 32, NR = 32 };
 
 AMX static void sbgemm_amx_32x32(int64_t kc, const uint16_t *a, const uint16_t *b, float *tile,
-                                 int accumulate)
+                                 int64_t ldt, int accumulate)
 {
-    enum { C_STRIDE = NR * 4, A_STRIDE = 32 * 2, B_STRIDE = 2 * NR * 2 };   /* bytes a row */
+    enum { A_STRIDE = 32 * 2, B_STRIDE = 2 * NR * 2 };      /* bytes a row */
+    const int64_t c_stride = ldt * 4;
     if (accumulate) {
-        _tile_loadd(0, tile, C_STRIDE);
-        _tile_loadd(1, tile + 16, C_STRIDE);
-        _tile_loadd(2, tile + 16 * NR, C_STRIDE);
-        _tile_loadd(3, tile + 16 * NR + 16, C_STRIDE);
+        _tile_loadd(0, tile, c_stride);
+        _tile_loadd(1, tile + 16, c_stride);
+        _tile_loadd(2, tile + 16 * ldt, c_stride);
+        _tile_loadd(3, tile + 16 * ldt + 16, c_stride);
     } else {
         _tile_zero(0);
         _tile_zero(1);
@@ -53,10 +54,10 @@ AMX static void sbgemm_amx_32x32(int64_t kc, const uint16_t *a, const uint16_t *
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
     }
-    _tile_stored(0, tile, C_STRIDE);
-    _tile_stored(1, tile + 16, C_STRIDE);
-    _tile_stored(2, tile + 16 * NR, C_STRIDE);
-    _tile_stored(3, tile + 16 * NR + 16, C_STRIDE);
+    _tile_stored(0, tile, c_stride);
+    _tile_stored(1, tile + 16, c_stride);
+    _tile_stored(2, tile + 16 * ldt, c_stride);
+    _tile_stored(3, tile + 16 * ldt + 16, c_stride);
 }
 
 /* The tile configuration (palette 1): tiles 0-7 of 16 rows x 64 bytes. A static object:

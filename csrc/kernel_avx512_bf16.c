@@ -26,13 +26,13 @@ typedef uint32_t __attribute__((may_alias)) bf16_pair;      /* (p, p + 1) of one
 
 BF16 static void sbgemm_avx512bf16_12x32(int64_t kc, const uint16_t *restrict a,
                                          const uint16_t *restrict b, float *restrict tile,
-                                         int accumulate)
+                                         int64_t ldt, int accumulate)
 {
     __m512 t[MR][2];
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
-        t[i][0] = accumulate ? _mm512_load_ps(tile + i * NR) : _mm512_setzero_ps();
-        t[i][1] = accumulate ? _mm512_load_ps(tile + i * NR + 16) : _mm512_setzero_ps();
+        t[i][0] = accumulate ? _mm512_load_ps(tile + i * ldt) : _mm512_setzero_ps();
+        t[i][1] = accumulate ? _mm512_load_ps(tile + i * ldt + 16) : _mm512_setzero_ps();
     }
     for (int64_t p0 = 0; p0 < kc; p0 += 32, a += 32 * MR) {   /* A block: MR rows x 32 */
         const bf16_pair *a_pairs = (const bf16_pair *)a;      /* row i, pair q: [i*16 + q] */
@@ -52,8 +52,8 @@ BF16 static void sbgemm_avx512bf16_12x32(int64_t kc, const uint16_t *restrict a,
     }
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
-        _mm512_store_ps(tile + i * NR, t[i][0]);
-        _mm512_store_ps(tile + i * NR + 16, t[i][1]);
+        _mm512_store_ps(tile + i * ldt, t[i][0]);
+        _mm512_store_ps(tile + i * ldt + 16, t[i][1]);
     }
 }
 
@@ -161,8 +161,8 @@ BF16 static inline void store_float(char *p, int type, __mmask16 lanes, __m512 v
     else _mm256_mask_storeu_epi16(p, lanes, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
-/* mlpf_bf16_store 16 columns at a time (masked at the tile's edge); t is 64-byte aligned
- * and ldt a multiple of 16. */
+/* mlpf_bf16_store a row at a time, 16 columns at a time (masked at the end of the row);
+ * t is 64-byte aligned and ldt a multiple of 16. */
 BF16 void mlpf_bf16_store_avx512(int64_t rows, int64_t cols, const float *t, int64_t ldt,
                                  void *c, const void *y, const float *bias,
                                  const mlpf_bf16_epilogue *ep)
@@ -171,18 +171,18 @@ BF16 void mlpf_bf16_store_avx512(int64_t rows, int64_t cols, const float *t, int
     const size_t y_size = ep->y_type == MLPF_TYPE_BF16 ? 2 : 4;
     const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta);
     const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    for (int64_t j = 0; j < cols; j += 16) {
-        const __mmask16 lanes = first_lanes(cols - j);
-        const __m512 bias_j = bias ? _mm512_maskz_loadu_ps(lanes, bias + j) : zero;
-        for (int64_t i = 0; i < rows; i++) {
-            char *c_ij = (char *)c + (i * ep->ldc + j) * c_size;
-            __m512 v = _mm512_fmadd_ps(alpha, _mm512_load_ps(t + i * ldt + j), bias_j);
+    for (int64_t i = 0; i < rows; i++) {
+        char *c_row = (char *)c + i * ep->ldc * c_size;
+        const char *y_row = y ? (const char *)y + i * ep->ldy * y_size : NULL;
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 lanes = first_lanes(cols - j);
+            __m512 v = _mm512_mul_ps(alpha, _mm512_load_ps(t + i * ldt + j));
+            if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, bias + j));
             if (ep->beta != 0.0f)
-                v = _mm512_fmadd_ps(beta, load_float(c_ij, ep->c_type, lanes), v);
+                v = _mm512_fmadd_ps(beta, load_float(c_row + j * c_size, ep->c_type, lanes), v);
             if (ep->relu) v = _mm512_max_ps(zero, v);          /* max(0, NaN) = NaN */
-            if (y) {
-                const __m512 y_ij = load_float((const char *)y + (i * ep->ldy + j) * y_size,
-                                               ep->y_type, lanes);
+            if (y_row) {
+                const __m512 y_ij = load_float(y_row + j * y_size, ep->y_type, lanes);
                 if (ep->dact == MLPF_DACT_RELU)                /* [y > 0]: y NaN gives 0 */
                     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y_ij, zero, _CMP_GT_OQ), v);
                 else if (ep->dact == MLPF_DACT_SIGMOID)
@@ -190,7 +190,7 @@ BF16 void mlpf_bf16_store_avx512(int64_t rows, int64_t cols, const float *t, int
                 else
                     v = _mm512_mul_ps(v, _mm512_fnmadd_ps(y_ij, y_ij, one));
             }
-            store_float(c_ij, ep->c_type, lanes, v);
+            store_float(c_row + j * c_size, ep->c_type, lanes, v);
         }
     }
 }

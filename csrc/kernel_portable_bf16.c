@@ -14,11 +14,11 @@ enum { MR = 4, NR = 16 };
 
 VECTOR_CLONES static void sbgemm_portable_4x16(int64_t kc, const uint16_t *restrict a,
                                                const uint16_t *restrict b, float *restrict tile,
-                                               int accumulate)
+                                               int64_t ldt, int accumulate)
 {
     float t[MR][NR];
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) t[i][j] = accumulate ? tile[i * NR + j] : 0.0f;
+        for (int j = 0; j < NR; j++) t[i][j] = accumulate ? tile[i * ldt + j] : 0.0f;
     for (int64_t p = 0; p < kc; p += 2) {           /* t += a[:, p:p+2] b[p:p+2, :] */
         const uint16_t *a_p = a + p / 32 * 32 * MR + p % 32, *b_p = b + p * NR;
         float a0[MR], a1[MR], b0[NR], b1[NR];
@@ -34,7 +34,7 @@ VECTOR_CLONES static void sbgemm_portable_4x16(int64_t kc, const uint16_t *restr
             for (int j = 0; j < NR; j++) t[i][j] += a0[i] * b0[j] + a1[i] * b1[j];
     }
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) tile[i * NR + j] = t[i][j];
+        for (int j = 0; j < NR; j++) tile[i * ldt + j] = t[i][j];
 }
 
 /* The layouts of mlpf_bf16_pack, one element at a time. */
@@ -63,39 +63,47 @@ static void widen_row(int type, const void *src, int64_t n, float *dst)
         for (int64_t j = 0; j < n; j++) dst[j] = ((const float *)src)[j];
 }
 
-/* The epilogue of mlpf_bf16_store, a row at a time through a float buffer. */
-VECTOR_CLONES static void store_portable(int64_t rows, int64_t cols, const float *t,
-                                         int64_t ldt, void *c, const void *y, const float *bias,
-                                         const mlpf_bf16_epilogue *ep)
+/* The epilogue of mlpf_bf16_store on one row of at most MLPF_MAX_NR columns, through a
+ * float buffer. */
+VECTOR_CLONES static void store_row(int64_t cols, const float *t, void *c_row, const void *y_row,
+                                    const float *bias, const mlpf_bf16_epilogue *ep)
+{
+    float v[MLPF_MAX_NR], w[MLPF_MAX_NR];
+    for (int64_t j = 0; j < cols; j++) v[j] = ep->alpha * t[j];
+    if (bias)
+        for (int64_t j = 0; j < cols; j++) v[j] += bias[j];
+    if (ep->beta != 0.0f) {
+        widen_row(ep->c_type, c_row, cols, w);
+        for (int64_t j = 0; j < cols; j++) v[j] += ep->beta * w[j];
+    }
+    if (ep->relu)                                      /* NaN passes, as np.maximum */
+        for (int64_t j = 0; j < cols; j++) v[j] = v[j] < 0.0f ? 0.0f : v[j];
+    if (y_row) {
+        widen_row(ep->y_type, y_row, cols, w);
+        if (ep->dact == MLPF_DACT_RELU)                /* [y > 0]: y NaN gives 0 */
+            for (int64_t j = 0; j < cols; j++) v[j] = w[j] > 0.0f ? v[j] : 0.0f;
+        else if (ep->dact == MLPF_DACT_SIGMOID)
+            for (int64_t j = 0; j < cols; j++) v[j] *= w[j] * (1.0f - w[j]);
+        else
+            for (int64_t j = 0; j < cols; j++) v[j] *= 1.0f - w[j] * w[j];
+    }
+    if (ep->c_type == MLPF_TYPE_BF16)
+        for (int64_t j = 0; j < cols; j++) ((uint16_t *)c_row)[j] = mlpf_float_to_bf16(v[j]);
+    else
+        for (int64_t j = 0; j < cols; j++) ((float *)c_row)[j] = v[j];
+}
+
+static void store_portable(int64_t rows, int64_t cols, const float *t, int64_t ldt, void *c,
+                           const void *y, const float *bias, const mlpf_bf16_epilogue *ep)
 {
     const size_t c_size = ep->c_type == MLPF_TYPE_BF16 ? 2 : 4;
     const size_t y_size = ep->y_type == MLPF_TYPE_BF16 ? 2 : 4;
-    for (int64_t i = 0; i < rows; i++) {
-        char *c_row = (char *)c + i * ep->ldc * c_size;
-        float v[MLPF_MAX_NR], w[MLPF_MAX_NR];
-        for (int64_t j = 0; j < cols; j++) v[j] = ep->alpha * t[i * ldt + j];
-        if (ep->beta != 0.0f) {
-            widen_row(ep->c_type, c_row, cols, w);
-            for (int64_t j = 0; j < cols; j++) v[j] += ep->beta * w[j];
-        }
-        if (bias)
-            for (int64_t j = 0; j < cols; j++) v[j] += bias[j];
-        if (ep->relu)                                  /* NaN passes, as np.maximum */
-            for (int64_t j = 0; j < cols; j++) v[j] = v[j] < 0.0f ? 0.0f : v[j];
-        if (y) {
-            widen_row(ep->y_type, (const char *)y + i * ep->ldy * y_size, cols, w);
-            if (ep->dact == MLPF_DACT_RELU)            /* [y > 0]: y NaN gives 0 */
-                for (int64_t j = 0; j < cols; j++) v[j] = w[j] > 0.0f ? v[j] : 0.0f;
-            else if (ep->dact == MLPF_DACT_SIGMOID)
-                for (int64_t j = 0; j < cols; j++) v[j] *= w[j] * (1.0f - w[j]);
-            else
-                for (int64_t j = 0; j < cols; j++) v[j] *= 1.0f - w[j] * w[j];
-        }
-        if (ep->c_type == MLPF_TYPE_BF16)
-            for (int64_t j = 0; j < cols; j++) ((uint16_t *)c_row)[j] = mlpf_float_to_bf16(v[j]);
-        else
-            for (int64_t j = 0; j < cols; j++) ((float *)c_row)[j] = v[j];
-    }
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j += MLPF_MAX_NR)
+            store_row(cols - j < MLPF_MAX_NR ? cols - j : MLPF_MAX_NR, t + i * ldt + j,
+                      (char *)c + (i * ep->ldc + j) * c_size,
+                      y ? (const char *)y + (i * ep->ldy + j) * y_size : NULL,
+                      bias ? bias + j : NULL, ep);
 }
 
 static int always_supported(void) { return 1; }
