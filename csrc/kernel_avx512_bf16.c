@@ -5,9 +5,9 @@
  * multiply-adds per instruction, twice an fp32 FMA's. Register tile: 12 rows x 32 columns
  * of C = 24 zmm accumulators (two 16-float vectors a row); per pair of k values: 2 vector
  * loads of B pairs, 12 broadcasts of an A pair (32 bits), 24 dot products, as the fp32
- * sgemm_avx512_12x32 does per k value. Where a CPU issues vdpbf16ps at half the rate of
- * its FMAs (measured on a Sapphire Rapids-class Xeon: bench/README.md), this kernel is no
- * faster than the fp32 one; its use is AVX512-BF16 CPUs without AMX (AMD Zen 4/5).
+ * sgemm_avx512_12x32 does per k value. Where a CPU issues vdpbf16ps at a quarter of its
+ * FMA rate, i.e. half the multiply-adds (this project's Xeon: bench/README.md), this
+ * kernel is slower than the fp32 one; its use is AVX512-BF16 CPUs without AMX.
  *
  * Compiled without -mavx512bf16: the functions carry target attributes, and gemm_bf16.c
  * calls them only when the CPU has AVX512-BF16, -BW and -VL.
