@@ -20,8 +20,10 @@ CPU_CONFIG = os.path.join(os.path.dirname(HERE), "kernels", "cpu_config.py")
 # the batch gather on the same threads; threadpool.c: the pthread pool; one file per
 # micro-kernel. The ISA kernels carry target attributes (no -march flags), so one build
 # runs on any x86-64 and picks its kernel at run time; elsewhere only the portable one.
+# gemm_bf16.c: the same for bf16 products (mlpf_sbgemm), with its own kernel files.
 SOURCES = ["gemm.c", "passes.c", "threadpool.c", "kernel_avx512.c", "kernel_avx2.c",
-           "kernel_portable.c"]
+           "kernel_portable.c", "gemm_bf16.c", "kernel_amx_bf16.c", "kernel_avx512_bf16.c",
+           "kernel_portable_bf16.c"]
 
 
 def api_declarations(header=os.path.join(HERE, "gemm.h")):
@@ -37,7 +39,7 @@ def config_header():
              "#ifndef MLPF_CPU_CONFIG_H", "#define MLPF_CPU_CONFIG_H"]
     lines += [f"#define {name} {value}" for name, value in config["c_macros"]()]
     table = ", ".join(f'{{"{family}", "{key}", {value}}}'
-                      for family, values in config["CONFIGS"].items()
+                      for family, values in {**config["CONFIGS"], **config["BF16_CONFIGS"]}.items()
                       for key, value in values.items())
     lines += [f"#define MLPF_CFG_TABLE {table}", "#endif", ""]
     return "\n".join(lines)

@@ -35,6 +35,7 @@
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include "gemm.h"
+#include "gemm_driver.h"
 #include "gemm_kernels.h"
 #include "threadpool.h"
 
@@ -109,38 +110,7 @@ int mlpf_set_kernel(const char *name)
     return MLPF_ERR_KERNEL;
 }
 
-/* --- argument checks and the trivial cases ------------------------------------------ */
-
-#define CHECK_ARGS(T)                                                                     \
-    if (m < 0 || n < 0 || k < 0) return MLPF_ERR_SHAPE;                                   \
-    if (act != MLPF_ACT_IDENTITY && act != MLPF_ACT_RELU) return MLPF_ERR_ACT;            \
-    if (lda < imax(1, trans_a ? m : k) || ldb < imax(1, trans_b ? k : n) || ldc < imax(1, n)) \
-        return MLPF_ERR_STRIDE;                                                           \
-    if ((m && n && !c) || (m && n && k && alpha != (T)0 && (!a || !b)))                   \
-        return MLPF_ERR_NULL;
-
-static int64_t imax(int64_t x, int64_t y) { return x > y ? x : y; }
-static int64_t imin(int64_t x, int64_t y) { return x < y ? x : y; }
-static int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
-
-/* Length of the blocks that split `total` into the fewest blocks of at most `max_block`,
- * as even as possible, rounded up to `multiple` (for m and n: cache capacity). */
-static int64_t block_len(int64_t total, int64_t max_block, int64_t multiple)
-{
-    int64_t blocks = (total + max_block - 1) / max_block;
-    if (blocks < 1) blocks = 1;
-    return round_up((total + blocks - 1) / blocks, multiple);
-}
-
-/* Depth of the k blocks: the even split nearest to `target` (k = 784 with kc = 384 gives
- * 392 + 392 rather than 384 + 384 + 16; a short last block would cost a C tile
- * load/store for few FMAs). */
-static int64_t depth_block_len(int64_t k, int64_t target)
-{
-    int64_t blocks = (k + target / 2) / target;
-    if (blocks < 1) blocks = 1;
-    return round_up((k + blocks - 1) / blocks, 8);
-}
+/* --- the trivial cases ------------------------------------------------------------- */
 
 /* C = act(beta C + bias) when the product vanishes (k == 0 or alpha == 0). */
 #define DEFINE_SCALE(NAME, T)                                                             \
@@ -204,11 +174,6 @@ VECTOR_CLONES static void NAME(int64_t rows, int64_t cols, T *c, int64_t ldc,   
 }
 DEFINE_APPLY_DACT(sapply_dact, float)
 DEFINE_APPLY_DACT(dapply_dact, double)
-
-#define CHECK_DACT_ARGS                                                                   \
-    if (dact < MLPF_ACT_RELU || dact > MLPF_ACT_TANH) return MLPF_ERR_ACT;                 \
-    if (ldy < imax(1, n)) return MLPF_ERR_STRIDE;                                         \
-    if (m && n && !y) return MLPF_ERR_NULL;
 
 /* --- single precision ----------------------------------------------------------------- */
 
@@ -374,36 +339,6 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
     }
 }
 
-/* The gm x gn thread grid (gm * gn <= threads) that re-packs the least: each extra grid
- * column re-packs A (m x k), each extra grid row re-packs B (k x n). */
-static void choose_grid(int threads, int64_t m, int64_t n, int64_t k, int mr, int nr,
-                        int *gm, int *gn)
-{
-    const int64_t m_tiles = (m + mr - 1) / mr, n_tiles = (n + nr - 1) / nr;
-    *gm = *gn = 1;
-    for (int t = threads; t > 1; t--) {
-        double best = -1;
-        for (int rows = 1; rows <= t; rows++) {
-            if (t % rows || rows > m_tiles || t / rows > n_tiles) continue;
-            int cols = t / rows;
-            double repack = (double)(cols - 1) * m * k + (double)(rows - 1) * k * n;
-            if (best < 0 || repack < best) {
-                best = repack;
-                *gm = rows;
-                *gn = cols;
-            }
-        }
-        if (best >= 0) return;
-    }
-}
-
-/* Splits `tiles` tiles of `tile` elements (total `len`) into `parts`; the start of `part`. */
-static int64_t split(int64_t len, int tile, int parts, int part)
-{
-    int64_t tiles = (len + tile - 1) / tile;
-    return imin(len, tiles * part / parts * tile);
-}
-
 static void sgemm_task(void *arg, int index, int threads)
 {
     sgemm_call *g = arg;
@@ -442,7 +377,7 @@ static void *workspace_alloc(size_t bytes)
     return memory;
 }
 
-static void *workspace_acquire(size_t bytes, int *cached)
+void *mlpf_workspace_acquire(size_t bytes, int *cached)
 {
     bytes = (size_t)round_up((int64_t)bytes, HUGE_PAGE);
     *cached = pthread_mutex_trylock(&workspace_cache.lock) == 0;
@@ -459,17 +394,18 @@ static void *workspace_acquire(size_t bytes, int *cached)
     return workspace_cache.memory;
 }
 
-static void workspace_release(void *memory, int cached)
+void mlpf_workspace_release(void *memory, int cached)
 {
     if (cached) pthread_mutex_unlock(&workspace_cache.lock);
     else free(memory);
 }
 
-/* Threads for a call of `fmas` multiply-adds: one below the config's threshold, which is
- * lower while the pool's workers still spin from the previous call (back-to-back GEMMs of
- * a training step start on every thread within a microsecond). */
-static int threads_for(const mlpf_sgemm_config *cfg, double fmas)
+/* Threads for a call of `fmas` multiply-adds (gemm_driver.h): one below the active config's
+ * threshold, which is lower while the pool's workers still spin from the previous call
+ * (back-to-back GEMMs of a training step start on every thread within a microsecond). */
+int mlpf_threads_for(double fmas)
 {
+    const mlpf_sgemm_config *cfg = sgemm_config();
     const double least = (double)(mlpf_pool_awake() ? cfg->min_parallel_fmas_awake
                                                      : cfg->min_parallel_fmas);
     return fmas < least ? 1 : mlpf_get_num_threads();
@@ -491,12 +427,12 @@ static int sgemm_run(sgemm_call *g)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
-    int threads = threads_for(cfg, (double)m * n * k);
+    int threads = mlpf_threads_for((double)m * n * k);
     if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
         mlpf_pool_run((int)imin(threads, (m + 3) / 4), narrow_task, g);
         return MLPF_OK;
     }
-    g->kc = depth_block_len(k, cfg->kc);
+    g->kc = depth_block_len(k, cfg->kc, 8);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);
@@ -517,10 +453,10 @@ static int sgemm_run(sgemm_call *g)
     g->thread_bytes = g->a_block_bytes +
                      (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096);
     int cached;
-    g->workspace = workspace_acquire(g->thread_bytes * threads, &cached);
+    g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
     if (!g->workspace) return MLPF_ERR_NOMEM;
     mlpf_pool_run(threads, sgemm_task, g);
-    workspace_release(g->workspace, cached);
+    mlpf_workspace_release(g->workspace, cached);
     return MLPF_OK;
 }
 
@@ -605,7 +541,7 @@ static void dgemm_task(void *arg, int index, int threads)
 
 static int dgemm_run(dgemm_call *g)
 {
-    int threads = threads_for(sgemm_config(), (double)g->m * g->n * g->k);
+    int threads = mlpf_threads_for((double)g->m * g->n * g->k);
     mlpf_pool_run((int)imin(threads, g->m), dgemm_task, g);
     return MLPF_OK;
 }

@@ -52,6 +52,35 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                     double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
 
+/* Mixed precision, bf16 products with fp32 sums (gemm_bf16.c):
+ *
+ *     C = act(alpha * op(A) @ op(B) + beta * C + bias)
+ *
+ * with the layout rules of mlpf_sgemm. A, B and C each hold float32 or bf16 values, as
+ * a_type, b_type, c_type say (MLPF_TYPE_*; bf16 is stored as uint16_t, the upper half of
+ * a float32). float32 operands are rounded to bf16 (to nearest, ties to even) while they
+ * are packed; the products of bf16 pairs are summed in float32; alpha, beta * C, the
+ * float32 bias and act are applied in float32, and a bf16 C is rounded (to nearest, ties
+ * to even) once, when it is stored. NaN stays NaN. Denormals are flushed to zero, on input
+ * and output, as in mlpf_sgemm. Returns as mlpf_sgemm, or MLPF_ERR_TYPE for an unknown
+ * type. */
+enum { MLPF_TYPE_F32 = 0, MLPF_TYPE_BF16 = 1 };
+enum { MLPF_ERR_TYPE = -7 };
+int mlpf_sbgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const void *a, int a_type, int64_t lda, const void *b, int b_type, int64_t ldb,
+                float beta, void *c, int c_type, int64_t ldc, const float *bias, int act);
+/* C = (alpha * op(A) @ op(B)) * f'(Y), as mlpf_sgemm_dact, with the products of
+ * mlpf_sbgemm and Y of y_type (float32 or bf16); C is rounded to c_type last. */
+int mlpf_sbgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                     const void *a, int a_type, int64_t lda, const void *b, int b_type,
+                     int64_t ldb, void *c, int c_type, int64_t ldc, const void *y, int y_type,
+                     int64_t ldy, int dact);
+/* The bf16 micro-kernel in use, e.g. "sbgemm_amx_32x32"; and its selection, as
+ * mlpf_set_kernel: "auto" or a family "amx", "avx512bf16", "portable" (bf16 products
+ * emulated in float32 arithmetic, on any CPU), or a full name. */
+const char *mlpf_sbgemm_kernel_name(void);
+int mlpf_set_sbgemm_kernel(const char *name);
+
 /* Passes over a model's flat float32 buffers, on the same threads as the GEMM (passes.c).
  * mlpf_sadam: one Adam/AdamW step over n parameters, in place (kernels/optim.py has the
  * formulas): g = grad + weight_decay p; m = beta1 m + (1 - beta1) g; v = beta2 v +

@@ -4,6 +4,7 @@ Each module holds the NumPy reference of its ops, the fast variants, and a
 ``VARIANTS`` registry that tests and benchmarks iterate over:
 
     gemm         matrix product C = alpha*op(A)@op(B) + beta*C (+ fused bias/activation)
+    gemm_bf16    the same with bf16 products and float32 sums (AMX, AVX512-BF16), f'(Y) fused
     activations  identity, sigmoid, tanh, relu, leaky_relu, gelu (erf, tanh), softmax
     losses       softmax cross-entropy (+ gradient), mean squared error
     optim        SGD (momentum, Nesterov, weight decay), Adam, AdamW updates, max-norm

@@ -65,8 +65,29 @@ CONFIGS = {
 
 FAMILIES = tuple(CONFIGS)       # best first
 
+# The bf16 GEMM (csrc/gemm_bf16.c, mlpf_sbgemm): its own kernels, the same loop nest with
+# k packed in pairs (AVX512-BF16) or fours (AMX). A packed A block holds all of k, at most
+# max_a_block_bytes (fewer rows when k is large), with 4 column chunks per thread while it
+# fits in a_block_l2_bytes, else 2; a B chunk, all of k too, keeps within b_chunk_bytes.
+BF16_BLOCKING = {
+    "max_a_block_bytes": 32 << 20,
+    "a_block_l2_bytes": 1 << 20,
+    "b_chunk_bytes": 1 << 20,
+}
+
+BF16_CONFIGS = {
+    # AMX tiles: A micro-panel 32 x 256 x 2 B = 16 KiB in L1; kc measured against 128,
+    # 384, 512 and 1024 (bench/README.md, "AMX block depth kc")
+    "amx_bf16": {"mr": 32, "nr": 32, "mc": 3072, "kc": 256, "nc": 512, **BF16_BLOCKING},
+    # vdpbf16ps: A micro-panel 12 x 768 x 2 B = 18 KiB in L1
+    "avx512_bf16": {"mr": 12, "nr": 32, "mc": 3072, "kc": 768, "nc": 768, **BF16_BLOCKING},
+    # bf16 emulated in float32
+    "portable_bf16": {"mr": 4, "nr": 16, "mc": 1024, "kc": 256, "nc": 256, **BF16_BLOCKING},
+}
+
 
 def c_macros():
     """[(name, value)]: every value as the MLPF_CFG_<FAMILY>_<KEY> macro of the C build."""
     return [(f"MLPF_CFG_{family.upper()}_{key.upper()}", str(value))
-            for family, config in CONFIGS.items() for key, value in config.items()]
+            for family, config in {**CONFIGS, **BF16_CONFIGS}.items()
+            for key, value in config.items()]

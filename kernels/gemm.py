@@ -171,30 +171,51 @@ def gemm_c(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0)
     return gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, None, 0)
 
 
+class CKernelChoice:
+    """The run-time choice of one C micro-kernel family among `families` (best first),
+    through the C library's functions named `name_fn` (the kernel in use) and
+    `select_fn` ("auto", a family or a full name; nonzero when this CPU cannot run it)."""
+
+    def __init__(self, name_fn, select_fn, families):
+        self.name_fn, self.select_fn, self.families = name_fn, select_fn, families
+
+    def name(self):
+        lib = c_library()
+        return lib.ffi.string(getattr(lib.lib, self.name_fn)()).decode()
+
+    def _select(self, name):
+        return getattr(c_library().lib, self.select_fn)(name.encode())
+
+    def select(self, name):
+        if not isinstance(name, str) or self._select(name) != 0:
+            raise ValueError(f"kernel must be 'auto' or one of {self.supported()} (the families "
+                             f"this CPU supports, or their full names), got {name!r}")
+
+    def supported(self):
+        current = self.name()
+        families = [family for family in self.families if self._select(family) == 0]
+        self._select(current)
+        return families
+
+
 C_KERNEL_FAMILIES = ("avx512", "avx2", "portable")   # best first
+_SGEMM_KERNELS = CKernelChoice("mlpf_kernel_name", "mlpf_set_kernel", C_KERNEL_FAMILIES)
 
 
 def c_kernel_name():
     """The C sgemm micro-kernel in use, e.g. "sgemm_avx512_12x32"."""
-    lib = c_library()
-    return lib.ffi.string(lib.lib.mlpf_kernel_name()).decode()
+    return _SGEMM_KERNELS.name()
 
 
 def set_c_kernel(name):
     """Selects the C sgemm micro-kernel: "auto" (the best this CPU runs), a family from
     C_KERNEL_FAMILIES or a full kernel name as c_kernel_name() returns it."""
-    if not isinstance(name, str) or c_library().lib.mlpf_set_kernel(name.encode()) != 0:
-        raise ValueError(f"kernel must be 'auto' or one of {c_kernels()} (the families this "
-                         f"CPU supports, or their full names), got {name!r}")
+    _SGEMM_KERNELS.select(name)
 
 
 def c_kernels():
     """The kernel families this CPU can run, best first."""
-    lib = c_library().lib
-    current = c_kernel_name().encode()
-    supported = [name for name in C_KERNEL_FAMILIES if lib.mlpf_set_kernel(name.encode()) == 0]
-    lib.mlpf_set_kernel(current)
-    return supported
+    return _SGEMM_KERNELS.supported()
 
 
 def _c_accepts(entry, code):

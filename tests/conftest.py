@@ -26,6 +26,40 @@ def assert_close(actual, expected, dtype=None, tol=None, what=""):
                              f"(atol {atol}, rtol {rtol})")
 
 
+# Python source for a child process (a test that crashes it fails, the others go on):
+# at_page_end(shape, dtype) gives a C-ordered array of zeros whose last element is
+# followed by an unreadable page, so a kernel that reads or writes past it crashes.
+GUARD_PAGES_SOURCE = r"""
+import ctypes, mmap, sys
+import numpy as np
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+PAGE, mapped = mmap.PAGESIZE, []
+
+
+def at_page_end(shape, dtype=np.float32):
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    pages = nbytes // PAGE + 2
+    buf = mmap.mmap(-1, pages * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + (pages - 1) * PAGE, PAGE, 0) == 0
+    mapped.append(buf)
+    offset = (pages - 1) * PAGE - nbytes
+    return np.frombuffer(buf, dtype, int(np.prod(shape)), offset).reshape(shape)
+"""
+
+
+def run_guarded(script, *args):
+    """Runs GUARD_PAGES_SOURCE + script in a child Python with sys.argv[1:] = args and
+    asserts that it ended well, printing "ok"."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", GUARD_PAGES_SOURCE + script, *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def numerical_grad(f, x, eps=1e-6):
     """Central differences of scalar f() with respect to every entry of x (float64), in place."""
     grad = np.zeros_like(x)
@@ -75,3 +109,13 @@ class BatchSamples:
             self.action()
         x_out[...] = self.x[index]
         y_out[...] = self.y[index]
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """mlpfast's thread count (Numba and the C pool) set to 1, then 2, for one test."""
+    import mlpfast
+    before = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(request.param)
+    yield request.param
+    mlpfast.set_num_threads(before)

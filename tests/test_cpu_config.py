@@ -8,10 +8,10 @@ from mlpfast.kernels import cpu_config, gemm
 pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C library not built")
 
 
-@pytest.mark.parametrize("family", cpu_config.FAMILIES)
+@pytest.mark.parametrize("family", [*cpu_config.CONFIGS, *cpu_config.BF16_CONFIGS])
 def test_the_c_library_holds_every_value(family):
     lib = gemm.c_library().lib
-    for key, value in cpu_config.CONFIGS[family].items():
+    for key, value in {**cpu_config.CONFIGS, **cpu_config.BF16_CONFIGS}[family].items():
         assert lib.mlpf_config_value(family.encode(), key.encode()) == value, (family, key)
     assert lib.mlpf_config_value(family.encode(), b"no_such_key") == -1
     assert lib.mlpf_config_value(b"no_such_family", b"kc") == -1
