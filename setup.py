@@ -32,6 +32,9 @@ setup(
         "cuda12": ["numba-cuda[cu12]>=0.30", "numpy<2.5"],
         "cuda13": ["numba-cuda[cu13]>=0.30", "numpy<2.5"],
         "progress": ["tqdm>=4"],
+        # Data-parallel training over MPI (mlpfast.distributed, mpiexec -n N ... --distributed):
+        # mpi4py's wheels load the MPI library of MPICH's wheel, so no system MPI is needed.
+        "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
     },
     entry_points={"console_scripts": ["mlpfast=mlpfast.cli:main"]},
     zip_safe=False,

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import distributed
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
@@ -50,7 +51,7 @@ def _check_positive_int(name, value):
 
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
         seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
-        resume=None, lr_schedule=None):
+        resume=None, lr_schedule=None, comm=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
@@ -71,19 +72,30 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     ``lr_schedule`` scales the optimizer's lr at each step t of the T steps of the run:
     None (constant), "cosine" (lr * (1 + cos(pi t / T)) / 2, from lr down to 0), or a
     function f(t, T) -> factor. It is a function of the step, so a resumed run follows it.
+
+    ``comm`` (an mpi4py communicator or a ``mlpfast.distributed.Cluster``) trains over its
+    ranks, data-parallel: every rank makes the same call, ``batch_size`` is the global
+    batch, rank 0 writes the checkpoints (``mlpfast.distributed``).
     """
-    job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle, checkpoint,
-               checkpoint_every)
-    rates = LearningRates(lr_schedule, job.epochs * job.steps_per_epoch)
-    run, history = RunState(), History()
-    rng = np.random.default_rng(seed)
-    if resume is not None:            # read, check everything, then load (all or nothing)
-        rng = resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
-                         job.epochs, run, history)
+    cluster = distributed.join(comm)
+    with distributed.starting(cluster):   # an error on one rank stops every rank
+        job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
+                   checkpoint, checkpoint_every)
+        rates = LearningRates(lr_schedule, job.epochs * job.steps_per_epoch)
+        run, history = RunState(), History()
+        rng = np.random.default_rng(seed)
+        if resume is not None:        # read, check everything, then load (all or nothing)
+            rng = resume_run(read_checkpoint(resume), model, optimizer, loss_fn,
+                             job.data_spec, job.epochs, run, history)
+    if cluster is not None:           # the ranks agree, then take rank 0's state
+        rng = distributed.start(cluster, model, optimizer, job, run, rng, seed, lr_schedule)
     writer = None if checkpoint is None else CheckpointWriter(
         checkpoint, job.every_steps, model, optimizer, loss_fn, job.data_spec)
     step = model.backend.make_step(model.plan(), loss_fn, optimizer, job.train_set,
                                    job.batch_size)
+    if cluster is not None:           # one step over every rank; rank 0 writes checkpoints
+        step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
+                                        job.batch_size)
     model.train()
     for epoch in range(run.epochs_done + 1, job.epochs + 1):
         start = time.perf_counter() - run.seconds

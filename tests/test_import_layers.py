@@ -22,7 +22,7 @@ LAYERS = [
     ("engine", ("mlpfast.nn", "mlpfast.losses", "mlpfast.optim", "mlpfast.train",
                 "mlpfast.run", "mlpfast.progress", "mlpfast.resume", "mlpfast.checkpoint",
                 "mlpfast.datasets", "mlpfast.data", "mlpfast.summary", "mlpfast.metrics",
-                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz")),
+                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz", "mlpfast.distributed")),
     ("applications", ("mlpfast.speech", "mlpfast.perceptron", "mlpfast.plot")),
     ("faces", ("mlpfast.cli", "mlpfast.argtypes", "mlpfast.benchmarks", "mlpfast")),
 ]
