@@ -3,10 +3,11 @@ model on N processes (ranks) as one process would, up to the order of summation.
 
 Every rank holds the whole model and data set and makes the same ``fit`` call. At the start
 the ranks compare what they were given (arguments, a CRC-32 of the data, architecture,
-backend, threads, optimizer, checkpoint progress); an error on one rank is raised there and
-reported to the others, which stop too. Then every rank takes rank 0's parameters, buffers,
-optimizer state and random generator. Each step of a global batch of n rows (``batch_size``
-is the global batch; every rank draws the same data order):
+backend, optimizer, checkpoint progress; not threads: they change the last bits of a rank's
+share of the gradient, but every rank applies the same reduced sum); an error on one rank
+is raised there and reported to the others, which stop too. Then every rank takes rank
+0's parameters, buffers, optimizer state and random generator. Each step of a global
+batch of n rows (``batch_size`` is the global batch; every rank draws the same order):
 
     rank r of N trains on rows [n r / N, n (r + 1) / N) of the batch (n_r rows, maybe 0)
     g_r = (n_r / n) * (mean gradient over those rows)         0 when n_r = 0
@@ -45,7 +46,7 @@ import zlib
 
 import numpy as np
 
-from .backend import get_num_threads, set_num_threads, threads_chosen
+from .backend import set_num_threads, threads_chosen
 from .backend.steps import gradients_finite
 from .checkpoint import _process_exists
 from .resume import _jsonable
@@ -408,7 +409,7 @@ def _spec(model, optimizer, job, run, seed, lr_schedule):
     x, y = getattr(job.train_set, "arrays", (None, None))
     progress = {k: v for k, v in run.as_json().items() if k != "seconds"}
     spec = {"architecture": model.architecture(), "backend": model.backend.name,
-            "threads": get_num_threads(), "optimizer": [opt["type"], opt["hyper"]],
+            "optimizer": [opt["type"], opt["hyper"]],
             "loss": type(job.val_loss_fn).__name__, "data": job.data_spec,
             "epochs": job.epochs, "every_steps": job.every_steps, "seed": seed,
             "lr_schedule": lr_schedule if isinstance(lr_schedule, (str, type(None)))
