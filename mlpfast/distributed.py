@@ -154,15 +154,15 @@ class Cluster:
         deadline = start + (self.timeout if timeout is None else timeout)
         next_look = start + LOOK_SECONDS
         while True:
+            now = time.perf_counter()
             try:
                 if self.MPI.Request.Testall(requests):
                     return
+                if now >= next_look:
+                    self._look(what)
+                    next_look = now + LOOK_SECONDS
             except self.MPI.Exception as error:      # ULFM: a process failed
                 self._lost(self._failed_ranks(), what, f"MPI reported: {error}")
-            now = time.perf_counter()
-            if now >= next_look:
-                self._look(what)
-                next_look = now + LOOK_SECONDS
             if now >= deadline:
                 self._roll_call(what, f"no progress for {now - start:.0f} s")
             if now - start > SPIN_SECONDS:
