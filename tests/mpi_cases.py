@@ -122,7 +122,8 @@ class FailingRows:
 
 def case_bad_input(comm, out):
     """Three fits, each stopped by rank 1: a NaN in its x; another batch_size; a dataset
-    that fails in the 5th batch. Every rank writes what it raised."""
+    that fails in the 5th batch. Then bad arguments on every rank. Every rank writes what
+    it raised."""
     rank = comm.Get_rank()
     x, y = make_data()
     nan_x = x.copy()
@@ -136,6 +137,15 @@ def case_bad_input(comm, out):
             train(comm, **options)
             write(out, f"{name}.{rank}", "no error")
         except (ValueError, distributed.DistributedError) as e:
+            write(out, f"{name}.{rank}", f"{type(e).__name__}: {e}")
+    calls = {"timeout": lambda: distributed.Cluster(comm, timeout=0),
+             "check_every": lambda: distributed.Cluster(comm, check_every=1.5),
+             "comm": lambda: train("COMM_WORLD")}
+    for name, call in calls.items():
+        try:
+            call()
+            write(out, f"{name}.{rank}", "no error")
+        except (TypeError, ValueError) as e:
             write(out, f"{name}.{rank}", f"{type(e).__name__}: {e}")
 
 

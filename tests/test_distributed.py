@@ -142,6 +142,14 @@ def test_bad_input_on_one_rank_stops_every_rank(tmp_path):
     assert read(tmp_path, "gather.1") == "ValueError: row file 5 is corrupt"
     assert read(tmp_path, "gather.0").startswith(
         "RankFailed: rank 1 stopped with ValueError: row file 5 is corrupt")
+    for r in (0, 1):
+        assert read(tmp_path, f"timeout.{r}") == \
+            "ValueError: timeout must be a positive number of seconds, got 0"
+        assert read(tmp_path, f"check_every.{r}") == \
+            "ValueError: check_every must be a positive integer, got 1.5"
+        assert read(tmp_path, f"comm.{r}") == ("TypeError: comm must be an mpi4py "
+                                               "intracommunicator or a "
+                                               "mlpfast.distributed.Cluster, got str")
 
 
 def test_train_mnist_distributed(tmp_path):
