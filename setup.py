@@ -32,6 +32,10 @@ setup(
         "cuda12": ["numba-cuda[cu12]>=0.30", "numpy<2.5"],
         "cuda13": ["numba-cuda[cu13]>=0.30", "numpy<2.5"],
         "progress": ["tqdm>=4"],
+        # examples/your_first_mlp.ipynb: what it imports (matplotlib, tqdm and ipywidgets for
+        # its notebook progress bar) and what runs it headless (tests/test_notebook.py).
+        "notebook": ["matplotlib>=3.5", "tqdm>=4", "ipywidgets>=7", "ipykernel>=6",
+                     "nbclient>=0.6", "nbformat>=5"],
         # Data-parallel training over MPI (mlpfast.distributed, mpiexec -n N ... --distributed):
         # mpi4py's wheels load the MPI library of MPICH's wheel, so no system MPI is needed.
         "mpi": ["mpi4py>=4.0", "mpich>=4.2"],

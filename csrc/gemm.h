@@ -75,6 +75,14 @@ int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, f
 int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
                  const int64_t *index, int64_t rows, float *out);
 
+/* Runs task(arg, index, threads) for index = 0 .. threads - 1 on the GEMM's threads (the
+ * caller is index 0), threads chosen for a pass touching `work` elements as Adam's are,
+ * with denormals flushed; returns the threads used. The memory-bound passes of the
+ * compiled training step between GEMMs (kernels/mlp_passes.py) run this way, on workers
+ * still spinning from the GEMM before. */
+int mlpf_parallel_for(void (*task)(void *arg, int index, int threads), void *arg,
+                      int64_t work);
+
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);

@@ -32,6 +32,12 @@ static int64_t range_start(int64_t n, int threads, int index)
     return start < n ? start : n;
 }
 
+int mlpf_parallel_for(void (*task)(void *arg, int index, int threads), void *arg,
+                      int64_t work)
+{
+    return mlpf_pool_run(pass_threads(work), task, arg);
+}
+
 /* --- SGD ------------------------------------------------------------------------------- */
 
 typedef struct {

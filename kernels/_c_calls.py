@@ -36,9 +36,10 @@ def _prototype(name):
     ``name``, from its cffi type; pointers are passed as intp."""
     ctype = c_library().ffi.typeof(getattr(c_library().lib, name))
     pointer = ir.IntType(8).as_pointer()
+    address = [t.kind in ("pointer", "function") for t in ctype.args]   # data or code
     fnty = ir.FunctionType(_LLVM[ctype.result.cname],
-                           [pointer if t.kind == "pointer" else _LLVM[t.cname] for t in ctype.args])
-    params = [types.intp if t.kind == "pointer" else _NUMBA[t.cname] for t in ctype.args]
+                           [pointer if a else _LLVM[t.cname] for a, t in zip(address, ctype.args)])
+    params = [types.intp if a else _NUMBA[t.cname] for a, t in zip(address, ctype.args)]
     return fnty, params, _NUMBA[ctype.result.cname]
 
 

@@ -38,16 +38,18 @@ def gemm_ref(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.
     m, n, _ = check_gemm_args(a, b, out, trans_a, trans_b, beta)
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
+    if out is not None and beta == 0.0:
+        np.matmul(op_a, op_b, out=out)             # BLAS writes into out: no temporary
+        if alpha != 1.0:
+            out *= out.dtype.type(alpha)
+        return out
     product = op_a @ op_b
     if alpha != 1.0:
         product *= a.dtype.type(alpha)
     if out is None:
         return product
-    if beta == 0.0:
-        out[...] = product
-    else:
-        out *= out.dtype.type(beta)
-        out += product
+    out *= out.dtype.type(beta)
+    out += product
     return out
 
 

@@ -27,6 +27,7 @@ gradient buffers of one batch size; ``run`` then costs one compiled call for k s
 tests/test_mlp_step.py checks it against the NumPy reference of every formula above.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -37,7 +38,9 @@ from . import _numba_math as nm
 from ._checks import check_float_array
 from .activations import DERIVATIVE, _gelu, _gelu_derivative, _gelu_tanh, \
     _gelu_tanh_derivative, c_code
+from .dropout import _philox_numba, scale_for as dropout_scale, stream as dropout_stream
 from .losses import _cross_entropy_rows
+from .optim import renorm_row
 
 ACTIVATIONS = tuple(name for name in DERIVATIVE if DERIVATIVE[name] != "row")
 IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, LEAKY_RELU = (
@@ -45,47 +48,70 @@ IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, LEAKY_RELU = (
                               "leaky_relu"))
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
-OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR = range(5)    # status of a call
+OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 ADDRESSES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather",
              "mlpf_sadam", "mlpf_ssgd")
+
+ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
 
 # every fast-math flag but "no NaN / no inf": the finiteness check must see them
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 
 
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _activation(code, slope, v):
+    """f(v) for the activation of ``code`` (leaky_relu's negative slope ``slope``)."""
+    if code == RELU:
+        return max(v, ZERO)
+    if code == SIGMOID:
+        return nm.sigmoid(v)
+    if code == TANH:
+        return nm.tanh(v)
+    if code == GELU:
+        return _gelu(v)
+    if code == GELU_TANH:
+        return _gelu_tanh(v)
+    if code == LEAKY_RELU:
+        return v if v > 0 else slope * v
+    return v
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _derivative(code, slope, v):
+    """f'(v), written with the input v, for the activation of ``code``."""
+    if code == RELU:
+        return ONE if v > 0 else ZERO
+    if code == SIGMOID:
+        y = nm.sigmoid(v)
+        return y * (ONE - y)
+    if code == TANH:
+        t = nm.tanh(v)
+        return ONE - t * t
+    if code == GELU:
+        return _gelu_derivative(v)
+    if code == GELU_TANH:
+        return _gelu_tanh_derivative(v)
+    if code == LEAKY_RELU:
+        return ONE if v > 0 else slope
+    return ONE
+
+
 @njit(fastmath=_FASTMATH, cache=True)
 def _activate(code, slope, z, out):
-    """out = f(z) elementwise (out may be z) for f of code SIGMOID, TANH, GELU, GELU_TANH
-    or LEAKY_RELU (the others are applied by the GEMM)."""
+    """out = f(z) elementwise (out may be z)."""
     for i in range(z.shape[0]):
         zi, oi = z[i], out[i]
         for j in range(zi.shape[0]):
-            v = zi[j]
-            if code == SIGMOID:
-                oi[j] = nm.sigmoid(v)
-            elif code == TANH:
-                oi[j] = nm.tanh(v)
-            elif code == GELU:
-                oi[j] = _gelu(v)
-            elif code == GELU_TANH:
-                oi[j] = _gelu_tanh(v)
-            else:
-                oi[j] = v if v > 0 else slope * v
+            oi[j] = _activation(code, slope, zi[j])
 
 
 @njit(fastmath=_FASTMATH, cache=True)
 def _times_derivative(code, slope, z, dz):
-    """dz *= f'(z) elementwise for f of code GELU, GELU_TANH or LEAKY_RELU (f' needs z)."""
+    """dz *= f'(z) elementwise."""
     for i in range(z.shape[0]):
         zi, gi = z[i], dz[i]
         for j in range(zi.shape[0]):
-            v = zi[j]
-            if code == GELU:
-                gi[j] *= _gelu_derivative(v)
-            elif code == GELU_TANH:
-                gi[j] *= _gelu_tanh_derivative(v)
-            elif v <= 0:
-                gi[j] *= slope
+            gi[j] *= _derivative(code, slope, zi[j])
 
 
 def _take_target(src_y, r, y, i, classes):
@@ -183,26 +209,137 @@ def _gather_batch(addresses, src_x, src_y, rows_index, x, y, classes):
     return OK
 
 
+@njit(fastmath=_FASTMATH, cache=True)
+def _dropout(x, drop, scale, step, keep, out):
+    """out = keep x scale (out may be x), scale = 1 / (1 - p); keep stored when it has x's
+    shape. drop = (threshold, key lo, key hi, layer, step base, present): the mask of
+    kernels/dropout.py (Philox, element i = r F + c, at step base + step)."""
+    rows, cols = x.shape
+    step = drop[4] + np.uint64(step)
+    step_lo, step_hi = step & np.uint64(0xFFFFFFFF), step >> np.uint64(32)
+    for r in range(rows):
+        c = 0
+        while c < cols:
+            i = np.uint64(r * cols + c)
+            words = _philox_numba(i >> np.uint64(2), drop[3], step_lo, step_hi, drop[1],
+                                  drop[2])
+            for w in range(int(i & np.uint64(3)), 4):
+                if c == cols:
+                    break
+                kept = words[w] >= drop[0]
+                if keep.shape[1]:
+                    keep[r, c] = kept
+                out[r, c] = x[r, c] * scale if kept else ZERO
+                c += 1
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _column_sums(x, y, sums):
+    """sums[0] = sum_i x[i], sums[1] = sum_i x[i] y[i] over the rows (float64), row by row
+    so that the inner loop runs along contiguous memory."""
+    sums[:2] = 0.0
+    first, second = sums[0], sums[1]
+    for i in range(x.shape[0]):
+        xi, yi = x[i], y[i]
+        for j in range(xi.shape[0]):
+            first[j] += xi[j]
+            second[j] += np.float64(xi[j]) * yi[j]
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _batchnorm(z, gamma, beta, stats, sums, zhat, u, running_mean, running_var, eps,
+               momentum):
+    """Training-mode BatchNorm1d of z (B, F): batch mean and biased variance (float64
+    sums of z and of (z - mean)^2), zhat = (z - mean) invstd, u = gamma zhat + beta
+    (affine when gamma is not empty); stats = [mean, invstd]; running statistics move by
+    momentum (the unbiased variance), as torch.nn.BatchNorm1d. sums: float64 (3, F)."""
+    rows, cols = z.shape
+    mean = sums[0]
+    mean[:] = 0.0
+    for i in range(rows):
+        zi = z[i]
+        for j in range(cols):
+            mean[j] += zi[j]
+    mean /= rows
+    var = sums[1]
+    var[:] = 0.0
+    for i in range(rows):
+        zi = z[i]
+        for j in range(cols):
+            d = zi[j] - mean[j]
+            var[j] += d * d
+    var /= rows
+    for j in range(cols):
+        stats[0, j], stats[1, j] = mean[j], 1.0 / math.sqrt(var[j] + eps)
+        running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * mean[j]
+        running_var[j] = (1.0 - momentum) * running_var[j] + momentum * var[j] * rows / (rows - 1)
+    affine = gamma.shape[0] > 0
+    m, s = stats[0], stats[1]
+    for i in range(rows):
+        zi, hi, ui = z[i], zhat[i], u[i]
+        for j in range(cols):
+            v = (zi[j] - m[j]) * s[j]
+            hi[j] = v
+            ui[j] = gamma[j] * v + beta[j] if affine else v
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _batchnorm_backward(du, zhat, stats, sums, gamma, gamma_grad, beta_grad, dz):
+    """From du = dL/du (B, F): gamma_grad = sum du zhat, beta_grad = sum du (affine), and
+    dz = gamma invstd (du - mean(du) - zhat mean(du zhat)) (dz may be du)."""
+    rows, cols = du.shape
+    _column_sums(du, zhat, sums)
+    affine = gamma.shape[0] > 0
+    scale, shift, slope = sums[2], sums[0], sums[1]    # dz = scale du - shift - zhat slope
+    for j in range(cols):
+        s1, s2 = sums[0, j], sums[1, j]
+        if affine:
+            gamma_grad[j], beta_grad[j] = s2, s1
+        scale[j] = (gamma[j] if affine else 1.0) * stats[1, j]
+        shift[j], slope[j] = scale[j] * s1 / rows, scale[j] * s2 / rows
+    for i in range(rows):
+        di, hi, oi = du[i], zhat[i], dz[i]
+        for j in range(cols):
+            oi[j] = scale[j] * di[j] - shift[j] - hi[j] * slope[j]
+
+
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _forward(addresses, net, hs, zs, rows):
-    """hs[l + 1] = f_l(hs[l] @ W_l.T + b_l) for every layer; zs[l] keeps z_l where needed."""
+def _forward(addresses, net, post, hs, zs, extra, rows, step):
+    """hs[l + 1] = drop(f_l(bn(hs[l] @ W_l.T + b_l))) for every layer; zs[l] keeps z_l
+    where needed, extra = (us, zhats, masks, stats, sums) what batchnorm and dropout keep."""
     weights, biases, codes, slopes = net[0], net[1], net[4], net[5]
+    bn_kind, gammas, betas, _, _, means, variances, bn_numbers, tracked, drops, scales = post
+    us, zhats, masks, stats, sums = extra
     for l in range(len(weights)):
         f = codes[l]
         keep_z = zs[l].shape[1] > 0
         z = zs[l][:rows] if keep_z else hs[l + 1][:rows]
         if _c_calls.sgemm(addresses[0], hs[l][:rows], weights[l], z, True, biases[l],
-                          RELU if f == RELU else IDENTITY) != 0:
+                          RELU if f == RELU and not keep_z else IDENTITY) != 0:
             return C_ERROR
-        if f != IDENTITY and f != RELU:
-            _activate(f, slopes[l], z, hs[l + 1][:rows])
+        u = z
+        if bn_kind[l]:
+            tracked[l] += 1
+            momentum = bn_numbers[l, 1] if bn_numbers[l, 1] >= 0 else 1.0 / tracked[l]
+            u = us[l][:rows]
+            _batchnorm(z, gammas[l], betas[l], stats[l], sums[l], zhats[l][:rows], u, means[l],
+                       variances[l], bn_numbers[l, 0], momentum)
+        if keep_z or (f != RELU and f != IDENTITY):
+            _activate(f, slopes[l], u, hs[l + 1][:rows])
+        if drops[l + 1, 5]:
+            _dropout(hs[l + 1][:rows], drops[l + 1], scales[l + 1], step, masks[l][:rows],
+                     hs[l + 1][:rows])
     return OK
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _backward(addresses, net, hs, zs, dzs, rows):
-    """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers."""
+def _backward(addresses, net, post, hs, zs, dzs, extra, rows):
+    """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers (and the
+    gradients of batchnorm's gamma and beta)."""
     weights, biases, weight_grads, bias_grads, codes, slopes = net
+    bn_kind, gammas, _, gamma_grads, beta_grads = post[:5]
+    drops, scales = post[9], post[10]
+    us, zhats, masks, stats, sums = extra
     for l in range(len(weights) - 1, -1, -1):
         dz = dzs[l][:rows]
         if _c_calls.sgemm_at(addresses[0], dz, hs[l][:rows], weight_grads[l]) != 0:
@@ -217,16 +354,33 @@ def _backward(addresses, net, hs, zs, dzs, rows):
             break
         f = codes[l - 1]
         below = dzs[l - 1][:rows]
-        if f == RELU or f == SIGMOID or f == TANH:           # f' from h_l, in the epilogue
+        plain = not bn_kind[l - 1] and not drops[l, 5]
+        if plain and (f == RELU or f == SIGMOID or f == TANH):   # f' from h_l, in the GEMM
             status = _c_calls.sgemm_dact(addresses[1], dz, weights[l], below, hs[l][:rows], f)
         else:
             status = _c_calls.sgemm(addresses[0], dz, weights[l], below, False,
                                     biases[l][:0], IDENTITY)
-            if status == 0 and f != IDENTITY:
-                _times_derivative(f, slopes[l - 1], zs[l - 1][:rows], below)
         if status != 0:
             return C_ERROR
+        if not plain:
+            if drops[l, 5]:
+                _dropout_backward(below, masks[l - 1][:rows], scales[l])
+            u = us[l - 1][:rows] if bn_kind[l - 1] else zs[l - 1][:rows]
+            _times_derivative(f, slopes[l - 1], u, below)
+            if bn_kind[l - 1]:
+                _batchnorm_backward(below, zhats[l - 1][:rows], stats[l - 1], sums[l - 1],
+                                    gammas[l - 1], gamma_grads[l - 1], beta_grads[l - 1], below)
+        elif f != IDENTITY and f != RELU and f != SIGMOID and f != TANH:
+            _times_derivative(f, slopes[l - 1], zs[l - 1][:rows], below)
     return OK
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _dropout_backward(g, keep, scale):
+    """g *= keep scale, the mask of the forward pass, scale = 1 / (1 - p)."""
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            g[i, j] = g[i, j] * scale if keep[i, j] else ZERO
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -245,38 +399,57 @@ def _update(addresses, optimizer, hyper, flat_data, flat_grad, state, lr, t):
                          1.0 - lr * weight_decay if decoupled else 1.0)
 
 
+@njit(fastmath=_FASTMATH, cache=True)
+def _renorm_rows(weights, max_norm):
+    """Each row of each weight onto the L2 ball of radius max_norm (0: nothing), float64
+    sums, as kernels/optim.py's max_norm."""
+    if max_norm <= 0:
+        return
+    for w in weights:
+        for r in range(w.shape[0]):
+            renorm_row(w[r], max_norm)
+
+
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _gradients(addresses, src_x, src_y, net, buffers, loss_kind, rows_index):
+def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_index, step):
     """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
-    status); the gradients are left in net's gradient arrays."""
-    hs, zs, dzs, y = buffers
+    status); the gradients are left in net's and post's gradient arrays. ``step``: the
+    batch's number in this call (dropout masks are drawn for step base + step)."""
+    hs, zs, dzs, y, extra = buffers
     layers = len(net[0])
     rows = rows_index.shape[0]
+    if rows < 2 and post[0].any():
+        return 0.0, 0, BAD_BATCH
     status = _gather_batch(addresses, src_x, src_y, rows_index, hs[0][:rows], y[:rows],
                            hs[layers].shape[1])
-    if status == OK:
-        status = _forward(addresses, net, hs, zs, rows)
+    if status != OK:
+        return 0.0, 0, status
+    if post[9][0, 5]:                                       # input dropout (no mask kept)
+        _dropout(hs[0][:rows], post[9][0], post[10][0], step, extra[2][0][:, :0],
+                 hs[0][:rows])
+    status = _forward(addresses, net, post, hs, zs, extra, rows, step)
     if status != OK:
         return 0.0, 0, status
     loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
-    return loss, correct, _backward(addresses, net, hs, zs, dzs, rows)
+    return loss, correct, _backward(addresses, net, post, hs, zs, dzs, extra, rows)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _train_steps(addresses, src_x, src_y, net, buffers, loss_kind, optimizer, hyper, flat,
-                 state, order, first_batch, num_batches, lrs, first_step, sums):
+def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimizer, hyper,
+                 max_norm, flat, state, order, first_batch, num_batches, lrs, first_step, sums):
     """Steps first_batch .. first_batch + num_batches - 1 of an epoch whose row order is
     ``order``; returns (steps applied, status, mean loss of the failing batch).
-    net = (weights, biases, weight_grads, bias_grads, codes, slopes); buffers = (hs, zs,
-    dzs, y): per layer h_l (B, in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0),
-    dz_l (B, out_l), y the batch's labels or targets; flat = (data, grad); sums[0] += each
-    batch's summed loss, sums[1] += its correct rows."""
+    net = (weights, biases, weight_grads, bias_grads, codes, slopes); post = what follows
+    each Linear (MLPSteps._post); buffers = (hs, zs, dzs, y, extra): per layer h_l (B,
+    in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0), dz_l (B, out_l), y the
+    batch's labels or targets, extra what batchnorm and dropout keep; flat = (data, grad);
+    sums[0] += each batch's summed loss, sums[1] += its correct rows."""
     batch_size = buffers[0][0].shape[0]
     for s in range(num_batches):
         start = (first_batch + s) * batch_size
         rows_index = order[start:min(start + batch_size, order.shape[0])]
-        loss, correct, status = _gradients(addresses, src_x, src_y, net, buffers, loss_kind,
-                                           rows_index)
+        loss, correct, status = _gradients(addresses, src_x, src_y, net, post, buffers,
+                                           loss_kind, rows_index, s)
         if status != OK:
             return s, status, 0.0
         squares = _c_calls.sum_squares(addresses[2], flat[1])   # NaN or inf if any g is
@@ -285,6 +458,7 @@ def _train_steps(addresses, src_x, src_y, net, buffers, loss_kind, optimizer, hy
         if _update(addresses, optimizer, hyper, flat[0], flat[1], state, lrs[s],
                    first_step + s + 1) != 0:
             return s, C_ERROR, 0.0
+        _renorm_rows(net[0], max_norm)
         sums[0] += loss
         sums[1] += correct
     return num_batches, OK, 0.0
@@ -302,18 +476,30 @@ class MLPSteps:
     (momentum, nesterov, weight_decay) and state (momentum_buffer,), or "adam" with hyper
     (beta1, beta2, eps, weight_decay, decoupled) and state (exp_avg, exp_avg_sq), flat
     float32 arrays like flat_data.
+
+    ``post``: what follows each Linear besides its activation, ``(batchnorms, dropouts,
+    input_dropout)`` (None: nothing): per layer None or a ``BatchNormSpec`` (before the
+    activation) and None or a ``DropoutSpec`` (after it); input_dropout: a DropoutSpec on
+    the inputs, or None. ``self.tracked`` (batches per batchnorm) and
+    ``self.dropout_steps`` (the step base per dropout, index 0 the inputs') are read and
+    advanced by ``run``: set them from the layers before a call, read them back after.
+    ``max_norm``: after each update, each row of each weight onto the L2 ball of that
+    radius (kernels/optim.py's max_norm), or None.
     """
 
     def __init__(self, layers, flat_data, flat_grad, src_x, src_y, batch_size, loss,
-                 optimizer, hyper, state):
+                 optimizer, hyper, state, post=None, max_norm=None):
         weights, biases, weight_grads, bias_grads, activations, slopes = layers
         self.batch_size = _check_positive(batch_size, "batch_size")
         sizes = _check_layers(weights, biases, weight_grads, bias_grads, activations)
+        batchnorms, dropouts, input_dropout = post or ([None] * len(weights),
+                                                       [None] * len(weights), None)
         for name, a in (("flat_data", flat_data), ("flat_grad", flat_grad)):
             _check_float32_c(a, name, (flat_grad.shape[0],))
         _check_source(src_x, src_y, sizes, loss)
         self._optimizer, self._state = _check_optimizer(optimizer, hyper, state, flat_data)
         self._hyper = np.array(hyper, np.float64)
+        self._max_norm = 0.0 if max_norm is None else float(max_norm)
         self._loss = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}[loss]
         empty = np.empty(0, np.float32)
         codes = np.array([c_code(f) for f in activations], np.int64)
@@ -321,12 +507,22 @@ class MLPSteps:
                      tuple(weight_grads), tuple(empty if g is None else g for g in bias_grads),
                      codes, np.array(slopes, np.float32))
         rows = self.batch_size
-        keep_z = [DERIVATIVE[f] == "input" for f in activations]
+        self._post = _post_arrays(sizes, batchnorms, dropouts, input_dropout)
+        self.tracked, self.dropout_steps = self._post[8], self._post[9][:, 4]
+        keep_z = [DERIVATIVE[f] == "input" or bn is not None or drop is not None
+                  for f, bn, drop in zip(activations, batchnorms, dropouts)]
+
+        def per_layer(present, dtype=np.float32, first=rows):
+            return tuple(np.empty((first, n if on else 0), dtype)
+                         for n, on in zip(sizes[1:], present))
+        bn_on = [bn is not None for bn in batchnorms]
+        extra = (per_layer(bn_on), per_layer(bn_on), per_layer([d is not None for d in dropouts],
+                                                               np.uint8),
+                 per_layer(bn_on, first=2), per_layer(bn_on, np.float64, first=3))
         self._buffers = (tuple(np.empty((rows, n), np.float32) for n in sizes),
-                         tuple(np.empty((rows, n if keep else 0), np.float32)
-                               for n, keep in zip(sizes[1:], keep_z)),
-                         tuple(np.empty((rows, n), np.float32) for n in sizes[1:]),
-                         np.empty((rows,) + src_y.shape[1:], src_y.dtype))
+                         per_layer(keep_z), tuple(np.empty((rows, n), np.float32)
+                                                  for n in sizes[1:]),
+                         np.empty((rows,) + src_y.shape[1:], src_y.dtype), extra)
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         found = _c_calls.c_addresses()
         self._addresses = np.array([found[name] for name in ADDRESSES], np.int64)
@@ -355,9 +551,9 @@ class MLPSteps:
         if not isinstance(sums, np.ndarray) or sums.dtype != np.float64 or sums.shape != (2,):
             raise ValueError("sums must be a float64 array of shape (2,)")
         steps, status, loss = _train_steps(
-            self._addresses, *self._src, self._net, self._buffers, self._loss,
-            self._optimizer, self._hyper, self._flat, self._state, order, first_batch,
-            num_batches, lrs, first_step, sums)
+            self._addresses, *self._src, self._net, self._post, self._buffers, self._loss,
+            self._optimizer, self._hyper, self._max_norm, self._flat, self._state, order,
+            first_batch, num_batches, lrs, first_step, sums)
         self._raise_for(status)
         return steps, status == OK, loss
 
@@ -369,7 +565,7 @@ class MLPSteps:
                 rows_index.ndim != 1 or not 0 < rows_index.shape[0] <= self.batch_size:
             raise ValueError(f"rows_index must be 1-D int64 with 1 to {self.batch_size} rows")
         loss, correct, status = _gradients(self._addresses, *self._src, self._net,
-                                           self._buffers, self._loss, rows_index)
+                                           self._post, self._buffers, self._loss, rows_index, 0)
         self._raise_for(status)
         return loss, int(correct)
 
@@ -378,8 +574,12 @@ class MLPSteps:
         if _update(self._addresses, self._optimizer, self._hyper, *self._flat, self._state,
                    float(lr), int(step)) != 0:
             self._raise_for(C_ERROR)
+        _renorm_rows(self._net[0], self._max_norm)
 
     def _raise_for(self, status):
+        if status == BAD_BATCH:
+            raise ValueError("BatchNorm1d in training needs more than 1 sample per batch: "
+                             "choose a batch size that leaves no batch of 1")
         if status == BAD_INDEX:
             raise ValueError(f"order must hold row numbers in [0, {self._src[0].shape[0]})")
         if status == BAD_LABEL:
@@ -387,6 +587,64 @@ class MLPSteps:
             raise ValueError(f"labels must lie in [0, {classes}) for {classes} outputs")
         if status == C_ERROR:
             raise RuntimeError("the C library rejected a call of the compiled MLP step")
+
+
+class BatchNormSpec(NamedTuple):
+    """A BatchNorm1d after a Linear layer: gamma, beta and their gradients (None when not
+    affine), running statistics (float32, updated in place), eps, momentum (None: the
+    cumulative average), batches tracked so far."""
+    gamma: object
+    beta: object
+    gamma_grad: object
+    beta_grad: object
+    running_mean: object
+    running_var: object
+    eps: float
+    momentum: object
+    tracked: int
+
+
+class DropoutSpec(NamedTuple):
+    """A Dropout (kernels/dropout.py's mask): probability p, seed, layer id, step base."""
+    p: float
+    seed: int
+    layer: int
+    step: int
+
+
+def _post_arrays(sizes, batchnorms, dropouts, input_dropout):
+    """The ``post`` tuple _train_steps reads: (bn kind (L,), gammas, betas, gamma grads,
+    beta grads, running means, running variances, (eps, momentum or -1) (L, 2), tracked
+    (L,), dropout words (L + 1, 6) (threshold, key lo, key hi, layer, step base, present),
+    dropout scales (L + 1,))."""
+    empty = np.empty(0, np.float32)
+    layers = len(sizes) - 1
+    kinds = np.zeros(layers, np.int64)
+    numbers = np.zeros((layers, 2), np.float64)
+    tracked = np.zeros(layers, np.int64)
+    arrays = [[empty] * layers for _ in range(6)]
+    for l, bn in enumerate(batchnorms):
+        if bn is None:
+            continue
+        for i, name in enumerate(("gamma", "beta", "gamma_grad", "beta_grad")):
+            value = getattr(bn, name)
+            if value is not None:
+                _check_float32_c(value, f"batchnorm {l} {name}", (sizes[l + 1],))
+                arrays[i][l] = value
+        for i, name in ((4, "running_mean"), (5, "running_var")):
+            _check_float32_c(getattr(bn, name), f"batchnorm {l} {name}", (sizes[l + 1],))
+            arrays[i][l] = getattr(bn, name)
+        kinds[l] = 1
+        numbers[l] = bn.eps, -1.0 if bn.momentum is None else bn.momentum
+        tracked[l] = bn.tracked
+    drops = np.zeros((layers + 1, 6), np.uint64)
+    scales = np.zeros(layers + 1, np.float32)
+    for row, spec in enumerate([input_dropout, *dropouts]):
+        if spec is not None:
+            threshold, k0, k1, layer, _, _ = dropout_stream(spec.p, spec.seed, 0, spec.layer)
+            drops[row] = threshold, k0, k1, layer, spec.step, 1
+            scales[row] = dropout_scale(spec.p, np.float32)
+    return (kinds, *(tuple(a) for a in arrays), numbers, tracked, drops, scales)
 
 
 def _check_positive(value, name):

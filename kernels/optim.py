@@ -140,16 +140,22 @@ def _adam_numba(param, grad, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, w
         param[i] = p - step_size * m_i / (math.sqrt(v_i) * inv_bc2_sqrt + eps)
 
 
+@njit(fastmath=True, cache=True, inline="always")
+def renorm_row(row, max_norm):
+    """row onto the L2 ball of radius max_norm (its squares summed in float64)."""
+    squares = 0.0
+    for j in range(row.shape[0]):
+        squares += np.float64(row[j]) * row[j]
+    if squares > max_norm * max_norm:
+        factor = max_norm / math.sqrt(squares)
+        for j in range(row.shape[0]):
+            row[j] = row[j] * factor
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _max_norm_numba(weight, max_norm):
     for r in prange(weight.shape[0]):
-        squares = 0.0
-        for j in range(weight.shape[1]):
-            squares += np.float64(weight[r, j]) * weight[r, j]
-        if squares > max_norm * max_norm:
-            factor = max_norm / math.sqrt(squares)
-            for j in range(weight.shape[1]):
-                weight[r, j] = weight[r, j] * factor
+        renorm_row(weight[r], max_norm)
 
 
 def _flat_views(names_arrays):

@@ -12,7 +12,7 @@ batch of n rows (``batch_size`` is the global batch; every rank draws the same o
     rank r of N trains on rows [n r / N, n (r + 1) / N) of the batch (n_r rows, maybe 0)
     g_r = (n_r / n) * (mean gradient over those rows)         0 when n_r = 0
     g   = sum_r g_r = the batch's mean gradient: one Allreduce over the flat gradient buffer
-    (summed loss, correct rows): a 2-value Allreduce in flight with it
+    (summed loss, correct rows, Ctrl-C seen): a 3-value Allreduce in flight with it
 
 then the finiteness check on g (the same numbers, so the same verdict on every rank) and
 the optimizer's step (the same arithmetic on the same numbers on every rank). Every
@@ -378,15 +378,15 @@ def starting(cluster):
         raise
 
 
-def start(cluster, model, optimizer, job, run, rng, seed, lr_schedule):
+def start(cluster, model, optimizer, job, run, seed, lr_schedule):
     """The start-up exchange of a fit whose checks passed on this rank (see ``agree``),
-    then rank 0's state on every rank. Returns the random generator to draw orders from."""
+    then rank 0's state on every rank (``run.rng`` included)."""
     error = _unsupported(model)
     if error is not None:
         cluster.agree(error, {})
         raise error
     cluster.agree(None, _spec(model, optimizer, job, run, seed, lr_schedule))
-    return cluster.share_state(model, optimizer, rng)
+    run.rng = cluster.share_state(model, optimizer, run.rng)
 
 
 def _unsupported(model):
@@ -413,15 +413,18 @@ def _spec(model, optimizer, job, run, seed, lr_schedule):
             "loss": type(job.val_loss_fn).__name__, "data": job.data_spec,
             "epochs": job.epochs, "every_steps": job.every_steps, "seed": seed,
             "lr_schedule": lr_schedule if isinstance(lr_schedule, (str, type(None)))
-            else "a function", "progress": progress,
+            else type(lr_schedule).__name__, "schedule": run.rates.schedule.state_dict(),
+            "early_stopping": None if run.stopper is None else run.stopper.as_json(),
+            "progress": progress,
             "data_crc32": None if x is None else [zlib.crc32(x), zlib.crc32(y)]}
     return {key: _short(value) for key, value in spec.items()}
 
 
-def wrap(cluster, step, writer, model, optimizer, batch_size):
+def wrap(cluster, step, writer, model, optimizer, batch_size, interrupts):
     """fit's step and checkpoint writer for a Cluster: the step over every rank, and the
-    writer on rank 0 only (None elsewhere)."""
-    step = DistributedStep(cluster, step, model, optimizer, batch_size)
+    writer on rank 0 only (None elsewhere). ``interrupts``: fit's Ctrl-C flag
+    (``requested``), which the step makes the same on every rank."""
+    step = DistributedStep(cluster, step, model, optimizer, batch_size, interrupts)
     writer = _RootWriter(cluster, writer) if writer is not None and cluster.rank == 0 else None
     return step, writer
 
@@ -430,15 +433,17 @@ class DistributedStep:
     """The step contract of ``mlpfast.backend.steps`` over the ranks of a Cluster, built
     on the backend step's two halves (compute_gradients, apply_update); one batch at a
     time, so every call of ``run`` does the same collectives on every rank however fit
-    splits the epoch into calls."""
+    splits the epoch into calls. A Ctrl-C on any rank (``interrupts.requested``) travels
+    with the step's sums: every rank sets the flag and returns after the same step."""
 
     max_batches = None
 
-    def __init__(self, cluster, step, model, optimizer, batch_size):
+    def __init__(self, cluster, step, model, optimizer, batch_size, interrupts):
         self.cluster, self.step, self.optimizer = cluster, step, optimizer
-        self.batch_size = batch_size
+        self.batch_size, self.interrupts = batch_size, interrupts
         self.params, self.grad = model.flat_data, model.flat_grad
-        self.local, self.reduced = np.zeros(2), np.zeros(2)   # (summed loss, correct rows)
+        # (summed loss, correct rows, ranks asked to stop) of this rank and of all
+        self.local, self.reduced = np.zeros(3), np.zeros(3)
         self.allreduce_seconds, self.allreduces = 0.0, 0
         self._warm = False
 
@@ -448,7 +453,7 @@ class DistributedStep:
             index = order[start:start + self.batch_size]
             self._local_gradients(index)
             self._allreduce()
-            loss_sum, correct = self.reduced
+            loss_sum, correct, stop = self.reduced
             if not gradients_finite(loss_sum, [self.grad]):
                 return i, False, loss_sum / index.shape[0]
             self.step.apply_update(lrs[i])
@@ -456,6 +461,9 @@ class DistributedStep:
             sums[1] += correct
             if self.optimizer.step_count % self.cluster.check_every == 0:
                 self.cluster.check_parameters(self.params, self.optimizer.step_count)
+            if stop:
+                self.interrupts.requested = True
+                return i + 1, True, 0.0
         return num_batches, True, 0.0
 
     def _local_gradients(self, index):
@@ -464,14 +472,15 @@ class DistributedStep:
         rows, rank, size = index.shape[0], self.cluster.rank, self.cluster.size
         lo, hi = rows * rank // size, rows * (rank + 1) // size
         try:
+            self.local[2] = self.interrupts.requested
             if hi == lo:
                 self.grad.fill(0)
-                self.local[:] = 0
+                self.local[:2] = 0
                 return
             loss, correct = self.step.compute_gradients(index[lo:hi])
             if hi - lo != rows:
                 np.multiply(self.grad, self.grad.dtype.type((hi - lo) / rows), out=self.grad)
-            self.local[:] = (loss * (hi - lo), correct)
+            self.local[:2] = (loss * (hi - lo), correct)
         except BaseException as error:
             self.cluster.report(error)
             raise

@@ -20,6 +20,8 @@ VARIABLES = {
                                      "more than one thread (default: kernels/cpu_config.py, "
                                      "2**21)",
     "MLPFAST_FUZZ_EXAMPLES": "examples per fuzz target in tests/test_fuzz.py (default 150)",
+    "MLPFAST_NOTEBOOK_QUICK": "`1`: examples/your_first_mlp.ipynb runs its quick mode (small "
+                              "data, few epochs; what CI runs); unset or `0`: the full lessons",
 }
 
 
@@ -80,3 +82,13 @@ def parallel_min_elements(default):
 def fuzz_examples():
     """MLPFAST_FUZZ_EXAMPLES (default 150)."""
     return _positive_int("MLPFAST_FUZZ_EXAMPLES", 150)
+
+
+def notebook_quick():
+    """MLPFAST_NOTEBOOK_QUICK: True for "1", False when unset, empty or "0"."""
+    text = _raw("MLPFAST_NOTEBOOK_QUICK")
+    if text in (None, "", "0"):
+        return False
+    if text == "1":
+        return True
+    raise ValueError(f"MLPFAST_NOTEBOOK_QUICK must be 0 or 1, got {text!r}")

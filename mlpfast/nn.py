@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from . import tables
 from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, get_backend, to_numpy
 from .checkpoint import atomic_write
 from .init import check_init, linear_parameters
@@ -486,26 +487,37 @@ class Sequential(Module):
 
     def plan(self):
         """The Plan a backend builds a training step from (mlpfast.backend.plan)."""
-        return Plan(model=self, stages=self._stages, chain=self._chain(), dtype=self.dtype,
-                    flat_data=self.flat_data, flat_grad=self.flat_grad)
+        chain = self._chain()
+        return Plan(model=self, stages=self._stages, chain=None if chain is None else chain[1],
+                    dtype=self.dtype, flat_data=self.flat_data, flat_grad=self.flat_grad,
+                    input_dropout=None if chain is None else chain[0])
 
     def _chain(self):
-        """PlanLayer per Linear when the layers are Linear (elementwise activation) ...
-        Linear, else None."""
-        chain, layers = [], self.layers
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                nxt = layers[i + 1] if i + 1 < len(layers) else None
-                act = nxt if isinstance(nxt, Activation) and nxt.kind != "softmax" else None
-                chain.append(PlanLayer(layer.weight, layer.bias,
-                                       act.kind if act else "identity",
-                                       dict(act.params) if act else {}))
-            elif not (isinstance(layer, Activation) and i > 0
-                      and isinstance(layers[i - 1], Linear) and layer.kind != "softmax"):
+        """(leading Dropout or None, PlanLayer per Linear) when the layers are [Dropout]
+        Linear [BatchNorm1d] [activation] [Dropout] Linear ... Linear (elementwise
+        activations), else None."""
+        layers, i = self.layers, 0
+        leading = layers[0] if isinstance(layers[0], Dropout) else None
+        i += leading is not None
+        chain = []
+        while i < len(layers):
+            if not isinstance(layers[i], Linear):
                 return None
-        if not chain or not isinstance(layers[-1], Linear):
+            linear, i = layers[i], i + 1
+            following = {}
+            for kind in (BatchNorm1d, Activation, Dropout):
+                if i < len(layers) and isinstance(layers[i], kind):
+                    following[kind], i = layers[i], i + 1
+            act = following.get(Activation)
+            if act is not None and act.kind == "softmax":
+                return None
+            chain.append(PlanLayer(linear.weight, linear.bias, act.kind if act else "identity",
+                                   dict(act.params) if act else {},
+                                   following.get(BatchNorm1d), following.get(Dropout)))
+        last = chain[-1] if chain else None
+        if last is None or last.activation != "identity" or last.batchnorm or last.dropout:
             return None
-        return tuple(chain)
+        return leading, tuple(chain)
 
     def _flatten_parameters(self):
         """Move every parameter (and its grad) into one flat buffer, in order, as views.
@@ -658,6 +670,10 @@ class Sequential(Module):
     def __repr__(self):
         body = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"{type(self).__name__}(\n{body}\n)"
+
+    def _repr_html_(self):
+        """Jupyter's view: a table of the layers, their parameters and the total."""
+        return tables.model_html(self)
 
 
 def _checked_state_array(name, value, target, dtype):

@@ -152,14 +152,15 @@ class SGD(Optimizer):
         self.step_count += 1
 
     def compiled_spec(self):
-        """("sgd", (momentum, nesterov, weight_decay), (momentum_buffer,)) for a compiled
-        step over the flat buffers, or None when the parameters are not one flat buffer (or
-        max_norm is set)."""
-        if self._flat is None or "max_norm" in self.hyper:
+        """("sgd", (momentum, nesterov, weight_decay), (momentum_buffer,), max_norm or
+        None) for a compiled step over the flat buffers, or None when the parameters are
+        not one flat buffer."""
+        if self._flat is None:
             return None
         h = self.hyper
         state = (self._state["momentum_buffer"],) if h["momentum"] else ()
-        return "sgd", (h["momentum"], float(h["nesterov"]), h["weight_decay"]), state
+        return ("sgd", (h["momentum"], float(h["nesterov"]), h["weight_decay"]), state,
+                h.get("max_norm"))
 
 
 class Adam(Optimizer):
@@ -192,14 +193,14 @@ class Adam(Optimizer):
         self._apply_max_norm()
 
     def compiled_spec(self):
-        """("adam", (beta1, beta2, eps, weight_decay, decoupled), (exp_avg, exp_avg_sq)) for
-        a compiled step over the flat buffers, or None when the parameters are not one
-        flat buffer (or max_norm is set)."""
-        if self._flat is None or "max_norm" in self.hyper:
+        """("adam", (beta1, beta2, eps, weight_decay, decoupled), (exp_avg, exp_avg_sq),
+        max_norm or None) for a compiled step over the flat buffers, or None when the
+        parameters are not one flat buffer."""
+        if self._flat is None:
             return None
         h = self.hyper
         return ("adam", (*h["betas"], h["eps"], h["weight_decay"], float(self.decoupled)),
-                (self._state["exp_avg"], self._state["exp_avg_sq"]))
+                (self._state["exp_avg"], self._state["exp_avg_sq"]), h.get("max_norm"))
 
 
 class AdamW(Adam):

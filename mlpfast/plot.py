@@ -2,10 +2,11 @@
 
     training_curves(history)             loss and accuracy per epoch, train and validation
     confusion_matrix(matrix)             true class x predicted class counts
+    per_class_scores(scores)             precision, recall and f1 of each class, as bars
     first_layer_weights(model)           each first-layer unit's weights as an image (28x28)
     misclassified(x, y_true, y_pred)     a grid of wrongly classified images, true and predicted
     decision_regions({name: model}, x, y)  the class each model gives every point of a 2-D plane
-    mnist_report(model, history, x, y, out_dir)  the first four for an MNIST run, as PNGs
+    mnist_report(model, history, x, y, out_dir)  the first five for an MNIST run, as PNGs
 
 Every function returns a matplotlib ``Figure`` and, given ``path``, saves it as a PNG there.
 Figures are drawn on matplotlib's Agg canvas without pyplot, so they work headless (no
@@ -97,6 +98,39 @@ def confusion_matrix(matrix, path=None, class_names=None):
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_title(f"confusion matrix ({matrix.sum():,} samples, accuracy {100 * accuracy:.2f}%)",
                  fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def per_class_scores(scores, path=None, class_names=None):
+    """Precision, recall and f1 of each class as grouped bars, with the macro averages.
+
+    ``scores``: ``mf.metrics.precision_recall_f1(...)``, or ``evaluate(...)["scores"]``.
+    """
+    try:
+        labels = np.asarray(scores["labels"])
+        bars = {k: np.asarray(scores[k], dtype=float) for k in ("precision", "recall", "f1")}
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"scores must come from mf.metrics.precision_recall_f1 ({e})") \
+            from None
+    if labels.ndim != 1 or labels.size == 0 or any(b.shape != labels.shape
+                                                   for b in bars.values()):
+        raise ValueError("scores must hold one precision, recall and f1 per class")
+    names = _class_names(class_names, labels.size) if class_names is not None \
+        else [str(int(label)) for label in labels]
+    fig = Figure(figsize=(2.0 + 0.55 * labels.size, 4), dpi=100)
+    ax = fig.subplots()
+    width, positions = 0.27, np.arange(labels.size)
+    for i, (key, values) in enumerate(bars.items()):
+        ax.bar(positions + (i - 1) * width, 100 * values, width,
+               label=f"{key} (macro {100 * scores['macro'][key]:.2f}%)")
+    low = min(float(min(b.min() for b in bars.values())) * 100, 100.0)
+    ax.set_ylim(max(0.0, low - 2.0), 100.5)
+    ax.set_xticks(positions, names)
+    ax.set_xlabel("class")
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("per-class precision, recall and f1", fontsize=10)
     fig.tight_layout()
     return _finish(fig, path)
 
@@ -208,16 +242,19 @@ def decision_regions(classifiers, x, y, path=None, resolution=200, padding=0.5):
 
 
 def mnist_report(model, history, x_test, y_test, out_dir):
-    """Write training_curves.png, confusion_matrix.png, first_layer_weights.png and
-    misclassified.png for an MNIST model into ``out_dir``; returns their paths."""
+    """Write training_curves.png, confusion_matrix.png, per_class_scores.png,
+    first_layer_weights.png and misclassified.png for an MNIST model into ``out_dir``;
+    returns their paths."""
     from .train import evaluate, predict as predict_network
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, f"{name}.png") for name in
-             ("training_curves", "confusion_matrix", "first_layer_weights", "misclassified")}
+             ("training_curves", "confusion_matrix", "per_class_scores", "first_layer_weights",
+              "misclassified")}
     training_curves(history, paths["training_curves"])
-    confusion_matrix(evaluate(model, x_test, y_test)["confusion_matrix"],
-                     paths["confusion_matrix"])
+    result = evaluate(model, x_test, y_test)
+    confusion_matrix(result["confusion_matrix"], paths["confusion_matrix"])
+    per_class_scores(result["scores"], paths["per_class_scores"])
     first_layer_weights(model, paths["first_layer_weights"])
     misclassified(x_test, y_test, predict_network(model, x_test), paths["misclassified"])
     return list(paths.values())

@@ -1,4 +1,5 @@
-"""The progress bar of ``fit``: one line per epoch on stderr (tqdm when installed)."""
+"""The progress bar of ``fit``: one line per epoch on stderr (tqdm when installed; its
+notebook widget in Jupyter)."""
 import sys
 import time
 
@@ -14,7 +15,7 @@ class Progress:
         self.bar = None
         if enabled:
             try:
-                from tqdm import tqdm
+                from tqdm.auto import tqdm     # the notebook widget in Jupyter
                 self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
             except ImportError:
                 pass

@@ -1,5 +1,6 @@
 """Checkpoints of a run of ``fit``, next to the file format in ``mlpfast.checkpoint``: what
 a checkpoint holds (``CheckpointWriter``) and how a run continues from one (``resume``)."""
+import copy
 import math
 import os
 
@@ -41,16 +42,22 @@ class CheckpointWriter:
         self.model, self.optimizer = model, optimizer
         self.loss_name, self.data_spec = type(loss_fn).__name__, data_spec
 
-    def write(self, run, rng, history, epoch):
+    def write(self, run, epoch):
+        """The state of ``run`` (a RunState) in epoch ``epoch``, with model and optimizer."""
         check_state_finite(self.model, self.optimizer, f"in epoch {epoch}", self.path)
         opt = self.optimizer.state_dict()
         meta = {"architecture": self.model.architecture(),
                 "optimizer": {"type": opt["type"], "step": opt["step"], "hyper": opt["hyper"]},
                 "loss": self.loss_name, "data": self.data_spec, "progress": run.as_json(),
-                "rng": _jsonable(rng.bit_generator.state),
-                "history": _jsonable(history.epochs)}
+                "rng": _jsonable(run.rng.bit_generator.state),
+                "history": _jsonable(run.history.epochs),
+                "schedule": _jsonable(run.rates.schedule.state_dict())}
         order = run.order if run.batches_done else None
-        write_checkpoint(self.path, meta, training_arrays(self.model, self.optimizer, order))
+        arrays = training_arrays(self.model, self.optimizer, order)
+        if run.stopper is not None:
+            meta["early_stopping"] = _jsonable(run.stopper.as_json())
+            arrays.update({f"best/{k}": a for k, a in (run.stopper.best_state or {}).items()})
+        write_checkpoint(self.path, meta, arrays)
 
 
 def _jsonable(value):
@@ -66,8 +73,9 @@ def _jsonable(value):
     return value
 
 
-def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
-    """Check ``ckpt`` against this call, then load model, optimizer, progress; returns the rng.
+def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run):
+    """Check ``ckpt`` against this call, then load model, optimizer and the run's state
+    (progress, RNG, history, schedule, early stopping) into ``run``.
 
     Every check runs before anything is loaded, so a mismatch changes nothing.
     """
@@ -89,18 +97,38 @@ def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run, history):
     if progress["epochs_done"] > epochs:
         raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "
                          f"than epochs={epochs} (epochs counts the whole run)")
-    model_state = ckpt.model_state()
-    _check_model_state(path, model_state, model.state_dict())
+    model_state, own_state = ckpt.model_state(), model.state_dict()
+    _check_model_state(path, model_state, own_state)
+    best_state = {k[len("best/"):]: a for k, a in ckpt.arrays.items() if k.startswith("best/")}
+    if best_state:
+        _check_model_state(path, best_state, own_state)
     opt_state = ckpt.optimizer_state()
     _check_optimizer_state(path, opt_state, optimizer)
     rng = _rng_from_state(path, meta["rng"])
+    schedule = copy.deepcopy(run.rates.schedule)
+    if "schedule" in meta:                         # (checkpoints of stateless schedules
+        _load_checked(path, "schedule", schedule.load_state_dict, meta["schedule"])  # may lack it)
+    stopper = copy.deepcopy(run.stopper)
+    if stopper is not None:
+        _load_checked(path, "early stopping", lambda state: stopper.load_json(
+            state, best_state, path), meta.get("early_stopping"))
     # -- everything checked: load
     model.load_state_dict(model_state)
     optimizer.load_state_dict(opt_state)
     run.load_json(progress, ckpt.arrays.get("order"))
+    run.rng, run.rates.schedule, run.stopper = rng, schedule, stopper
+    run.history.epochs = [dict(r) for r in meta["history"]]
+    run.history.best_epoch = None if stopper is None else stopper.best_epoch
     model.set_training_step(run.global_step)          # dropout masks continue where they were
-    history.epochs = [dict(r) for r in meta["history"]]
-    return rng
+
+
+def _load_checked(path, what, load, state):
+    """``load(state)``, a checkpoint's part; its errors name the checkpoint."""
+    try:
+        load(state)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"resume: {path} holds no valid {what} state for this call ({e})") \
+            from None
 
 
 def _check_model_state(path, state, own):

@@ -1,11 +1,15 @@
 """The pieces of ``fit``'s loop: where a run stands, its learning rates, how many steps go
 in one call of the backend's step, and what happens when training diverges."""
 import math
+import signal
+import threading
 import time
 
 import numpy as np
 
+from . import tables
 from .backend import to_numpy
+from .schedules import make_schedule
 
 
 class TrainingDiverged(FloatingPointError):
@@ -17,19 +21,50 @@ class TrainingDiverged(FloatingPointError):
         self.epoch, self.step, self.global_step, self.loss = epoch, step, global_step, loss
 
 
+class History:
+    """Per-epoch records: loss, train_accuracy, val_loss, val_accuracy, seconds, samples_per_s.
+
+    ``history["loss"]`` is the list over epochs. With early stopping, ``best_epoch`` is the
+    epoch whose weights the model ends with (restore_best) and ``stopped_epoch`` the epoch
+    after which training stopped (None when it ran every epoch)."""
+
+    def __init__(self):
+        self.epochs = []
+        self.best_epoch = self.stopped_epoch = None
+
+    def append(self, record):
+        self.epochs.append(record)
+
+    def __getitem__(self, key):
+        return [record[key] for record in self.epochs]
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def __repr__(self):
+        return f"History({self.epochs!r})"
+
+    def _repr_html_(self):
+        """Jupyter's view: a table, one row per epoch."""
+        return tables.history_html(self.epochs)
+
+
 class RunState:
-    """Where a run stands: finished epochs, batches of the epoch in progress, its order
-    and running sums. Exactly what a checkpoint must hold to continue bit for bit.
+    """Everything a checkpoint must hold to continue a run bit for bit: finished epochs,
+    batches of the epoch in progress, its order and running sums, the RNG that draws the
+    orders, the history, the learning-rate schedule's state and early stopping's.
 
     ``sums`` = [summed loss, correct rows] of the epoch in progress (float64, added to by
     the backend's step, one batch after the other, so a resumed run adds the same numbers
     in the same order)."""
 
-    def __init__(self):
+    def __init__(self, rng, rates, stopper=None):
         self.epochs_done, self.batches_done, self.global_step = 0, 0, 0
         self.sums = np.zeros(2, np.float64)
         self.seconds = 0.0
         self.order = None
+        self.rng, self.rates, self.stopper = rng, rates, stopper
+        self.history = History()
 
     @property
     def loss_sum(self):
@@ -39,10 +74,10 @@ class RunState:
     def correct(self):
         return int(self.sums[1])
 
-    def start_epoch(self, rng, n, shuffle):
+    def start_epoch(self, n, shuffle):
         """The sample order of the epoch: drawn at its start, kept when resuming within it."""
         if self.batches_done == 0:
-            self.order = rng.permutation(n) if shuffle else np.arange(n)
+            self.order = self.rng.permutation(n) if shuffle else np.arange(n)
             self.sums[:] = 0
         self.order = np.ascontiguousarray(self.order, dtype=np.int64)
         return self.order
@@ -51,8 +86,17 @@ class RunState:
         self.batches_done += steps
         self.global_step += steps
 
-    def end_epoch(self, epoch):
-        self.epochs_done, self.batches_done, self.seconds, self.order = epoch, 0, 0.0, None
+    def end_epoch(self, record, model):
+        """Record the finished epoch; True when early stopping says to stop."""
+        self.history.append(record)
+        self.rates.end_epoch(record)
+        self.epochs_done, self.batches_done, self.seconds, self.order = \
+            record["epoch"], 0, 0.0, None
+        if self.stopper is None:
+            return False
+        stop = self.stopper.update(record, model)
+        self.history.best_epoch = self.stopper.best_epoch
+        return stop
 
     def as_json(self):
         return {"epochs_done": self.epochs_done, "batches_done": self.batches_done,
@@ -66,33 +110,68 @@ class RunState:
         self.order = order if self.batches_done else None
 
 
-def cosine_schedule(step, total_steps):
-    """(1 + cos(pi * step / total_steps)) / 2: 1 at the first step, towards 0 at the last."""
-    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-
-
 class LearningRates:
     """The learning rate of every step: the optimizer's lr times the schedule's factor at
-    global step t of T. ``schedule``: None or "constant", "cosine", or f(t, T) -> factor."""
+    global step t (``mlpfast.schedules``: a name, a Schedule, or f(t, T) -> factor)."""
 
-    def __init__(self, schedule, total_steps):
-        if schedule is None or schedule == "constant":
-            self.factor = None
-        elif schedule == "cosine":
-            self.factor = cosine_schedule
-        elif callable(schedule):
-            self.factor = schedule
-        else:
-            raise ValueError(f"lr_schedule must be None, 'constant', 'cosine' or a function "
-                             f"f(step, total_steps) -> factor, got {schedule!r}")
-        self.total_steps = total_steps
+    def __init__(self, schedule, total_steps, steps_per_epoch, base_lr):
+        self.schedule = make_schedule(schedule).start(total_steps, steps_per_epoch, base_lr)
 
     def rates(self, lr, first_step, count):
         """float64 (count,): the rates of global steps first_step .. first_step + count - 1."""
-        if self.factor is None:
-            return np.full(count, lr)
-        return np.array([lr * self.factor(t, self.total_steps)
+        return np.array([lr * self.schedule.factor(t)
                          for t in range(first_step, first_step + count)], np.float64)
+
+    def end_epoch(self, record):
+        """Feed the epoch's record to the schedule (reduce-on-plateau reads its monitor)."""
+        self.schedule.end_epoch(record.get(getattr(self.schedule, "monitor", "val_loss")))
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs in which ``monitor`` (a History key) did not improve
+    on its best (lower for losses, higher for accuracies); keep a host copy of the best
+    epoch's parameters and buffers to restore at the end."""
+    MONITORS = ("val_loss", "val_accuracy", "loss", "train_accuracy")
+
+    def __init__(self, patience, monitor):
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
+                or patience < 1:
+            raise ValueError(f"early_stopping must be a positive number of epochs (the "
+                             f"patience), got {patience!r}")
+        if monitor not in self.MONITORS:
+            raise ValueError(f"monitor must be one of {self.MONITORS}, got {monitor!r}")
+        self.patience, self.monitor = int(patience), monitor
+        self.higher_is_better = monitor.endswith("accuracy")
+        self.best, self.best_epoch, self.bad_epochs, self.best_state = None, None, 0, None
+
+    @property
+    def stopped(self):
+        return self.bad_epochs >= self.patience
+
+    def update(self, record, model):
+        """After an epoch: True when training should stop."""
+        value = record[self.monitor]
+        better = self.best is None or (value > self.best if self.higher_is_better
+                                       else value < self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
+            self.best_state = model.state_dict()
+        else:
+            self.bad_epochs += 1
+        return self.stopped
+
+    def as_json(self):
+        return {"monitor": self.monitor, "patience": self.patience, "best": self.best,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_json(self, state, best_state, path):
+        """Continue from a checkpoint's early-stopping state and best weights."""
+        if not isinstance(state, dict) or state.get("monitor") != self.monitor \
+                or state.get("patience") != self.patience:
+            raise ValueError(f"resume: {path} was written with early stopping {state!r}, this "
+                             f"call has patience {self.patience} on {self.monitor}")
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs, self.best_state = state["bad_epochs"], best_state or None
 
 
 class ChunkSizes:
@@ -167,3 +246,30 @@ def format_record(record, epochs):
         parts.append(f"val acc {100 * record['val_accuracy']:.2f}%")
     parts.append(f"{record['seconds']:.1f}s ({record['samples_per_s']:,.0f} samples/s)")
     return "  ".join(parts)
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) while fit runs, taken at the next chunk boundary instead of wherever
+    it lands: the chunk in progress finishes, fit writes a final checkpoint (when it has
+    one) and raises KeyboardInterrupt. A second Ctrl-C interrupts at once. Installed only
+    in the main thread, and only over Python's own default handler."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True

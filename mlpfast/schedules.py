@@ -73,7 +73,7 @@ class Schedule:
         ``base_lr`` (called once per run, and again before ``load_state_dict`` on resume)."""
         self.total_steps = _positive_int("total_steps", total_steps)
         self.steps_per_epoch = _positive_int("steps_per_epoch", steps_per_epoch)
-        self.base_lr = _number("base_lr", base_lr, low=0.0, low_open=True)
+        self.base_lr = _number("base_lr", base_lr, low=0.0)
         return self
 
     def _epoch(self, step):

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from . import tables
 from .nn import Activation, BatchNorm1d, Dropout, Linear, Module, Sequential
 
 
@@ -40,10 +41,25 @@ class Summary:
         self.param_bytes = self.total_params * self.dtype.itemsize
         self.input_bytes = input_size * self.dtype.itemsize
 
-    def __str__(self):
+    def _table(self):
+        """(header, body rows as strings, total lines) of the printed and the HTML table."""
         header = ("Layer (type)", "Output shape", "Params", "FLOPs/sample", "Activations")
         body = [(f"{r['index']}: {r['layer']}", _shape(r["output_shape"]), f"{r['params']:,}",
                  f"{r['flops']:,}", _bytes(r["activation_bytes"])) for r in self.rows]
+        totals = [f"Input: (N, {self.input_size}) {self.dtype.name}",
+                  f"Total params: {self.total_params:,}",
+                  f"Parameter memory: {_bytes(self.param_bytes)}",
+                  f"FLOPs per sample (forward): {self.total_flops:,}",
+                  f"Activation memory per sample (forward): {_bytes(self.activation_bytes)}"]
+        if self.batch_size is not None:
+            totals += [f"For a batch of {self.batch_size}: "
+                       f"{self.total_flops * self.batch_size:,} FLOPs, activations "
+                       f"{_bytes(self.activation_bytes * self.batch_size)}, input "
+                       f"{_bytes(self.input_bytes * self.batch_size)}"]
+        return header, body, totals
+
+    def __str__(self):
+        header, body, totals = self._table()
         widths = [max(len(line[c]) for line in [header] + body) for c in range(len(header))]
 
         def line(cells):
@@ -52,18 +68,12 @@ class Summary:
 
         rule = "-" * len(line(header))
         out = [rule, line(header), "=" * len(rule)] + [line(b) for b in body] + ["=" * len(rule)]
-        out += [f"Input: (N, {self.input_size}) {self.dtype.name}",
-                f"Total params: {self.total_params:,}",
-                f"Parameter memory: {_bytes(self.param_bytes)}",
-                f"FLOPs per sample (forward): {self.total_flops:,}",
-                f"Activation memory per sample (forward): {_bytes(self.activation_bytes)}"]
-        if self.batch_size is not None:
-            out += [f"For a batch of {self.batch_size}: "
-                    f"{self.total_flops * self.batch_size:,} FLOPs, activations "
-                    f"{_bytes(self.activation_bytes * self.batch_size)}, input "
-                    f"{_bytes(self.input_bytes * self.batch_size)}"]
-        out.append(rule)
-        return "\n".join(out)
+        return "\n".join(out + totals + [rule])
+
+    def _repr_html_(self):
+        """Jupyter's view: the same table and totals in HTML."""
+        header, body, totals = self._table()
+        return tables.table(header, body, caption="summary", notes=totals)
 
     def __repr__(self):
         return (f"Summary(layers={len(self.rows)}, total_params={self.total_params}, "

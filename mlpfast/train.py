@@ -13,34 +13,24 @@ import time
 
 import numpy as np
 
-from . import distributed
+from . import distributed, tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
 from .losses import CrossEntropyLoss, MSELoss
+from .metrics import precision_recall_f1
 from .progress import Progress
 from .resume import CheckpointWriter, check_checkpoint_args, resume as resume_run
-from .run import (ChunkSizes, LearningRates, RunState, TrainingDiverged,  # noqa: F401
-                  check_state_finite, diverged, format_record)
+from .run import (ChunkSizes, EarlyStopping, History, Interrupts,  # noqa: F401
+                  LearningRates, RunState, TrainingDiverged, check_state_finite, diverged,
+                  format_record)
 
 
-class History:
-    """Per-epoch records: loss, train_accuracy, val_loss, val_accuracy, seconds, samples_per_s."""
+class Evaluation(dict):
+    """What ``evaluate`` returns: a plain dict that Jupyter shows as tables."""
 
-    def __init__(self):
-        self.epochs = []
-
-    def append(self, record):
-        self.epochs.append(record)
-
-    def __getitem__(self, key):
-        return [record[key] for record in self.epochs]
-
-    def __len__(self):
-        return len(self.epochs)
-
-    def __repr__(self):
-        return f"History({self.epochs!r})"
+    def _repr_html_(self):
+        return tables.evaluation_html(self)
 
 
 def _check_positive_int(name, value):
@@ -51,7 +41,8 @@ def _check_positive_int(name, value):
 
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
         seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
-        resume=None, lr_schedule=None, comm=None):
+        resume=None, lr_schedule=None, early_stopping=None, monitor="val_loss",
+        restore_best=True, comm=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
@@ -69,9 +60,16 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     A NaN or inf in the loss or the gradients raises ``TrainingDiverged`` naming the epoch
     and step; the model and optimizer keep the state of the last good step.
 
-    ``lr_schedule`` scales the optimizer's lr at each step t of the T steps of the run:
-    None (constant), "cosine" (lr * (1 + cos(pi t / T)) / 2, from lr down to 0), or a
-    function f(t, T) -> factor. It is a function of the step, so a resumed run follows it.
+    ``lr_schedule`` scales the optimizer's lr at each global step (``mlpfast.schedules``):
+    None or "constant", "step", "multistep", "exponential", "cosine", "onecycle",
+    "plateau" (with their default arguments), a Schedule object
+    (``mf.schedules.make_schedule("cosine", warmup_steps=500)``), or a function f(t, T) ->
+    factor. Its state is checkpointed, so a resumed run follows it.
+
+    ``early_stopping`` = patience stops after that many epochs in which ``monitor``
+    ("val_loss", "val_accuracy", "loss" or "train_accuracy") did not improve; with
+    ``restore_best`` the model ends with the weights of its best epoch
+    (``history.best_epoch``; ``history.stopped_epoch`` is where it stopped).
 
     ``comm`` (an mpi4py communicator or a ``mlpfast.distributed.Cluster``) trains over its
     ranks, data-parallel: every rank makes the same call, ``batch_size`` is the global
@@ -81,46 +79,73 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     with distributed.starting(cluster):   # an error on one rank stops every rank
         job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
                    checkpoint, checkpoint_every)
-        rates = LearningRates(lr_schedule, job.epochs * job.steps_per_epoch)
-        run, history = RunState(), History()
-        rng = np.random.default_rng(seed)
+        stopper = _early_stopping(early_stopping, monitor, job)
+        run = RunState(np.random.default_rng(seed),
+                       LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
+                                     job.steps_per_epoch, optimizer.lr), stopper)
         if resume is not None:        # read, check everything, then load (all or nothing)
-            rng = resume_run(read_checkpoint(resume), model, optimizer, loss_fn,
-                             job.data_spec, job.epochs, run, history)
+            resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
+                       job.epochs, run)
     if cluster is not None:           # the ranks agree, then take rank 0's state
-        rng = distributed.start(cluster, model, optimizer, job, run, rng, seed, lr_schedule)
+        distributed.start(cluster, model, optimizer, job, run, seed, lr_schedule)
     writer = None if checkpoint is None else CheckpointWriter(
         checkpoint, job.every_steps, model, optimizer, loss_fn, job.data_spec)
     step = model.backend.make_step(model.plan(), loss_fn, optimizer, job.train_set,
                                    job.batch_size)
-    if cluster is not None:           # one step over every rank; rank 0 writes checkpoints
-        step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
-                                        job.batch_size)
     model.train()
+    with Interrupts() as interrupts:
+        if cluster is not None:       # one step over every rank; rank 0 writes checkpoints
+            step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
+                                            job.batch_size, interrupts)
+        _train_epochs(job, step, run, writer, progress, verbose, interrupts)
+    if stopper is not None and restore_best and stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+    model.eval()
+    return run.history
+
+
+def _train_epochs(job, step, run, writer, progress, verbose, interrupts):
+    """The epochs left: train, check, validate, record, checkpoint, stop early."""
+    model, optimizer, stopper = job.model, job.optimizer, run.stopper
     for epoch in range(run.epochs_done + 1, job.epochs + 1):
+        if stopper is not None and stopper.stopped:
+            run.history.stopped_epoch = run.epochs_done
+            break
         start = time.perf_counter() - run.seconds
-        _train_epoch(job, step, run, rng, rates, epoch, writer, history, progress, start)
-        check_state_finite(model, optimizer, f"after epoch {epoch}", checkpoint)
+        _train_epoch(job, step, run, epoch, writer, progress, start, interrupts)
+        check_state_finite(model, optimizer, f"after epoch {epoch}", job.checkpoint)
         record = job.record(epoch, run, time.perf_counter() - start)
-        history.append(record)
-        run.end_epoch(epoch)
-        if writer is not None and (not job.every_steps or epoch == job.epochs):
-            writer.write(run, rng, history, epoch)
+        stop = run.end_epoch(record, model)
+        if writer is not None and (not job.every_steps or epoch == job.epochs or stop
+                                   or interrupts.requested):
+            writer.write(run, epoch)
         if verbose:
             print(format_record(record, job.epochs), flush=True)
-    model.eval()
-    return history
+        if interrupts.requested:
+            raise KeyboardInterrupt
 
 
-def _train_epoch(job, step, run, rng, rates, epoch, writer, history, progress, start):
-    """The rest of epoch ``epoch``: calls of ``step`` over chunks of its batches."""
-    order = run.start_epoch(rng, len(job.train_set), job.shuffle)
+def _early_stopping(patience, monitor, job):
+    if patience is None:
+        return None
+    stopper = EarlyStopping(patience, monitor)
+    if monitor.startswith("val_") and job.val_set is None:
+        raise ValueError(f"early stopping on {monitor} needs val=(x_val, y_val) or a dataset")
+    if monitor.endswith("accuracy") and not job.classify:
+        raise ValueError(f"early stopping on {monitor} needs class labels")
+    return stopper
+
+
+def _train_epoch(job, step, run, epoch, writer, progress, start, interrupts):
+    """The rest of epoch ``epoch``: calls of ``step`` over chunks of its batches. A Ctrl-C
+    ends it at a chunk boundary: a final checkpoint, then KeyboardInterrupt."""
+    order = run.start_epoch(len(job.train_set), job.shuffle)
     chunks = ChunkSizes(getattr(step, "max_batches", None))
     with Progress(progress, job.steps_per_epoch, f"epoch {epoch}/{job.epochs}") as bar:
         while run.batches_done < job.steps_per_epoch:
             count = chunks.next(run, job.steps_per_epoch, job.every_steps)
             first, before = run.batches_done, run.loss_sum
-            lrs = rates.rates(job.optimizer.lr, run.global_step, count)
+            lrs = run.rates.rates(job.optimizer.lr, run.global_step, count)
             done, finite, failed_loss = step.run(order, first, count, lrs, run.sums)
             chunks.done(count)
             run.advance(done)
@@ -130,9 +155,13 @@ def _train_epoch(job, step, run, rng, rates, epoch, writer, history, progress, s
             rows = min(run.batches_done * job.batch_size, len(job.train_set)) \
                 - first * job.batch_size
             bar.update(done, (run.loss_sum - before) / rows)
-            if writer is not None and job.every_steps and run.global_step % job.every_steps == 0:
+            at_checkpoint = job.every_steps and run.global_step % job.every_steps == 0
+            stop = interrupts.requested and run.batches_done < job.steps_per_epoch
+            if writer is not None and (at_checkpoint or stop):
                 run.seconds = time.perf_counter() - start
-                writer.write(run, rng, history, epoch)
+                writer.write(run, epoch)
+            if stop:                # (at the epoch's end, after its record and checkpoint)
+                raise KeyboardInterrupt
 
 
 class _Job:
@@ -225,24 +254,28 @@ def _batches(model, x, y, batch_size, name="x"):
 
 
 def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True):
-    """{"loss", "accuracy", "confusion_matrix" (true x predicted counts), "n"} over (x, y)."""
+    """{"loss", "accuracy", "n"} over (x, y); with class labels and ``confusion`` also
+    "confusion_matrix" (true x predicted counts) and "scores", per-class precision,
+    recall, f1 and support with their macro and weighted averages
+    (``mlpfast.metrics.precision_recall_f1``)."""
     loss_fn = CrossEntropyLoss(backend=model.backend) if loss_fn is None else loss_fn
     num_classes = model.out_features
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    loss_sum, correct, n = 0.0, 0, 0
-    has_labels = False
+    loss_sum, n, truth, predictions = 0.0, 0, [], []
     for logits, labels, rows in _batches(model, x, y, batch_size):
         loss_sum += loss_fn.value(logits, labels) * rows
-        has_labels = labels.dtype == np.int64
-        if has_labels:
-            predicted = model.backend.to_numpy(logits).argmax(axis=1)
-            correct += int((predicted == labels).sum())
-            if confusion:
-                np.add.at(matrix, (labels, predicted), 1)
+        if labels.dtype == np.int64:
+            truth.append(labels.copy())
+            predictions.append(model.backend.to_numpy(logits).argmax(axis=1))
         n += rows
-    result = {"loss": loss_sum / n, "accuracy": correct / n if has_labels else None, "n": n}
-    if confusion and has_labels:
-        result["confusion_matrix"] = matrix
+    result = Evaluation(loss=loss_sum / n, accuracy=None, n=n)
+    if truth:
+        truth, predictions = np.concatenate(truth), np.concatenate(predictions)
+        result["accuracy"] = int((truth == predictions).sum()) / n
+        if confusion:
+            matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+            np.add.at(matrix, (truth, predictions), 1)
+            result["confusion_matrix"] = matrix
+            result["scores"] = precision_recall_f1(truth, predictions, num_classes)
     return result
 
 

@@ -38,3 +38,34 @@ def numerical_grad(f, x, eps=1e-6):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+class Crash(Exception):
+    """Stands in for a crash (kill, power loss) in the middle of a run."""
+
+
+class BatchSamples:
+    """(x, y) through the dataset protocol, calling ``action()`` while gathering batch
+    ``at`` of the run (batches of ``batch`` rows, counted over the run's calls; one call
+    may gather several batches, as the cpu backend's steps do). ``action`` defaults to
+    raising Crash."""
+
+    def __init__(self, x, y, batch, at=None, action=None, num_classes=None):
+        self.x, self.y, self.batch, self.at, self.batches = x, y, batch, at, 0
+        self.action = action or self._crash
+        self.num_features = x.shape[1]
+        self.num_classes = num_classes or int(y.max()) + 1
+
+    def _crash(self):
+        raise Crash(f"crash while gathering batch {self.at}")
+
+    def __len__(self):
+        return len(self.x)
+
+    def gather_batch(self, index, x_out, y_out):
+        first = self.batches + 1
+        self.batches += -(-len(index) // self.batch)
+        if self.at is not None and first <= self.at <= self.batches:
+            self.action()
+        x_out[...] = self.x[index]
+        y_out[...] = self.y[index]

@@ -102,6 +102,22 @@ def case_resume(comm, out, ckpt):
     np.save(os.path.join(out, f"resumed_loss.{comm.Get_rank()}.npy"), history["loss"])
 
 
+def case_interrupt(comm, out, ckpt):
+    """Rank 1 alone gets Ctrl-C (SIGINT) at step 13: both ranks stop after the same step,
+    rank 0 writes the final checkpoint, both raise KeyboardInterrupt."""
+    model = mf.MLP([FEATURES, HIDDEN, CLASSES], seed=3)
+    optimizer = mf.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = make_data()
+    try:
+        mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=BATCH,
+               seed=0, progress=False, comm=comm, checkpoint=ckpt, checkpoint_every=100,
+               lr_schedule=_die_at(1, 13, signal.SIGINT))
+        write(out, f"interrupt.{comm.Get_rank()}", "no interrupt")
+    except KeyboardInterrupt:
+        write(out, f"interrupt.{comm.Get_rank()}", str(optimizer.step_count))
+        np.save(os.path.join(out, f"interrupted.{comm.Get_rank()}.npy"), model.flat_data)
+
+
 class FailingRows:
     """A dataset whose gather_batch raises at its ``fail_at``-th call (never when None)."""
 
@@ -150,7 +166,7 @@ def case_bad_input(comm, out):
 
 
 CASES = {"parity": case_parity, "kill": case_kill, "stall": case_stall, "full": case_full,
-         "resume": case_resume, "bad_input": case_bad_input}
+         "resume": case_resume, "bad_input": case_bad_input, "interrupt": case_interrupt}
 _RANK = _OUT = None
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_close
 
 import mlpfast
-from mlpfast import nn, optim, train
+from mlpfast import nn, optim
 from mlpfast.datasets import as_dataset
 from mlpfast.kernels import _numba_config
 

@@ -1,6 +1,7 @@
 """`mlpfast bench`: JSON results, --baseline regression flags, peers, table, plot, bad input.
 
-Kept fast: one tiny GEMM case of a probe variant (``--only``), no peer processes.
+Kept fast: one tiny GEMM case of a probe variant (``--only``), no peer processes; the peers
+of --compare train a 784-16-10 MLP for one epoch on 640 real MNIST images.
 """
 import io
 import json
@@ -126,6 +127,9 @@ def test_train_flops_count_forward_and_both_gradients():
     # input gradient only for the second layer
     fwd = 2 * 2 * (784 * 256 + 256 * 10)
     assert benchmark.mlp_train_flops([784, 256, 10], 2) == 2 * fwd + 2 * 2 * 256 * 10
+    # per sample, as bench/README.md states them
+    assert benchmark.mlp_train_flops([784, 256, 128, 10], 1) == 1_007_104
+    assert benchmark.mlp_train_flops([784, 1024, 1024, 10], 1) == 9_564_160
 
 
 def test_textbook_numpy_peer_trains_like_mlpfast():
@@ -153,11 +157,13 @@ def test_textbook_numpy_peer_trains_like_mlpfast():
         np.testing.assert_allclose(peer.params[2 * i + 1], state[f"{2 * i}.bias"], atol=1e-6)
 
 
-def test_missing_peer_is_skipped_with_the_reason(monkeypatch, capsys):
+@pytest.mark.parametrize("peer", ["torch", "torch-tuned"])
+def test_missing_peer_is_skipped_with_the_reason(peer, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)                   # import torch fails
-    assert peers.main(["torch", "--sizes", "784,8,10", "--batch", "16"]) == 0
+    peers.write_weights(tmp_path, peers.initial_weights([784, 8, 10], 0))
+    assert peers.main([peer, "--data", str(tmp_path), "--weights", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["skipped"].startswith("torch is not installed")
+    assert result["skipped"].startswith("torch is not installed (CPU build: pip install")
 
 
 def test_numpy_peer_runs_without_the_openblas_overrides():
@@ -171,25 +177,56 @@ def test_numpy_peer_runs_without_the_openblas_overrides():
     assert "intra_op_parallelism_threads=1" in torch_env["XLA_FLAGS"]
 
 
-def test_numpy_peer_serves_kernel_step_and_info_requests(probe_variant):
-    requests = [{"info": True}, {"kernel": "gemm.sgemm 16x16x16 NN", "mode": "quick",
-                                 "seconds": 0.01},
-                {"step": "784-16-10 b8", "seconds": 0.01},
-                {"kernel": "gemm.sgemm 3x3x3 NN", "mode": "quick", "seconds": 0.01}]
+def test_numpy_peers_serve_kernel_step_and_info_requests(probe_variant):
+    kernel_requests = [{"info": True}, {"kernel": "gemm.sgemm 16x16x16 NN", "mode": "quick",
+                                        "seconds": 0.01},
+                       {"kernel": "gemm.sgemm 3x3x3 NN", "mode": "quick", "seconds": 0.01}]
     replies = io.StringIO()
-    peers.serve(io.StringIO("".join(json.dumps(r) + "\n" for r in requests)), replies)
-    info, kernel, step, unknown = [json.loads(line) for line in replies.getvalue().splitlines()]
+    peers.serve(io.StringIO("".join(json.dumps(r) + "\n" for r in kernel_requests)), replies,
+                benchmark.answer_kernel)
+    info, kernel, unknown = [json.loads(line) for line in replies.getvalue().splitlines()]
     assert info["blas"] == benchmark.blas_info()
     assert kernel["row"]["variant"] == "numpy" and kernel["row"]["rate"] > 0
-    assert step["row"]["shape"] == "784-16-10 b8"
-    assert step["row"]["rate"] == pytest.approx(
-        benchmark.mlp_train_flops([784, 16, 10], 8) / step["row"]["median_s"] * 1e-9)
     assert unknown["skipped"] == "ValueError: no kernel case 'gemm.sgemm 3x3x3 NN' in mode 'quick'"
 
+    with benchmark.PeerInputs() as inputs:
+        files = inputs.batch(8)
+        assert inputs.batch(8) == files                              # written once
+        replies = io.StringIO()
+        peers.serve(io.StringIO(json.dumps({"step": "784-16-10 b8", "seconds": 0.01, **files})
+                                + "\n" + json.dumps({"step": "784-16-10 b8"}) + "\n"),
+                    replies, peers.answer_step)
+    step, incomplete = [json.loads(line) for line in replies.getvalue().splitlines()]
+    assert step["row"]["rate"] == pytest.approx(
+        benchmark.mlp_train_flops([784, 16, 10], 8) / step["row"]["median_s"] * 1e-9)
+    assert step["row"]["median_s"] == pytest.approx(np.median(step["row"]["times"]))
+    assert incomplete["skipped"] == "KeyError: 'x'"
 
-def test_peer_process_answers_from_its_own_environment():
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+def test_numpy_gemm_peer_writes_into_out_without_a_temporary(trans_a, trans_b):
+    # the kernel peer times gemm.VARIANTS["numpy"]: np.matmul(..., out=), no product + copy
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    m, n, k = 257, 193, 61
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    out = np.full((m, n), np.nan, np.float32)                  # beta 0: never read
+    tracemalloc.start()
+    gemm.VARIANTS["numpy"](a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=0.5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < out.nbytes / 4
+    expected = 0.5 * ((a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b))
+    benchmark.assert_close(out, expected, 1e-5 * k, 1e-5, "numpy gemm")
+
+
+@pytest.mark.parametrize("command", ["kernels", "step"])
+def test_peer_process_answers_from_its_own_environment(command):
     pytest.importorskip("threadpoolctl")
-    with benchmark.PeerProcess("numpy", threads=1) as peer:
+    argv = (benchmark.KERNEL_PEER_COMMAND if command == "kernels"
+            else benchmark.peer_command("numpy", 1, ["--serve"]))
+    with benchmark.PeerProcess(argv, threads=1) as peer:
         reply = peer.ask({"info": True})
     assert "1 threads" in reply["blas"]                 # OPENBLAS_NUM_THREADS=1 reached it
     assert peer.proc.returncode == 0
@@ -233,38 +270,132 @@ def test_ours_and_the_peer_are_timed_in_turns():
     assert row["rate"] == pytest.approx(2.0 * 0.5 / 0.375)
 
 
-def test_inference_peers_predict_the_classes_of_the_same_model(monkeypatch):
+def test_inference_peers_predict_the_classes_of_the_same_model(tmp_path):
     # the mlpfast and PyTorch inference peers load the same weights: same classes
     rng = np.random.default_rng(0)
     test_x = rng.standard_normal((300, 784)).astype(np.float32)
-    monkeypatch.setattr("mlpfast.datasets.mnist", lambda: (None, (test_x, None)))
-    ours = peers.infer_rate("mlpfast", [784, 16, 10], 128, 1, seed=2)
+    peers.write_mnist(tmp_path, (test_x[:0], np.zeros(0, np.int64)),
+                      (test_x, np.zeros(300, np.int64)))
+    weights = peers.initial_weights([784, 16, 10], 2)
+    ours = peers.infer_rate("mlpfast", tmp_path, weights, 128, 1)
     assert ours["samples_per_s"] > 0 and len(ours["agree_with"]) == 300
+    assert "mlpfast backend cpu" in ours["notes"]
     torch = pytest.importorskip("torch")
     assert torch is not None
-    theirs = peers.infer_rate("torch", [784, 16, 10], 128, 1, seed=2)
+    theirs = peers.infer_rate("torch", tmp_path, weights, 128, 1)
     assert np.mean(np.array(theirs["agree_with"]) == ours["agree_with"]) > 0.99
+
+
+class FakeInputs:
+    """PeerInputs without the files: the folders are only passed on."""
+
+    def mnist(self):
+        return "MNIST"
+
+    def weights(self, sizes, seed=0):
+        return "W-" + "-".join(map(str, sizes))
 
 
 def test_inference_table_gives_rates_ratios_and_agreement(monkeypatch):
     answers = {"mlpfast": {"samples_per_s": 80000.0, "seconds": 0.125, "agree_with": [1, 2, 3]},
                "torch": {"samples_per_s": 40000.0, "seconds": 0.25, "agree_with": [1, 2, 0]},
                "jax": {"skipped": "jax is not installed"}}
-    monkeypatch.setattr(benchmark, "run_peer", lambda peer, args, threads: dict(answers[peer]))
-    results = benchmark.compare_inference(2, lambda line: None)
+    calls = []
+
+    def run_peer(peer, args, threads):
+        calls.append(args)
+        return dict(answers[peer])
+    monkeypatch.setattr(benchmark, "run_peer", run_peer)
+    results = benchmark.compare_inference(2, lambda line: None, FakeInputs())
+    assert calls[0] == ["--infer", "--data", "MNIST", "--weights", "W-784-1024-1024-10",
+                        "--batch", "1024"]
     lines = benchmark.format_inference(results)
     assert "2.00x" in lines[2] and "66.67%" in lines[2] and "skipped: jax" in lines[3]
     assert [r["variant"] for r in benchmark.inference_rows(results, 2)] == ["mlpfast", "torch"]
 
 
-def test_compare_table_shows_test_accuracy_and_ratio():
-    results = [{"peer": "mlpfast", "config": "784-8-10 b64", "samples_per_s": 90000.0,
-                "seconds_per_epoch": 0.67, "loss": 0.25, "test_accuracy": 0.9712},
-               {"peer": "torch", "config": "784-8-10 b64", "samples_per_s": 30000.0,
-                "seconds_per_epoch": 2.0, "loss": 0.25, "test_accuracy": 0.9705}]
+def fake_compare(monkeypatch, seconds):
+    """compare_training of 784-256-128-10 b64 whose peers answer ``seconds`` (peer -> epoch
+    seconds, or a reason to skip), 60000 samples per epoch."""
+    calls = []
+
+    def run_peer(peer, args, threads):
+        calls.append(args)
+        if isinstance(seconds[peer], str):
+            return {"skipped": seconds[peer]}
+        return {"epoch_seconds": seconds[peer], "samples": 60000, "loss": 0.25,
+                "test_accuracy": 0.97, "notes": f"{peer} notes",
+                "threadpools": ["openblas 0.3.31 (SkylakeX, 2 threads)"], "mlpfast_modules": []}
+    monkeypatch.setattr(benchmark, "run_peer", run_peer)
+    results = benchmark.compare_training([((784, 256, 128, 10), 64)], 2, 3, lambda line: None,
+                                         FakeInputs())
+    assert calls == [["--data", "MNIST", "--weights", "W-784-256-128-10", "--batch", "64",
+                      "--epochs", "3"]] * len(benchmark.TRAIN_PEERS)
+    return results
+
+
+PEAK = 241.70496          # GFLOP/s: 120,000 samples/s x 1,007,104 FLOP is exactly 50%
+
+
+def test_compare_table_reports_best_median_peak_and_ratios(monkeypatch):
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [0.6, 0.5, 0.55], "numpy": [2.5, 3.0, 2.75], "torch": [1.2, 1.0, 1.1],
+        "torch-tuned": [1.0, 1.5, 0.9], "jax": "jax is not installed"})
+    lines = benchmark.format_compare(results, peak=PEAK)
+    assert lines[0] == benchmark.COMPARE_HEADER
+    assert [line.split()[2] for line in lines[1:]] == [
+        "mlpfast", "numpy", "torch", "torch-tuned", "PyTorch", "jax"]
+    mlpfast, numpy, *_ = lines[1:]
+    # best 60000 / 0.5 = 120,000 samples/s = 50% of PEAK; median 60000 / 0.55
+    assert "120,000   50%   109,091   45%" in mlpfast and "97.00%" in mlpfast
+    # numpy: best 24,000, median 21,818: mlpfast is 5.00x (best) and 5.00x (median) faster
+    assert "24,000   10%    21,818    9%" in numpy and "5.00x    5.00x" in numpy
+    assert "numpy notes; openblas 0.3.31 (SkylakeX, 2 threads)" in numpy
+    assert "skipped: jax is not installed" in lines[6]
+
+
+def test_pytorch_row_is_the_better_median_of_plain_and_tuned(monkeypatch):
+    # torch-tuned has the better best epoch (0.9 s), torch the better median (1.1 s)
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [0.55], "numpy": [2.0], "torch": [1.2, 1.0, 1.1],
+        "torch-tuned": [0.9, 1.5, 1.4], "jax": [0.8]})
+    assert benchmark.better_torch(results)["peer"] == "torch"
+    pytorch = benchmark.format_compare(results, peak=PEAK)[5]
+    assert pytorch.split()[2] == "PyTorch" and "= torch, the better median" in pytorch
+    # mlpfast 109,091 samples/s: 1.82x torch's best epoch 60,000, 2.00x its median 54,545
+    assert "60,000" in pytorch and "54,545" in pytorch and "1.82x    2.00x" in pytorch
+
+    only_tuned = fake_compare(monkeypatch, {
+        "mlpfast": [0.55], "numpy": [2.0], "torch": "failed: ...", "torch-tuned": [1.4],
+        "jax": [0.8]})
+    assert benchmark.better_torch(only_tuned)["peer"] == "torch-tuned"
+    neither = fake_compare(monkeypatch, {
+        "mlpfast": [0.55], "numpy": [2.0], "torch": "x", "torch-tuned": "y", "jax": [0.8]})
+    assert benchmark.better_torch(neither) is None
+    assert "PyTorch" not in "".join(benchmark.format_compare(neither))
+
+
+def test_compare_rows_keep_best_median_and_peak(monkeypatch):
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [0.6, 0.5, 0.55], "numpy": "numpy failed", "torch": [1.0],
+        "torch-tuned": [1.0], "jax": [1.0]})
+    rows = benchmark.compare_rows(results, 2, peak=PEAK)
+    assert [r["variant"] for r in rows] == ["mlpfast", "torch", "torch-tuned", "jax"]
+    ours = rows[0]
+    assert ours["id"] == "compare 784-256-128-10 b64 [mlpfast] t2"
+    assert ours["best_samples_per_s"] == pytest.approx(120_000)
+    assert ours["samples_per_s"] == ours["rate"] == pytest.approx(60000 / 0.55)
+    assert ours["min_s"] == 0.5 and ours["median_s"] == 0.55
+    assert ours["peak_percent_best"] == pytest.approx(50.0)
+
+
+def test_a_peer_that_imported_mlpfast_is_flagged(monkeypatch):
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [0.5], "numpy": [1.0], "torch": [1.0], "torch-tuned": [1.0], "jax": [1.0]})
+    results[1]["mlpfast_modules"] = ["mlpfast", "mlpfast.nn"]
     lines = benchmark.format_compare(results)
-    assert "test acc" in lines[0]
-    assert "97.12%" in lines[1] and "97.05%" in lines[2] and "3.00x" in lines[2]
+    assert "NOT CLEAN: imported 2 mlpfast modules" in lines[2]
+    assert "NOT CLEAN" not in "".join(lines[:2] + lines[3:])
 
 
 def test_peers_classify_with_their_trained_weights():
@@ -283,3 +414,72 @@ def test_peers_classify_with_their_trained_weights():
     assert torch is not None
     *_, classes = peers.torch_trainer(weights, 1)
     assert np.array_equal(classes(x), expected)
+
+
+@pytest.fixture(scope="module")
+def peer_runs(tmp_path_factory):
+    """Every --compare peer run for real, as `mlpfast bench --compare` runs it: a 784-16-10
+    MLP, batch 64, 640 real MNIST images (warm-up, then 2 timed epochs), 200 test images,
+    1 thread."""
+    from mlpfast.datasets import mnist
+    (x, y), (x_test, y_test) = mnist()
+    folder = tmp_path_factory.mktemp("peers")
+    peers.write_mnist(folder / "mnist", (x[:640], y[:640]), (x_test[:200], y_test[:200]))
+    peers.write_weights(folder / "weights", peers.initial_weights([784, 16, 10], 0))
+    args = ["--data", str(folder / "mnist"), "--weights", str(folder / "weights"),
+            "--batch", "64", "--epochs", "2"]
+    return {peer: benchmark.run_peer(peer, args, threads=1) for peer in benchmark.TRAIN_PEERS}
+
+
+def ran(result):
+    if "not installed" in result.get("skipped", ""):
+        pytest.skip(result["skipped"])
+    assert "skipped" not in result, result["skipped"]
+    return result
+
+
+@pytest.mark.parametrize("peer", ["numpy", "torch", "torch-tuned", "jax"])
+def test_peers_import_nothing_of_mlpfast_and_train_like_it(peer, peer_runs):
+    result, ours = ran(peer_runs[peer]), ran(peer_runs["mlpfast"])
+    assert result["mlpfast_modules"] == []                  # sys.modules of the child
+    assert ours["mlpfast_modules"] and "backend cpu, 1 threads" in ours["notes"]
+    assert len(result["epoch_seconds"]) == 2 and result["samples"] == 640
+    assert result["cpus"] == 1                              # pinned to one CPU
+    # the same weights, batches and Adam steps: the same last-epoch loss and test accuracy
+    assert result["loss"] == pytest.approx(ours["loss"], rel=1e-4)
+    assert abs(result["test_accuracy"] - ours["test_accuracy"]) <= 0.01
+    assert 0.5 < ours["test_accuracy"] < 1
+
+
+def test_numpy_peer_reports_its_blas_on_the_peer_threads(peer_runs):
+    pytest.importorskip("threadpoolctl")
+    pools = ran(peer_runs["numpy"])["threadpools"]
+    assert any(pool.startswith("openblas") and pool.endswith(", 1 threads)") for pool in pools)
+
+
+def test_tuned_torch_peer_fuses_adam_and_flushes_denormals(peer_runs):
+    plain, tuned = ran(peer_runs["torch"]), ran(peer_runs["torch-tuned"])
+    assert plain["notes"].endswith("1 threads, Adam default, denormals kept")
+    assert tuned["notes"].endswith("1 threads, Adam fused, denormals flushed")
+
+
+def test_jax_step_donates_params_and_adam_state_and_trains_like_numpy():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    weights = peers.initial_weights([20, 16, 5], 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 8)
+    update = peers.jax_adam_update()
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]
+    m, v = jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params)
+    t = jnp.asarray(0.0, jnp.float32)
+    reference = peers.NumpyMLP(weights)
+    for _ in range(3):
+        old = jax.tree.leaves((params, m, v, t))
+        params, m, v, t, loss = update(params, m, v, t, x, y)
+        assert all(leaf.is_deleted() for leaf in old)       # XLA reused their buffers
+        assert float(loss) == pytest.approx(reference.step(x, y), rel=1e-5)
+    for (w, b), i in zip(params, range(0, 6, 2)):
+        np.testing.assert_allclose(w, reference.params[i], atol=1e-6)
+        np.testing.assert_allclose(b, reference.params[i + 1], atol=1e-6)

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mlpfast import cli
@@ -26,6 +27,7 @@ def test_train_mnist_smoke(tmp_path):
                  "--save", str(model_path), "--backend", "numpy")
     assert result.returncode == 0, result.stderr
     assert "epoch 1/1" in result.stdout
+    assert "macro avg" in result.stdout and "weighted avg" in result.stdout   # the report
     accuracy = float(result.stdout.split("test accuracy: ")[1].split("%")[0])
     assert accuracy > 85.0
     import mlpfast as mf
@@ -41,3 +43,26 @@ def test_bad_arguments_are_rejected(capsys):
         cli.main(["train", "mnist", "--epochs", "0"])
     assert cli.main(["train", "mnist", "--backend", "tpu", "--epochs", "1"]) == 1
     assert "backend must be one of" in capsys.readouterr().err
+
+
+def test_a_recipe_sets_the_options_left_at_their_defaults():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "mnist", "--recipe", "best", "--epochs", "3"])
+    args = cli._apply_recipe(args, args.parser)
+    recipe = cli.RECIPES["best"]
+    assert args.epochs == 3                                  # given: kept
+    for key, value in recipe.items():
+        if key != "epochs":
+            assert getattr(args, key) == value, key
+
+
+def test_early_stopping_needs_a_holdout_and_a_holdout_is_drawn_from_training(capsys):
+    assert cli.main(["train", "mnist", "--early-stopping", "2", "--epochs", "1"]) == 1
+    assert "--early-stopping needs --holdout N" in capsys.readouterr().err
+    x, y = np.arange(20).reshape(10, 2), np.arange(10)
+    (x_train, y_train), (x_val, y_val) = cli._holdout(x, y, 3, seed=0)
+    assert len(x_val) == 3 and len(x_train) == 7
+    assert sorted(np.concatenate([y_train, y_val]).tolist()) == list(range(10))
+    assert cli._holdout(x, y, 0, seed=0)[1] is None
+    with pytest.raises(ValueError, match="--holdout must be below the 10 training images"):
+        cli._holdout(x, y, 10, seed=0)

@@ -127,6 +127,23 @@ def test_stalled_rank_is_named_after_the_timeout(tmp_path):
     assert error.startswith("RankLost: lost rank 1 (pid ") and "roll call" in error, error
 
 
+def test_ctrl_c_on_one_rank_stops_both_after_the_same_step(tmp_path):
+    """SIGINT to rank 1 alone (fit takes Ctrl-C at a chunk boundary): both ranks stop after
+    the same optimizer step, with equal parameters, and rank 0's final checkpoint holds
+    that step and those parameters."""
+    ckpt = tmp_path / "run.ckpt"
+    result, _ = case("interrupt", tmp_path, ckpt)
+    assert result.returncode == 0, result.stderr
+    steps = [int(read(tmp_path, f"interrupt.{r}")) for r in (0, 1)]
+    assert steps[0] == steps[1] and 1 <= steps[0] <= 14, steps
+    params = [np.load(tmp_path / f"interrupted.{r}.npy") for r in (0, 1)]
+    assert np.array_equal(params[0], params[1])
+    saved = read_checkpoint(ckpt)
+    assert saved.meta["progress"]["global_step"] == steps[0]
+    flat = np.concatenate([a.ravel() for a in saved.model_state().values()])  # flat order
+    assert np.array_equal(flat, params[0])
+
+
 def test_bad_input_on_one_rank_stops_every_rank(tmp_path):
     """Rank 1 alone gets bad input: it raises its own error, rank 0 names rank 1 and its
     message; arguments that differ between ranks are a ValueError on every rank."""

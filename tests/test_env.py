@@ -55,6 +55,7 @@ def test_the_readme_table_lists_every_variable():
     ("MLPFAST_FUZZ_EXAMPLES", "-3", env.fuzz_examples),
     ("MLPFAST_NUMBA_THREADING_LAYER", "openmp", env.numba_threading_layer),
     ("MLPFAST_PARALLEL_MIN_ELEMENTS", "many", lambda: env.parallel_min_elements(1)),
+    ("MLPFAST_NOTEBOOK_QUICK", "yes", env.notebook_quick),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, reader):
     monkeypatch.setenv(name, value)
@@ -67,8 +68,12 @@ def test_values_and_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert env.num_threads() is None and env.data_dir() is None and env.gemm_kernel() is None
     assert env.fuzz_examples() == 150 and env.parallel_min_elements(7) == 7
+    assert env.notebook_quick() is False
     monkeypatch.setenv("MLPFAST_NUM_THREADS", "3")
     monkeypatch.setenv("MLPFAST_DATA", "/data")
     monkeypatch.setenv("MLPFAST_PARALLEL_MIN_ELEMENTS", "1024")
     assert env.num_threads() == 3 and env.data_dir() == "/data"
     assert env.parallel_min_elements(7) == 1024
+    for text, quick in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("MLPFAST_NOTEBOOK_QUICK", text)
+        assert env.notebook_quick() is quick

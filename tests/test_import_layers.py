@@ -4,7 +4,8 @@
     1 kernels       mlpfast.kernels.*
     2 backends      mlpfast.backend.*
     3 engine        nn, losses, optim, train and its pieces (run, progress, resume,
-                    checkpoint), datasets and data loading, summary, metrics, schedules, init
+                    checkpoint), datasets and data loading, summary, metrics, schedules, init,
+                    tables (HTML for Jupyter)
     4 applications  the speech recipe (VTLN), perceptron lessons, plots
     5 faces         the CLI, the benchmark harness and peers, the package's own namespace
 
@@ -22,7 +23,8 @@ LAYERS = [
     ("engine", ("mlpfast.nn", "mlpfast.losses", "mlpfast.optim", "mlpfast.train",
                 "mlpfast.run", "mlpfast.progress", "mlpfast.resume", "mlpfast.checkpoint",
                 "mlpfast.datasets", "mlpfast.data", "mlpfast.summary", "mlpfast.metrics",
-                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz", "mlpfast.distributed")),
+                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz", "mlpfast.tables",
+                "mlpfast.distributed")),
     ("applications", ("mlpfast.speech", "mlpfast.perceptron", "mlpfast.plot")),
     ("faces", ("mlpfast.cli", "mlpfast.argtypes", "mlpfast.benchmarks", "mlpfast")),
 ]

@@ -279,6 +279,8 @@ def test_the_cpu_step_covers_mlps_and_leaves_the_rest_to_the_engine(rng):
         assert step_kind(model, mf.CrossEntropyLoss(), data(model), 8) == "CompiledStep"
     model = mf.MLP([5, 4, 3], backend="cpu")
     assert step_kind(model, mf.MSELoss(), data(model), 8) == "CompiledStep"
+    model = mf.MLP([5, 4, 3], batchnorm=True, dropout=0.5, input_dropout=0.2, backend="cpu")
+    assert step_kind(model, mf.CrossEntropyLoss(), data(model), 8) == "CompiledStep"
     for model in (mf.MLP([5, 4, 3], backend="cpu", dtype=np.float64),
                   mf.Sequential(mf.Linear(5, 3), mf.Softmax()),
                   mf.Sequential(mf.Linear(5, 4), mf.ReLU(), mf.Tanh(), mf.Linear(4, 3)),
@@ -323,3 +325,66 @@ def test_the_two_halves_of_a_step_make_the_whole_step(backend, data, rng):
     (p1, s1, n1), (p2, s2, n2) = results
     assert np.array_equal(p1, p2) and n1 == n2 == 4
     assert s1[1] == s2[1] and s1[0] == pytest.approx(s2[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_and_dropout_run_inside_the_compiled_step(act, momentum, rng):
+    """An MLP with input dropout, batchnorm and dropout trains in the compiled step (not
+    layer by layer) as the numpy backend's reference layers do: the same dropout masks
+    (Philox of seed, step, layer), running statistics, batches tracked and parameters.
+    (SGD: Adam would amplify the rounding noise of the Linear biases before batchnorm,
+    whose true gradient is 0.)"""
+    x = rng.standard_normal((150, 12)).astype(np.float32)
+    y = rng.integers(0, 4, 150)
+    results = []
+    for backend in ("cpu", "numpy"):
+        model = mf.MLP([12, 10, 8, 4], act, batchnorm=True, dropout=0.3, input_dropout=0.1,
+                       backend=backend, seed=0)
+        for layer in model.layers:
+            if isinstance(layer, mf.BatchNorm1d):
+                layer.momentum = momentum
+        opt = mf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if backend == "cpu":
+            assert step_kind(model, mf.CrossEntropyLoss(), as_dataset(model, x, y), 32) == \
+                "CompiledStep"
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=3, batch_size=32,
+                         seed=1, progress=False)
+        steps = [layer.step for layer in model.layers if isinstance(layer, mf.Dropout)]
+        results.append((model.state_dict(), history, steps))
+    (state, history, steps), (want, want_history, want_steps) = results
+    assert steps == want_steps == [15, 15, 15]
+    for name, value in state.items():
+        assert_close(value, want[name], tol=(2e-5, 1e-4), what=name)
+    assert history["train_accuracy"] == want_history["train_accuracy"]
+
+
+def test_batchnorm_refuses_a_batch_of_one_in_the_compiled_step(rng):
+    x, y = rng.standard_normal((33, 5)).astype(np.float32), rng.integers(0, 2, 33)
+    model = mf.MLP([5, 4, 2], batchnorm=True, backend="cpu", seed=0)
+    with pytest.raises(ValueError, match="needs more than 1 sample per batch"):
+        mf.fit(model, mf.optim.SGD(model.parameters(), lr=0.1), mf.CrossEntropyLoss(), x, y,
+               epochs=1, batch_size=16, progress=False)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_max_norm_inside_the_compiled_step(optimizer, rng):
+    """max_norm (every Linear weight's rows onto the ball after each update) as the
+    optimizers' own reference path on the numpy backend."""
+    x = rng.standard_normal((96, 10)).astype(np.float32) * 3
+    y = rng.integers(0, 3, 96)
+    results = []
+    for backend in ("cpu", "numpy"):
+        model = mf.MLP([10, 16, 3], backend=backend, seed=0)
+        params = model.parameters()
+        opt = (mf.optim.SGD(params, lr=0.5, momentum=0.9, max_norm=0.8) if optimizer == "sgd"
+               else mf.optim.Adam(params, lr=0.05, max_norm=0.8))
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=3, batch_size=16, seed=2,
+               progress=False)
+        results.append(model.state_dict())
+    (state, want) = results
+    norms = np.concatenate([np.sqrt((state[name].astype(np.float64) ** 2).sum(axis=1))
+                            for name in ("0.weight", "2.weight")])
+    assert norms.max() <= 0.8 * (1 + 1e-6) and (norms > 0.79).sum() > 3    # the ball binds
+    for name, value in state.items():
+        assert_close(value, want[name], tol=(1e-5, 1e-4), what=name)

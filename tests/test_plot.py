@@ -126,10 +126,26 @@ def test_mnist_report(tmp_path):
                      epochs=2, batch_size=16, val=(x, y), seed=0, progress=False)
     paths = plot.mnist_report(model, history, x, y, tmp_path / "out")
     assert [os.path.basename(p) for p in paths] == [
-        "training_curves.png", "confusion_matrix.png", "first_layer_weights.png",
-        "misclassified.png"]
+        "training_curves.png", "confusion_matrix.png", "per_class_scores.png",
+        "first_layer_weights.png", "misclassified.png"]
     for p in paths:
         read_png(p)
+
+
+def test_per_class_scores_draw_each_class_and_the_macro_averages():
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0, 2])
+    scores = mf.metrics.precision_recall_f1(y_true, y_pred)
+    fig = plot.per_class_scores(scores)
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 4) for p in ax.patches)
+    expected = sorted(round(100 * v, 4) for k in ("precision", "recall", "f1")
+                      for v in scores[k])
+    assert heights == expected
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == f"precision (macro {100 * scores['macro']['precision']:.2f}%)"
+    with pytest.raises(ValueError, match="precision_recall_f1"):
+        plot.per_class_scores({"labels": [0]})
 
 
 @pytest.mark.parametrize("call, match", [
@@ -169,6 +185,7 @@ def test_cli_plots_writes_the_mnist_pictures(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     names = sorted(os.listdir(out_dir))
     assert names == ["confusion_matrix.png", "first_layer_weights.png", "misclassified.png",
+                     "per_class_scores.png",
                      "training_curves.png"]
     for name in names:
         assert f"wrote {out_dir / name}" in out

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 import mlpfast as mf
+from conftest import BatchSamples, Crash
 
 BACKENDS = mf.backends()
+BATCH = 8
 OPTIMIZERS = {
     "sgd_nesterov_wd": lambda p: mf.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
                                               weight_decay=1e-3),
@@ -15,31 +17,8 @@ OPTIMIZERS = {
 }
 
 
-class Crash(Exception):
-    """Stands in for a crash (kill, power loss) in the middle of an epoch."""
-
-
-BATCH = 8
-
-
-class Samples:
-    """A dataset (the gather_batch protocol) that can crash while gathering its n-th batch
-    (counted over the run; a call may gather several batches, the cpu step's do)."""
-
-    def __init__(self, x, y, crash_at=None):
-        self.x, self.y, self.crash_at, self.batches = x, y, crash_at, 0
-        self.num_features, self.num_classes = x.shape[1], 4
-
-    def __len__(self):
-        return len(self.x)
-
-    def gather_batch(self, index, x_out, y_out):
-        first = self.batches + 1
-        self.batches += -(-len(index) // BATCH)
-        if self.crash_at is not None and first <= self.crash_at <= self.batches:
-            raise Crash(f"crash while gathering batch {self.crash_at}")
-        x_out[...] = self.x[index]
-        y_out[...] = self.y[index]
+def Samples(x, y, crash_at=None):
+    return BatchSamples(x, y, BATCH, crash_at, num_classes=4)
 
 
 def _data(n=53, features=7, seed=0):

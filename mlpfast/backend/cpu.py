@@ -83,8 +83,8 @@ def compiled_step(plan, loss_fn, optimizer, dataset, batch_size):
 
 
 def _compiled_spec(plan, loss_fn, optimizer, dataset):
-    """(layers, loss, optimizer name, hyper, state) for kernels.mlp_step.MLPSteps, or None
-    when the step does not cover this training."""
+    """(layers, loss, optimizer name, hyper, state, max_norm) for kernels.mlp_step.MLPSteps,
+    or None when the step does not cover this training."""
     from ..kernels.mlp_step import ACTIVATIONS
     if plan.chain is None or plan.dtype != np.float32 \
             or any(layer.activation not in ACTIVATIONS for layer in plan.chain):
@@ -106,6 +106,25 @@ def _compiled_spec(plan, loss_fn, optimizer, dataset):
     return (layers, loss) + optimizer_spec
 
 
+def _post_specs(plan):
+    """(batchnorms, dropouts, input_dropout) of kernels.mlp_step.MLPSteps from the layers."""
+    from ..kernels.mlp_step import BatchNormSpec, DropoutSpec
+
+    def batchnorm(bn):
+        if bn is None:
+            return None
+        gamma, beta = (bn.weight, bn.bias) if bn.affine else (None, None)
+        return BatchNormSpec(gamma and gamma.data, beta and beta.data, gamma and gamma.grad,
+                             beta and beta.grad, bn.running_mean, bn.running_var, bn.eps,
+                             bn.momentum, int(bn.num_batches_tracked))
+
+    def dropout(layer):
+        return None if layer is None else DropoutSpec(layer.p, layer.seed, layer.layer_id,
+                                                      layer.step)
+    return ([batchnorm(l.batchnorm) for l in plan.chain],
+            [dropout(l.dropout) for l in plan.chain], dropout(plan.input_dropout))
+
+
 class CompiledStep:
     """The step of ``steps`` as kernels.mlp_step.MLPSteps: k batches per compiled call.
 
@@ -114,28 +133,53 @@ class CompiledStep:
 
     def __init__(self, plan, spec, optimizer, dataset, batch_size):
         from ..kernels.mlp_step import MLPSteps
-        layers, loss, name, hyper, state = spec
+        layers, loss, name, hyper, state, max_norm = spec
         self.optimizer, self.dataset, self.batch_size = optimizer, dataset, batch_size
         arrays = getattr(dataset, "arrays", None)
         self._chunk = None if arrays is not None else _ChunkBuffer(dataset, batch_size)
         self.max_batches = None if arrays is not None else _ChunkBuffer.CHUNK_BATCHES
         src_x, src_y = arrays if arrays is not None else self._chunk.arrays()
+        self._batchnorms = [l.batchnorm for l in plan.chain]
+        self._dropouts = [plan.input_dropout] + [l.dropout for l in plan.chain]
         self._steps = MLPSteps(layers, plan.flat_data, plan.flat_grad, src_x, src_y,
-                               batch_size, loss, name, hyper, state)
+                               batch_size, loss, name, hyper, state, _post_specs(plan),
+                               max_norm)
 
     def run(self, order, first_batch, num_batches, lrs, sums):
         if self._chunk is not None:
             order, first_batch = self._chunk.fill(order, first_batch, num_batches), 0
+        self._layers_to_step()
         steps, finite, failed_loss = self._steps.run(order, first_batch, num_batches, lrs,
                                                      self.optimizer.step_count, sums)
+        self._step_to_layers(steps + (not finite))
         self.optimizer.step_count += steps
         return steps, finite, failed_loss
 
     def compute_gradients(self, index):
         if self._chunk is not None:
             index = self._chunk.fill(index, 0, 1)
+        self._layers_to_step()
         loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64))
+        self._step_to_layers(1)
         return loss / index.shape[0], correct
+
+    def _layers_to_step(self):
+        """The layers' counters (batches tracked, dropout steps) into the compiled step."""
+        for l, bn in enumerate(self._batchnorms):
+            if bn is not None:
+                self._steps.tracked[l] = int(bn.num_batches_tracked)
+        for i, layer in enumerate(self._dropouts):
+            if layer is not None:
+                self._steps.dropout_steps[i] = layer.step
+
+    def _step_to_layers(self, forwards):
+        """After ``forwards`` training forward passes: the counters back into the layers."""
+        for l, bn in enumerate(self._batchnorms):
+            if bn is not None:
+                bn.num_batches_tracked[()] = self._steps.tracked[l]
+        for layer in self._dropouts:
+            if layer is not None:
+                layer.step += forwards
 
     def apply_update(self, lr):
         self._steps.update(lr, self.optimizer.step_count + 1)

@@ -13,28 +13,34 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PlanLayer:
-    """One Linear layer of a chain: y = f(x @ weight.T + bias).
+    """One Linear layer of a chain and what follows it: y = drop(f(bn(x @ weight.T + bias))).
 
     weight, bias: the layer's Parameters (``.data``, ``.grad``; bias None when absent);
-    activation: the name of f ("identity" when no activation follows the layer);
-    params: f's parameters (leaky_relu's negative_slope), as the activation layer holds them.
+    batchnorm: the BatchNorm1d layer that follows, or None; activation: the name of f
+    ("identity" when no activation follows); params: f's parameters (leaky_relu's
+    negative_slope), as the activation layer holds them; dropout: the Dropout layer that
+    follows, or None.
     """
     weight: object
     bias: object
     activation: str
     params: dict
+    batchnorm: object = None
+    dropout: object = None
 
 
 @dataclass(frozen=True)
 class Plan:
     """model: the module (``forward``, ``backward``, ``parameters``), for a layer-by-layer
     step; stages: ((layer, activation layer fused into it or None), ...) in forward order;
-    chain: PlanLayer per Linear when the model is a chain of Linear layers each followed by
-    at most one elementwise activation (none after the last), else None; flat_data,
-    flat_grad: the buffers every parameter and gradient is a view of."""
+    chain: PlanLayer per Linear when the model is a chain [Dropout] Linear [BatchNorm1d]
+    [elementwise activation] [Dropout] Linear ... Linear (nothing after the last Linear),
+    else None; input_dropout: the chain's leading Dropout or None; flat_data, flat_grad:
+    the buffers every parameter and gradient is a view of."""
     model: object
     stages: Tuple[tuple, ...]
     chain: Optional[Tuple[PlanLayer, ...]]
     dtype: np.dtype
     flat_data: object
     flat_grad: object
+    input_dropout: object = None

@@ -7,14 +7,19 @@ and called once more after validation so JIT compilation never lands in a timing
     kernels   every variant but the reference of each op in ``OP_SPECS`` (read from the
               kernel registries, so a new variant shows up here by itself), on square and
               MLP shapes; GFLOP/s or GB/s; the peer is the NumPy reference of the same op,
-              timed right after ours by a child process (``PeerProcess``) that runs without
-              OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, with NumPy's BLAS on the same threads
+              timed right after ours by a child process (``PeerProcess`` running
+              ``serve_kernels``) without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, with NumPy's
+              BLAS on the same threads
     train     one training step (forward, loss, backward, Adam) of the reference
               configurations on every backend; samples/s and GFLOP/s; the peer is a
-              textbook NumPy MLP (mlpfast.benchmarks.peers.NumpyMLP) in that child process
-    epochs    (--full) one full MNIST epoch of each configuration per backend, through fit()
-    compare   (--compare) full epochs of mlpfast, NumPy, PyTorch and JAX, each in its own
-              process with the same data, sizes, batch, threads, warm-up and epochs
+              textbook NumPy MLP (peers.NumpyMLP) in a second child process, which imports
+              nothing of mlpfast
+    epochs    (--full) full MNIST epochs of each configuration per backend, through fit()
+    compare   (--compare) full epochs of mlpfast (backend cpu), NumPy, PyTorch (default and
+              tuned) and JAX, each in its own process (peers.py run by path: the NumPy,
+              PyTorch and JAX peers import nothing of mlpfast) with the same data, sizes,
+              batch, threads, warm-up and epochs; samples/s of the best and the median
+              epoch and their % of the measured FMA peak (``mlp_train_flops`` per sample)
 
 Reference configurations (real MNIST, Adam lr 1e-3, cross-entropy, ReLU): see ``CONFIGS``.
 A row's ``id`` (op, shape, variant, threads) is what ``--baseline`` matches on; a row whose
@@ -29,6 +34,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List
@@ -37,16 +43,12 @@ import numpy as np
 
 from .. import __version__
 from ..backend import backends, get_num_threads, to_numpy
+from .peers import (INFER_ROUNDS, WARMUP_BATCHES, blas_info, initial_weights,  # noqa: F401
+                    mlp_train_flops, serve, time_call, write_mnist, write_weights)
 
 # (sizes, batch) of the three reference configurations
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
 PEER_PACKAGES = ("torch", "jax", "jaxlib", "threadpoolctl", "matplotlib")
-WARMUP_BATCHES = 32        # before timed epochs: this many full batches, then one tail batch
-INFER_ROUNDS = 7           # timed inference passes over the MNIST test set (median)
-INSTALL_HINTS = {
-    "torch": "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu",
-    "jax": "pip install 'mlpfast[compare]' or pip install jax",
-}
 # float32 tolerances atol + rtol * |ref| for kernels whose error does not grow with a size
 TOL = {np.dtype(np.float32): (1e-5, 1e-4), np.dtype(np.float64): (1e-12, 1e-10)}
 
@@ -64,20 +66,6 @@ def package_version(name):
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def blas_info():
-    """The BLAS NumPy uses in this process, as threadpoolctl reports it (or why not)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (pip install threadpoolctl)"
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas":
-            arch = lib.get("architecture") or "?"
-            return (f"{lib.get('internal_api')} {lib.get('version')} ({arch}, "
-                    f"{lib.get('num_threads')} threads)")
-    return "none found by threadpoolctl"
 
 
 def fp32_peak_gflops(threads, milliseconds=25, repeats=8):
@@ -163,19 +151,6 @@ def assert_close(actual, expected, atol, rtol, what):
                              excess.shape)
         raise AssertionError(f"{what}: at {tuple(int(j) for j in i)} got {actual[i]!r}, "
                              f"reference {expected[i]!r} (atol {atol:g}, rtol {rtol:g})")
-
-
-def time_call(fn, min_seconds=0.15, min_rounds=3, max_rounds=200):
-    """Seconds per call of ``fn()``: a list of at least ``min_rounds`` timings, more until
-    ``min_seconds`` have passed. Call ``fn`` once before (warm-up) yourself."""
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_rounds or (time.perf_counter() - start < min_seconds
-                                      and len(times) < max_rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 # --- kernel cases ---------------------------------------------------------------------
@@ -439,13 +414,6 @@ def _rate_row(row_id, kind, family, op, shape, variant, threads, times, flops=0.
 
 # --- training cases -------------------------------------------------------------------
 
-def mlp_train_flops(sizes, batch):
-    """FLOPs of one training step: forward 2*B*in*out per layer, weight gradient as much,
-    input gradient as much for every layer but the first (its input needs no gradient)."""
-    layers = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    return 2.0 * batch * (2 * sum(a * b for a, b in layers) + sum(a * b for a, b in layers[1:]))
-
-
 @functools.lru_cache(maxsize=1)
 def mnist_train():
     """MNIST's training images (60000, 784) float32 and labels, loaded once per process."""
@@ -502,9 +470,11 @@ def validate_train_step(backend, sizes, batch, steps=3):
                  f"{backend} losses of {steps} Adam steps")
 
 
-def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.45, peer=None):
+def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.45, peer=None,
+                    inputs=None):
     """Validate, warm up and time a training step per configuration and backend; ``peer``
-    (a ``PeerProcess``) times its textbook MLP step in turns with ours."""
+    (a ``PeerProcess`` of the numpy step peer) times its textbook MLP step in turns with
+    ours, on the same MNIST batch, which ``inputs`` (``PeerInputs``) hands over."""
     rows = []
     threads = get_num_threads()
     for sizes, batch in configs:
@@ -528,7 +498,8 @@ def train_step_rows(backend_names, configs=CONFIGS, select=None, min_seconds=0.4
         if not calls:
             rows += failed
             continue
-        times, reply = time_side_by_side(calls, min_seconds, 6, peer, {"step": config})
+        request = None if peer is None else {"step": config, **inputs.batch(batch)}
+        times, reply = time_side_by_side(calls, min_seconds, 6, peer, request)
         config_rows = [_rate_row(f"train.step {config} [{name}] t{threads}", "train", "train",
                                  "step", config, name, threads, t,
                                  mlp_train_flops(sizes, batch), samples=batch)
@@ -594,10 +565,24 @@ def _pin_cpus(threads):
         os.sched_setaffinity(0, cpus[:threads])
 
 
-def _peer_command(peer, threads, args):
-    cmd = [sys.executable, "-m", "mlpfast.benchmarks.peers", peer, "--threads", str(threads), *args]
+PEERS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+
+
+def peer_command(peer, threads, args):
+    """The command line of ``peer`` (peers.py run by path, so the NumPy, PyTorch and JAX
+    peers import nothing of mlpfast) with ``args``."""
+    return [sys.executable, PEERS_SCRIPT, peer, "--threads", str(threads), *args]
+
+
+# the NumPy peer of the kernel rows: it times mlpfast's own NumPy references, so it has to
+# import mlpfast (``serve_kernels`` below)
+KERNEL_PEER_COMMAND = [sys.executable, "-m", "mlpfast.benchmarks.harness", "--serve-kernels"]
+
+
+def _child_options(peer, threads):
+    """subprocess options of a peer's child: its environment and CPU affinity."""
     pin = (lambda: _pin_cpus(threads)) if hasattr(os, "sched_setaffinity") else None
-    return cmd, dict(env=peer_env(peer, threads), preexec_fn=pin, text=True)
+    return dict(env=peer_env(peer, threads), preexec_fn=pin, text=True)
 
 
 def _last_error(stderr):
@@ -605,24 +590,25 @@ def _last_error(stderr):
 
 
 def run_peer(peer, args, threads, timeout=1800):
-    """``python -m mlpfast.benchmarks.peers PEER ARGS`` in its own process; its JSON result (a dict)."""
-    cmd, options = _peer_command(peer, threads, args)
-    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, **options)
+    """``peers.py PEER ARGS`` in its own process; its JSON result (a dict)."""
+    proc = subprocess.run(peer_command(peer, threads, args), capture_output=True,
+                          timeout=timeout, **_child_options(peer, threads))
     if proc.returncode != 0:
         return {"peer": peer, "skipped": f"failed: {_last_error(proc.stderr)}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 class PeerProcess:
-    """A peer (``python -m mlpfast.benchmarks.peers numpy --serve``) that stays up and times one case
-    per request, so ours and the peer's timings of a case are taken one right after the
-    other. ``ask(request)`` -> the reply dict ({"row": ...} or {"skipped": why})."""
+    """A NumPy peer that stays up and times one case per request, so ours and the peer's
+    timings of a case are taken one right after the other: ``command`` is
+    KERNEL_PEER_COMMAND (kernel requests) or ``peer_command("numpy", threads, ["--serve"])``
+    (training-step requests). ``ask(request)`` -> the reply dict ({"row": ...} or
+    {"skipped": why})."""
 
-    def __init__(self, peer, threads):
-        self.name = peer
-        cmd, options = _peer_command(peer, threads, ["--serve"])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, **options)
+    def __init__(self, command, threads, name="numpy"):
+        self.name = name
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, **_child_options(name, threads))
 
     def ask(self, request):
         if self.proc.poll() is not None:
@@ -639,6 +625,73 @@ class PeerProcess:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def answer_kernel(request):
+    """{"info": true} -> {"blas": ...}; {"kernel": "gemm.sgemm 512x512x512 NN", "mode":
+    "quick", "seconds": s} -> {"row": ...}: the NumPy reference of that case timed for
+    about s seconds, like one turn of mlpfast's kernel rows."""
+    if "info" in request:
+        return {"blas": blas_info()}
+    case = request["kernel"]
+    rows = kernel_rows(request["mode"], variants="reference", min_seconds=request["seconds"],
+                       select=lambda row_id: row_id.split(" [")[0] == case)
+    if not rows:
+        raise ValueError(f"no kernel case {case!r} in mode {request['mode']!r}")
+    return {"row": rows[0]}
+
+
+def serve_kernels(stdin, stdout):
+    """``python -m mlpfast.benchmarks.harness --serve-kernels``: answer kernel requests."""
+    with limit_blas_threads(get_num_threads()):
+        serve(stdin, stdout, answer_kernel)
+
+
+class PeerInputs:
+    """The .npy files the peers read, written once per run into a temporary folder:
+    ``mnist()`` and ``weights(sizes)`` -> a folder (peers.py --data, --weights),
+    ``batch(batch)`` -> {"x": path, "y": path} (the batch of ``mnist_batch``)."""
+
+    def __init__(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="mlpfast-peers-")
+        self._written = {}
+
+    def _once(self, name, write):
+        path = os.path.join(self._tmp.name, name)
+        if name not in self._written:
+            self._written[name] = write(path)
+        return self._written[name]
+
+    def mnist(self):
+        from ..datasets import mnist
+
+        def write(path):
+            write_mnist(path, *mnist())
+            return path
+        return self._once("mnist", write)
+
+    def weights(self, sizes, seed=0):
+        def write(path):
+            write_weights(path, initial_weights(sizes, seed))
+            return path
+        return self._once(f"weights-{'-'.join(map(str, sizes))}-s{seed}", write)
+
+    def batch(self, batch, seed=0):
+        def write(path):
+            files = {"x": path + "-x.npy", "y": path + "-y.npy"}
+            for name, array in zip(("x", "y"), mnist_batch(batch, seed)):
+                np.save(files[name], array)
+            return files
+        return self._once(f"batch-{batch}-s{seed}", write)
+
+    def close(self):
+        self._tmp.cleanup()
 
     def __enter__(self):
         return self
@@ -769,8 +822,9 @@ def add_arguments(parser):
                         help="train the reference configurations with mlpfast, NumPy, PyTorch "
                              "and JAX side by side (samples/s, ratios, test accuracy), then "
                              "time inference of the wide one against PyTorch and JAX")
-    parser.add_argument("--epochs", type=_positive(int), default=1,
-                        help="timed epochs per run of --compare and --full (default 1)")
+    parser.add_argument("--epochs", type=_positive(int), default=3,
+                        help="timed epochs per run of --compare and --full (default 3; "
+                             "--compare reports the best and the median)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--baseline", metavar="PATH",
                         help="a --json file to compare against; rows whose median and best "
@@ -791,36 +845,57 @@ def _select(only):
     return None if not only else (lambda row_id: only in row_id)
 
 
-def compare_training(configs, threads, epochs, log):
-    """Full epochs of every peer on every configuration, each in its own process."""
+TRAIN_PEERS = ("mlpfast", "numpy", "torch", "torch-tuned", "jax")
+
+
+def _log_result(log, result, what):
+    log(f"  {result['peer']:<11} {what}: " +
+        (f"{result['samples_per_s']:,.0f} samples/s" if "samples_per_s" in result
+         else f"skipped: {result['skipped']}"))
+
+
+def compare_training(configs, threads, epochs, log, inputs):
+    """Full epochs of every peer of TRAIN_PEERS on every configuration, each in its own
+    process, from the MNIST and initial weights that ``inputs`` (``PeerInputs``) wrote.
+    Each result gets peer, config, sizes and, when it ran, samples/s of its best and median
+    epoch (``best_samples_per_s``, ``samples_per_s``)."""
     results = []
     for sizes, batch in configs:
-        for peer in ("mlpfast", "numpy", "torch", "jax"):
-            result = run_peer(peer, ["--sizes", ",".join(map(str, sizes)), "--batch", str(batch),
-                                     "--epochs", str(epochs)], threads)
-            result.update(peer=peer, config=config_name(sizes, batch))
-            log(f"  {peer:<8} {config_name(sizes, batch)}: " +
-                (f"{result['samples_per_s']:,.0f} samples/s" if "samples_per_s" in result
-                 else f"skipped: {result['skipped']}"))
+        args = ["--data", inputs.mnist(), "--weights", inputs.weights(sizes),
+                "--batch", str(batch), "--epochs", str(epochs)]
+        for peer in TRAIN_PEERS:
+            result = run_peer(peer, args, threads)
+            result.update(peer=peer, config=config_name(sizes, batch), sizes=list(sizes))
+            if "epoch_seconds" in result:
+                seconds = result["epoch_seconds"]
+                result["best_samples_per_s"] = result["samples"] / min(seconds)
+                result["samples_per_s"] = result["samples"] / float(np.median(seconds))
+            _log_result(log, result, result["config"])
             results.append(result)
     return results
+
+
+def better_torch(results):
+    """Of one configuration's results, the PyTorch run (plain or tuned) with the higher
+    median samples/s: what the table calls "PyTorch"; None when neither ran."""
+    ran = [r for r in results if r["peer"] in ("torch", "torch-tuned") and "samples_per_s" in r]
+    return max(ran, key=lambda r: r["samples_per_s"], default=None)
 
 
 INFER_CONFIG = ((784, 1024, 1024, 10), 1024)    # the wide configuration, batches of 1024
 
 
-def compare_inference(threads, log, config=INFER_CONFIG):
+def compare_inference(threads, log, inputs, config=INFER_CONFIG):
     """Predicted classes of the MNIST test set by mlpfast, PyTorch and JAX, each in its own
     process, from the same weights: samples/s and agreement with mlpfast's classes."""
     sizes, batch = config
+    args = ["--infer", "--data", inputs.mnist(), "--weights", inputs.weights(sizes),
+            "--batch", str(batch)]
     results = []
     for peer in ("mlpfast", "torch", "jax"):
-        result = run_peer(peer, ["--infer", "--sizes", ",".join(map(str, sizes)), "--batch",
-                                 str(batch)], threads)
+        result = run_peer(peer, args, threads)
         result.update(peer=peer, config=config_name(sizes, batch))
-        log(f"  {peer:<8} inference {config_name(sizes, batch)}: " +
-            (f"{result['samples_per_s']:,.0f} samples/s" if "samples_per_s" in result
-             else f"skipped: {result['skipped']}"))
+        _log_result(log, result, f"inference {result['config']}")
         results.append(result)
     ours = results[0].get("agree_with")
     for r in results:
@@ -846,35 +921,77 @@ def format_inference(results):
     return lines
 
 
-def format_compare(results):
-    lines = [f"{'configuration':<22} {'peer':<8} {'samples/s':>10} {'s/epoch':>8} "
-             f"{'last loss':>9} {'test acc':>8} {'mlpfast/peer':>12}  notes"]
-    ours = {r["config"]: r.get("samples_per_s") for r in results if r["peer"] == "mlpfast"}
-    for r in results:
-        if "samples_per_s" not in r:
-            lines.append(f"{r['config']:<22} {r['peer']:<8} {'-':>10} {'-':>8} {'-':>9} "
-                         f"{'-':>8} {'-':>12}  skipped: {r['skipped']}")
-            continue
-        ratio = ours.get(r["config"])
-        ratio_text = f"{ratio / r['samples_per_s']:.2f}x" if ratio else "-"
-        lines.append(f"{r['config']:<22} {r['peer']:<8} {r['samples_per_s']:>10,.0f} "
-                     f"{r['seconds_per_epoch']:>8.2f} {r['loss']:>9.4f} "
-                     f"{100 * r['test_accuracy']:>7.2f}% {ratio_text:>12}  {r.get('notes', '')}")
+def percent_of_peak(samples_per_s, sizes, peak):
+    """Training samples/s as a % of ``peak`` GFLOP/s, by ``mlp_train_flops`` per sample."""
+    return 100 * samples_per_s * mlp_train_flops(sizes, 1) * 1e-9 / peak
+
+
+COMPARE_HEADER = (f"{'configuration':<22} {'peer':<11} {'best/s':>9} {'%peak':>5} "
+                  f"{'median/s':>9} {'%peak':>5} {'last loss':>9} {'test acc':>8} "
+                  f"{'x best':>7} {'x median':>8}  notes")
+
+
+def _compare_line(r, ours, peak):
+    """One row of the --compare table; ``ours`` is the mlpfast result of its configuration."""
+    if "samples_per_s" not in r:
+        return (f"{r['config']:<22} {r['peer']:<11} {'-':>9} {'-':>5} {'-':>9} {'-':>5} "
+                f"{'-':>9} {'-':>8} {'-':>7} {'-':>8}  skipped: {r['skipped']}")
+    best, median = r["best_samples_per_s"], r["samples_per_s"]
+    pct = [f"{percent_of_peak(v, r['sizes'], peak):.0f}%" if peak else "-"
+           for v in (best, median)]
+    ratios = ["-", "-"]
+    if ours:
+        ratios = [f"{ours['best_samples_per_s'] / best:.2f}x",
+                  f"{ours['samples_per_s'] / median:.2f}x"]
+    notes = [r.get("notes", "")] + r.get("threadpools", [])
+    if r["peer"] != "mlpfast" and r.get("mlpfast_modules"):
+        notes.append(f"NOT CLEAN: imported {len(r['mlpfast_modules'])} mlpfast modules")
+    return (f"{r['config']:<22} {r['peer']:<11} {best:>9,.0f} {pct[0]:>5} {median:>9,.0f} "
+            f"{pct[1]:>5} {r['loss']:>9.4f} {100 * r['test_accuracy']:>7.2f}% {ratios[0]:>7} "
+            f"{ratios[1]:>8}  {'; '.join(n for n in notes if n)}")
+
+
+def format_compare(results, peak=None):
+    """The --compare table: per configuration a row per peer and, after the PyTorch runs, a
+    "PyTorch" row repeating the better of them (``better_torch``). best/s and median/s:
+    samples/s of the best and the median timed epoch; %peak: of ``peak`` (GFLOP/s, the
+    measured FMA peak); x best, x median: mlpfast's rate over the peer's."""
+    lines = [COMPARE_HEADER]
+    for config in dict.fromkeys(r["config"] for r in results):
+        rows = [r for r in results if r["config"] == config]
+        ours = next((r for r in rows if r["peer"] == "mlpfast" and "samples_per_s" in r), None)
+        better = better_torch(rows)
+        if better is not None:
+            last_torch = max(i for i, r in enumerate(rows) if r["peer"].startswith("torch"))
+            rows.insert(last_torch + 1, dict(better, peer="PyTorch", threadpools=[],
+                                             notes=f"= {better['peer']}, the better median"))
+        lines += [_compare_line(r, ours, peak) for r in rows]
     return lines
 
 
-def compare_rows(results, threads):
-    """--compare results as rows that --json / --baseline understand."""
+def compare_rows(results, threads, peak=None):
+    """--compare results as rows that --json / --baseline understand: rate and samples_per_s
+    of the median epoch, best_samples_per_s, and % of ``peak`` for both."""
     rows = []
     for r in results:
-        if "samples_per_s" in r:
-            rows.append({"id": f"compare {r['config']} [{r['peer']}] t{threads}",
-                         "kind": "compare", "family": "train", "op": "epoch",
-                         "shape": r["config"], "variant": r["peer"], "threads": threads,
-                         "median_s": r["seconds_per_epoch"], "min_s": min(r["epoch_seconds"]),
-                         "rate": r["samples_per_s"],
-                         "unit": "samples/s", "samples_per_s": r["samples_per_s"],
-                         "loss": r["loss"], "test_accuracy": r["test_accuracy"]})
+        if "samples_per_s" not in r:
+            continue
+        rows.append({"id": f"compare {r['config']} [{r['peer']}] t{threads}",
+                     "kind": "compare", "family": "train", "op": "epoch",
+                     "shape": r["config"], "variant": r["peer"], "threads": threads,
+                     "median_s": float(np.median(r["epoch_seconds"])),
+                     "min_s": min(r["epoch_seconds"]), "times": r["epoch_seconds"],
+                     "rate": r["samples_per_s"], "unit": "samples/s",
+                     "samples_per_s": r["samples_per_s"],
+                     "best_samples_per_s": r["best_samples_per_s"],
+                     "flops": mlp_train_flops(r["sizes"], r["samples"]),
+                     "loss": r["loss"], "test_accuracy": r["test_accuracy"],
+                     "notes": r.get("notes", ""), "threadpools": r.get("threadpools", [])})
+        if peak:
+            rows[-1]["peak_percent_best"] = percent_of_peak(r["best_samples_per_s"],
+                                                            r["sizes"], peak)
+            rows[-1]["peak_percent_median"] = percent_of_peak(r["samples_per_s"], r["sizes"],
+                                                              peak)
     return rows
 
 
@@ -923,49 +1040,22 @@ def _run(args, out):
     for line in format_machine(info):
         out("  " + line)
 
-    peer = contextlib.nullcontext() if args.no_peers else PeerProcess("numpy", threads)
-    with peer:
-        if not args.no_peers:
-            reply = peer.ask({"info": True})
-            info["numpy_peer_blas"] = reply.get("blas", reply.get("skipped"))
-            out(f"  NumPy peer (own process, OPENBLAS_CORETYPE/L2_SIZE unset): "
-                f"{info['numpy_peer_blas']}")
-        rows = kernel_rows(args.mode, select=select, peer=None if args.no_peers else peer)
-        rows += train_step_rows(backends(), select=select,
-                                peer=None if args.no_peers else peer)
-    if args.mode == "full":
-        rows += epoch_rows(backends(), epochs=args.epochs, select=select)
-    out("")
-    if rows:
-        out("rate: median of repeated calls; peer: NumPy in its own process (textbook MLP for "
-            "train rows); ratio = mlpfast / peer, >1 is faster")
-        for line in format_table(rows, info.get("fp32_peak_gflops")):
-            out(line)
-        for error in sorted({r["peer_error"] for r in rows if "peer_error" in r}):
-            out(f"NumPy peer: {error}")
-    else:
-        out(f"no benchmark matched --only {args.only!r}")
-
-    if args.compare:
-        configs = [c for c in CONFIGS if select is None or select(config_name(*c))]
+    with PeerInputs() as inputs:
+        rows = _kernel_and_step_rows(args, threads, select, info, inputs, out)
+        if args.mode == "full":
+            rows += epoch_rows(backends(), epochs=args.epochs, select=select)
         out("")
-        out(f"training on MNIST, {args.epochs} timed full epoch(s) after a warm-up of "
-            f"{WARMUP_BATCHES} batches + one tail batch; {threads} threads; each peer in its "
-            f"own process")
-        results = compare_training(configs, threads, args.epochs, out)
-        out("")
-        for line in format_compare(results):
-            out(line)
-        rows += compare_rows(results, threads)
-        if select is None or select("inference " + config_name(*INFER_CONFIG)):
-            out("")
-            out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
-                f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
-            inference = compare_inference(threads, out)
-            out("")
-            for line in format_inference(inference):
+        if rows:
+            out("rate: median of repeated calls; peer: NumPy in its own process (textbook MLP "
+                "for train rows); ratio = mlpfast / peer, >1 is faster")
+            for line in format_table(rows, info.get("fp32_peak_gflops")):
                 out(line)
-            rows += inference_rows(inference, threads)
+            for error in sorted({r["peer_error"] for r in rows if "peer_error" in r}):
+                out(f"NumPy peer: {error}")
+        else:
+            out(f"no benchmark matched --only {args.only!r}")
+        if args.compare:
+            rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs, out)
     out(f"total time {time.perf_counter() - started:.0f} s")
 
     if args.json:
@@ -987,3 +1077,58 @@ def _run(args, out):
             f"{', '.join(failed)}")
         return 1
     return 0
+
+
+def _kernel_and_step_rows(args, threads, select, info, inputs, out):
+    """The kernel and training-step rows, each timed in turns with its NumPy peer (two
+    processes: mlpfast's NumPy references for kernels, the textbook MLP for steps)."""
+    if args.no_peers:
+        return (kernel_rows(args.mode, select=select)
+                + train_step_rows(backends(), select=select))
+    with PeerProcess(KERNEL_PEER_COMMAND, threads) as kernel_peer, \
+            PeerProcess(peer_command("numpy", threads, ["--serve"]), threads) as step_peer:
+        for key, peer in (("numpy_peer_blas", kernel_peer), ("numpy_step_peer_blas", step_peer)):
+            reply = peer.ask({"info": True})
+            info[key] = reply.get("blas", reply.get("skipped"))
+        out(f"  NumPy peers (own processes, OPENBLAS_CORETYPE/L2_SIZE unset): kernels "
+            f"{info['numpy_peer_blas']}; training step {info['numpy_step_peer_blas']}")
+        return (kernel_rows(args.mode, select=select, peer=kernel_peer)
+                + train_step_rows(backends(), select=select, peer=step_peer, inputs=inputs))
+
+
+def _compare(args, threads, select, peak, inputs, out):
+    """--compare: the training table, then inference; their rows for --json."""
+    configs = [c for c in CONFIGS if select is None or select(config_name(*c))]
+    out("")
+    out(f"training on MNIST: {args.epochs} timed full epochs after a warm-up of "
+        f"{WARMUP_BATCHES} batches + one tail batch; {threads} threads; each peer in its own "
+        f"process (NumPy, PyTorch, JAX: nothing of mlpfast imported)")
+    results = compare_training(configs, threads, args.epochs, out, inputs)
+    out("")
+    out("best/s, median/s: samples/s of the best and the median epoch; %peak: of the fp32 FMA "
+        "peak above, at " + ", ".join(f"{mlp_train_flops(s, 1) / 1e6:.3f} MFLOP per sample "
+                                      f"for {'-'.join(map(str, s))}"
+                                      for s in dict.fromkeys(s for s, _ in configs)) +
+        " (bench/README.md); x best, x median: mlpfast / peer, best over best and median over "
+        "median; torch: default Adam; torch-tuned: fused Adam, denormals flushed; PyTorch: "
+        "the better of the two by median")
+    for line in format_compare(results, peak):
+        out(line)
+    rows = compare_rows(results, threads, peak)
+    if select is None or select("inference " + config_name(*INFER_CONFIG)):
+        out("")
+        out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
+            f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
+        inference = compare_inference(threads, out, inputs)
+        out("")
+        for line in format_inference(inference):
+            out(line)
+        rows += inference_rows(inference, threads)
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--serve-kernels"]:
+        sys.exit("usage: python -m mlpfast.benchmarks.harness --serve-kernels "
+                 "(the NumPy kernel peer that `mlpfast bench` starts)")
+    serve_kernels(sys.stdin, sys.stdout)

@@ -1,36 +1,50 @@
 """Peers for ``mlpfast bench``: the same MLP training in mlpfast, NumPy, PyTorch and JAX.
 
-Each peer runs in its own process, started by ``mlpfast.benchmarks.harness.run_peer`` (or kept up
-by ``PeerProcess`` for the NumPy peer of the kernel and step tables) with its
-threads pinned (CPU affinity, the *_NUM_THREADS variables, torch.set_num_threads) and,
-for NumPy, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE. It prints one JSON line.
+A script, run by path (``python .../mlpfast/benchmarks/peers.py``), so that the NumPy,
+PyTorch and JAX peers import NumPy, their framework and threadpoolctl, and nothing of mlpfast
+(whose import brings Numba and the C kernels into the process); only the mlpfast peer
+imports mlpfast. The parent (``mlpfast.benchmarks.harness``) writes MNIST and the initial
+weights once as .npy files (``write_mnist``, ``write_weights``), starts each peer in a
+process of its own with its threads pinned (CPU affinity, the *_NUM_THREADS variables,
+torch.set_num_threads) and, for NumPy, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, and
+reads the one JSON line it prints. Every answer lists the thread pools threadpoolctl sees in
+the peer and the mlpfast modules it imported (none, but for the mlpfast peer).
 
-    python -m mlpfast.benchmarks.peers PEER --sizes 784,256,128,10 --batch 64 --threads 2 --epochs 1
-        PEER: mlpfast | numpy | torch | jax. Full MNIST epochs; the same warm-up for all
-        (32 full batches and one batch of the epoch's tail size, so JAX compiles both
-        shapes), the same initial weights, shuffles and Adam (lr 1e-3) updates.
-    python -m mlpfast.benchmarks.peers PEER --infer --sizes 784,1024,1024,10 --batch 1024 --threads 2
-        PEER: mlpfast | torch | jax. Inference: predicted classes (argmax of the logits)
-        of the 10,000 MNIST test images in batches, the same initial weights; a warm-up
-        pass, then benchmark.INFER_ROUNDS timed passes, median.
-    python -m mlpfast.benchmarks.peers numpy --serve --threads 2
-        reads JSON requests on stdin, one per line, and times what each asks for, like
-        one turn of mlpfast's own rows: {"kernel": "gemm.sgemm 512x512x512 NN", "mode":
-        "quick", "seconds": 0.05} (the NumPy reference of a kernel case), {"step":
-        "784-256-128-10 b64", "seconds": 0.15} (a training step of the textbook NumPy MLP),
-        {"info": true} (its BLAS); answers one JSON line each
+    peers.py PEER --data DIR --weights DIR --batch 64 --threads 2 --epochs 3
+        PEER: one of TRAINERS. Full MNIST epochs; the same warm-up for all (32 full batches
+        and one batch of the epoch's tail size, so JAX compiles both shapes), the same
+        initial weights, shuffles and Adam (lr 1e-3) updates; the seconds of every epoch.
+    peers.py PEER --infer --data DIR --weights DIR --batch 1024 --threads 2
+        PEER: one of PREDICTORS. Predicted classes (argmax of the logits) of the 10,000
+        MNIST test images in batches; a warm-up pass, then INFER_ROUNDS timed passes, median.
+    peers.py numpy --serve --threads 2
+        reads JSON requests on stdin, one per line, answers one JSON line each:
+        {"step": "784-256-128-10 b64", "x": PATH, "y": PATH, "seconds": 0.15} times a
+        training step of the textbook NumPy MLP on that batch; {"info": true} its BLAS
+
+DIR (--data): x_train.npy (N, 784) float32 in [0, 1], y_train.npy (N,) int64, x_test.npy,
+y_test.npy. DIR (--weights): w0.npy (out, in), b0.npy (out,), w1.npy, ... float32.
 """
 import argparse
+import functools
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
-from . import harness as benchmark
-
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
+WARMUP_BATCHES = 32        # before timed epochs: this many full batches, then one tail batch
+INFER_ROUNDS = 7           # timed inference passes over the MNIST test set (median)
+INSTALL_HINTS = {
+    "torch": "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    "jax": "pip install 'mlpfast[compare]' or pip install jax",
+}
+MNIST_FILES = ("x_train", "y_train", "x_test", "y_test")
 
+
+# --- what the parent hands over -------------------------------------------------------
 
 def initial_weights(sizes, seed):
     """[(w (out, in), b (out,)), ...] drawn like torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in))."""
@@ -42,6 +56,94 @@ def initial_weights(sizes, seed):
                        rng.uniform(-bound, bound, n_out).astype(np.float32)))
     return layers
 
+
+def write_weights(folder, weights):
+    os.makedirs(folder, exist_ok=True)
+    for i, (w, b) in enumerate(weights):
+        np.save(os.path.join(folder, f"w{i}.npy"), w)
+        np.save(os.path.join(folder, f"b{i}.npy"), b)
+
+
+def read_weights(folder):
+    weights = []
+    while os.path.exists(os.path.join(folder, f"w{len(weights)}.npy")):
+        i = len(weights)
+        weights.append((np.load(os.path.join(folder, f"w{i}.npy")),
+                        np.load(os.path.join(folder, f"b{i}.npy"))))
+    if not weights:
+        raise ValueError(f"--weights {folder}: no w0.npy there")
+    return weights
+
+
+def write_mnist(folder, train, test):
+    """((x_train, y_train), (x_test, y_test)) as the four .npy files of MNIST_FILES."""
+    os.makedirs(folder, exist_ok=True)
+    for name, array in zip(MNIST_FILES, (*train, *test)):
+        np.save(os.path.join(folder, f"{name}.npy"), array)
+
+
+def read_mnist(folder):
+    x_train, y_train, x_test, y_test = (np.load(os.path.join(folder, f"{name}.npy"))
+                                        for name in MNIST_FILES)
+    return (x_train, y_train), (x_test, y_test)
+
+
+# --- what the peer reports about itself -----------------------------------------------
+
+def threadpools():
+    """The thread pools threadpoolctl finds loaded here: ["openblas 0.3.31 (SkylakeX,
+    2 threads)", "openmp libgomp (2 threads)", ...], or why it cannot tell."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["unknown (pip install threadpoolctl)"]
+    return [f"{lib.get('internal_api')} "
+            f"{lib.get('version') or lib.get('prefix')} ({lib.get('architecture') or '-'}, "
+            f"{lib.get('num_threads')} threads)" for lib in threadpool_info()]
+
+
+def blas_info():
+    """The BLAS NumPy uses in this process, as threadpoolctl reports it (or why not)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            arch = lib.get("architecture") or "?"
+            return (f"{lib.get('internal_api')} {lib.get('version')} ({arch}, "
+                    f"{lib.get('num_threads')} threads)")
+    return "none found by threadpoolctl"
+
+
+def mlpfast_modules():
+    return sorted(m for m in sys.modules if m == "mlpfast" or m.startswith("mlpfast."))
+
+
+# --- timing and accounting ------------------------------------------------------------
+
+def time_call(fn, min_seconds=0.15, min_rounds=3, max_rounds=200):
+    """Seconds per call of ``fn()``: a list of at least ``min_rounds`` timings, more until
+    ``min_seconds`` have passed. Call ``fn`` once before (warm-up) yourself."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_rounds or (time.perf_counter() - start < min_seconds
+                                      and len(times) < max_rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def mlp_train_flops(sizes, batch):
+    """FLOPs of one training step: forward 2*B*in*out per layer, weight gradient as much,
+    input gradient as much for every layer but the first (its input needs no gradient).
+    Per sample: 1.007 M for 784-256-128-10, 9.56 M for 784-1024-1024-10."""
+    layers = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2.0 * batch * (2 * sum(a * b for a, b in layers) + sum(a * b for a, b in layers[1:]))
+
+
+# --- trainers: make(weights, threads) -> (step(x, y) -> loss, sync(), notes, classes(x)) --
 
 class NumpyMLP:
     """The textbook NumPy MLP: ReLU hidden layers, softmax cross-entropy, Adam."""
@@ -95,7 +197,7 @@ def numpy_trainer(weights, threads):
 
     def classes(x):
         return model.forward(x)[-1].argmax(axis=1)
-    return model.step, lambda: None, f"textbook NumPy, {benchmark.blas_info()}", classes
+    return model.step, lambda: None, "textbook NumPy", classes
 
 
 def _torch_model(weights, threads):
@@ -112,10 +214,15 @@ def _torch_model(weights, threads):
     return torch.nn.Sequential(*layers)
 
 
-def torch_trainer(weights, threads):
+def torch_trainer(weights, threads, tuned=False):
+    """PyTorch eager, Adam; ``tuned``: fused Adam (one kernel for all parameters) and
+    denormals flushed to zero, as mlpfast's C kernels do. The flag is set before PyTorch
+    starts its threads, which inherit it."""
     import torch
+    if tuned:
+        torch.set_flush_denormal(True)
     model = _torch_model(weights, threads)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True if tuned else None)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(x, y):
@@ -128,8 +235,11 @@ def torch_trainer(weights, threads):
     def classes(x):
         with torch.no_grad():
             return model(torch.from_numpy(x)).argmax(1).numpy()
-    return (step, lambda: None, f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-            classes)
+    flushed = float(torch.tensor([1e-39]) * 1.0) == 0.0      # a denormal input read as 0
+    notes = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, Adam "
+             f"{'fused' if optimizer.defaults['fused'] else 'default'}, denormals "
+             f"{'flushed' if flushed else 'kept'}")
+    return step, lambda: None, notes, classes
 
 
 def _jax_logits(params, x):
@@ -142,7 +252,10 @@ def _jax_logits(params, x):
     return h @ w.T + b
 
 
-def jax_trainer(weights, threads):
+def jax_adam_update():
+    """The whole training step as one jitted function (params, m, v, t, x, y) -> (params,
+    m, v, t, loss) whose parameter and optimizer-state buffers are donated: XLA writes the
+    new values over the old ones instead of allocating."""
     import jax
     import jax.numpy as jnp
 
@@ -160,7 +273,13 @@ def jax_trainer(weights, threads):
                               params, m, v)
         return params, m, v, t, loss
 
-    update = jax.jit(update, donate_argnums=(0, 1, 2))
+    return jax.jit(update, donate_argnums=(0, 1, 2, 3))
+
+
+def jax_trainer(weights, threads):
+    import jax
+    import jax.numpy as jnp
+    update = jax_adam_update()
     state = {"params": [(jnp.asarray(w), jnp.asarray(b)) for w, b in weights]}
     state["m"] = jax.tree.map(jnp.zeros_like, state["params"])
     state["v"] = jax.tree.map(jnp.zeros_like, state["params"])
@@ -176,22 +295,27 @@ def jax_trainer(weights, threads):
 
     def classes(x):
         return np.asarray(jnp.argmax(_jax_logits(state["params"], x), axis=1))
-    return step, sync, f"jax {jax.__version__} jit on {jax.devices()[0].platform}", classes
+    notes = (f"jax {jax.__version__} jit on {jax.devices()[0].platform}, whole step, "
+             f"params and Adam state donated")
+    return step, sync, notes, classes
 
 
-def train_epochs(peer, sizes, batch, threads, epochs, seed):
-    """Warm-up, then ``epochs`` timed epochs; {samples_per_s, seconds_per_epoch, loss,
-    test_accuracy (of the trained model on the 10,000 MNIST test images), ...}."""
-    from ..datasets import mnist
-    weights = initial_weights(sizes, seed)
+TRAINERS = {"numpy": numpy_trainer, "torch": torch_trainer,
+            "torch-tuned": functools.partial(torch_trainer, tuned=True), "jax": jax_trainer}
+
+
+# --- epochs ---------------------------------------------------------------------------
+
+def train_epochs(peer, data, weights, batch, threads, epochs, seed):
+    """Warm-up, then ``epochs`` timed epochs; {epoch_seconds, samples (per epoch), loss (of
+    the last epoch), test_accuracy (of the trained model), notes}."""
     if peer != "mlpfast":          # first, so that a missing library is reported at once
-        make = {"numpy": numpy_trainer, "torch": torch_trainer, "jax": jax_trainer}[peer]
-        step, sync, notes, classes = make(weights, threads)
-    (x, y), (x_test, y_test) = mnist()
+        step, sync, notes, classes = TRAINERS[peer](weights, threads)
+    (x, y), (x_test, y_test) = read_mnist(data)
     n = len(x)
-    warm = benchmark.WARMUP_BATCHES * batch + n % batch
+    warm = WARMUP_BATCHES * batch + n % batch
     if peer == "mlpfast":
-        return mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, warm)
+        return mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm)
 
     def epoch(order):
         losses = []
@@ -202,7 +326,7 @@ def train_epochs(peer, sizes, batch, threads, epochs, seed):
         return float(np.mean([float(v) for v in losses]))
 
     # the batches fit() draws: warm-up over x[:warm] shuffled by seed, then epochs by seed + 1
-    epoch(np.random.default_rng(seed).permutation(warm))
+    epoch(np.random.default_rng(seed).permutation(min(warm, n)))
     rng = np.random.default_rng(seed + 1)
     seconds, losses = [], []
     for _ in range(epochs):
@@ -214,12 +338,20 @@ def train_epochs(peer, sizes, batch, threads, epochs, seed):
     return epoch_result(seconds, losses[-1], n, notes, accuracy)
 
 
-def mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, warm):
-    from .. import get_num_threads
-    from ..losses import CrossEntropyLoss
-    from ..optim import Adam
-    from ..train import fit, predict
-    model = _mlpfast_model(weights, sizes, seed)
+def _mlpfast_model(weights, seed=None):
+    """mlpfast.MLP (relu, the cpu backend) holding ``weights``."""
+    from mlpfast import MLP
+    sizes = [weights[0][0].shape[1]] + [w.shape[0] for w, _ in weights]
+    model = MLP(sizes, activation="relu", backend="cpu", seed=seed)
+    model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
+                           for kind, value in zip(("weight", "bias"), layer)})
+    return model
+
+
+def mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm):
+    from mlpfast import CrossEntropyLoss, fit, get_num_threads, predict
+    from mlpfast.optim import Adam
+    model = _mlpfast_model(weights, seed)
     optimizer = Adam(model.parameters(), lr=LR)
     fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
         seed=seed, progress=False)
@@ -231,30 +363,20 @@ def mlpfast_epochs(x, y, x_test, y_test, weights, sizes, batch, epochs, seed, wa
 
 
 def epoch_result(seconds, loss, n, notes, test_accuracy):
-    median = float(np.median(seconds))
-    return {"samples_per_s": n / median, "seconds_per_epoch": median,
-            "epoch_seconds": [float(s) for s in seconds], "loss": loss,
+    return {"epoch_seconds": [float(s) for s in seconds], "samples": n, "loss": loss,
             "test_accuracy": test_accuracy, "notes": notes}
 
 
-def _mlpfast_model(weights, sizes, seed=None):
-    """mlpfast.MLP (relu, the default backend) holding ``weights``."""
-    from ..nn import MLP
-    model = MLP(list(sizes), activation="relu", seed=seed)
-    model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
-                           for kind, value in zip(("weight", "bias"), layer)})
-    return model
+# --- inference: make(weights, threads) -> (predict(x, batch) -> classes, notes) -------
 
-
-def mlpfast_predictor(weights, sizes, threads):
-    from .. import get_num_threads
-    from ..train import predict
-    model = _mlpfast_model(weights, sizes)
+def mlpfast_predictor(weights, threads):
+    from mlpfast import get_num_threads, predict
+    model = _mlpfast_model(weights)
     return (lambda x, batch: predict(model, x, batch_size=batch),
             f"mlpfast backend {model.backend.name}, {get_num_threads()} threads")
 
 
-def torch_predictor(weights, sizes, threads):
+def torch_predictor(weights, threads):
     import torch
     model = _torch_model(weights, threads).eval()
 
@@ -265,7 +387,7 @@ def torch_predictor(weights, sizes, threads):
     return predict, f"torch {torch.__version__}, {torch.get_num_threads()} threads, no_grad"
 
 
-def jax_predictor(weights, sizes, threads):
+def jax_predictor(weights, threads):
     import jax
     import jax.numpy as jnp
 
@@ -281,16 +403,17 @@ def jax_predictor(weights, sizes, threads):
     return predict, f"jax {jax.__version__} jit on {jax.devices()[0].platform}"
 
 
-def infer_rate(peer, sizes, batch, threads, seed):
-    """Classes of the MNIST test images by ``peer``: {samples_per_s, seconds, accuracy...}."""
-    from ..datasets import mnist
-    make = {"mlpfast": mlpfast_predictor, "torch": torch_predictor, "jax": jax_predictor}[peer]
-    predict, notes = make(initial_weights(sizes, seed), sizes, threads)
-    _, (x, y) = mnist()
+PREDICTORS = {"mlpfast": mlpfast_predictor, "torch": torch_predictor, "jax": jax_predictor}
+
+
+def infer_rate(peer, data, weights, batch, threads):
+    """Classes of the MNIST test images by ``peer``: {samples_per_s, seconds, agree_with}."""
+    predict, notes = PREDICTORS[peer](weights, threads)
+    _, (x, _) = read_mnist(data)
     x = np.ascontiguousarray(x, dtype=np.float32)
     first = predict(x, batch)                                  # warm-up (and JIT compile)
     seconds = []
-    for _ in range(benchmark.INFER_ROUNDS):
+    for _ in range(INFER_ROUNDS):
         start = time.perf_counter()
         classes = predict(x, batch)
         seconds.append(time.perf_counter() - start)
@@ -301,82 +424,85 @@ def infer_rate(peer, sizes, batch, threads, seed):
             "notes": notes}
 
 
-def numpy_step_row(config, seconds, seed=0):
-    """One textbook NumPy training step of ``config`` ("784-256-128-10 b64") timed for
-    ``seconds``, like one turn of the mlpfast step rows of ``benchmark.train_step_rows``."""
-    sizes_text, batch_text = config.split(" b")
-    sizes, batch = [int(s) for s in sizes_text.split("-")], int(batch_text)
+# --- the step peer of the kernel tables ------------------------------------------------
+
+def numpy_step_row(config, x, y, seconds, seed=0):
+    """One textbook NumPy training step of ``config`` ("784-256-128-10 b64") on the batch
+    (x, y), timed for ``seconds``: {times, median_s, rate (GFLOP/s), unit}."""
+    sizes = [int(s) for s in config.split(" b")[0].split("-")]
     model = NumpyMLP(initial_weights(sizes, seed))
-    x, y = benchmark.mnist_batch(batch, seed)
     model.step(x, y)
     model.step(x, y)
-    times = benchmark.time_call(lambda: model.step(x, y), seconds, min_rounds=2)
-    return benchmark._rate_row(f"train.step {config} [numpy-textbook]", "train", "train",
-                               "step", config, "numpy-textbook", None, times,
-                               benchmark.mlp_train_flops(sizes, batch), samples=batch)
+    times = time_call(lambda: model.step(x, y), seconds, min_rounds=2)
+    median = float(np.median(times))
+    return {"times": times, "median_s": median, "unit": "GFLOP/s",
+            "rate": mlp_train_flops(sizes, len(x)) / median * 1e-9}
 
 
-def numpy_kernel_row(case, mode, seconds):
-    """The NumPy reference timed on kernel ``case`` ("gemm.sgemm 512x512x512 NN") for
-    ``seconds``, like one turn of the mlpfast kernel rows."""
-    rows = benchmark.kernel_rows(mode, variants="reference", min_seconds=seconds,
-                                 select=lambda row_id: row_id.split(" [")[0] == case)
-    if not rows:
-        raise ValueError(f"no kernel case {case!r} in mode {mode!r}")
-    return rows[0]
+def answer_step(request):
+    """{"info": true} -> {"blas": ...}; {"step", "x", "y", "seconds"} -> {"row": ...}."""
+    if "info" in request:
+        return {"blas": blas_info()}
+    x, y = np.load(request["x"]), np.load(request["y"])
+    return {"row": numpy_step_row(request["step"], x, y, request["seconds"])}
 
 
-def serve(stdin, stdout):
-    """Answer one JSON request per line: {"info": true} -> {"blas": ...};
-    {"kernel": case, "mode": m, "seconds": s} or {"step": config, "seconds": s} -> {"row":
-    ...} timed for about s seconds; errors -> {"skipped": why}."""
+def serve(stdin, stdout, answer):
+    """Answer each JSON request line with the JSON line of ``answer(request)``; a
+    ValueError, KeyError, RuntimeError or OSError becomes {"skipped": why}."""
     for line in stdin:
-        request = json.loads(line)
         try:
-            if "info" in request:
-                reply = {"blas": benchmark.blas_info()}
-            elif "kernel" in request:
-                reply = {"row": numpy_kernel_row(request["kernel"], request["mode"],
-                                                 request["seconds"])}
-            else:
-                reply = {"row": numpy_step_row(request["step"], request["seconds"])}
-        except (ValueError, KeyError, RuntimeError) as e:
+            reply = answer(json.loads(line))
+        except (ValueError, KeyError, RuntimeError, OSError) as e:
             reply = {"skipped": f"{type(e).__name__}: {e}"}
         stdout.write(json.dumps(reply) + "\n")
         stdout.flush()
 
 
+def run(args):
+    """The result of one training or inference run, as a JSON-able dict."""
+    weights = read_weights(args.weights)
+    if args.infer:
+        result = infer_rate(args.peer, args.data, weights, args.batch, args.threads)
+    else:
+        result = train_epochs(args.peer, args.data, weights, args.batch, args.threads,
+                              args.epochs, args.seed)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    result.update(threadpools=threadpools(), mlpfast_modules=mlpfast_modules(), cpus=cpus)
+    return result
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mlpfast.benchmarks.peers", description=__doc__)
-    parser.add_argument("peer", choices=["mlpfast", "numpy", "torch", "jax"])
-    parser.add_argument("--sizes", default="784,256,128,10")
+    parser = argparse.ArgumentParser(prog="peers.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("peer", choices=["mlpfast", *TRAINERS])
+    parser.add_argument("--data", metavar="DIR", help="MNIST as .npy files (MNIST_FILES)")
+    parser.add_argument("--weights", metavar="DIR", help="initial weights w0.npy, b0.npy, ...")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--infer", action="store_true",
                         help="time inference (predicted classes of the MNIST test set), not "
-                             "training; mlpfast, torch or jax")
+                             f"training; one of {', '.join(PREDICTORS)}")
     parser.add_argument("--serve", action="store_true",
-                        help="numpy only: answer kernel and step timing requests on stdin")
+                        help="numpy only: answer training-step timing requests on stdin")
     args = parser.parse_args(argv)
     if args.serve:
         if args.peer != "numpy":
             parser.error("--serve is for the numpy peer only")
-        serve(sys.stdin, sys.stdout)
+        serve(sys.stdin, sys.stdout, answer_step)
         return 0
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if args.infer and args.peer == "numpy":
-        parser.error("--infer is for mlpfast, torch and jax")
+    if args.infer and args.peer not in PREDICTORS:
+        parser.error(f"--infer is for {', '.join(PREDICTORS)}, got {args.peer!r}")
+    if not args.data or not args.weights:
+        parser.error("--data and --weights are required (the parent writes them)")
     try:
-        if args.infer:
-            result = infer_rate(args.peer, sizes, args.batch, args.threads, args.seed)
-        else:
-            result = train_epochs(args.peer, sizes, args.batch, args.threads, args.epochs,
-                                  args.seed)
+        result = run(args)
     except ImportError as e:
-        result = {"skipped": f"{e.name or args.peer} is not installed "
-                             f"({benchmark.INSTALL_HINTS.get(args.peer, '')})"}
+        library = args.peer.split("-")[0]
+        result = {"skipped": f"{e.name or library} is not installed "
+                             f"({INSTALL_HINTS.get(library, '')})"}
     print(json.dumps(result))
     return 0
 

@@ -1,0 +1,130 @@
+"""fit with learning-rate schedules and early stopping: the rates each step gets, the best
+epoch's weights restored, and exact resume with both (their state is checkpointed)."""
+import numpy as np
+import pytest
+
+import mlpfast as mf
+from conftest import BatchSamples, Crash
+
+BACKENDS = mf.backends()
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    return x, (x[:, 0] + 0.3 * rng.standard_normal(n) > 0).astype(np.int64)
+
+
+class RecordingSGD(mf.optim.SGD):
+    """SGD that records the learning rate of every step it takes."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.rates = []
+
+    def step(self, lr=None):
+        self.rates.append(lr)
+        super().step(lr)
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("step", {"step_size": 2, "gamma": 0.5}, lambda t: 0.1 * 0.5 ** (t // 8)),
+    ("exponential", {"gamma": 0.9}, lambda t: 0.1 * 0.9 ** (t // 4)),
+    ("cosine", {"warmup_steps": 4, "warmup_start_factor": 0.25},
+     lambda t: 0.1 * (0.25 + 0.75 * t / 4 if t < 4 else
+                      0.5 * (1 + np.cos(np.pi * (t - 4) / 12)))),
+])
+def test_each_step_gets_the_scheduled_rate(name, kwargs, expected):
+    x, y = _data(64)
+    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    opt = RecordingSGD(model.parameters(), lr=0.1)
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=4, batch_size=16, progress=False,
+           lr_schedule=mf.schedules.make_schedule(name, **kwargs))
+    np.testing.assert_allclose(opt.rates, [expected(t) for t in range(16)], rtol=1e-12)
+    assert opt.lr == 0.1                                     # the schedule leaves no trace
+
+
+def test_plateau_lowers_the_rate_when_the_monitored_value_stalls():
+    x, y = _data(64)
+    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    opt = RecordingSGD(model.parameters(), lr=0.1)
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=6, batch_size=32, progress=False,
+           val=(x, y), lr_schedule=mf.schedules.make_schedule(         # no epoch improves
+               "plateau", patience=1, factor=0.5, threshold=0.9))       # by 90%
+    per_epoch = opt.rates[::2]
+    assert per_epoch == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_early_stopping_restores_the_best_epochs_weights(backend):
+    """A planted overfit: a wide net on 24 noisy samples, validated on others, at a high
+    lr. The model ends with the weights of the epoch with the lowest val_loss, which are
+    those of the same run stopped by epochs= at that epoch."""
+    x, y = _data(224, seed=1)
+    train, val = (x[:24], y[:24]), (x[24:], y[24:])
+
+    def run(**kwargs):
+        model = mf.MLP([6, 64, 64, 2], backend=backend, seed=0)
+        opt = mf.optim.Adam(model.parameters(), lr=3e-2)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), *train, batch_size=8, seed=0,
+                         progress=False, val=val, **kwargs)
+        return model, history
+
+    model, history = run(epochs=60, early_stopping=5)
+    val_loss = history["val_loss"]
+    best = int(np.argmin(val_loss)) + 1
+    assert history.best_epoch == best and best < len(val_loss)
+    assert history.stopped_epoch == len(val_loss) == best + 5
+    reference, _ = run(epochs=best)
+    assert np.array_equal(mf.to_numpy(model.flat_data), mf.to_numpy(reference.flat_data))
+    kept, _ = run(epochs=60, early_stopping=5, restore_best=False)
+    assert not np.array_equal(mf.to_numpy(kept.flat_data), mf.to_numpy(model.flat_data))
+    model, history = run(epochs=60, early_stopping=3, monitor="val_accuracy")
+    assert history["val_accuracy"][history.best_epoch - 1] == max(history["val_accuracy"])
+
+
+def test_early_stopping_arguments_are_checked():
+    x, y = _data(32)
+    model = mf.MLP([6, 5, 2], seed=0)
+    opt = mf.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="early stopping on val_loss needs val="):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=8,
+               early_stopping=2)
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=8, val=(x, y),
+               early_stopping=2, monitor="val_f1")
+    with pytest.raises(ValueError, match="early_stopping must be a positive number"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=8, val=(x, y),
+               early_stopping=0)
+    assert opt.step_count == 0
+
+
+def Samples(x, y, crash_at=None):
+    return BatchSamples(x, y, 16, crash_at, num_classes=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "plateau", "step"])
+def test_resume_with_a_schedule_and_early_stopping_is_bit_identical(backend, schedule,
+                                                                    tmp_path):
+    x, y = _data(120, seed=2)
+    train, val = (x[:80], y[:80]), (x[80:], y[80:])
+    kwargs = {"plateau": {"patience": 1}, "step": {"step_size": 2}}.get(schedule, {})
+
+    def run(data, **extra):
+        model = mf.MLP([6, 9, 2], backend=backend, seed=0)
+        opt = mf.optim.Adam(model.parameters(), lr=2e-2)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), data, epochs=8, batch_size=16,
+                         seed=3, progress=False, val=val, early_stopping=4,
+                         lr_schedule=mf.schedules.make_schedule(schedule, **kwargs), **extra)
+        return model, opt, history
+
+    model_a, opt_a, hist_a = run(Samples(*train))
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(Crash):                 # 5 batches an epoch: a crash in epoch 6
+        run(Samples(*train, crash_at=28), checkpoint=path)
+    model_c, opt_c, hist_c = run(Samples(*train), checkpoint=path, resume=path)
+    assert np.array_equal(mf.to_numpy(model_a.flat_data), mf.to_numpy(model_c.flat_data))
+    assert opt_a.step_count == opt_c.step_count
+    assert hist_a["val_loss"] == hist_c["val_loss"] and hist_a["loss"] == hist_c["loss"]
+    assert (hist_a.best_epoch, hist_a.stopped_epoch) == (hist_c.best_epoch, hist_c.stopped_epoch)
