@@ -8,7 +8,9 @@ the CUDA GEMM and of training epochs on backend "cuda" next to cuBLAS, PyTorch a
                                         # NUMBA_ENABLE_CUDASIM=1 (its timings mean nothing)
 
 Prints one table: one row per validated kernel (worst error as a fraction of its tolerance,
-so <= 1 passes), then the timed rows, then the bars. Each check runs on its own: one that
+so <= 1 passes), then the timed rows, then the bars. The cuda training step is validated as
+a kernel is: its CUDA graph replays against the same kernels launched one by one (bit for
+bit) and against the layer-by-layer step; its timing row says whether the graph path ran. Each check runs on its own: one that
 fails prints an ERROR row and the others still run. Exit status: 0 when every kernel matches
 and no check failed, 1 otherwise, 2 when no GPU is usable.
 
@@ -56,12 +58,12 @@ SIZES = {
                  tile_shapes=[(4096, 4096, 4096), (1024, 1024, 784), (1024, 784, 1024),
                               (128, 512, 784), (512, 784, 128), (1024, 10, 1024),
                               (10, 1024, 1024)],
-                 train_epochs=10),
+                 step_batches=200, train_epochs=10),
     "quick": dict(gemm=(37, 29, 19), gemm_time=32, linear=(9, 12, 7), elementwise=(13, 9),
                   logits=[(9, 10)], flat=1000, gather=(50, 12, 16), repeats=2,
                   epochs=[("MNIST-like b16", 48, 20, (8,), 16),
                           ("wide-like b32", 64, 20, (12, 12), 32)],
-                  tile_shapes=[], train_epochs=None),
+                  tile_shapes=[], step_batches=4, train_epochs=None),
 }
 TOL = {np.dtype(np.float32): (1e-5, 2e-4), np.dtype(np.float64): (1e-12, 1e-10)}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -320,6 +322,67 @@ def check_gather(table, sizes, rng):
              and np.array_equal(out_labels.copy_to_host(), labels[index]))
     table.check("gather uint8->float32 rows, int64 labels", f"{batch} of {rows}x{cols}", None,
                 0.0 if exact else float("inf"))
+
+
+def step_variants(layer_sizes, x, y, batch_size):
+    """{label: (model, step)} from the same initial weights: the cuda step with CUDA graphs,
+    the same step kernel by kernel, and the engine's layer-by-layer step (Adam)."""
+    from mlpfast.backend.cpu import compiled_spec
+    from mlpfast.backend.cuda_step import CudaStep
+    from mlpfast.backend.steps import LayerByLayerStep
+    from mlpfast.datasets import as_dataset
+    variants = {}
+    for label in ("graph", "kernel by kernel", "layer by layer"):
+        model = mf.MLP(layer_sizes, activation="relu", backend="cuda", seed=0)
+        optimizer = mf.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn, dataset, plan = mf.CrossEntropyLoss(), as_dataset(model, x, y), model.plan()
+        if label == "layer by layer":
+            step = LayerByLayerStep(plan, loss_fn, optimizer, dataset, batch_size)
+        else:
+            spec = compiled_spec(plan, loss_fn, optimizer, dataset, lambda a: True)
+            step = CudaStep(plan, spec, optimizer, dataset, batch_size,
+                            "auto" if label == "graph" else None)
+        variants[label] = model, step
+    return variants
+
+
+def check_step(table, sizes, rng):
+    """The cuda training step run as CUDA graphs against the same step kernel by kernel (bit
+    for bit) and against the layer-by-layer step, over the same Adam steps of the first
+    epoch configuration (random data), then its time per step: the graph path is validated
+    on the device here, where the simulator has no graphs."""
+    name, _, features, hidden, batch_size = sizes["epochs"][0]
+    timed = sizes["step_batches"]
+    rows = batch_size * (timed + 3) + batch_size // 2 + 1           # the last batch short
+    x = rng.random((rows, features), dtype=np.float32)
+    y = rng.integers(0, 10, rows)
+    order = rng.permutation(rows).astype(np.int64)
+    last = -(-rows // batch_size) - 1
+    results = {}
+    for label, (model, step) in step_variants([features, *hidden, 10], x, y,
+                                              batch_size).items():
+        sums = np.zeros(2)
+        step.run(order, 0, 3, np.full(3, 1e-3), sums)     # compiles, captures the full batch
+        step.run(order, last, 1, np.full(1, 1e-3), sums)  # and the short one
+        start = time.perf_counter()
+        done = step.run(order, 3, timed, np.full(timed, 1e-3), sums)   # reads back: synced
+        seconds = time.perf_counter() - start
+        results[label] = (done, sums, mf.to_numpy(model.flat_data), seconds / timed, step)
+    shape = f"{'-'.join(map(str, [features, *hidden, 10]))} b{batch_size}, {timed + 4} steps"
+    graph, plain, engine = (results[k] for k in ("graph", "kernel by kernel", "layer by layer"))
+    same = graph[0] == plain[0] and np.array_equal(graph[1], plain[1]) \
+        and np.array_equal(graph[2], plain[2])
+    table.check("cuda step: graph replay vs kernel by kernel, bit for bit", shape, np.float32,
+                0.0 if same else float("inf"))
+    table.check("cuda step vs layer-by-layer step (params, loss, correct)", shape, np.float32,
+                max(error_ratio(graph[2], engine[2].astype(np.float64), np.float32,
+                                tol=(1e-5, 1e-3)),
+                    error_ratio([graph[1][0]], [engine[1][0]], np.float32),
+                    0.0 if graph[:1] == engine[:1] and graph[1][1] == engine[1][1]
+                    else float("inf")))
+    table.timing("cuda step us/step: graph; kernel by kernel, layer by layer", shape,
+                 np.float32, f"{graph[3] * 1e6:,.0f}",
+                 f"{plain[3] * 1e6:,.0f}; {engine[3] * 1e6:,.0f}", graph[4].graphs)
 
 
 # --- timings -------------------------------------------------------------------------------
@@ -598,7 +661,7 @@ def main(argv=None):
     start = time.perf_counter()
     table = Table()
     for check in (check_gemm, check_linear, check_activations, check_losses, check_optimizers,
-                  check_gather, time_gemm, time_gemm_tiles):
+                  check_gather, check_step, time_gemm, time_gemm_tiles):
         run_check(table, check, sizes, rng)
     for check in (time_epochs, train_mnist_cli):
         run_check(table, check, sizes, rng, args.mnist)

@@ -90,3 +90,61 @@ def check_labels(labels, batch, num_classes, name="labels"):
     if batch and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)][0]
         raise ValueError(f"{name} must lie in [0, {num_classes}), found {bad}")
+
+
+# --- the compiled MLP steps (kernels/mlp_step.py and its cuda twin) ------------------------------
+
+def check_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_mlp_step(layers, flat_data, flat_grad, batch_size, allowed, check_float32):
+    """(batch_size, layer sizes [in_0, out_0, ..., out_L]) of the compiled steps of a chain
+    of Linear layers, layers = (weights, biases, weight_grads, bias_grads, activations, ...),
+    after checking every array with ``check_float32(a, name, shape)`` (float32, C-contiguous,
+    on the step's device) and every activation against ``allowed`` (the last: identity)."""
+    weights, biases, weight_grads, bias_grads, activations = layers[:5]
+    batch_size = check_positive(batch_size, "batch_size")
+    if not weights:
+        raise ValueError("an MLP needs at least one Linear layer")
+    if activations[-1] != "identity":
+        raise ValueError(f"the last layer must output predictions (identity), got "
+                         f"{activations[-1]!r}")
+    sizes = [weights[0].shape[1]]
+    for l, (w, b, gw, gb, f) in enumerate(zip(weights, biases, weight_grads, bias_grads,
+                                              activations)):
+        if f not in allowed:
+            raise ValueError(f"layer {l}: activation must be one of {allowed}, got {f!r}")
+        check_float32(w, f"weights[{l}]", (w.shape[0], sizes[-1]))
+        check_float32(gw, f"weight_grads[{l}]", w.shape)
+        if (b is None) != (gb is None):
+            raise ValueError(f"layer {l}: a bias needs a bias gradient and vice versa")
+        if b is not None:
+            check_float32(b, f"biases[{l}]", (w.shape[0],))
+            check_float32(gb, f"bias_grads[{l}]", (w.shape[0],))
+        sizes.append(w.shape[0])
+    for name, a in (("flat_data", flat_data), ("flat_grad", flat_grad)):
+        check_float32(a, name, (flat_grad.shape[0],))
+    return batch_size, sizes
+
+
+def check_optimizer_state(optimizer, hyper, state, flat_data, check_float32):
+    """The state arrays of "sgd" (hyper (momentum, nesterov, weight_decay), state
+    (momentum_buffer,)) or "adam" (hyper (beta1, beta2, eps, weight_decay, decoupled), state
+    (exp_avg, exp_avg_sq)), checked like flat_data; SGD without momentum keeps none and gets
+    (flat_data,), never read."""
+    expected = {"sgd": (3, 1), "adam": (5, 2)}
+    if optimizer not in expected:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    n_hyper, n_state = expected[optimizer]
+    if len(hyper) != n_hyper or not all(np.isfinite(h) for h in hyper):
+        raise ValueError(f"{optimizer} takes {n_hyper} finite hyperparameters, got {hyper!r}")
+    if optimizer == "sgd" and not hyper[0]:
+        state = (flat_data,)
+    if len(state) != n_state:
+        raise ValueError(f"{optimizer} keeps {n_state} state arrays, got {len(state)}")
+    for i, a in enumerate(state):
+        check_float32(a, f"state[{i}]", flat_data.shape)
+    return tuple(state)

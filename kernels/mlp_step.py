@@ -35,7 +35,7 @@ from numba.extending import overload
 
 from . import _c_calls, _numba_config
 from . import _numba_math as nm
-from ._checks import check_float_array
+from ._checks import check_float_array, check_mlp_step, check_optimizer_state
 from .activations import DERIVATIVE, _gelu, _gelu_derivative, _gelu_tanh, \
     _gelu_tanh_derivative, c_code
 from .dropout import _philox_numba, scale_for as dropout_scale, stream as dropout_stream
@@ -490,14 +490,14 @@ class MLPSteps:
     def __init__(self, layers, flat_data, flat_grad, src_x, src_y, batch_size, loss,
                  optimizer, hyper, state, post=None, max_norm=None):
         weights, biases, weight_grads, bias_grads, activations, slopes = layers
-        self.batch_size = _check_positive(batch_size, "batch_size")
-        sizes = _check_layers(weights, biases, weight_grads, bias_grads, activations)
+        self.batch_size, sizes = check_mlp_step(layers, flat_data, flat_grad, batch_size,
+                                                ACTIVATIONS, _check_float32_c)
         batchnorms, dropouts, input_dropout = post or ([None] * len(weights),
                                                        [None] * len(weights), None)
-        for name, a in (("flat_data", flat_data), ("flat_grad", flat_grad)):
-            _check_float32_c(a, name, (flat_grad.shape[0],))
         _check_source(src_x, src_y, sizes, loss)
-        self._optimizer, self._state = _check_optimizer(optimizer, hyper, state, flat_data)
+        state = check_optimizer_state(optimizer, hyper, state, flat_data, _check_float32_c)
+        self._optimizer = SGD if optimizer == "sgd" else ADAM
+        self._state = (state[0], state[-1])                  # always a pair
         self._hyper = np.array(hyper, np.float64)
         self._max_norm = 0.0 if max_norm is None else float(max_norm)
         self._loss = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}[loss]
@@ -647,35 +647,6 @@ def _post_arrays(sizes, batchnorms, dropouts, input_dropout):
     return (kinds, *(tuple(a) for a in arrays), numbers, tracked, drops, scales)
 
 
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_layers(weights, biases, weight_grads, bias_grads, activations):
-    """The layer sizes [in_0, out_0, ..., out_L], after checking every array."""
-    if not weights:
-        raise ValueError("an MLP needs at least one Linear layer")
-    if activations[-1] != "identity":
-        raise ValueError(f"the last layer must output predictions (identity), got "
-                         f"{activations[-1]!r}")
-    sizes = [weights[0].shape[1]]
-    for l, (w, b, gw, gb, f) in enumerate(zip(weights, biases, weight_grads, bias_grads,
-                                              activations)):
-        if f not in ACTIVATIONS:
-            raise ValueError(f"layer {l}: activation must be one of {ACTIVATIONS}, got {f!r}")
-        _check_float32_c(w, f"weights[{l}]", (w.shape[0], sizes[-1]))
-        _check_float32_c(gw, f"weight_grads[{l}]", w.shape)
-        if (b is None) != (gb is None):
-            raise ValueError(f"layer {l}: a bias needs a bias gradient and vice versa")
-        if b is not None:
-            _check_float32_c(b, f"biases[{l}]", (w.shape[0],))
-            _check_float32_c(gb, f"bias_grads[{l}]", (w.shape[0],))
-        sizes.append(w.shape[0])
-    return sizes
-
-
 def _check_source(src_x, src_y, sizes, loss):
     if loss not in ("cross_entropy", "mse"):
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
@@ -692,23 +663,6 @@ def _check_source(src_x, src_y, sizes, loss):
         raise ValueError(f"src_y must be int64 labels of shape ({src_x.shape[0]},)"
                          + (f" or C-contiguous float32 targets of shape "
                             f"({src_x.shape[0]}, {sizes[-1]})" if loss == "mse" else ""))
-
-
-def _check_optimizer(optimizer, hyper, state, flat_data):
-    """(code, state tuple): SGD keeps a momentum buffer (a dummy when momentum is 0)."""
-    expected = {"sgd": (3, 1), "adam": (5, 2)}
-    if optimizer not in expected:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    n_hyper, n_state = expected[optimizer]
-    if len(hyper) != n_hyper or not all(math.isfinite(h) for h in hyper):
-        raise ValueError(f"{optimizer} takes {n_hyper} finite hyperparameters, got {hyper!r}")
-    if optimizer == "sgd" and not hyper[0]:
-        state = (flat_data,)                     # never read without momentum
-    if len(state) != n_state:
-        raise ValueError(f"{optimizer} keeps {n_state} state arrays, got {len(state)}")
-    for i, a in enumerate(state):
-        _check_float32_c(a, f"state[{i}]", flat_data.shape)
-    return (SGD if optimizer == "sgd" else ADAM), (state[0], state[-1])   # always a pair
 
 
 def _check_float32_c(a, name, shape):

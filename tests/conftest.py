@@ -10,10 +10,16 @@ DTYPES = [np.float32, np.float64]
 
 
 def assert_close(actual, expected, dtype=None, tol=None, what=""):
+    """|actual - expected| <= atol + rtol |expected| everywhere; NaN matches only NaN and
+    an infinity only the same infinity."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     atol, rtol = tol or TOL[np.dtype(dtype or actual.dtype).type]
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    err = np.abs(actual.astype(np.float64) - expected) - (atol + rtol * np.abs(expected))
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    same = (np.isnan(a) & np.isnan(e)) | ((a == e) & np.isinf(e))
+    with np.errstate(invalid="ignore"):
+        err = np.abs(a - e) - (atol + rtol * np.abs(e))
+    err = np.where(same, -1.0, np.where(np.isnan(err), np.inf, err))
     if err.size and err.max() > 0:
         i = np.unravel_index(err.argmax(), err.shape)
         raise AssertionError(f"{what}: at {i} got {actual[i]!r}, expected {expected[i]!r} "

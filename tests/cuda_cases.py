@@ -672,6 +672,366 @@ def test_checkpoint_resume_predict_and_zero_grad_on_cuda(tmp_path):
         assert not grads[:zeros].any() and grads[zeros:].all() if zeros else not grads.any()
 
 
+# --- the cuda training step (kernels/cuda/mlp_step.py, mlpfast/backend/cuda_step.py) ------------
+# Against the numpy backend's layer-by-layer step (the reference kernels) from the same weights
+# and batches: 23 rows in batches of 8 (the last one short), calls of several batches.
+
+STEP_ROWS, STEP_BATCH, STEP_SIZES = 23, 8, [7, 6, 5, 3]
+STEP_CASES = {
+    "relu, cross-entropy, Adam": ("relu", "cross_entropy", "labels",
+                                  lambda p: mf.optim.Adam(p, lr=1e-2, weight_decay=1e-3)),
+    "gelu, MSE targets, SGD Nesterov": ("gelu", "mse", "targets", lambda p: mf.optim.SGD(
+        p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    "sigmoid, cross-entropy, AdamW": ("sigmoid", "cross_entropy", "labels",
+                                      lambda p: mf.optim.AdamW(p, lr=3e-2)),
+    "tanh, MSE labels, plain SGD": ("tanh", "mse", "labels", lambda p: mf.optim.SGD(p, lr=0.3)),
+    "leaky_relu, no biases, cross-entropy, SGD momentum": (
+        "leaky_relu", "cross_entropy", "labels", lambda p: mf.optim.SGD(p, lr=0.1, momentum=0.5)),
+}
+
+
+def step_data(targets, rows=STEP_ROWS, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, STEP_SIZES[0])).astype(np.float32)
+    if targets == "targets":
+        return x, rng.standard_normal((rows, STEP_SIZES[-1])).astype(np.float32)
+    return x, rng.integers(0, STEP_SIZES[-1], rows)
+
+
+def make_train_step(backend, case, x, y, graph_device="auto", dataset=None):
+    """(model, optimizer, step) of one STEP_CASES case; the same initial weights on every
+    backend. On cuda the step is built directly when a graph device is given."""
+    from mlpfast.backend.cpu import compiled_spec
+    from mlpfast.backend.cuda_step import CudaStep
+    from mlpfast.datasets import as_dataset
+    activation, loss, _, make_optimizer = STEP_CASES[case]
+    model = mf.MLP(STEP_SIZES, activation=activation, bias="no biases" not in case,
+                   backend=backend, seed=1)
+    optimizer = make_optimizer(model.parameters())
+    loss_fn = mf.CrossEntropyLoss() if loss == "cross_entropy" else mf.MSELoss()
+    dataset = dataset or as_dataset(model, x, y)
+    if graph_device == "auto":
+        step = model.backend.make_step(model.plan(), loss_fn, optimizer, dataset, STEP_BATCH)
+    else:
+        spec = compiled_spec(model.plan(), loss_fn, optimizer, dataset, lambda a: True)
+        step = CudaStep(model.plan(), spec, optimizer, dataset, STEP_BATCH, graph_device)
+    return model, optimizer, step
+
+
+# (order seed, first batch, batches) per call: an epoch in calls of 2 + 1 (the short batch
+# last), then an epoch in one call
+STEP_CALLS = [(1, 0, 2), (1, 2, 1), (2, 0, 3)]
+
+
+def run_calls(step, calls=STEP_CALLS):
+    """The sums and (steps, finite, loss) of each call; learning rates vary per step."""
+    sums, results = np.zeros(2), []
+    for seed, first, count in calls:
+        order = np.random.default_rng(seed).permutation(STEP_ROWS).astype(np.int64)
+        lrs = step.optimizer.lr * (0.5 + 0.25 * np.arange(first, first + count))
+        results.append(step.run(order, first, count, lrs, sums))
+        yield sums.copy(), results[-1]
+
+
+def assert_near(actual, expected, what, tol=(1e-5, 1e-4)):
+    """assert_close, with NaN exactly where the reference has one (assert_close alone lets
+    a NaN pass: NaN > 0 is False)."""
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=what)
+    assert_close(actual, expected, tol=tol, what=what)
+
+
+def state_of(model, optimizer):
+    """Parameters, gradients and optimizer state as host arrays."""
+    arrays = {"parameters": mf.to_numpy(model.flat_data), "gradients": mf.to_numpy(model.flat_grad)}
+    arrays.update(optimizer.state_dict()["state"])
+    return arrays
+
+
+@pytest.mark.parametrize("case", STEP_CASES)
+def test_cuda_step_trains_as_the_numpy_backend(case):
+    x, y = step_data(STEP_CASES[case][2])
+    (model, opt, step), (ref_model, ref_opt, ref_step) = (
+        make_train_step(backend, case, x, y) for backend in ("cuda", "numpy"))
+    assert type(step).__name__ == "CudaStep" and type(ref_step).__name__ == "LayerByLayerStep"
+    for (sums, result), (ref_sums, ref_result) in zip(run_calls(step), run_calls(ref_step)):
+        assert result == ref_result == (result[0], True, 0.0)
+        assert_near(sums[0], ref_sums[0], f"{case}: summed loss")
+        assert sums[1] == ref_sums[1], f"{case}: correct rows"
+        assert opt.step_count == ref_opt.step_count
+        ref_state = state_of(ref_model, ref_opt)
+        for key, value in state_of(model, opt).items():    # gradients: of the call's last batch
+            assert_near(value, ref_state[key], f"{case}: {key}")
+    assert opt.step_count == 6 and (sums[1] > 0) == (STEP_CASES[case][2] == "labels")
+
+
+def test_cuda_step_halves_match_the_numpy_backend():
+    """compute_gradients + apply_update (data parallelism's split) against numpy's."""
+    case = "relu, cross-entropy, Adam"
+    x, y = step_data("labels")
+    steps = [make_train_step(backend, case, x, y) for backend in ("cuda", "numpy")]
+    index = np.array([5, 0, 22, 13, 7], np.int64)                 # a short batch
+    (loss, correct), (ref_loss, ref_correct) = (s.compute_gradients(index) for _, _, s in steps)
+    assert correct == ref_correct and abs(loss - ref_loss) <= 1e-6 + 1e-5 * abs(ref_loss)
+    assert_near(mf.to_numpy(steps[0][0].flat_grad), mf.to_numpy(steps[1][0].flat_grad),
+                "gradients", tol=(1e-6, 1e-4))
+    for _, _, step in steps:
+        step.apply_update(2e-2)
+        step.compute_gradients(index[:1])
+        step.apply_update(1e-2)
+    (model, opt, _), (ref_model, ref_opt, _) = steps
+    assert opt.step_count == ref_opt.step_count == 2
+    ref_state = state_of(ref_model, ref_opt)
+    for key, value in state_of(model, opt).items():
+        assert_near(value, ref_state[key], key)
+
+
+# cause -> (case, row 11 of x, first layer's weights made positive)
+NON_FINITE = {
+    "NaN loss": ("gelu, MSE targets, SGD Nesterov", 3e38, True),          # h_1 = inf, then
+    "finite loss, NaN gradient": ("relu, cross-entropy, Adam", 1e38, True),   # inf - inf;
+    "finite loss, gradient beyond 1.8e19": ("gelu, MSE targets, SGD Nesterov", 1e18, False),
+}                   # relu turns that NaN to 0; a huge finite loss, gradients whose square
+                    # overflows float32 (the cpu step's rule)
+
+
+@pytest.mark.parametrize("cause", NON_FINITE)
+def test_cuda_step_applies_nothing_from_a_non_finite_batch_on(cause):
+    """A call of 3 batches whose second is not finite: the first is applied, nothing of the
+    second or third; the failing batch's loss comes back and its gradients stay in
+    flat_grad; through fit, TrainingDiverged names the step."""
+    case, value, positive = NON_FINITE[cause]
+    x, y = step_data(STEP_CASES[case][2])
+    x[11] = value
+
+    def build(backend):
+        model, opt, step = make_train_step(backend, case, x, y)
+        if positive:
+            state = model.state_dict()
+            state["0.weight"] = np.abs(state["0.weight"]) + 0.5
+            model.load_state_dict(state)
+        return model, opt, step
+
+    runs = {}
+    for backend in ("cuda", "numpy"):
+        model, opt, step = build(backend)
+        sums = np.zeros(2)
+        result = step.run(np.arange(STEP_ROWS, dtype=np.int64), 0, 3, np.full(3, opt.lr), sums)
+        runs[backend] = result, sums, state_of(model, opt), opt.step_count
+    (result, sums, state, count), (ref_result, ref_sums, ref_state, ref_count) = \
+        runs["cuda"], runs["numpy"]
+    assert result[:2] == ref_result[:2] == (1, False) and count == ref_count == 1
+    if cause == "NaN loss":
+        assert np.isnan(result[2]) and np.isnan(ref_result[2])
+    else:                                # the failing batch's gradients are kept
+        with np.errstate(over="ignore", invalid="ignore"):        # a float32 square overflows
+            assert np.isfinite(result[2]) and not np.isfinite(state["gradients"] ** 2).all()
+        assert np.isnan(state["gradients"]).any() or "NaN" not in cause
+        if np.isfinite(ref_result[2]):   # numpy's relu keeps a NaN (np.maximum), where the
+            assert abs(result[2] / ref_result[2] - 1) < 1e-4      # cuda one gives 0
+    assert_near(sums, ref_sums, "sums of the first batch only")
+    for key in ("parameters", "exp_avg", "exp_avg_sq", "momentum_buffer"):
+        if key in ref_state:
+            assert_near(state[key], ref_state[key], key)
+    model, opt, _ = build("cuda")
+    loss_fn = mf.CrossEntropyLoss() if STEP_CASES[case][1] == "cross_entropy" else mf.MSELoss()
+    with pytest.raises(mf.TrainingDiverged, match="step 2 of 3"):
+        mf.fit(model, opt, loss_fn, x, y, epochs=1, batch_size=STEP_BATCH, shuffle=False,
+               progress=False)
+    assert opt.step_count == 1
+    assert_near(mf.to_numpy(model.flat_data), ref_state["parameters"], "after fit")
+
+
+class RecordingBuilder:
+    """cuda.core's GraphBuilder interface: records the launches made with it as their stream
+    (see recording_launches), completes into a ReplayGraph of them."""
+
+    def __init__(self, device):
+        self.device, self.recorded, self.building = device, [], False
+
+    def begin_building(self):
+        if self.device.refuse:
+            raise RuntimeError("no graphs here")
+        self.building = True
+        return self
+
+    def end_building(self):
+        self.building = False
+        return self
+
+    def complete(self):
+        return ReplayGraph(self.device, tuple(self.recorded))
+
+
+class ReplayGraph:
+    def __init__(self, device, launches):
+        self.device, self.launches = device, launches
+
+    def launch(self, stream):
+        assert stream is self.device.default_stream
+        self.device.replays += 1
+        for launch in self.launches:
+            launch(0)
+
+
+class RecordingDevice:
+    """A graph device (cuda.core's Device interface) that records instead of capturing."""
+    default_stream = object()
+
+    def __init__(self, refuse=False):
+        self.builders, self.replays, self.refuse = [], 0, refuse
+
+    def create_graph_builder(self):
+        self.builders.append(RecordingBuilder(self))
+        return self.builders[-1]
+
+
+@pytest.fixture
+def recording_launches(monkeypatch):
+    """Launches made with a RecordingBuilder as their stream are recorded, not run."""
+    from mlpfast.kernels.cuda import graphs
+    run = graphs.Launch.__call__
+
+    def launch(self, stream=0):
+        if isinstance(stream, RecordingBuilder):
+            assert stream.building
+            stream.recorded.append(self)
+        else:
+            run(self, stream)
+    monkeypatch.setattr(graphs.Launch, "__call__", launch)
+
+
+def test_cuda_step_captures_each_batch_size_once_then_replays_it(recording_launches):
+    """The first step of each batch size runs launch by launch, is then captured (every
+    launch, in order), and the graph replays the later steps: results identical to the
+    uncaptured steps, bit for bit (per-step values come from device memory)."""
+    case = "sigmoid, cross-entropy, AdamW"
+    x, y = step_data("labels")
+    device = RecordingDevice()
+    runs = [make_train_step("cuda", case, x, y, graph_device=graph_device)
+            for graph_device in (None, device)]
+    for (sums, result), (graph_sums, graph_result) in zip(run_calls(runs[0][2]),
+                                                          run_calls(runs[1][2])):
+        assert result == graph_result and np.array_equal(sums, graph_sums)
+    graph_state = state_of(*runs[1][:2])
+    for key, value in state_of(*runs[0][:2]).items():
+        np.testing.assert_array_equal(graph_state[key], value)
+    step = runs[1][2]
+    plans = step._steps._plans
+    assert sorted(plans) == [STEP_ROWS - 2 * STEP_BATCH, STEP_BATCH]
+    for builder, rows in zip(device.builders, (8, 7)):      # every launch, in order
+        assert len(builder.recorded) == len(plans[rows][0])
+        assert all(a is b for a, b in zip(builder.recorded, plans[rows][0]))
+    assert device.replays == 6 - 2 and step.graphs == "CUDA graph (2 batch sizes captured)"
+    assert runs[0][2].graphs.startswith("kernel by kernel")
+
+
+def test_cuda_step_runs_kernel_by_kernel_when_capture_fails(recording_launches):
+    case = "relu, cross-entropy, Adam"
+    x, y = step_data("labels")
+    model, opt, step = make_train_step("cuda", case, x, y, graph_device=RecordingDevice(True))
+    ref_model, ref_opt, ref_step = make_train_step("cuda", case, x, y, graph_device=None)
+    with pytest.warns(RuntimeWarning, match="could not be captured as a CUDA graph"):
+        for (sums, result), (ref_sums, ref_result) in zip(run_calls(step), run_calls(ref_step)):
+            assert result == ref_result and np.array_equal(sums, ref_sums)
+    np.testing.assert_array_equal(mf.to_numpy(model.flat_data), mf.to_numpy(ref_model.flat_data))
+    assert step.graphs == "kernel by kernel (RuntimeError: no graphs here)"
+
+
+def test_cuda_step_checks_once_per_batch_size_and_allocates_nothing_per_step(monkeypatch):
+    from mlpfast.kernels.cuda import mlp_step
+    x, y = step_data("labels")
+    model, opt, step = make_train_step("cuda", "relu, cross-entropy, Adam", x, y)
+    built = []
+    launches = mlp_step.CudaMLPSteps._launches
+    monkeypatch.setattr(mlp_step.CudaMLPSteps, "_launches",
+                        lambda self, rows: built.append(rows) or launches(self, rows))
+    list(run_calls(step, STEP_CALLS[:2]))                 # every batch size once
+    allocations = []
+    for name in ("device_array", "to_device", "device_array_like"):
+        allocate = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, allocate=allocate, **k:
+                            allocations.append(a) or allocate(*a, **k))
+    list(run_calls(step, STEP_CALLS * 2))
+    assert built == [8, 7] and not allocations
+
+
+class RowsLike:
+    """A dataset object (no arrays): gather_batch fills the caller's buffers."""
+
+    def __init__(self, x, y, bad_label=None):
+        self.x, self.y, self.bad_label = x, y, bad_label
+        self.num_features, self.num_classes, self.gathered = x.shape[1], 3, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def gather_batch(self, index, x_out, y_out):
+        self.gathered += 1
+        x_out[:] = self.x[index]
+        y_out[:] = self.y[index] if self.bad_label is None else self.bad_label
+
+
+def test_cuda_step_uploads_a_dataset_object_once_per_call():
+    case = "leaky_relu, no biases, cross-entropy, SGD momentum"
+    x, y = step_data("labels")
+    rows = RowsLike(x, y)
+    (model, opt, step), (ref_model, ref_opt, ref_step) = (
+        make_train_step("cuda", case, x, y, dataset=dataset) for dataset in (rows, None))
+    assert step.max_batches == 64 and ref_step.max_batches is None
+    for (sums, result), (ref_sums, ref_result) in zip(run_calls(step), run_calls(ref_step)):
+        assert result == ref_result and np.array_equal(sums, ref_sums)
+    assert rows.gathered == len(STEP_CALLS)
+    np.testing.assert_array_equal(mf.to_numpy(model.flat_data), mf.to_numpy(ref_model.flat_data))
+    _, _, bad = make_train_step("cuda", case, x, y, dataset=RowsLike(x, y, bad_label=3))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        bad.run(np.arange(STEP_ROWS), 0, 1, np.full(1, 0.1), np.zeros(2))
+
+
+def test_cuda_step_rejects_bad_calls_before_changing_anything():
+    x, y = step_data("labels")
+    model, opt, step = make_train_step("cuda", "relu, cross-entropy, Adam", x, y)
+    before, sums = mf.to_numpy(model.flat_data), np.zeros(2)
+    bad_order = np.arange(STEP_ROWS, dtype=np.int64)
+    bad_order[3] = STEP_ROWS
+    with pytest.raises(ValueError, match=r"order must hold row numbers in \[0, 23\)"):
+        step.run(bad_order, 0, 1, np.full(1, 0.1), sums)
+    with pytest.raises(ValueError, match="lrs must hold one rate per step"):
+        step.run(np.arange(STEP_ROWS), 0, 2, np.full(1, 0.1), sums)
+    with pytest.raises(ValueError, match="order must be a 1-D int64 array"):
+        step.run(np.arange(STEP_ROWS, dtype=np.int32), 0, 1, np.full(1, 0.1), sums)
+    with pytest.raises(ValueError, match=r"rows_index must be 1-D int64 with 1 to 8 rows"):
+        step.compute_gradients(np.arange(9))
+    np.testing.assert_array_equal(mf.to_numpy(model.flat_data), before)
+    assert opt.step_count == 0 and not sums.any()
+
+
+def test_cuda_falls_back_to_the_layer_by_layer_step_for_what_its_step_does_not_cover():
+    from mlpfast.datasets import as_dataset
+    x, y = step_data("labels")
+
+    def kind(model, optimizer=None, loss_fn=None):
+        optimizer = optimizer or mf.optim.SGD(model.parameters(), lr=0.1)
+        return type(model.backend.make_step(model.plan(), loss_fn or mf.CrossEntropyLoss(),
+                                            optimizer, as_dataset(model, x, y),
+                                            STEP_BATCH)).__name__
+
+    class ScaledLoss(mf.CrossEntropyLoss):
+        pass
+    sizes = STEP_SIZES
+    for activation in ref_activations.ELEMENTWISE:
+        assert kind(mf.MLP(sizes, activation=activation, backend="cuda")) == "CudaStep"
+    assert kind(mf.MLP(sizes, bias=False, backend="cuda")) == "CudaStep"
+    model = mf.MLP(sizes, backend="cuda")
+    for other in (mf.MLP(sizes, batchnorm=True, backend="cuda"),
+                  mf.MLP(sizes, dropout=0.2, backend="cuda"),
+                  mf.MLP(sizes, backend="cuda", dtype=np.float64),
+                  mf.Sequential(mf.Linear(7, 3), mf.Softmax())):
+        assert kind(other) == "LayerByLayerStep"
+    assert kind(model, mf.optim.SGD(model.parameters(), lr=0.1, max_norm=1.0)) == \
+        "LayerByLayerStep"
+    assert kind(model, loss_fn=ScaledLoss()) == "LayerByLayerStep"
+
+
 # --- the strict device array: refuses what a GPU's DeviceNDArray refuses -------------------------
 # On a GPU these run against numba-cuda's own DeviceNDArray, which must refuse the same.
 
@@ -738,6 +1098,7 @@ def test_gpu_check_quick_runs_every_check(capsys):
     assert "ERROR" not in out and "MISMATCH" not in out, out
     assert status == 0 and " 0 mismatches or failed checks" in out, out
     for row in ("linear_grad_input tanh'", "split-K 3", "MNIST-like b16 epoch s",
+                "cuda step: graph replay vs kernel by kernel", "cuda step us/step",
                 "wide-like b32 epoch s", "mlpfast train mnist", "bars (issue 16)",
                 "sgemm 4096^3 vs cuBLAS fp32", "wide b1024 epoch vs JAX jit"):
         assert row in out, row

@@ -53,7 +53,7 @@ def _compile_specs():
     from numba import types
 
     from mlpfast.kernels.cuda import (_device, activations, batchnorm, data, dropout, gemm, linear,
-                                      losses, optim)
+                                      losses, mlp_step, optim)
 
     def arr(dtype, ndim):
         return types.Array(dtype, ndim, "C")
@@ -113,7 +113,29 @@ def _compile_specs():
     for with_grad in (True, False):
         specs.append((f"cross-entropy grad={with_grad}", losses._CROSS_ENTROPY[with_grad],
                       (m2, arr(i64, 1), m2, arr(f64, 2))))
-    return specs
+    return specs + _step_compile_specs(mlp_step, arr)
+
+
+def _step_compile_specs(mlp_step, arr):
+    """The training step's own kernels (kernels/cuda/mlp_step.py)."""
+    from numba import types
+    f32, f64, i64 = types.float32, types.float64, types.int64
+    m2, v1, counts, state = arr(f32, 2), arr(f32, 1), arr(i64, 1), arr(f64, 1)
+    return [
+        ("step gather rows", mlp_step.gather_rows_kernel, (m2, counts, counts, i64, m2)),
+        ("step gather labels", mlp_step.gather_rows_kernel,
+         (arr(i64, 2), counts, counts, i64, arr(i64, 2))),
+        ("step squared error, labels", mlp_step.SQUARED_ERROR["labels"],
+         (m2, counts, m2, arr(f64, 2))),
+        ("step squared error, targets", mlp_step.SQUARED_ERROR["targets"],
+         (m2, m2, m2, arr(f64, 2))),
+        ("step sum of squares", mlp_step.square_sums_kernel, (v1, state)),
+        ("step close batch", mlp_step.close_batch_kernel,
+         (arr(f64, 2), state, counts, state, arr(f64, 2), state)),
+        ("step sgd", mlp_step.sgd_step_kernel,
+         (v1, v1, v1, f64, types.boolean, f64, state, state)),
+        ("step adam", mlp_step.adam_step_kernel, (v1, v1, v1, v1) + (f64,) * 4 + (state, state)),
+    ]
 
 
 def _missing_compiler():

@@ -267,3 +267,12 @@ def test_lr_schedule_scales_each_step(rng):
     with pytest.raises(ValueError, match="lr schedule must be one of"):
         mf.fit(model, mf.optim.Adam(model.parameters()), mf.CrossEntropyLoss(), x, y, epochs=1,
                batch_size=16, lr_schedule="stairs")
+
+
+def test_assert_close_fails_on_nan_and_infinities():
+    from conftest import assert_close
+    assert_close([1.0, np.nan, np.inf], [1.0, np.nan, np.inf])
+    for actual, expected in (([np.nan], [1.0]), ([1.0], [np.nan]), ([np.inf], [1.0]),
+                             ([-np.inf], [np.inf]), ([2.0], [1.0])):
+        with pytest.raises(AssertionError):
+            assert_close(actual, expected, tol=(1e-3, 1e-3))

@@ -5,6 +5,8 @@ beta)``, out never read when beta == 0), on device arrays, checked against ``gem
 ``gemm_tiled`` adds the epilogues the layers need: + bias (n,), then an activation f
 (``linear_forward``), or times f'(y) with f' written with the layer input y = f(z) alone
 (relu [y > 0], sigmoid y (1 - y), tanh 1 - y^2: ``linear_grad_input``'s dz = (dy @ W) * f'(z)).
+``gemm_launches`` checks the same arguments once and returns the work as launches
+(kernels/cuda/graphs.py) that a training step runs at every step or captures in a graph.
 
 Versions:
     cuda   gemm_cuda: a block computes a BM x BN tile of C with (BM/TM)*(BN/TN) threads, each
@@ -55,6 +57,7 @@ from .. import _checks as shared_checks
 from ..activations import FUSABLE as DACT     # f' written with y = f(z) alone
 from ._device import (ScratchBuffers, blocks_for, check_device_float, check_device_out,
                       simulator_enabled, THREADS_PER_BLOCK)
+from .graphs import Launch, launch_all
 from .activations import DEVICE_BACKWARD, DEVICE_FORWARD
 
 TILE_128x128x8 = (128, 128, 8, 8, 8)     # BM, BN, BK, TM, TN: 256 threads, 64 accumulators
@@ -321,21 +324,21 @@ def _check_epilogue(a, n, m, bias, activation, dact, y):
                              f"got {y.dtype} {tuple(y.shape)}")
 
 
-def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
-               activation="identity", dact="identity", y=None, tile=None, splits=None):
-    """out = act(alpha * op(a) @ op(b) + beta * out + bias), or with ``dact`` (relu, sigmoid,
-    tanh) out = (alpha * op(a) @ op(b) + beta * out + bias) * f'(y), y (m, n) the
-    activation's output; bias (n,) or None. ``tile`` and ``splits`` override
-    ``choose_config``."""
+def _checked_shape(a, b, out, trans_a, trans_b, beta, bias, activation, dact, y):
+    """(m, n, k) after checking every argument of ``gemm_tiled``."""
     m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
     _check_epilogue(a, n, m, bias, activation, dact, y)
     if dact != "identity":
         check_device_out(out, (m, n), a.dtype, inputs=(("y", y),))
-    if out is None:
-        out = cuda.device_array((m, n), dtype=a.dtype)
-        beta = 0.0
+    return m, n, k
+
+
+def _launches(a, b, out, m, n, k, trans_a, trans_b, alpha, beta, bias, activation, dact, y,
+              tile, splits, scratch):
+    """The launches of a checked GEMM into out (m, n): the tiled kernel, and with split-K
+    the reduction; none when out is empty."""
     if m == 0 or n == 0:
-        return out
+        return []
     chosen_tile, chosen_splits = choose_config(m, n, k)
     tile = chosen_tile if tile is None else tuple(tile)
     splits = chosen_splits if splits is None else int(splits)
@@ -349,15 +352,44 @@ def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0
     grid = (-(-n // tile[1]), -(-m // tile[0]), splits)
     bias_arg = bias if bias is not None else out[0]        # not read without a bias
     y_arg = y if dact != "identity" else out               # not read without dact
-    work = _scratch.get("split_k", splits * m * n if splits > 1 else 1, a.dtype)
+    work = scratch.get("split_k", splits * m * n if splits > 1 else 1, a.dtype)
     work = work.reshape(splits, m, n) if splits > 1 else work.reshape(1, 1, 1)
-    kernel[grid, threads](a, b, out, bias_arg, y_arg, work, float(alpha), float(beta), m, n, k,
-                          k_split)
+    alpha, beta = float(alpha), float(beta)
+    launches = [Launch(kernel, grid, threads, (a, b, out, bias_arg, y_arg, work, alpha, beta,
+                                               m, n, k, k_split))]
     if splits > 1:
-        split_reduce_kernel(activation, bias is not None, dact)[
-            blocks_for(m * n), THREADS_PER_BLOCK](work, out, bias_arg, y_arg, float(alpha),
-                                                  float(beta))
+        launches.append(Launch(split_reduce_kernel(activation, bias is not None, dact),
+                               blocks_for(m * n), THREADS_PER_BLOCK,
+                               (work, out, bias_arg, y_arg, alpha, beta)))
+    return launches
+
+
+def gemm_tiled(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
+               activation="identity", dact="identity", y=None, tile=None, splits=None):
+    """out = act(alpha * op(a) @ op(b) + beta * out + bias), or with ``dact`` (relu, sigmoid,
+    tanh) out = (alpha * op(a) @ op(b) + beta * out + bias) * f'(y), y (m, n) the
+    activation's output; bias (n,) or None. ``tile`` and ``splits`` override
+    ``choose_config``."""
+    m, n, k = _checked_shape(a, b, out, trans_a, trans_b, beta, bias, activation, dact, y)
+    if out is None:
+        out = cuda.device_array((m, n), dtype=a.dtype)
+        beta = 0.0
+    launch_all(_launches(a, b, out, m, n, k, trans_a, trans_b, alpha, beta, bias, activation,
+                         dact, y, tile, splits, _scratch))
     return out
+
+
+def gemm_launches(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, bias=None,
+                  activation="identity", dact="identity", y=None, tile=None, splits=None,
+                  scratch=None):
+    """``gemm_tiled`` into a given ``out`` as a list of ``Launch`` to run later (all arguments
+    checked now), e.g. once per step or in a CUDA graph; split-K's work buffer comes from
+    ``scratch`` (a ``ScratchBuffers``; a launch keeps its buffer alive)."""
+    if out is None:
+        raise ValueError("out must be given: the launches write into it")
+    m, n, k = _checked_shape(a, b, out, trans_a, trans_b, beta, bias, activation, dact, y)
+    return _launches(a, b, out, m, n, k, trans_a, trans_b, alpha, beta, bias, activation, dact,
+                     y, tile, splits, _scratch if scratch is None else scratch)
 
 
 def gemm_cuda(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):

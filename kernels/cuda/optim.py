@@ -7,7 +7,9 @@ holds every parameter of a model, so one step is one kernel launch.
 Versions:
     cuda   one grid-stride kernel per optimizer, one thread per element, reading each of
            param, grad and state once and writing param and state once. Scalars that do not
-           depend on the element (bias corrections) are computed on the host.
+           depend on the element (bias corrections) are computed on the host. The
+           per-element updates are device functions (sgd_update, adam_update), shared
+           with the training step's kernels (kernels/cuda/mlp_step.py).
            max_norm: one thread per row of a weight (its norm in float64, then the rescale).
 """
 import math
@@ -32,33 +34,45 @@ def _check_state(param, **arrays):
         raise ValueError("param, grad and optimizer state must be C-contiguous device arrays")
 
 
+@cuda.jit(device=True)
+def sgd_update(param, grad, buf, e, lr, momentum, nesterov, weight_decay, first_step):
+    # element e: g = grad + wd * param; buf = g (first step) or momentum * buf + g;
+    # d = g + momentum * buf (Nesterov) or buf (or g without momentum); param -= lr * d
+    g = grad[e] + weight_decay * param[e]
+    if momentum != 0:
+        b = g if first_step else momentum * buf[e] + g
+        buf[e] = b
+        g = g + momentum * b if nesterov else b
+    param[e] -= lr * g
+
+
+@cuda.jit(device=True)
+def adam_update(param, grad, exp_avg, exp_avg_sq, e, step_size, bias_correction2_sqrt, beta1,
+                beta2, eps, weight_decay, decay_factor):
+    # element e: g = grad (+ wd * param for Adam); param *= 1 - lr * wd first for AdamW
+    # (decay_factor); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    # param -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    p = param[e] * decay_factor
+    g = grad[e] + weight_decay * p
+    m = beta1 * exp_avg[e] + (1.0 - beta1) * g
+    v = beta2 * exp_avg_sq[e] + (1.0 - beta2) * g * g
+    exp_avg[e] = m
+    exp_avg_sq[e] = v
+    param[e] = p - step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps)
+
+
 @cuda.jit
 def _sgd_kernel(param, grad, buf, lr, momentum, nesterov, weight_decay, first_step):
-    # g = grad + wd * param; buf = g (first step) or momentum * buf + g;
-    # d = g + momentum * buf (Nesterov) or buf (or g without momentum); param -= lr * d
     for e in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        g = grad[e] + weight_decay * param[e]
-        if momentum != 0:
-            b = g if first_step else momentum * buf[e] + g
-            buf[e] = b
-            g = g + momentum * b if nesterov else b
-        param[e] -= lr * g
+        sgd_update(param, grad, buf, e, lr, momentum, nesterov, weight_decay, first_step)
 
 
 @cuda.jit
 def _adam_kernel(param, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_sqrt, beta1,
                  beta2, eps, weight_decay, decay_factor):
-    # g = grad (+ wd * param for Adam); param *= 1 - lr * wd first for AdamW (decay_factor);
-    # m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-    # param -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     for e in range(cuda.grid(1), param.size, cuda.gridsize(1)):
-        p = param[e] * decay_factor
-        g = grad[e] + weight_decay * p
-        m = beta1 * exp_avg[e] + (1.0 - beta1) * g
-        v = beta2 * exp_avg_sq[e] + (1.0 - beta2) * g * g
-        exp_avg[e] = m
-        exp_avg_sq[e] = v
-        param[e] = p - step_size * m / (math.sqrt(v) / bias_correction2_sqrt + eps)
+        adam_update(param, grad, exp_avg, exp_avg_sq, e, step_size, bias_correction2_sqrt,
+                    beta1, beta2, eps, weight_decay, decay_factor)
 
 
 @cuda.jit

@@ -76,18 +76,20 @@ add_thread_hook(_numba_thread_hook)
 def compiled_step(plan, loss_fn, optimizer, dataset, batch_size):
     """The compiled step when it covers the plan, the loss and the optimizer, else the
     layer-by-layer one."""
-    spec = _compiled_spec(plan, loss_fn, optimizer, dataset)
+    spec = compiled_spec(plan, loss_fn, optimizer, dataset)
     if spec is None:
         return LayerByLayerStep(plan, loss_fn, optimizer, dataset, batch_size)
     return CompiledStep(plan, spec, optimizer, dataset, batch_size)
 
 
-def _compiled_spec(plan, loss_fn, optimizer, dataset):
-    """(layers, loss, optimizer name, hyper, state, max_norm) for kernels.mlp_step.MLPSteps,
-    or None when the step does not cover this training."""
-    from ..kernels.mlp_step import ACTIVATIONS
+def compiled_spec(plan, loss_fn, optimizer, dataset, is_array=None):
+    """(layers, loss, optimizer name, hyper, state, max_norm, post) for
+    kernels.mlp_step.MLPSteps (and the cuda twin, whose state arrays pass ``is_array``
+    instead of being NumPy arrays), or None when the step does not cover this training."""
+    from ..kernels.activations import ELEMENTWISE
+    is_array = is_array or (lambda a: isinstance(a, np.ndarray))
     if plan.chain is None or plan.dtype != np.float32 \
-            or any(layer.activation not in ACTIVATIONS for layer in plan.chain):
+            or any(layer.activation not in ELEMENTWISE for layer in plan.chain):
         return None
     loss = loss_fn.compiled_kind()
     y = getattr(dataset, "arrays", (None, None))[1]
@@ -95,15 +97,14 @@ def _compiled_spec(plan, loss_fn, optimizer, dataset):
             or (loss == "cross_entropy" and y is not None and y.dtype != np.int64):
         return None
     optimizer_spec = optimizer.compiled_spec()
-    if optimizer_spec is None or not all(isinstance(a, np.ndarray)
-                                         for a in optimizer_spec[2]):
+    if optimizer_spec is None or not all(is_array(a) for a in optimizer_spec[2]):
         return None
     chain = plan.chain
     layers = ([l.weight.data for l in chain], [l.bias.data if l.bias else None for l in chain],
               [l.weight.grad for l in chain], [l.bias.grad if l.bias else None for l in chain],
               [l.activation for l in chain],
               [l.params.get("negative_slope", 0.0) for l in chain])
-    return (layers, loss) + optimizer_spec
+    return (layers, loss) + optimizer_spec + (_post_specs(plan),)
 
 
 def _post_specs(plan):
@@ -128,26 +129,36 @@ def _post_specs(plan):
 class CompiledStep:
     """The step of ``steps`` as kernels.mlp_step.MLPSteps: k batches per compiled call.
 
-    Array datasets are gathered inside the compiled call; other datasets first fill a
-    buffer of the call's batches with their gather_batch (one Python call per chunk)."""
+    Array datasets are gathered inside the compiled call; other datasets (and arrays when
+    not ``resident``) first fill a buffer of the call's batches with their gather_batch
+    (one Python call per chunk)."""
 
-    def __init__(self, plan, spec, optimizer, dataset, batch_size):
-        from ..kernels.mlp_step import MLPSteps
-        layers, loss, name, hyper, state, max_norm = spec
+    def __init__(self, plan, spec, optimizer, dataset, batch_size, resident=True):
+        layers, loss, name, hyper, state, max_norm, post = spec
         self.optimizer, self.dataset, self.batch_size = optimizer, dataset, batch_size
-        arrays = getattr(dataset, "arrays", None)
+        arrays = getattr(dataset, "arrays", None) if resident else None
         self._chunk = None if arrays is not None else _ChunkBuffer(dataset, batch_size)
         self.max_batches = None if arrays is not None else _ChunkBuffer.CHUNK_BATCHES
         src_x, src_y = arrays if arrays is not None else self._chunk.arrays()
         self._batchnorms = [l.batchnorm for l in plan.chain]
         self._dropouts = [plan.input_dropout] + [l.dropout for l in plan.chain]
-        self._steps = MLPSteps(layers, plan.flat_data, plan.flat_grad, src_x, src_y,
-                               batch_size, loss, name, hyper, state, _post_specs(plan),
-                               max_norm)
+        self._steps = self.make_steps((layers, plan.flat_data, plan.flat_grad, src_x, src_y,
+                                       batch_size, loss, name, hyper, state), post, max_norm)
+
+    def make_steps(self, args, post, max_norm):
+        """The compiled steps object: MLPSteps(*args, post, max_norm)."""
+        from ..kernels.mlp_step import MLPSteps
+        return MLPSteps(*args, post, max_norm)
+
+    def fill(self, order, first_batch, num_batches):
+        """(order, first batch) to run: a dataset object's batches gathered into the chunk
+        buffer first (resident arrays as they are)."""
+        if self._chunk is None:
+            return order, first_batch
+        return self._chunk.fill(order, first_batch, num_batches), 0
 
     def run(self, order, first_batch, num_batches, lrs, sums):
-        if self._chunk is not None:
-            order, first_batch = self._chunk.fill(order, first_batch, num_batches), 0
+        order, first_batch = self.fill(order, first_batch, num_batches)
         self._layers_to_step()
         steps, finite, failed_loss = self._steps.run(order, first_batch, num_batches, lrs,
                                                      self.optimizer.step_count, sums)
@@ -156,8 +167,7 @@ class CompiledStep:
         return steps, finite, failed_loss
 
     def compute_gradients(self, index):
-        if self._chunk is not None:
-            index = self._chunk.fill(index, 0, 1)
+        index, _ = self.fill(index, 0, 1)
         self._layers_to_step()
         loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64))
         self._step_to_layers(1)
@@ -194,8 +204,9 @@ class _ChunkBuffer:
     def __init__(self, dataset, batch_size):
         rows = self.CHUNK_BATCHES * batch_size
         self.dataset, self.batch_size = dataset, batch_size
-        self.x = np.empty((rows, dataset.num_features), np.float32)
+        self.x = np.zeros((rows, dataset.num_features), np.float32)
         self.y = label_buffer(dataset, rows)
+        self.y[:] = 0                    # valid rows (label 0) before the first fill
         self.in_order = np.arange(rows, dtype=np.int64)
 
     def arrays(self):

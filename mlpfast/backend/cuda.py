@@ -1,7 +1,9 @@
 """The cuda backend: Numba CUDA kernels (kernels/cuda/, the ``cuda`` extra, numba-cuda).
 
 Parameters, activations, gradients and optimizer state stay on the GPU; batches go up with
-``to_device``, and only the loss and metrics come back.
+``to_device``, and only the loss and metrics come back. Its training step
+(``cuda_step.cuda_step``) keeps the dataset on the GPU too and runs each step as one CUDA
+graph.
 """
 import functools
 import importlib.util
@@ -128,6 +130,7 @@ def _cuda_backend():
     from ..kernels.cuda import (activations, batchnorm, data, dropout, gemm, linear, losses,
                                 optim)
     from ..kernels.cuda._device import simulator_enabled
+    from .cuda_step import cuda_step
     ops = {"gemm": gemm.VARIANTS["cuda"]}
     for family in (linear, losses, optim, data, batchnorm, dropout):
         ops.update(family.VARIANTS["cuda"])
@@ -140,7 +143,7 @@ def _cuda_backend():
     info = {"gpu": gpu, "numba-cuda": version("numba-cuda")}
     return Backend("cuda", "cuda", ops, activations.VARIANTS["cuda"], empty=_cuda_empty,
                    zeros=_cuda_zeros, to_device=_cuda_to_device, to_numpy=to_numpy,
-                   assign=_cuda_assign, zero=_cuda_zero, info=info)
+                   assign=_cuda_assign, zero=_cuda_zero, make_step=cuda_step, info=info)
 
 
 def gpu_summary():
