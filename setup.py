@@ -36,6 +36,9 @@ setup(
         # its notebook progress bar) and what runs it headless (tests/test_notebook.py).
         "notebook": ["matplotlib>=3.5", "tqdm>=4", "ipywidgets>=7", "ipykernel>=6",
                      "nbclient>=0.6", "nbformat>=5"],
+        # Data-parallel training over MPI (mlpfast.distributed, mpiexec -n N ... --distributed):
+        # mpi4py's wheels load the MPI library of MPICH's wheel, so no system MPI is needed.
+        "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
     },
     entry_points={"console_scripts": ["mlpfast=mlpfast.cli:main"]},
     zip_safe=False,

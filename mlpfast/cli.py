@@ -3,17 +3,19 @@
     mlpfast train mnist [--hidden 512,256] [--activation relu] [--epochs N] [--batch-size B]
                         [--lr LR] [--lr-schedule cosine|constant] [--optimizer adam|adamw|sgd]
                         [--backend NAME] [--seed S] [--save PATH]
-                        [--plots DIR]
+                        [--plots DIR] [--distributed]   (under mpiexec -n N)
     mlpfast train xor|moons [--hidden 8] [--epochs 300] [--noise SD] [--per-corner N | --samples N]
                             [--perceptron-epochs 100] [--plots DIR]  (perceptron vs MLP in 2-D)
     mlpfast info
     mlpfast bench [--quick|--full] [--compare] [--json PATH] [--baseline PATH] [--plot PATH]
+    mlpfast bench --distributed [--rounds N] [--json PATH]   (MPI: 1x2 vs 2x1, projection)
     mlpfast train speech DIR [DIR ...] [--context K] [--hidden 1024,512] [--epochs N]
                          [--holdout FRACTION] [--test DIR ...] [--vtln] [--phones FILE]
                          [--n-mfcc N] [--deltas 0|1|2] [--train-warps 0.9,1.0,1.1]
     mlpfast data synth-speech OUT [--voices kal,ked,slt] [--utterances N] [--seed S]
 """
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -102,14 +104,14 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def fit_options(args):
+def fit_options(args, root=True):
     """fit()'s lr_schedule, checkpoint, checkpoint_every and resume from the options."""
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
     if args.checkpoint_every and not args.checkpoint:
         raise ValueError("--checkpoint-every needs --checkpoint PATH")
     resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
-    if resume:
+    if resume and root:
         print(f"resuming from {resume}")
     schedule = {"cosine": {"warmup_steps": args.warmup_steps}}.get(args.lr_schedule, {})
     return {"checkpoint": args.checkpoint, "checkpoint_every": args.checkpoint_every or "epoch",
@@ -145,25 +147,32 @@ def _train_mnist(args):
     from .train import evaluate, fit, predict
 
     plot = _plot_module() if args.plots else None        # fail before training, not after
-    (x_train, y_train), (x_test, y_test) = datasets.mnist(root=args.data)
+    cluster = _cluster(args)
+    root = cluster is None or cluster.rank == 0          # the rank that prints and writes
+    with cluster.root_first("load MNIST") if cluster else contextlib.nullcontext():
+        (x_train, y_train), (x_test, y_test) = datasets.mnist(root=args.data)
     if args.early_stopping and not args.holdout:
         raise ValueError("--early-stopping needs --holdout N: validation images taken from "
                          "the training set (selecting epochs on the test set would overfit it)")
     (x_train, y_train), val = _holdout(x_train, y_train, args.holdout, args.seed)
     val = val or (x_test, y_test)              # without a holdout: the test set, shown only
     model = make_model(args, [784, *args.hidden, 10])
-    print(f"mlpfast {__version__}: MNIST {len(x_train)} train / {len(val[0])} "
-          f"{'held out' if args.holdout else 'test'} / {len(x_test)} test"
-          f"{f', recipe {args.recipe}' if args.recipe else ''}, "
-          f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), "
-          f"backend {model.backend.name}, {get_num_threads()} threads, "
-          f"{args.optimizer} lr {args.lr} ({args.lr_schedule}), batch {args.batch_size}")
-    summary(model, 784, batch_size=args.batch_size)
+    ranks = f", {cluster.size} ranks" if cluster else ""
+    if root:
+        print(f"mlpfast {__version__}: MNIST {len(x_train)} train / {len(val[0])} "
+              f"{'held out' if args.holdout else 'test'} / {len(x_test)} test"
+              f"{f', recipe {args.recipe}' if args.recipe else ''}, "
+              f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), "
+              f"backend {model.backend.name}{ranks}, {get_num_threads()} threads, "
+              f"{args.optimizer} lr {args.lr} ({args.lr_schedule}), batch {args.batch_size}")
+        summary(model, 784, batch_size=args.batch_size)
     optimizer = make_optimizer(args, model)
     history = fit(model, optimizer, CrossEntropyLoss(), x_train, y_train, epochs=args.epochs,
                   batch_size=args.batch_size, val=val, seed=args.seed,
-                  progress=not args.no_progress and sys.stderr.isatty(), verbose=True,
-                  **fit_options(args))
+                  progress=root and not args.no_progress and sys.stderr.isatty(),
+                  verbose=root, comm=cluster, **fit_options(args, root))
+    if not root:
+        return 0
     result = evaluate(model, x_test, y_test)
     print(f"test accuracy: {100 * result['accuracy']:.2f}%  (loss {result['loss']:.4f})")
     print(classification_report(y_test, predict(model, x_test), digits=4), end="")
@@ -174,6 +183,14 @@ def _train_mnist(args):
         for path in plot.mnist_report(model, history, x_test, y_test, args.plots):
             print(f"wrote {path}")
     return 0
+
+
+def _cluster(args):
+    """The ranks of MPI.COMM_WORLD with --distributed (mlpfast.distributed), else None."""
+    if not args.distributed:
+        return None
+    from .distributed import Cluster, mpi
+    return Cluster(mpi().COMM_WORLD)
 
 
 def _holdout(x, y, count, seed):
@@ -274,7 +291,10 @@ def _info(args):
 
 
 def _bench(args):
-    from .benchmarks.harness import run
+    if args.distributed:
+        from .benchmarks.distributed import run
+    else:
+        from .benchmarks.harness import run
     return run(args)
 
 
@@ -432,8 +452,9 @@ def build_parser():
 
     bench = sub.add_parser("bench", help="benchmark kernels and training against NumPy, "
                                          "PyTorch and JAX on this machine")
-    from .benchmarks.harness import add_arguments as add_bench_arguments
-    add_bench_arguments(bench)
+    from .benchmarks import distributed as bench_distributed, harness
+    harness.add_arguments(bench)
+    bench_distributed.add_arguments(bench)
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -457,6 +478,10 @@ def _add_train_mnist(train_sub):
                         for name, options in RECIPES.items())
     mnist.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                        help=f"a documented recipe: its options, unless given ({recipes})")
+    mnist.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of mpiexec -n N (needs the mpi "
+                            "extra); --batch-size is the global batch; threads per rank "
+                            "default to the cores over the ranks on a node")
     mnist.set_defaults(handler=_train_mnist, parser=mnist)
 
 
@@ -518,6 +543,10 @@ def main(argv=None):
         return args.handler(args)
     except (ValueError, RuntimeError, OSError, FloatingPointError) as e:  # FPE: diverged
         print(f"mlpfast: error: {e}", file=sys.stderr)
+        if getattr(e, "ranks", None) is not None:    # a distributed run lost a rank or
+            sys.stdout.flush()                        # failed: MPI_Finalize could wait for
+            sys.stderr.flush()                        # the other ranks forever
+            os._exit(1)
         return 1
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import tables
+from . import distributed, tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
@@ -42,7 +42,7 @@ def _check_positive_int(name, value):
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
         seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
         resume=None, lr_schedule=None, early_stopping=None, monitor="val_loss",
-        restore_best=True):
+        restore_best=True, comm=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
@@ -70,22 +70,33 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     ("val_loss", "val_accuracy", "loss" or "train_accuracy") did not improve; with
     ``restore_best`` the model ends with the weights of its best epoch
     (``history.best_epoch``; ``history.stopped_epoch`` is where it stopped).
+
+    ``comm`` (an mpi4py communicator or a ``mlpfast.distributed.Cluster``) trains over its
+    ranks, data-parallel: every rank makes the same call, ``batch_size`` is the global
+    batch, rank 0 writes the checkpoints (``mlpfast.distributed``).
     """
-    job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle, checkpoint,
-               checkpoint_every)
-    stopper = _early_stopping(early_stopping, monitor, job)
-    run = RunState(np.random.default_rng(seed),
-                   LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
-                                 job.steps_per_epoch, optimizer.lr), stopper)
-    if resume is not None:            # read, check everything, then load (all or nothing)
-        resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
-                   job.epochs, run)
+    cluster = distributed.join(comm)
+    with distributed.starting(cluster):   # an error on one rank stops every rank
+        job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
+                   checkpoint, checkpoint_every)
+        stopper = _early_stopping(early_stopping, monitor, job)
+        run = RunState(np.random.default_rng(seed),
+                       LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
+                                     job.steps_per_epoch, optimizer.lr), stopper)
+        if resume is not None:        # read, check everything, then load (all or nothing)
+            resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
+                       job.epochs, run)
+    if cluster is not None:           # the ranks agree, then take rank 0's state
+        distributed.start(cluster, model, optimizer, job, run, seed, lr_schedule)
     writer = None if checkpoint is None else CheckpointWriter(
         checkpoint, job.every_steps, model, optimizer, loss_fn, job.data_spec)
     step = model.backend.make_step(model.plan(), loss_fn, optimizer, job.train_set,
                                    job.batch_size)
     model.train()
     with Interrupts() as interrupts:
+        if cluster is not None:       # one step over every rank; rank 0 writes checkpoints
+            step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
+                                            job.batch_size, interrupts)
         _train_epochs(job, step, run, writer, progress, verbose, interrupts)
     if stopper is not None and restore_best and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)

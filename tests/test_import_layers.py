@@ -23,7 +23,8 @@ LAYERS = [
     ("engine", ("mlpfast.nn", "mlpfast.losses", "mlpfast.optim", "mlpfast.train",
                 "mlpfast.run", "mlpfast.progress", "mlpfast.resume", "mlpfast.checkpoint",
                 "mlpfast.datasets", "mlpfast.data", "mlpfast.summary", "mlpfast.metrics",
-                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz", "mlpfast.tables")),
+                "mlpfast.schedules", "mlpfast.init", "mlpfast.npz", "mlpfast.tables",
+                "mlpfast.distributed")),
     ("applications", ("mlpfast.speech", "mlpfast.perceptron", "mlpfast.plot")),
     ("faces", ("mlpfast.cli", "mlpfast.argtypes", "mlpfast.benchmarks", "mlpfast")),
 ]

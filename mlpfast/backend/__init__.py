@@ -20,7 +20,7 @@ for Numba, so they never oversubscribe.
 from .plan import Plan, PlanLayer  # noqa: F401  (the engine builds plans from these)
 from .registry import (OPS, Backend, add_thread_hook, backends, get_backend,  # noqa: F401
                        get_num_threads, register_backend, resolve_name, set_num_threads,
-                       to_numpy)
+                       threads_chosen, to_numpy)
 from . import cpu, cuda  # noqa: E402,F401  (they register the cpu-side and cuda backends)
 from .cuda import gpu_summary  # noqa: F401
 

@@ -137,6 +137,7 @@ def _default_threads():
 
 
 _num_threads = _default_threads()
+_threads_chosen = env.num_threads() is not None     # by MLPFAST_NUM_THREADS or set_num_threads
 
 
 def add_thread_hook(hook):
@@ -147,13 +148,18 @@ def add_thread_hook(hook):
 
 def set_num_threads(n):
     """Threads used by every threaded kernel of mlpfast (C GEMM, Numba)."""
-    global _num_threads
+    global _num_threads, _threads_chosen
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    _num_threads = int(n)
+    _num_threads, _threads_chosen = int(n), True
     for hook in _THREAD_HOOKS:
         hook(_num_threads)
 
 
 def get_num_threads():
     return _num_threads
+
+
+def threads_chosen():
+    """True once MLPFAST_NUM_THREADS or set_num_threads chose the count (not the default)."""
+    return _threads_chosen

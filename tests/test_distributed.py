@@ -1,0 +1,181 @@
+"""Data-parallel training over MPI (mlpfast.distributed). Each test runs tests/mpi_cases.py
+(or the mlpfast command) under ``mpiexec -n 2`` in a subprocess and checks what the ranks
+wrote. Needs the mpi extra (mpi4py + MPICH's wheel: ``pip install -e ".[mpi]"``, as .ci/run
+does); elsewhere it skips with that reason, in CI (CI=true) it fails instead."""
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import mpi_cases
+from mlpfast.checkpoint import read_checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
+                       os.environ.get("PATH", ""))
+MISSING = [what for what, ok in (("mpi4py", importlib.util.find_spec("mpi4py")),
+                                 ("mpiexec", MPIEXEC)) if not ok]
+if MISSING and os.environ.get("CI") != "true":
+    pytest.skip(f"{' and '.join(MISSING)} not installed: pip install -e '.[mpi]'",
+                allow_module_level=True)
+# a launcher that leaves the survivors running when a rank dies (as Slurm's srun does):
+# MPICH's mpiexec kills every rank when one dies of a signal, unless the rank's parent is
+# a shell that outlives it, and -disable-auto-cleanup only sends the others SIGUSR1
+LEAVE_SURVIVORS = ["-disable-auto-cleanup"]
+SURVIVE = "trap '' USR1; \"$0\" \"$@\"; exit $?"
+KILL_SECONDS = 60
+
+
+def mpiexec(*command, survivors=False, timeout=180):
+    """Run ``command`` on 2 ranks; (CompletedProcess, seconds). A hang past ``timeout``
+    kills the whole launch and fails the test."""
+    launch = [MPIEXEC] + (LEAVE_SURVIVORS if survivors else []) + ["-n", "2"]
+    if survivors:
+        launch += ["sh", "-c", SURVIVE]
+    started = time.perf_counter()
+    process = subprocess.Popen(launch + list(command), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"{command} still ran after {timeout} s:\n{out}\n{err}")
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return result, time.perf_counter() - started
+
+
+def case(name, out, *args, **options):
+    return mpiexec(sys.executable, os.path.join(HERE, "mpi_cases.py"), name, str(out),
+                   *map(str, args), **options)
+
+
+def read(out, name):
+    with open(os.path.join(out, name)) as f:
+        return f.read()
+
+
+def test_mpi_is_installed():
+    assert not MISSING, f"{MISSING} missing: CI installs the mpi extra (.ci/run)"
+
+
+def test_two_ranks_train_as_one_process(tmp_path):
+    """20 Adam steps (uneven slices, a last batch of 1 row): both ranks hold the same bits,
+    within 1e-5 relative of one process with the same global batch and seed."""
+    result, _ = case("parity", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for backend in ("cpu", "numpy"):
+        ranks = [np.load(tmp_path / f"{backend}.{r}.npy") for r in (0, 1)]
+        assert np.array_equal(ranks[0], ranks[1]), backend
+        model, optimizer, history = mpi_cases.train(None, backend)
+        assert optimizer.step_count == 20
+        assert_close(ranks[0], model.flat_data, tol=(1e-6, 1e-5), what=backend)
+        losses = np.load(tmp_path / f"{backend}_loss.0.npy")
+        assert_close(losses, np.array(history["loss"]), tol=(0, 1e-6), what="loss")
+    seed_none = [np.load(tmp_path / f"seed_none.{r}.npy") for r in (0, 1)]
+    assert np.array_equal(seed_none[0], seed_none[1])        # rank 0's seed on both
+    for r in (0, 1):                                         # the planted difference
+        assert "rank(s) [1] differ from rank 0's after optimizer step 20" in \
+            read(tmp_path, f"drift.{r}")
+
+
+def test_killed_rank_is_named_and_the_run_resumes_exactly(tmp_path):
+    """Rank 1 SIGKILLs itself in epoch 2 under a launcher that leaves rank 0 running: rank
+    0 stops within 60 s naming rank 1; the last checkpoint loads, and 2 ranks resumed from
+    it end bit-identical to the uninterrupted 2-rank run."""
+    full, _ = case("full", tmp_path)
+    assert full.returncode == 0, full.stderr
+    ckpt = tmp_path / "run.ckpt"
+    killed, seconds = case("kill", tmp_path, ckpt, survivors=True)
+    assert killed.returncode != 0 and seconds < KILL_SECONDS, (seconds, killed.stderr)
+    error = read(tmp_path, "error.0")
+    assert error.startswith("RankLost: lost rank 1 (pid ") and "process is gone" in error
+    progress = read_checkpoint(ckpt).meta["progress"]
+    assert progress["epochs_done"] == 1 and 0 < progress["batches_done"] < 20
+    assert progress["global_step"] % 5 == 0
+    resumed, _ = case("resume", tmp_path, ckpt)
+    assert resumed.returncode == 0, resumed.stderr
+    for r in (0, 1):
+        assert np.array_equal(np.load(tmp_path / f"resumed.{r}.npy"),
+                              np.load(tmp_path / "full.0.npy"))
+        assert np.array_equal(np.load(tmp_path / f"resumed_loss.{r}.npy"),
+                              np.load(tmp_path / "full_loss.0.npy"))
+
+
+def test_killed_rank_under_plain_mpiexec(tmp_path):
+    """MPICH's mpiexec itself stops every rank when one is killed; the checkpoint stays
+    valid."""
+    ckpt = tmp_path / "run.ckpt"
+    killed, seconds = case("kill", tmp_path, ckpt)
+    assert killed.returncode != 0 and seconds < KILL_SECONDS, (seconds, killed.stderr)
+    assert read_checkpoint(ckpt).meta["progress"]["global_step"] >= 5
+
+
+def test_stalled_rank_is_named_after_the_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP: its process exists, it never answers): rank 0 waits out its
+    timeout (3 s), takes a roll call (2 s) and names rank 1."""
+    result, seconds = case("stall", tmp_path)
+    assert result.returncode != 0 and seconds < KILL_SECONDS, (seconds, result.stderr)
+    error = read(tmp_path, "error.0")
+    assert error.startswith("RankLost: lost rank 1 (pid ") and "roll call" in error, error
+
+
+def test_ctrl_c_on_one_rank_stops_both_after_the_same_step(tmp_path):
+    """SIGINT to rank 1 alone (fit takes Ctrl-C at a chunk boundary): both ranks stop after
+    the same optimizer step, with equal parameters, and rank 0's final checkpoint holds
+    that step and those parameters."""
+    ckpt = tmp_path / "run.ckpt"
+    result, _ = case("interrupt", tmp_path, ckpt)
+    assert result.returncode == 0, result.stderr
+    steps = [int(read(tmp_path, f"interrupt.{r}")) for r in (0, 1)]
+    assert steps[0] == steps[1] and 1 <= steps[0] <= 14, steps
+    params = [np.load(tmp_path / f"interrupted.{r}.npy") for r in (0, 1)]
+    assert np.array_equal(params[0], params[1])
+    saved = read_checkpoint(ckpt)
+    assert saved.meta["progress"]["global_step"] == steps[0]
+    flat = np.concatenate([a.ravel() for a in saved.model_state().values()])  # flat order
+    assert np.array_equal(flat, params[0])
+
+
+def test_bad_input_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1 alone gets bad input: it raises its own error, rank 0 names rank 1 and its
+    message; arguments that differ between ranks are a ValueError on every rank."""
+    result, _ = case("bad_input", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read(tmp_path, "nan.1") == "ValueError: x contains NaN or inf (first at row 3)"
+    assert read(tmp_path, "nan.0") == ("RankFailed: fit did not start: rank 1 raised "
+                                       "ValueError: x contains NaN or inf (first at row 3)")
+    for r in (0, 1):
+        assert read(tmp_path, f"batch.{r}").startswith(
+            "ValueError: comm: every rank must call fit with the same model, data and "
+            "arguments; rank 1 has data={'batch_size': 30")
+    assert read(tmp_path, "gather.1") == "ValueError: row file 5 is corrupt"
+    assert read(tmp_path, "gather.0").startswith(
+        "RankFailed: rank 1 stopped with ValueError: row file 5 is corrupt")
+    for r in (0, 1):
+        assert read(tmp_path, f"timeout.{r}") == \
+            "ValueError: timeout must be a positive number of seconds, got 0"
+        assert read(tmp_path, f"check_every.{r}") == \
+            "ValueError: check_every must be a positive integer, got 1.5"
+        assert read(tmp_path, f"comm.{r}") == ("TypeError: comm must be an mpi4py "
+                                               "intracommunicator or a "
+                                               "mlpfast.distributed.Cluster, got str")
+
+
+def test_train_mnist_distributed(tmp_path):
+    """``mpiexec -n 2 mlpfast train mnist --distributed``: rank 0 prints and saves."""
+    model_path = tmp_path / "m.npz"
+    result, _ = mpiexec(sys.executable, "-m", "mlpfast.cli", "train", "mnist", "--distributed",
+                        "--epochs", "1", "--hidden", "32", "--batch-size", "256",
+                        "--save", str(model_path), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 ranks" in result.stdout and result.stdout.count("epoch 1/1") == 1
+    assert float(result.stdout.split("test accuracy: ")[1].split("%")[0]) > 85.0
+    assert model_path.exists()
