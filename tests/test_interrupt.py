@@ -113,11 +113,9 @@ def test_ctrl_c_at_random_moments_of_a_checkpointing_run(tmp_path):
         time.sleep(rng.uniform(0.0, 0.8))
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=120)
-        if child.returncode != 0:
-            assert "KeyboardInterrupt" in err, err[-2000:]
+        if "finished" not in out:       # (a signal after training may end the exiting
+            assert "KeyboardInterrupt" in err, err[-2000:]     # interpreter: still finished)
             interrupted += 1
-        else:
-            assert "finished" in out
         model, opt = fresh()
         train(model, opt, checkpoint=path, resume=path)
         assert np.array_equal(model.flat_data, reference.flat_data), f"run {run}"
