@@ -11,20 +11,22 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
     sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
     gather(address, src, index, out)                   out[i] = src[index[i]]
+    sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
     sgd(address, p, g, buf, lr, momentum, nesterov, weight_decay, first_step)
-All arrays float32 (index int64), C-contiguous; the caller has checked the shapes.
+All arrays float32 (bf16 operands: uint16 bits; index int64), C-contiguous; the caller has
+checked the shapes.
 """
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import _numba_config
 from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
-         "mlpf_ssgd")
+         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -67,8 +69,18 @@ def _caller(name):
     return call
 
 
-_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call = (
-    _caller(name) for name in NAMES)
+(_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
+ _sbgemm_call, _sbgemm_dact_call) = (_caller(name) for name in NAMES)
+
+
+def element_type(a):
+    """MLPF_TYPE_F32 (0) for a float32 array, MLPF_TYPE_BF16 (1) for bf16 bits (uint16)."""
+
+
+@overload(element_type, jit_options={"cache": True})
+def _element_type_impl(a):
+    code = 1 if a.dtype == types.uint16 else 0
+    return lambda a: code
 
 
 @njit(cache=True)
@@ -101,6 +113,41 @@ def sgemm_dact(address, a, b, c, y, dact):
     n = b.shape[1]
     return _sgemm_dact_call(address, (0, 0, m, n, k, 1.0, a.ctypes.data, k, b.ctypes.data, n,
                                       c.ctypes.data, n, y.ctypes.data, n, dact))
+
+
+@njit(cache=True)
+def sbgemm(address, a, b, c, trans_b, bias, act):
+    """As ``sgemm`` in bf16 products with float32 sums (mlpf_sbgemm): a, b, c each float32
+    or bf16 (uint16 bits); float32 operands are rounded to bf16 while packed, a bf16 c is
+    rounded once when stored."""
+    m, k = a.shape
+    n = c.shape[1]
+    bias_address = bias.ctypes.data if bias.shape[0] else 0
+    return _sbgemm_call(address, (0, 1 if trans_b else 0, m, n, k, 1.0, a.ctypes.data,
+                                  element_type(a), k, b.ctypes.data, element_type(b),
+                                  b.shape[1], 0.0, c.ctypes.data, element_type(c), n,
+                                  bias_address, act))
+
+
+@njit(cache=True)
+def sbgemm_at(address, a, b, c):
+    """c (m, n) = a.T @ b in bf16 products (as ``sgemm_at``; types as ``sbgemm``)."""
+    k, m = a.shape
+    n = b.shape[1]
+    return _sbgemm_call(address, (1, 0, m, n, k, 1.0, a.ctypes.data, element_type(a), m,
+                                  b.ctypes.data, element_type(b), n, 0.0, c.ctypes.data,
+                                  element_type(c), n, 0, 0))
+
+
+@njit(cache=True)
+def sbgemm_dact(address, a, b, c, y, dact):
+    """c = (a @ b) * f'(y) in bf16 products (as ``sgemm_dact``; y float32 or bf16)."""
+    m, k = a.shape
+    n = b.shape[1]
+    return _sbgemm_dact_call(address, (0, 0, m, n, k, 1.0, a.ctypes.data, element_type(a), k,
+                                       b.ctypes.data, element_type(b), n, c.ctypes.data,
+                                       element_type(c), n, y.ctypes.data, element_type(y), n,
+                                       dact))
 
 
 @njit(cache=True)

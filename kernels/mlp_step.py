@@ -17,6 +17,13 @@ outputs are the predictions). Per batch, with the batch's rows of the dataset as
     check      the loss and sum(g^2) over every gradient are finite   (C, GEMM threads)
     update     SGD or Adam/AdamW over the flat parameter buffer      (C, GEMM threads)
 
+In bf16 precision every GEMM above takes bf16 operands (rounded to nearest, ties to even)
+and sums their products in float32 (mlpf_sbgemm): the weights are rounded while packed
+(the same bits as a bf16 copy made once per step), the batch's inputs and each hidden h_l
+are stored as bf16 (written by the GEMM's relu/identity epilogue, or by a rounding pass
+after batchnorm, other activations and dropout, which run in float32 on z), dz_l is
+rounded while packed. Loss, f', gradients, their check and the update stay float32.
+
 (activations.DERIVATIVE says which f' is written with the output.) Batch b of the call
 takes the rows order[b B : (b + 1) B] of the dataset (the last batch of an epoch may be
 shorter). A batch whose loss or gradients are not finite stops the call before its
@@ -50,7 +57,8 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 ADDRESSES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather",
-             "mlpf_sadam", "mlpf_ssgd")
+             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact")
+PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
 
@@ -112,6 +120,18 @@ def _times_derivative(code, slope, z, dz):
         zi, gi = z[i], dz[i]
         for j in range(zi.shape[0]):
             gi[j] *= _derivative(code, slope, zi[j])
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _round_to_bf16(x, out):
+    """out (uint16) = x (float32) rounded to bf16: to nearest, ties to even; NaN stays NaN."""
+    for i in range(x.shape[0]):
+        xi, oi = x[i], out[i]
+        for j in range(xi.shape[0]):
+            bits = np.float32(xi[j]).view(np.uint32)
+            rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) \
+                >> np.uint32(16)
+            oi[j] = np.uint16(rounded if xi[j] == xi[j] else (bits >> np.uint32(16)) | 0x40)
 
 
 def _take_target(src_y, r, y, i, classes):
@@ -304,18 +324,36 @@ def _batchnorm_backward(du, zhat, stats, sums, gamma, gamma_grad, beta_grad, dz)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _forward(addresses, net, post, hs, zs, extra, rows, step):
+def _forward(addresses, net, post, hs, zs, hb, extra, rows, step):
     """hs[l + 1] = drop(f_l(bn(hs[l] @ W_l.T + b_l))) for every layer; zs[l] keeps z_l
-    where needed, extra = (us, zhats, masks, stats, sums) what batchnorm and dropout keep."""
+    where needed, extra = (us, zhats, masks, stats, sums) what batchnorm and dropout keep.
+    bf16 (hb[l] the bf16 h_l, or empty in fp32): a layer whose f is relu or identity with
+    no z kept writes bf16 h_{l+1} from the GEMM ("direct"), the others float32, then
+    rounded."""
     weights, biases, codes, slopes = net[0], net[1], net[4], net[5]
     bn_kind, gammas, betas, _, _, means, variances, bn_numbers, tracked, drops, scales = post
     us, zhats, masks, stats, sums = extra
-    for l in range(len(weights)):
+    layers, bf16 = len(weights), hb[0].shape[1] > 0
+    if bf16:
+        _round_to_bf16(hs[0][:rows], hb[0][:rows])
+    for l in range(layers):
         f = codes[l]
         keep_z = zs[l].shape[1] > 0
         z = zs[l][:rows] if keep_z else hs[l + 1][:rows]
-        if _c_calls.sgemm(addresses[0], hs[l][:rows], weights[l], z, True, biases[l],
-                          RELU if f == RELU and not keep_z else IDENTITY) != 0:
+        epilogue = RELU if f == RELU and not keep_z else IDENTITY
+        if not bf16:
+            status = _c_calls.sgemm(addresses[0], hs[l][:rows], weights[l], z, True,
+                                    biases[l], epilogue)
+        elif _direct_bf16(l, layers, codes, zs):
+            status = _c_calls.sbgemm(addresses[6], hb[l][:rows], weights[l], hb[l + 1][:rows],
+                                     True, biases[l], epilogue)
+            if status != 0:
+                return C_ERROR
+            continue
+        else:
+            status = _c_calls.sbgemm(addresses[6], hb[l][:rows], weights[l], z, True,
+                                     biases[l], epilogue)
+        if status != 0:
             return C_ERROR
         u = z
         if bn_kind[l]:
@@ -329,20 +367,35 @@ def _forward(addresses, net, post, hs, zs, extra, rows, step):
         if drops[l + 1, 5]:
             _dropout(hs[l + 1][:rows], drops[l + 1], scales[l + 1], step, masks[l][:rows],
                      hs[l + 1][:rows])
+        if bf16 and l + 1 < layers:
+            _round_to_bf16(hs[l + 1][:rows], hb[l + 1][:rows])
     return OK
 
 
+@njit(cache=True, inline="always")
+def _direct_bf16(l, layers, codes, zs):
+    """In bf16: layer l's GEMM writes the bf16 h_{l+1} itself (a hidden layer, f relu or
+    identity, no z kept: no batchnorm, dropout or pass on z follows)."""
+    return l + 1 < layers and zs[l].shape[1] == 0 and (codes[l] == RELU or
+                                                        codes[l] == IDENTITY)
+
+
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _backward(addresses, net, post, hs, zs, dzs, extra, rows):
+def _backward(addresses, net, post, hs, zs, dzs, hb, extra, rows):
     """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers (and the
-    gradients of batchnorm's gamma and beta)."""
+    gradients of batchnorm's gamma and beta). bf16: the GEMMs read the bf16 h_l."""
     weights, biases, weight_grads, bias_grads, codes, slopes = net
     bn_kind, gammas, _, gamma_grads, beta_grads = post[:5]
     drops, scales = post[9], post[10]
     us, zhats, masks, stats, sums = extra
+    bf16 = hb[0].shape[1] > 0
     for l in range(len(weights) - 1, -1, -1):
         dz = dzs[l][:rows]
-        if _c_calls.sgemm_at(addresses[0], dz, hs[l][:rows], weight_grads[l]) != 0:
+        if bf16:
+            status = _c_calls.sbgemm_at(addresses[6], dz, hb[l][:rows], weight_grads[l])
+        else:
+            status = _c_calls.sgemm_at(addresses[0], dz, hs[l][:rows], weight_grads[l])
+        if status != 0:
             return C_ERROR
         db = bias_grads[l]
         if db.shape[0]:
@@ -356,7 +409,18 @@ def _backward(addresses, net, post, hs, zs, dzs, extra, rows):
         below = dzs[l - 1][:rows]
         plain = not bn_kind[l - 1] and not drops[l, 5]
         if plain and (f == RELU or f == SIGMOID or f == TANH):   # f' from h_l, in the GEMM
-            status = _c_calls.sgemm_dact(addresses[1], dz, weights[l], below, hs[l][:rows], f)
+            if not bf16:
+                status = _c_calls.sgemm_dact(addresses[1], dz, weights[l], below,
+                                             hs[l][:rows], f)
+            elif f == RELU:                          # direct: h_l only in bf16 (same sign)
+                status = _c_calls.sbgemm_dact(addresses[7], dz, weights[l], below,
+                                              hb[l][:rows], f)
+            else:                                    # the float32 h_l of the pass
+                status = _c_calls.sbgemm_dact(addresses[7], dz, weights[l], below,
+                                              hs[l][:rows], f)
+        elif bf16:
+            status = _c_calls.sbgemm(addresses[6], dz, weights[l], below, False,
+                                     biases[l][:0], IDENTITY)
         else:
             status = _c_calls.sgemm(addresses[0], dz, weights[l], below, False,
                                     biases[l][:0], IDENTITY)
@@ -415,7 +479,7 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
     """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
     status); the gradients are left in net's and post's gradient arrays. ``step``: the
     batch's number in this call (dropout masks are drawn for step base + step)."""
-    hs, zs, dzs, y, extra = buffers
+    hs, zs, dzs, y, extra, hb = buffers
     layers = len(net[0])
     rows = rows_index.shape[0]
     if rows < 2 and post[0].any():
@@ -427,11 +491,11 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
     if post[9][0, 5]:                                       # input dropout (no mask kept)
         _dropout(hs[0][:rows], post[9][0], post[10][0], step, extra[2][0][:, :0],
                  hs[0][:rows])
-    status = _forward(addresses, net, post, hs, zs, extra, rows, step)
+    status = _forward(addresses, net, post, hs, zs, hb, extra, rows, step)
     if status != OK:
         return 0.0, 0, status
     loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
-    return loss, correct, _backward(addresses, net, post, hs, zs, dzs, extra, rows)
+    return loss, correct, _backward(addresses, net, post, hs, zs, dzs, hb, extra, rows)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -440,9 +504,10 @@ def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimiz
     """Steps first_batch .. first_batch + num_batches - 1 of an epoch whose row order is
     ``order``; returns (steps applied, status, mean loss of the failing batch).
     net = (weights, biases, weight_grads, bias_grads, codes, slopes); post = what follows
-    each Linear (MLPSteps._post); buffers = (hs, zs, dzs, y, extra): per layer h_l (B,
+    each Linear (MLPSteps._post); buffers = (hs, zs, dzs, y, extra, hb): per layer h_l (B,
     in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0), dz_l (B, out_l), y the
-    batch's labels or targets, extra what batchnorm and dropout keep; flat = (data, grad);
+    batch's labels or targets, extra what batchnorm and dropout keep, hb the bf16 h_l
+    (B, in_l) in bf16 precision, else (B, 0) each; flat = (data, grad);
     sums[0] += each batch's summed loss, sums[1] += its correct rows."""
     batch_size = buffers[0][0].shape[0]
     for s in range(num_batches):
@@ -484,23 +549,27 @@ class MLPSteps:
     ``self.dropout_steps`` (the step base per dropout, index 0 the inputs') are read and
     advanced by ``run``: set them from the layers before a call, read them back after.
     ``max_norm``: after each update, each row of each weight onto the L2 ball of that
-    radius (kernels/optim.py's max_norm), or None.
+    radius (kernels/optim.py's max_norm), or None. ``precision``: "fp32", or "bf16" for
+    bf16 GEMM operands with float32 sums (the module docstring).
     """
 
     def __init__(self, layers, flat_data, flat_grad, src_x, src_y, batch_size, loss,
-                 optimizer, hyper, state, post=None, max_norm=None):
+                 optimizer, hyper, state, post=None, max_norm=None, precision="fp32"):
         weights, biases, weight_grads, bias_grads, activations, slopes = layers
         self.batch_size, sizes = check_mlp_step(layers, flat_data, flat_grad, batch_size,
                                                 ACTIVATIONS, _check_float32_c)
         batchnorms, dropouts, input_dropout = post or ([None] * len(weights),
                                                        [None] * len(weights), None)
         _check_source(src_x, src_y, sizes, loss)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         state = check_optimizer_state(optimizer, hyper, state, flat_data, _check_float32_c)
         self._optimizer = SGD if optimizer == "sgd" else ADAM
         self._state = (state[0], state[-1])                  # always a pair
         self._hyper = np.array(hyper, np.float64)
         self._max_norm = 0.0 if max_norm is None else float(max_norm)
         self._loss = {"cross_entropy": CROSS_ENTROPY, "mse": MSE}[loss]
+        self.precision = precision
         empty = np.empty(0, np.float32)
         codes = np.array([c_code(f) for f in activations], np.int64)
         self._net = (tuple(weights), tuple(empty if b is None else b for b in biases),
@@ -522,7 +591,9 @@ class MLPSteps:
         self._buffers = (tuple(np.empty((rows, n), np.float32) for n in sizes),
                          per_layer(keep_z), tuple(np.empty((rows, n), np.float32)
                                                   for n in sizes[1:]),
-                         np.empty((rows,) + src_y.shape[1:], src_y.dtype), extra)
+                         np.empty((rows,) + src_y.shape[1:], src_y.dtype), extra,
+                         tuple(np.empty((rows, n if precision == "bf16" else 0), np.uint16)
+                               for n in sizes[:-1]))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         found = _c_calls.c_addresses()
         self._addresses = np.array([found[name] for name in ADDRESSES], np.int64)

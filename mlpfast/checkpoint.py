@@ -8,10 +8,11 @@ A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` entries, ZIP_STORED)
     order              int64 (N,): the sample order of the epoch in progress (mid-epoch only)
 
     {"format": "mlpfast.checkpoint", "version": 1,
-     "architecture": model.architecture(),        # layers and dtype
+     "architecture": model.architecture(),        # layers, dtype and precision
      "optimizer": {"type", "step", "hyper"},
      "loss": "CrossEntropyLoss" | "MSELoss",
-     "data": {"n", "num_features", "batch_size", "shuffle"},
+     "data": {"n", "num_features", "batch_size", "shuffle", "precision"},  # the run's
+                                                  # precision (absent: "fp32")
      "progress": {"epochs_done", "batches_done", "global_step", "loss_sum", "correct",
                   "seconds"},                     # batches_done: of epoch epochs_done + 1
      "rng": numpy bit_generator.state,            # after drawing the order of that epoch

@@ -88,6 +88,10 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
     parser.add_argument("--early-stopping", type=_positive(int), default=None,
                         metavar="PATIENCE", help="stop after PATIENCE epochs without a better "
                                                  "validation loss; keep the best weights")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: the GEMMs take bf16 operands and sum in fp32, the "
+                             "rest stays fp32 (cpu backend; fastest with AVX512-BF16 or "
+                             "AMX)")
     parser.add_argument("--backend", default="auto", help="numpy, numba, cpu, cuda or auto")
     parser.add_argument("--threads", type=_positive(int), default=None,
                         help="threads for every kernel (default: MLPFAST_NUM_THREADS or all cores)")
@@ -135,7 +139,7 @@ def make_model(args, sizes):
     from .nn import MLP
     return MLP(sizes, activation=args.activation, batchnorm=args.batchnorm,
                dropout=args.dropout, input_dropout=args.input_dropout, init=args.init,
-               backend=args.backend, seed=args.seed)
+               backend=args.backend, seed=args.seed, precision=args.precision)
 
 
 

@@ -13,7 +13,8 @@ import json
 import numpy as np
 
 from . import tables
-from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, get_backend, to_numpy
+from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, check_precision, get_backend, \
+    to_numpy
 from .checkpoint import atomic_write
 from .init import check_init, linear_parameters
 
@@ -449,9 +450,15 @@ class Sequential(Module):
 
     ``state_dict()`` keys are ``"<index>.weight"`` / ``"<index>.bias"``, as in
     ``torch.nn.Sequential``, so weights move between the two with ``torch.from_numpy``.
+
+    ``precision`` is how ``fit`` trains it by default: "fp32", or "bf16" (the GEMMs of
+    forward and backward take bf16 operands, rounded to nearest even from the float32
+    weights, inputs and activations, and sum in float32; weights, state_dict, optimizer,
+    loss and gradients stay float32; inference runs in float32). bf16 trains on the cpu
+    backend, in its compiled step.
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, precision="fp32"):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
@@ -464,6 +471,7 @@ class Sequential(Module):
                 raise ValueError(f"layer {i} uses backend {layer.backend.name}/{layer.dtype}, "
                                  f"layer 0 uses {backend.name}/{dtype}: all must match")
         super().__init__(backend, dtype)
+        self.precision = precision
         self.layers = list(layers)
         self._flatten_parameters()
         self._stages = self._fuse()
@@ -485,12 +493,22 @@ class Sequential(Module):
                 i += 1
         return tuple(stages)
 
-    def plan(self):
-        """The Plan a backend builds a training step from (mlpfast.backend.plan)."""
+    @property
+    def precision(self):
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision):
+        self._precision = check_precision(precision)
+
+    def plan(self, precision=None):
+        """The Plan a backend builds a training step from (mlpfast.backend.plan), in
+        ``precision`` (None: the model's)."""
         chain = self._chain()
+        precision = self.precision if precision is None else check_precision(precision)
         return Plan(model=self, stages=self._stages, chain=None if chain is None else chain[1],
                     dtype=self.dtype, flat_data=self.flat_data, flat_grad=self.flat_grad,
-                    input_dropout=None if chain is None else chain[0])
+                    input_dropout=None if chain is None else chain[0], precision=precision)
 
     def _chain(self):
         """(leading Dropout or None, PlanLayer per Linear) when the layers are [Dropout]
@@ -654,6 +672,7 @@ class Sequential(Module):
 
     def architecture(self):
         return {"format": "mlpfast.Sequential", "version": 1, "dtype": self.dtype.name,
+                "precision": self.precision,
                 "layers": [layer.config() for layer in self.layers]}
 
     def save(self, path):
@@ -704,11 +723,12 @@ class MLP(Sequential):
     torch's default, or kaiming_normal, xavier_uniform, xavier_normal with the gain of the
     activation that follows). ``seed`` fixes the weights (drawn layer by layer, weight then
     bias, whatever batchnorm and dropout are) and then the dropout layers' seed.
+    ``precision``: "fp32" or "bf16", how ``fit`` trains it (see Sequential).
     """
 
     def __init__(self, sizes, activation="relu", *, batchnorm=False, dropout=0.0,
                  input_dropout=0.0, init="kaiming_uniform", bias=True, backend="auto",
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, precision="fp32"):
         sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output size, "
@@ -718,6 +738,7 @@ class MLP(Sequential):
             raise ValueError(f"activation must be one of {hidden_acts}, got {activation!r}")
         dropout, input_dropout = _check_rate(dropout), _check_rate(input_dropout)
         check_init(init)
+        check_precision(precision)
         backend = get_backend(backend)
         rng = np.random.default_rng(seed)
         hidden = len(sizes) - 2
@@ -742,7 +763,7 @@ class MLP(Sequential):
                 add_dropout(dropout)
         self.sizes, self.activation = [int(s) for s in sizes], activation
         self.batchnorm, self.dropout, self.input_dropout = bool(batchnorm), dropout, input_dropout
-        super().__init__(*layers)
+        super().__init__(*layers, precision=precision)
 
 
 def _activation_layer(name, backend, dtype):
@@ -768,13 +789,14 @@ def load(path, backend="auto"):
         if arch.get("format") != "mlpfast.Sequential":
             raise ValueError("unknown format")
         dtype = _resolve_dtype(arch["dtype"])
+        precision = check_precision(arch.get("precision", "fp32"))
         for i, cfg in enumerate(arch["layers"]):     # sizes vs stored arrays, before allocating
             _check_declared_sizes(i, cfg, arrays)
         layers = [_layer_from_config(cfg, backend, dtype) for cfg in arch["layers"]]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
             RecursionError) as e:
         raise ValueError(f"{path}: corrupt mlpfast model metadata ({e})") from None
-    model = Sequential(*layers)
+    model = Sequential(*layers, precision=precision)
     try:
         model.load_state_dict(arrays)
     except TypeError as e:                           # e.g. integer weights in the file

@@ -89,10 +89,11 @@ def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run):
         raise ValueError(f"resume: {path} was trained with {meta['loss']}, "
                          f"not {type(loss_fn).__name__}")
     for key, value in data_spec.items():
-        if meta["data"].get(key) != value:
-            raise ValueError(f"resume: {path} was written with {key}={meta['data'].get(key)!r}"
-                             f", this call has {key}={value!r}; exact resume needs the same "
-                             f"data and batching")
+        written = meta["data"].get(key, "fp32" if key == "precision" else None)
+        if written != value:
+            raise ValueError(f"resume: {path} was written with {key}={written!r}, this call "
+                             f"has {key}={value!r}; exact resume needs the same data, "
+                             f"batching and precision")
     progress = meta["progress"]
     if progress["epochs_done"] > epochs:
         raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "

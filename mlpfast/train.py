@@ -42,7 +42,7 @@ def _check_positive_int(name, value):
 def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=True, val=None,
         seed=None, progress=True, verbose=False, checkpoint=None, checkpoint_every="epoch",
         resume=None, lr_schedule=None, early_stopping=None, monitor="val_loss",
-        restore_best=True, comm=None):
+        restore_best=True, comm=None, precision=None):
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
@@ -74,11 +74,16 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     ``comm`` (an mpi4py communicator or a ``mlpfast.distributed.Cluster``) trains over its
     ranks, data-parallel: every rank makes the same call, ``batch_size`` is the global
     batch, rank 0 writes the checkpoints (``mlpfast.distributed``).
+
+    ``precision`` "fp32" or "bf16" (None: ``model.precision``): bf16 runs the GEMMs of
+    forward and backward on bf16 operands with float32 sums, everything else in float32
+    (see ``mlpfast.Sequential``); the cpu backend's compiled step only. A checkpoint
+    resumes only in the precision it was written in.
     """
     cluster = distributed.join(comm)
     with distributed.starting(cluster):   # an error on one rank stops every rank
         job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
-                   checkpoint, checkpoint_every)
+                   checkpoint, checkpoint_every, precision)
         stopper = _early_stopping(early_stopping, monitor, job)
         run = RunState(np.random.default_rng(seed),
                        LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
@@ -90,7 +95,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         distributed.start(cluster, model, optimizer, job, run, seed, lr_schedule)
     writer = None if checkpoint is None else CheckpointWriter(
         checkpoint, job.every_steps, model, optimizer, loss_fn, job.data_spec)
-    step = model.backend.make_step(model.plan(), loss_fn, optimizer, job.train_set,
+    step = model.backend.make_step(job.plan, loss_fn, optimizer, job.train_set,
                                    job.batch_size)
     model.train()
     with Interrupts() as interrupts:
@@ -168,7 +173,7 @@ class _Job:
     """fit's arguments, checked before anything changes, and what follows from them."""
 
     def __init__(self, model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
-                 checkpoint, checkpoint_every):
+                 checkpoint, checkpoint_every, precision):
         self.epochs = _check_positive_int("epochs", epochs)
         batch_size = _check_positive_int("batch_size", batch_size)
         if not isinstance(loss_fn, (CrossEntropyLoss, MSELoss)):
@@ -185,8 +190,11 @@ class _Job:
         n = len(self.train_set)
         self.batch_size, self.shuffle = min(batch_size, n), bool(shuffle)
         self.steps_per_epoch = -(-n // self.batch_size)
+        self.plan = model.plan(precision)
+        model.backend.check_step(self.plan, loss_fn, optimizer, self.train_set)
         self.data_spec = {"n": n, "num_features": int(self.train_set.num_features),
-                          "batch_size": self.batch_size, "shuffle": self.shuffle}
+                          "batch_size": self.batch_size, "shuffle": self.shuffle,
+                          "precision": self.plan.precision}
 
     def record(self, epoch, run, seconds):
         """The History record of a finished epoch (validation included)."""

@@ -119,3 +119,19 @@ def threads(request):
     mlpfast.set_num_threads(request.param)
     yield request.param
     mlpfast.set_num_threads(before)
+
+
+def _bf16_kernel_families():
+    from mlpfast.kernels import gemm_bf16
+    return gemm_bf16.C_KERNELS.supported() if gemm_bf16.c_available() else []
+
+
+@pytest.fixture(params=_bf16_kernel_families())
+def bf16_kernel(request):
+    """Each C bf16 micro-kernel family this CPU and OS run (amx, avx512bf16, portable),
+    selected for the test, the previous choice restored after it."""
+    from mlpfast.kernels import gemm_bf16
+    before = gemm_bf16.C_KERNELS.name()
+    gemm_bf16.C_KERNELS.select(request.param)
+    yield request.param
+    gemm_bf16.C_KERNELS.select(before)

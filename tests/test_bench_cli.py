@@ -321,9 +321,10 @@ def fake_compare(monkeypatch, seconds):
 
     def run_peer(peer, args, threads):
         calls.append(args)
-        if isinstance(seconds[peer], str):
-            return {"skipped": seconds[peer]}
-        return {"epoch_seconds": seconds[peer], "samples": 60000, "loss": 0.25,
+        answer = seconds.get(peer, f"{peer} not run in this test")
+        if isinstance(answer, str):
+            return {"skipped": answer}
+        return {"epoch_seconds": answer, "samples": 60000, "loss": 0.25,
                 "test_accuracy": 0.97, "notes": f"{peer} notes",
                 "threadpools": ["openblas 0.3.31 (SkylakeX, 2 threads)"], "mlpfast_modules": []}
     monkeypatch.setattr(benchmark, "run_peer", run_peer)
@@ -344,7 +345,8 @@ def test_compare_table_reports_best_median_peak_and_ratios(monkeypatch):
     lines = benchmark.format_compare(results, peak=PEAK)
     assert lines[0] == benchmark.COMPARE_HEADER
     assert [line.split()[2] for line in lines[1:]] == [
-        "mlpfast", "numpy", "torch", "torch-tuned", "PyTorch", "jax"]
+        "mlpfast", "numpy", "torch", "torch-tuned", "PyTorch", "jax", "mlpfast-bf16",
+        "torch-bf16"]
     mlpfast, numpy, *_ = lines[1:]
     # best 60000 / 0.5 = 120,000 samples/s = 50% of PEAK; median 60000 / 0.55
     assert "120,000   50%   109,091   45%" in mlpfast and "97.00%" in mlpfast
@@ -483,3 +485,31 @@ def test_jax_step_donates_params_and_adam_state_and_trains_like_numpy():
     for (w, b), i in zip(params, range(0, 6, 2)):
         np.testing.assert_allclose(w, reference.params[i], atol=1e-6)
         np.testing.assert_allclose(b, reference.params[i + 1], atol=1e-6)
+
+
+def test_bf16_rows_compare_with_each_other_and_sum_up(monkeypatch):
+    """torch-bf16's x columns are mlpfast-bf16's rate over its; mlpfast-bf16's row has none
+    and a line follows with its median over mlpfast fp32, JAX, PyTorch and autocast."""
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [1.0], "numpy": [4.0], "torch": [2.0], "torch-tuned": [1.5], "jax": [1.2],
+        "mlpfast-bf16": [0.5], "torch-bf16": [0.8]})
+    lines = benchmark.format_compare(results, peak=PEAK)
+    bf16_row, torch_bf16_row, summary = lines[-3:]
+    assert bf16_row.split()[2:4] == ["mlpfast-bf16", "120,000"]
+    assert bf16_row.split()[9:12] == ["-", "-", "mlpfast-bf16"]    # no x best, x median
+    assert "1.60x    1.60x" in torch_bf16_row                # 0.8 / 0.5
+    assert summary == ("784-256-128-10 b64     mlpfast-bf16 median: 2.00x mlpfast fp32, "
+                       "2.40x JAX fp32, 3.00x PyTorch fp32, 1.60x PyTorch autocast bf16")
+
+
+def test_bf16_peers_train_in_bf16_and_agree(peer_runs):
+    """mlpfast-bf16 and PyTorch under autocast: the same run in bf16 GEMMs ends near the
+    fp32 loss, not on it, and near each other."""
+    fp32, ours, autocast = (ran(peer_runs[p]) for p in ("mlpfast", "mlpfast-bf16",
+                                                         "torch-bf16"))
+    assert "bf16 (sbgemm_" in ours["notes"]
+    assert autocast["notes"].endswith("Adam fused, denormals flushed, autocast bf16")
+    assert autocast["mlpfast_modules"] == []
+    assert ours["loss"] != fp32["loss"] and ours["loss"] == pytest.approx(fp32["loss"], rel=0.02)
+    assert autocast["loss"] == pytest.approx(ours["loss"], rel=0.02)
+    assert abs(ours["test_accuracy"] - fp32["test_accuracy"]) <= 0.02

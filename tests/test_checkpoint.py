@@ -39,7 +39,8 @@ def test_checkpoint_holds_model_optimizer_progress_rng(tmp_path):
         assert np.array_equal(state["state"][name], a)
     assert ckpt.progress == {**ckpt.progress, "epochs_done": 2, "batches_done": 0,
                              "global_step": 8}
-    assert ckpt.meta["data"] == {"n": 50, "num_features": 6, "batch_size": 16, "shuffle": True}
+    assert ckpt.meta["data"] == {"n": 50, "num_features": 6, "batch_size": 16, "shuffle": True,
+                                 "precision": "fp32"}
     assert ckpt.meta["rng"]["bit_generator"] == "PCG64"
     assert [r["epoch"] for r in ckpt.meta["history"]] == [1, 2]
     assert "order" not in ckpt.arrays          # epoch boundary: the next order is not drawn

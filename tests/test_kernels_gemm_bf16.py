@@ -50,12 +50,10 @@ def cpu_flags():
         return set()
 
 
-@pytest.fixture(params=bf.C_KERNELS.supported() if bf.c_available() else [])
-def kernel(request):
-    before = bf.C_KERNELS.name()
-    bf.C_KERNELS.select(request.param)
-    yield request.param
-    bf.C_KERNELS.select(before)
+@pytest.fixture
+def kernel(bf16_kernel):
+    """Each C bf16 micro-kernel family this CPU runs (conftest.bf16_kernel)."""
+    return bf16_kernel
 
 
 def as_type(x, dtype):

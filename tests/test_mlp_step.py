@@ -8,7 +8,7 @@ from conftest import assert_close
 
 import mlpfast as mf
 from mlpfast.datasets import as_dataset
-from mlpfast.kernels import activations, gemm, mlp_step, optim
+from mlpfast.kernels import activations, gemm, gemm_bf16, mlp_step, optim
 
 pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C GEMM not built")
 
@@ -17,14 +17,22 @@ SLOPE = 0.1                                     # leaky_relu's negative slope in
 
 # --- the NumPy reference ---------------------------------------------------------------------
 
-def reference_gradients(params, acts, x, y, loss):
+def bf16_operand(a):
+    """float64 a as the GEMM in bf16 precision reads it: to float32, then rounded to bf16."""
+    return gemm_bf16.bf16_to_float32(gemm_bf16.round_to_bf16(a.astype(np.float32))) \
+        .astype(np.float64)
+
+
+def reference_gradients(params, acts, x, y, loss, precision="fp32"):
     """(summed loss, correct rows, [(dW, db)]) of one batch in float64. params [(W, b or
-    None)]; acts per layer; y int labels or float targets; loss "cross_entropy" or "mse"."""
+    None)]; acts per layer; y int labels or float targets; loss "cross_entropy" or "mse".
+    precision "bf16": every GEMM operand rounded to bf16 first (``bf16_operand``)."""
     ref = activations.REFERENCE
+    op = bf16_operand if precision == "bf16" else (lambda a: a)
     kw = [{"negative_slope": SLOPE} if f == "leaky_relu" else {} for f in acts]
     hs, zs = [x.astype(np.float64)], []
     for (w, b), f, k in zip(params, acts, kw):
-        z = hs[-1] @ w.T + (0 if b is None else b)
+        z = op(hs[-1]) @ op(w).T + (0 if b is None else b)
         zs.append(z)
         hs.append(ref[f].forward(z, **k))
     out, rows = hs[-1], x.shape[0]
@@ -42,9 +50,10 @@ def reference_gradients(params, acts, x, y, loss):
     correct = int((out.argmax(axis=1) == y).sum()) if y.ndim == 1 else 0
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
-        grads[l] = (dz.T @ hs[l], dz.sum(axis=0) if params[l][1] is not None else None)
+        grads[l] = (op(dz).T @ op(hs[l]), dz.sum(axis=0) if params[l][1] is not None else None)
         if l:
-            dz = ref[acts[l - 1]].backward(dz @ params[l][0], zs[l - 1], hs[l], **kw[l - 1])
+            dz = ref[acts[l - 1]].backward(op(dz) @ op(params[l][0]), zs[l - 1], hs[l],
+                                           **kw[l - 1])
     return total, correct, grads
 
 
@@ -67,7 +76,8 @@ def reference_update(params, grads, state, optimizer, hyper, lr, t):
 
 # --- the compiled steps on plain arrays --------------------------------------------------------
 
-def make_steps(sizes, acts, src_x, src_y, batch, loss, optimizer, hyper, rng, bias=True):
+def make_steps(sizes, acts, src_x, src_y, batch, loss, optimizer, hyper, rng, bias=True,
+               precision="fp32"):
     """MLPSteps over fresh flat buffers; returns (steps, params as float64 copies, flat)."""
     shapes = [(o, i) for i, o in zip(sizes[:-1], sizes[1:])]
     total = sum(o * i + (o if bias else 0) for o, i in shapes)
@@ -89,7 +99,8 @@ def make_steps(sizes, acts, src_x, src_y, batch, loss, optimizer, hyper, rng, bi
     state = tuple(np.zeros(total, np.float32) for _ in range(2 if optimizer == "adam" else 1))
     slopes = [SLOPE if f == "leaky_relu" else 0.0 for f in acts]
     steps = mlp_step.MLPSteps((weights, biases, wgrads, bgrads, acts, slopes), flat_data,
-                              flat_grad, src_x, src_y, batch, loss, optimizer, hyper, state)
+                              flat_grad, src_x, src_y, batch, loss, optimizer, hyper, state,
+                              precision=precision)
     params = [(w.astype(np.float64), None if b is None else b.astype(np.float64))
               for w, b in zip(weights, biases)]
     return steps, params, (weights, biases, wgrads, bgrads, flat_data)

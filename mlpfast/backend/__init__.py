@@ -17,7 +17,8 @@ that ``fit`` runs (``mlpfast.backend.steps``). Backends, registered by name:
 process through the hooks registered with ``add_thread_hook``; one count for the C pool and
 for Numba, so they never oversubscribe.
 """
-from .plan import Plan, PlanLayer  # noqa: F401  (the engine builds plans from these)
+from .plan import PRECISIONS, Plan, PlanLayer, check_precision  # noqa: F401  (the engine
+                                                                  # builds plans from these)
 from .registry import (OPS, Backend, add_thread_hook, backends, get_backend,  # noqa: F401
                        get_num_threads, register_backend, resolve_name, set_num_threads,
                        threads_chosen, to_numpy)

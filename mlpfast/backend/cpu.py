@@ -3,7 +3,8 @@ Numba kernels with the C library, and the compiled training step).
 
 The cpu step runs a chain of Linear layers (activations in kernels/mlp_step.ACTIVATIONS),
 cross-entropy or MSE, SGD, Adam or AdamW, float32, as ``kernels.mlp_step.MLPSteps``: k
-batches per compiled call. Any other model trains layer by layer (``steps``).
+batches per compiled call, in fp32 or bf16 precision. Any other model trains layer by
+layer (``steps``), in fp32.
 """
 import numpy as np
 
@@ -49,7 +50,8 @@ def _cpu_backend():
     ops.update(linear.VARIANTS["cpu"])
     ops.update(optim.VARIANTS["c"])
     info["gemm"] = "c"
-    return Backend("cpu", "cpu", ops, acts, make_step=compiled_step, info=info)
+    return Backend("cpu", "cpu", ops, acts, make_step=compiled_step,
+                   check_step=check_compiled_step, info=info)
 
 
 def _c_thread_hook(n):
@@ -75,11 +77,24 @@ add_thread_hook(_numba_thread_hook)
 
 def compiled_step(plan, loss_fn, optimizer, dataset, batch_size):
     """The compiled step when it covers the plan, the loss and the optimizer, else the
-    layer-by-layer one."""
+    layer-by-layer one (fp32 only)."""
     spec = compiled_spec(plan, loss_fn, optimizer, dataset)
     if spec is None:
+        check_compiled_step(plan, loss_fn, optimizer, dataset)
         return LayerByLayerStep(plan, loss_fn, optimizer, dataset, batch_size)
     return CompiledStep(plan, spec, optimizer, dataset, batch_size)
+
+
+def check_compiled_step(plan, loss_fn, optimizer, dataset):
+    """bf16 needs the compiled step: a ValueError saying what it covers when it does not
+    cover this training."""
+    if plan.precision != "fp32" and compiled_spec(plan, loss_fn, optimizer, dataset) is None:
+        raise ValueError(
+            f"precision {plan.precision!r} trains in the cpu backend's compiled step, which "
+            f"covers float32 chains [Dropout] Linear [BatchNorm1d] [activation] [Dropout] "
+            f"... Linear with elementwise activations, CrossEntropyLoss or MSELoss "
+            f"(int64 labels or float32 targets) and SGD, Adam or AdamW; this training "
+            f"runs layer by layer, in fp32 only")
 
 
 def compiled_spec(plan, loss_fn, optimizer, dataset, is_array=None):
@@ -142,13 +157,14 @@ class CompiledStep:
         src_x, src_y = arrays if arrays is not None else self._chunk.arrays()
         self._batchnorms = [l.batchnorm for l in plan.chain]
         self._dropouts = [plan.input_dropout] + [l.dropout for l in plan.chain]
+        self.precision = plan.precision
         self._steps = self.make_steps((layers, plan.flat_data, plan.flat_grad, src_x, src_y,
                                        batch_size, loss, name, hyper, state), post, max_norm)
 
     def make_steps(self, args, post, max_norm):
-        """The compiled steps object: MLPSteps(*args, post, max_norm)."""
+        """The compiled steps object: MLPSteps(*args, post, max_norm, precision)."""
         from ..kernels.mlp_step import MLPSteps
-        return MLPSteps(*args, post, max_norm)
+        return MLPSteps(*args, post, max_norm, self.precision)
 
     def fill(self, order, first_batch, num_batches):
         """(order, first batch) to run: a dataset object's batches gathered into the chunk

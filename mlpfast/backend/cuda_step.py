@@ -12,7 +12,7 @@ host and uploaded one chunk of batches per call.
 """
 from ..kernels.cuda._device import is_device_array, simulator_enabled
 from .cpu import CompiledStep, compiled_spec
-from .steps import LayerByLayerStep
+from .steps import LayerByLayerStep, fp32_only
 
 DEVICE_SHARE = 0.5      # an array dataset stays on the device when it takes at most this
                         # share of the free device memory
@@ -21,6 +21,7 @@ DEVICE_SHARE = 0.5      # an array dataset stays on the device when it takes at 
 def cuda_step(plan, loss_fn, optimizer, dataset, batch_size):
     """The cuda step when it covers the plan, the loss and the optimizer, else the
     layer-by-layer one."""
+    fp32_only(plan, loss_fn, optimizer, dataset)
     spec = compiled_spec(plan, loss_fn, optimizer, dataset, is_device_array)
     if spec is None or spec[5] is not None or _any_post(spec[6]):
         return LayerByLayerStep(plan, loss_fn, optimizer, dataset, batch_size)

@@ -10,6 +10,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+# Training precisions: "fp32" everywhere; "bf16" (bf16 GEMM operands, float32 sums, float32
+# weights, activations' arithmetic, loss, gradients and optimizer) where a backend's
+# ``check_step`` accepts it (the cpu backend's compiled step).
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class PlanLayer:
@@ -36,7 +41,7 @@ class Plan:
     chain: PlanLayer per Linear when the model is a chain [Dropout] Linear [BatchNorm1d]
     [elementwise activation] [Dropout] Linear ... Linear (nothing after the last Linear),
     else None; input_dropout: the chain's leading Dropout or None; flat_data, flat_grad:
-    the buffers every parameter and gradient is a view of."""
+    the buffers every parameter and gradient is a view of; precision: one of PRECISIONS."""
     model: object
     stages: Tuple[tuple, ...]
     chain: Optional[Tuple[PlanLayer, ...]]
@@ -44,3 +49,11 @@ class Plan:
     flat_data: object
     flat_grad: object
     input_dropout: object = None
+    precision: str = "fp32"
+
+
+def check_precision(precision):
+    """precision, when it is one of PRECISIONS, else a ValueError naming it."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision

@@ -7,7 +7,7 @@ from typing import Callable, Dict
 import numpy as np
 
 from .. import env
-from .steps import layer_by_layer_step
+from .steps import fp32_only, layer_by_layer_step
 
 # Every backend provides all of these ops (signatures in the kernel modules):
 OPS = (
@@ -31,13 +31,16 @@ class Backend:
 
     ``activations[name]`` is an ``Activation(forward, backward)``. ``make_step(plan,
     loss_fn, optimizer, dataset, batch_size)`` returns the step ``fit`` runs
-    (``mlpfast.backend.steps`` has the contract). Arrays of a CPU backend are NumPy arrays.
+    (``mlpfast.backend.steps`` has the contract); ``check_step(plan, loss_fn, optimizer,
+    dataset)`` raises the ValueError make_step would raise for that training (its
+    precision), changing nothing. Arrays of a CPU backend are NumPy arrays.
     """
     name: str
     device: str
     ops: Dict[str, Callable]
     activations: Dict[str, object]
     make_step: Callable = layer_by_layer_step
+    check_step: Callable = fp32_only
     empty: Callable = np.empty
     zeros: Callable = np.zeros
     to_device: Callable = np.ascontiguousarray   # host array -> backend array

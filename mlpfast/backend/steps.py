@@ -32,7 +32,16 @@ import numpy as np
 
 
 def layer_by_layer_step(plan, loss_fn, optimizer, dataset, batch_size):
+    fp32_only(plan, loss_fn, optimizer, dataset)
     return LayerByLayerStep(plan, loss_fn, optimizer, dataset, batch_size)
+
+
+def fp32_only(plan, loss_fn, optimizer, dataset):
+    """A backend's ``check_step`` when its steps train in fp32 only."""
+    if plan.precision != "fp32":
+        raise ValueError(f"precision {plan.precision!r} is not available on the "
+                         f"{plan.model.backend.name} backend, which trains in fp32 only; "
+                         f"bf16 trains on the cpu backend")
 
 
 def label_buffer(dataset, rows):

@@ -845,7 +845,8 @@ def _select(only):
     return None if not only else (lambda row_id: only in row_id)
 
 
-TRAIN_PEERS = ("mlpfast", "numpy", "torch", "torch-tuned", "jax")
+TRAIN_PEERS = ("mlpfast", "numpy", "torch", "torch-tuned", "jax", "mlpfast-bf16", "torch-bf16")
+BF16_PEERS = ("mlpfast-bf16", "torch-bf16")      # mixed precision: compared with each other
 
 
 def _log_result(log, result, what):
@@ -952,20 +953,32 @@ def _compare_line(r, ours, peak):
 
 
 def format_compare(results, peak=None):
-    """The --compare table: per configuration a row per peer and, after the PyTorch runs, a
-    "PyTorch" row repeating the better of them (``better_torch``). best/s and median/s:
-    samples/s of the best and the median timed epoch; %peak: of ``peak`` (GFLOP/s, the
-    measured FMA peak); x best, x median: mlpfast's rate over the peer's."""
+    """The --compare table: per configuration a row per peer and, after the fp32 PyTorch
+    runs, a "PyTorch" row repeating the better of them (``better_torch``). best/s and
+    median/s: samples/s of the best and the median timed epoch; %peak: of ``peak`` (GFLOP/s,
+    the measured FMA peak, fp32 FLOPs); x best, x median: mlpfast's rate over the peer's
+    (for torch-bf16: mlpfast-bf16's); then a line of mlpfast-bf16's median over the others'."""
     lines = [COMPARE_HEADER]
     for config in dict.fromkeys(r["config"] for r in results):
         rows = [r for r in results if r["config"] == config]
-        ours = next((r for r in rows if r["peer"] == "mlpfast" and "samples_per_s" in r), None)
+        ran = {r["peer"]: r for r in rows if "samples_per_s" in r}
         better = better_torch(rows)
         if better is not None:
-            last_torch = max(i for i, r in enumerate(rows) if r["peer"].startswith("torch"))
+            last_torch = max(i for i, r in enumerate(rows)
+                             if r["peer"] in ("torch", "torch-tuned"))
             rows.insert(last_torch + 1, dict(better, peer="PyTorch", threadpools=[],
                                              notes=f"= {better['peer']}, the better median"))
-        lines += [_compare_line(r, ours, peak) for r in rows]
+            ran["PyTorch"] = rows[last_torch + 1]
+        for r in rows:
+            ours = ran.get("mlpfast-bf16" if r["peer"] == "torch-bf16" else "mlpfast")
+            lines.append(_compare_line(r, None if r["peer"] == "mlpfast-bf16" else ours, peak))
+        if "mlpfast-bf16" in ran:
+            bf16 = ran["mlpfast-bf16"]["samples_per_s"]
+            versus = [f"{bf16 / ran[p]['samples_per_s']:.2f}x {name}" for p, name in
+                      (("mlpfast", "mlpfast fp32"), ("jax", "JAX fp32"),
+                       ("PyTorch", "PyTorch fp32"), ("torch-bf16", "PyTorch autocast bf16"))
+                      if p in ran]
+            lines.append(f"{config:<22} mlpfast-bf16 median: {', '.join(versus)}")
     return lines
 
 
@@ -1111,7 +1124,8 @@ def _compare(args, threads, select, peak, inputs, out):
                                       for s in dict.fromkeys(s for s, _ in configs)) +
         " (bench/README.md); x best, x median: mlpfast / peer, best over best and median over "
         "median; torch: default Adam; torch-tuned: fused Adam, denormals flushed; PyTorch: "
-        "the better of the two by median")
+        "the better of the two by median; mlpfast-bf16: precision bf16; torch-bf16: "
+        "torch-tuned under CPU autocast to bf16, its x columns mlpfast-bf16 / torch-bf16")
     for line in format_compare(results, peak):
         out(line)
     rows = compare_rows(results, threads, peak)

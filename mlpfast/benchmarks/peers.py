@@ -11,7 +11,8 @@ reads the one JSON line it prints. Every answer lists the thread pools threadpoo
 the peer and the mlpfast modules it imported (none, but for the mlpfast peer).
 
     peers.py PEER --data DIR --weights DIR --batch 64 --threads 2 --epochs 3
-        PEER: one of TRAINERS. Full MNIST epochs; the same warm-up for all (32 full batches
+        PEER: mlpfast, mlpfast-bf16 (precision="bf16") or one of TRAINERS (torch-bf16:
+        the tuned PyTorch under CPU autocast to bf16). Full MNIST epochs; the same warm-up for all (32 full batches
         and one batch of the epoch's tail size, so JAX compiles both shapes), the same
         initial weights, shuffles and Adam (lr 1e-3) updates; the seconds of every epoch.
     peers.py PEER --infer --data DIR --weights DIR --batch 1024 --threads 2
@@ -214,10 +215,13 @@ def _torch_model(weights, threads):
     return torch.nn.Sequential(*layers)
 
 
-def torch_trainer(weights, threads, tuned=False):
+def torch_trainer(weights, threads, tuned=False, autocast=False):
     """PyTorch eager, Adam; ``tuned``: fused Adam (one kernel for all parameters) and
     denormals flushed to zero, as mlpfast's C kernels do. The flag is set before PyTorch
-    starts its threads, which inherit it."""
+    starts its threads, which inherit it. ``autocast``: forward and loss under
+    torch.autocast("cpu", dtype=torch.bfloat16) (bf16 GEMMs, float32 weights and Adam),
+    PyTorch's mixed precision on CPUs."""
+    import contextlib
     import torch
     if tuned:
         torch.set_flush_denormal(True)
@@ -225,9 +229,15 @@ def torch_trainer(weights, threads, tuned=False):
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True if tuned else None)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    def precision():
+        if autocast:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        with precision():
+            loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -238,7 +248,7 @@ def torch_trainer(weights, threads, tuned=False):
     flushed = float(torch.tensor([1e-39]) * 1.0) == 0.0      # a denormal input read as 0
     notes = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, Adam "
              f"{'fused' if optimizer.defaults['fused'] else 'default'}, denormals "
-             f"{'flushed' if flushed else 'kept'}")
+             f"{'flushed' if flushed else 'kept'}{', autocast bf16' if autocast else ''}")
     return step, lambda: None, notes, classes
 
 
@@ -301,7 +311,10 @@ def jax_trainer(weights, threads):
 
 
 TRAINERS = {"numpy": numpy_trainer, "torch": torch_trainer,
-            "torch-tuned": functools.partial(torch_trainer, tuned=True), "jax": jax_trainer}
+            "torch-tuned": functools.partial(torch_trainer, tuned=True),
+            "torch-bf16": functools.partial(torch_trainer, tuned=True, autocast=True),
+            "jax": jax_trainer}
+MLPFAST_PRECISIONS = {"mlpfast": "fp32", "mlpfast-bf16": "bf16"}
 
 
 # --- epochs ---------------------------------------------------------------------------
@@ -309,13 +322,14 @@ TRAINERS = {"numpy": numpy_trainer, "torch": torch_trainer,
 def train_epochs(peer, data, weights, batch, threads, epochs, seed):
     """Warm-up, then ``epochs`` timed epochs; {epoch_seconds, samples (per epoch), loss (of
     the last epoch), test_accuracy (of the trained model), notes}."""
-    if peer != "mlpfast":          # first, so that a missing library is reported at once
-        step, sync, notes, classes = TRAINERS[peer](weights, threads)
+    if peer not in MLPFAST_PRECISIONS:     # first, so that a missing library is reported
+        step, sync, notes, classes = TRAINERS[peer](weights, threads)     # at once
     (x, y), (x_test, y_test) = read_mnist(data)
     n = len(x)
     warm = WARMUP_BATCHES * batch + n % batch
-    if peer == "mlpfast":
-        return mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm)
+    if peer in MLPFAST_PRECISIONS:
+        return mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm,
+                              MLPFAST_PRECISIONS[peer])
 
     def epoch(order):
         losses = []
@@ -338,26 +352,29 @@ def train_epochs(peer, data, weights, batch, threads, epochs, seed):
     return epoch_result(seconds, losses[-1], n, notes, accuracy)
 
 
-def _mlpfast_model(weights, seed=None):
+def _mlpfast_model(weights, seed=None, precision="fp32"):
     """mlpfast.MLP (relu, the cpu backend) holding ``weights``."""
     from mlpfast import MLP
     sizes = [weights[0][0].shape[1]] + [w.shape[0] for w, _ in weights]
-    model = MLP(sizes, activation="relu", backend="cpu", seed=seed)
+    model = MLP(sizes, activation="relu", backend="cpu", seed=seed, precision=precision)
     model.load_state_dict({f"{2 * i}.{kind}": value for i, layer in enumerate(weights)
                            for kind, value in zip(("weight", "bias"), layer)})
     return model
 
 
-def mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm):
+def mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm, precision):
     from mlpfast import CrossEntropyLoss, fit, get_num_threads, predict
     from mlpfast.optim import Adam
-    model = _mlpfast_model(weights, seed)
+    model = _mlpfast_model(weights, seed, precision)
     optimizer = Adam(model.parameters(), lr=LR)
     fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
         seed=seed, progress=False)
     history = fit(model, optimizer, CrossEntropyLoss(), x, y, epochs=epochs, batch_size=batch,
                   seed=seed + 1, progress=False)
     notes = f"mlpfast backend {model.backend.name}, {get_num_threads()} threads"
+    if precision == "bf16":
+        from mlpfast.kernels.gemm_bf16 import C_KERNELS
+        notes += f", bf16 ({C_KERNELS.name()})"
     accuracy = float(np.mean(predict(model, x_test) == y_test))
     return epoch_result(history["seconds"], history["loss"][-1], len(x), notes, accuracy)
 
@@ -475,7 +492,7 @@ def run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="peers.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("peer", choices=["mlpfast", *TRAINERS])
+    parser.add_argument("peer", choices=[*MLPFAST_PRECISIONS, *TRAINERS])
     parser.add_argument("--data", metavar="DIR", help="MNIST as .npy files (MNIST_FILES)")
     parser.add_argument("--weights", metavar="DIR", help="initial weights w0.npy, b0.npy, ...")
     parser.add_argument("--batch", type=int, default=64)
