@@ -121,6 +121,72 @@ def tile_place(e, down_first, rows, cols):
     return row, e - row * cols
 
 
+def _tile_movers(tile, trans_a, trans_b):
+    """(load_both, store) device functions of one tile: load_both(a, b, a_next, b_next,
+    row0, col0, k0, k_end, m, n, tid) reads this thread's elements of the next BM x BK tile
+    of op(A) and BK x BN tile of op(B) into registers (0 outside the matrices); store(a_tile,
+    b_tile, a_next, b_next, tid) writes them to the shared tiles, as quads:
+    a_tile[kk, quad, i] = op(A)[row0 + 4 quad + i, k0 + kk], b_tile[kk, quad, j] likewise."""
+    BM, BN, BK, TM, TN = tile
+    THREADS = (BM // TM) * (BN // TN)
+    A_LOADS, B_LOADS = BM * BK // THREADS, BK * BN // THREADS      # per thread per tile
+
+    @cuda.jit(device=True)
+    def load(src, values, count, transposed, rows, cols, row0, col0, row_end, col_end, tid):
+        # values[l] = op(src)[row0 + r, col0 + c] for this thread's l-th element (r, c) of a
+        # rows x cols tile (0 outside [0, row_end) x [0, col_end)), src read along its
+        # contiguous axis
+        for l in range(count):
+            r, c = tile_place(tid + l * THREADS, transposed, rows, cols)
+            gr, gc = row0 + r, col0 + c
+            values[l] = 0
+            if gr < row_end and gc < col_end:
+                values[l] = src[gc, gr] if transposed else src[gr, gc]
+
+    @cuda.jit(device=True)
+    def load_both(a, b, a_next, b_next, row0, col0, k0, k_end, m, n, tid):
+        load(a, a_next, A_LOADS, trans_a, BM, BK, row0, k0, m, k_end, tid)
+        load(b, b_next, B_LOADS, trans_b, BK, BN, k0, col0, k_end, n, tid)
+
+    @cuda.jit(device=True)
+    def store(a_tile, b_tile, a_next, b_next, tid):
+        for l in range(A_LOADS):
+            r, kk = tile_place(tid + l * THREADS, trans_a, BM, BK)
+            a_tile[kk, r >> 2, r & 3] = a_next[l]
+        for l in range(B_LOADS):
+            kk, j = tile_place(tid + l * THREADS, trans_b, BK, BN)
+            b_tile[kk, j >> 2, j & 3] = b_next[l]
+    return load_both, store
+
+
+@cuda.jit(device=True)
+def block_origin(BM, BN):
+    """(row0, col0) of this block's tile of C: GROUP_M block rows at a time, column by
+    column, so that consecutive blocks share tiles of A and B in L2."""
+    grid_n, grid_m = cuda.gridDim.x, cuda.gridDim.y
+    block = cuda.blockIdx.y * grid_n + cuda.blockIdx.x
+    first_m = (block // (GROUP_M * grid_n)) * GROUP_M
+    group_rows = min(grid_m - first_m, GROUP_M)
+    in_group = block - first_m * grid_n
+    return (first_m + in_group % group_rows) * BM, (in_group // group_rows) * BN
+
+
+@cuda.jit(device=True)
+def k_slice(k, k_split, BK):
+    """(k_begin, k_end, tiles of BK) of this block's slice of k (grid z: split-K)."""
+    k_begin = cuda.blockIdx.z * k_split
+    k_end = min(k, k_begin + k_split)
+    return k_begin, k_end, (k_end - k_begin + BK - 1) // BK if k_end > k_begin else 0
+
+
+def _launch_bounds(threads):
+    """256-thread blocks: at most 128 registers, so that two blocks share an SM (the
+    simulator takes no launch bounds)."""
+    if simulator_enabled():
+        return {}
+    return {"launch_bounds": (threads, 2) if threads >= 256 else threads}
+
+
 @functools.lru_cache(maxsize=None)
 def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
                 tile=TILE_SIMULATOR, dact="identity", split=False):
@@ -143,42 +209,11 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
     element = from_dtype(np.dtype(dtype))
     finish = _epilogue(activation, dact, has_bias)
     second_pass = activation not in INLINE_ACTIVATIONS and not split
-    act = DEVICE_FORWARD[activation]
-
-    @cuda.jit(device=True)
-    def load(src, values, count, transposed, rows, cols, row0, col0, row_end, col_end, tid):
-        # values[l] = op(src)[row0 + r, col0 + c] for this thread's l-th element (r, c) of a
-        # rows x cols tile (0 outside [0, row_end) x [0, col_end)), src read along its
-        # contiguous axis
-        for l in range(count):
-            r, c = tile_place(tid + l * THREADS, transposed, rows, cols)
-            gr, gc = row0 + r, col0 + c
-            values[l] = 0
-            if gr < row_end and gc < col_end:
-                values[l] = src[gc, gr] if transposed else src[gr, gc]
-
-    @cuda.jit(device=True)
-    def load_both(a, b, a_next, b_next, row0, col0, k0, k_end, m, n, tid):
-        load(a, a_next, A_LOADS, trans_a, BM, BK, row0, k0, m, k_end, tid)
-        load(b, b_next, B_LOADS, trans_b, BK, BN, k0, col0, k_end, n, tid)
-
-    @cuda.jit(device=True)
-    def store(a_tile, b_tile, a_next, b_next, tid):
-        # a_tile[kk, quad, i] = op(A)[row0 + 4 quad + i, k0 + kk]; b_tile[kk, quad, j] likewise
-        for l in range(A_LOADS):
-            r, kk = tile_place(tid + l * THREADS, trans_a, BM, BK)
-            a_tile[kk, r >> 2, r & 3] = a_next[l]
-        for l in range(B_LOADS):
-            kk, j = tile_place(tid + l * THREADS, trans_b, BK, BN)
-            b_tile[kk, j >> 2, j & 3] = b_next[l]
-
-    # 256-thread blocks: at most 128 registers, so that two blocks share an SM (the
-    # simulator takes no launch bounds)
-    bounds = {} if simulator_enabled() else {
-        "launch_bounds": (THREADS, 2) if THREADS >= 256 else THREADS}
+    activate_own = _own_outputs_pass(tile, activation)
+    load_both, store = _tile_movers(tile, trans_a, trans_b)
     ALIGN = None if simulator_enabled() else 16          # the simulator refuses alignment
 
-    @cuda.jit(**bounds)
+    @cuda.jit(**_launch_bounds(THREADS))
     def kernel(a, b, c, bias, y, work, alpha, beta, m, n, k, k_split):
         # a: (m, k), or (k, m) if trans_a;  b: (k, n), or (n, k) if trans_b;  c, y: (m, n)
         a_tiles = cuda.shared.array((2, BK, A_QUADS, 4), element, alignment=ALIGN)
@@ -191,17 +226,8 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
         tid = cuda.threadIdx.x
         ty = tid // COL_THREADS
         tx = tid - ty * COL_THREADS
-        # block (block_m, block_n): GROUP_M block rows at a time, column by column
-        grid_n, grid_m = cuda.gridDim.x, cuda.gridDim.y
-        block = cuda.blockIdx.y * grid_n + cuda.blockIdx.x
-        first_m = (block // (GROUP_M * grid_n)) * GROUP_M
-        group_rows = min(grid_m - first_m, GROUP_M)
-        in_group = block - first_m * grid_n
-        row0 = (first_m + in_group % group_rows) * BM
-        col0 = (in_group // group_rows) * BN
-        k_begin = cuda.blockIdx.z * k_split
-        k_end = min(k, k_begin + k_split)
-        tiles = (k_end - k_begin + BK - 1) // BK if k_end > k_begin else 0
+        row0, col0 = block_origin(BM, BN)
+        k_begin, k_end, tiles = k_slice(k, k_split, BK)
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = 0
@@ -238,15 +264,28 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
             # a transcendental activation in a second pass over this thread's own outputs:
             # inside the loop above its long body would stop the compiler from unrolling,
             # and acc would move from registers to local memory
-            for i in range(TM):
-                r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
-                if r < m:
-                    for j in range(TN):
-                        col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
-                        if col < n:
-                            c[r, col] = act(c[r, col], 0.0)
+            activate_own(c, m, n, row0, col0, ty, tx)
 
     return kernel, THREADS
+
+
+def _own_outputs_pass(tile, activation):
+    """activate_own(c, m, n, row0, col0, ty, tx): c = f(c) on the outputs of thread (ty, tx)
+    of the block whose tile starts at (row0, col0)."""
+    BM, BN, BK, TM, TN = tile
+    ROW_THREADS, COL_THREADS = BM // TM, BN // TN
+    act = DEVICE_FORWARD[activation]
+
+    @cuda.jit(device=True)
+    def activate_own(c, m, n, row0, col0, ty, tx):
+        for i in range(TM):
+            r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
+            if r < m:
+                for j in range(TN):
+                    col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
+                    if col < n:
+                        c[r, col] = act(c[r, col], 0.0)
+    return activate_own
 
 
 @functools.lru_cache(maxsize=None)
