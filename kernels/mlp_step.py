@@ -45,7 +45,7 @@ from . import _numba_math as nm
 from ._checks import check_float_array, check_mlp_step, check_optimizer_state
 from .activations import DERIVATIVE, _gelu, _gelu_derivative, _gelu_tanh, \
     _gelu_tanh_derivative, c_code
-from .dropout import _philox_numba, scale_for as dropout_scale, stream as dropout_stream
+from .dropout import row_bits, scale_for as dropout_scale, stream as dropout_stream
 from .losses import _cross_entropy_rows
 from .optim import renorm_row
 
@@ -237,20 +237,16 @@ def _dropout(x, drop, scale, step, keep, out):
     rows, cols = x.shape
     step = drop[4] + np.uint64(step)
     step_lo, step_hi = step & np.uint64(0xFFFFFFFF), step >> np.uint64(32)
+    bits = np.empty(cols + 6, np.uint32)
     for r in range(rows):
-        c = 0
-        while c < cols:
-            i = np.uint64(r * cols + c)
-            words = _philox_numba(i >> np.uint64(2), drop[3], step_lo, step_hi, drop[1],
-                                  drop[2])
-            for w in range(int(i & np.uint64(3)), 4):
-                if c == cols:
-                    break
-                kept = words[w] >= drop[0]
-                if keep.shape[1]:
-                    keep[r, c] = kept
-                out[r, c] = x[r, c] * scale if kept else ZERO
-                c += 1
+        offset = row_bits(r * cols, cols, drop[3], step_lo, step_hi, drop[1], drop[2], bits)
+        xr, outr = x[r], out[r]
+        if keep.shape[1]:
+            keepr = keep[r]
+            for c in range(cols):
+                keepr[c] = bits[offset + c] >= drop[0]
+        for c in range(cols):
+            outr[c] = xr[c] * scale if bits[offset + c] >= drop[0] else ZERO
 
 
 @njit(fastmath=_FASTMATH, cache=True)
