@@ -162,9 +162,9 @@ narrow_block(const int R, const int J, int64_t k, const float *a, int64_t lda, c
 }
 
 /* Four rows at a time (1-3 for the last ones); the n columns in blocks of at most five,
- * as even as possible (10 = 5 + 5, 16 = 4 x 4). Measured 256 x 10 x 1024 on one core:
- * 88 us (60 GFLOP/s), against 144 us through the 12 x 32 tiles, which pack A and leave
- * 22 of 32 columns empty. (Chunks of k kept in L1 and 2-row blocks: no faster.) */
+ * as even as possible (10 = 5 + 5, 16 = 4 x 4): faster on narrow products than the 12 x 32
+ * tiles, which pack A and leave 22 of 32 columns empty at n = 10 (bench/README.md,
+ * "Narrow products"). */
 AVX512 static void sgemm_avx512_narrow_nt(int64_t rows, int64_t n, int64_t k, const float *a,
                                           int64_t lda, const float *b, int64_t ldb, float *c,
                                           int64_t ldc, const mlpf_tile_epilogue *ep)

@@ -4,9 +4,9 @@
  *
  * Why here and not only in Numba: in a training step these passes come right after the
  * step's last GEMM, while the pool's workers still spin, so they start on every core at
- * once; a Numba parallel kernel would first wake OpenMP's sleeping threads (about 55 us
- * here) and then share the cores with the spinning GEMM workers. Each thread takes one
- * contiguous range, cut at multiples of 16 floats (64-byte cache lines).
+ * once; a Numba parallel kernel would first wake OpenMP's sleeping threads and then
+ * share the cores with the spinning GEMM workers. Each thread takes one contiguous range,
+ * cut at multiples of 16 floats (64-byte cache lines).
  */
 #include <math.h>
 #include <stdint.h>

@@ -22,7 +22,7 @@
  * (|x| < 1.2e-38 in float32) takes a microcode assist of 100+ cycles. They do occur in
  * training: Adam's first moment of a weight whose gradient stays 0 (a pixel that is 0 in
  * every image) shrinks by beta1 = 0.9 per step and is denormal after ~800 steps, which
- * measured +30% per step at batch 64 from the second epoch on. */
+ * slowed training steps from the second epoch on (bench/README.md, "Thread pool"). */
 static unsigned flush_denormals(void)
 {
     const unsigned before = _mm_getcsr();
@@ -44,10 +44,10 @@ static void run_in_caller(mlpf_task task, void *arg, int index, int n)
     restore_denormals(before);
 }
 
-enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* ~25 us of pause before the caller yields */
+enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* pauses before the caller yields */
 /* How long an idle worker spins before it sleeps: longer than the Python between two
- * GEMM calls of a training step (5-20 us, more on a busy machine), short next to the
- * Numba kernels in between, whose threads it would otherwise keep from the cores. */
+ * GEMM calls of a training step, short next to the Numba kernels in between, whose threads
+ * it would otherwise keep from the cores. */
 static const double SPIN_MICROSECONDS = 200.0;
 
 static double now_microseconds(void)

@@ -30,16 +30,8 @@ them (activations, softmax, cross-entropy) keep up with memory only when the mat
     exp_shifted_sum(row, top, e_row, ahead)   e_row = exp(row - top) and its sum, while
                  prefetching the array ahead (softmax and cross-entropy)
 The tests check every kernel that uses them against the float64 NumPy references.
-Measured with python bench/compare_bandwidth.py (64 MiB arrays, 1 thread, fraction of
-copy bandwidth; the previous kernels, a Taylor exp with floor and two-part ln2, timed
-side by side in the same run): sigmoid 0.75 -> 0.85, tanh 0.72 -> 0.80, gelu 0.73 ->
-0.77, gelu_tanh 0.66 -> 0.80, softmax 0.53 -> 0.72, softmax-cross-entropy 0.52 -> 0.73,
-gelu backward 0.76 -> 0.80 (relu, the bound for a pass that reads and writes: 0.83-0.86).
-Softmax and cross-entropy are held back by their three passes over each row more than by
-exp: with exp taken out, the same passes reach 0.73-0.78; streaming stores (below) take
-them to 0.80-0.82 on 1 thread and 0.79-0.81 on 2, prefetching (below) to 1.0-1.1 on 1
-thread. On 2 threads the others measured 0.70-0.80 (gelu, gelu_tanh and gelu backward
-closest to 0.7; load average 1.4).
+Fractions of copy bandwidth with these approximations and with the Taylor exp they
+replaced: bench/README.md, "Float32 math".
 
 The kernels that call these functions are compiled with their code inlined; an edit here
 recompiles them all (the cache stamp of every kernel covers every kernels/*.py file:
@@ -234,7 +226,7 @@ def _maxnum(typingctx, a, b):
 def row_max(row):
     """max of a 1-D array. LLVM vectorizes the llvm.maxnum chain as a reduction; it does
     not vectorize max() or a compare-and-select chain (Numba puts no fast-math flags on
-    comparisons): 17.5 against 0.8 Gelem/s on rows of 1024 float32 in L1."""
+    comparisons)."""
     top = row[0]
     for j in range(1, row.shape[0]):
         top = _maxnum(top, row[j])
@@ -247,14 +239,9 @@ def row_max(row):
 # the scaling); while the core computes the exps of one row, the hardware prefetcher does not
 # fetch the next rows, so each row's first pass waits for memory. On large arrays (when they
 # stream their output) they prefetch the row PREFETCH_BYTES ahead during the exp pass, one
-# prefetch per 64-byte line, in bursts of BURST values. Measured against the same kernels
-# without it, side by side in one process (64 MiB, rows of 1024, fraction of copy
-# bandwidth, three runs): on 1 thread softmax 0.79-0.83 -> 1.05-1.13 and cross-entropy
-# 0.81-0.83 -> 1.00-1.08; on 2 threads no clear change (0.67-0.87 before and 0.72-0.87
-# after) until the scratch row was placed at the row's page offset (same_page_offset):
-# then 0.98-1.05, against 0.75-0.78 for the kernels without either, in three runs.
-# Prefetching 4 or 16 KiB ahead, or into L2 only, was no better; prefetching a whole row
-# at once, before its exp pass, gained nothing.
+# prefetch per 64-byte line, in bursts of BURST values. On 2 threads it pays only with the
+# scratch row at the row's page offset (same_page_offset). Measurements, and the distances
+# and forms that were no better: bench/README.md, "Prefetching in softmax and cross-entropy".
 
 PREFETCH_BYTES = 8 << 10
 PREFETCH_MIN_BYTES = THRESHOLDS["prefetch_min_bytes"]
@@ -305,7 +292,7 @@ def prefetch_burst(ahead, start):
 def burst(start, n):
     """range(start, min(start + BURST, n)) as uint64: the loop over it vectorizes. With
     signed indices it does not (Numba wraps negative indices, and a loop that starts
-    anywhere but 0 may reach them): gelu forward, 64 MiB, 2.2x slower."""
+    anywhere but 0 may reach them)."""
     return range(np.uint64(start), np.uint64(min(start + BURST, n)))
 
 
@@ -325,9 +312,7 @@ def same_page_offset(scratch_row, row):
     """The row.shape[0] values of scratch_row (from scratch_rows) that start at the same
     offset within a 4 KiB page as row. The exp pass loads row ahead of its stores to the
     scratch; a store whose low 12 address bits match a later load's makes the CPU wait
-    for a false dependency ("4K aliasing"). Softmax, 64 MiB, 2 threads: 0.70-0.76 of copy
-    bandwidth with the scratch 256 bytes below the row in the page, 0.89-1.02 at the same
-    offset (the scratch used to land anywhere: 0.69-1.03 from one process to the next)."""
+    for a false dependency ("4K aliasing"; bench/README.md, "4K aliasing")."""
     shift = ((row.ctypes.data - scratch_row.ctypes.data) % PAGE_BYTES) // row.itemsize
     return scratch_row[shift:shift + row.shape[0]]
 
@@ -344,7 +329,7 @@ def exp_shifted_sum(row, top, e_row, ahead):
         prefetch_burst(ahead, start)
         src, dst = row[start:start + BURST], e_row[start:start + BURST]
         part = row.dtype.type(0)
-        for j in range(BURST):    # a constant trip count: twice as fast as a slice's
+        for j in range(BURST):    # a constant trip count: faster than a slice's
             e = exp_nonpositive(src[j] - top)
             dst[j] = e
             part += e
@@ -356,7 +341,7 @@ def exp_shifted_sum(row, top, e_row, ahead):
 @njit(fastmath=True, cache=True, inline="always")
 def _exp_shifted_sum(row, top, e_row):
     """exp_shifted_sum without prefetching. The loop starts at 0: a loop from a start that
-    may be negative does not vectorize (Numba wraps negative indices), 15x slower."""
+    may be negative does not vectorize (Numba wraps negative indices)."""
     total = row.dtype.type(0)
     for j in range(row.shape[0]):
         e = exp_nonpositive(row[j] - top)
@@ -371,10 +356,8 @@ def _exp_shifted_sum(row, top, e_row):
 # writes a large output moves its bytes twice, and memcpy, which the copy bandwidth is
 # measured with, does not. Streaming (non-temporal) stores write whole 64-byte lines
 # without reading them and without keeping them in cache: softmax and cross-entropy use
-# them for outputs of at least STREAM_MIN_BYTES (python bench/compare_bandwidth.py, 64 MiB:
-# softmax 0.71 -> 0.80 of copy bandwidth on 1 thread, 0.52 -> 0.79 on 2; cross-entropy
-# 0.71 -> 0.82 and 0.50 -> 0.81). Small outputs, which the next layer reads from cache,
-# keep plain stores.
+# them for outputs of at least STREAM_MIN_BYTES (bench/README.md, "Streaming stores").
+# Small outputs, which the next layer reads from cache, keep plain stores.
 
 STREAM_MIN_BYTES = THRESHOLDS["stream_min_bytes"]
 STREAM_BYTES = 64                     # one AVX-512 store
@@ -438,7 +421,7 @@ def scale_row(dst, src, scale, stream):
     for j in range(head):
         dst[j] = src[j] * scale
     j = head
-    while j + lanes <= n:     # as a range loop LLVM unrolls it 8 times: 7% slower, 2 threads
+    while j + lanes <= n:     # as a range loop LLVM unrolls it 8 times, which is slower
         _stream_scaled(dst, j, src, j, scale)
         j += lanes
     for k in range(j, n):

@@ -186,7 +186,7 @@ VARIANTS = {"numpy": REFERENCE}
 # One kernel per formula: prange over rows, a vectorized loop over columns, written into
 # ``out`` (which may be x for forward, grad_y for backward). exp/tanh/sigmoid/Phi come
 # from _numba_math: polynomial and rational approximations in float32 (they vectorize;
-# libm does not), libm in float64. Fractions of copy bandwidth: see _numba_math.
+# libm does not), libm in float64. Their speed: bench/README.md, "Float32 math".
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _copy_numba(x, out):
@@ -267,14 +267,10 @@ def _leaky_relu_backward_numba(grad_y, x, slope, out):
 # and on large arrays the hardware prefetcher does not run far enough ahead: their
 # *_prefetching twins go through each row in bursts and prefetch the rows ahead
 # (_numba_math, "prefetching"). _run picks the twin when x has PREFETCH_MIN_BYTES or more
-# and out overlaps no input: in place LLVM cannot vectorize the bursts (out and x alias:
-# 8x slower), where it does vectorize the plain loop (one kernel holding both loops, the
-# branch taken at run time, lost that too). bench/compare_bandwidth.py, runs with and
-# without the twins alternated, 64 MiB, fraction of copy bandwidth: on 2 threads tanh, gelu
-# and gelu_tanh forward 0.72-0.78 -> 0.91-0.95, gelu backward 0.72-0.75 -> 0.79-0.81; on 1
-# thread 0.72-0.75 -> 0.86-0.88 and 0.76-0.77 -> 0.79.
-# Prefetching made the cheaper kernels slower (relu forward 0.82-0.86 -> 0.67-0.68,
-# sigmoid and tanh backward 0.79-0.85 -> 0.69-0.73): they have no twin.
+# and out overlaps no input: in place LLVM cannot vectorize the bursts (out and x alias),
+# where it does vectorize the plain loop (one kernel holding both loops, the branch taken at
+# run time, lost that too). Prefetching made the cheaper kernels slower: they have no twin
+# (bench/README.md, "Prefetching twins of the activations").
 
 def _gelu(v):
     """gelu(v) = v Phi(v)."""
@@ -437,7 +433,7 @@ def _row_scratch(x, out):
     """(scratch, stream) for a row-wise kernel reading x and writing out (rows, cols): one
     band per thread; scratch rows for e when out is large enough for streaming stores, or
     when out overlaps x (e written into out would alias the x being read: the exp loop
-    then does not vectorize, softmax in place on 256x1024 took 2.2 ns per value, not 0.5)."""
+    then does not vectorize)."""
     bands = max(1, min(get_threads(), out.shape[0]))
     stream = out.nbytes >= nm.STREAM_MIN_BYTES and out.flags.c_contiguous
     need_rows = stream or np.may_share_memory(x, out)

@@ -148,9 +148,7 @@ if gemm.c_available():
 # bias_grad_numba: column sums as a parallel reduction; each thread sums a band of
 # rows into its own (out,) partial, then the partials are added. The partials sit at the
 # page offset of the rows they add (no 4K aliasing) and never share a cache line (no false
-# sharing between the threads): bench/compare_bandwidth.py, 64 MiB, 2 threads, runs
-# alternated with the previous version, 28.6-31.1 -> 43.6-46.6 GB/s (0.76-0.95 -> 1.24-1.30
-# of copy bandwidth).
+# sharing between the threads): bench/README.md, "Bias gradient partials".
 
 @njit(fastmath=True, cache=True)
 def _column_sums(grad_y, row_start, row_end, partial):

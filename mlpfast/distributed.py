@@ -55,8 +55,9 @@ BLOB_BYTES = 8192          # one rank's message in the start-up exchange and in 
 ALARM_TAG = 7071
 # A collective progresses only while its ranks call into MPI: a waiting rank tests in a
 # loop for SPIN_SECONDS (as MPI's blocking calls do; yielding the CPU to other processes
-# between tests made a 0.9 MiB allreduce take 5 ms instead of 0.15 under load), then
-# sleeps NAP_SECONDS between tests (a rank that slow is not waiting on the network).
+# between tests slows a collective under load: bench/README.md, "Measured on this
+# machine"), then sleeps NAP_SECONDS between tests (a rank that slow is not waiting on the
+# network).
 SPIN_SECONDS = 1.0
 NAP_SECONDS = 1e-3
 LOOK_SECONDS = 0.25        # between looks for alarms and for local ranks that are gone
