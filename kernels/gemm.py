@@ -281,7 +281,8 @@ if c_available():
 # (_take_item), so that a thread the OS deschedules on a busy machine does not hold up the
 # call; each packs op(A) once for all its chunks. Otherwise C is cut into a gm x gn grid,
 # one block per thread, chosen as in the C GEMM to re-pack least (each extra grid column
-# re-packs A, each row B). Speed against OpenBLAS: bench/README.md, "GEMM".
+# re-packs A, each row B). Speed against OpenBLAS: README.md, "Benchmarks"
+# (bench/compare_gemm_numba.py).
 
 
 def _host_family():
