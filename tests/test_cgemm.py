@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_close, run_guarded
 
 import mlpfast
-from mlpfast.kernels import gemm, linear
+from mlpfast.kernels import gemm, gemm_bf16, linear
 
 pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C GEMM not built")
 
@@ -444,3 +444,23 @@ def test_c_kernels_flush_denormals_and_leave_the_callers_mode_alone(threads):
     assert (exp_avg == 0).all()
     tiny = np.float32(1e-39) * np.float32(0.5)               # denormal arithmetic in NumPy
     assert tiny != 0 and tiny < np.float32(1e-39)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="the flush mode is set on x86 only")
+@pytest.mark.parametrize("dtype,tiny", [(np.float32, 1e-39), (np.float64, 1e-310)])
+@pytest.mark.parametrize("k,alpha", [(0, 1.0), (3, 0.0)])
+def test_vanishing_product_path_flushes_denormals_too(dtype, tiny, k, alpha):
+    # k == 0 or alpha == 0: C = act(beta C + bias) without a product, still flushed: a
+    # denormal C read as 0 (DAZ), a denormal beta * C written as 0 (FTZ)
+    tiny, normal = dtype(tiny), np.finfo(dtype).tiny          # denormal, smallest normal
+    a, b = np.ones((2, k), dtype), np.ones((k, 3), dtype)
+    for beta, c0 in ((1.0, np.full((2, 3), tiny)), (0.25, np.full((2, 3), normal))):
+        assert 0 < beta * c0[0, 0] < normal                  # denormal in NumPy's arithmetic
+        out = c0.astype(dtype)
+        gemm.gemm_c_fused(a, b, out, False, False, alpha, beta, None, 0)
+        assert np.array_equal(out, np.zeros((2, 3), dtype)), (beta, out)
+        if dtype == np.float32:                              # the bf16 GEMM's path too
+            out = c0.astype(dtype)
+            gemm_bf16.VARIANTS["c"]["sbgemm"](a, b, out, alpha=alpha, beta=beta)
+            assert np.array_equal(out, np.zeros((2, 3), dtype)), ("bf16", beta, out)
