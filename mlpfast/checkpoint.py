@@ -54,27 +54,40 @@ def atomic_write(path, write):
     the rename is atomic), are flushed and fsync'ed, then renamed over ``path``; the
     directory is fsync'ed so the rename itself survives a power loss. Temporary files
     left by killed writers of the same target are removed first.
+
+    If anything fails (a full disk, a read-only folder, an error in ``write``), the
+    temporary file is removed and ``path`` keeps its previous contents; an OSError is
+    raised again as an OSError of the same errno (and subclass) naming ``path``.
     """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"checkpoint directory {directory} does not exist")
-    _remove_stale_temporaries(directory, name)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # mode honours umask
     try:
+        _remove_stale_temporaries(directory, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:             # never created; else a later write removes it
             pass
+        if isinstance(e, OSError):
+            raise _naming(path, e) from e
         raise
     _fsync_directory(directory)
+
+
+def _naming(path, error):
+    """The OSError ``error`` again with a message naming ``path``: same errno, so the same
+    subclass (PermissionError for EACCES, ...)."""
+    message = f"could not write {path}: {error.strerror or error}; the file is unchanged"
+    return OSError(error.errno, message) if error.errno is not None else OSError(message)
 
 
 def _fsync_directory(directory):
