@@ -1,6 +1,7 @@
 """Fuzzing (hypothesis): parsers, loaders and kernel argument checks fed random and mutated
 input give a clean error (ValueError/TypeError) or a correct result, never a crash, a hang
-or a half-applied change.
+or a half-applied change. A kernel variant gives the reference's result, or refuses what the
+reference refuses (or an out= overlapping an input); refusing valid input is a failure.
 
 Examples per target: MLPFAST_FUZZ_EXAMPLES (default 150; CI runs the default). Each example
 must finish within a 60 s deadline (room for Numba compiling a new signature), which turns
