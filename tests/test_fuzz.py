@@ -473,6 +473,10 @@ def test_fuzz_optimizer_arguments(variant, data):
                         dict(step=data.draw(st.integers(0, 3)), lr=1e-3, beta1=0.9,
                              beta2=0.999, eps=1e-8, weight_decay=0.0,
                              decoupled=data.draw(st.booleans())))
+    if "max_norm" in table:
+        weight = data.draw(arrays((data.draw(st.integers(0, 5)), data.draw(st.integers(0, 5)))))
+        max_norm = data.draw(st.sampled_from([0.5, 3.0, 0.0, -1.0, float("inf"), True, "1"]))
+        _call_and_check(table["max_norm"], reference["max_norm"], (weight, max_norm), {})
 
 
 @pytest.mark.parametrize("variant", sorted(data.VARIANTS))
