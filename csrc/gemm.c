@@ -112,21 +112,6 @@ int mlpf_set_kernel(const char *name)
 
 /* --- the trivial cases ------------------------------------------------------------- */
 
-/* C = act(beta C + bias) when the product vanishes (k == 0 or alpha == 0). */
-#define DEFINE_SCALE(NAME, T)                                                             \
-static void NAME(int64_t m, int64_t n, T beta, T *c, int64_t ldc, const T *bias, int act) \
-{                                                                                         \
-    for (int64_t i = 0; i < m; i++)                                                       \
-        for (int64_t j = 0; j < n; j++) {                                                 \
-            T v = beta == 0 ? (T)0 : beta * c[i * ldc + j];                               \
-            if (bias) v += bias[j];                                                       \
-            if (act == MLPF_ACT_RELU && v < 0) v = 0;                                     \
-            c[i * ldc + j] = v;                                                           \
-        }                                                                                 \
-}
-DEFINE_SCALE(sscale, float)
-DEFINE_SCALE(dscale, double)
-
 /* --- packing (portable versions; a config may bring faster ones) --------------------- */
 
 /* dst[p*R + r] = src[r*ld + p] for r < rows, 0 for rows <= r < R: rows of src run along p. */
@@ -422,11 +407,32 @@ static void narrow_task(void *arg, int index, int threads)
                           g->c + r0 * g->ldc, g->ldc, &ep);
 }
 
-/* Runs the call described by g (sizes, operands and epilogue set, m, n, k > 0). */
+/* C = act(beta C + bias), then C *= f'(Y) for mlpf_sgemm_dact: a call whose product
+ * vanishes (k == 0 or alpha == 0; A and B are not read). */
+static void sscale_task(void *arg, int index, int threads)
+{
+    const sgemm_call *g = arg;
+    (void)index, (void)threads;
+    for (int64_t i = 0; i < g->m; i++)
+        for (int64_t j = 0; j < g->n; j++) {
+            float v = g->beta == 0 ? 0.0f : g->beta * g->c[i * g->ldc + j];
+            if (g->bias) v += g->bias[j];
+            if (g->relu && v < 0) v = 0;
+            g->c[i * g->ldc + j] = v;
+        }
+    if (g->y) sapply_dact(g->m, g->n, g->c, g->ldc, g->y, g->ldy, g->dact);
+}
+
+/* Runs the call described by g (sizes, operands and epilogue set, m, n > 0). Every path
+ * runs as a pool task, so with denormals flushed (threadpool.c). */
 static int sgemm_run(sgemm_call *g)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
+    if (k == 0 || g->alpha == 0.0f) {
+        mlpf_pool_run(1, sscale_task, g);
+        return MLPF_OK;
+    }
     int threads = mlpf_threads_for((double)m * n * k);
     if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
         mlpf_pool_run((int)imin(threads, (m + 3) / 4), narrow_task, g);
@@ -466,10 +472,6 @@ int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 {
     CHECK_ARGS(float)
     if (m == 0 || n == 0) return MLPF_OK;
-    if (k == 0 || alpha == 0.0f) {
-        sscale(m, n, beta, c, ldc, bias, act);
-        return MLPF_OK;
-    }
     sgemm_call g = {
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
@@ -481,16 +483,11 @@ int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                     float *c, int64_t ldc, const float *y, int64_t ldy, int dact)
 {
-    const float beta = 0.0f, *bias = NULL;
+    const float beta = 0.0f;
     const int act = MLPF_ACT_IDENTITY;
     CHECK_ARGS(float)
     CHECK_DACT_ARGS
     if (m == 0 || n == 0) return MLPF_OK;
-    if (k == 0 || alpha == 0.0f) {
-        sscale(m, n, beta, c, ldc, bias, act);
-        sapply_dact(m, n, c, ldc, y, ldy, dact);
-        return MLPF_OK;
-    }
     sgemm_call g = {
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
@@ -539,8 +536,10 @@ static void dgemm_task(void *arg, int index, int threads)
     }
 }
 
+/* Runs the call on the pool (so with denormals flushed, threadpool.c), m, n > 0. */
 static int dgemm_run(dgemm_call *g)
 {
+    if (g->alpha == 0.0) g->k = 0;              /* the product vanishes: A and B not read */
     int threads = mlpf_threads_for((double)g->m * g->n * g->k);
     mlpf_pool_run((int)imin(threads, g->m), dgemm_task, g);
     return MLPF_OK;
@@ -552,10 +551,6 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 {
     CHECK_ARGS(double)
     if (m == 0 || n == 0) return MLPF_OK;
-    if (k == 0 || alpha == 0.0) {
-        dscale(m, n, beta, c, ldc, bias, act);
-        return MLPF_OK;
-    }
     dgemm_call g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, lda, ldb, c, ldc, bias, act};
     return dgemm_run(&g);
 }
@@ -569,11 +564,6 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     CHECK_ARGS(double)
     CHECK_DACT_ARGS
     if (m == 0 || n == 0) return MLPF_OK;
-    if (k == 0 || alpha == 0.0) {
-        dscale(m, n, beta, c, ldc, bias, act);
-        dapply_dact(m, n, c, ldc, y, ldy, dact);
-        return MLPF_OK;
-    }
     dgemm_call g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, lda, ldb, c, ldc, bias, act,
                     y, ldy, dact};
     return dgemm_run(&g);

@@ -221,10 +221,13 @@ static int sbgemm_run(sbgemm_call *g)
 }
 
 /* C = act(beta C + bias) (* f'(Y)): the epilogue of a vanishing product (k == 0 or
- * alpha == 0), a row of at most MLPF_MAX_NR columns at a time. */
-static void store_zero_product(const sbgemm_call *g)
+ * alpha == 0), a row of at most MLPF_MAX_NR columns at a time. A one-thread pool task, so
+ * with denormals flushed like every other path (threadpool.c). */
+static void store_zero_product(void *arg, int index, int threads)
 {
+    const sbgemm_call *g = arg;
     static const float zeros[MLPF_MAX_NR] __attribute__((aligned(64)));
+    (void)index, (void)threads;
     for (int64_t i = 0; i < g->m; i++)
         for (int64_t j = 0; j < g->n; j += MLPF_MAX_NR)
             store_block(g, zeros, 0, i, j, 1, imin(MLPF_MAX_NR, g->n - j));
@@ -237,7 +240,7 @@ static int sbgemm_start(sbgemm_call *g)
 {
     g->cfg = sbgemm_config();
     if (g->k == 0 || g->ep.alpha == 0.0f) {
-        store_zero_product(g);
+        mlpf_pool_run(1, store_zero_product, g);
         return MLPF_OK;
     }
     return sbgemm_run(g);

@@ -9,6 +9,8 @@ Versions:
     shape. out may have another dtype than src (e.g. uint8 pixels -> float32): values
     are cast.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -61,17 +63,19 @@ def _gather_rows_numba(src, index, out):
 
 
 def gather_numba(src, index, out):
-    """out[i] = src[index[i]], rows copied in parallel into the preallocated out."""
+    """out[i] = src[index[i]], rows copied in parallel into the preallocated out (through a
+    C-ordered copy when out is another view); dtypes Numba lacks (float16, complex, ...)
+    go to the reference."""
     check_gather_args(src, index, out)
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous for the numba gather")
-    for name, a in (("src", src), ("out", out)):
-        if a.dtype.kind not in "biuf" or a.dtype == np.float16:
-            raise TypeError(f"{name} must be a bool, integer, float32 or float64 array for "
-                            f"the numba gather, got {a.dtype}")
-    rows = np.ascontiguousarray(src).reshape(src.shape[0], -1)
-    _numba_config.parallel_call(_gather_rows_numba, rows, index, out.reshape(out.shape[0], -1),
+    if any(a.dtype.kind not in "biuf" or a.dtype == np.float16 for a in (src, out)):
+        return gather_ref(src, index, out)
+    rows = np.ascontiguousarray(src).reshape(src.shape[0], math.prod(src.shape[1:]))
+    dst = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    _numba_config.parallel_call(_gather_rows_numba, rows, index,
+                                dst.reshape(dst.shape[0], math.prod(dst.shape[1:])),
                                 work=2 * out.size)     # reads and writes B rows, not all of src
+    if dst is not out:
+        out[...] = dst
     return out
 
 

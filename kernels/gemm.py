@@ -55,8 +55,10 @@ def gemm_ref(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.
 
 # --- C GEMM through cffi ------------------------------------------------------------
 
-def _c_layout(a, name):
-    """(transposed, ld) of 2-D ``a`` for the C API, which reads row-major matrices.
+def _c_layout(a):
+    """(transposed, ld) of 2-D ``a`` for the C API, which reads row-major matrices, or None
+    when it cannot read ``a`` in place (no unit-stride axis, overlapping or decreasing
+    rows, misaligned strides).
 
     Rows unit-stride (C order, row-strided views): (False, row stride in elements).
     Columns unit-stride (F order, e.g. ``x.T``): a is the transpose of a row-major
@@ -67,7 +69,7 @@ def _c_layout(a, name):
     if a.size == 0:
         return False, max(cols, 1)
     if not a.flags.aligned or a.strides[0] % item or a.strides[1] % item:
-        raise ValueError(f"{name} must be aligned to its itemsize, got strides {a.strides}")
+        return None
     row_step, col_step = a.strides[0] // item, a.strides[1] // item
     if cols == 1 or col_step == 1:
         ld = row_step if rows > 1 else cols
@@ -77,9 +79,27 @@ def _c_layout(a, name):
         ld = col_step if cols > 1 else rows
         if ld >= rows:
             return True, ld
-    raise ValueError(f"{name} must have unit stride along one axis and non-overlapping, "
-                     f"increasing rows (got shape {a.shape}, strides {a.strides}); "
-                     f"pass np.ascontiguousarray({name})")
+    return None
+
+
+def _c_readable(a):
+    """(a, transposed, ld): ``a`` itself when the C API reads it in place, else a C-ordered
+    copy (a strided or reversed view)."""
+    layout = _c_layout(a)
+    if layout is None:
+        a = np.ascontiguousarray(a)
+        layout = _c_layout(a)
+    return (a, *layout)
+
+
+def _c_writable(out, beta):
+    """``out`` when the C API writes it in place (unit stride along its rows), else a
+    C-ordered array to compute into (holding out's values when beta != 0 reads them);
+    the caller copies that result back into ``out``."""
+    layout = _c_layout(out)
+    if layout is not None and not layout[0]:
+        return out
+    return np.ascontiguousarray(out) if beta != 0 else np.empty(out.shape, out.dtype)
 
 
 _C_ERRORS = {-1: "negative size", -2: "row stride too small", -3: "unknown activation",
@@ -89,11 +109,12 @@ _C_ERRORS = {-1: "negative size", -2: "row stride too small", -3: "unknown activ
 def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):
     """out = act(alpha * op(a) @ op(b) + beta * out + bias) in one pass of the C GEMM.
 
-    op(a) is (m, k), op(b) is (k, n); bias is None or a contiguous (n,) vector added to
-    every row; act is the MLPF_ACT_* code of an activation in C_EPILOGUE, applied while
-    each tile is in registers.
-    a and b may be row-strided or transposed (F-order) views; out must have unit stride
-    along its rows and may not overlap a, b or bias. When beta == 0, out is never read.
+    op(a) is (m, k), op(b) is (k, n); bias is None or an (n,) vector added to every row;
+    act is the MLPF_ACT_* code of an activation in C_EPILOGUE, applied while each tile is
+    in registers. Any view works: a, b and bias are read in place when the C API can
+    (row-strided or transposed views) and copied otherwise; out is written in place when
+    its rows have unit stride, else computed in a C-ordered array and copied back. out may
+    not overlap a, b or bias. When beta == 0, out is never read.
     """
     m, n, k = check_gemm_args(a, b, out, trans_a, trans_b, beta)
     if act not in _C_EPILOGUE_CODES.values():
@@ -104,32 +125,32 @@ def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):
             raise ValueError(f"bias must be a {a.dtype} array of shape ({n},), got "
                              f"{getattr(bias, 'dtype', type(bias).__name__)} "
                              f"{getattr(bias, 'shape', '')}")
-        if not bias.flags.c_contiguous:
-            raise ValueError("bias must be contiguous; pass np.ascontiguousarray(bias)")
         if out is not None and np.shares_memory(out, bias):
             raise ValueError("out must not overlap input bias")
+        bias = np.ascontiguousarray(bias)
     if out is None:
         out = np.empty((m, n), dtype=a.dtype)
         beta = 0.0
     if m == 0 or n == 0:
         return out
-    fn, pointer, ta, tb, lda, ldb, ldc = _c_operands(a, b, out, trans_a, trans_b, "gemm")
+    c = _c_writable(out, beta)
+    fn, pointer, a, b, ta, tb, lda, ldb, ldc = _c_operands(a, b, c, trans_a, trans_b, "gemm")
     rc = fn(ta, tb, m, n, k, float(alpha), pointer(a), lda, pointer(b), ldb, float(beta),
-            pointer(out), ldc, pointer(bias), act)
+            pointer(c), ldc, pointer(bias), act)
     if rc != 0:   # the checks above should make this unreachable
         raise RuntimeError(f"mlpf gemm failed: {_C_ERRORS.get(rc, rc)}")
+    if c is not out:
+        out[...] = c
     return out
 
 
-def _c_operands(a, b, out, trans_a, trans_b, entry):
-    """(C function, pointer(array), trans_a, trans_b, lda, ldb, ldc) for a C call on a, b,
-    out: entry "gemm" is mlpf_sgemm/mlpf_dgemm, "gemm_dact" mlpf_sgemm_dact/..._dact."""
-    flip_a, lda = _c_layout(a, "a")
-    flip_b, ldb = _c_layout(b, "b")
-    out_transposed, ldc = _c_layout(out, "out")
-    if out_transposed:
-        raise ValueError(f"out must have unit stride along its last axis (got shape "
-                         f"{out.shape}, strides {out.strides}); pass a C-ordered array")
+def _c_operands(a, b, c, trans_a, trans_b, entry):
+    """(C function, pointer(array), a, b, trans_a, trans_b, lda, ldb, ldc) for a C call on
+    a, b (copied when the C API cannot read them in place) and c (unit stride along its
+    rows): entry "gemm" is mlpf_sgemm/mlpf_dgemm, "gemm_dact" mlpf_sgemm_dact/..._dact."""
+    a, flip_a, lda = _c_readable(a)
+    b, flip_b, ldb = _c_readable(b)
+    ldc = _c_layout(c)[1]
     lib = c_library()
     ffi, clib = lib.ffi, lib.lib
     single = a.dtype == np.float32
@@ -143,26 +164,29 @@ def _c_operands(a, b, out, trans_a, trans_b, entry):
             return ffi.from_buffer(ctype + "[]", x)
         return ffi.cast(ctype + " *", x.ctypes.data)
 
-    return (fn, pointer, int(bool(trans_a) != flip_a), int(bool(trans_b) != flip_b), lda, ldb,
-            ldc)
+    return (fn, pointer, a, b, int(bool(trans_a) != flip_a), int(bool(trans_b) != flip_b),
+            lda, ldb, ldc)
 
 
 def gemm_c_dact(a, b, out, y, dact):
     """out = (a @ b) * f'(y) in one pass of the C GEMM (csrc/gemm.h, mlpf_sgemm_dact):
     dact the code of an activation in C_DERIVATIVE (relu [y > 0], sigmoid y (1 - y), tanh
-    1 - y^2). a (m, k), b (k, n), y and out (m, n); out must not overlap a, b or y. The
-    caller checks shapes and dtypes."""
+    1 - y^2). a (m, k), b (k, n), y and out (m, n); any views, as in gemm_c_fused; out
+    must not overlap a, b or y. The caller checks shapes and dtypes."""
     m, n = out.shape
     if m == 0 or n == 0:
         return out
-    fn, pointer, ta, tb, lda, ldb, ldc = _c_operands(a, b, out, False, False, "gemm_dact")
-    y_transposed, ldy = _c_layout(y, "y")
+    c = _c_writable(out, 0.0)
+    fn, pointer, a, b, ta, tb, lda, ldb, ldc = _c_operands(a, b, c, False, False, "gemm_dact")
+    y, y_transposed, ldy = _c_readable(y)
     if y_transposed:                        # the C side reads y by rows
         y, ldy = np.ascontiguousarray(y), n
-    rc = fn(ta, tb, m, n, a.shape[1], 1.0, pointer(a), lda, pointer(b), ldb, pointer(out), ldc,
+    rc = fn(ta, tb, m, n, a.shape[1], 1.0, pointer(a), lda, pointer(b), ldb, pointer(c), ldc,
             pointer(y), ldy, dact)
     if rc != 0:
         raise RuntimeError(f"mlpf gemm_dact failed: {_C_ERRORS.get(rc, rc)}")
+    if c is not out:
+        out[...] = c
     return out
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from ._checks import check_out
 from ._c_library import c_available, c_library
 from .activations import c_code
-from .gemm import C_DERIVATIVE, C_EPILOGUE, _C_ERRORS, CKernelChoice, _c_layout
+from .gemm import C_DERIVATIVE, C_EPILOGUE, _C_ERRORS, CKernelChoice, _c_layout, _c_readable
 
 BF16 = np.dtype(np.uint16)      # bf16 storage: the upper half of a float32
 F32 = np.dtype(np.float32)
@@ -185,18 +185,19 @@ def _c_pointer(x, ctype="char"):
 
 
 def _c_operand(x, name, trans):
-    """(trans, pointer, type, ld) of operand x: a transposed (F-order) view flips trans."""
-    flip, ld = _c_layout(x, name)
+    """(trans, pointer, type, ld) of operand x: a transposed (F-order) view flips trans; a
+    view without a unit-stride axis is copied (gemm._c_readable)."""
+    x, flip, ld = _c_readable(x)
     return int(bool(trans) != flip), _c_pointer(x), _C_TYPES[x.dtype], ld
 
 
 def _c_rows(x, name):
     """(pointer, type, ld) of x (out, y), which the C side reads by rows."""
-    transposed, ld = _c_layout(x, name)
-    if transposed:
+    layout = _c_layout(x)
+    if layout is None or layout[0]:
         raise ValueError(f"{name} must have unit stride along its last axis (got shape "
                          f"{x.shape}, strides {x.strides}); pass a C-ordered array")
-    return _c_pointer(x), _C_TYPES[x.dtype], ld
+    return _c_pointer(x), _C_TYPES[x.dtype], layout[1]
 
 
 def sbgemm_c(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
@@ -231,7 +232,8 @@ def sbgemm_dact_c(a, b, y, dact, out=None, *, trans_a=False, trans_b=False, alph
     _check_y(y, dact, m, n)
     if m == 0 or n == 0:
         return out
-    if _c_layout(y, "y")[0]:                # the C side reads y by rows
+    layout = _c_layout(y)
+    if layout is None or layout[0]:         # the C side reads y by rows
         y = np.ascontiguousarray(y)
     trans_a, a_ptr, a_type, lda = _c_operand(a, "a", trans_a)
     trans_b, b_ptr, b_type, ldb = _c_operand(b, "b", trans_b)

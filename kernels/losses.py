@@ -243,12 +243,12 @@ def mse_backward_numba(pred, target, out=None):
     check_out(out, pred.shape, pred.dtype, inputs=(("pred", pred), ("target", target)))
     if out is None:
         out = np.empty(pred.shape, dtype=pred.dtype)        # C order, whatever pred's order
-    elif not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous for the numba mse_backward")
+    dst = out if out.flags.c_contiguous else np.empty(pred.shape, dtype=pred.dtype)
     target = np.asarray(target, dtype=pred.dtype)
-    flat_out = out.reshape(-1)
     _numba_config.parallel_call(_mse_backward_numba, _flat(pred), _flat(target),
-                                pred.dtype.type(2.0 / pred.size), flat_out)
+                                pred.dtype.type(2.0 / pred.size), dst.reshape(-1))
+    if dst is not out:                                      # out is another view
+        out[...] = dst
     return out
 
 

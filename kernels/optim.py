@@ -158,14 +158,17 @@ def _max_norm_numba(weight, max_norm):
         renorm_row(weight[r], max_norm)
 
 
-def _flat_views(names_arrays):
-    """1-D views of C-contiguous arrays, or a clear error (updates must be in place)."""
-    views = []
-    for name, a in names_arrays:
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous for the numba optimizer kernels")
-        views.append(a.reshape(-1))
-    return views
+def _flat_views(*arrays):
+    """1-D views of ``arrays``, C-ordered copies of those that are not C-contiguous (the
+    update of a copy is written back by _copy_back)."""
+    return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+
+
+def _copy_back(*pairs):
+    """original[...] = updated for each (original, flat updated) pair that is a copy."""
+    for original, updated in pairs:
+        if not original.flags.c_contiguous:
+            original[...] = updated.reshape(original.shape)
 
 
 def _adam_views(param, grad, exp_avg, exp_avg_sq, step):
@@ -174,8 +177,7 @@ def _adam_views(param, grad, exp_avg, exp_avg_sq, step):
                  exp_avg_sq=exp_avg_sq)
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
-    return _flat_views([("param", param), ("grad", grad), ("exp_avg", exp_avg),
-                        ("exp_avg_sq", exp_avg_sq)])
+    return _flat_views(param, grad, exp_avg, exp_avg_sq)
 
 
 def sgd_numba(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
@@ -184,10 +186,11 @@ def sgd_numba(param, grad, momentum_buf, *, lr, momentum=0.0, nesterov=False, we
     if momentum and momentum_buf is None:
         raise ValueError("momentum_buf is needed when momentum != 0")
     buf = momentum_buf if momentum else param            # unused when momentum == 0
-    p, g, b = _flat_views([("param", param), ("grad", grad), ("momentum_buf", buf)])
+    p, g, b = _flat_views(param, grad, buf)
     t = param.dtype.type
     _numba_config.parallel_call(_sgd_numba, p, g, b, t(lr), t(momentum), bool(nesterov),
                                 t(weight_decay), bool(first_step))
+    _copy_back((param, p), *([(momentum_buf, b)] if momentum else []))
 
 
 def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
@@ -199,6 +202,7 @@ def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0
     _numba_config.parallel_call(
         _adam_numba, *views, t(lr / (1.0 - beta1 ** step)), t(beta1), t(beta2),
         t(1.0 / math.sqrt(1.0 - beta2 ** step)), t(eps), t(l2), t(decay_factor))
+    _copy_back(*zip((param, exp_avg, exp_avg_sq), views[:1] + views[2:]))
 
 
 def max_norm_numba(weight, max_norm):
@@ -225,6 +229,7 @@ def adam_c(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999
                             0.0 if decoupled else weight_decay, decay_factor)
     if rc != 0:
         raise RuntimeError(f"mlpf_sadam failed with status {rc}")
+    _copy_back(*zip((param, exp_avg, exp_avg_sq), views[:1] + views[2:]))
 
 
 if c_available():

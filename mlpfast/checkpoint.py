@@ -3,7 +3,8 @@
 A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` entries, ZIP_STORED):
 
     __checkpoint__     uint8 bytes of the JSON object below
-    model/<name>       each parameter in PyTorch's layout ("0.weight" is (out, in))
+    model/<name>       each parameter and buffer in PyTorch's layout ("0.weight" is (out, in))
+    best/<name>        the same for early stopping's best model (when it has one)
     optimizer/<name>   each flat optimizer state array ("exp_avg", "momentum_buffer", ...)
     order              int64 (N,): the sample order of the epoch in progress (mid-epoch only)
 
@@ -21,25 +22,26 @@ A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` entries, ZIP_STORED)
 
 Writing (``atomic_write``): a temporary file in the same directory, flush, fsync, rename
 over the target, fsync the directory. A crash at any moment leaves either the old file or
-the new one, never a mixture. Reading (``read_checkpoint``) checks the zip CRCs, each
-entry's ``.npy`` header against its size before allocating, every SHA-256, and the
-schema, and raises ``ValueError`` naming the problem.
+the new one, never a mixture. Reading (``read_checkpoint``, through ``mlpfast.npz``)
+checks the schema of the JSON entry, then each array entry's ``.npy`` header against the
+layout it implies (names, dtype, shapes from the architecture) and against its size,
+before any array data is read; then the zip CRCs and every SHA-256. Any problem raises a
+``ValueError`` naming it. The digests detect corruption, not tampering: whoever can write
+the file can write matching digests.
 """
 import hashlib
-import io
 import json
+import math
 import os
 import secrets
-import zipfile
 
 import numpy as np
 
+from . import npz
 from .backend import to_numpy
 
 FORMAT, VERSION = "mlpfast.checkpoint", 1
 META_ENTRY = "__checkpoint__"
-ARRAY_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64),
-                np.dtype(np.uint8))
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
@@ -52,27 +54,40 @@ def atomic_write(path, write):
     the rename is atomic), are flushed and fsync'ed, then renamed over ``path``; the
     directory is fsync'ed so the rename itself survives a power loss. Temporary files
     left by killed writers of the same target are removed first.
+
+    If anything fails (a full disk, a read-only folder, an error in ``write``), the
+    temporary file is removed and ``path`` keeps its previous contents; an OSError is
+    raised again as an OSError of the same errno (and subclass) naming ``path``.
     """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"checkpoint directory {directory} does not exist")
-    _remove_stale_temporaries(directory, name)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # mode honours umask
     try:
+        _remove_stale_temporaries(directory, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:             # never created; else a later write removes it
             pass
+        if isinstance(e, OSError):
+            raise _naming(path, e) from e
         raise
     _fsync_directory(directory)
+
+
+def _naming(path, error):
+    """The OSError ``error`` again with a message naming ``path``: same errno, so the same
+    subclass (PermissionError for EACCES, ...)."""
+    message = f"could not write {path}: {error.strerror or error}; the file is unchanged"
+    return OSError(error.errno, message) if error.errno is not None else OSError(message)
 
 
 def _fsync_directory(directory):
@@ -176,72 +191,53 @@ class Checkpoint:
 
 
 def read_checkpoint(path):
-    """The ``Checkpoint`` at ``path``, fully verified; ``ValueError`` if anything is wrong."""
+    """The ``Checkpoint`` at ``path``, fully verified; ``ValueError`` if anything is wrong.
+
+    Header-first (``mlpfast.npz``): the metadata entry is read and its schema checked, then
+    every array's .npy header against the layout the metadata implies (names, dtypes,
+    shapes from the architecture, the data size), before any array data is read.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        entries = _read_npz_entries(path)
-    except ValueError:
-        raise
-    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
-            RuntimeError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
-    blob = entries.pop(META_ENTRY, None)
-    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
-        raise ValueError(f"{path} is not an mlpfast checkpoint (no {META_ENTRY!r} entry)")
-    try:
-        meta = json.loads(bytes(blob).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: corrupt checkpoint metadata ({e})") from None
-    _check_meta(path, meta, entries)
+    with npz.NpzReader(path, "checkpoint") as reader:
+        if META_ENTRY not in reader.names:
+            raise ValueError(f"{path} is not an mlpfast checkpoint (no {META_ENTRY!r} entry)")
+        meta = reader.read_json(META_ENTRY, "checkpoint metadata")
+        _check_meta(path, meta)
+        arrays = set(reader.names) - {META_ENTRY}
+        entries = reader.read_all(_expected_entries(path, meta, arrays))
+    _check_arrays(path, meta, entries)
     return Checkpoint(path, meta, entries)
 
 
-def _read_npz_entries(path):
-    """{name: array} of an uncompressed npz, each .npy header checked before reading."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise ValueError(f"{path} is not a checkpoint (not a zip/npz file)")
-    entries = {}
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                raise ValueError(f"{path}: unexpected entry {info.filename!r}")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(f"{path}: entry {info.filename!r} is compressed; "
-                                 f"checkpoints are written uncompressed")
-            name = info.filename[:-len(".npy")]
-            if name in entries:
-                raise ValueError(f"{path}: duplicate entry {info.filename!r}")
-            entries[name] = _parse_npy(zf.read(info), f"{path}:{info.filename}")
-    return entries
-
-
-def _parse_npy(data, where):
-    """The array in ``.npy`` bytes, for plain dtypes only, sizes checked first."""
-    stream = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+def _expected_entries(path, meta, names):
+    """{entry: npz.Expect} of every array entry, from the metadata: the parameters and
+    buffers from the architecture (model/ and best/), optimizer state as long as the
+    parameters at most, the order."""
+    arch = meta["architecture"]
+    _require(path, arch.get("dtype") in ("float32", "float64"),
+             "architecture.dtype must be 'float32' or 'float64'")
+    dtype = np.dtype(arch["dtype"])
+    layout = npz.state_layout(arch, f"{path}: corrupt checkpoint metadata")
+    _require(path, names == set(meta["sha256"]),
+             f"entries {sorted(names)} do not match the digests {sorted(meta['sha256'])}")
+    model = npz.expect_state(layout, dtype)
+    parameters = sum(math.prod(shape) for shape, role in layout.values() if role == "parameter")
+    expected = {}
+    for name in names:
+        kind, _, key = name.partition("/")
+        if kind in ("model", "best") and key in model:     # best/: early stopping's best
+            expected[name] = model[key]
+        elif kind == "optimizer" and key:
+            expected[name] = npz.Expect(dtype=dtype, shape=(None,),
+                                        max_bytes=parameters * dtype.itemsize)
+        elif name == "order":
+            expected[name] = npz.Expect(dtype=np.int64, shape=(meta["data"]["n"],))
         else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, TypeError) as e:
-        raise ValueError(f"{where}: corrupt .npy header ({e})") from None
-    if dtype.newbyteorder("=") not in ARRAY_DTYPES and dtype not in ARRAY_DTYPES:
-        raise ValueError(f"{where}: dtype {dtype} is not allowed in a checkpoint")
-    if fortran:
-        raise ValueError(f"{where}: Fortran-ordered arrays are not written by mlpfast")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    offset = stream.tell()
-    if count < 0 or len(data) - offset != count * dtype.itemsize:
-        raise ValueError(f"{where}: header says {shape} of {dtype} "
-                         f"({count * dtype.itemsize} bytes) but {len(data) - offset} follow")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape) \
-        .astype(dtype.newbyteorder("="), copy=False)
+            raise ValueError(f"{path}: unexpected entry {name!r} (the architecture has "
+                             f"parameters and buffers {sorted(layout)})")
+    return expected
 
 
 def _require(path, condition, message):
@@ -257,8 +253,8 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def _check_meta(path, meta, entries):
-    """The schema of the module docstring, every digest, and the arrays it names."""
+def _check_meta(path, meta):
+    """The schema of the module docstring (before any array is read)."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an mlpfast checkpoint (format "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
@@ -269,12 +265,6 @@ def _check_meta(path, meta, entries):
                       ("progress", dict), ("rng", dict), ("history", list), ("sha256", dict),
                       ("loss", str)):
         _require(path, isinstance(meta.get(key), kind), f"{key!r} must be a {kind.__name__}")
-    digests = meta["sha256"]
-    _require(path, set(digests) == set(entries),
-             f"entries {sorted(entries)} do not match the digests {sorted(digests)}")
-    for name, a in entries.items():
-        if _digest(a) != digests[name]:
-            raise ValueError(f"{path}: entry {name!r} fails its SHA-256 check (corrupt file)")
     data, progress, opt = meta["data"], meta["progress"], meta["optimizer"]
     for key in ("n", "num_features", "batch_size"):
         _require(path, _is_int(data.get(key), 1), f"data.{key} must be a positive integer")
@@ -288,13 +278,19 @@ def _check_meta(path, meta, entries):
              f"progress.batches_done {progress['batches_done']} > {steps_per_epoch} batches")
     _require(path, isinstance(opt.get("type"), str) and _is_int(opt.get("step"))
              and isinstance(opt.get("hyper"), dict), "optimizer must have type, step, hyper")
-    if progress["batches_done"] > 0:
-        order = entries.get("order")
-        _require(path, order is not None and order.shape == (data["n"],)
-                 and order.dtype == np.int64, "mid-epoch checkpoint without a valid order")
-        _require(path, np.array_equal(np.sort(order), np.arange(data["n"])),
-                 "order is not a permutation of the samples")
+    _require(path, progress["batches_done"] == 0 or "order" in meta["sha256"],
+             "mid-epoch checkpoint without an order")
     _require(path, meta["rng"].get("bit_generator") in BIT_GENERATORS,
              f"rng.bit_generator must be one of {BIT_GENERATORS}")
     _require(path, all(isinstance(r, dict) for r in meta["history"]),
              "history must be a list of records")
+
+
+def _check_arrays(path, meta, entries):
+    """Every digest, and the order (a permutation of the samples)."""
+    for name, a in entries.items():
+        if _digest(a) != meta["sha256"][name]:
+            raise ValueError(f"{path}: entry {name!r} fails its SHA-256 check (corrupt file)")
+    order = entries.get("order")
+    _require(path, order is None or np.array_equal(np.sort(order), np.arange(len(order))),
+             "order is not a permutation of the samples")

@@ -9,16 +9,18 @@ step, so ``forward`` and ``backward`` return arrays that the next call overwrite
 Calling a module (``module(x)``) checks ``x`` and returns a fresh copy of the output.
 """
 import json
+import os
 
 import numpy as np
 
-from . import tables
+from . import npz, tables
 from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, check_precision, get_backend, \
     to_numpy
 from .checkpoint import atomic_write
 from .init import check_init, linear_parameters
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MODEL_ENTRY = "__mlpfast__"     # the architecture (JSON bytes) in a saved model's .npz
 
 
 def _resolve_dtype(dtype):
@@ -683,7 +685,7 @@ class Sequential(Module):
         """
         arrays = self.state_dict()
         meta = json.dumps(self.architecture()).encode()
-        arrays["__mlpfast__"] = np.frombuffer(meta, dtype=np.uint8)
+        arrays[MODEL_ENTRY] = np.frombuffer(meta, dtype=np.uint8)
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def __repr__(self):
@@ -773,55 +775,49 @@ def _activation_layer(name, backend, dtype):
 
 
 def load(path, backend="auto"):
-    """A model saved by ``save``: architecture and weights, read without unpickling."""
+    """A model saved by ``save``: architecture and weights, read without unpickling.
+
+    Untrusted files are safe to try: the architecture entry is read first, then the .npy
+    header of every parameter and buffer is checked against it (names, shapes, dtypes)
+    before any of their data is read (``mlpfast.npz``).
+    """
+    path, backend = os.fspath(path), get_backend(backend)
+    with npz.NpzReader(path, "model") as reader:
+        if MODEL_ENTRY not in reader.names:
+            raise ValueError(f"{path} is not a saved mlpfast model (no {MODEL_ENTRY!r} "
+                             f"entry)")
+        arch = _read_architecture(path, reader)
+        dtype = arch["dtype"]
+        layout = npz.state_layout(arch, f"{path}: corrupt mlpfast model metadata")
+        unexpected = sorted(set(reader.names) - set(layout) - {MODEL_ENTRY})
+        missing = sorted(set(layout) - set(reader.names))
+        if missing or unexpected:
+            raise ValueError(f"{path}: entries do not match the architecture: missing "
+                             f"{missing}, unexpected {unexpected}")
+        arrays = reader.read_all(npz.expect_state(layout, dtype))
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable .npz file: {e}") from None
-    except Exception as e:                       # zipfile.BadZipFile and friends
-        raise ValueError(f"{path} is not a readable .npz file: {e}") from None
-    meta = arrays.pop("__mlpfast__", None)
-    if meta is None:
-        raise ValueError(f"{path} is not a saved mlpfast model (no '__mlpfast__' entry)")
-    try:
-        arch = json.loads(bytes(meta.astype(np.uint8)).decode())
-        if arch.get("format") != "mlpfast.Sequential":
-            raise ValueError("unknown format")
-        dtype = _resolve_dtype(arch["dtype"])
         precision = check_precision(arch.get("precision", "fp32"))
-        for i, cfg in enumerate(arch["layers"]):     # sizes vs stored arrays, before allocating
-            _check_declared_sizes(i, cfg, arrays)
         layers = [_layer_from_config(cfg, backend, dtype) for cfg in arch["layers"]]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
-            RecursionError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: corrupt mlpfast model metadata ({e})") from None
     model = Sequential(*layers, precision=precision)
-    try:
-        model.load_state_dict(arrays)
-    except TypeError as e:                           # e.g. integer weights in the file
-        raise ValueError(f"{path}: {e}") from None
+    model.load_state_dict(arrays)
     return model
 
 
-def _check_declared_sizes(i, cfg, arrays):
-    """A Linear layer's declared (out, in) must be the shape of the weight stored for it,
-    a BatchNorm1d's num_features the length of its running mean."""
-    if not isinstance(cfg, dict) or cfg.get("type") not in ("Linear", "BatchNorm1d"):
-        return
-    if cfg["type"] == "BatchNorm1d":
-        stored = arrays.get(f"{i}.running_mean")
-        if stored is None or stored.shape != (cfg.get("num_features"),):
-            raise ValueError(f"layer {i} is declared BatchNorm1d({cfg.get('num_features')!r}) "
-                             f"but the file holds {i}.running_mean of shape "
-                             f"{None if stored is None else stored.shape}")
-        return
-    weight = arrays.get(f"{i}.weight")
-    declared = (cfg.get("out_features"), cfg.get("in_features"))
-    if weight is None or weight.shape != declared:
-        raise ValueError(f"layer {i} is declared Linear(in_features={declared[1]!r}, "
-                         f"out_features={declared[0]!r}) but the file holds {i}.weight of "
-                         f"shape {None if weight is None else weight.shape}")
+def _read_architecture(path, reader):
+    """The architecture JSON of a model file, its format and dtype checked."""
+    arch = reader.read_json(MODEL_ENTRY, "mlpfast model metadata")
+    if not isinstance(arch, dict) or arch.get("format") != "mlpfast.Sequential":
+        raise ValueError(f"{path}: corrupt mlpfast model metadata (format "
+                         f"{arch.get('format') if isinstance(arch, dict) else None!r})")
+    try:
+        if not isinstance(arch.get("dtype"), str):
+            raise TypeError(f"dtype must be 'float32' or 'float64', got {arch.get('dtype')!r}")
+        arch["dtype"] = _resolve_dtype(arch["dtype"])
+    except TypeError as e:
+        raise ValueError(f"{path}: corrupt mlpfast model metadata ({e})") from None
+    return arch
 
 
 def _layer_from_config(cfg, backend, dtype):

@@ -1,5 +1,7 @@
 """Checkpoint files: atomic replacement, verification on read, no pickles, and a writer
 killed with SIGKILL at random moments always leaving the previous checkpoint intact."""
+import errno
+import io
 import os
 import signal
 import subprocess
@@ -85,6 +87,55 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def _fail_with(error_number):
+    def fail(*args, **kwargs):
+        raise OSError(error_number, os.strerror(error_number))
+    return fail
+
+
+class _FillingDisk(io.FileIO):
+    """A file on a disk with ``room`` bytes left: a write past them fails with ENOSPC."""
+    room = 100
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("fault", ["write", "fsync", "rename", "open", "read-only"])
+def test_a_failing_write_raises_a_clear_oserror_and_keeps_the_checkpoint(tmp_path, fault,
+                                                                         monkeypatch):
+    _, _, path = _trained(tmp_path)
+    before = path.read_bytes()
+    ckpt = read_checkpoint(path)
+    error_number = errno.EACCES if fault in ("open", "read-only") else errno.ENOSPC
+    if fault == "write":              # the disk fills up halfway through the zip
+        monkeypatch.setattr(os, "fdopen", lambda fd, mode: io.BufferedWriter(
+            _FillingDisk(fd, "wb")))
+    elif fault == "read-only":
+        os.chmod(tmp_path, 0o555)
+        if os.access(tmp_path, os.W_OK):
+            os.chmod(tmp_path, 0o755)
+            pytest.skip("this user (root) can write into a read-only folder")
+    else:
+        monkeypatch.setattr(os, {"fsync": "fsync", "rename": "replace", "open": "open"}[fault],
+                            _fail_with(error_number))
+    try:
+        with pytest.raises(OSError) as raised:
+            write_checkpoint(path, ckpt.meta, ckpt.arrays)
+    finally:
+        monkeypatch.undo()
+        os.chmod(tmp_path, 0o755)
+    assert raised.value.errno == error_number
+    assert str(raised.value) == (f"[Errno {error_number}] could not write {path}: "
+                                 f"{os.strerror(error_number)}; the file is unchanged")
+    assert type(raised.value) is (PermissionError if fault in ("open", "read-only")
+                                  else OSError)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.ckpt"]
+    assert read_checkpoint(path).progress == ckpt.progress
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):

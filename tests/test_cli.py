@@ -21,17 +21,27 @@ def test_info_lists_backends_and_features():
     assert "threads:" in result.stdout and "numba" in result.stdout
 
 
-def test_train_mnist_smoke(tmp_path):
+# README (Python API): `mlpfast train mnist`'s defaults (784-512-256-10, Adam 1e-3 with the
+# cosine schedule, 10 epochs, batch 128) reach 98.32-98.41% for seeds 0-2. The default run
+# (seed 0) must land there, give or take 0.15 points (15 of the 10,000 test images): another
+# CPU's kernels or another thread count change the last bits of the sums, and so a few
+# predictions (1 and 2 threads give 98.34% here).
+PROMISED_ACCURACY = (98.32, 98.41)
+MARGIN = 0.15
+
+
+def test_train_mnist_defaults_reach_the_accuracy_the_readme_promises(tmp_path):
     model_path = tmp_path / "m.npz"
-    result = run("train", "mnist", "--epochs", "1", "--hidden", "32", "--batch-size", "256",
-                 "--save", str(model_path), "--backend", "numpy")
+    result = run("train", "mnist", "--save", str(model_path))
     assert result.returncode == 0, result.stderr
-    assert "epoch 1/1" in result.stdout
+    assert "MLP 784-512-256-10 (relu)" in result.stdout and "epoch 10/10" in result.stdout
+    assert "adam lr 0.001 (cosine), batch 128" in result.stdout
     assert "macro avg" in result.stdout and "weighted avg" in result.stdout   # the report
     accuracy = float(result.stdout.split("test accuracy: ")[1].split("%")[0])
-    assert accuracy > 85.0
+    low, high = PROMISED_ACCURACY
+    assert low - MARGIN <= accuracy <= high + MARGIN, result.stdout
     import mlpfast as mf
-    assert mf.load(model_path).state_dict()["0.weight"].shape == (32, 784)
+    assert mf.load(model_path).state_dict()["0.weight"].shape == (512, 784)
 
 
 def test_bad_arguments_are_rejected(capsys):

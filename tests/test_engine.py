@@ -211,7 +211,10 @@ def test_fit_and_evaluate_accept_a_dataset():
     model = mf.MLP([4, 8, 3], seed=0)
     history = mf.fit(model, mf.optim.Adam(model.parameters()), mf.CrossEntropyLoss(), data,
                      epochs=2, batch_size=8, val=TinyDataset(20), seed=0, progress=False)
-    assert len(history) == 2 and history["val_accuracy"][-1] is not None
+    assert len(history) == 2          # val was evaluated on the dataset object, as evaluate does
+    val = mf.evaluate(model, TinyDataset(20))
+    assert (history["val_accuracy"][-1], history["val_loss"][-1]) == pytest.approx(
+        (val["accuracy"], val["loss"]))
     assert mf.evaluate(model, data)["n"] == 50
     with pytest.raises(ValueError, match="y must be omitted"):
         mf.fit(model, mf.optim.Adam(model.parameters()), mf.CrossEntropyLoss(), data, data.y,

@@ -52,19 +52,77 @@ def test_truncated_file_on_disk_names_the_file(tmp_path):
         mnist_mod.read_idx(path)
 
 
-def test_missing_files_without_download_say_where_to_put_them(tmp_path):
-    with pytest.raises(RuntimeError, match=f"not in {tmp_path}"):
+def small_cache(monkeypatch, tmp_path):
+    """MNIST reduced to one small labels file (FILES patched): (root, name, its bytes)."""
+    name, raw = "train-labels-idx1-ubyte", idx_bytes(np.arange(100, dtype=np.uint8) % 10)
+    monkeypatch.setattr(mnist_mod, "FILES", {name: hashlib.sha256(raw).hexdigest()})
+    monkeypatch.setattr(mnist_mod, "MIRRORS", ("https://mirror.invalid/",))
+    monkeypatch.setenv("PATH", "")                            # no npm
+    return tmp_path, name, raw
+
+
+def test_missing_files_without_download_are_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"not in {tmp_path} and download=False"):
         mnist_mod.mnist(root=str(tmp_path), download=False)
 
 
-def test_files_with_wrong_checksum_are_not_used(tmp_path, monkeypatch):
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8)))
-    assert mnist_mod._find(str(tmp_path), "train-labels-idx1-ubyte") is None
-    # with every fetcher failing, the error names the folder and the files
-    monkeypatch.setattr(mnist_mod, "MIRRORS", ())
-    monkeypatch.setenv("PATH", "")
-    with pytest.raises(RuntimeError, match="Put the raw or .gz IDX files"):
-        mnist_mod.fetch(str(tmp_path))
+@pytest.mark.parametrize("damage,detail", [
+    ("truncate", r": 50 bytes, SHA-256 [0-9a-f]{64}, expected "),
+    ("flip", r": 108 bytes, SHA-256 [0-9a-f]{64}, expected "),
+    ("gzip of a truncated file", r": \d+ bytes, 50 decompressed, SHA-256 [0-9a-f]{64}, "
+                                 r"expected "),
+    ("truncated gzip", r": corrupt gzip stream \(truncated\) \(\d+ bytes\); expected the "
+                       r"SHA-256 "),
+], ids=["truncated", "flipped", "gzip-of-truncated", "truncated-gzip"])
+def test_corrupt_or_truncated_file_in_the_cache_is_named(monkeypatch, tmp_path, damage, detail):
+    # present but corrupt: a ValueError naming the file, its size and the expected SHA-256
+    # (not "missing"), and with download=False nothing is fetched or changed
+    root, name, raw = small_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr(mnist_mod, "_download", lambda url: pytest.fail("fetched"))
+    bad = {"truncate": raw[:50], "flip": raw[:20] + b"\x07" + raw[21:],
+           "gzip of a truncated file": gzip.compress(raw[:50]),
+           "truncated gzip": gzip.compress(raw)[:-10]}[damage]
+    path = root / (name + (".gz" if "gzip" in damage else ""))
+    path.write_bytes(bad)
+    expected = mnist_mod.FILES[name]
+    with pytest.raises(ValueError, match=str(path).replace(".", r"\.") + detail + expected):
+        mnist_mod.fetch(str(root), download=False)
+    assert path.read_bytes() == bad and os.listdir(root) == [path.name]
+
+
+def test_download_replaces_a_corrupt_file_atomically(monkeypatch, tmp_path):
+    root, name, raw = small_cache(monkeypatch, tmp_path)
+    path = root / name
+    path.write_bytes(raw[:50])                              # a download that stopped early
+    before = os.stat(path).st_ino
+    fetched = []
+    monkeypatch.setattr(mnist_mod, "_download",
+                        lambda url: fetched.append(url) or gzip.compress(raw))
+    assert mnist_mod.fetch(str(root)) == {name: str(path)}
+    assert fetched == [f"https://mirror.invalid/{name}.gz"]
+    assert path.read_bytes() == raw
+    assert os.stat(path).st_ino != before                   # renamed over, not rewritten
+    assert os.listdir(root) == [name]                       # no temporary left
+    assert mnist_mod.fetch(str(root), download=False) == {name: str(path)}
+
+
+def test_a_fetch_that_does_not_verify_leaves_the_corrupt_file(monkeypatch, tmp_path):
+    root, name, raw = small_cache(monkeypatch, tmp_path)
+    (root / name).write_bytes(raw[:50])
+    monkeypatch.setattr(mnist_mod, "_download", lambda url: gzip.compress(raw[:-1] + b"\x08"))
+    with pytest.raises(RuntimeError, match=r"(?s)mirror.invalid/train-labels-idx1-ubyte.gz: "
+                                           r"SHA-256 mismatch.*Put the raw or .gz IDX files"):
+        mnist_mod.fetch(str(root))
+    assert (root / name).read_bytes() == raw[:50] and os.listdir(root) == [name]
+
+
+def test_gz_in_the_cache_is_hashed_under_the_parse_idx_cap(monkeypatch, tmp_path):
+    # 64 MiB of zeros compress to ~64 KiB; with a 1 MiB cap the hash stops early
+    root, name, raw = small_cache(monkeypatch, tmp_path)
+    (root / (name + ".gz")).write_bytes(gzip.compress(b"\0" * (64 << 20), compresslevel=1))
+    monkeypatch.setattr(mnist_mod, "MAX_IDX_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match=r"\.gz: decompresses to more than 1048576 bytes"):
+        mnist_mod.fetch(str(root), download=False)
 
 
 def test_real_mnist_loads_with_the_right_shapes_and_values():

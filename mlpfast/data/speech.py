@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import npz
 from ..kernels import context as context_kernels
 from ..kernels import features as feature_kernels
 
@@ -273,7 +274,9 @@ class SpeechFrames:
                     variant="numba"):
         """From the precomputed layout: folder/mfcc/*.npy with folder/transcript/*.npy
         (and folder/phones.txt, used when ``phones`` is None and the file exists).
-        ``stems``: the utterances to load (file names without .npy); None loads all."""
+        ``stems``: the utterances to load (file names without .npy); None loads all.
+        Each .npy header is checked before its data is read (``mlpfast.npz``): features
+        2-D float, labels as many integers or strings as the features have frames."""
         folder = Path(folder)
         feature_files = sorted((folder / FEATURE_DIR).glob("*.npy"))
         if stems is not None:
@@ -292,8 +295,9 @@ class SpeechFrames:
             label_path = folder / LABEL_DIR / path.name
             if not label_path.exists():
                 raise FileNotFoundError(f"{path} has no matching {label_path}")
-            features.append(np.load(path))
-            labels.append(np.load(label_path))
+            features.append(npz.load_npy(path, npz.Expect("f", shape=(None, None))))
+            labels.append(npz.load_npy(label_path, npz.Expect(
+                "iuU", shape=(features[-1].shape[0],))))
         return cls.from_arrays(features, labels, context, phones, names=[str(p) for p in
                                                                        feature_files],
                                normalize=normalize, variant=variant)
