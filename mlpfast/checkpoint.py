@@ -205,7 +205,7 @@ def read_checkpoint(path):
             raise ValueError(f"{path} is not an mlpfast checkpoint (no {META_ENTRY!r} entry)")
         meta = reader.read_json(META_ENTRY, "checkpoint metadata")
         _check_meta(path, meta)
-        arrays = set(reader.names) - {META_ENTRY}
+        arrays = [name for name in reader.names if name != META_ENTRY]     # written order
         entries = reader.read_all(_expected_entries(path, meta, arrays))
     _check_arrays(path, meta, entries)
     return Checkpoint(path, meta, entries)
@@ -220,7 +220,7 @@ def _expected_entries(path, meta, names):
              "architecture.dtype must be 'float32' or 'float64'")
     dtype = np.dtype(arch["dtype"])
     layout = npz.state_layout(arch, f"{path}: corrupt checkpoint metadata")
-    _require(path, names == set(meta["sha256"]),
+    _require(path, set(names) == set(meta["sha256"]),
              f"entries {sorted(names)} do not match the digests {sorted(meta['sha256'])}")
     model = npz.expect_state(layout, dtype)
     parameters = sum(math.prod(shape) for shape, role in layout.values() if role == "parameter")

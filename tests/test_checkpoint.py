@@ -35,6 +35,9 @@ def test_checkpoint_holds_model_optimizer_progress_rng(tmp_path):
     ckpt = read_checkpoint(path)
     for name, p in model.named_parameters():
         assert np.array_equal(ckpt.model_state()[name], p.data)
+    assert list(ckpt.model_state()) == list(model.state_dict())     # the model's order
+    flat = np.concatenate([a.ravel() for a in ckpt.model_state().values()])
+    assert np.array_equal(flat, model.flat_data)
     state = ckpt.optimizer_state()
     assert state["type"] == "Adam" and state["step"] == opt.step_count == 8
     for name, a in opt.state_dict()["state"].items():

@@ -60,23 +60,25 @@ def ready(t, total):
 
 
 CHILD = """
-import os, sys
+import os, sys, time
 import numpy as np
 import mlpfast as mf
 sys.path.insert(0, {tests!r})
 from test_interrupt import _data, CtrlCAt
 x, y = _data(480)
 
+started = []
 def ready(t, total):
     if not os.path.exists({marker!r}):
         open({marker!r}, "w").close()
+        started.append(time.monotonic())
     return 1.0
 
 model = mf.MLP([8, 64, 64, 4], backend={backend!r}, seed=0)
 mf.fit(model, mf.optim.Adam(model.parameters(), lr=1e-2), mf.CrossEntropyLoss(), x, y,
        epochs=12, batch_size=16, seed=1, progress=False, lr_schedule=ready,
        checkpoint={path!r}, checkpoint_every=7)
-print("finished")
+print("finished", time.monotonic() - started[0])
 """
 
 
@@ -99,9 +101,8 @@ def test_ctrl_c_at_random_moments_of_a_checkpointing_run(tmp_path):
     reference, reference_opt = fresh()
     train(reference, reference_opt, checkpoint=tmp_path / "reference.ckpt")
     env = dict(os.environ, MLPFAST_NUM_THREADS="1")
-    rng = random.Random(0)
-    interrupted = 0
-    for run in range(20):
+
+    def start(run):
         path, marker = tmp_path / f"run{run}.ckpt", tmp_path / f"ready{run}"
         code = CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)),
                             marker=str(marker), backend=backend, path=str(path))
@@ -110,7 +111,17 @@ def test_ctrl_c_at_random_moments_of_a_checkpointing_run(tmp_path):
         deadline = time.monotonic() + 120
         while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.8))
+        return child, path
+
+    child, _ = start("timed")               # how long a child trains after its first step
+    out, err = child.communicate(timeout=120)
+    assert out.startswith("finished"), err[-2000:]
+    seconds = float(out.split()[1])
+    rng = random.Random(0)
+    interrupted = 0
+    for run in range(20):                   # Ctrl-C at a moment up to 1.1x the training
+        child, path = start(run)
+        time.sleep(rng.uniform(0.0, 1.1 * seconds))
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=120)
         if "finished" not in out:       # (a signal after training may end the exiting
@@ -120,4 +131,5 @@ def test_ctrl_c_at_random_moments_of_a_checkpointing_run(tmp_path):
         train(model, opt, checkpoint=path, resume=path)
         assert np.array_equal(model.flat_data, reference.flat_data), f"run {run}"
         assert opt.step_count == reference_opt.step_count
-    assert interrupted >= 10, f"only {interrupted} of 20 runs were interrupted mid-training"
+    assert interrupted >= 10, (f"only {interrupted} of 20 runs were interrupted in the "
+                               f"{seconds:.2f} s of training")
