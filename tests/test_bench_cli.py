@@ -393,11 +393,15 @@ def test_compare_rows_keep_best_median_and_peak(monkeypatch):
 
 def test_a_peer_that_imported_mlpfast_is_flagged(monkeypatch):
     results = fake_compare(monkeypatch, {
-        "mlpfast": [0.5], "numpy": [1.0], "torch": [1.0], "torch-tuned": [1.0], "jax": [1.0]})
+        "mlpfast": [0.5], "numpy": [1.0], "torch": [1.0], "torch-tuned": [1.0], "jax": [1.0],
+        "mlpfast-bf16": [0.25]})
     results[1]["mlpfast_modules"] = ["mlpfast", "mlpfast.nn"]
+    for mlpfast_itself in ("mlpfast", "mlpfast-bf16"):          # are mlpfast: not flagged
+        next(r for r in results if r["peer"] == mlpfast_itself)["mlpfast_modules"] = ["mlpfast"]
     lines = benchmark.format_compare(results)
     assert "NOT CLEAN: imported 2 mlpfast modules" in lines[2]
     assert "NOT CLEAN" not in "".join(lines[:2] + lines[3:])
+    assert any(line.split()[2] == "mlpfast-bf16" for line in lines)
 
 
 def test_peers_classify_with_their_trained_weights():

@@ -945,7 +945,7 @@ def _compare_line(r, ours, peak):
         ratios = [f"{ours['best_samples_per_s'] / best:.2f}x",
                   f"{ours['samples_per_s'] / median:.2f}x"]
     notes = [r.get("notes", "")] + r.get("threadpools", [])
-    if r["peer"] != "mlpfast" and r.get("mlpfast_modules"):
+    if not r["peer"].startswith("mlpfast") and r.get("mlpfast_modules"):
         notes.append(f"NOT CLEAN: imported {len(r['mlpfast_modules'])} mlpfast modules")
     return (f"{r['config']:<22} {r['peer']:<11} {best:>9,.0f} {pct[0]:>5} {median:>9,.0f} "
             f"{pct[1]:>5} {r['loss']:>9.4f} {100 * r['test_accuracy']:>7.2f}% {ratios[0]:>7} "
