@@ -104,13 +104,15 @@ int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, f
 int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
                  const int64_t *index, int64_t rows, float *out);
 
-/* Runs task(arg, index, threads) for index = 0 .. threads - 1 on the GEMM's threads (the
- * caller is index 0), threads chosen for a pass touching `work` elements as Adam's are,
- * with denormals flushed; returns the threads used. The memory-bound passes of the
- * compiled training step between GEMMs (kernels/mlp_passes.py) run this way, on workers
- * still spinning from the GEMM before. */
-int mlpf_parallel_for(void (*task)(void *arg, int index, int threads), void *arg,
-                      int64_t work);
+/* Inverted dropout of kernels/dropout.py on the GEMM's threads: x and out (rows, cols)
+ * contiguous (out may be x), element i = r cols + c; u_i = word i mod 4 of
+ * Philox-4x32-10(counter (i div 4, layer, step_lo, step_hi), key (key_lo, key_hi));
+ * keep_i = u_i >= threshold (threshold = round(p 2^32), up to 2^32), out_i = keep_i x_i
+ * scale. keep (rows, cols) uint8 receives keep_i, or is NULL. MLPF_ERR_SHAPE when
+ * rows cols > 2^34 or threshold > 2^32. */
+int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64_t cols,
+                  int64_t threshold, int64_t key_lo, int64_t key_hi, int64_t layer,
+                  int64_t step_lo, int64_t step_hi, float scale);
 
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);

@@ -1,6 +1,6 @@
-/* Memory-bound passes of a training step on the GEMM's thread pool (API in gemm.h): the
- * SGD and Adam/AdamW updates and the sum of squares that checks the gradients, over a
- * model's flat float32 buffers, and the gather of a batch's rows.
+/* Passes of a training step on the GEMM's thread pool (API in gemm.h): the SGD and
+ * Adam/AdamW updates and the sum of squares that checks the gradients, over a model's flat
+ * float32 buffers, the gather of a batch's rows, and dropout (its Philox mask).
  *
  * Why here and not only in Numba: in a training step these passes come right after the
  * step's last GEMM, while the pool's workers still spin, so they start on every core at
@@ -30,12 +30,6 @@ static int64_t range_start(int64_t n, int threads, int index)
     const int64_t lines = (n + 15) / 16;
     const int64_t start = lines * index / threads * 16;
     return start < n ? start : n;
-}
-
-int mlpf_parallel_for(void (*task)(void *arg, int index, int threads), void *arg,
-                      int64_t work)
-{
-    return mlpf_pool_run(pass_threads(work), task, arg);
 }
 
 /* --- SGD ------------------------------------------------------------------------------- */
@@ -200,5 +194,166 @@ int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
         if (index[i] < 0 || index[i] >= src_rows) return MLPF_ERR_SHAPE;
     gather_call c = {src, ld, cols, index, rows, out};
     mlpf_pool_run(pass_threads(rows * cols), gather_task, &c);
+    return MLPF_OK;
+}
+
+/* --- dropout ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    float *out;
+    uint8_t *keep;
+    int64_t rows, cols, threshold;
+    uint32_t key[2], counter[3];        /* counter words 1-3: layer, step lo, step hi */
+    float scale;
+} dropout_call;
+
+enum { PHILOX_BLOCKS = 64 };            /* blocks per batch: 256 words on the stack */
+
+/* The 4 words of Philox-4x32-10 for the blocks first .. first + n - 1 (n <= PHILOX_BLOCKS)
+ * into u[4 b + w]: ten rounds over all blocks at once, so that the lanes vectorize. */
+VECTOR_CLONES static void philox_words(const dropout_call *c, int64_t first, int n,
+                                       uint32_t *restrict u)
+{
+    uint32_t c0[PHILOX_BLOCKS], c1[PHILOX_BLOCKS], c2[PHILOX_BLOCKS], c3[PHILOX_BLOCKS];
+    for (int b = 0; b < n; b++) {
+        c0[b] = (uint32_t)(first + b);
+        c1[b] = c->counter[0];
+        c2[b] = c->counter[1];
+        c3[b] = c->counter[2];
+    }
+    uint32_t k0 = c->key[0], k1 = c->key[1];
+    for (int round = 0; round < 10; round++) {
+        for (int b = 0; b < n; b++) {
+            const uint64_t p0 = (uint64_t)0xD2511F53u * c0[b], p1 = (uint64_t)0xCD9E8D57u * c2[b];
+            c0[b] = (uint32_t)(p1 >> 32) ^ c1[b] ^ k0;
+            c1[b] = (uint32_t)p1;
+            c2[b] = (uint32_t)(p0 >> 32) ^ c3[b] ^ k1;
+            c3[b] = (uint32_t)p0;
+        }
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    for (int b = 0; b < n; b++) {
+        u[4 * b] = c0[b];
+        u[4 * b + 1] = c1[b];
+        u[4 * b + 2] = c2[b];
+        u[4 * b + 3] = c3[b];
+    }
+}
+
+/* Elements lo .. hi - 1 (flat indices), a batch of Philox blocks at a time. */
+VECTOR_CLONES static void dropout_range(const dropout_call *c, int64_t lo, int64_t hi)
+{
+    uint32_t u[4 * PHILOX_BLOCKS];
+    const uint64_t threshold = (uint64_t)c->threshold;
+    const float scale = c->scale;
+    const float *x = c->x;              /* out may be x */
+    float *out = c->out;
+    uint8_t *restrict keep = c->keep;
+    for (int64_t start = lo & ~(int64_t)3; start < hi; start += 4 * PHILOX_BLOCKS) {
+        const int64_t end = start + 4 * PHILOX_BLOCKS < hi ? start + 4 * PHILOX_BLOCKS : hi;
+        philox_words(c, start >> 2, (int)((end - start + 3) >> 2), u);
+        const int64_t from = start > lo ? start : lo;
+        for (int64_t i = from; i < end; i++)
+            out[i] = (uint64_t)u[i - start] >= threshold ? x[i] * scale : 0.0f;
+        if (keep)
+            for (int64_t i = from; i < end; i++)
+                keep[i] = (uint64_t)u[i - start] >= threshold;
+    }
+}
+
+#ifdef MLPF_X86
+#include <immintrin.h>
+#define AVX512_BW __attribute__((target("avx512f,avx512bw,bmi2")))
+
+/* hi and lo 32 bits of the 16 products m v (v: 16 x uint32 lanes): vpmuludq multiplies the
+ * even lanes, then the odd ones shifted down; the halves are blended back into lanes. */
+AVX512_BW static inline void mul_hi_lo(__m512i v, __m512i m, __m512i *hi, __m512i *lo)
+{
+    const __m512i even = _mm512_mul_epu32(v, m);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(v, 32), m);
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+/* dropout_range with 16 Philox blocks (64 elements) per iteration in 16-lane vectors: the
+ * 4 words' keep bits interleave (pdep) into element order; lo and hi cut masks. */
+AVX512_BW static void dropout_range_avx512(const dropout_call *c, int64_t lo, int64_t hi)
+{
+    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i t = _mm512_set1_epi32((int)(uint32_t)c->threshold);
+    const int none_kept = c->threshold > 0xFFFFFFFFll;          /* p = 1 */
+    const __m512 scale = _mm512_set1_ps(c->scale);
+    const __m512i one = _mm512_set1_epi8(1);
+    for (int64_t start = lo & ~(int64_t)3; start < hi; start += 64) {
+        __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)(start >> 2)), lanes);
+        __m512i c1 = _mm512_set1_epi32((int)c->counter[0]);
+        __m512i c2 = _mm512_set1_epi32((int)c->counter[1]);
+        __m512i c3 = _mm512_set1_epi32((int)c->counter[2]);
+        uint32_t k0 = c->key[0], k1 = c->key[1];
+        for (int round = 0; round < 10; round++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mul_hi_lo(c0, m0, &hi0, &lo0);
+            mul_hi_lo(c2, m1, &hi1, &lo1);
+            c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32((int)k0));
+            c1 = lo1;
+            c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
+            c3 = lo0;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        uint64_t kept = 0;                                /* bit j: element start + j */
+        if (!none_kept)
+            kept = _pdep_u64(_mm512_cmpge_epu32_mask(c0, t), 0x1111111111111111ull)
+                 | _pdep_u64(_mm512_cmpge_epu32_mask(c1, t), 0x2222222222222222ull)
+                 | _pdep_u64(_mm512_cmpge_epu32_mask(c2, t), 0x4444444444444444ull)
+                 | _pdep_u64(_mm512_cmpge_epu32_mask(c3, t), 0x8888888888888888ull);
+        const int64_t first = start < lo ? lo - start : 0, last = hi - start < 64 ? hi - start : 64;
+        const uint64_t in_range = (last == 64 ? ~0ull : (1ull << last) - 1) & (~0ull << first);
+        for (int q = 0; q < 4; q++) {
+            const __mmask16 here = (__mmask16)(in_range >> (16 * q));
+            if (!here) continue;
+            const __m512 x = _mm512_maskz_loadu_ps(here, c->x + start + 16 * q);
+            _mm512_mask_storeu_ps(c->out + start + 16 * q, here,
+                                  _mm512_maskz_mul_ps((__mmask16)(kept >> (16 * q)), x, scale));
+        }
+        if (c->keep)
+            _mm512_mask_storeu_epi8(c->keep + start, in_range, _mm512_maskz_mov_epi8(kept, one));
+    }
+}
+#endif
+
+static void dropout_task(void *arg, int index, int threads)
+{
+    const dropout_call *c = arg;
+    const int64_t n = c->rows * c->cols, lo = range_start(n, threads, index),
+                  hi = range_start(n, threads, index + 1);
+#ifdef MLPF_X86
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2")) {
+        dropout_range_avx512(c, lo, hi);
+        return;
+    }
+#endif
+    dropout_range(c, lo, hi);
+}
+
+int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64_t cols,
+                  int64_t threshold, int64_t key_lo, int64_t key_hi, int64_t layer,
+                  int64_t step_lo, int64_t step_hi, float scale)
+{
+    if (rows < 0 || cols < 0 || (cols && rows > ((int64_t)1 << 34) / cols)
+        || threshold < 0 || threshold > ((int64_t)1 << 32))
+        return MLPF_ERR_SHAPE;
+    if (rows && cols && (!x || !out)) return MLPF_ERR_NULL;
+    dropout_call c = {x, out, keep, rows, cols, threshold,
+                      {(uint32_t)key_lo, (uint32_t)key_hi},
+                      {(uint32_t)layer, (uint32_t)step_lo, (uint32_t)step_hi}, scale};
+    /* compute-bound (about 1 ns an element on one core): all threads from the awake
+     * threshold on, whether or not the workers sleep */
+    const int threads = rows * cols < mlpf_active_config()->pass_min_parallel
+                        ? 1 : mlpf_get_num_threads();
+    mlpf_pool_run(threads, dropout_task, &c);
     return MLPF_OK;
 }

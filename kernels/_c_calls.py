@@ -11,12 +11,14 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
     sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
     gather(address, src, index, out)                   out[i] = src[index[i]]
+    dropout(address, x, out, keep, drop, step, scale)  out = keep x scale, Philox's keep
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
     sgd(address, p, g, buf, lr, momentum, nesterov, weight_decay, first_step)
-All arrays float32 (bf16 operands: uint16 bits; index int64), C-contiguous; the caller has
-checked the shapes.
+All arrays float32 (bf16 operands: uint16 bits; index int64; keep uint8), C-contiguous; the
+caller has checked the shapes.
 """
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -26,7 +28,7 @@ from . import _numba_config
 from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
-         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact")
+         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -70,7 +72,7 @@ def _caller(name):
 
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
- _sbgemm_call, _sbgemm_dact_call) = (_caller(name) for name in NAMES)
+ _sbgemm_call, _sbgemm_dact_call, _dropout_call) = (_caller(name) for name in NAMES)
 
 
 def element_type(a):
@@ -162,6 +164,18 @@ def gather(address, src, index, out):
     threads (mlpf_sgather). Returns the C status (nonzero: an index outside [0, N))."""
     return _gather_call(address, (src.ctypes.data, src.shape[0], src.shape[1], src.shape[1],
                                   index.ctypes.data, index.shape[0], out.ctypes.data))
+
+
+@njit(cache=True)
+def dropout(address, x, out, keep, drop, step, scale):
+    """out (B, F) = keep x scale on the C GEMM's threads (mlpf_sdropout; out may be x): the
+    mask of kernels/dropout.py at dropout step ``step`` (uint64), drop = (threshold, key
+    lo, key hi, layer, ...) as uint64 words; keep (B, F) uint8 receives the mask, or has no
+    columns for none. Returns the C status."""
+    keep_address = keep.ctypes.data if keep.shape[1] else 0
+    return _dropout_call(address, (x.ctypes.data, out.ctypes.data, keep_address, x.shape[0],
+                                   x.shape[1], drop[0], drop[1], drop[2], drop[3],
+                                   step & np.uint64(0xFFFFFFFF), step >> np.uint64(32), scale))
 
 
 @njit(cache=True)

@@ -46,7 +46,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox-4x32-10 of counter (c0, c1, c2, c3) under key (k0, k1); each value a uint64
     (scalar or array) below 2^32, and so is each of the 4 words returned."""
     for _ in range(10):
-        p0, p1 = PHILOX_M0 * c0, PHILOX_M1 * c2          # 32 x 32 -> 64-bit products
+        p0, p1 = PHILOX_M0 * (c0 & LOW32), PHILOX_M1 * (c2 & LOW32)    # 32 x 32 -> 64 bits
         c0, c1, c2, c3 = ((p1 >> SHIFT32) ^ c1 ^ k0, p1 & LOW32,
                           (p0 >> SHIFT32) ^ c3 ^ k1, p0 & LOW32)
         k0, k1 = (k0 + PHILOX_W0) & LOW32, (k1 + PHILOX_W1) & LOW32

@@ -7,6 +7,8 @@ outputs are the predictions). Per batch, with the batch's rows of the dataset as
     forward    z_l = h_l @ W_l.T + b_l,  h_{l+1} = f_l(z_l)     C GEMM, relu in its epilogue;
                                                                  other f a pass (z_l kept when
                                                                  f' needs it: "input" below)
+    dropout    h = keep h / (1 - p), keep the Philox mask of kernels/dropout.py
+               (C, GEMM threads; kept for the backward pass, not for the inputs)
     loss       cross-entropy: sum_i -log softmax(h_L)_i[y_i],  dz_{L-1} = (softmax - onehot) / B
                MSE: mean over B x D of (h_L - t)^2,  dz_{L-1} = 2 (h_L - t) / (B D)
                (t: float targets, or integer labels read as one-hot)
@@ -45,7 +47,7 @@ from . import _numba_math as nm
 from ._checks import check_float_array, check_mlp_step, check_optimizer_state
 from .activations import DERIVATIVE, _gelu, _gelu_derivative, _gelu_tanh, \
     _gelu_tanh_derivative, c_code
-from .dropout import row_bits, scale_for as dropout_scale, stream as dropout_stream
+from .dropout import scale_for as dropout_scale, stream as dropout_stream
 from .losses import _cross_entropy_rows
 from .optim import renorm_row
 
@@ -57,7 +59,7 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 ADDRESSES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather",
-             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact")
+             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout")
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
@@ -233,24 +235,13 @@ def _gather_batch(addresses, src_x, src_y, rows_index, x, y, classes):
     return OK
 
 
-@njit(fastmath=_FASTMATH, cache=True)
-def _dropout(x, drop, scale, step, keep, out):
-    """out = keep x scale (out may be x), scale = 1 / (1 - p); keep stored when it has x's
-    shape. drop = (threshold, key lo, key hi, layer, step base, present): the mask of
-    kernels/dropout.py (Philox, element i = r F + c, at step base + step)."""
-    rows, cols = x.shape
-    step = drop[4] + np.uint64(step)
-    step_lo, step_hi = step & np.uint64(0xFFFFFFFF), step >> np.uint64(32)
-    bits = np.empty(cols + 6, np.uint32)
-    for r in range(rows):
-        offset = row_bits(r * cols, cols, drop[3], step_lo, step_hi, drop[1], drop[2], bits)
-        xr, outr = x[r], out[r]
-        if keep.shape[1]:
-            keepr = keep[r]
-            for c in range(cols):
-                keepr[c] = bits[offset + c] >= drop[0]
-        for c in range(cols):
-            outr[c] = xr[c] * scale if bits[offset + c] >= drop[0] else ZERO
+@njit(cache=True)
+def _dropout(addresses, x, drop, scale, step, keep, out):
+    """out = keep x scale (out may be x), scale = 1 / (1 - p), on the C GEMM's threads;
+    keep stored when it has x's shape. drop = (threshold, key lo, key hi, layer, step base,
+    present): the mask of kernels/dropout.py (Philox, element i = r F + c, at step base +
+    step). Returns the C status."""
+    return _c_calls.dropout(addresses[8], x, out, keep, drop, drop[4] + np.uint64(step), scale)
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -364,9 +355,9 @@ def _forward(addresses, net, post, hs, zs, hb, extra, rows, step):
                        variances[l], bn_numbers[l, 0], momentum)
         if keep_z or (f != RELU and f != IDENTITY):
             _activate(f, slopes[l], u, hs[l + 1][:rows])
-        if drops[l + 1, 5]:
-            _dropout(hs[l + 1][:rows], drops[l + 1], scales[l + 1], step, masks[l][:rows],
-                     hs[l + 1][:rows])
+        if drops[l + 1, 5] and _dropout(addresses, hs[l + 1][:rows], drops[l + 1],
+                                        scales[l + 1], step, masks[l][:rows], hs[l + 1][:rows]):
+            return C_ERROR
         if bf16 and l + 1 < layers:
             _round_to_bf16(hs[l + 1][:rows], hb[l + 1][:rows])
     return OK
@@ -488,9 +479,9 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
                            hs[layers].shape[1])
     if status != OK:
         return 0.0, 0, status
-    if post[9][0, 5]:                                       # input dropout (no mask kept)
-        _dropout(hs[0][:rows], post[9][0], post[10][0], step, extra[2][0][:, :0],
-                 hs[0][:rows])
+    if post[9][0, 5] and _dropout(addresses, hs[0][:rows], post[9][0], post[10][0], step,
+                                  extra[2][0][:, :0], hs[0][:rows]):     # input: no mask kept
+        return 0.0, 0, C_ERROR
     status = _forward(addresses, net, post, hs, zs, hb, extra, rows, step)
     if status != OK:
         return 0.0, 0, status

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from conftest import assert_close, run_guarded
+from test_kernels_dropout import check_c_dropout
 
 import mlpfast
 from mlpfast.kernels import gemm, gemm_bf16, linear
@@ -353,6 +354,7 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
             assert rc == 0
             assert_close(c, reference(a, b, trans_a, trans_b, bias=bias, relu=True),
                          tol=tol(np.float32, k), what=f"portable-only {m}x{n}x{k}")
+    check_c_dropout(ffi, lib, rng)                       # the loop without AVX-512
 
 
 _GUARD_SCRIPT = r"""

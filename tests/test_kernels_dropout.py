@@ -140,3 +140,50 @@ def test_bad_input_is_named_and_writes_nothing(variant):
         with pytest.raises(error, match=match):
             call()
     assert (out == 7).all()
+
+
+C_SHAPES = [(1, 1), (3, 5), (7, 13), (64, 129), (5, 4099), (256, 784)]   # 2 threads: last
+SHAPE_ERROR = -1                                                          # MLPF_ERR_SHAPE
+
+
+def check_c_dropout(ffi, lib, rng, threads=(1, 2)):
+    """mlpf_sdropout of the C library (ffi, lib) against forward_ref, bit for bit: with and
+    without the keep mask, in place, on 1 and 2 threads, p from 0 to 1; bad sizes refused."""
+    def call(x, out, keep, rows, cols, words, scale):
+        pointer = (lambda a, t: ffi.cast(t, a.ctypes.data) if a is not None else ffi.NULL)
+        return lib.mlpf_sdropout(pointer(x, "float *"), pointer(out, "float *"),
+                                 pointer(keep, "uint8_t *"), rows, cols, *words, scale)
+
+    previous = lib.mlpf_get_num_threads()
+    try:
+        for count in threads:
+            lib.mlpf_set_num_threads(count)
+            for shape in C_SHAPES:
+                for p, seed, step, layer in STREAMS + [(0.0, 1, 2, 3), (1.0, 1, 2, 3)]:
+                    x = rng.standard_normal(shape).astype(np.float32)
+                    want, want_keep = dropout.forward_ref(x, p, seed, step, layer)
+                    threshold, k0, k1, c1, c2, c3 = dropout.stream(p, seed, step, layer)
+                    words = [int(w) for w in (threshold, k0, k1, c1, c2, c3)]
+                    scale = float(dropout.scale_for(p, np.float32))
+                    out, keep = np.full_like(x, np.nan), np.full(shape, 7, np.uint8)
+                    assert call(x, out, keep, *shape, words, scale) == 0
+                    assert np.array_equal(keep, want_keep), (count, shape, p)
+                    assert np.array_equal(out, want), (count, shape, p)
+                    assert call(x, x, None, *shape, words, scale) == 0      # in place
+                    assert np.array_equal(x, want), (count, shape, p)
+        x = np.ones((1, 4), np.float32)         # refused before any element is touched:
+        assert call(x, x, None, 2 ** 30 + 1, 2 ** 4, [0] * 6, 1.0) == SHAPE_ERROR  # > 2^34
+        assert call(x, x, None, 1, 4, [2 ** 32 + 1] + [0] * 5, 1.0) == SHAPE_ERROR
+        assert call(x, x, None, -1, 4, [0] * 6, 1.0) == SHAPE_ERROR
+        assert np.array_equal(x, np.ones((1, 4), np.float32))
+    finally:
+        lib.mlpf_set_num_threads(previous)
+
+
+def test_c_dropout_matches_the_reference(rng):
+    """The compiled cpu step draws its masks with mlpf_sdropout (the AVX-512 path on this
+    CPU where it has AVX512-BW; the portable build's loop in test_cgemm.py)."""
+    from mlpfast.kernels._c_library import c_available, c_library
+    if not c_available():
+        pytest.skip("the C library is not built")
+    check_c_dropout(c_library().ffi, c_library().lib, rng)
