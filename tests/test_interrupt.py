@@ -18,6 +18,15 @@ from mlpfast.checkpoint import read_checkpoint
 BACKENDS = mf.backends()
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own SIGINT handler, which fit takes over, even when this process started
+    with SIGINT ignored (as a shell starts background jobs; fit then leaves it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 8)).astype(np.float32)
@@ -54,14 +63,30 @@ def test_ctrl_c_checkpoints_and_resume_is_bit_identical(backend, at, tmp_path): 
     assert hist_a["loss"] == hist_c["loss"]
 
 
+def test_an_ignored_sigint_stays_ignored():
+    """A process that ignores SIGINT (a background job) is not made interruptible by fit:
+    the signal at batch 3 changes nothing, and the disposition is the same afterwards."""
+    x, y = _data()
+    reference, _, _ = _run("numpy", CtrlCAt(x, y, None))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        model, _, history = _run("numpy", CtrlCAt(x, y, 3))
+    except KeyboardInterrupt:
+        pytest.fail("fit took over an ignored SIGINT")
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert len(history["loss"]) == 4
+    assert np.array_equal(model.flat_data, reference.flat_data)
+
+
 def ready(t, total):
     """The child's schedule (its name is part of the checkpointed schedule)."""
     return 1.0
 
 
 CHILD = """
-import os, sys, time
+import os, signal, sys, time
 import numpy as np
+signal.signal(signal.SIGINT, signal.default_int_handler)    # not inherited as ignored
 import mlpfast as mf
 sys.path.insert(0, {tests!r})
 from test_interrupt import _data, CtrlCAt
