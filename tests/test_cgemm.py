@@ -355,6 +355,7 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
             assert_close(c, reference(a, b, trans_a, trans_b, bias=bias, relu=True),
                          tol=tol(np.float32, k), what=f"portable-only {m}x{n}x{k}")
     check_c_dropout(ffi, lib, rng)                       # the loop without AVX-512
+    check_sum_squares(ffi, lib, rng)
 
 
 _GUARD_SCRIPT = r"""
@@ -481,3 +482,30 @@ def test_vanishing_product_path_flushes_denormals_too(dtype, tiny, k, alpha):
             out = c0.astype(dtype)
             gemm_bf16.VARIANTS["c"]["sbgemm"](a, b, out, alpha=alpha, beta=beta)
             assert np.array_equal(out, np.zeros((2, 3), dtype)), ("bf16", beta, out)
+
+
+def check_sum_squares(ffi, lib, rng):
+    """mlpf_ssum_squares (the compiled step's finiteness check of the gradients) against a
+    float64 sum on lengths around its 64-float blocks, on 1 and 2 threads; NaN, inf and an
+    |x| whose square overflows float32 make it non-finite wherever they sit."""
+    previous = lib.mlpf_get_num_threads()
+    try:
+        for threads in (1, 2):
+            lib.mlpf_set_num_threads(threads)
+            for n in (0, 1, 15, 16, 63, 64, 65, 1000, 235_146, 1_100_000):
+                x = rng.standard_normal(n).astype(np.float32)
+                pointer = ffi.cast("float *", x.ctypes.data)
+                want = float(np.sum(x.astype(np.float64) ** 2))
+                assert lib.mlpf_ssum_squares(pointer, n) == pytest.approx(want, rel=1e-5), n
+                for bad in (np.nan, np.inf, -np.inf, 2e19):
+                    for where in {0, n // 2, n - 1} if n else ():
+                        saved, x[where] = x[where], bad
+                        assert not np.isfinite(lib.mlpf_ssum_squares(pointer, n)), (n, bad, where)
+                        x[where] = saved
+    finally:
+        lib.mlpf_set_num_threads(previous)
+
+
+def test_sum_of_squares_matches_float64_and_sees_every_non_finite(rng):
+    from mlpfast.kernels._c_library import c_library
+    check_sum_squares(c_library().ffi, c_library().lib, rng)
