@@ -97,37 +97,23 @@ typedef struct {
 
 static size_t type_size(int type) { return type == MLPF_TYPE_BF16 ? 2 : 4; }
 
-/* Packs op(A)[i0 : i0+rows, 0:k]: the k block at depth pc starts at pc * round_up(rows, MR)
- * and holds MR-row micro-panels of MR x round_up(kcb, 32). */
-static void pack_a(const sbgemm_call *g, int64_t i0, int64_t rows, uint16_t *dst)
+/* Packs the rows first .. first+count-1 of X (op(A) with R = MR, group 32; or op(B)^T with
+ * R = NR, group 2), 0:k deep, as mlpf_bf16_pack lays out micro-panels: the k block at depth
+ * pc starts at pc * round_up(count, R) and holds R-row micro-panels of R x round_up(kcb, 32).
+ * X[x][p] = src[x*ld + p] when along_k, else src[p*ld + x] (op(A): along_k = !trans_a, since
+ * op(A)[i][p] = a[i*lda + p] or a[p*lda + i]; op(B): along_k = trans_b, since op(B)[p][j] =
+ * b[p*ldb + j] or b[j*ldb + p]). */
+static void pack_panels(const sbgemm_call *g, const char *src, int type, int64_t ld,
+                        int along_k, int R, int group, int64_t first, int64_t count,
+                        uint16_t *dst)
 {
-    const mlpf_sbgemm_config *cfg = g->cfg;
-    const int64_t rows_padded = round_up(rows, cfg->mr);
+    const int64_t count_padded = round_up(count, R);
     for (int64_t pc = 0; pc < g->k; pc += g->kc) {
         const int64_t kcb = imin(g->kc, g->k - pc), kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
-        for (int64_t ir = 0; ir < rows; ir += cfg->mr) {
-            /* op(A)[i][p] = a[i*lda + p], or a[p*lda + i] when transposed */
-            const int64_t at = g->trans_a ? pc * g->lda + i0 + ir : (i0 + ir) * g->lda + pc;
-            cfg->pack(cfg->mr, MLPF_BF16_K_GROUP, kcb, imin(cfg->mr, rows - ir),
-                      g->a + at * type_size(g->a_type), g->a_type, g->lda, !g->trans_a,
-                      dst + pc * rows_padded + ir * kcb_padded);
-        }
-    }
-}
-
-/* Packs op(B)[0:k, j0 : j0+cols]: the k block at depth pc starts at pc * round_up(cols, NR)
- * and holds NR-column micro-panels of round_up(kcb, 32) x NR. */
-static void pack_b(const sbgemm_call *g, int64_t j0, int64_t cols, uint16_t *dst)
-{
-    const mlpf_sbgemm_config *cfg = g->cfg;
-    const int64_t cols_padded = round_up(cols, cfg->nr);
-    for (int64_t pc = 0; pc < g->k; pc += g->kc) {
-        const int64_t kcb = imin(g->kc, g->k - pc), kcb_padded = round_up(kcb, MLPF_BF16_K_GROUP);
-        for (int64_t jr = 0; jr < cols; jr += cfg->nr) {
-            /* op(B)[p][j] = b[p*ldb + j], or b[j*ldb + p] when transposed */
-            const int64_t at = g->trans_b ? (j0 + jr) * g->ldb + pc : pc * g->ldb + j0 + jr;
-            cfg->pack(cfg->nr, 2, kcb, imin(cfg->nr, cols - jr), g->b + at * type_size(g->b_type),
-                      g->b_type, g->ldb, g->trans_b, dst + pc * cols_padded + jr * kcb_padded);
+        for (int64_t x = 0; x < count; x += R) {
+            const int64_t at = along_k ? (first + x) * ld + pc : pc * ld + first + x;
+            g->cfg->pack(R, group, kcb, imin(R, count - x), src + at * type_size(type), type, ld,
+                         along_k, dst + pc * count_padded + x * kcb_padded);
         }
     }
 }
@@ -176,10 +162,11 @@ static void sbgemm_task(void *arg, int index, int threads)
         const int64_t block = item / g->chunks, ic = block * g->mb, mcb = imin(g->mb, g->m - ic);
         const int64_t jc = item % g->chunks * g->chunk_n, ncb = imin(g->chunk_n, g->n - jc);
         if (block != packed) {
-            pack_a(g, ic, mcb, a_block);
+            pack_panels(g, g->a, g->a_type, g->lda, !g->trans_a, g->cfg->mr, MLPF_BF16_K_GROUP,
+                        ic, mcb, a_block);
             packed = block;
         }
-        pack_b(g, jc, ncb, b_chunk);
+        pack_panels(g, g->b, g->b_type, g->ldb, g->trans_b, g->cfg->nr, 2, jc, ncb, b_chunk);
         run_item(g, ic, mcb, jc, ncb, a_block, b_chunk, sums);
     }
     if (g->cfg->thread_end) g->cfg->thread_end();
