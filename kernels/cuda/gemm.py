@@ -200,7 +200,6 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
     BM, BN, BK, TM, TN = tile
     ROW_THREADS, COL_THREADS = BM // TM, BN // TN      # thread grid inside a block
     THREADS = ROW_THREADS * COL_THREADS
-    # a thread's rows: TM / 4 groups of 4, ROW_THREADS quads apart (columns likewise)
     A_LOADS, B_LOADS = BM * BK // THREADS, BK * BN // THREADS      # per thread per tile
     # shared tiles as rows of 16-byte quads (index * 16 shows LLVM the alignment), one quad
     # of padding per row to spread k-major stores over the banks
@@ -209,6 +208,7 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
     element = from_dtype(np.dtype(dtype))
     finish = _epilogue(activation, dact, has_bias)
     second_pass = activation not in INLINE_ACTIVATIONS and not split
+    own_row, own_col = _own_outputs(tile)
     activate_own = _own_outputs_pass(tile, activation)
     load_both, store = _tile_movers(tile, trans_a, trans_b)
     ALIGN = None if simulator_enabled() else 16          # the simulator refuses alignment
@@ -249,12 +249,12 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += a_frag[i] * b_frag[j]
-        # epilogue: acc[i, j] is c[row0 + 4 (i // 4 ROW_THREADS + ty) + i % 4, col0 + ...]
+        # epilogue: acc[i, j] is c[own_row(row0, ty, i), own_col(col0, tx, j)]
         for i in range(TM):
-            r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
+            r = own_row(row0, ty, i)
             if r < m:
                 for j in range(TN):
-                    col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
+                    col = own_col(col0, tx, j)
                     if col < n:
                         if split:
                             work[cuda.blockIdx.z, r, col] = acc[i, j]
@@ -269,20 +269,37 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
     return kernel, THREADS
 
 
+def _own_outputs(tile):
+    """own_row(row0, ty, i), own_col(col0, tx, j): where thread (ty, tx) of the block whose
+    tile starts at (row0, col0) holds its output acc[i, j] (TM / 4 groups of 4 rows,
+    ROW_THREADS quads apart; columns likewise)."""
+    BM, BN, BK, TM, TN = tile
+    ROW_THREADS, COL_THREADS = BM // TM, BN // TN
+
+    @cuda.jit(device=True, inline="always")
+    def own_row(row0, ty, i):
+        return row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
+
+    @cuda.jit(device=True, inline="always")
+    def own_col(col0, tx, j):
+        return col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
+    return own_row, own_col
+
+
 def _own_outputs_pass(tile, activation):
     """activate_own(c, m, n, row0, col0, ty, tx): c = f(c) on the outputs of thread (ty, tx)
     of the block whose tile starts at (row0, col0)."""
-    BM, BN, BK, TM, TN = tile
-    ROW_THREADS, COL_THREADS = BM // TM, BN // TN
+    TM, TN = tile[3], tile[4]
+    own_row, own_col = _own_outputs(tile)
     act = DEVICE_FORWARD[activation]
 
     @cuda.jit(device=True)
     def activate_own(c, m, n, row0, col0, ty, tx):
         for i in range(TM):
-            r = row0 + 4 * ((i // 4) * ROW_THREADS + ty) + i % 4
+            r = own_row(row0, ty, i)
             if r < m:
                 for j in range(TN):
-                    col = col0 + 4 * ((j // 4) * COL_THREADS + tx) + j % 4
+                    col = own_col(col0, tx, j)
                     if col < n:
                         c[r, col] = act(c[r, col], 0.0)
     return activate_own
