@@ -359,8 +359,8 @@ int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64
     dropout_call c = {x, out, keep, rows, cols, threshold,
                       {(uint32_t)key_lo, (uint32_t)key_hi},
                       {(uint32_t)layer, (uint32_t)step_lo, (uint32_t)step_hi}, scale};
-    /* compute-bound (about 1 ns an element on one core): all threads from the awake
-     * threshold on, whether or not the workers sleep */
+    /* compute-bound (measured in bench/README.md, "Passes on the GEMM's thread pool"): all
+     * threads from the awake threshold on, whether or not the workers sleep */
     const int threads = rows * cols < mlpf_active_config()->pass_min_parallel
                         ? 1 : mlpf_get_num_threads();
     mlpf_pool_run(threads, dropout_task, &c);
