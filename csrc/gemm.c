@@ -223,12 +223,16 @@ static void pack_b_block(const sgemm_call *g, int64_t p0, int64_t kc, int64_t j0
     }
 }
 
-/* A tile cut by the edge of C: the kernel writes alpha A.B into a scratch tile, and the
- * epilogue is applied here to the rows x cols that exist. */
+/* A tile cut by the edge of C: the config's edge kernel, or the full kernel into a scratch
+ * tile (alpha A.B) and the epilogue applied here to the rows x cols that exist. */
 static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_panel,
                       const float *b_panel, float *c, int64_t ldc, int64_t rows, int64_t cols,
                       const mlpf_tile_epilogue *ep)
 {
+    if (cfg->edge_ukernel) {
+        cfg->edge_ukernel(kc, a_panel, b_panel, c, ldc, ep, (int)rows, (int)cols);
+        return;
+    }
     float scratch[MLPF_MAX_MR * MLPF_MAX_NR] __attribute__((aligned(64)));
     const mlpf_tile_epilogue product_only = {ep->alpha, 0.0f, NULL, 0};
     cfg->ukernel(kc, a_panel, b_panel, scratch, cfg->nr, &product_only);

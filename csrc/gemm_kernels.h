@@ -8,9 +8,9 @@
  *     t[i][j] = sum_p a_panel[p*MR + i] * b_panel[p*NR + j]
  *     c[i*ldc + j] = act(alpha * t[i][j] + beta * c[i*ldc + j] + bias[j])
  *
- * for every i < MR, j < NR: the tile is always full (the driver sends edge tiles
- * to a scratch tile). beta == 0 means c is not read; bias == NULL means no bias;
- * relu != 0 means act = max(., 0). Both panels are 64-byte aligned; c need not be.
+ * for every i < MR, j < NR: the tile is always full (edge tiles go to the config's
+ * edge_ukernel, or without one through a scratch tile). beta == 0 means c is not read;
+ * bias == NULL means no bias; relu != 0 means act = max(., 0). Both panels are 64-byte aligned; c need not be.
  * kc may be 0 (then t = 0).
  */
 #ifndef MLPF_GEMM_KERNELS_H
@@ -26,6 +26,12 @@ typedef struct {
 
 typedef void (*mlpf_sgemm_ukernel)(int64_t kc, const float *a_panel, const float *b_panel,
                                    float *c, int64_t ldc, const mlpf_tile_epilogue *ep);
+
+/* An edge tile: the same for the first rows x cols of the tile only (rows <= MR, cols <= NR;
+ * the panels as for a full tile, zero-padded), read and written in place. */
+typedef void (*mlpf_sgemm_edge_ukernel)(int64_t kc, const float *a_panel, const float *b_panel,
+                                        float *c, int64_t ldc, const mlpf_tile_epilogue *ep,
+                                        int rows, int cols);
 
 /* Packing of one micro-panel: dst gets kc x R values, zero-padded past `rows` (< R).
  * pack_rows:  dst[p*R + r] = src[r*ld + p]   (source rows contiguous along p: transpose)
@@ -54,6 +60,7 @@ typedef struct {
             pass_min_parallel_asleep, parallel_min_elements, stream_min_bytes,
             prefetch_min_bytes;
     mlpf_sgemm_ukernel ukernel;
+    mlpf_sgemm_edge_ukernel edge_ukernel;  /* NULL: edge tiles through a scratch tile */
     /* Packing routines for A (R = mr) and B (R = nr); NULL = the portable ones in gemm.c. */
     mlpf_spack pack_a_rows, pack_a_cols, pack_b_rows, pack_b_cols;
     mlpf_sgemm_narrow narrow_nt;  /* NULL: narrow products go through the tiles too */

@@ -17,13 +17,17 @@
 enum { MR = MLPF_CFG_AVX512_MR, NR = MLPF_CFG_AVX512_NR };
 _Static_assert(NR == 32, "the micro-kernel holds 32 floats of a row of C");
 
-AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
-                                      const float *restrict b, float *restrict c,
-                                      int64_t ldc, const mlpf_tile_epilogue *ep)
+/* The first R rows (R <= MR, a constant once inlined) of a tile, storing the columns in
+ * the masks col0 (0..15) and col1 (16..31): the full kernel with R = MR and both masks
+ * full, the edge kernel otherwise. Rows R..MR-1 of the A panel are not read. */
+AVX512 static inline __attribute__((always_inline)) void
+tile_rows(const int R, int64_t kc, const float *restrict a, const float *restrict b,
+          float *restrict c, int64_t ldc, const mlpf_tile_epilogue *ep, __mmask16 col0,
+          __mmask16 col1)
 {
     __m512 t[MR][2];
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         t[i][0] = _mm512_setzero_ps();
         t[i][1] = _mm512_setzero_ps();
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
@@ -37,7 +41,7 @@ AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
         _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
         _mm_prefetch((const char *)(b + 8 * NR + 16), _MM_HINT_T0);
 #pragma GCC unroll 12
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             __m512 a_i = _mm512_set1_ps(a[i]);
             t[i][0] = _mm512_fmadd_ps(a_i, b0, t[i][0]);
             t[i][1] = _mm512_fmadd_ps(a_i, b1, t[i][1]);
@@ -52,26 +56,49 @@ AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
     const int read_c = ep->beta != 0.0f;
     __m512 bias0 = zero, bias1 = zero;
     if (ep->bias) {
-        bias0 = _mm512_loadu_ps(ep->bias);
-        bias1 = _mm512_loadu_ps(ep->bias + 16);
+        bias0 = _mm512_maskz_loadu_ps(col0, ep->bias);
+        bias1 = _mm512_maskz_loadu_ps(col1, ep->bias + 16);
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         float *c_row = c + i * ldc;
         __m512 v0 = _mm512_fmadd_ps(alpha, t[i][0], bias0);
         __m512 v1 = _mm512_fmadd_ps(alpha, t[i][1], bias1);
         if (read_c) {
-            v0 = _mm512_fmadd_ps(beta, _mm512_loadu_ps(c_row), v0);
-            v1 = _mm512_fmadd_ps(beta, _mm512_loadu_ps(c_row + 16), v1);
+            v0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(col0, c_row), v0);
+            v1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(col1, c_row + 16), v1);
         }
         if (ep->relu) {                 /* max(0, v): NaN passes, as np.maximum */
             v0 = _mm512_max_ps(zero, v0);
             v1 = _mm512_max_ps(zero, v1);
         }
-        _mm512_storeu_ps(c_row, v0);
-        _mm512_storeu_ps(c_row + 16, v1);
+        _mm512_mask_storeu_ps(c_row, col0, v0);
+        _mm512_mask_storeu_ps(c_row + 16, col1, v1);
     }
 }
+
+AVX512 static void sgemm_avx512_12x32(int64_t kc, const float *restrict a,
+                                      const float *restrict b, float *restrict c,
+                                      int64_t ldc, const mlpf_tile_epilogue *ep)
+{
+    tile_rows(MR, kc, a, b, c, ldc, ep, 0xFFFF, 0xFFFF);
+}
+
+/* An edge tile (rows <= MR, cols <= NR) straight into C: the rows that exist, one
+ * compiled loop per row count, so the FMAs of the missing rows are not done. */
+AVX512 static void sgemm_avx512_edge(int64_t kc, const float *restrict a,
+                                     const float *restrict b, float *restrict c, int64_t ldc,
+                                     const mlpf_tile_epilogue *ep, int rows, int cols)
+{
+    const __mmask16 col0 = first_lanes(cols), col1 = first_lanes(cols - 16);
+    switch (rows) {
+#define EDGE_CASE(R_) case R_: tile_rows(R_, kc, a, b, c, ldc, ep, col0, col1); break;
+    EDGE_CASE(1) EDGE_CASE(2) EDGE_CASE(3) EDGE_CASE(4) EDGE_CASE(5) EDGE_CASE(6)
+    EDGE_CASE(7) EDGE_CASE(8) EDGE_CASE(9) EDGE_CASE(10) EDGE_CASE(11) EDGE_CASE(12)
+#undef EDGE_CASE
+    }
+}
+_Static_assert(MR == 12, "sgemm_avx512_edge has a case for each row count up to 12");
 
 /* --- packing: the kernel's panel layouts, written 16 floats at a time ---------------- */
 
@@ -207,7 +234,8 @@ static int avx512_supported(void)
  *             one pass of it per B block. */
 const mlpf_sgemm_config mlpf_sgemm_avx512_config = {
     .name = MLPF_KERNEL_NAME(avx512, AVX512), MLPF_CONFIG_VALUES(AVX512),
-    .ukernel = sgemm_avx512_12x32, .supported = avx512_supported,
+    .ukernel = sgemm_avx512_12x32, .edge_ukernel = sgemm_avx512_edge,
+    .supported = avx512_supported,
     .narrow_nt = sgemm_avx512_narrow_nt,
     .pack_a_rows = pack_a_rows, .pack_a_cols = pack_a_cols,
     .pack_b_rows = pack_b_rows, .pack_b_cols = pack_b_cols,

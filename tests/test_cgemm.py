@@ -97,6 +97,29 @@ def test_alpha_beta_bias_relu_epilogue(kernel, threads, dtype, alpha, beta, rng)
                 assert (out == 0).sum() > m * n // 4      # the relu really cut
 
 
+@pytest.mark.parametrize("n", [16, 31, 33, 64])
+def test_every_edge_tile_in_place(kernel, threads, n, rng):
+    # m = 1..25 leaves every row count 1..12 in the last tile of 12 (1..6 of 6, 1..4 of 4);
+    # n cuts the last 32-wide tile at 16, 31 and 1 columns (and none). C is a view into a
+    # wider array whose other columns hold a sentinel: an edge tile that wrote past its
+    # columns, or rows past m, would change them.
+    k = 20
+    for m in range(1, 26):
+        a, b = operands(rng, m, n, k, False, True, np.float32)
+        c0 = rng.standard_normal((m, n)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        for beta, with_bias, relu in [(0.0, False, False), (0.5, True, False), (1.0, True, True)]:
+            wide = np.full((m + 1, n + 5), 7.0, np.float32)
+            out = wide[:m, :n]
+            out[:] = c0 if beta else np.nan
+            gemm.gemm_c_fused(a, b, out, False, True, 1.5, beta, bias if with_bias else None,
+                              int(relu))
+            want = reference(a, b, False, True, 1.5, beta, c0, bias if with_bias else None,
+                             relu)
+            assert_close(out, want, tol=tol(np.float32, k), what=f"m={m} n={n} beta={beta}")
+            assert (wide[:, n:] == 7.0).all() and (wide[m] == 7.0).all(), f"m={m} n={n}"
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_product_vanishes_k0_and_alpha0(dtype, rng):
     c0 = rng.standard_normal((5, 6)).astype(dtype)
