@@ -3,11 +3,13 @@ batchnorm, both, and in bf16, side by side in one process: the ratio of each to 
 model (the toolkit's bar: batchnorm and dropout within 25% of plain).
 
     python bench/step_variants.py [--config wide|b64|b256] [--rounds 7] [--threads 2]
+                                  [--variants plain dropout ...]
 
 Real MNIST (the first 8,192 training images), Adam, cross-entropy, ReLU. Each round runs
 every variant for 8,192 samples in turn, so load from other processes falls on all of
 them; the first round is a warm-up. Prints the median samples/s of each and its ratio to
-plain, then the load average.
+plain, then the load average. ``--variants plain`` alone times the plain step: the figure
+to compare between two builds of the library, run alternately.
 """
 import argparse
 import time
@@ -23,11 +25,12 @@ VARIANTS = {"plain": {}, "dropout": {"dropout": 0.2},
 SAMPLES = 8192
 
 
-def compiled_steps(mf, sizes, batch, x, y):
-    """{variant: the cpu backend's compiled step over (x, y)}."""
+def compiled_steps(mf, sizes, batch, x, y, names):
+    """{variant: the cpu backend's compiled step over (x, y)} for the variants ``names``."""
     from mlpfast.datasets import as_dataset
     steps = {}
-    for name, options in VARIANTS.items():
+    for name in names:
+        options = VARIANTS[name]
         model = mf.MLP(sizes, backend="cpu", seed=0, **options)
         optimizer = mf.optim.Adam(model.parameters(), lr=1e-4)
         step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(), optimizer,
@@ -44,13 +47,15 @@ def main():
     parser.add_argument("--config", choices=sorted(CONFIGS), default="wide")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
+    names = ["plain"] + [name for name in args.variants if name != "plain"]
     import mlpfast as mf
     mf.set_num_threads(args.threads)
     sizes, batch = CONFIGS[args.config]
     (x, y), _ = mf.datasets.mnist()
     x, y = x[:SAMPLES], y[:SAMPLES]
-    steps = compiled_steps(mf, sizes, batch, x, y)
+    steps = compiled_steps(mf, sizes, batch, x, y, names)
     order = np.random.default_rng(0).permutation(SAMPLES).astype(np.int64)
     batches = SAMPLES // batch
     rates = {name: [] for name in steps}

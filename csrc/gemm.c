@@ -328,6 +328,18 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
     }
 }
 
+/* Column chunks per thread in the shared schedule. Every chunk reads the whole packed A
+ * again, so fewer when it comes from L3 than from L2; and that is what splitting the
+ * columns costs beyond packing A once per thread: choose_grid weighs A's values by it
+ * (measured at the MLP's shapes: bench/README.md, "Thread grid"). */
+static int64_t shared_chunks(const sgemm_call *g)
+{
+    const mlpf_sgemm_config *cfg = g->cfg;
+    const int64_t m_block = round_up(imin(g->m, cfg->mc), cfg->mr);
+    return m_block * g->k * 4 <= cfg->shared_a_l2_bytes ? cfg->shared_chunks_l2
+                                                         : cfg->shared_chunks_l3;
+}
+
 static void sgemm_task(void *arg, int index, int threads)
 {
     sgemm_call *g = arg;
@@ -337,7 +349,7 @@ static void sgemm_task(void *arg, int index, int threads)
         return;
     }
     int gm, gn;
-    choose_grid(threads, g->m, g->n, g->k, g->cfg->mr, g->cfg->nr, &gm, &gn);
+    choose_grid(threads, g->m, g->n, g->k, g->cfg->mr, g->cfg->nr, shared_chunks(g), &gm, &gn);
     if (index >= gm * gn) return;
     int row = index / gn, col = index % gn;
     char *mine = g->workspace + index * g->thread_bytes;
@@ -449,14 +461,11 @@ static int sgemm_run(sgemm_call *g)
     g->kc = depth_block_len(k, cfg->kc, 8);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
-    choose_grid(threads, m, n, k, cfg->mr, cfg->nr, &gm, &gn);
+    choose_grid(threads, m, n, k, cfg->mr, cfg->nr, shared_chunks(g), &gm, &gn);
     if (threads > 1 && gm == 1 && m_block * k * 4 <= cfg->max_shared_a_bytes) {
         /* columns split among the threads: take them from the shared schedule in chunks,
-         * so that a late thread's share can move. Every chunk reads the whole packed A
-         * again: fewer chunks per thread when it comes from L3 than from L2. */
-        const int64_t per_thread = m_block * k * 4 <= cfg->shared_a_l2_bytes
-                                   ? cfg->shared_chunks_l2 : cfg->shared_chunks_l3;
-        const int64_t chunks = per_thread * threads;
+         * so that a late thread's share can move */
+        const int64_t chunks = shared_chunks(g) * threads;
         g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
                          round_up(imin(n, cfg->nc), cfg->nr));
         g->chunks = (n + g->chunk_n - 1) / g->chunk_n;

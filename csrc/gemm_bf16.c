@@ -185,7 +185,7 @@ static int sbgemm_run(sbgemm_call *g)
     const int64_t nc_l2 = imax(NR, cfg->b_chunk_bytes / (2 * k_padded) / NR * NR);
     const int64_t nc = round_up(imin(n, imin(cfg->nc, nc_l2)), NR);
     int gm, gn;
-    choose_grid(threads, m, n, k, MR, NR, &gm, &gn);
+    choose_grid(threads, m, n, k, MR, NR, 1.0, &gm, &gn);
     g->mb = block_len(m, gm > 1 ? imin(mc, round_up((m + gm - 1) / gm, MR)) : mc, MR);
     g->chunk_n = nc;
     if (threads > 1 && gm == 1) {

@@ -46,10 +46,11 @@ static inline int64_t depth_block_len(int64_t k, int64_t target, int64_t multipl
     return round_up((k + blocks - 1) / blocks, multiple);
 }
 
-/* The gm x gn thread grid (gm * gn <= threads) that re-packs the least: each extra grid
- * column re-packs A (m x k), each extra grid row re-packs B (k x n). */
+/* The gm x gn thread grid (gm * gn <= threads) that costs the least: each extra grid
+ * column re-packs A (m x k values, each at a_cost), each extra grid row re-packs B
+ * (k x n values at 1). */
 static inline void choose_grid(int threads, int64_t m, int64_t n, int64_t k, int mr, int nr,
-                               int *gm, int *gn)
+                               double a_cost, int *gm, int *gn)
 {
     const int64_t m_tiles = (m + mr - 1) / mr, n_tiles = (n + nr - 1) / nr;
     *gm = *gn = 1;
@@ -58,7 +59,7 @@ static inline void choose_grid(int threads, int64_t m, int64_t n, int64_t k, int
         for (int rows = 1; rows <= t; rows++) {
             if (t % rows || rows > m_tiles || t / rows > n_tiles) continue;
             int cols = t / rows;
-            double repack = (double)(cols - 1) * m * k + (double)(rows - 1) * k * n;
+            double repack = (cols - 1) * a_cost * m * k + (double)(rows - 1) * k * n;
             if (best < 0 || repack < best) {
                 best = repack;
                 *gm = rows;
