@@ -178,8 +178,10 @@ narrow_block(const int R, const int J, int64_t k, const float *a, int64_t lda, c
             for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(x[r], w, acc[r][j]);
         }
     }
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-        for (int j = 0; j < J; j++) {
+#pragma GCC unroll 5
+        for (int j = 0; j < J; j++) {      /* unrolled, or acc would live in memory */
             float v = ep->alpha * _mm512_reduce_add_ps(acc[r][j]);
             if (ep->beta != 0.0f) v += ep->beta * c[r * ldc + j];
             if (ep->bias) v += ep->bias[j];
