@@ -33,7 +33,9 @@ import numpy as np
 
 # (label, m, n, k, trans_a, trans_b): op(A) is m x k, op(B) is k x n.
 # The MLP layers x (B, in) -> (B, out) with W (out, in): forward X W^T (B transposed),
-# grad_x = dY W (plain), grad_W = dY^T X (A transposed).
+# grad_x = dY W (plain), grad_W = dY^T X (A transposed). The wide configuration
+# (784-1024-1024-10 at batch 256) runs 256x1024.1024x1024 (its dx), both "fwd" and both
+# "dW" rows from 256x1024 on, besides its 10-wide layer.
 SHAPES = [
     ("256^3", 256, 256, 256, False, False),
     ("1024^3", 1024, 1024, 1024, False, False),
@@ -47,6 +49,8 @@ SHAPES = [
     ("256x1024.(1024x1024)^T fwd", 256, 1024, 1024, False, True),
     ("(1024x256)^T.1024x1024", 256, 1024, 1024, True, False),
     ("dW (256x1024)^T.256x1024", 1024, 1024, 256, True, False),
+    ("256x784.(1024x784)^T fwd", 256, 1024, 784, False, True),
+    ("dW (256x1024)^T.256x784", 1024, 784, 256, True, False),
 ]
 QUICK = {"1024^3", "128x784.(512x784)^T fwd", "256x1024.(1024x1024)^T fwd"}
 PEER_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
