@@ -24,8 +24,9 @@ Thresholds (why each value: bench/README.md, "CPU thresholds"):
     min_parallel_fmas          a GEMM below this many multiply-adds runs on one thread ...
     min_parallel_fmas_awake    ... or below this one when the pool's workers still spin
     pass_min_parallel          a pass over a flat buffer (Adam, SGD, sum of squares,
-    pass_min_parallel_asleep   gather) below this many elements runs on one thread
-                               (the second value when the workers sleep)
+    pass_min_parallel_asleep   gather), or a narrow product over its A, below this many
+                               elements runs on one thread (the second value when the
+                               workers sleep)
     parallel_min_elements      a Numba parallel kernel touching fewer elements runs on one
                                thread (MLPFAST_PARALLEL_MIN_ELEMENTS overrides it)
     stream_min_bytes           Numba softmax / cross-entropy outputs of this size and more
