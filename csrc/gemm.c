@@ -451,10 +451,7 @@ static int sgemm_run(sgemm_call *g)
     }
     if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
         /* nothing to pack: the rows split as a pass over A's m x k values does */
-        const int64_t least = mlpf_pool_awake() ? cfg->pass_min_parallel
-                                                : cfg->pass_min_parallel_asleep;
-        const int threads = m * k < least ? 1 : mlpf_get_num_threads();
-        mlpf_pool_run((int)imin(threads, (m + 3) / 4), narrow_task, g);
+        mlpf_pool_run((int)imin(mlpf_pass_threads(m * k), (m + 3) / 4), narrow_task, g);
         return MLPF_OK;
     }
     int threads = mlpf_threads_for((double)m * n * k);

@@ -10,8 +10,8 @@
  *
  * for every i < MR, j < NR: the tile is always full (edge tiles go to the config's
  * edge_ukernel, or without one through a scratch tile). beta == 0 means c is not read;
- * bias == NULL means no bias; relu != 0 means act = max(., 0). Both panels are 64-byte aligned; c need not be.
- * kc may be 0 (then t = 0).
+ * bias == NULL means no bias; relu != 0 means act = max(., 0). Both panels are 64-byte
+ * aligned; c need not be. kc may be 0 (then t = 0).
  */
 #ifndef MLPF_GEMM_KERNELS_H
 #define MLPF_GEMM_KERNELS_H
@@ -92,6 +92,9 @@ typedef struct {
 
 /* The config in use (gemm.c): the GEMM and the passes read their thresholds from it. */
 const mlpf_sgemm_config *mlpf_active_config(void);
+/* Threads for a pass touching n elements (passes.c; gemm.c's narrow products, which pack
+ * nothing): one below the config's pass threshold, the lower one while the workers spin. */
+int mlpf_pass_threads(int64_t n);
 
 extern const mlpf_sgemm_config mlpf_sgemm_portable_config;
 /* The ISA kernels exist on x86 only; -DMLPF_PORTABLE_ONLY builds as on any other CPU. */

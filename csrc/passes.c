@@ -17,7 +17,7 @@
 
 /* One thread below the config's threshold: one core does a short pass in a few
  * microseconds, less than waking the pool's workers when they sleep. */
-static int pass_threads(int64_t n)
+int mlpf_pass_threads(int64_t n)
 {
     const mlpf_sgemm_config *cfg = mlpf_active_config();
     const int64_t least = mlpf_pool_awake() ? cfg->pass_min_parallel
@@ -74,7 +74,7 @@ int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, f
     if (n && (!param || !grad || (momentum != 0.0f && !momentum_buf))) return MLPF_ERR_NULL;
     sgd_call c = {param, grad, momentum_buf, n, lr, momentum, weight_decay, nesterov != 0,
                   first_step != 0};
-    mlpf_pool_run(pass_threads(n), sgd_task, &c);
+    mlpf_pool_run(mlpf_pass_threads(n), sgd_task, &c);
     return MLPF_OK;
 }
 
@@ -120,7 +120,7 @@ int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_s
     if (n && (!param || !grad || !exp_avg || !exp_avg_sq)) return MLPF_ERR_NULL;
     adam_call c = {param, grad, exp_avg, exp_avg_sq, n, step_size, beta1, beta2, inv_bc2_sqrt,
                    eps, weight_decay, decay};
-    mlpf_pool_run(pass_threads(n), adam_task, &c);
+    mlpf_pool_run(mlpf_pass_threads(n), adam_task, &c);
     return MLPF_OK;
 }
 
@@ -168,7 +168,7 @@ double mlpf_ssum_squares(const float *x, int64_t n)
 {
     if (n <= 0 || !x) return 0.0;
     squares_call c = {.x = x, .n = n};
-    int threads = pass_threads(n);
+    int threads = mlpf_pass_threads(n);
     if (threads > MAX_PARTS) threads = MAX_PARTS;
     threads = mlpf_pool_run(threads, squares_task, &c);
     double total = 0.0;
@@ -202,7 +202,7 @@ int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
     for (int64_t i = 0; i < rows; i++)
         if (index[i] < 0 || index[i] >= src_rows) return MLPF_ERR_SHAPE;
     gather_call c = {src, ld, cols, index, rows, out};
-    mlpf_pool_run(pass_threads(rows * cols), gather_task, &c);
+    mlpf_pool_run(mlpf_pass_threads(rows * cols), gather_task, &c);
     return MLPF_OK;
 }
 
@@ -218,6 +218,10 @@ typedef struct {
 } dropout_call;
 
 enum { PHILOX_BLOCKS = 64 };            /* blocks per batch: 256 words on the stack */
+/* Philox-4x32's round multipliers and key increments (Salmon et al. 2011), as in
+ * kernels/dropout.py. */
+static const uint32_t PHILOX_M0 = 0xD2511F53u, PHILOX_M1 = 0xCD9E8D57u,
+                      PHILOX_W0 = 0x9E3779B9u, PHILOX_W1 = 0xBB67AE85u;
 
 /* The 4 words of Philox-4x32-10 for the blocks first .. first + n - 1 (n <= PHILOX_BLOCKS)
  * into u[4 b + w]: ten rounds over all blocks at once, so that the lanes vectorize. */
@@ -234,14 +238,14 @@ VECTOR_CLONES static void philox_words(const dropout_call *c, int64_t first, int
     uint32_t k0 = c->key[0], k1 = c->key[1];
     for (int round = 0; round < 10; round++) {
         for (int b = 0; b < n; b++) {
-            const uint64_t p0 = (uint64_t)0xD2511F53u * c0[b], p1 = (uint64_t)0xCD9E8D57u * c2[b];
+            const uint64_t p0 = (uint64_t)PHILOX_M0 * c0[b], p1 = (uint64_t)PHILOX_M1 * c2[b];
             c0[b] = (uint32_t)(p1 >> 32) ^ c1[b] ^ k0;
             c1[b] = (uint32_t)p1;
             c2[b] = (uint32_t)(p0 >> 32) ^ c3[b] ^ k1;
             c3[b] = (uint32_t)p0;
         }
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
     for (int b = 0; b < n; b++) {
         u[4 * b] = c0[b];
@@ -290,7 +294,7 @@ AVX512_BW static inline void mul_hi_lo(__m512i v, __m512i m, __m512i *hi, __m512
  * 4 words' keep bits interleave (pdep) into element order; lo and hi cut masks. */
 AVX512_BW static void dropout_range_avx512(const dropout_call *c, int64_t lo, int64_t hi)
 {
-    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i t = _mm512_set1_epi32((int)(uint32_t)c->threshold);
     const int none_kept = c->threshold > 0xFFFFFFFFll;          /* p = 1 */
@@ -310,8 +314,8 @@ AVX512_BW static void dropout_range_avx512(const dropout_call *c, int64_t lo, in
             c1 = lo1;
             c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32((int)k1));
             c3 = lo0;
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
         }
         uint64_t kept = 0;                                /* bit j: element start + j */
         if (!none_kept)
