@@ -412,6 +412,14 @@ int mlpf_threads_for(double fmas)
     return fmas < least ? 1 : mlpf_get_num_threads();
 }
 
+int mlpf_wake_threads(double fmas)
+{
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    if (fmas < (double)cfg->min_parallel_fmas_awake || fmas >= (double)cfg->min_parallel_fmas)
+        return 0;
+    return mlpf_pool_wake(mlpf_get_num_threads());
+}
+
 /* A narrow product A B^T (n <= MLPF_NARROW_N): each thread takes a band of rows (4 at a time). */
 static void narrow_task(void *arg, int index, int threads)
 {

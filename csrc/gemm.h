@@ -117,6 +117,12 @@ int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);
+/* For a loop of calls whose largest GEMM has `fmas` multiply-adds (a training step): wakes
+ * the threads' sleeping workers when that GEMM would use them awake but runs on one thread
+ * while they sleep (min_parallel_fmas_awake <= fmas < min_parallel_fmas). Once awake they
+ * spin for 200 us after each call, so the loop's threaded calls keep them awake. Without it
+ * nothing in such a loop would ever wake them. Returns 1 when it woke them, else 0. */
+int mlpf_wake_threads(double fmas);
 /* Name of the micro-kernel chosen at run time for this CPU, e.g. "sgemm_portable". */
 const char *mlpf_kernel_name(void);
 

@@ -134,6 +134,14 @@ int mlpf_pool_awake(void)
     return pool.num_workers > 0 && atomic_load(&pool.asleep) == 0;
 }
 
+static void nothing(void *arg, int index, int threads) { (void)arg, (void)index, (void)threads; }
+
+int mlpf_pool_wake(int n)
+{
+    if (n <= 1 || mlpf_pool_awake()) return 0;
+    return mlpf_pool_run(n, nothing, NULL) > 1;
+}
+
 int mlpf_pool_run(int n, mlpf_task task, void *arg)
 {
     if (n > MAX_THREADS) n = MAX_THREADS;

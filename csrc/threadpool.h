@@ -22,4 +22,8 @@ int mlpf_pool_run(int n, mlpf_task task, void *arg);
  * now starts on all threads within a microsecond instead of after a futex wake-up. */
 int mlpf_pool_awake(void);
 
+/* Wakes the workers up to thread n - 1 (starting them if need be) with an empty job, unless
+ * all are awake already; they then spin as after any job. Returns 1 when it ran that job. */
+int mlpf_pool_wake(int n);
+
 #endif

@@ -15,6 +15,7 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
     sgd(address, p, g, buf, lr, momentum, nesterov, weight_decay, first_step)
+    wake_threads(address, fmas)                        before a step: its largest GEMM's size
 All arrays float32 (bf16 operands: uint16 bits; index int64; keep uint8), C-contiguous; the
 caller has checked the shapes.
 """
@@ -28,7 +29,7 @@ from . import _numba_config
 from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
-         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout")
+         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -72,7 +73,8 @@ def _caller(name):
 
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
- _sbgemm_call, _sbgemm_dact_call, _dropout_call) = (_caller(name) for name in NAMES)
+ _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call) = (
+    _caller(name) for name in NAMES)
 
 
 def element_type(a):
@@ -192,6 +194,13 @@ def sgd(address, p, g, buf, lr, momentum, nesterov, weight_decay, first_step):
     return _sgd_call(address, (p.ctypes.data, g.ctypes.data, buf.ctypes.data, p.shape[0], lr,
                                momentum, 1 if nesterov else 0, weight_decay,
                                1 if first_step else 0))
+
+
+@njit(cache=True)
+def wake_threads(address, fmas):
+    """Wakes the C pool's sleeping workers when a GEMM of ``fmas`` multiply-adds would use
+    them awake but not wake them itself (mlpf_wake_threads). Returns 1 when it woke them."""
+    return _wake_threads_call(address, (np.float64(fmas),))
 
 
 def c_addresses():

@@ -59,7 +59,8 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 ADDRESSES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather",
-             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout")
+             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout",
+             "mlpf_wake_threads")
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
@@ -475,6 +476,10 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
     rows = rows_index.shape[0]
     if rows < 2 and post[0].any():
         return 0.0, 0, BAD_BATCH
+    largest = 0.0                                # multiply-adds of the largest GEMM
+    for w in net[0]:
+        largest = max(largest, float(rows) * w.shape[0] * w.shape[1])
+    _c_calls.wake_threads(addresses[9], largest)
     status = _gather_batch(addresses, src_x, src_y, rows_index, hs[0][:rows], y[:rows],
                            hs[layers].shape[1])
     if status != OK:

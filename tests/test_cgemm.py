@@ -246,6 +246,40 @@ def test_thread_count_follows_mlpfast():
         mlpfast.set_num_threads(before)
 
 
+def test_wake_threads_only_for_gemms_the_sleeping_pool_would_run_alone():
+    """mlpf_wake_threads(fmas) wakes sleeping workers (1) only when a GEMM of fmas multiply-
+    adds uses them awake but not asleep; a second call, while they spin, has nothing to do
+    (0). Below that range the GEMM runs alone; above it, the GEMM wakes them itself."""
+    from mlpfast import _cgemm
+    from mlpfast.kernels.cpu_config import THRESHOLDS
+    wake = _cgemm.lib.mlpf_wake_threads
+    low, high = THRESHOLDS["min_parallel_fmas_awake"], THRESHOLDS["min_parallel_fmas"]
+    before = mlpfast.get_num_threads()
+
+    def wake_once_asleep(fmas):
+        """The first answer once the workers have had time to fall asleep (a worker that the
+        OS has not run for 50 ms may still count as spinning: wait longer)."""
+        for _ in range(20):
+            time.sleep(0.05)
+            if wake(fmas):
+                return 1
+        return 0
+    try:
+        mlpfast.set_num_threads(2)
+        gemm.gemm_c(*operands(np.random.default_rng(0), 256, 256, 256, False, False,
+                              np.float32))                   # the workers exist
+        for fmas in (low, (low + high) / 2, high - 1):
+            assert wake_once_asleep(float(fmas)) == 1, fmas
+            assert wake(float(fmas)) == 0, fmas              # awake now
+        for fmas in (low - 1, high, 1e12):
+            time.sleep(0.05)
+            assert wake(float(fmas)) == 0, fmas
+        mlpfast.set_num_threads(1)
+        assert wake_once_asleep(float(low)) == 0
+    finally:
+        mlpfast.set_num_threads(before)
+
+
 def test_gil_released_during_call(rng):
     # While one Python thread is inside a long C call, another keeps running Python code.
     a, b = operands(rng, 1500, 1500, 1500, False, False, np.float32)

@@ -2,6 +2,8 @@
 every formula they run: loss, correct rows, every gradient, and the parameters after several
 optimizer steps; then how the cpu backend's step plugs into fit (chunks of k batches, dataset
 objects, divergence) and its argument checks."""
+import time
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -202,6 +204,38 @@ def test_a_non_finite_batch_stops_the_call_before_its_update(rng):
     done, finite, loss = steps.run(order, 2, 3, np.full(3, 1e-2), 2, sums)
     assert (done, finite) == (0, False) and np.isnan(loss)
     assert np.array_equal(flat_data, after_two) and np.array_equal(sums, sums_two)
+
+
+def test_a_step_wakes_the_threads_its_mid_sized_gemms_use(rng):
+    """784-128-10 at batch 32: the largest GEMM (3.2M multiply-adds) uses two threads while
+    the workers spin but would not wake them itself, and nothing else in the step is large
+    enough to. The step wakes them (mlpf_wake_threads), so right after a call a wake has
+    nothing to do; without it they would sleep through every step (bench/README.md, "CPU
+    thresholds"). A late return past the workers' 200 us of spinning is retried."""
+    from mlpfast import _cgemm
+    from mlpfast.kernels.cpu_config import THRESHOLDS
+    wake = _cgemm.lib.mlpf_wake_threads
+    largest = 32 * 128 * 784
+    assert THRESHOLDS["min_parallel_fmas_awake"] <= largest < THRESHOLDS["min_parallel_fmas"]
+    x, y = rng.standard_normal((96, 784)).astype(np.float32), rng.integers(0, 10, 96)
+    steps, _, _ = make_steps([784, 128, 10], ["relu", "identity"], x, y, 32, "cross_entropy",
+                             "adam", (0.9, 0.999, 1e-8, 0.0, 0.0), rng)
+    order, before = np.arange(96, dtype=np.int64), mf.get_num_threads()
+    mf.set_num_threads(2)
+    try:
+        awake_after = []
+        for attempt in range(5):
+            time.sleep(0.05)                                 # the workers fall asleep
+            steps.run(order, 0, 3, np.full(3, 1e-3), 3 * attempt, np.zeros(2))
+            awake_after.append(wake(float(largest)) == 0)
+            if awake_after[-1]:
+                break
+        assert any(awake_after), "the workers slept through every step"
+        mf.set_num_threads(1)
+        time.sleep(0.05)
+        assert wake(float(largest)) == 0                     # one thread: nothing to wake
+    finally:
+        mf.set_num_threads(before)
 
 
 def test_bad_arguments_are_named(rng):
