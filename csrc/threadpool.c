@@ -49,6 +49,10 @@ enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* pauses before the caller yie
  * GEMM calls of a training step, short next to the Numba kernels in between, whose threads
  * it would otherwise keep from the cores. */
 static const double SPIN_MICROSECONDS = 200.0;
+/* How often a spinning worker yields its CPU. The kernel may wake a sleeping worker on the
+ * caller's CPU; spinning there without yielding, it kept the caller from running for all
+ * of SPIN_MICROSECONDS, after which it slept again (bench/README.md, "Thread pool"). */
+static const double YIELD_MICROSECONDS = 10.0;
 
 static double now_microseconds(void)
 {
@@ -80,9 +84,15 @@ static void *worker_main(void *index_ptr)
     unsigned long seen = pool.start_generation[index];  /* jobs before the worker existed */
     flush_denormals();                                  /* for every task of this thread */
     for (;;) {
-        const double spin_until = now_microseconds() + SPIN_MICROSECONDS;
-        while (atomic_load(&pool.generation) == seen && now_microseconds() < spin_until)
+        double now = now_microseconds(), yield_at = now + YIELD_MICROSECONDS;
+        const double spin_until = now + SPIN_MICROSECONDS;
+        while (atomic_load(&pool.generation) == seen && (now = now_microseconds()) < spin_until) {
             for (int spin = 0; spin < 16; spin++) cpu_relax();
+            if (now >= yield_at) {              /* a caller waiting for this CPU gets it */
+                sched_yield();
+                yield_at = now + YIELD_MICROSECONDS;
+            }
+        }
         if (atomic_load(&pool.generation) == seen) {
             pthread_mutex_lock(&pool.sleep_lock);
             atomic_fetch_add(&pool.asleep, 1);

@@ -280,6 +280,35 @@ def test_wake_threads_only_for_gemms_the_sleeping_pool_would_run_alone():
         mlpfast.set_num_threads(before)
 
 
+_ONE_CPU_WAKES = """
+import os, sys, time
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})    # the caller and its workers
+import mlpfast                                               # share one CPU
+from mlpfast import _cgemm
+mlpfast.set_num_threads(2)
+fmas = float(sys.argv[1])
+answers = []
+for _ in range(20):
+    time.sleep(0.01)
+    answers.append((_cgemm.lib.mlpf_wake_threads(fmas), _cgemm.lib.mlpf_wake_threads(fmas)))
+print("ok" if answers == [(1, 0)] * 20 else answers)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_a_woken_worker_on_the_callers_cpu_lets_the_caller_run():
+    """The kernel may wake a worker on the caller's CPU. It then spins there after its job,
+    and unless it yields, the caller runs only once it has gone back to sleep: each wake
+    finds the pool asleep again. Pinned to one CPU, every wake must leave it awake."""
+    import subprocess
+    import sys
+    from mlpfast.kernels.cpu_config import THRESHOLDS
+    out = subprocess.run([sys.executable, "-c", _ONE_CPU_WAKES,
+                          str(THRESHOLDS["min_parallel_fmas_awake"])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.stdout + out.stderr)[-2000:]
+
+
 def test_gil_released_during_call(rng):
     # While one Python thread is inside a long C call, another keeps running Python code.
     a, b = operands(rng, 1500, 1500, 1500, False, False, np.float32)
