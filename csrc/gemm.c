@@ -352,8 +352,11 @@ static void sgemm_task(void *arg, int index, int threads)
     choose_grid(threads, g->m, g->n, g->k, g->cfg->mr, g->cfg->nr, shared_chunks(g), &gm, &gn);
     if (index >= gm * gn) return;
     int row = index / gn, col = index % gn;
+    /* rows in steps of 4 where edge tiles run in place (the shares differ by at most 4
+     * rows, not MR), else of whole MR-row tiles */
+    const int row_step = g->cfg->edge_ukernel ? 4 : g->cfg->mr;
     char *mine = g->workspace + index * g->thread_bytes;
-    sgemm_block(g, split(g->m, g->cfg->mr, gm, row), split(g->m, g->cfg->mr, gm, row + 1),
+    sgemm_block(g, split(g->m, row_step, gm, row), split(g->m, row_step, gm, row + 1),
                 split(g->n, g->cfg->nr, gn, col), split(g->n, g->cfg->nr, gn, col + 1),
                 (float *)mine, (float *)(mine + g->a_block_bytes));
 }
