@@ -22,8 +22,12 @@
  *
  * Threads: the grid of gemm.c's choose_grid says whether to split rows (gm > 1: row
  * blocks of about m / gm) or columns (gm = 1: 2-4 column chunks per thread, all threads
- * sharing each row block). Taking items from a counter lets a thread that the OS
- * deschedules leave its share to the others.
+ * sharing each row block). Thread t owns the items t, t + T, t + 2T, ... (T threads) and
+ * takes them in order; then it takes the items other threads have not reached, so a
+ * thread that the OS deschedules leaves its share to the others. Fixed owners keep the
+ * lines of C an item writes on one core from call to call: the AMX kernel computes too
+ * fast to hide their moving between cores (bench/README.md, "Two threads at the small
+ * network's shapes").
  */
 #include <stdatomic.h>
 #include <string.h>
@@ -92,7 +96,7 @@ typedef struct {
     int64_t mb, chunk_n, chunks, items;
     char *workspace;                 /* per thread: A block, B chunk, sums of a row panel */
     size_t a_bytes, b_bytes, thread_bytes;
-    atomic_long next_item;
+    atomic_long taken[MLPF_POOL_MAX_THREADS];   /* items of each owner taken so far */
 } sbgemm_call;
 
 static size_t type_size(int type) { return type == MLPF_TYPE_BF16 ? 2 : 4; }
@@ -149,16 +153,28 @@ static void run_item(const sbgemm_call *g, int64_t ic, int64_t mcb, int64_t jc, 
     }
 }
 
+/* The next item for thread `index`: its own while they last, then those of the owners
+ * after it (*owner counts from index to index + threads - 1); -1 when all are taken. */
+static int64_t next_item(sbgemm_call *g, int index, int threads, int *owner)
+{
+    for (; *owner < index + threads; (*owner)++) {
+        const int t = *owner % threads;
+        const int64_t item = t + atomic_fetch_add(&g->taken[t], 1) * threads;
+        if (item < g->items) return item;
+    }
+    return -1;
+}
+
 static void sbgemm_task(void *arg, int index, int threads)
 {
     sbgemm_call *g = arg;
-    (void)threads;
     char *mine = g->workspace + index * g->thread_bytes;
     uint16_t *a_block = (uint16_t *)mine, *b_chunk = (uint16_t *)(mine + g->a_bytes);
     float *sums = (float *)(mine + g->a_bytes + g->b_bytes);
     int64_t packed = -1;                           /* the row block now in a_block */
     if (g->cfg->thread_begin) g->cfg->thread_begin();
-    for (int64_t item; (item = atomic_fetch_add(&g->next_item, 1)) < g->items;) {
+    int owner = index;
+    for (int64_t item; (item = next_item(g, index, threads, &owner)) >= 0;) {
         const int64_t block = item / g->chunks, ic = block * g->mb, mcb = imin(g->mb, g->m - ic);
         const int64_t jc = item % g->chunks * g->chunk_n, ncb = imin(g->chunk_n, g->n - jc);
         if (block != packed) {
@@ -194,11 +210,11 @@ static int sbgemm_run(sbgemm_call *g)
     }
     g->chunks = (n + g->chunk_n - 1) / g->chunk_n;
     g->items = (m + g->mb - 1) / g->mb * g->chunks;
-    atomic_init(&g->next_item, 0);
     g->a_bytes = (size_t)round_up(g->mb * k_padded * 2, 4096);
     g->b_bytes = (size_t)round_up(k_padded * g->chunk_n * 2, 4096);
     g->thread_bytes = g->a_bytes + g->b_bytes + (size_t)round_up(MR * (g->chunk_n + 16) * 4, 4096);
-    threads = (int)imin(threads, g->items);
+    threads = (int)imin(imin(threads, g->items), MLPF_POOL_MAX_THREADS);
+    for (int t = 0; t < threads; t++) atomic_init(&g->taken[t], 0);
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
     if (!g->workspace) return MLPF_ERR_NOMEM;

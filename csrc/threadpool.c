@@ -44,7 +44,7 @@ static void run_in_caller(mlpf_task task, void *arg, int index, int n)
     restore_denormals(before);
 }
 
-enum { MAX_THREADS = 256, JOIN_SPINS = 2000 };   /* pauses before the caller yields */
+enum { MAX_THREADS = MLPF_POOL_MAX_THREADS, JOIN_SPINS = 2000 };  /* pauses before the caller yields */
 /* How long an idle worker spins before it sleeps: longer than the Python between two
  * GEMM calls of a training step, short next to the Numba kernels in between, whose threads
  * it would otherwise keep from the cores. */

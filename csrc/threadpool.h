@@ -13,6 +13,8 @@
 
 typedef void (*mlpf_task)(void *arg, int thread_index, int num_threads);
 
+enum { MLPF_POOL_MAX_THREADS = 256 };   /* the most threads one call runs on */
+
 /* Runs task on n threads; n is reduced to 1 when the pool is busy with another caller
  * (the functions may be called from several Python threads at once) or cannot start
  * threads. Returns the number of threads used. */

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from conftest import run_guarded
 
+import mlpfast as mf
 from mlpfast.kernels import gemm_bf16 as bf
 
 pytestmark = pytest.mark.skipif(not bf.c_available(), reason="C GEMM not built")
@@ -179,6 +180,27 @@ def test_alpha_beta_bias_relu_across_k_blocks(kernel, threads, out_type, alpha, 
                                 what=f"{kernel} {trans_a},{trans_b} {activation}")
             if activation == "relu":
                 assert (values(out) == 0).sum() > m * n // 4      # the relu really cut
+
+
+@pytest.mark.parametrize("threads_used", [3, 7])
+def test_items_taken_by_other_threads_are_done_once(kernel, threads_used, rng):
+    """More threads than this machine's CPUs, so the OS deschedules some and others take
+    their items (each thread owns items t, t + T, ...; gemm_bf16.c). With beta != 0 an item
+    done twice would apply beta twice, and one skipped would leave C as it was."""
+    before = mf.get_num_threads()
+    mf.set_num_threads(threads_used)
+    try:
+        for m, n, k in [(40, 1000, 60), (300, 90, 70), (64, 784, 256)]:
+            a, b = operands(rng, m, n, k, False, False, F32, BF16)
+            c0 = rng.standard_normal((m, n)).astype(np.float32)
+            for _ in range(5):
+                out = c0.copy()
+                bf.sbgemm_c(a, b, out, alpha=0.5, beta=-1.0)
+                ref = bf.sbgemm_ref(a, b, c0.copy(), alpha=0.5, beta=-1.0)
+                assert_within_bound(out, ref, a, b, False, False, 0.5, extra=np.abs(values(c0)),
+                                    what=f"{kernel} {threads_used} threads {m}x{n}x{k}")
+    finally:
+        mf.set_num_threads(before)
 
 
 DACT_OUTPUTS = {"relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
