@@ -44,7 +44,7 @@ static void run_in_caller(mlpf_task task, void *arg, int index, int n)
     restore_denormals(before);
 }
 
-enum { MAX_THREADS = MLPF_POOL_MAX_THREADS, JOIN_SPINS = 2000 };  /* pauses before the caller yields */
+enum { JOIN_SPINS = 2000 };                 /* pauses before the caller yields */
 /* How long an idle worker spins before it sleeps: longer than the Python between two
  * GEMM calls of a training step, short next to the Numba kernels in between, whose threads
  * it would otherwise keep from the cores. */
@@ -66,7 +66,7 @@ static struct {
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
     int num_workers;                /* workers started (thread indices 1..num_workers) */
-    unsigned long start_generation[MAX_THREADS];  /* generation when each was started */
+    unsigned long start_generation[MLPF_POOL_MAX_THREADS];  /* generation when each was started */
     atomic_ulong generation;        /* bumped once per job */
     mlpf_task task;                 /* the current job, valid while remaining > 0 */
     void *arg;
@@ -154,7 +154,7 @@ int mlpf_pool_wake(int n)
 
 int mlpf_pool_run(int n, mlpf_task task, void *arg)
 {
-    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (n > MLPF_POOL_MAX_THREADS) n = MLPF_POOL_MAX_THREADS;
     if (n <= 1 || pthread_mutex_trylock(&pool.owner) != 0) {
         run_in_caller(task, arg, 0, 1);
         return 1;

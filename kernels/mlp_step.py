@@ -58,9 +58,6 @@ IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, LEAKY_RELU = (
 CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
-ADDRESSES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather",
-             "mlpf_sadam", "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout",
-             "mlpf_wake_threads")
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
@@ -592,7 +589,8 @@ class MLPSteps:
                                for n in sizes[:-1]))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         found = _c_calls.c_addresses()
-        self._addresses = np.array([found[name] for name in ADDRESSES], np.int64)
+        # addresses[i]: the C function _c_calls.NAMES[i], in the compiled code's order
+        self._addresses = np.array([found[name] for name in _c_calls.NAMES], np.int64)
         if src_x.dtype != np.float32:
             self._addresses[3] = 0                           # gather: Numba casts the rows
 
