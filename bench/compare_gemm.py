@@ -1,15 +1,18 @@
-"""Side-by-side sgemm speed: mlpfast's C GEMM against NumPy's OpenBLAS, in one run.
+"""Side-by-side sgemm speed: mlpfast's C GEMM against NumPy's OpenBLAS (and, with --mkl,
+Intel MKL through PyTorch), in one run.
 
-    python bench/compare_gemm.py [--threads 1 2] [--rounds 7] [--quick] [--cpu-time]
+    python bench/compare_gemm.py [--threads 1 2] [--rounds 7] [--quick] [--cpu-time] [--mkl]
 
 The C GEMM is timed in this process. OpenBLAS is timed in a peer subprocess started
 with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from its environment (this
 environment sets them, and they slow OpenBLAS down); the peer checks with threadpoolctl
-that OpenBLAS runs its SkylakeX kernels. The two take turns shape by shape, round by
-round (who goes first alternates), with a pause between turns so that neither side's
-spinning threads steal the other's cores. Each turn times a block of calls; the table
+that OpenBLAS runs its SkylakeX kernels. --mkl adds a second peer process that times
+``torch.matmul(a, b, out=c)`` of a PyTorch built with MKL (it checks that torch says
+BLAS_INFO=mkl; torch.set_num_threads sets its threads). The sides take turns shape by
+shape, round by round (the order rotates), with a pause between turns so that no side's
+spinning threads steal another's cores. Each turn times a block of calls; the table
 gives the median over rounds of each turn's median call, as GFLOP/s = 2 m n k / time,
-and the ratio C / OpenBLAS; then the same from each side's fastest call ("max": what the
+and the ratio C / peer; then the same from each side's fastest call ("max": what the
 cores do while no other job runs on them, the figure least disturbed by a busy machine);
 and the C GEMM's median as a fraction of the fp32 FMA peak measured by csrc/peak.c.
 Results are checked against NumPy before timing.
@@ -65,6 +68,21 @@ def operands(m, n, k, trans_a, trans_b, seed=0):
     return a, b
 
 
+def one_blas_thread():
+    """A context in which NumPy's BLAS runs on one thread: for the reference products that
+    check results before timing. OpenBLAS's threads spin for a while after a call, and on
+    2 cores they would take the cores from whatever is timed next (the first turn of the C
+    GEMM ran at half speed, a fused Linear call at 4 ms instead of 0.3 ms)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
+def reference_product(op_a, op_b):
+    """op_a @ op_b in float64 (NumPy, one BLAS thread)."""
+    with one_blas_thread():
+        return op_a.astype(np.float64) @ op_b
+
+
 def call_times(call, seconds=TURN_SECONDS, clock=time.perf_counter):
     """Seconds of each call of a block of about `seconds` (at least 3 calls), after one
     untimed call. clock=time.thread_time counts only the CPU time of the calling thread
@@ -85,33 +103,81 @@ def time_calls(call, seconds=TURN_SECONDS, clock=time.perf_counter):
     return statistics.median(call_times(call, seconds, clock))
 
 
-# --- the peer: NumPy/OpenBLAS in its own process -------------------------------------
+# --- the peers: NumPy/OpenBLAS or PyTorch/MKL, each in its own process ----------------
 
-def peer_main():
+PEER_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL"}
+
+
+def _openblas_matmul():
+    """(info, set_threads, matmul) of NumPy's OpenBLAS: matmul(a, b, out) = a @ b into out."""
     from threadpoolctl import threadpool_info, threadpool_limits
     np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)
     blas = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
-    print(json.dumps({"blas": blas, "numpy": np.__version__}), flush=True)
-    limits = None
+    limits = []                                # the threadpool_limits object in force
+
+    def set_threads(threads):
+        limits[:] = [threadpool_limits(threads, user_api="blas")]
+
+    return ({"blas": blas, "numpy": np.__version__}, set_threads,
+            lambda a, b, out: np.matmul(a, b, out=out))
+
+
+def _mkl_matmul():
+    """(info, set_threads, matmul) of PyTorch's CPU matmul (MKL's sgemm in an MKL build),
+    on tensors sharing the NumPy arrays' memory."""
+    import torch
+    config = torch.__config__.show()
+    info = {"blas": "mkl" if "BLAS_INFO=mkl" in config else "not mkl",
+            "torch": torch.__version__}
+
+    def matmul(a, b, out):
+        ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+        torch.matmul(ta, tb, out=tout)
+
+    return info, torch.set_num_threads, matmul
+
+
+def peer_main(kind):
+    info, set_threads, matmul = (_openblas_matmul if kind == "openblas" else _mkl_matmul)()
+    print(json.dumps(info), flush=True)
+    threads = None
     for line in sys.stdin:
         req = json.loads(line)
-        if limits is None or req["threads"] != limits[0]:
-            limits = (req["threads"], threadpool_limits(req["threads"], user_api="blas"))
+        if req["threads"] != threads:
+            threads = req["threads"]
+            set_threads(threads)
         a, b = operands(req["m"], req["n"], req["k"], req["trans_a"], req["trans_b"])
         op_a, op_b = (a.T if req["trans_a"] else a), (b.T if req["trans_b"] else b)
         out = np.empty((req["m"], req["n"]), np.float32)
+        matmul(op_a, op_b, out)
+        ref = reference_product(op_a, op_b)
+        if np.abs(out - ref).max() > 1e-5 * np.abs(ref).max():
+            raise SystemExit(f"{kind} peer wrong at {req}")
         clock = time.thread_time if req.get("cpu_time") else time.perf_counter
-        times = call_times(lambda: np.matmul(op_a, op_b, out=out), clock=clock)
+        times = call_times(lambda: matmul(op_a, op_b, out), clock=clock)
         print(json.dumps({"seconds": statistics.median(times), "fastest": min(times)}),
               flush=True)
 
 
 class Peer:
-    def __init__(self):
+    """A peer process timing one library's sgemm: kind "openblas" (NumPy) or "mkl"
+    (PyTorch)."""
+
+    def __init__(self, kind="openblas"):
         env = {key: value for key, value in os.environ.items() if key not in PEER_UNSET}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--peer"], env=env,
+        self.name = PEER_NAMES[kind]
+        self.proc = subprocess.Popen([sys.executable, __file__, "--peer", kind], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.name} peer did not start (is "
+                             + ("torch" if kind == "mkl" else "threadpoolctl")
+                             + " installed?)")
+        self.info = json.loads(line)
+        if kind == "mkl":
+            if self.info["blas"] != "mkl":
+                raise SystemExit(f"peer PyTorch was not built with MKL: {self.info}")
+            return
         archs = {blas.get("architecture") for blas in self.info["blas"]}
         if archs != {"SkylakeX"}:
             raise SystemExit(f"peer OpenBLAS runs {archs}, expected SkylakeX: {self.info}")
@@ -137,7 +203,7 @@ def c_gemm_call(m, n, k, trans_a, trans_b):
     a, b = operands(m, n, k, trans_a, trans_b)
     out = np.empty((m, n), np.float32)
     gemm.gemm_c(a, b, out, trans_a=trans_a, trans_b=trans_b)
-    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    ref = reference_product(a.T if trans_a else a, b.T if trans_b else b)
     err = np.abs(out - ref).max() / np.abs(ref).max()
     if err > 1e-5:
         raise SystemExit(f"C GEMM wrong at {m}x{n}x{k} trans {trans_a},{trans_b}: rel err {err}")
@@ -159,14 +225,16 @@ def measured_peak(threads, tries=12):
     return best or None
 
 
-def compare(shapes, thread_counts, rounds, cpu_time=False):
-    """Rows (label, threads, C GF/s, OpenBLAS GF/s, C fastest, OpenBLAS fastest, peak GF/s):
-    medians over rounds of each turn's median call, and each side's fastest call.
-    cpu_time: time one-thread runs by thread CPU time (wall clock for more threads)."""
+def compare(shapes, thread_counts, rounds, cpu_time=False, peer_kinds=("openblas",)):
+    """Rows (label, threads, C GF/s, C fastest GF/s, {peer name: (GF/s, fastest GF/s)},
+    peak GF/s): medians over rounds of each turn's median call, and each side's fastest
+    call. cpu_time: time one-thread runs by thread CPU time (wall clock for more threads)."""
     import mlpfast
-    peer = Peer()
+    peers = []
     rows = []
     try:
+        for kind in peer_kinds:
+            peers.append(Peer(kind))
         for threads in thread_counts:
             mlpfast.set_num_threads(threads)
             peak = measured_peak(threads)
@@ -178,30 +246,38 @@ def compare(shapes, thread_counts, rounds, cpu_time=False):
                 call = c_gemm_call(m, n, k, ta, tb)
                 on_cpu = cpu_time and threads == 1
                 clock = time.thread_time if on_cpu else time.perf_counter
-                ours, theirs = [], []              # (turn median, turn's fastest call)
+                # per side: (turn median, turn's fastest call) of each round
+                results = {side: [] for side in ["C"] + [peer.name for peer in peers]}
 
                 def our_turn():
                     times = call_times(call, clock=clock)
-                    ours.append((statistics.median(times), min(times)))
+                    results["C"].append((statistics.median(times), min(times)))
 
+                def peer_turn(peer):
+                    return lambda: results[peer.name].append(
+                        peer.time(threads, m, n, k, ta, tb, on_cpu, fastest=True))
+
+                turns = [our_turn] + [peer_turn(peer) for peer in peers]
                 for r in range(rounds):
-                    turns = [our_turn, lambda: theirs.append(
-                        peer.time(threads, m, n, k, ta, tb, on_cpu, fastest=True))]
-                    for turn in (turns if r % 2 == 0 else turns[::-1]):
+                    shift = r % len(turns)
+                    for turn in turns[shift:] + turns[:shift]:
                         turn()
                         time.sleep(PAUSE_SECONDS)
                 flops = 2.0 * m * n * k
-                c_gf, blas_gf = (flops / statistics.median(t[0] for t in turns_) / 1e9
-                                 for turns_ in (ours, theirs))
-                c_best, blas_best = (flops / min(t[1] for t in turns_) / 1e9
-                                     for turns_ in (ours, theirs))
-                rows.append((label, threads, c_gf, blas_gf, c_best, blas_best, peak))
+                speeds = {side: (flops / statistics.median(t[0] for t in turns_) / 1e9,
+                                 flops / min(t[1] for t in turns_) / 1e9)
+                          for side, turns_ in results.items()}
+                c_gf, c_best = speeds.pop("C")
+                rows.append((label, threads, c_gf, c_best, speeds, peak))
+                medians = "".join(f" {gf:8.1f} {c_gf / gf:6.2f}" for gf, _ in speeds.values())
+                fastest = "".join(f" {best:8.1f} {c_best / best:6.2f}"
+                                  for _, best in speeds.values())
                 of_peak = f"{100 * c_gf / peak:5.0f}%" if peak else "     -"
-                print(f"{label:28s} {threads:2d} {c_gf:8.1f} {blas_gf:8.1f} {c_gf / blas_gf:6.2f}"
-                      f"   {c_best:8.1f} {blas_best:8.1f} {c_best / blas_best:6.2f} {of_peak}",
-                      flush=True)
+                print(f"{label:28s} {threads:2d} {c_gf:8.1f}{medians}   {c_best:8.1f}{fastest}"
+                      f" {of_peak}", flush=True)
     finally:
-        peer.close()
+        for peer in peers:
+            peer.close()
     return rows
 
 
@@ -225,7 +301,7 @@ def fused_vs_separate(threads, rounds, batch, n_in, n_out, clock=time.perf_count
         np.add(y, b, out=y)
         np.maximum(y, 0, out=y)
 
-    expected = np.maximum(x.astype(np.float64) @ w.T + b, 0)
+    expected = np.maximum(reference_product(x, w.T) + b, 0)
     for fn in (fused, separate):
         y[...] = np.nan
         fn()
@@ -248,17 +324,24 @@ def main():
     parser.add_argument("--quick", action="store_true", help="three shapes only")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time 1-thread runs by thread CPU time (on a shared machine)")
-    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mkl", action="store_true",
+                        help="also time MKL's sgemm through PyTorch (needs an MKL build of torch)")
+    parser.add_argument("--peer", choices=PEER_NAMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
-        return peer_main()
+        return peer_main(args.peer)
     from mlpfast.kernels import gemm
     shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK]
-    print(f"C kernel {gemm.c_kernel_name()}; peer NumPy/OpenBLAS with {PEER_UNSET} unset; "
-          f"median of {args.rounds} interleaved rounds")
-    print(f"{'shape (m x k . k x n)':28s} {'th':>2s} {'C GF/s':>8s} {'OpenBLAS':>8s} {'ratio':>6s}"
-          f"   {'C max':>8s} {'OB max':>8s} {'ratio':>6s} {'C/peak':>6s}")
-    compare(shapes, args.threads, args.rounds, args.cpu_time)
+    kinds = ("openblas", "mkl") if args.mkl else ("openblas",)
+    print(f"C kernel {gemm.c_kernel_name()}; peer NumPy/OpenBLAS with {PEER_UNSET} unset"
+          + ("; peer PyTorch/MKL" if args.mkl else "")
+          + f"; median of {args.rounds} interleaved rounds; ratio = C / peer")
+    names = [PEER_NAMES[kind] for kind in kinds]
+    print(f"{'shape (m x k . k x n)':28s} {'th':>2s} {'C GF/s':>8s}"
+          + "".join(f" {name:>8s} {'ratio':>6s}" for name in names)
+          + f"   {'C max':>8s}" + "".join(f" {name[:3] + ' max':>8s} {'ratio':>6s}" for name in names)
+          + f" {'C/peak':>6s}")
+    compare(shapes, args.threads, args.rounds, args.cpu_time, kinds)
     for threads in args.threads:
         for batch, n_in, n_out in LINEAR_LAYERS:
             clock = time.thread_time if args.cpu_time and threads == 1 else time.perf_counter
