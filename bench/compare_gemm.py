@@ -188,7 +188,10 @@ class Peer:
                                           "trans_a": trans_a, "trans_b": trans_b,
                                           "cpu_time": cpu_time}) + "\n")
         self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.name} peer stopped at {m}x{n}x{k} (its error is above)")
+        reply = json.loads(line)
         return (reply["seconds"], reply["fastest"]) if fastest else reply["seconds"]
 
     def close(self):
