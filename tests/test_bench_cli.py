@@ -314,25 +314,62 @@ def test_inference_table_gives_rates_ratios_and_agreement(monkeypatch):
     assert [r["variant"] for r in benchmark.inference_rows(results, 2)] == ["mlpfast", "torch"]
 
 
-def fake_compare(monkeypatch, seconds):
+class FakeTrainingPeer:
+    """A TrainingPeer whose epochs take ``seconds`` (a list), or that is skipped (a str);
+    every call is logged in ``calls`` as (peer, what)."""
+
+    def __init__(self, peer, answer, calls):
+        self.peer, self.answer, self.calls = peer, answer, calls
+        self.started = {"skipped": answer} if isinstance(answer, str) else {"ready": True}
+        self.closed = False
+
+    def epoch(self, epoch):
+        self.calls.append((self.peer, epoch))
+        return {"seconds": self.answer[min(epoch, len(self.answer) - 1)], "loss": 0.25}
+
+    def finish(self):
+        self.calls.append((self.peer, "finish"))
+        return {"epoch_seconds": list(self.answer), "samples": 60000, "loss": 0.25,
+                "test_accuracy": 0.97, "notes": f"{self.peer} notes",
+                "threadpools": ["openblas 0.3.31 (SkylakeX, 2 threads)"], "mlpfast_modules": []}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+
+def fake_compare(monkeypatch, seconds, epochs=None, calls=None):
     """compare_training of 784-256-128-10 b64 whose peers answer ``seconds`` (peer -> epoch
     seconds, or a reason to skip), 60000 samples per epoch."""
-    calls = []
+    calls = [] if calls is None else calls
+    started = []
 
-    def run_peer(peer, args, threads):
-        calls.append(args)
+    def start_training_peer(peer, args, threads):
+        assert args == ["--data", "MNIST", "--weights", "W-784-256-128-10", "--batch", "64"]
         answer = seconds.get(peer, f"{peer} not run in this test")
-        if isinstance(answer, str):
-            return {"skipped": answer}
-        return {"epoch_seconds": answer, "samples": 60000, "loss": 0.25,
-                "test_accuracy": 0.97, "notes": f"{peer} notes",
-                "threadpools": ["openblas 0.3.31 (SkylakeX, 2 threads)"], "mlpfast_modules": []}
-    monkeypatch.setattr(benchmark, "run_peer", run_peer)
-    results = benchmark.compare_training([((784, 256, 128, 10), 64)], 2, 3, lambda line: None,
-                                         FakeInputs())
-    assert calls == [["--data", "MNIST", "--weights", "W-784-256-128-10", "--batch", "64",
-                      "--epochs", "3"]] * len(benchmark.TRAIN_PEERS)
+        started.append(FakeTrainingPeer(peer, answer, calls))
+        return started[-1]
+    monkeypatch.setattr(benchmark, "start_training_peer", start_training_peer)
+    monkeypatch.setattr(benchmark, "TURN_PAUSE_SECONDS", 0.0)
+    epochs = epochs or max(len(v) for v in seconds.values() if not isinstance(v, str))
+    results = benchmark.compare_training([((784, 256, 128, 10), 64)], 2, epochs,
+                                         lambda line: None, FakeInputs())
+    assert [peer.peer for peer in started] == list(benchmark.TRAIN_PEERS)
+    assert all(peer.closed for peer in started)
     return results
+
+
+def test_compare_peers_train_in_turns_an_epoch_each_and_rotate(monkeypatch):
+    """Round e starts with the e-th running peer; skipped peers get no turn."""
+    calls = []
+    fake_compare(monkeypatch, {"mlpfast": [1.0, 1.0, 1.0], "numpy": [2.0, 2.0, 2.0],
+                               "jax": [1.5, 1.5, 1.5]}, calls=calls)
+    assert calls == [("mlpfast", 0), ("numpy", 0), ("jax", 0),
+                     ("numpy", 1), ("jax", 1), ("mlpfast", 1),
+                     ("jax", 2), ("mlpfast", 2), ("numpy", 2),
+                     ("mlpfast", "finish"), ("numpy", "finish"), ("jax", "finish")]
 
 
 PEAK = 241.70496          # GFLOP/s: 120,000 samples/s x 1,007,104 FLOP is exactly 50%
@@ -423,17 +460,40 @@ def test_peers_classify_with_their_trained_weights():
 
 @pytest.fixture(scope="module")
 def peer_runs(tmp_path_factory):
-    """Every --compare peer run for real, as `mlpfast bench --compare` runs it: a 784-16-10
-    MLP, batch 64, 640 real MNIST images (warm-up, then 2 timed epochs), 200 test images,
-    1 thread."""
+    """Every --compare peer run for real, as `mlpfast bench --compare` runs them (in turns,
+    an epoch each): a 784-16-10 MLP, batch 64, 640 real MNIST images (warm-up, then 2 timed
+    epochs), 200 test images, 1 thread."""
     from mlpfast.datasets import mnist
     (x, y), (x_test, y_test) = mnist()
     folder = tmp_path_factory.mktemp("peers")
     peers.write_mnist(folder / "mnist", (x[:640], y[:640]), (x_test[:200], y_test[:200]))
     peers.write_weights(folder / "weights", peers.initial_weights([784, 16, 10], 0))
-    args = ["--data", str(folder / "mnist"), "--weights", str(folder / "weights"),
+
+    class Inputs:
+        def mnist(self):
+            return str(folder / "mnist")
+
+        def weights(self, sizes, seed=0):
+            return str(folder / "weights")
+    results = benchmark.compare_training([((784, 16, 10), 64)], 1, 2, lambda line: None,
+                                         Inputs())
+    return {r["peer"]: r for r in results}
+
+
+def test_a_peer_run_in_one_go_trains_like_one_run_in_turns(tmp_path, peer_runs):
+    """peers.py PEER --epochs 2 (no turns) and the turns of --compare: the same batches
+    and updates, so the same losses and test accuracy."""
+    from mlpfast.datasets import mnist
+    (x, y), (x_test, y_test) = mnist()
+    peers.write_mnist(tmp_path / "mnist", (x[:640], y[:640]), (x_test[:200], y_test[:200]))
+    peers.write_weights(tmp_path / "weights", peers.initial_weights([784, 16, 10], 0))
+    args = ["--data", str(tmp_path / "mnist"), "--weights", str(tmp_path / "weights"),
             "--batch", "64", "--epochs", "2"]
-    return {peer: benchmark.run_peer(peer, args, threads=1) for peer in benchmark.TRAIN_PEERS}
+    for peer in ("mlpfast", "numpy"):
+        alone, in_turns = benchmark.run_peer(peer, args, threads=1), ran(peer_runs[peer])
+        assert len(alone["epoch_seconds"]) == 2
+        assert alone["loss"] == in_turns["loss"]
+        assert alone["test_accuracy"] == in_turns["test_accuracy"]
 
 
 def ran(result):

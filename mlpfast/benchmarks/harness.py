@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import select
 import subprocess
 import sys
 import tempfile
@@ -599,14 +600,16 @@ def run_peer(peer, args, threads, timeout=1800):
 
 
 class PeerProcess:
-    """A NumPy peer that stays up and times one case per request, so ours and the peer's
-    timings of a case are taken one right after the other: ``command`` is
-    KERNEL_PEER_COMMAND (kernel requests) or ``peer_command("numpy", threads, ["--serve"])``
-    (training-step requests). ``ask(request)`` -> the reply dict ({"row": ...} or
-    {"skipped": why})."""
+    """A peer that stays up and answers one JSON request per line: the NumPy peer that
+    times one case per request, so ours and the peer's timings of a case are taken one
+    right after the other (``command`` KERNEL_PEER_COMMAND for kernel requests, or
+    ``peer_command("numpy", threads, ["--serve"])`` for training-step requests), or a
+    training peer of ``--compare`` (``TrainingPeer``). ``ask(request)`` -> the reply dict
+    ({"row": ...}, ... or {"skipped": why}); a peer silent for ``timeout`` seconds is
+    stopped and skipped."""
 
-    def __init__(self, command, threads, name="numpy"):
-        self.name = name
+    def __init__(self, command, threads, name="numpy", timeout=1800):
+        self.name, self.timeout = name, timeout
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, **_child_options(name, threads))
 
@@ -615,6 +618,15 @@ class PeerProcess:
             return {"skipped": f"peer exited: {_last_error(self.proc.stderr.read())}"}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
+        return self.reply()
+
+    def reply(self):
+        """The peer's next JSON line, or {"skipped": why} when it exits or stays silent."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            return {"skipped": f"peer silent for {self.timeout} s, stopped"}
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
@@ -631,6 +643,22 @@ class PeerProcess:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class TrainingPeer(PeerProcess):
+    """``peers.py PEER --serve-epochs ARGS``: built and warmed up before the constructor
+    returns (``started``: {"ready": true} or {"skipped": why}), then ``epoch(e)`` ->
+    {"seconds", "loss"} and ``finish()`` -> its result (peers.EpochRun.result)."""
+
+    def __init__(self, peer, args, threads):
+        super().__init__(peer_command(peer, threads, [*args, "--serve-epochs"]), threads, peer)
+        self.started = self.reply()
+
+    def epoch(self, epoch):
+        return self.ask({"epoch": epoch})
+
+    def finish(self):
+        return self.ask({"finish": True})
 
 
 def answer_kernel(request):
@@ -855,18 +883,43 @@ def _log_result(log, result, what):
          else f"skipped: {result['skipped']}"))
 
 
+TURN_PAUSE_SECONDS = 0.2    # between two peers' turns: the last one's threads stop spinning
+
+
 def compare_training(configs, threads, epochs, log, inputs):
-    """Full epochs of every peer of TRAIN_PEERS on every configuration, each in its own
-    process, from the MNIST and initial weights that ``inputs`` (``PeerInputs``) wrote.
+    """Full epochs of every peer of TRAIN_PEERS on every configuration, each peer in its own
+    process (``TrainingPeer``), from the MNIST and initial weights that ``inputs``
+    (``PeerInputs``) wrote. The peers of a configuration start and warm up one after the
+    other, then train in turns, one epoch each, the first of each round moving on by one
+    peer: a slow spell of a shared machine falls on all of them, not on one peer's epochs.
     Each result gets peer, config, sizes and, when it ran, samples/s of its best and median
     epoch (``best_samples_per_s``, ``samples_per_s``)."""
     results = []
     for sizes, batch in configs:
         args = ["--data", inputs.mnist(), "--weights", inputs.weights(sizes),
-                "--batch", str(batch), "--epochs", str(epochs)]
+                "--batch", str(batch)]
+        config = {"config": config_name(sizes, batch), "sizes": list(sizes)}
+        with contextlib.ExitStack() as stack:
+            answers, running = {}, {}
+            for peer in TRAIN_PEERS:
+                started = stack.enter_context(start_training_peer(peer, args, threads))
+                if "skipped" in started.started:
+                    answers[peer] = started.started
+                else:
+                    running[peer] = started
+            for epoch in range(epochs):
+                order = list(running)
+                first = epoch % len(order) if order else 0
+                for peer in order[first:] + order[:first]:
+                    time.sleep(TURN_PAUSE_SECONDS)
+                    reply = running[peer].epoch(epoch)
+                    if "skipped" in reply:
+                        answers[peer] = reply
+                        del running[peer]
+            for peer, training in running.items():
+                answers[peer] = training.finish()
         for peer in TRAIN_PEERS:
-            result = run_peer(peer, args, threads)
-            result.update(peer=peer, config=config_name(sizes, batch), sizes=list(sizes))
+            result = dict(answers[peer], peer=peer, **config)
             if "epoch_seconds" in result:
                 seconds = result["epoch_seconds"]
                 result["best_samples_per_s"] = result["samples"] / min(seconds)
@@ -874,6 +927,11 @@ def compare_training(configs, threads, epochs, log, inputs):
             _log_result(log, result, result["config"])
             results.append(result)
     return results
+
+
+def start_training_peer(peer, args, threads):
+    """A started ``TrainingPeer`` (a context manager that stops its process)."""
+    return TrainingPeer(peer, args, threads)
 
 
 def better_torch(results):

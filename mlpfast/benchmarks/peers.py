@@ -7,14 +7,19 @@ imports mlpfast. The parent (``mlpfast.benchmarks.harness``) writes MNIST and th
 weights once as .npy files (``write_mnist``, ``write_weights``), starts each peer in a
 process of its own with its threads pinned (CPU affinity, the *_NUM_THREADS variables,
 torch.set_num_threads) and, for NumPy, without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, and
-reads the one JSON line it prints. Every answer lists the thread pools threadpoolctl sees in
+reads the JSON lines it prints. Every answer lists the thread pools threadpoolctl sees in
 the peer and the mlpfast modules it imported (none, but for the mlpfast peer).
 
     peers.py PEER --data DIR --weights DIR --batch 64 --threads 2 --epochs 3
         PEER: mlpfast, mlpfast-bf16 (precision="bf16") or one of TRAINERS (torch-bf16:
-        the tuned PyTorch under CPU autocast to bf16). Full MNIST epochs; the same warm-up for all (32 full batches
-        and one batch of the epoch's tail size, so JAX compiles both shapes), the same
-        initial weights, shuffles and Adam (lr 1e-3) updates; the seconds of every epoch.
+        the tuned PyTorch under CPU autocast to bf16). Full MNIST epochs; the same warm-up
+        for all (32 full batches and one batch of the epoch's tail size, so JAX compiles
+        both shapes), the same initial weights, shuffles (``epoch_order``) and Adam (lr
+        1e-3) updates; the seconds of every epoch.
+    peers.py PEER --serve-epochs --data DIR --weights DIR --batch 64 --threads 2
+        the same run an epoch at a time, as ``mlpfast bench --compare`` drives every peer
+        in turns: answers {"ready": true} once warmed up, then per JSON line on stdin
+        {"epoch": e} -> {"seconds", "loss"} and {"finish": true} -> the result, as above.
     peers.py PEER --infer --data DIR --weights DIR --batch 1024 --threads 2
         PEER: one of PREDICTORS. Predicted classes (argmax of the logits) of the 10,000
         MNIST test images in batches; a warm-up pass, then INFER_ROUNDS timed passes, median.
@@ -319,37 +324,76 @@ MLPFAST_PRECISIONS = {"mlpfast": "fp32", "mlpfast-bf16": "bf16"}
 
 # --- epochs ---------------------------------------------------------------------------
 
-def train_epochs(peer, data, weights, batch, threads, epochs, seed):
-    """Warm-up, then ``epochs`` timed epochs; {epoch_seconds, samples (per epoch), loss (of
-    the last epoch), test_accuracy (of the trained model), notes}."""
-    if peer not in MLPFAST_PRECISIONS:     # first, so that a missing library is reported
-        step, sync, notes, classes = TRAINERS[peer](weights, threads)     # at once
-    (x, y), (x_test, y_test) = read_mnist(data)
-    n = len(x)
-    warm = WARMUP_BATCHES * batch + n % batch
-    if peer in MLPFAST_PRECISIONS:
-        return mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm,
-                              MLPFAST_PRECISIONS[peer])
+def epoch_order(n, seed, epoch):
+    """The sample order of timed epoch ``epoch`` (0, 1, ...): the first epoch order of
+    ``mlpfast.fit(..., seed=seed + 1 + epoch)``, so every peer trains on the same batches."""
+    return np.random.default_rng(seed + 1 + epoch).permutation(n)
 
-    def epoch(order):
+
+class EpochRun:
+    """One peer's training run, an epoch per call: built and warmed up here (32 full batches
+    and one of the epoch's tail size, shuffled by ``seed``, as ``fit(x[:warm], seed=seed)``
+    draws them), then ``epoch(e)`` -> (seconds, mean loss) of timed epoch e over the batches
+    of ``epoch_order``, then ``result()``: the answer of ``peers.py PEER --epochs``."""
+
+    def __init__(self, peer, data, weights, batch, threads, seed):
+        if peer not in MLPFAST_PRECISIONS:     # first, so that a missing library is reported
+            self.step, self.sync, self.notes, self.classes = TRAINERS[peer](weights, threads)
+        (self.x, self.y), (self.x_test, self.y_test) = read_mnist(data)
+        self.peer, self.batch, self.seed = peer, batch, seed
+        self.seconds, self.losses = [], []
+        warm = WARMUP_BATCHES * batch + len(self.x) % batch
+        if peer in MLPFAST_PRECISIONS:
+            self._start_mlpfast(weights, warm)
+        else:
+            self._epoch(np.random.default_rng(seed).permutation(min(warm, len(self.x))))
+
+    def _start_mlpfast(self, weights, warm):
+        from mlpfast import CrossEntropyLoss, fit, get_num_threads
+        from mlpfast.optim import Adam
+        self.model = _mlpfast_model(weights, self.seed, MLPFAST_PRECISIONS[self.peer])
+        self.optimizer = Adam(self.model.parameters(), lr=LR)
+        self.fit = functools.partial(fit, self.model, self.optimizer, CrossEntropyLoss(),
+                                     batch_size=self.batch, progress=False)
+        self.fit(self.x[:warm], self.y[:warm], epochs=1, seed=self.seed)
+        self.notes = f"mlpfast backend {self.model.backend.name}, {get_num_threads()} threads"
+        if self.model.precision == "bf16":
+            from mlpfast.kernels.gemm_bf16 import C_KERNELS
+            self.notes += f", bf16 ({C_KERNELS.name()})"
+
+    def _epoch(self, order):
         losses = []
-        for lo in range(0, len(order), batch):
-            index = order[lo:lo + batch]
-            losses.append(step(x[index], y[index]))
-        sync()
+        for lo in range(0, len(order), self.batch):
+            index = order[lo:lo + self.batch]
+            losses.append(self.step(self.x[index], self.y[index]))
+        self.sync()
         return float(np.mean([float(v) for v in losses]))
 
-    # the batches fit() draws: warm-up over x[:warm] shuffled by seed, then epochs by seed + 1
-    epoch(np.random.default_rng(seed).permutation(min(warm, n)))
-    rng = np.random.default_rng(seed + 1)
-    seconds, losses = [], []
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        start = time.perf_counter()
-        losses.append(epoch(order))
-        seconds.append(time.perf_counter() - start)
-    accuracy = float(np.mean(classes(np.ascontiguousarray(x_test, dtype=np.float32)) == y_test))
-    return epoch_result(seconds, losses[-1], n, notes, accuracy)
+    def epoch(self, epoch):
+        if self.peer in MLPFAST_PRECISIONS:
+            history = self.fit(self.x, self.y, epochs=1, seed=self.seed + 1 + epoch)
+            seconds, loss = history["seconds"][0], history["loss"][0]
+        else:
+            order = epoch_order(len(self.x), self.seed, epoch)
+            start = time.perf_counter()
+            loss = self._epoch(order)
+            seconds = time.perf_counter() - start
+        self.seconds.append(float(seconds))
+        self.losses.append(float(loss))
+        return self.seconds[-1], self.losses[-1]
+
+    def result(self):
+        """{epoch_seconds, samples (per epoch), loss (of the last epoch), test_accuracy (of
+        the trained model), notes}."""
+        x_test = np.ascontiguousarray(self.x_test, dtype=np.float32)
+        if self.peer in MLPFAST_PRECISIONS:
+            from mlpfast import predict
+            predicted = predict(self.model, x_test)
+        else:
+            predicted = self.classes(x_test)
+        return {"epoch_seconds": list(self.seconds), "samples": len(self.x),
+                "loss": self.losses[-1] if self.losses else None,
+                "test_accuracy": float(np.mean(predicted == self.y_test)), "notes": self.notes}
 
 
 def _mlpfast_model(weights, seed=None, precision="fp32"):
@@ -362,26 +406,11 @@ def _mlpfast_model(weights, seed=None, precision="fp32"):
     return model
 
 
-def mlpfast_epochs(x, y, x_test, y_test, weights, batch, epochs, seed, warm, precision):
-    from mlpfast import CrossEntropyLoss, fit, get_num_threads, predict
-    from mlpfast.optim import Adam
-    model = _mlpfast_model(weights, seed, precision)
-    optimizer = Adam(model.parameters(), lr=LR)
-    fit(model, optimizer, CrossEntropyLoss(), x[:warm], y[:warm], epochs=1, batch_size=batch,
-        seed=seed, progress=False)
-    history = fit(model, optimizer, CrossEntropyLoss(), x, y, epochs=epochs, batch_size=batch,
-                  seed=seed + 1, progress=False)
-    notes = f"mlpfast backend {model.backend.name}, {get_num_threads()} threads"
-    if precision == "bf16":
-        from mlpfast.kernels.gemm_bf16 import C_KERNELS
-        notes += f", bf16 ({C_KERNELS.name()})"
-    accuracy = float(np.mean(predict(model, x_test) == y_test))
-    return epoch_result(history["seconds"], history["loss"][-1], len(x), notes, accuracy)
-
-
-def epoch_result(seconds, loss, n, notes, test_accuracy):
-    return {"epoch_seconds": [float(s) for s in seconds], "samples": n, "loss": loss,
-            "test_accuracy": test_accuracy, "notes": notes}
+def about_me():
+    """What every answer says of the peer's process: its thread pools, the mlpfast modules
+    it imported and the CPUs it may run on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"threadpools": threadpools(), "mlpfast_modules": mlpfast_modules(), "cpus": cpus}
 
 
 # --- inference: make(weights, threads) -> (predict(x, batch) -> classes, notes) -------
@@ -477,16 +506,55 @@ def serve(stdin, stdout, answer):
 
 
 def run(args):
-    """The result of one training or inference run, as a JSON-able dict."""
+    """The result of one training (``--epochs`` timed epochs in a row) or inference run, as
+    a JSON-able dict."""
     weights = read_weights(args.weights)
     if args.infer:
         result = infer_rate(args.peer, args.data, weights, args.batch, args.threads)
     else:
-        result = train_epochs(args.peer, args.data, weights, args.batch, args.threads,
-                              args.epochs, args.seed)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    result.update(threadpools=threadpools(), mlpfast_modules=mlpfast_modules(), cpus=cpus)
-    return result
+        training = EpochRun(args.peer, args.data, weights, args.batch, args.threads, args.seed)
+        for epoch in range(args.epochs):
+            training.epoch(epoch)
+        result = training.result()
+    return dict(result, **about_me())
+
+
+def answer_epochs(training, request):
+    """{"epoch": e} -> {"seconds", "loss"} of timed epoch e; {"finish": true} -> the
+    result of the run (``EpochRun.result``, with ``about_me``)."""
+    if "epoch" in request:
+        seconds, loss = training.epoch(int(request["epoch"]))
+        return {"seconds": seconds, "loss": loss}
+    if request.get("finish"):
+        return dict(training.result(), **about_me())
+    raise KeyError(f"not an epoch request: {request!r}")
+
+
+def serve_epochs(args, stdin, stdout):
+    """``--serve-epochs``: build and warm up the run, answer {"ready": true} (or
+    {"skipped": why}), then epoch requests until {"finish": true}."""
+    try:
+        training = EpochRun(args.peer, args.data, read_weights(args.weights), args.batch,
+                            args.threads, args.seed)
+    except ImportError as e:
+        stdout.write(json.dumps(skipped_for(e, args.peer)) + "\n")
+        stdout.flush()
+        return
+    stdout.write(json.dumps({"ready": True}) + "\n")
+    stdout.flush()
+    for line in stdin:
+        request = json.loads(line)
+        stdout.write(json.dumps(answer_epochs(training, request)) + "\n")
+        stdout.flush()
+        if request.get("finish"):
+            return
+
+
+def skipped_for(error, peer):
+    """The answer of a peer whose library is missing (an ImportError)."""
+    library = peer.split("-")[0]
+    return {"skipped": f"{error.name or library} is not installed "
+                       f"({INSTALL_HINTS.get(library, '')})"}
 
 
 def main(argv=None):
@@ -504,6 +572,8 @@ def main(argv=None):
                              f"training; one of {', '.join(PREDICTORS)}")
     parser.add_argument("--serve", action="store_true",
                         help="numpy only: answer training-step timing requests on stdin")
+    parser.add_argument("--serve-epochs", action="store_true",
+                        help="train an epoch per request on stdin (what --compare runs)")
     args = parser.parse_args(argv)
     if args.serve:
         if args.peer != "numpy":
@@ -514,12 +584,15 @@ def main(argv=None):
         parser.error(f"--infer is for {', '.join(PREDICTORS)}, got {args.peer!r}")
     if not args.data or not args.weights:
         parser.error("--data and --weights are required (the parent writes them)")
+    if args.serve_epochs:
+        if args.infer:
+            parser.error("--serve-epochs trains; it does not go with --infer")
+        serve_epochs(args, sys.stdin, sys.stdout)
+        return 0
     try:
         result = run(args)
     except ImportError as e:
-        library = args.peer.split("-")[0]
-        result = {"skipped": f"{e.name or library} is not installed "
-                             f"({INSTALL_HINTS.get(library, '')})"}
+        result = skipped_for(e, args.peer)
     print(json.dumps(result))
     return 0
 
