@@ -532,7 +532,7 @@ def answer_epochs(training, request):
 
 def serve_epochs(args, stdin, stdout):
     """``--serve-epochs``: build and warm up the run, answer {"ready": true} (or
-    {"skipped": why}), then epoch requests until {"finish": true}."""
+    {"skipped": why}), then ``answer_epochs`` requests (``serve``) until stdin closes."""
     try:
         training = EpochRun(args.peer, args.data, read_weights(args.weights), args.batch,
                             args.threads, args.seed)
@@ -542,12 +542,7 @@ def serve_epochs(args, stdin, stdout):
         return
     stdout.write(json.dumps({"ready": True}) + "\n")
     stdout.flush()
-    for line in stdin:
-        request = json.loads(line)
-        stdout.write(json.dumps(answer_epochs(training, request)) + "\n")
-        stdout.flush()
-        if request.get("finish"):
-            return
+    serve(stdin, stdout, functools.partial(answer_epochs, training))
 
 
 def skipped_for(error, peer):
