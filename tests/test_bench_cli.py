@@ -232,6 +232,40 @@ def test_peer_process_answers_from_its_own_environment(command):
     assert peer.proc.returncode == 0
 
 
+def python_peer(source, timeout=60):
+    """A PeerProcess running ``python -c source``."""
+    return benchmark.PeerProcess([sys.executable, "-c", source], threads=1, timeout=timeout)
+
+
+def test_peer_process_is_not_blocked_by_a_peer_that_writes_much_to_stderr():
+    # 1 MiB on stderr before the reply: a pipe would fill at 64 KiB and the peer would
+    # block there until the timeout
+    source = ("import sys\n"
+              "for line in sys.stdin:\n"
+              "    sys.stderr.write(('warning ' * 128 + '\\n') * 1024)\n"
+              "    print('{\"echo\": ' + line.strip() + '}', flush=True)\n")
+    with python_peer(source, timeout=20) as peer:
+        assert peer.ask({"epoch": 0}) == {"echo": {"epoch": 0}}
+        assert peer.ask({"epoch": 1}) == {"echo": {"epoch": 1}}
+
+
+def test_peer_process_answers_lines_that_arrived_together():
+    source = "print('{\"first\": 1}\\n{\"second\": 2}', flush=True); import time; time.sleep(30)"
+    with python_peer(source, timeout=2) as peer:
+        assert peer.reply() == {"first": 1}
+        started = time.monotonic()
+        assert peer.reply() == {"second": 2}         # already read: no wait for the pipe
+        assert time.monotonic() - started < 1
+        assert peer.reply() == {"skipped": "peer silent for 2 s, stopped"}
+
+
+def test_peer_process_reports_why_a_peer_exited():
+    source = "import sys; sys.stdin.readline(); sys.exit('peers.py: no such data folder')"
+    with python_peer(source) as peer:
+        assert peer.ask({"epoch": 0}) == {"skipped": "peer exited: peers.py: no such data folder"}
+        assert peer.ask({"epoch": 1}) == {"skipped": "peer exited: peers.py: no such data folder"}
+
+
 def test_train_step_validation_catches_a_wrong_gradient(monkeypatch):
     from mlpfast.backend import registry as backends_module
     numpy_backend = backends_module.get_backend("numpy")

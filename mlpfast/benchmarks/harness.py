@@ -606,37 +606,58 @@ class PeerProcess:
     ``peer_command("numpy", threads, ["--serve"])`` for training-step requests), or a
     training peer of ``--compare`` (``TrainingPeer``). ``ask(request)`` -> the reply dict
     ({"row": ...}, ... or {"skipped": why}); a peer silent for ``timeout`` seconds is
-    stopped and skipped."""
+    stopped and skipped.
+
+    The peer's stderr goes to a temporary file, not a pipe: a training peer stays up for
+    a whole run, and one that wrote more than a pipe holds (64 KiB) would block on it.
+    Its last line is the reason given when the peer exits."""
 
     def __init__(self, command, threads, name="numpy", timeout=1800):
         self.name, self.timeout = name, timeout
+        self._stderr = tempfile.TemporaryFile("w+")
+        self._unread = b""            # bytes of stdout read but not yet answered
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, **_child_options(name, threads))
+                                     stderr=self._stderr, **_child_options(name, threads))
 
     def ask(self, request):
         if self.proc.poll() is not None:
-            return {"skipped": f"peer exited: {_last_error(self.proc.stderr.read())}"}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+            return self._exited()
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:                    # it exited since poll()
+            return self._exited()
         return self.reply()
 
     def reply(self):
-        """The peer's next JSON line, or {"skipped": why} when it exits or stays silent."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
-        if not ready:
-            self.proc.kill()
-            self.proc.wait()
-            return {"skipped": f"peer silent for {self.timeout} s, stopped"}
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            return {"skipped": f"peer exited: {_last_error(self.proc.stderr.read())}"}
+        """The peer's next JSON line, or {"skipped": why} when it exits or stays silent.
+        Reads the pipe itself (select, then os.read) rather than through a buffered file,
+        whose buffer could hold a line that select does not see."""
+        deadline = time.monotonic() + self.timeout
+        stdout = self.proc.stdout.fileno()
+        while b"\n" not in self._unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([stdout], [], [], left)[0]:
+                self.proc.kill()
+                self.proc.wait()
+                return {"skipped": f"peer silent for {self.timeout} s, stopped"}
+            chunk = os.read(stdout, 1 << 16)
+            if not chunk:
+                return self._exited()
+            self._unread += chunk
+        line, self._unread = self._unread.split(b"\n", 1)
         return json.loads(line)
+
+    def _exited(self):
+        self.proc.wait()
+        self._stderr.seek(0)
+        return {"skipped": f"peer exited: {_last_error(self._stderr.read())}"}
 
     def close(self):
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
+        self._stderr.close()
 
     def __enter__(self):
         return self
