@@ -114,6 +114,24 @@ int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64
                   int64_t threshold, int64_t key_lo, int64_t key_hi, int64_t layer,
                   int64_t step_lo, int64_t step_hi, float scale);
 
+/* A trace of the thread pool's jobs, for finding where a training step's time goes
+ * (bench/pool_trace.py). Each GEMM and pass is one job; its event holds the task's name
+ * ("sgemm_task", "adam_task", ...), the threads it ran on, and times in microseconds
+ * (CLOCK_MONOTONIC): the call's start, the caller's share done, the first and the last of
+ * the other threads done (both equal to caller_done on one thread), and the call's end.
+ * mlpf_pool_trace_start records the next `capacity` jobs (from scratch; 0 or
+ * MLPF_ERR_SHAPE / MLPF_ERR_NOMEM). mlpf_pool_trace_stop stops recording, copies up to
+ * `max_events` events into `events` and returns how many there were (0 when no trace
+ * ran). A job running when the trace starts or stops may be left out. A job costs a few
+ * clock reads and a lock when traced, and a test of a pointer when not. */
+typedef struct {
+    const char *task;
+    int threads;
+    double start_us, caller_done_us, first_done_us, last_done_us, end_us;
+} mlpf_pool_event;
+int mlpf_pool_trace_start(int64_t capacity);
+int64_t mlpf_pool_trace_stop(mlpf_pool_event *events, int64_t max_events);
+
 /* Threads used by one call (>= 1). */
 void mlpf_set_num_threads(int n);
 int mlpf_get_num_threads(void);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include "gemm.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -73,6 +74,8 @@ static struct {
     int job_threads;
     atomic_int remaining;           /* workers yet to finish the current job */
     atomic_int asleep;              /* workers waiting on the condition variable */
+    int job_traced;                 /* the current job is traced: workers note done_us */
+    double done_us[MLPF_POOL_MAX_THREADS];  /* when each worker finished its share */
 } pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .sleep_lock = PTHREAD_MUTEX_INITIALIZER,
         .wake = PTHREAD_COND_INITIALIZER};
 
@@ -102,8 +105,10 @@ static void *worker_main(void *index_ptr)
             pthread_mutex_unlock(&pool.sleep_lock);
         }
         seen = atomic_load(&pool.generation);
-        if (index < pool.job_threads)
+        if (index < pool.job_threads) {
             pool.task(pool.arg, index, pool.job_threads);
+            if (pool.job_traced) pool.done_us[index] = now_microseconds();
+        }
         atomic_fetch_sub(&pool.remaining, 1);   /* every worker answers every job, so */
     }                                           /* none can lag into the next one     */
     return NULL;
@@ -144,31 +149,93 @@ int mlpf_pool_awake(void)
     return pool.num_workers > 0 && atomic_load(&pool.asleep) == 0;
 }
 
-static void nothing(void *arg, int index, int threads) { (void)arg, (void)index, (void)threads; }
+/* --- the trace of jobs (gemm.h) ----------------------------------------------------------- */
+
+/* A job reads `events` unlocked when it starts (to know whether to time itself) and
+ * records itself under the lock, where it finds the trace stopped or restarted if it was
+ * meanwhile: it is then left out, never written into freed memory. */
+static struct {
+    pthread_mutex_t lock;
+    _Atomic(mlpf_pool_event *) events;      /* NULL: not tracing */
+    int64_t capacity, count;
+} trace = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+int mlpf_pool_trace_start(int64_t capacity)
+{
+    if (capacity <= 0) return MLPF_ERR_SHAPE;
+    if ((uint64_t)capacity > SIZE_MAX / sizeof(mlpf_pool_event)) return MLPF_ERR_NOMEM;
+    mlpf_pool_event *events = malloc((size_t)capacity * sizeof *events);
+    if (!events) return MLPF_ERR_NOMEM;
+    pthread_mutex_lock(&trace.lock);
+    free(atomic_load(&trace.events));               /* a running trace starts again */
+    trace.capacity = capacity;
+    trace.count = 0;
+    atomic_store(&trace.events, events);
+    pthread_mutex_unlock(&trace.lock);
+    return MLPF_OK;
+}
+
+int64_t mlpf_pool_trace_stop(mlpf_pool_event *events, int64_t max_events)
+{
+    pthread_mutex_lock(&trace.lock);
+    mlpf_pool_event *recorded = atomic_exchange(&trace.events, NULL);
+    const int64_t count = recorded ? trace.count : 0;
+    for (int64_t i = 0; events && i < count && i < max_events; i++) events[i] = recorded[i];
+    pthread_mutex_unlock(&trace.lock);
+    free(recorded);
+    return count;
+}
+
+/* Records a job that ran on `threads` threads: first/last_done are the other threads'. */
+static void record_job(const char *name, int threads, double start, double caller_done,
+                       double first_done, double last_done)
+{
+    const double end = now_microseconds();
+    pthread_mutex_lock(&trace.lock);
+    mlpf_pool_event *events = atomic_load(&trace.events);
+    if (events && trace.count < trace.capacity)
+        events[trace.count++] = (mlpf_pool_event){name, threads, start, caller_done,
+                                                  first_done, last_done, end};
+    pthread_mutex_unlock(&trace.lock);
+}
+
+static void run_alone(mlpf_task task, void *arg, const char *name, double start)
+{
+    run_in_caller(task, arg, 0, 1);
+    if (start >= 0) {
+        const double done = now_microseconds();
+        record_job(name, 1, start, done, done, done);
+    }
+}
+
+static void empty_wake_task(void *arg, int index, int threads) { (void)arg, (void)index, (void)threads; }
 
 int mlpf_pool_wake(int n)
 {
     if (n <= 1 || mlpf_pool_awake()) return 0;
-    return mlpf_pool_run(n, nothing, NULL) > 1;
+    return mlpf_pool_run(n, empty_wake_task, NULL) > 1;
 }
 
-int mlpf_pool_run(int n, mlpf_task task, void *arg)
+int mlpf_pool_run_named(int n, mlpf_task task, void *arg, const char *name)
 {
+    const double start = atomic_load_explicit(&trace.events, memory_order_relaxed)
+                         ? now_microseconds() : -1.0;                /* < 0: not traced */
     if (n > MLPF_POOL_MAX_THREADS) n = MLPF_POOL_MAX_THREADS;
     if (n <= 1 || pthread_mutex_trylock(&pool.owner) != 0) {
-        run_in_caller(task, arg, 0, 1);
+        run_alone(task, arg, name, start);
         return 1;
     }
     int available = grow_pool(n);
     if (n > available) n = available;
     if (n <= 1) {
         pthread_mutex_unlock(&pool.owner);
-        run_in_caller(task, arg, 0, 1);
+        run_alone(task, arg, name, start);
         return 1;
     }
     pool.task = task;
     pool.arg = arg;
     pool.job_threads = n;
+    pool.job_traced = start >= 0;
     atomic_store(&pool.remaining, pool.num_workers);
     pthread_mutex_lock(&pool.sleep_lock);
     atomic_fetch_add(&pool.generation, 1);      /* publishes task/arg/job_threads */
@@ -176,8 +243,17 @@ int mlpf_pool_run(int n, mlpf_task task, void *arg)
     pthread_mutex_unlock(&pool.sleep_lock);
 
     run_in_caller(task, arg, 0, n);
+    const double caller_done = start >= 0 ? now_microseconds() : 0.0;
     for (long spin = 0; atomic_load(&pool.remaining) > 0; spin++) {
         if (spin < JOIN_SPINS) cpu_relax(); else sched_yield();   /* let a late worker run */
+    }
+    if (start >= 0) {                   /* the workers' done_us, published by remaining */
+        double first = pool.done_us[1], last = pool.done_us[1];
+        for (int i = 2; i < n; i++) {
+            first = pool.done_us[i] < first ? pool.done_us[i] : first;
+            last = pool.done_us[i] > last ? pool.done_us[i] : last;
+        }
+        record_job(name, n, start, caller_done, first, last);
     }
     pthread_mutex_unlock(&pool.owner);
     return n;

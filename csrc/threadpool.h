@@ -17,8 +17,10 @@ enum { MLPF_POOL_MAX_THREADS = 256 };   /* the most threads one call runs on */
 
 /* Runs task on n threads; n is reduced to 1 when the pool is busy with another caller
  * (the functions may be called from several Python threads at once) or cannot start
- * threads. Returns the number of threads used. */
-int mlpf_pool_run(int n, mlpf_task task, void *arg);
+ * threads. Returns the number of threads used. `name` labels the job in a trace
+ * (mlpf_pool_trace_start in gemm.h); mlpf_pool_run passes the task function's name. */
+int mlpf_pool_run_named(int n, mlpf_task task, void *arg, const char *name);
+#define mlpf_pool_run(n, task, arg) mlpf_pool_run_named((n), (task), (arg), #task)
 
 /* Nonzero while every worker is awake (spinning after a job, or working): a call made
  * now starts on all threads within a microsecond instead of after a futex wake-up. */
