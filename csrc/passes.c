@@ -5,10 +5,12 @@
  * Why here and not only in Numba: in a training step these passes come right after the
  * step's last GEMM, while the pool's workers still spin, so they start on every core at
  * once; a Numba parallel kernel would first wake OpenMP's sleeping threads and then
- * share the cores with the spinning GEMM workers. Each thread takes one contiguous range,
- * cut at multiples of 16 floats (64-byte cache lines).
+ * share the cores with the spinning GEMM workers. Each thread takes its share of the
+ * items in chunks of whole 64-byte cache lines (16 floats), then helps with what the
+ * others have left (moving_shares); the sum of squares keeps static shares.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include "gemm.h"
@@ -32,6 +34,53 @@ static int64_t range_start(int64_t n, int threads, int index)
     return start < n ? start : n;
 }
 
+/* Shares that move: a pass's n items cut into chunks (CHUNKS_PER_SHARE per thread, each a
+ * multiple of `multiple` items), and thread t's share the t-th run of them, as a static
+ * split would give it. Each thread takes the chunks of its own share first, one at a time
+ * from the share's counter (so consecutive passes over the same buffers still find their
+ * data in the same core's cache), then what is left of the other shares from theirs. A
+ * thread that the machine slows (its core's memory traffic contended by a neighbour, or
+ * the vCPU descheduled) leaves the end of its share to the others instead of holding up
+ * the pass (bench/README.md, "Where a step's time goes"). Item-wise passes give the same
+ * result whoever takes a chunk. */
+enum { CHUNKS_PER_SHARE = 8 };
+
+typedef struct {
+    int64_t n, chunk, chunks;
+    int threads;
+    _Atomic int64_t next[MLPF_POOL_MAX_THREADS];   /* per share: its next chunk */
+} moving_shares;
+
+static void moving_shares_init(moving_shares *s, int64_t n, int threads, int64_t multiple)
+{
+    if (threads < 1) threads = 1;
+    if (threads > MLPF_POOL_MAX_THREADS) threads = MLPF_POOL_MAX_THREADS;
+    const int64_t wanted = (n + threads * CHUNKS_PER_SHARE - 1) / (threads * CHUNKS_PER_SHARE);
+    s->n = n;
+    s->chunk = wanted < 1 ? multiple : (wanted + multiple - 1) / multiple * multiple;
+    s->chunks = (n + s->chunk - 1) / s->chunk;
+    s->threads = threads;
+    for (int t = 0; t < threads; t++) atomic_init(&s->next[t], s->chunks * t / threads);
+}
+
+/* The next chunk [*lo, *hi) for thread `index`: from its own share, then from the others
+ * in turn (*visited counts the shares found empty; start it at 0). 0 when none is left.
+ * The pool may run a job on fewer threads than asked (then index 0 takes every share). */
+static int take_chunk(moving_shares *s, int index, int *visited, int64_t *lo, int64_t *hi)
+{
+    for (; *visited < s->threads; ++*visited) {
+        const int share = (index + *visited) % s->threads;
+        const int64_t end = s->chunks * (share + 1) / s->threads;
+        const int64_t chunk = atomic_fetch_add(&s->next[share], 1);
+        if (chunk < end) {
+            *lo = chunk * s->chunk;
+            *hi = *lo + s->chunk < s->n ? *lo + s->chunk : s->n;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* --- SGD ------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -41,6 +90,7 @@ typedef struct {
     int64_t n;
     float lr, momentum, weight_decay;
     int nesterov, first_step;
+    moving_shares shares;
 } sgd_call;
 
 /* The update of kernels/optim.py, element by element: g = grad + wd p; with momentum,
@@ -63,8 +113,11 @@ VECTOR_CLONES static void sgd_range(const sgd_call *c, int64_t lo, int64_t hi)
 
 static void sgd_task(void *arg, int index, int threads)
 {
-    const sgd_call *c = arg;
-    sgd_range(c, range_start(c->n, threads, index), range_start(c->n, threads, index + 1));
+    sgd_call *c = arg;
+    (void)threads;
+    int64_t lo, hi;
+    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);)
+        sgd_range(c, lo, hi);
 }
 
 int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, float lr,
@@ -74,7 +127,9 @@ int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, f
     if (n && (!param || !grad || (momentum != 0.0f && !momentum_buf))) return MLPF_ERR_NULL;
     sgd_call c = {param, grad, momentum_buf, n, lr, momentum, weight_decay, nesterov != 0,
                   first_step != 0};
-    mlpf_pool_run(mlpf_pass_threads(n), sgd_task, &c);
+    const int threads = mlpf_pass_threads(n);
+    moving_shares_init(&c.shares, n, threads, 16);
+    mlpf_pool_run(threads, sgd_task, &c);
     return MLPF_OK;
 }
 
@@ -86,6 +141,7 @@ typedef struct {
     float *m, *v;
     int64_t n;
     float step_size, beta1, beta2, inv_bc2_sqrt, eps, weight_decay, decay;
+    moving_shares shares;
 } adam_call;
 
 /* The update of kernels/optim.py, element by element:
@@ -108,8 +164,11 @@ VECTOR_CLONES static void adam_range(const adam_call *c, int64_t lo, int64_t hi)
 
 static void adam_task(void *arg, int index, int threads)
 {
-    const adam_call *c = arg;
-    adam_range(c, range_start(c->n, threads, index), range_start(c->n, threads, index + 1));
+    adam_call *c = arg;
+    (void)threads;
+    int64_t lo, hi;
+    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);)
+        adam_range(c, lo, hi);
 }
 
 int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
@@ -120,7 +179,9 @@ int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_s
     if (n && (!param || !grad || !exp_avg || !exp_avg_sq)) return MLPF_ERR_NULL;
     adam_call c = {param, grad, exp_avg, exp_avg_sq, n, step_size, beta1, beta2, inv_bc2_sqrt,
                    eps, weight_decay, decay};
-    mlpf_pool_run(mlpf_pass_threads(n), adam_task, &c);
+    const int threads = mlpf_pass_threads(n);
+    moving_shares_init(&c.shares, n, threads, 16);
+    mlpf_pool_run(threads, adam_task, &c);
     return MLPF_OK;
 }
 
@@ -157,6 +218,8 @@ VECTOR_CLONES static double squares_range(const float *restrict x, int64_t lo, i
     return total;
 }
 
+/* Static shares, not moving ones: the partial sums are added in thread order, so the sum
+ * depends on the thread count only, not on which thread the machine slowed. */
 static void squares_task(void *arg, int index, int threads)
 {
     squares_call *c = arg;
@@ -184,14 +247,17 @@ typedef struct {
     const int64_t *index;
     int64_t rows;
     float *out;
+    moving_shares shares;                           /* of rows */
 } gather_call;
 
 static void gather_task(void *arg, int index, int threads)
 {
-    const gather_call *c = arg;
-    const int64_t lo = c->rows * index / threads, hi = c->rows * (index + 1) / threads;
-    for (int64_t i = lo; i < hi; i++)
-        memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
+    gather_call *c = arg;
+    (void)threads;
+    int64_t lo, hi;
+    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);)
+        for (int64_t i = lo; i < hi; i++)
+            memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
 }
 
 int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
@@ -202,7 +268,9 @@ int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
     for (int64_t i = 0; i < rows; i++)
         if (index[i] < 0 || index[i] >= src_rows) return MLPF_ERR_SHAPE;
     gather_call c = {src, ld, cols, index, rows, out};
-    mlpf_pool_run(mlpf_pass_threads(rows * cols), gather_task, &c);
+    const int threads = mlpf_pass_threads(rows * cols);
+    moving_shares_init(&c.shares, rows, threads, 1);
+    mlpf_pool_run(threads, gather_task, &c);
     return MLPF_OK;
 }
 
@@ -215,6 +283,7 @@ typedef struct {
     int64_t rows, cols, threshold;
     uint32_t key[2], counter[3];        /* counter words 1-3: layer, step lo, step hi */
     float scale;
+    moving_shares shares;
 } dropout_call;
 
 enum { PHILOX_BLOCKS = 64 };            /* blocks per batch: 256 words on the stack */
@@ -340,16 +409,21 @@ AVX512_BW static void dropout_range_avx512(const dropout_call *c, int64_t lo, in
 
 static void dropout_task(void *arg, int index, int threads)
 {
-    const dropout_call *c = arg;
-    const int64_t n = c->rows * c->cols, lo = range_start(n, threads, index),
-                  hi = range_start(n, threads, index + 1);
+    dropout_call *c = arg;
+    (void)threads;
 #ifdef MLPF_X86
-    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2")) {
-        dropout_range_avx512(c, lo, hi);
-        return;
-    }
+    const int avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2");
 #endif
-    dropout_range(c, lo, hi);
+    int64_t lo, hi;
+    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);) {
+#ifdef MLPF_X86
+        if (avx512) {
+            dropout_range_avx512(c, lo, hi);
+            continue;
+        }
+#endif
+        dropout_range(c, lo, hi);
+    }
 }
 
 int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64_t cols,
@@ -367,6 +441,7 @@ int mlpf_sdropout(const float *x, float *out, uint8_t *keep, int64_t rows, int64
      * threads from the awake threshold on, whether or not the workers sleep */
     const int threads = rows * cols < mlpf_active_config()->pass_min_parallel
                         ? 1 : mlpf_get_num_threads();
+    moving_shares_init(&c.shares, rows * cols, threads, 16);
     mlpf_pool_run(threads, dropout_task, &c);
     return MLPF_OK;
 }

@@ -352,6 +352,95 @@ def test_concurrent_callers_share_the_pool(threads, rng):
         assert_close(results[i], reference(a, b, False, i % 2 == 1), tol=tol(np.float32, 173))
 
 
+# At least pass_min_parallel_asleep items, so that the passes run on every thread whether
+# or not the workers sleep; neither a multiple of 16 nor of a chunk.
+PASS_SIZES = [(1 << 20) + 37, 3 * (1 << 19) + 5]
+
+
+def c_passes(n, rng_seed=0):
+    """Adam (two steps), SGD with Nesterov momentum (two steps), the gather of n rows and
+    dropout with its mask, by the C library on the threads set now: their outputs."""
+    from mlpfast.kernels._c_library import c_library
+    ffi, lib = c_library().ffi, c_library().lib
+    rng = np.random.default_rng(rng_seed)
+    f32 = lambda a: ffi.from_buffer("float[]", a)
+    p, m, v = rng.standard_normal(n).astype(np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    q, buf = p.copy(), np.zeros(n, np.float32)
+    for step in (1, 2):
+        g = rng.standard_normal(n).astype(np.float32)
+        assert lib.mlpf_sadam(f32(p), f32(g), f32(m), f32(v), n, 0.01 / (1 - 0.9 ** step), 0.9,
+                              0.999, (1 - 0.999 ** step) ** -0.5, 1e-8, 0.01, 1.0) == 0
+        assert lib.mlpf_ssgd(f32(q), f32(g), f32(buf), n, 0.01, 0.9, 1, 0.01, step == 1) == 0
+    cols = 7
+    src = rng.standard_normal((n // cols + 3, cols)).astype(np.float32)
+    index = rng.integers(0, src.shape[0], n // cols)
+    rows = np.empty((index.size, cols), np.float32)
+    assert lib.mlpf_sgather(f32(src), src.shape[0], cols, cols, ffi.from_buffer("int64_t[]", index),
+                            index.size, f32(rows)) == 0
+    np.testing.assert_array_equal(rows, src[index])
+    dropped, keep = np.empty_like(rows), np.empty(rows.shape, np.uint8)
+    assert lib.mlpf_sdropout(f32(rows), f32(dropped), ffi.from_buffer("uint8_t[]", keep),
+                             rows.shape[0], cols, 1 << 31, 5, 6, 1, 2, 0, 2.0) == 0
+    return {"adam p": p, "adam m": m, "adam v": v, "sgd p": q, "sgd buf": buf,
+            "dropout": dropped, "keep": keep}
+
+
+@pytest.mark.parametrize("n", PASS_SIZES)
+def test_passes_give_the_same_bits_on_any_thread_count(n):
+    """Each thread takes its share, then helps with the others' (moving shares): every item
+    must be updated exactly once, whoever takes it. An item done twice or never would
+    differ from the one-thread run. 3 and 4 threads on fewer cores have threads
+    descheduled mid-pass, whose shares the others finish."""
+    previous = mlpfast.get_num_threads()
+    try:
+        runs = {}
+        for threads in (1, 2, 3, 4):
+            mlpfast.set_num_threads(threads)
+            runs[threads] = c_passes(n)
+    finally:
+        mlpfast.set_num_threads(previous)
+    for threads in (2, 3, 4):
+        for name, values in runs[1].items():
+            assert np.array_equal(runs[threads][name], values), (threads, name)
+    kept = runs[1]["keep"].astype(bool)
+    assert 0.45 < kept.mean() < 0.55                   # p = 1/2
+    rows = runs[1]["dropout"]
+    assert np.all(rows[~kept] == 0) and np.all(rows[kept] != 0)
+
+
+def test_a_pass_run_alone_while_the_pool_is_busy_takes_every_share(rng):
+    """A long GEMM owns the pool; an Adam call made meanwhile runs on its own thread alone
+    (the trace says 1 thread), and must then do the shares of every thread it was cut for."""
+    from mlpfast.benchmarks.pool_trace import PoolTrace
+    n = PASS_SIZES[0]
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(2)
+    try:
+        expected = c_passes(n)
+        a = rng.standard_normal((3072, 3072)).astype(np.float32)
+        started = threading.Event()
+
+        def long_gemm():
+            started.set()
+            gemm.gemm_c(a, a)
+
+        owner = threading.Thread(target=long_gemm)
+        with PoolTrace() as trace:
+            owner.start()
+            try:
+                started.wait()
+                time.sleep(0.05)
+                alone = c_passes(n)
+            finally:
+                owner.join()
+    finally:
+        mlpfast.set_num_threads(previous)
+    adam = [job for job in trace.jobs if job.task == "adam_task"]
+    assert [job.threads for job in adam] == [1, 1], trace.jobs
+    for name, values in expected.items():
+        assert np.array_equal(alone[name], values), name
+
+
 def _os_threads():
     return len(os.listdir("/proc/self/task"))
 
