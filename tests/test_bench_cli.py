@@ -380,12 +380,12 @@ def fake_compare(monkeypatch, seconds, epochs=None, calls=None):
     calls = [] if calls is None else calls
     started = []
 
-    def start_training_peer(peer, args, threads):
+    def training_peer(peer, args, threads):
         assert args == ["--data", "MNIST", "--weights", "W-784-256-128-10", "--batch", "64"]
         answer = seconds.get(peer, f"{peer} not run in this test")
         started.append(FakeTrainingPeer(peer, answer, calls))
         return started[-1]
-    monkeypatch.setattr(benchmark, "start_training_peer", start_training_peer)
+    monkeypatch.setattr(benchmark, "TrainingPeer", training_peer)
     monkeypatch.setattr(benchmark, "TURN_PAUSE_SECONDS", 0.0)
     epochs = epochs or max(len(v) for v in seconds.values() if not isinstance(v, str))
     results = benchmark.compare_training([((784, 256, 128, 10), 64)], 2, epochs,

@@ -923,7 +923,7 @@ def compare_training(configs, threads, epochs, log, inputs):
         with contextlib.ExitStack() as stack:
             answers, running = {}, {}
             for peer in TRAIN_PEERS:
-                started = stack.enter_context(start_training_peer(peer, args, threads))
+                started = stack.enter_context(TrainingPeer(peer, args, threads))
                 if "skipped" in started.started:
                     answers[peer] = started.started
                 else:
@@ -948,11 +948,6 @@ def compare_training(configs, threads, epochs, log, inputs):
             _log_result(log, result, result["config"])
             results.append(result)
     return results
-
-
-def start_training_peer(peer, args, threads):
-    """A started ``TrainingPeer`` (a context manager that stops its process)."""
-    return TrainingPeer(peer, args, threads)
 
 
 def better_torch(results):
