@@ -385,6 +385,22 @@ def c_passes(n, rng_seed=0):
             "dropout": dropped, "keep": keep}
 
 
+def reference_updates(n, rng_seed=0):
+    """The Adam and SGD of ``c_passes`` by kernels/optim.py's NumPy references, in float64
+    from the same draws."""
+    from mlpfast.kernels import optim
+    rng = np.random.default_rng(rng_seed)
+    p = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+    m, v, q, buf = np.zeros(n), np.zeros(n), p.copy(), np.zeros(n)
+    for step in (1, 2):
+        g = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+        optim.adam_ref(p, g, m, v, step=step, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8,
+                       weight_decay=0.01)
+        optim.sgd_ref(q, g, buf, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01,
+                      first_step=step == 1)
+    return {"adam p": p, "adam m": m, "adam v": v, "sgd p": q, "sgd buf": buf}
+
+
 @pytest.mark.parametrize("n", PASS_SIZES)
 def test_passes_give_the_same_bits_on_any_thread_count(n):
     """Each thread takes its share, then helps with the others' (moving shares): every item
@@ -402,6 +418,8 @@ def test_passes_give_the_same_bits_on_any_thread_count(n):
     for threads in (2, 3, 4):
         for name, values in runs[1].items():
             assert np.array_equal(runs[threads][name], values), (threads, name)
+    for name, expected in reference_updates(n).items():
+        assert_close(runs[1][name], expected, np.float32, what=name)
     kept = runs[1]["keep"].astype(bool)
     assert 0.45 < kept.mean() < 0.55                   # p = 1/2
     rows = runs[1]["dropout"]
