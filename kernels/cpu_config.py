@@ -36,7 +36,7 @@ Thresholds (why each value: bench/README.md, "CPU thresholds"):
 
 THRESHOLDS = {
     "min_parallel_fmas": 1 << 22,
-    "min_parallel_fmas_awake": 1 << 19,
+    "min_parallel_fmas_awake": 1 << 18,
     "pass_min_parallel": 1 << 15,
     "pass_min_parallel_asleep": 1 << 20,
     "parallel_min_elements": 1 << 21,
