@@ -3,16 +3,18 @@ and pass of the C thread pool traced (mlpfast.benchmarks.pool_trace) while the s
 bench/step_variants.py (real MNIST, Adam, cross-entropy, ReLU) runs.
 
     python bench/pool_trace.py [--config wide|b64|b256] [--seconds 20] [--threads 2]
-                               [--rounds]
+                               [--samples 8192] [--rounds]
 
-Runs the step over the first 8,192 training images again and again for --seconds after a
-warm-up run. Prints each job of a step in order (the most common sequence): its task, its
-threads, the medians in microseconds of the caller's share, of the slowest other thread's
-share, of the caller's wait for the others ("join") and of the time before the next job
-("gap": Numba and Python between the pool's jobs); then the step's total. GEMMs and passes
-below the pool's thresholds run on the caller alone and show 1 thread. With --rounds, a
-line per run of 8,192 samples: its samples/s and the milliseconds of each task, so that a
-slow spell of a shared machine shows which jobs it slows.
+Runs the step over the first --samples training images again and again for --seconds after
+a warm-up run. The default 8,192 images (25 MB) stay mostly in L3; --samples 60000 reads
+the batches' rows from memory, as training on all of MNIST does. Prints each job of a step
+in order (the most common sequence): its task, its threads, the medians in microseconds of
+the caller's share, of the slowest other thread's share, of the caller's wait for the
+others ("join") and of the time before the next job ("gap": Numba and Python between the
+pool's jobs); then the step's total. GEMMs and passes below the pool's thresholds run on the
+caller alone and show 1 thread. With --rounds, a line per run of --samples images: its
+samples/s and the milliseconds of each task, so that a slow spell of a shared machine shows
+which jobs it slows.
 """
 import argparse
 import time
@@ -27,16 +29,21 @@ def main():
     parser.add_argument("--config", choices=sorted(CONFIGS), default="wide")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", action="store_true", help="a line per run of 8,192 samples")
+    parser.add_argument("--samples", type=int, default=SAMPLES,
+                        help="training images the step runs over (at most 60,000)")
+    parser.add_argument("--rounds", action="store_true", help="a line per run of --samples")
     args = parser.parse_args()
+    sizes, batch = CONFIGS[args.config]
+    if not batch <= args.samples <= 60000:
+        parser.error(f"--samples must lie in [{batch}, 60000], got {args.samples}")
     import mlpfast as mf
     from mlpfast.benchmarks.pool_trace import PoolTrace, step_table, task_totals
     mf.set_num_threads(args.threads)
-    sizes, batch = CONFIGS[args.config]
     (x, y), _ = mf.datasets.mnist()
-    step = compiled_steps(mf, sizes, batch, x[:SAMPLES], y[:SAMPLES], ["plain"])["plain"]
-    order = np.random.default_rng(0).permutation(SAMPLES).astype(np.int64)
-    batches = SAMPLES // batch
+    samples = args.samples
+    step = compiled_steps(mf, sizes, batch, x[:samples], y[:samples], ["plain"])["plain"]
+    order = np.random.default_rng(0).permutation(samples).astype(np.int64)
+    batches = samples // batch
 
     def run():
         step.run(order, 0, batches, np.full(batches, 1e-4), np.zeros(2))
@@ -67,7 +74,7 @@ def main():
         for start, end in runs:
             totals = task_totals(trace.jobs, start, end)
             outside = (end - start) - sum(totals.values())
-            print(f"  {SAMPLES / (end - start) * 1e6:>9,.0f} samples/s  " +
+            print(f"  {batches * batch / (end - start) * 1e6:>9,.0f} samples/s  " +
                   "  ".join(f"{task} {us / 1e3:.1f}" for task, us in sorted(totals.items())) +
                   f"  outside jobs {outside / 1e3:.1f} ms")
     with open("/proc/loadavg") as f:
