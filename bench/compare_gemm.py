@@ -83,6 +83,14 @@ def reference_product(op_a, op_b):
         return op_a.astype(np.float64) @ op_b
 
 
+def check_product(out, op_a, op_b, who):
+    """Exits naming ``who`` unless out = op_a @ op_b within 1e-5 of the largest |value|."""
+    ref = reference_product(op_a, op_b)
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    if err > 1e-5:
+        raise SystemExit(f"{who} wrong: rel err {err}")
+
+
 def call_times(call, seconds=TURN_SECONDS, clock=time.perf_counter):
     """Seconds of each call of a block of about `seconds` (at least 3 calls), after one
     untimed call. clock=time.thread_time counts only the CPU time of the calling thread
@@ -150,9 +158,7 @@ def peer_main(kind):
         op_a, op_b = (a.T if req["trans_a"] else a), (b.T if req["trans_b"] else b)
         out = np.empty((req["m"], req["n"]), np.float32)
         matmul(op_a, op_b, out)
-        ref = reference_product(op_a, op_b)
-        if np.abs(out - ref).max() > 1e-5 * np.abs(ref).max():
-            raise SystemExit(f"{kind} peer wrong at {req}")
+        check_product(out, op_a, op_b, f"{kind} peer at {req}")
         clock = time.thread_time if req.get("cpu_time") else time.perf_counter
         times = call_times(lambda: matmul(op_a, op_b, out), clock=clock)
         print(json.dumps({"seconds": statistics.median(times), "fastest": min(times)}),
@@ -206,10 +212,8 @@ def c_gemm_call(m, n, k, trans_a, trans_b):
     a, b = operands(m, n, k, trans_a, trans_b)
     out = np.empty((m, n), np.float32)
     gemm.gemm_c(a, b, out, trans_a=trans_a, trans_b=trans_b)
-    ref = reference_product(a.T if trans_a else a, b.T if trans_b else b)
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    if err > 1e-5:
-        raise SystemExit(f"C GEMM wrong at {m}x{n}x{k} trans {trans_a},{trans_b}: rel err {err}")
+    check_product(out, a.T if trans_a else a, b.T if trans_b else b,
+                  f"C GEMM at {m}x{n}x{k} trans {trans_a},{trans_b}")
     return lambda: gemm.gemm_c(a, b, out, trans_a=trans_a, trans_b=trans_b)
 
 
