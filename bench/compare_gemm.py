@@ -84,10 +84,11 @@ def reference_product(op_a, op_b):
 
 
 def check_product(out, op_a, op_b, who):
-    """Exits naming ``who`` unless out = op_a @ op_b within 1e-5 of the largest |value|."""
+    """Exits naming ``who`` unless out = op_a @ op_b within 1e-5 of the largest |value| (a
+    NaN in out fails too)."""
     ref = reference_product(op_a, op_b)
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    if err > 1e-5:
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), np.finfo(np.float32).tiny)
+    if not err <= 1e-5:
         raise SystemExit(f"{who} wrong: rel err {err}")
 
 
