@@ -493,15 +493,23 @@ def test_peers_classify_with_their_trained_weights():
 
 
 @pytest.fixture(scope="module")
-def peer_runs(tmp_path_factory):
-    """Every --compare peer run for real, as `mlpfast bench --compare` runs them (in turns,
-    an epoch each): a 784-16-10 MLP, batch 64, 640 real MNIST images (warm-up, then 2 timed
-    epochs), 200 test images, 1 thread."""
+def peer_inputs(tmp_path_factory):
+    """The folder of the peers' inputs: 640 real MNIST images and 200 test images
+    (folder/mnist), and the initial weights of a 784-16-10 MLP (folder/weights)."""
     from mlpfast.datasets import mnist
     (x, y), (x_test, y_test) = mnist()
     folder = tmp_path_factory.mktemp("peers")
     peers.write_mnist(folder / "mnist", (x[:640], y[:640]), (x_test[:200], y_test[:200]))
     peers.write_weights(folder / "weights", peers.initial_weights([784, 16, 10], 0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def peer_runs(peer_inputs):
+    """Every --compare peer run for real, as `mlpfast bench --compare` runs them (in turns,
+    an epoch each): the 784-16-10 MLP of peer_inputs, batch 64, its 640 images (warm-up,
+    then 2 timed epochs), 1 thread."""
+    folder = peer_inputs
 
     class Inputs:
         def mnist(self):
@@ -514,14 +522,10 @@ def peer_runs(tmp_path_factory):
     return {r["peer"]: r for r in results}
 
 
-def test_a_peer_run_in_one_go_trains_like_one_run_in_turns(tmp_path, peer_runs):
+def test_a_peer_run_in_one_go_trains_like_one_run_in_turns(peer_inputs, peer_runs):
     """peers.py PEER --epochs 2 (no turns) and the turns of --compare: the same batches
     and updates, so the same losses and test accuracy."""
-    from mlpfast.datasets import mnist
-    (x, y), (x_test, y_test) = mnist()
-    peers.write_mnist(tmp_path / "mnist", (x[:640], y[:640]), (x_test[:200], y_test[:200]))
-    peers.write_weights(tmp_path / "weights", peers.initial_weights([784, 16, 10], 0))
-    args = ["--data", str(tmp_path / "mnist"), "--weights", str(tmp_path / "weights"),
+    args = ["--data", str(peer_inputs / "mnist"), "--weights", str(peer_inputs / "weights"),
             "--batch", "64", "--epochs", "2"]
     for peer in ("mlpfast", "numpy"):
         alone, in_turns = benchmark.run_peer(peer, args, threads=1), ran(peer_runs[peer])
