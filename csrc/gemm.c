@@ -29,6 +29,7 @@
  * Double precision is the plain loop (correct, threaded over rows, not tuned): mlpfast
  * uses float64 for checking.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
@@ -110,7 +111,15 @@ int mlpf_set_kernel(const char *name)
     return MLPF_ERR_KERNEL;
 }
 
-/* --- the trivial cases ------------------------------------------------------------- */
+
+/* Depth of the k blocks of a call with this k (every one but maybe the last): near the
+ * config's kc, a multiple of 16, so that a matrix read as A from the packed layout
+ * (mlpf_sgemm_packed_a) starts every k block at a multiple of 16 columns, and 16-column
+ * loads of it never straddle two of its runs of 32 (AVX-512). */
+static int64_t k_block_len(const mlpf_sgemm_config *cfg, int64_t k)
+{
+    return depth_block_len(k, cfg->kc, 16);
+}
 
 /* --- packing (portable versions; a config may bring faster ones) --------------------- */
 
@@ -136,6 +145,19 @@ static void pack_cols_portable(int R, int64_t kc, int64_t rows, const float *src
         for (int64_t r = 0; r < rows; r++) d[r] = s[r];
         for (int64_t r = rows; r < R; r++) d[r] = 0.0f;
     }
+}
+
+/* dst[p*R + r] = M[row0 + r][col0 + p] for r < rows, 0 for rows <= r < R (M packed). */
+static void pack_packed_portable(int R, int64_t kc, int64_t rows, const mlpf_packed_view *src,
+                                 int64_t row0, int64_t col0, float *dst)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t p = 0; p < kc; p++) {
+            const int64_t f = col0 + p;
+            dst[p * R + r] = mlpf_packed_run(src, row0 + r, f)[f % src->nr];
+        }
+    for (int64_t r = rows; r < R; r++)
+        for (int64_t p = 0; p < kc; p++) dst[p * R + r] = 0.0f;
 }
 
 /* --- activation derivative: C *= f'(Y) (mlpf_sgemm_dact, mlpf_dgemm_dact) ------------- */
@@ -176,6 +198,8 @@ typedef struct {
     const float *y;                  /* mlpf_sgemm_dact: C *= f'(Y), or NULL */
     int64_t ldy;
     int dact;
+    const float *packed_b;           /* mlpf_sgemm_packed_b: op(B) packed beforehand */
+    mlpf_packed_view packed_a;       /* mlpf_sgemm_packed_a: op(A) held packed (panels) */
     int64_t kc;                      /* depth of every k block but maybe the last */
     char *workspace;                 /* per thread: A block(s), then B block */
     size_t a_block_bytes, thread_bytes;
@@ -191,7 +215,10 @@ static void pack_a_block(const sgemm_call *g, int64_t i0, int64_t rows, int64_t 
     const int MR = cfg->mr;
     for (int64_t ir = 0; ir < rows; ir += MR, dst += MR * kc) {
         int64_t panel_rows = imin(MR, rows - ir);
-        if (!g->trans_a) {           /* op(A)[i][p] = a[i*lda + p] */
+        if (g->packed_a.panels) {    /* op(A)[i][p] = M[i][p], M in the packed B layout */
+            if (cfg->pack_a_packed) cfg->pack_a_packed(kc, panel_rows, &g->packed_a, i0 + ir, p0, dst);
+            else pack_packed_portable(MR, kc, panel_rows, &g->packed_a, i0 + ir, p0, dst);
+        } else if (!g->trans_a) {    /* op(A)[i][p] = a[i*lda + p] */
             const float *src = g->a + (i0 + ir) * g->lda + p0;
             if (cfg->pack_a_rows) cfg->pack_a_rows(kc, panel_rows, src, g->lda, dst);
             else pack_rows_portable(MR, kc, panel_rows, src, g->lda, dst);
@@ -221,6 +248,16 @@ static void pack_b_block(const sgemm_call *g, int64_t p0, int64_t kc, int64_t j0
             else pack_rows_portable(NR, kc, panel_cols, src, g->ldb, dst);
         }
     }
+}
+
+/* The B block op(B)[pc : pc+kcb, jc : jc+ncb] in micro-panels: packed into b_buf, or
+ * where the caller's packed B holds it (jc is a multiple of NR; layout below). */
+static const float *b_block(const sgemm_call *g, int64_t pc, int64_t kcb, int64_t jc,
+                            int64_t ncb, float *b_buf)
+{
+    if (g->packed_b) return g->packed_b + pc * round_up(g->n, g->cfg->nr) + jc * kcb;
+    pack_b_block(g, pc, kcb, jc, ncb, b_buf);
+    return b_buf;
 }
 
 /* A tile cut by the edge of C: the config's edge kernel, or the full kernel into a scratch
@@ -292,8 +329,8 @@ static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0,
             pack_a_block(g, ic, mcb, pc, kcb, a_buf);
             for (int64_t jc = n0; jc < n1; jc += nc) {
                 const int64_t ncb = imin(nc, n1 - jc);
-                pack_b_block(g, pc, kcb, jc, ncb, b_buf);
-                multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_buf, b_buf);
+                multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_buf,
+                                b_block(g, pc, kcb, jc, ncb, b_buf));
             }
         }
     }
@@ -322,8 +359,8 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
         }
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
             const int64_t kcb = imin(g->kc, g->k - pc);
-            pack_b_block(g, pc, kcb, jc, ncb, b_buf);
-            multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_full + pc * mcb_padded, b_buf);
+            multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_full + pc * mcb_padded,
+                            b_block(g, pc, kcb, jc, ncb, b_buf));
         }
     }
 }
@@ -460,13 +497,14 @@ static int sgemm_run(sgemm_call *g)
         mlpf_pool_run(1, sscale_task, g);
         return MLPF_OK;
     }
-    if (cfg->narrow_nt && g->trans_b && !g->trans_a && n <= MLPF_NARROW_N && !g->y) {
+    if (cfg->narrow_nt && g->trans_b && !g->trans_a && !g->packed_a.panels &&
+        n <= MLPF_NARROW_N && !g->y) {
         /* nothing to pack: the rows split as a pass over A's m x k values does */
         mlpf_pool_run((int)imin(mlpf_pass_threads(m * k), (m + 3) / 4), narrow_task, g);
         return MLPF_OK;
     }
     int threads = mlpf_threads_for((double)m * n * k);
-    g->kc = depth_block_len(k, cfg->kc, 8);
+    g->kc = k_block_len(cfg, k);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, shared_chunks(g), &gm, &gn);
@@ -481,8 +519,8 @@ static int sgemm_run(sgemm_call *g)
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */
     g->a_block_bytes = (size_t)round_up(m_block * (g->chunks ? k : g->kc) * 4, 4096);
-    g->thread_bytes = g->a_block_bytes +
-                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096);
+    g->thread_bytes = g->a_block_bytes + (g->packed_b ? 0 :
+                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096));
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
     if (!g->workspace) return MLPF_ERR_NOMEM;
@@ -517,6 +555,113 @@ int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
         .ldb = ldb, .c = c, .ldc = ldc, .y = y, .ldy = ldy, .dact = dact};
+    return sgemm_run(&g);
+}
+
+/* --- B packed beforehand (gemm.h: mlpf_spack_b, mlpf_sgemm_packed_b) ------------------ */
+
+/* The layout: a header of MLPF_PACKED_B_HEADER floats, then for each k block [pc, pc+kcb)
+ * of the driver (depth g->kc, the last maybe shorter) its NR-column micro-panels in order,
+ * kcb x NR each, columns past n zero: panel j of the block at pc starts pc * round_up(n,
+ * NR) + j NR kcb floats after the header. That is what pack_b_block writes per block, so
+ * the kernel reads the same values in the same order as from its own packing. */
+typedef struct {
+    uint32_t magic, nr;
+    int64_t kc, k, n;
+} packed_b_header;
+enum { PACKED_B_MAGIC = 0x424c504d };               /* "MPLB" */
+_Static_assert(sizeof(packed_b_header) <= MLPF_PACKED_B_HEADER * sizeof(float),
+               "the header fits in front of the panels");
+
+int64_t mlpf_packed_b_floats(int64_t k, int64_t n)
+{
+    if (k < 0 || n < 0) return MLPF_ERR_SHAPE;
+    return MLPF_PACKED_B_HEADER + k * round_up(n, sgemm_config()->nr);
+}
+
+int64_t mlpf_packed_b_start(float *packed, int64_t k, int64_t n, int *nr)
+{
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    const packed_b_header header = {PACKED_B_MAGIC, (uint32_t)cfg->nr,
+                                    k_block_len(cfg, k), k, n};
+    memset(packed, 0, MLPF_PACKED_B_HEADER * sizeof(float));
+    memcpy(packed, &header, sizeof header);
+    *nr = cfg->nr;
+    return header.kc;
+}
+
+int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb, float *packed,
+                 int64_t capacity)
+{
+    if (k < 0 || n < 0 || capacity < mlpf_packed_b_floats(k, n)) return MLPF_ERR_SHAPE;
+    if (ldb < imax(1, trans_b ? k : n)) return MLPF_ERR_STRIDE;
+    if (!packed || (k && n && !b)) return MLPF_ERR_NULL;
+    if ((uintptr_t)packed % 64) return MLPF_ERR_ALIGN;
+    int nr;
+    const sgemm_call g = {.cfg = sgemm_config(), .trans_b = trans_b != 0, .k = k, .n = n,
+                          .b = b, .ldb = ldb};
+    const int64_t kc = mlpf_packed_b_start(packed, k, n, &nr);
+    float *panels = packed + MLPF_PACKED_B_HEADER;
+    if (n)
+        for (int64_t pc = 0; pc < k; pc += kc)
+            pack_b_block(&g, pc, imin(kc, k - pc), 0, n, panels + pc * round_up(n, nr));
+    return MLPF_OK;
+}
+
+/* MLPF_OK when `packed` holds a packed B of rows x cols in the active config's layout
+ * (else the error of gemm.h); *view then describes it. */
+static int read_packed(const float *packed, int64_t rows, int64_t cols,
+                       const mlpf_sgemm_config *cfg, mlpf_packed_view *view)
+{
+    if (!packed) return MLPF_ERR_NULL;
+    if ((uintptr_t)packed % 64) return MLPF_ERR_ALIGN;
+    packed_b_header header;
+    memcpy(&header, packed, sizeof header);
+    if (header.magic != PACKED_B_MAGIC || header.nr != (uint32_t)cfg->nr) return MLPF_ERR_KERNEL;
+    if (header.k != rows || header.n != cols) return MLPF_ERR_SHAPE;
+    if (header.kc != k_block_len(cfg, rows)) return MLPF_ERR_KERNEL;
+    *view = (mlpf_packed_view){packed + MLPF_PACKED_B_HEADER, rows, cols, header.kc,
+                               round_up(cols, cfg->nr), cfg->nr};
+    return MLPF_OK;
+}
+
+int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *packed_a, const float *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc, const float *bias, int act)
+{
+    const int trans_a = 0;
+    const int64_t lda = imax(1, k);
+    const float *a = packed_a;
+    CHECK_ARGS(float)
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    mlpf_packed_view view;
+    const int status = read_packed(packed_a, m, k, cfg, &view);
+    if (status != MLPF_OK) return status;
+    if (m == 0 || n == 0) return MLPF_OK;
+    sgemm_call g = {
+        .cfg = cfg, .trans_b = trans_b != 0, .m = m, .n = n, .k = k, .alpha = alpha,
+        .beta = beta, .a = a, .lda = lda, .packed_a = view, .b = b, .ldb = ldb, .c = c,
+        .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
+    return sgemm_run(&g);
+}
+
+int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *packed_b, float beta,
+                        float *c, int64_t ldc, const float *bias, int act)
+{
+    const int trans_b = 0;
+    const int64_t ldb = imax(1, n);
+    const float *b = packed_b;
+    CHECK_ARGS(float)
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    mlpf_packed_view view;
+    const int status = read_packed(packed_b, k, n, cfg, &view);
+    if (status != MLPF_OK) return status;
+    if (m == 0 || n == 0) return MLPF_OK;
+    sgemm_call g = {
+        .cfg = cfg, .trans_a = trans_a != 0, .m = m, .n = n, .k = k, .alpha = alpha,
+        .beta = beta, .a = a, .lda = lda, .packed_b = view.panels, .ldb = ldb,
+        .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
     return sgemm_run(&g);
 }
 

@@ -52,6 +52,30 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     double alpha, const double *a, int64_t lda, const double *b, int64_t ldb,
                     double *c, int64_t ldc, const double *y, int64_t ldy, int dact);
 
+/* A matrix packed once for several GEMMs (or by mlpf_sgather_packed, as it gathers a
+ * batch): mlpf_spack_b writes op(B) (k, n), as mlpf_sgemm reads it (trans_b, ldb), into
+ * `packed` (`capacity` floats, 64-byte aligned; it needs mlpf_packed_b_floats(k, n), else
+ * MLPF_ERR_SHAPE), in the order in which the active micro-kernel reads B, behind a header
+ * that names that kernel's layout, k and n.
+ * mlpf_sgemm_packed_b is mlpf_sgemm (trans_b = 0) with that matrix as op(B): the same C,
+ * bit for bit, without packing B. mlpf_sgemm_packed_a is mlpf_sgemm (trans_a = 0) with
+ * that matrix as op(A) (m, k): packed as the B of a GEMM with k = m and n = k, packed
+ * again into A's order from there (the same C, bit for bit). Both return MLPF_ERR_SHAPE
+ * when the packed matrix has another shape, MLPF_ERR_KERNEL when `packed_*` holds none or
+ * one in another kernel's layout (say, packed before mlpf_set_kernel), MLPF_ERR_ALIGN when
+ * it is not 64-byte aligned. mlpf_packed_b_floats returns MLPF_ERR_SHAPE for k < 0 or
+ * n < 0. */
+enum { MLPF_ERR_ALIGN = -8, MLPF_PACKED_B_HEADER = 16 };
+int64_t mlpf_packed_b_floats(int64_t k, int64_t n);
+int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb, float *packed,
+                 int64_t capacity);
+int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *packed_b, float beta,
+                        float *c, int64_t ldc, const float *bias, int act);
+int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *packed_a, const float *b, int64_t ldb, float beta,
+                        float *c, int64_t ldc, const float *bias, int act);
+
 /* Mixed precision, bf16 products with fp32 sums (gemm_bf16.c):
  *
  *     C = act(alpha * op(A) @ op(B) + beta * C + bias)
@@ -103,6 +127,14 @@ int mlpf_ssgd(float *param, const float *grad, float *momentum_buf, int64_t n, f
  * [0, src_rows). */
 int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
                  const int64_t *index, int64_t rows, float *out);
+/* mlpf_sgather, with the rows written packed (k = rows, n = cols) into `packed`, as
+ * mlpf_spack_b would (`capacity` floats, 64-byte aligned), and also into `out` (rows,
+ * cols) unless it is NULL: a training step's first layer reads the batch x from there,
+ * as A in x W^T (mlpf_sgemm_packed_a) and as B in dz^T x (mlpf_sgemm_packed_b), and no
+ * GEMM packs it. Nothing is written when an argument is refused. */
+int mlpf_sgather_packed(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
+                        const int64_t *index, int64_t rows, float *out, float *packed,
+                        int64_t capacity);
 
 /* Inverted dropout of kernels/dropout.py on the GEMM's threads: x and out (rows, cols)
  * contiguous (out may be x), element i = r cols + c; u_i = word i mod 4 of

@@ -247,30 +247,87 @@ typedef struct {
     const int64_t *index;
     int64_t rows;
     float *out;
+    float *panels;                                  /* packed layout after its header, or NULL */
+    int64_t kc;
+    int nr;
     moving_shares shares;                           /* of rows */
 } gather_call;
+
+/* Rows lo..hi-1 of the batch into the packed layout (gemm_kernels.h, mlpf_packed_view),
+ * run by run: the runs of the chunk's rows at the same columns lie side by side there,
+ * and the chunk's source rows are read a run at a time each, all of them in flight. */
+VECTOR_CLONES static void pack_batch_rows(const gather_call *c, int64_t lo, int64_t hi)
+{
+    const int nr = c->nr;
+    const mlpf_packed_view view = {c->panels, c->rows, c->cols, c->kc,
+                                   (c->cols + nr - 1) / nr * nr, nr};
+    for (int64_t j0 = 0; j0 < c->cols; j0 += nr) {
+        const int64_t width = c->cols - j0 < nr ? c->cols - j0 : nr;
+        for (int64_t i = lo; i < hi; i++) {
+            const float *from = c->src + c->index[i] * c->ld + j0;
+            float *to = c->panels + (mlpf_packed_run(&view, i, j0) - view.panels);
+            if (width == 32) {                   /* AVX-512's runs: one 128-byte copy */
+                memcpy(to, from, 128);
+                continue;
+            }
+            for (int64_t q = 0; q < width; q++) to[q] = from[q];
+            for (int64_t q = width; q < nr; q++) to[q] = 0.0f;
+        }
+    }
+}
 
 static void gather_task(void *arg, int index, int threads)
 {
     gather_call *c = arg;
     (void)threads;
     int64_t lo, hi;
-    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);)
-        for (int64_t i = lo; i < hi; i++)
-            memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
+    for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);) {
+        if (c->panels) pack_batch_rows(c, lo, hi);
+        if (c->out)
+            for (int64_t i = lo; i < hi; i++)
+                memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
+    }
+}
+
+/* The checks of mlpf_sgather's arguments: MLPF_OK, or the error (nothing written). */
+static int gather_check(const gather_call *c, int64_t src_rows)
+{
+    if (c->rows < 0 || c->cols < 0 || src_rows < 0 || c->ld < c->cols) return MLPF_ERR_SHAPE;
+    if (c->rows && c->cols && (!c->src || !c->index || (!c->out && !c->panels)))
+        return MLPF_ERR_NULL;
+    for (int64_t i = 0; i < c->rows; i++)
+        if (c->index[i] < 0 || c->index[i] >= src_rows) return MLPF_ERR_SHAPE;
+    return MLPF_OK;
+}
+
+static void gather_run(gather_call *c)
+{
+    const int threads = mlpf_pass_threads(c->rows * c->cols);
+    moving_shares_init(&c->shares, c->rows, threads, 1);
+    mlpf_pool_run(threads, gather_task, c);
 }
 
 int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
                  const int64_t *index, int64_t rows, float *out)
 {
-    if (rows < 0 || cols < 0 || src_rows < 0 || ld < cols) return MLPF_ERR_SHAPE;
-    if (rows && cols && (!src || !index || !out)) return MLPF_ERR_NULL;
-    for (int64_t i = 0; i < rows; i++)
-        if (index[i] < 0 || index[i] >= src_rows) return MLPF_ERR_SHAPE;
     gather_call c = {src, ld, cols, index, rows, out};
-    const int threads = mlpf_pass_threads(rows * cols);
-    moving_shares_init(&c.shares, rows, threads, 1);
-    mlpf_pool_run(threads, gather_task, &c);
+    const int status = gather_check(&c, src_rows);
+    if (status == MLPF_OK) gather_run(&c);
+    return status;
+}
+
+int mlpf_sgather_packed(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
+                        const int64_t *index, int64_t rows, float *out, float *packed,
+                        int64_t capacity)
+{
+    if (!packed) return MLPF_ERR_NULL;
+    if ((uintptr_t)packed % 64) return MLPF_ERR_ALIGN;
+    gather_call c = {src, ld, cols, index, rows, out, packed + MLPF_PACKED_B_HEADER};
+    int status = gather_check(&c, src_rows);
+    if (status == MLPF_OK && capacity < mlpf_packed_b_floats(rows, cols)) status = MLPF_ERR_SHAPE;
+    if (status != MLPF_OK) return status;
+    c.kc = mlpf_packed_b_start(packed, rows, cols, &c.nr);
+    gather_run(&c);
     return MLPF_OK;
 }
 

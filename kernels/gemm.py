@@ -103,7 +103,8 @@ def _c_writable(out, beta):
 
 
 _C_ERRORS = {-1: "negative size", -2: "row stride too small", -3: "unknown activation",
-             -4: "out of memory for packing buffers", -5: "NULL pointer", -6: "bad kernel"}
+             -4: "out of memory for packing buffers", -5: "NULL pointer", -6: "bad kernel",
+             -8: "packed matrix not 64-byte aligned"}
 
 
 def gemm_c_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, act):

@@ -646,6 +646,113 @@ def test_gather_rows_and_its_index_check(threads, rng):
     assert (out == 0).all()                              # refused before copying anything
 
 
+def aligned_floats(count, fill=np.nan):
+    """``count`` float32 values at a 64-byte aligned address, as a packed matrix needs."""
+    spare = np.full(count + 16, fill, np.float32)
+    start = (-spare.ctypes.data % 64) // 4
+    return spare[start:start + count]
+
+
+# (rows, cols) of a packed matrix: one row, edges of every run width (32, 16, 8), rows
+# across two k blocks of the layout (600 -> 304 + 296), the MNIST batch of the step.
+PACKED_SHAPES = [(1, 1), (13, 33), (96, 784), (300, 100), (600, 45)]
+
+
+def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng):
+    """mlpf_sgather_packed packs the gathered rows as mlpf_spack_b does (from x and from
+    x stored transposed); mlpf_sgemm_packed_a (x W^T + bias, relu) and mlpf_sgemm_packed_b
+    (dz^T x) read it and agree with the float64 reference, and bit for bit with
+    mlpf_sgemm on the unpacked x, which blocks k the same way."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    for rows, cols in PACKED_SHAPES:
+        src = rng.standard_normal((rows + 5, cols)).astype(np.float32)
+        index = rng.integers(0, rows + 5, rows)
+        x = src[index]
+        floats = lib.mlpf_packed_b_floats(rows, cols)
+        packed, from_x, from_xt = (aligned_floats(floats) for _ in range(3))
+        assert lib.mlpf_sgather_packed(p(src), rows + 5, cols, cols, p(index, "int64_t[]"), rows,
+                                       ffi.NULL, p(packed), floats) == 0
+        assert lib.mlpf_spack_b(0, rows, cols, p(x), cols, p(from_x), floats) == 0
+        xt = np.ascontiguousarray(x.T)
+        assert lib.mlpf_spack_b(1, rows, cols, p(xt), rows, p(from_xt), floats) == 0
+        assert np.array_equal(packed.view(np.uint32), from_x.view(np.uint32))
+        assert np.array_equal(packed.view(np.uint32), from_xt.view(np.uint32))
+        for n in (1, 37, 256):
+            w = rng.standard_normal((n, cols)).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            forward = np.full((rows, n), np.nan, np.float32)
+            assert lib.mlpf_sgemm_packed_a(1, rows, n, cols, 1.0, p(packed), p(w), cols, 0.0,
+                                           p(forward), n, p(bias), 1) == 0
+            want = reference(x, w, False, True, bias=bias, relu=True)
+            assert_close(forward, want, tol=tol(np.float32, cols),
+                         what=f"{kernel} x W^T {rows}x{n}x{cols}")
+            if n > 16:                   # narrower: mlpf_sgemm sums along k in dot products
+                plain = np.empty((rows, n), np.float32)
+                assert lib.mlpf_sgemm(0, 1, rows, n, cols, 1.0, p(x), cols, p(w), cols, 0.0,
+                                      p(plain), n, p(bias), 1) == 0
+                assert np.array_equal(forward, plain)
+            dz = rng.standard_normal((rows, n)).astype(np.float32)
+            grad, plain = np.full((n, cols), np.nan, np.float32), np.empty((n, cols), np.float32)
+            assert lib.mlpf_sgemm_packed_b(1, n, cols, rows, 1.0, p(dz), n, p(packed), 0.0,
+                                           p(grad), cols, ffi.NULL, 0) == 0
+            assert_close(grad, reference(dz, x, True, False), tol=tol(np.float32, rows),
+                         what=f"{kernel} dz^T x {n}x{cols}x{rows}")
+            assert lib.mlpf_sgemm(1, 0, n, cols, rows, 1.0, p(dz), n, p(x), cols, 0.0, p(plain),
+                                  cols, ffi.NULL, 0) == 0
+            assert np.array_equal(grad, plain)
+
+
+def test_packed_matrix_refuses_what_does_not_fit(rng):
+    """Each refusal returns its code and writes nothing: too small a buffer, a misaligned
+    or missing one, a row index outside the source; a GEMM on a packed matrix of another
+    shape, another kernel's layout, or a buffer that holds none."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    src = rng.standard_normal((50, 40)).astype(np.float32)
+    index = rng.integers(0, 50, 20)
+    floats = lib.mlpf_packed_b_floats(20, 40)
+    assert lib.mlpf_packed_b_floats(-1, 40) == lib.MLPF_ERR_SHAPE
+    packed = aligned_floats(floats + 1)
+
+    def gather(buffer, count, rows_index=index):
+        return lib.mlpf_sgather_packed(p(src), 50, 40, 40, p(rows_index, "int64_t[]"), 20,
+                                       ffi.NULL, buffer, count)
+    assert gather(p(packed), floats - 1) == lib.MLPF_ERR_SHAPE
+    assert gather(p(packed[1:]), floats) == lib.MLPF_ERR_ALIGN
+    assert gather(ffi.NULL, floats) == lib.MLPF_ERR_NULL
+    bad = index.copy()
+    bad[7] = 50
+    assert gather(p(packed), floats, bad) == lib.MLPF_ERR_SHAPE
+    assert lib.mlpf_spack_b(0, 20, 40, p(src), 40, p(packed), floats - 1) == lib.MLPF_ERR_SHAPE
+    assert lib.mlpf_spack_b(0, 20, 40, p(src), 40, p(packed[1:]), floats) == lib.MLPF_ERR_ALIGN
+    assert np.isnan(packed).all()
+
+    assert gather(p(packed), floats) == 0
+    w, c = rng.standard_normal((30, 40)).astype(np.float32), np.zeros((20, 30), np.float32)
+
+    def forward(m, k, buffer=packed):
+        return lib.mlpf_sgemm_packed_a(1, m, 30, k, 1.0, p(buffer), p(w), k, 0.0, p(c), 30,
+                                       ffi.NULL, 0)
+    assert forward(19, 40) == lib.MLPF_ERR_SHAPE
+    assert forward(20, 39) == lib.MLPF_ERR_SHAPE
+    assert forward(20, 40, aligned_floats(floats, 0.0)) == lib.MLPF_ERR_KERNEL
+    assert forward(20, 40, packed[1:]) == lib.MLPF_ERR_ALIGN
+    dz, grad = rng.standard_normal((21, 30)).astype(np.float32), np.zeros((30, 40), np.float32)
+    assert lib.mlpf_sgemm_packed_b(1, 30, 40, 21, 1.0, p(dz), 30, p(packed), 0.0, p(grad), 40,
+                                   ffi.NULL, 0) == lib.MLPF_ERR_SHAPE
+    others = [name for name in kernel_names() if name != gemm.c_kernel_name()]
+    if others:                       # another family's micro-panels have another width
+        before = gemm.c_kernel_name()
+        gemm.set_c_kernel(others[-1])
+        try:
+            assert forward(20, 40) == lib.MLPF_ERR_KERNEL
+        finally:
+            gemm.set_c_kernel(before)
+    assert not c.any() and not grad.any()
+    assert forward(20, 40) == 0 and c.any()
+
+
 @pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
                     reason="the flush mode is set on x86 only")
 def test_c_kernels_flush_denormals_and_leave_the_callers_mode_alone(threads):
