@@ -11,6 +11,9 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
     sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
     gather(address, src, index, out)                   out[i] = src[index[i]]
+    gather_packed(address, src, index, packed)         the rows src[index], packed (mlpf_spack_b)
+    sgemm_packed_a(address, packed_a, b, c, bias, act) c = act(a @ b.T + bias), a packed
+    sgemm_at_packed_b(address, a, packed_b, c)         c = a.T @ b, b packed
     dropout(address, x, out, keep, drop, step, scale)  out = keep x scale, Philox's keep
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
@@ -29,7 +32,8 @@ from . import _numba_config
 from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
-         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads")
+         "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads",
+         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_packed_b")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -73,8 +77,8 @@ def _caller(name):
 
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
- _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call) = (
-    _caller(name) for name in NAMES)
+ _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call, _gather_packed_call,
+ _sgemm_packed_a_call, _sgemm_packed_b_call) = (_caller(name) for name in NAMES)
 
 
 def element_type(a):
@@ -166,6 +170,40 @@ def gather(address, src, index, out):
     threads (mlpf_sgather). Returns the C status (nonzero: an index outside [0, N))."""
     return _gather_call(address, (src.ctypes.data, src.shape[0], src.shape[1], src.shape[1],
                                   index.ctypes.data, index.shape[0], out.ctypes.data))
+
+
+@njit(cache=True)
+def gather_packed(address, src, index, packed):
+    """The rows src[index] (B, D) written into ``packed`` (1-D float32, 64-byte aligned, at
+    least mlpf_packed_b_floats(B, D) values) as a packed matrix (mlpf_spack_b's layout),
+    which ``sgemm_packed_a`` and ``sgemm_at_packed_b`` read (mlpf_sgather_packed, no
+    unpacked copy). Returns the C status."""
+    return _gather_packed_call(address, (src.ctypes.data, src.shape[0], src.shape[1],
+                                         src.shape[1], index.ctypes.data, index.shape[0], 0,
+                                         packed.ctypes.data, packed.shape[0]))
+
+
+@njit(cache=True)
+def sgemm_packed_a(address, packed_a, rows, b, c, bias, act):
+    """c (rows, n) = act(a @ b.T + bias) for b (n, k) and a (rows, k) packed in
+    ``packed_a`` (mlpf_sgemm_packed_a); bias (n,) or empty. Returns the C status
+    (MLPF_ERR_SHAPE when a was packed with another shape)."""
+    n, k = b.shape
+    bias_address = bias.ctypes.data if bias.shape[0] else 0
+    return _sgemm_packed_a_call(address, (1, rows, n, k, 1.0, packed_a.ctypes.data,
+                                          b.ctypes.data, k, 0.0, c.ctypes.data, n,
+                                          bias_address, act))
+
+
+@njit(cache=True)
+def sgemm_at_packed_b(address, a, packed_b, c):
+    """c (m, n) = a.T @ b for a (k, m) and b (k, n) packed in ``packed_b`` (by
+    ``gather_packed`` or mlpf_spack_b; mlpf_sgemm_packed_b). Returns the C status
+    (MLPF_ERR_SHAPE when b was packed with another k or n)."""
+    k, m = a.shape
+    n = c.shape[1]
+    return _sgemm_packed_b_call(address, (1, m, n, k, 1.0, a.ctypes.data, m,
+                                          packed_b.ctypes.data, 0.0, c.ctypes.data, n, 0, 0))
 
 
 @njit(cache=True)

@@ -43,8 +43,10 @@ from numba import njit
 from numba.extending import overload
 
 from . import _c_calls, _numba_config
+from ._c_library import c_library
 from . import _numba_math as nm
 from ._checks import check_float_array, check_mlp_step, check_optimizer_state
+from .cpu_config import CONFIGS
 from .activations import DERIVATIVE, _gelu, _gelu_derivative, _gelu_tanh, \
     _gelu_tanh_derivative, c_code
 from .dropout import scale_for as dropout_scale, stream as dropout_stream
@@ -59,6 +61,9 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 PRECISIONS = ("fp32", "bf16")
+# MLPF_NARROW_N (csrc/gemm_kernels.h): x W^T with at most this many outputs is a narrow
+# product, which reads x in place; a packed x would go through the 12 x 32 tiles instead.
+NARROW_N = 16
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
 
@@ -215,15 +220,20 @@ def _squared_error_rows(pred, target, grad):
 
 
 @njit(fastmath=_FASTMATH, cache=True)
-def _gather_batch(addresses, src_x, src_y, rows_index, x, y, classes):
-    """x, y = the rows of the batch (cast to float32); the status (BAD_INDEX, BAD_LABEL)."""
+def _gather_batch(addresses, src_x, src_y, rows_index, x, y, classes, packed_x):
+    """x, y = the rows of the batch (cast to float32); the status (BAD_INDEX, BAD_LABEL).
+    With packed_x (not empty) the rows go there, packed for the first layer's GEMMs, and
+    x is not written."""
     for i in range(rows_index.shape[0]):
         r = rows_index[i]
         if r < 0 or r >= src_x.shape[0]:
             return BAD_INDEX
         if _take_target(src_y, r, y, i, classes) != OK:
             return BAD_LABEL
-    if addresses[3]:                                         # float32 rows: on C's threads
+    if packed_x.shape[0]:
+        if _c_calls.gather_packed(addresses[10], src_x, rows_index, packed_x) != 0:
+            return C_ERROR
+    elif addresses[3]:                                       # float32 rows: on C's threads
         _c_calls.gather(addresses[3], src_x, rows_index, x)
     else:
         for i in range(rows_index.shape[0]):
@@ -313,9 +323,10 @@ def _batchnorm_backward(du, zhat, stats, sums, gamma, gamma_grad, beta_grad, dz)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _forward(addresses, net, post, hs, zs, hb, extra, rows, step):
+def _forward(addresses, net, post, hs, zs, hb, extra, packed_x, rows, step):
     """hs[l + 1] = drop(f_l(bn(hs[l] @ W_l.T + b_l))) for every layer; zs[l] keeps z_l
     where needed, extra = (us, zhats, masks, stats, sums) what batchnorm and dropout keep.
+    packed_x (when not empty): h_0 as the gather packed it.
     bf16 (hb[l] the bf16 h_l, or empty in fp32): a layer whose f is relu or identity with
     no z kept writes bf16 h_{l+1} from the GEMM ("direct"), the others float32, then
     rounded."""
@@ -330,7 +341,10 @@ def _forward(addresses, net, post, hs, zs, hb, extra, rows, step):
         keep_z = zs[l].shape[1] > 0
         z = zs[l][:rows] if keep_z else hs[l + 1][:rows]
         epilogue = RELU if f == RELU and not keep_z else IDENTITY
-        if not bf16:
+        if l == 0 and packed_x.shape[0]:
+            status = _c_calls.sgemm_packed_a(addresses[11], packed_x, rows, weights[l], z,
+                                             biases[l], epilogue)
+        elif not bf16:
             status = _c_calls.sgemm(addresses[0], hs[l][:rows], weights[l], z, True,
                                     biases[l], epilogue)
         elif _direct_bf16(l, layers, codes, zs):
@@ -370,9 +384,10 @@ def _direct_bf16(l, layers, codes, zs):
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _backward(addresses, net, post, hs, zs, dzs, hb, extra, rows):
+def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows):
     """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers (and the
-    gradients of batchnorm's gamma and beta). bf16: the GEMMs read the bf16 h_l."""
+    gradients of batchnorm's gamma and beta). bf16: the GEMMs read the bf16 h_l.
+    packed_x (when not empty): h_0 as the gather packed it, for dW_0."""
     weights, biases, weight_grads, bias_grads, codes, slopes = net
     bn_kind, gammas, _, gamma_grads, beta_grads = post[:5]
     drops, scales = post[9], post[10]
@@ -382,6 +397,8 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, rows):
         dz = dzs[l][:rows]
         if bf16:
             status = _c_calls.sbgemm_at(addresses[6], dz, hb[l][:rows], weight_grads[l])
+        elif l == 0 and packed_x.shape[0]:
+            status = _c_calls.sgemm_at_packed_b(addresses[12], dz, packed_x, weight_grads[l])
         else:
             status = _c_calls.sgemm_at(addresses[0], dz, hs[l][:rows], weight_grads[l])
         if status != 0:
@@ -479,7 +496,7 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
     """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
     status); the gradients are left in net's and post's gradient arrays. ``step``: the
     batch's number in this call (dropout masks are drawn for step base + step)."""
-    hs, zs, dzs, y, extra, hb = buffers
+    hs, zs, dzs, y, extra, hb, packed_x = buffers
     layers = len(net[0])
     rows = rows_index.shape[0]
     if rows < 2 and post[0].any():
@@ -489,17 +506,18 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
         largest = max(largest, float(rows) * w.shape[0] * w.shape[1])
     _c_calls.wake_threads(addresses[9], largest)
     status = _gather_batch(addresses, src_x, src_y, rows_index, hs[0][:rows], y[:rows],
-                           hs[layers].shape[1])
+                           hs[layers].shape[1], packed_x)
     if status != OK:
         return 0.0, 0, status
     if post[9][0, 5] and _dropout(addresses, hs[0][:rows], post[9][0], post[10][0], step,
                                   extra[2][0][:, :0], hs[0][:rows]):     # input: no mask kept
         return 0.0, 0, C_ERROR
-    status = _forward(addresses, net, post, hs, zs, hb, extra, rows, step)
+    status = _forward(addresses, net, post, hs, zs, hb, extra, packed_x, rows, step)
     if status != OK:
         return 0.0, 0, status
     loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
-    return loss, correct, _backward(addresses, net, post, hs, zs, dzs, hb, extra, rows)
+    return loss, correct, _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x,
+                                    rows)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -508,10 +526,12 @@ def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimiz
     """Steps first_batch .. first_batch + num_batches - 1 of an epoch whose row order is
     ``order``; returns (steps applied, status, mean loss of the failing batch).
     net = (weights, biases, weight_grads, bias_grads, codes, slopes); post = what follows
-    each Linear (MLPSteps._post); buffers = (hs, zs, dzs, y, extra, hb): per layer h_l (B,
-    in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0), dz_l (B, out_l), y the
-    batch's labels or targets, extra what batchnorm and dropout keep, hb the bf16 h_l
-    (B, in_l) in bf16 precision, else (B, 0) each; flat = (data, grad);
+    each Linear (MLPSteps._post); buffers = (hs, zs, dzs, y, extra, hb, packed_x): per
+    layer h_l (B, in_l) and hs[L] the predictions, z_l (B, out_l) or (B, 0), dz_l (B,
+    out_l), y the batch's labels or targets, extra what batchnorm and dropout keep, hb the
+    bf16 h_l (B, in_l) in bf16 precision, else (B, 0) each, packed_x h_0 packed by the
+    gather for the first layer's GEMMs (float32 rows, fp32, no input dropout, more than
+    MLPF_NARROW_N outputs; h_0 is then not written), else empty; flat = (data, grad);
     sums[0] += each batch's summed loss, sums[1] += its correct rows."""
     batch_size = buffers[0][0].shape[0]
     for s in range(num_batches):
@@ -597,7 +617,10 @@ class MLPSteps:
                                                   for n in sizes[1:]),
                          np.empty((rows,) + src_y.shape[1:], src_y.dtype), extra,
                          tuple(np.empty((rows, n if precision == "bf16" else 0), np.uint16)
-                               for n in sizes[:-1]))
+                               for n in sizes[:-1]),
+                         _packed_x(rows, sizes[0], precision == "fp32" and
+                                   src_x.dtype == np.float32 and input_dropout is None and
+                                   sizes[1] > NARROW_N))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         found = _c_calls.c_addresses()
         # addresses[i]: the C function _c_calls.NAMES[i], in the compiled code's order
@@ -686,6 +709,20 @@ class DropoutSpec(NamedTuple):
     seed: int
     layer: int
     step: int
+
+
+def _packed_x(rows, features, wanted):
+    """The buffer the gather packs a batch of ``rows`` x ``features`` into for the first
+    layer's GEMMs (mlpf_sgather_packed), 64-byte aligned and large enough for the layout
+    of every fp32 kernel (mlpf_set_kernel may change it), or an empty one when not
+    ``wanted``."""
+    if not wanted:
+        return np.empty(0, np.float32)
+    widest = max(config["nr"] for config in CONFIGS.values())
+    floats = c_library().lib.MLPF_PACKED_B_HEADER + rows * -(-features // widest) * widest
+    spare = np.empty(floats + 16, np.float32)
+    start = (-spare.ctypes.data % 64) // 4
+    return spare[start:start + floats]
 
 
 def _post_arrays(sizes, batchnorms, dropouts, input_dropout):
