@@ -18,6 +18,9 @@
  * row strides reduce to the same kernel. The first kc block applies beta (and never reads
  * C when beta == 0); the last applies bias and activation while the tile is in registers.
  * Tiles cut by the matrix edge are computed into a scratch tile and copied.
+ * A matrix may also come packed beforehand, in the B block order behind a header
+ * (mlpf_spack_b, mlpf_sgather_packed): as B it is read in place, as A its panels are
+ * packed from it (mlpf_sgemm_packed_b, mlpf_sgemm_packed_a).
  *
  * Threads split C into a grid of gm x gn blocks, one per thread, each running the loop
  * nest above on its own packing buffers; the grid is chosen to minimize re-packing (every
