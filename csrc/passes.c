@@ -254,24 +254,44 @@ typedef struct {
 } gather_call;
 
 /* Rows lo..hi-1 of the batch into the packed layout (gemm_kernels.h, mlpf_packed_view),
- * run by run: the runs of the chunk's rows at the same columns lie side by side there,
- * and the chunk's source rows are read a run at a time each, all of them in flight. */
+ * GATHER_GROUP rows at a time, run by run: the group's runs at the same columns lie side
+ * by side there, and the group's source rows are all read at once, a run of each at a
+ * time (eight rows did best: bench/README.md, "The first layer's input"). */
+enum { GATHER_GROUP = 8 };
+
 VECTOR_CLONES static void pack_batch_rows(const gather_call *c, int64_t lo, int64_t hi)
 {
     const int nr = c->nr;
     const mlpf_packed_view view = {c->panels, c->rows, c->cols, c->kc,
                                    (c->cols + nr - 1) / nr * nr, nr};
-    for (int64_t j0 = 0; j0 < c->cols; j0 += nr) {
-        const int64_t width = c->cols - j0 < nr ? c->cols - j0 : nr;
-        for (int64_t i = lo; i < hi; i++) {
-            const float *from = c->src + c->index[i] * c->ld + j0;
-            float *to = c->panels + (mlpf_packed_run(&view, i, j0) - view.panels);
-            if (width == 32) {                   /* AVX-512's runs: one 128-byte copy */
-                memcpy(to, from, 128);
-                continue;
+    for (int64_t i0 = lo; i0 < hi; i0 += GATHER_GROUP) {
+        const int64_t i1 = hi - i0 < GATHER_GROUP ? hi : i0 + GATHER_GROUP;
+        for (int64_t j0 = 0; j0 < c->cols; j0 += nr) {
+            const int64_t width = c->cols - j0 < nr ? c->cols - j0 : nr;
+            for (int64_t i = i0; i < i1; i++) {
+                const float *from = c->src + c->index[i] * c->ld + j0;
+                float *to = c->panels + (mlpf_packed_run(&view, i, j0) - view.panels);
+                if (width == 32) {               /* AVX-512's runs: one 128-byte copy */
+                    memcpy(to, from, 128);
+                    continue;
+                }
+                for (int64_t q = 0; q < width; q++) to[q] = from[q];
+                for (int64_t q = width; q < nr; q++) to[q] = 0.0f;
             }
-            for (int64_t q = 0; q < width; q++) to[q] = from[q];
-            for (int64_t q = width; q < nr; q++) to[q] = 0.0f;
+        }
+    }
+}
+
+/* Rows lo..hi-1 of the batch into out, in the same order: GATHER_GROUP rows at a time, a
+ * run of 32 columns of each in turn. */
+static void copy_batch_rows(const gather_call *c, int64_t lo, int64_t hi)
+{
+    for (int64_t i0 = lo; i0 < hi; i0 += GATHER_GROUP) {
+        const int64_t i1 = hi - i0 < GATHER_GROUP ? hi : i0 + GATHER_GROUP;
+        for (int64_t j0 = 0; j0 < c->cols; j0 += 32) {
+            const size_t bytes = (size_t)(c->cols - j0 < 32 ? c->cols - j0 : 32) * 4;
+            for (int64_t i = i0; i < i1; i++)
+                memcpy(c->out + i * c->cols + j0, c->src + c->index[i] * c->ld + j0, bytes);
         }
     }
 }
@@ -283,9 +303,7 @@ static void gather_task(void *arg, int index, int threads)
     int64_t lo, hi;
     for (int visited = 0; take_chunk(&c->shares, index, &visited, &lo, &hi);) {
         if (c->panels) pack_batch_rows(c, lo, hi);
-        if (c->out)
-            for (int64_t i = lo; i < hi; i++)
-                memcpy(c->out + i * c->cols, c->src + c->index[i] * c->ld, (size_t)c->cols * 4);
+        if (c->out) copy_batch_rows(c, lo, hi);
     }
 }
 
