@@ -692,6 +692,10 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
                 assert lib.mlpf_sgemm(0, 1, rows, n, cols, 1.0, p(x), cols, p(w), cols, 0.0,
                                       p(plain), n, p(bias), 1) == 0
                 assert np.array_equal(forward, plain)
+            wt, again = np.ascontiguousarray(w.T), np.empty((rows, n), np.float32)
+            assert lib.mlpf_sgemm_packed_a(0, rows, n, cols, 1.0, p(packed), p(wt), n, 0.0,
+                                           p(again), n, p(bias), 1) == 0
+            assert np.array_equal(again, forward)
             dz = rng.standard_normal((rows, n)).astype(np.float32)
             grad, plain = np.full((n, cols), np.nan, np.float32), np.empty((n, cols), np.float32)
             assert lib.mlpf_sgemm_packed_b(1, n, cols, rows, 1.0, p(dz), n, p(packed), 0.0,
@@ -701,6 +705,10 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert lib.mlpf_sgemm(1, 0, n, cols, rows, 1.0, p(dz), n, p(x), cols, 0.0, p(plain),
                                   cols, ffi.NULL, 0) == 0
             assert np.array_equal(grad, plain)
+            dzt = np.ascontiguousarray(dz.T)
+            assert lib.mlpf_sgemm_packed_b(0, n, cols, rows, 1.0, p(dzt), rows, p(packed), 0.0,
+                                           p(plain), cols, ffi.NULL, 0) == 0
+            assert np.array_equal(plain, grad)
 
 
 def test_packed_matrix_refuses_what_does_not_fit(rng):
