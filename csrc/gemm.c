@@ -203,6 +203,7 @@ typedef struct {
     int dact;
     const float *packed_b;           /* mlpf_sgemm_packed_b: op(B) packed beforehand */
     mlpf_packed_view packed_a;       /* mlpf_sgemm_packed_a: op(A) held packed (panels) */
+    float *a_sums;                   /* a_sums[i] = sum_p op(A)[i][p], or NULL */
     int64_t kc;                      /* depth of every k block but maybe the last */
     char *workspace;                 /* per thread: A block(s), then B block */
     size_t a_block_bytes, thread_bytes;
@@ -210,9 +211,43 @@ typedef struct {
     atomic_long next_item;           /* the next (A block, column chunk) to take */
 } sgemm_call;
 
-/* Packs op(A)[i0 : i0+rows, p0 : p0+kc] into MR-row micro-panels of kc x MR. */
+/* acc[r] = sum_p panel[p*MR + r] over a packed A micro-panel of kc x MR: four partial
+ * sums (p mod 4), added in a fixed order, so a row's sum does not depend on the panel it
+ * falls in or on the threads. */
+static inline __attribute__((always_inline)) void
+sum_panel_rows(const int MR, int64_t kc, const float *panel, float *acc)
+{
+    float part[4][MLPF_MAX_MR] = {{0}};
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4)
+        for (int q = 0; q < 4; q++)
+            for (int r = 0; r < MR; r++) part[q][r] += panel[(p + q) * MR + r];
+    for (int q = 0; p < kc; p++, q++)
+        for (int r = 0; r < MR; r++) part[q][r] += panel[p * MR + r];
+    for (int r = 0; r < MR; r++) acc[r] = (part[0][r] + part[1][r]) + (part[2][r] + part[3][r]);
+}
+
+VECTOR_CLONES static void panel_row_sums(int mr, int64_t kc, const float *panel, float *acc)
+{
+    switch (mr) {                    /* the configs' MR, each a constant once inlined */
+    case 12: sum_panel_rows(12, kc, panel, acc); break;
+    case 6: sum_panel_rows(6, kc, panel, acc); break;
+    case 4: sum_panel_rows(4, kc, panel, acc); break;
+    default: sum_panel_rows(mr, kc, panel, acc);
+    }
+}
+
+/* sums[r] = acc[r] for the first k block, sums[r] + acc[r] for the later ones. */
+static void add_sums(const float *acc, int64_t rows, int first, float *sums)
+{
+    for (int64_t r = 0; r < rows; r++) sums[r] = first ? acc[r] : sums[r] + acc[r];
+}
+
+/* Packs op(A)[i0 : i0+rows, p0 : p0+kc] into MR-row micro-panels of kc x MR; with `sums`
+ * (g->a_sums, or NULL) also the rows' sums over this k block, added to the earlier
+ * blocks' (set by the block at p0 = 0). */
 static void pack_a_block(const sgemm_call *g, int64_t i0, int64_t rows, int64_t p0, int64_t kc,
-                         float *dst)
+                         float *dst, float *sums)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int MR = cfg->mr;
@@ -227,8 +262,19 @@ static void pack_a_block(const sgemm_call *g, int64_t i0, int64_t rows, int64_t 
             else pack_rows_portable(MR, kc, panel_rows, src, g->lda, dst);
         } else {                     /* op(A)[i][p] = a[p*lda + i] */
             const float *src = g->a + p0 * g->lda + i0 + ir;
+            if (sums && cfg->pack_a_cols_sums) {
+                float acc[MLPF_MAX_MR];
+                cfg->pack_a_cols_sums(kc, panel_rows, src, g->lda, dst, acc);
+                add_sums(acc, panel_rows, p0 == 0, sums + i0 + ir);
+                continue;
+            }
             if (cfg->pack_a_cols) cfg->pack_a_cols(kc, panel_rows, src, g->lda, dst);
             else pack_cols_portable(MR, kc, panel_rows, src, g->lda, dst);
+        }
+        if (sums) {
+            float acc[MLPF_MAX_MR];
+            panel_row_sums(MR, kc, dst, acc);
+            add_sums(acc, panel_rows, p0 == 0, sums + i0 + ir);
         }
     }
 }
@@ -318,9 +364,10 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
     }
 }
 
-/* The loop nest of the file comment over the block C[m0:m1, n0:n1]. */
+/* The loop nest of the file comment over the block C[m0:m1, n0:n1]; `sums`: g->a_sums
+ * for the thread that sums these rows of op(A), else NULL. */
 static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                        float *a_buf, float *b_buf)
+                        float *a_buf, float *b_buf, float *sums)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t mc = block_len(m1 - m0, cfg->mc, cfg->mr);
@@ -329,7 +376,7 @@ static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0,
         const int64_t mcb = imin(mc, m1 - ic);
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
             const int64_t kcb = imin(g->kc, g->k - pc);
-            pack_a_block(g, ic, mcb, pc, kcb, a_buf);
+            pack_a_block(g, ic, mcb, pc, kcb, a_buf, sums);
             for (int64_t jc = n0; jc < n1; jc += nc) {
                 const int64_t ncb = imin(nc, n1 - jc);
                 multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_buf,
@@ -355,9 +402,11 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
         const int64_t block = item / g->chunks, ic = block * mc, mcb = imin(mc, g->m - ic);
         const int64_t jc = item % g->chunks * g->chunk_n, ncb = imin(g->chunk_n, g->n - jc);
         const int64_t mcb_padded = round_up(mcb, cfg->mr);
-        if (block != packed) {
+        if (block != packed) {       /* the taker of the block's first chunk sums its rows */
+            float *sums = item % g->chunks == 0 ? g->a_sums : NULL;
             for (int64_t pc = 0; pc < g->k; pc += g->kc)
-                pack_a_block(g, ic, mcb, pc, imin(g->kc, g->k - pc), a_full + pc * mcb_padded);
+                pack_a_block(g, ic, mcb, pc, imin(g->kc, g->k - pc), a_full + pc * mcb_padded,
+                             sums);
             packed = block;
         }
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
@@ -398,7 +447,7 @@ static void sgemm_task(void *arg, int index, int threads)
     char *mine = g->workspace + index * g->thread_bytes;
     sgemm_block(g, split(g->m, row_step, gm, row), split(g->m, row_step, gm, row + 1),
                 split(g->n, g->cfg->nr, gn, col), split(g->n, g->cfg->nr, gn, col + 1),
-                (float *)mine, (float *)(mine + g->a_block_bytes));
+                (float *)mine, (float *)(mine + g->a_block_bytes), col == 0 ? g->a_sums : NULL);
 }
 
 /* Packing buffers: one workspace kept between calls (grown as needed, on huge pages
@@ -490,6 +539,17 @@ static void sscale_task(void *arg, int index, int threads)
     if (g->y) sapply_dact(g->m, g->n, g->c, g->ldc, g->y, g->ldy, g->dact);
 }
 
+/* g->a_sums by a plain loop, for the calls that pack no A (n == 0, k == 0, alpha == 0). */
+static void plain_row_sums(const sgemm_call *g)
+{
+    for (int64_t i = 0; i < g->m; i++) {
+        float sum = 0.0f;
+        for (int64_t p = 0; p < g->k; p++)
+            sum += g->trans_a ? g->a[p * g->lda + i] : g->a[i * g->lda + p];
+        g->a_sums[i] = sum;
+    }
+}
+
 /* Runs the call described by g (sizes, operands and epilogue set, m, n > 0). Every path
  * runs as a pool task, so with denormals flushed (threadpool.c). */
 static int sgemm_run(sgemm_call *g)
@@ -498,9 +558,10 @@ static int sgemm_run(sgemm_call *g)
     const int64_t m = g->m, n = g->n, k = g->k;
     if (k == 0 || g->alpha == 0.0f) {
         mlpf_pool_run(1, sscale_task, g);
+        if (g->a_sums) plain_row_sums(g);
         return MLPF_OK;
     }
-    if (cfg->narrow_nt && g->trans_b && !g->trans_a && !g->packed_a.panels &&
+    if (cfg->narrow_nt && g->trans_b && !g->trans_a && !g->packed_a.panels && !g->a_sums &&
         n <= MLPF_NARROW_N && !g->y) {
         /* nothing to pack: the rows split as a pass over A's m x k values does */
         mlpf_pool_run((int)imin(mlpf_pass_threads(m * k), (m + 3) / 4), narrow_task, g);
@@ -542,6 +603,27 @@ int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
         .ldb = ldb, .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
+    return sgemm_run(&g);
+}
+
+int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    float beta, float *c, int64_t ldc, float *a_sums)
+{
+    const float *bias = NULL;
+    const int act = MLPF_ACT_IDENTITY;
+    CHECK_ARGS(float)
+    if (m && !a_sums) return MLPF_ERR_NULL;
+    if (m && k && !a) return MLPF_ERR_NULL;
+    sgemm_call g = {
+        .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
+        .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
+        .ldb = ldb, .c = c, .ldc = ldc, .bias = bias, .a_sums = a_sums};
+    if (m == 0) return MLPF_OK;
+    if (n == 0) {
+        plain_row_sums(&g);
+        return MLPF_OK;
+    }
     return sgemm_run(&g);
 }
 
@@ -650,21 +732,26 @@ int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alph
 
 int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *packed_b, float beta,
-                        float *c, int64_t ldc, const float *bias, int act)
+                        float *c, int64_t ldc, const float *bias, int act, float *a_sums)
 {
     const int trans_b = 0;
     const int64_t ldb = imax(1, n);
     const float *b = packed_b;
     CHECK_ARGS(float)
+    if (m && k && a_sums && !a) return MLPF_ERR_NULL;
     const mlpf_sgemm_config *cfg = sgemm_config();
     mlpf_packed_view view;
     const int status = read_packed(packed_b, k, n, cfg, &view);
     if (status != MLPF_OK) return status;
-    if (m == 0 || n == 0) return MLPF_OK;
     sgemm_call g = {
         .cfg = cfg, .trans_a = trans_a != 0, .m = m, .n = n, .k = k, .alpha = alpha,
         .beta = beta, .a = a, .lda = lda, .packed_b = view.panels, .ldb = ldb,
-        .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
+        .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU, .a_sums = a_sums};
+    if (m == 0) return MLPF_OK;
+    if (n == 0) {
+        if (a_sums) plain_row_sums(&g);
+        return MLPF_OK;
+    }
     return sgemm_run(&g);
 }
 

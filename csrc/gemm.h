@@ -58,7 +58,8 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * MLPF_ERR_SHAPE), in the order in which the active micro-kernel reads B, behind a header
  * that names that kernel's layout, k and n.
  * mlpf_sgemm_packed_b is mlpf_sgemm (trans_b = 0) with that matrix as op(B): the same C,
- * bit for bit, without packing B. mlpf_sgemm_packed_a is mlpf_sgemm (trans_a = 0) with
+ * bit for bit, without packing B; with a_sums (else NULL) also op(A)'s row sums, as
+ * mlpf_sgemm_sums. mlpf_sgemm_packed_a is mlpf_sgemm (trans_a = 0) with
  * that matrix as op(A) (m, k): packed as the B of a GEMM with k = m and n = k, packed
  * again into A's order from there (the same C, bit for bit). Both return MLPF_ERR_SHAPE
  * when the packed matrix has another shape, MLPF_ERR_KERNEL when `packed_*` holds none or
@@ -71,10 +72,20 @@ int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb,
                  int64_t capacity);
 int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *a, int64_t lda, const float *packed_b, float beta,
-                        float *c, int64_t ldc, const float *bias, int act);
+                        float *c, int64_t ldc, const float *bias, int act, float *a_sums);
 int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *packed_a, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc, const float *bias, int act);
+
+/* The weight gradient of a layer and its bias gradient in one call: C = alpha op(A) op(B)
+ * + beta C as mlpf_sgemm (no bias, identity), and a_sums[i] = sum_p op(A)[i][p] for each
+ * of the m rows of op(A) (for dW = dz^T h: db = the column sums of dz), in float32, four
+ * partial sums per row (p mod 4, within each k block of the GEMM) added in a fixed order:
+ * the same for any number of threads. The sums come from the packed A panels, while
+ * they are in L1; A is read even when alpha == 0. */
+int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                    float beta, float *c, int64_t ldc, float *a_sums);
 
 /* Mixed precision, bf16 products with fp32 sums (gemm_bf16.c):
  *

@@ -64,6 +64,12 @@ static inline int64_t mlpf_packed_run_stride(const mlpf_packed_view *v, int64_t 
 typedef void (*mlpf_spack_packed)(int64_t kc, int64_t rows, const mlpf_packed_view *src,
                                   int64_t row0, int64_t col0, float *dst);
 
+/* pack_cols of an A micro-panel (R = MR) that also writes sums[r] = sum_p dst[p*MR + r]
+ * for r < rows: four partial sums per row (p mod 4, in increasing p), added as (0 + 1) +
+ * (2 + 3), the order of gemm.c's sum_panel_rows, which sums the other panels. */
+typedef void (*mlpf_spack_sums)(int64_t kc, int64_t rows, const float *src, int64_t ld,
+                                float *dst, float *sums);
+
 /* A narrow product: C (rows x n) = alpha A B^T + beta C + bias, then act, for n <= MLPF_NARROW_N,
  * with A (rows x k, row stride lda) and B (n x k, row stride ldb) read in place: every C
  * value is a dot product over k, vectorized along k. For a layer with few outputs (a
@@ -90,6 +96,7 @@ typedef struct {
     /* Packing routines for A (R = mr) and B (R = nr); NULL = the portable ones in gemm.c. */
     mlpf_spack pack_a_rows, pack_a_cols, pack_b_rows, pack_b_cols;
     mlpf_spack_packed pack_a_packed;   /* NULL: the portable one in gemm.c */
+    mlpf_spack_sums pack_a_cols_sums;  /* NULL: pack_a_cols, then the sums from the panel */
     mlpf_sgemm_narrow narrow_nt;  /* NULL: narrow products go through the tiles too */
     int (*supported)(void);   /* nonzero when this CPU can run it */
 } mlpf_sgemm_config;

@@ -142,6 +142,20 @@ AVX512 static void pack_a_cols(int64_t kc, int64_t rows, const float *src, int64
 {
     pack_cols_avx512(MR, kc, rows, src, ld, dst);
 }
+AVX512 static void pack_a_cols_sums(int64_t kc, int64_t rows, const float *src, int64_t ld,
+                                    float *dst, float *sums)
+{
+    const __mmask16 load = first_lanes(rows), store = first_lanes(MR);
+    __m512 part[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                      _mm512_setzero_ps()};
+    for (int64_t p = 0; p < kc; p++) {
+        const __m512 v = _mm512_maskz_loadu_ps(load, src + p * ld);
+        _mm512_mask_storeu_ps(dst + p * MR, store, v);
+        part[p % 4] = _mm512_add_ps(part[p % 4], v);
+    }
+    _mm512_mask_storeu_ps(sums, load, _mm512_add_ps(_mm512_add_ps(part[0], part[1]),
+                                                    _mm512_add_ps(part[2], part[3])));
+}
 AVX512 static void pack_b_rows(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst)
 {
     pack_rows_avx512(NR, kc, rows, src, ld, dst);
@@ -277,5 +291,6 @@ const mlpf_sgemm_config mlpf_sgemm_avx512_config = {
     .narrow_nt = sgemm_avx512_narrow_nt,
     .pack_a_rows = pack_a_rows, .pack_a_cols = pack_a_cols,
     .pack_b_rows = pack_b_rows, .pack_b_cols = pack_b_cols, .pack_a_packed = pack_a_packed,
+    .pack_a_cols_sums = pack_a_cols_sums,
 };
 #endif

@@ -13,7 +13,8 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
     gather(address, src, index, out)                   out[i] = src[index[i]]
     gather_packed(address, src, index, packed)         the rows src[index], packed (mlpf_spack_b)
     sgemm_packed_a(address, packed_a, b, c, bias, act) c = act(a @ b.T + bias), a packed
-    sgemm_at_packed_b(address, a, packed_b, c)         c = a.T @ b, b packed
+    sgemm_at_packed_b(address, a, packed_b, c, sums)   c = a.T @ b, b packed; sums = a.sum(0)
+    sgemm_at_sums(address, a, b, c, sums)              c = a.T @ b, sums = a.sum(0)
     dropout(address, x, out, keep, drop, step, scale)  out = keep x scale, Philox's keep
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
@@ -33,7 +34,8 @@ from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
          "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads",
-         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_packed_b")
+         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_packed_b",
+         "mlpf_sgemm_sums")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -78,7 +80,8 @@ def _caller(name):
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
  _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call, _gather_packed_call,
- _sgemm_packed_a_call, _sgemm_packed_b_call) = (_caller(name) for name in NAMES)
+ _sgemm_packed_a_call, _sgemm_packed_b_call, _sgemm_sums_call) = (
+    _caller(name) for name in NAMES)
 
 
 def element_type(a):
@@ -196,14 +199,27 @@ def sgemm_packed_a(address, packed_a, rows, b, c, bias, act):
 
 
 @njit(cache=True)
-def sgemm_at_packed_b(address, a, packed_b, c):
+def sgemm_at_packed_b(address, a, packed_b, c, sums):
     """c (m, n) = a.T @ b for a (k, m) and b (k, n) packed in ``packed_b`` (by
-    ``gather_packed`` or mlpf_spack_b; mlpf_sgemm_packed_b). Returns the C status
-    (MLPF_ERR_SHAPE when b was packed with another k or n)."""
+    ``gather_packed`` or mlpf_spack_b; mlpf_sgemm_packed_b), and sums (m,) = a.sum(0)
+    unless sums is empty. Returns the C status (MLPF_ERR_SHAPE when b was packed with
+    another k or n)."""
     k, m = a.shape
     n = c.shape[1]
+    sums_address = sums.ctypes.data if sums.shape[0] else 0
     return _sgemm_packed_b_call(address, (1, m, n, k, 1.0, a.ctypes.data, m,
-                                          packed_b.ctypes.data, 0.0, c.ctypes.data, n, 0, 0))
+                                          packed_b.ctypes.data, 0.0, c.ctypes.data, n, 0, 0,
+                                          sums_address))
+
+
+@njit(cache=True)
+def sgemm_at_sums(address, a, b, c, sums):
+    """c (m, n) = a.T @ b and sums (m,) = a.sum(0) for a (k, m), b (k, n): a layer's weight
+    and bias gradients (mlpf_sgemm_sums). Returns the C status."""
+    k, m = a.shape
+    n = b.shape[1]
+    return _sgemm_sums_call(address, (1, 0, m, n, k, 1.0, a.ctypes.data, m, b.ctypes.data, n,
+                                      0.0, c.ctypes.data, n, sums.ctypes.data))
 
 
 @njit(cache=True)

@@ -646,6 +646,53 @@ def test_gather_rows_and_its_index_check(threads, rng):
     assert (out == 0).all()                              # refused before copying anything
 
 
+def test_weight_gradient_with_the_row_sums_of_a(kernel, rng):
+    """mlpf_sgemm_sums: C as mlpf_sgemm bit for bit (but for its narrow products, summed
+    along k in another order), and op(A)'s row sums (a layer's bias gradient) against the
+    float64 reference, the same bits on 1 and 2 threads (the GEMM
+    splits rows, or columns with every thread packing all of A); n = 0, k = 0 and
+    alpha = 0 still sum A."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x: ffi.from_buffer("float[]", x)  # noqa: E731
+    before = lib.mlpf_get_num_threads()
+    try:
+        for m, n, k in SHAPES + [(10, 128, 256), (256, 784, 256), (1024, 64, 800)]:
+            for trans_a, trans_b in TRANSPOSES:
+                a, b = operands(rng, m, n, k, trans_a, trans_b, np.float32)
+                lda, ldb = a.shape[1], b.shape[1]
+                sums = {}
+                for threads in (1, 2):
+                    lib.mlpf_set_num_threads(threads)
+                    c, s = np.full((m, n), np.nan, np.float32), np.full(m, np.nan, np.float32)
+                    assert lib.mlpf_sgemm_sums(trans_a, trans_b, m, n, k, 1.0, p(a), lda, p(b),
+                                               ldb, 0.0, p(c), n, p(s)) == 0
+                    plain = np.empty((m, n), np.float32)
+                    assert lib.mlpf_sgemm(trans_a, trans_b, m, n, k, 1.0, p(a), lda, p(b), ldb,
+                                          0.0, p(plain), n, ffi.NULL, 0) == 0
+                    if trans_b and not trans_a and n <= 16:     # mlpf_sgemm: dot products
+                        assert_close(c, plain, tol=tol(np.float32, k), what="narrow")
+                    else:
+                        assert np.array_equal(c, plain)
+                    sums[threads] = s
+                op_a = (a.T if trans_a else a).astype(np.float64)
+                assert_close(sums[1], op_a.sum(1), tol=tol(np.float32, k),
+                             what=f"{kernel} row sums {m}x{n}x{k} {trans_a}{trans_b}")
+                assert np.array_equal(sums[1], sums[2])
+    finally:
+        lib.mlpf_set_num_threads(before)
+    a = rng.standard_normal((7, 5)).astype(np.float32)
+    c, s = np.ones((7, 3), np.float32), np.full(7, np.nan, np.float32)
+    b = np.ones((5, 3), np.float32)
+    for n, k, alpha in ((3, 5, 0.0), (0, 5, 1.0)):
+        s[...] = np.nan
+        assert lib.mlpf_sgemm_sums(0, 0, 7, n, k, alpha, p(a), 5, p(b), 3, 1.0, p(c), 3, p(s)) == 0
+        np.testing.assert_allclose(s, a.sum(1), rtol=1e-6)
+    assert lib.mlpf_sgemm_sums(0, 0, 7, 3, 0, 1.0, p(a), 5, p(b), 3, 0.0, p(c), 3, p(s)) == 0
+    assert not s.any() and not c.any()
+    assert lib.mlpf_sgemm_sums(0, 0, 7, 3, 5, 1.0, p(a), 5, p(b), 3, 0.0, p(c), 3,
+                               ffi.NULL) == lib.MLPF_ERR_NULL
+
+
 def aligned_floats(count, fill=np.nan):
     """``count`` float32 values at a 64-byte aligned address, as a packed matrix needs."""
     spare = np.full(count + 16, fill, np.float32)
@@ -698,8 +745,11 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert np.array_equal(again, forward)
             dz = rng.standard_normal((rows, n)).astype(np.float32)
             grad, plain = np.full((n, cols), np.nan, np.float32), np.empty((n, cols), np.float32)
+            sums = np.full(n, np.nan, np.float32)
             assert lib.mlpf_sgemm_packed_b(1, n, cols, rows, 1.0, p(dz), n, p(packed), 0.0,
-                                           p(grad), cols, ffi.NULL, 0) == 0
+                                           p(grad), cols, ffi.NULL, 0, p(sums)) == 0
+            assert_close(sums, dz.astype(np.float64).sum(0), tol=tol(np.float32, rows),
+                         what=f"{kernel} column sums of dz {rows}x{n}")
             assert_close(grad, reference(dz, x, True, False), tol=tol(np.float32, rows),
                          what=f"{kernel} dz^T x {n}x{cols}x{rows}")
             assert lib.mlpf_sgemm(1, 0, n, cols, rows, 1.0, p(dz), n, p(x), cols, 0.0, p(plain),
@@ -707,7 +757,7 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert np.array_equal(grad, plain)
             dzt = np.ascontiguousarray(dz.T)
             assert lib.mlpf_sgemm_packed_b(0, n, cols, rows, 1.0, p(dzt), rows, p(packed), 0.0,
-                                           p(plain), cols, ffi.NULL, 0) == 0
+                                           p(plain), cols, ffi.NULL, 0, ffi.NULL) == 0
             assert np.array_equal(plain, grad)
 
 
@@ -748,7 +798,7 @@ def test_packed_matrix_refuses_what_does_not_fit(rng):
     assert forward(20, 40, packed[1:]) == lib.MLPF_ERR_ALIGN
     dz, grad = rng.standard_normal((21, 30)).astype(np.float32), np.zeros((30, 40), np.float32)
     assert lib.mlpf_sgemm_packed_b(1, 30, 40, 21, 1.0, p(dz), 30, p(packed), 0.0, p(grad), 40,
-                                   ffi.NULL, 0) == lib.MLPF_ERR_SHAPE
+                                   ffi.NULL, 0, ffi.NULL) == lib.MLPF_ERR_SHAPE
     others = [name for name in kernel_names() if name != gemm.c_kernel_name()]
     if others:                       # another family's micro-panels have another width
         before = gemm.c_kernel_name()
