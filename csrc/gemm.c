@@ -20,7 +20,8 @@
  * Tiles cut by the matrix edge are computed into a scratch tile and copied.
  * A matrix may also come packed beforehand, in the B block order behind a header
  * (mlpf_spack_b, mlpf_sgather_packed): as B it is read in place, as A its panels are
- * packed from it (mlpf_sgemm_packed_b, mlpf_sgemm_packed_a).
+ * packed from it (mlpf_sgemm_packed_b, mlpf_sgemm_packed_a). The thread that packs a panel
+ * of A can also sum its rows (mlpf_sgemm_sums: a layer's bias gradient beside dW).
  *
  * Threads split C into a grid of gm x gn blocks, one per thread, each running the loop
  * nest above on its own packing buffers; the grid is chosen to minimize re-packing (every
