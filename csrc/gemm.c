@@ -115,7 +115,6 @@ int mlpf_set_kernel(const char *name)
     return MLPF_ERR_KERNEL;
 }
 
-
 /* Depth of the k blocks of a call with this k (every one but maybe the last): near the
  * config's kc, a multiple of 16, so that a matrix read as A from the packed layout
  * (mlpf_sgemm_packed_a) starts every k block at a multiple of 16 columns, and 16-column
@@ -158,7 +157,7 @@ static void pack_packed_portable(int R, int64_t kc, int64_t rows, const mlpf_pac
     for (int64_t r = 0; r < rows; r++)
         for (int64_t p = 0; p < kc; p++) {
             const int64_t f = col0 + p;
-            dst[p * R + r] = mlpf_packed_run(src, row0 + r, f)[f % src->nr];
+            dst[p * R + r] = src->panels[mlpf_packed_offset(src, row0 + r, f) + f % src->nr];
         }
     for (int64_t r = rows; r < R; r++)
         for (int64_t p = 0; p < kc; p++) dst[p * R + r] = 0.0f;
@@ -202,7 +201,7 @@ typedef struct {
     const float *y;                  /* mlpf_sgemm_dact: C *= f'(Y), or NULL */
     int64_t ldy;
     int dact;
-    const float *packed_b;           /* mlpf_sgemm_packed_b: op(B) packed beforehand */
+    mlpf_packed_view packed_b;       /* mlpf_sgemm_packed_b: op(B) packed beforehand */
     mlpf_packed_view packed_a;       /* mlpf_sgemm_packed_a: op(A) held packed (panels) */
     float *a_sums;                   /* a_sums[i] = sum_p op(A)[i][p], or NULL */
     int64_t kc;                      /* depth of every k block but maybe the last */
@@ -301,11 +300,12 @@ static void pack_b_block(const sgemm_call *g, int64_t p0, int64_t kc, int64_t j0
 }
 
 /* The B block op(B)[pc : pc+kcb, jc : jc+ncb] in micro-panels: packed into b_buf, or
- * where the caller's packed B holds it (jc is a multiple of NR; layout below). */
+ * where the caller's packed B holds it (row pc's run at column jc, a multiple of NR). */
 static const float *b_block(const sgemm_call *g, int64_t pc, int64_t kcb, int64_t jc,
                             int64_t ncb, float *b_buf)
 {
-    if (g->packed_b) return g->packed_b + pc * round_up(g->n, g->cfg->nr) + jc * kcb;
+    if (g->packed_b.panels)
+        return g->packed_b.panels + mlpf_packed_offset(&g->packed_b, pc, jc);
     pack_b_block(g, pc, kcb, jc, ncb, b_buf);
     return b_buf;
 }
@@ -584,7 +584,7 @@ static int sgemm_run(sgemm_call *g)
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */
     g->a_block_bytes = (size_t)round_up(m_block * (g->chunks ? k : g->kc) * 4, 4096);
-    g->thread_bytes = g->a_block_bytes + (g->packed_b ? 0 :
+    g->thread_bytes = g->a_block_bytes + (g->packed_b.panels ? 0 :
                      (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096));
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
@@ -611,7 +611,6 @@ int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                     float beta, float *c, int64_t ldc, float *a_sums)
 {
-    const float *bias = NULL;
     const int act = MLPF_ACT_IDENTITY;
     CHECK_ARGS(float)
     if (m && !a_sums) return MLPF_ERR_NULL;
@@ -619,7 +618,7 @@ int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     sgemm_call g = {
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
-        .ldb = ldb, .c = c, .ldc = ldc, .bias = bias, .a_sums = a_sums};
+        .ldb = ldb, .c = c, .ldc = ldc, .a_sums = a_sums};
     if (m == 0) return MLPF_OK;
     if (n == 0) {
         plain_row_sums(&g);
@@ -646,11 +645,10 @@ int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 
 /* --- B packed beforehand (gemm.h: mlpf_spack_b, mlpf_sgemm_packed_b) ------------------ */
 
-/* The layout: a header of MLPF_PACKED_B_HEADER floats, then for each k block [pc, pc+kcb)
- * of the driver (depth g->kc, the last maybe shorter) its NR-column micro-panels in order,
- * kcb x NR each, columns past n zero: panel j of the block at pc starts pc * round_up(n,
- * NR) + j NR kcb floats after the header. That is what pack_b_block writes per block, so
- * the kernel reads the same values in the same order as from its own packing. */
+/* The layout: a header of MLPF_PACKED_B_HEADER floats, then the panels of
+ * mlpf_packed_view (gemm_kernels.h) with the driver's k blocks (k_block_len) as its
+ * blocks of rows and the config's NR: what pack_b_block writes block by block, so the
+ * kernel reads the same values in the same order as from its own packing. */
 typedef struct {
     uint32_t magic, nr;
     int64_t kc, k, n;
@@ -659,21 +657,28 @@ enum { PACKED_B_MAGIC = 0x424c504d };               /* "MPLB" */
 _Static_assert(sizeof(packed_b_header) <= MLPF_PACKED_B_HEADER * sizeof(float),
                "the header fits in front of the panels");
 
+/* The view of the panels of a packed rows x cols matrix in cfg's layout. */
+static mlpf_packed_view packed_view(const mlpf_sgemm_config *cfg, const float *packed,
+                                    int64_t rows, int64_t cols)
+{
+    return (mlpf_packed_view){packed + MLPF_PACKED_B_HEADER, rows, cols, k_block_len(cfg, rows),
+                              round_up(cols, cfg->nr), cfg->nr};
+}
+
 int64_t mlpf_packed_b_floats(int64_t k, int64_t n)
 {
     if (k < 0 || n < 0) return MLPF_ERR_SHAPE;
     return MLPF_PACKED_B_HEADER + k * round_up(n, sgemm_config()->nr);
 }
 
-int64_t mlpf_packed_b_start(float *packed, int64_t k, int64_t n, int *nr)
+mlpf_packed_view mlpf_packed_b_start(float *packed, int64_t k, int64_t n)
 {
     const mlpf_sgemm_config *cfg = sgemm_config();
-    const packed_b_header header = {PACKED_B_MAGIC, (uint32_t)cfg->nr,
-                                    k_block_len(cfg, k), k, n};
+    const mlpf_packed_view view = packed_view(cfg, packed, k, n);
+    const packed_b_header header = {PACKED_B_MAGIC, (uint32_t)cfg->nr, view.kc, k, n};
     memset(packed, 0, MLPF_PACKED_B_HEADER * sizeof(float));
     memcpy(packed, &header, sizeof header);
-    *nr = cfg->nr;
-    return header.kc;
+    return view;
 }
 
 int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb, float *packed,
@@ -683,19 +688,19 @@ int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb,
     if (ldb < imax(1, trans_b ? k : n)) return MLPF_ERR_STRIDE;
     if (!packed || (k && n && !b)) return MLPF_ERR_NULL;
     if ((uintptr_t)packed % 64) return MLPF_ERR_ALIGN;
-    int nr;
     const sgemm_call g = {.cfg = sgemm_config(), .trans_b = trans_b != 0, .k = k, .n = n,
                           .b = b, .ldb = ldb};
-    const int64_t kc = mlpf_packed_b_start(packed, k, n, &nr);
+    const mlpf_packed_view view = mlpf_packed_b_start(packed, k, n);
     float *panels = packed + MLPF_PACKED_B_HEADER;
     if (n)
-        for (int64_t pc = 0; pc < k; pc += kc)
-            pack_b_block(&g, pc, imin(kc, k - pc), 0, n, panels + pc * round_up(n, nr));
+        for (int64_t pc = 0; pc < k; pc += view.kc)
+            pack_b_block(&g, pc, imin(view.kc, k - pc), 0, n,
+                         panels + mlpf_packed_offset(&view, pc, 0));
     return MLPF_OK;
 }
 
-/* MLPF_OK when `packed` holds a packed B of rows x cols in the active config's layout
- * (else the error of gemm.h); *view then describes it. */
+/* MLPF_OK when `packed` holds a packed matrix of rows x cols in the active config's
+ * layout (else the error of gemm.h); *view then describes it. */
 static int read_packed(const float *packed, int64_t rows, int64_t cols,
                        const mlpf_sgemm_config *cfg, mlpf_packed_view *view)
 {
@@ -705,10 +710,8 @@ static int read_packed(const float *packed, int64_t rows, int64_t cols,
     memcpy(&header, packed, sizeof header);
     if (header.magic != PACKED_B_MAGIC || header.nr != (uint32_t)cfg->nr) return MLPF_ERR_KERNEL;
     if (header.k != rows || header.n != cols) return MLPF_ERR_SHAPE;
-    if (header.kc != k_block_len(cfg, rows)) return MLPF_ERR_KERNEL;
-    *view = (mlpf_packed_view){packed + MLPF_PACKED_B_HEADER, rows, cols, header.kc,
-                               round_up(cols, cfg->nr), cfg->nr};
-    return MLPF_OK;
+    *view = packed_view(cfg, packed, rows, cols);
+    return header.kc == view->kc ? MLPF_OK : MLPF_ERR_KERNEL;
 }
 
 int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
@@ -746,7 +749,7 @@ int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alph
     if (status != MLPF_OK) return status;
     sgemm_call g = {
         .cfg = cfg, .trans_a = trans_a != 0, .m = m, .n = n, .k = k, .alpha = alpha,
-        .beta = beta, .a = a, .lda = lda, .packed_b = view.panels, .ldb = ldb,
+        .beta = beta, .a = a, .lda = lda, .packed_b = view, .ldb = ldb,
         .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU, .a_sums = a_sums};
     if (m == 0) return MLPF_OK;
     if (n == 0) {

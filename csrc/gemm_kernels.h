@@ -38,25 +38,28 @@ typedef void (*mlpf_sgemm_edge_ukernel)(int64_t kc, const float *a_panel, const 
  * pack_cols:  dst[p*R + r] = src[p*ld + r]   (source rows contiguous along r: copy)   */
 typedef void (*mlpf_spack)(int64_t kc, int64_t rows, const float *src, int64_t ld, float *dst);
 
-/* A matrix M (rows x cols) held in the packed B layout (gemm.h, mlpf_spack_b): row i's
- * run of the nr columns [f - f % nr, + nr) starts at mlpf_packed_run(v, i, f); the runs
- * of one row lie nr kcb apart, kcb the depth of the row's block of the layout. */
+/* A matrix M (rows x cols) held in the packed B layout (gemm.h, mlpf_spack_b): for each
+ * block of kc rows [pc, pc + kcb) (kcb = kc but maybe for the last), its runs of nr
+ * columns in order, kcb x nr values each, columns past cols zero. Row i's run of the
+ * columns [f - f % nr, + nr) starts mlpf_packed_offset(v, i, f) floats into the panels;
+ * the runs of one row lie nr kcb apart. The one definition of the layout: everything
+ * that writes or reads it goes through these two functions. */
 typedef struct {
     const float *panels;                   /* after the header */
     int64_t rows, cols, kc, n_padded;      /* kc: the layout's blocks of rows */
     int nr;
 } mlpf_packed_view;
 
-static inline const float *mlpf_packed_run(const mlpf_packed_view *v, int64_t i, int64_t f)
-{
-    const int64_t pc = i - i % v->kc, kcb = v->kc < v->rows - pc ? v->kc : v->rows - pc;
-    return v->panels + pc * v->n_padded + f / v->nr * v->nr * kcb + (i - pc) * v->nr;
-}
-
 static inline int64_t mlpf_packed_run_stride(const mlpf_packed_view *v, int64_t i)
 {
     const int64_t pc = i - i % v->kc;
     return (v->kc < v->rows - pc ? v->kc : v->rows - pc) * v->nr;
+}
+
+static inline int64_t mlpf_packed_offset(const mlpf_packed_view *v, int64_t i, int64_t f)
+{
+    const int64_t pc = i - i % v->kc;
+    return pc * v->n_padded + f / v->nr * mlpf_packed_run_stride(v, i) + (i - pc) * v->nr;
 }
 
 /* Packing of an A micro-panel from such an M (mlpf_sgemm_packed_a): dst[p*MR + r] =
@@ -126,11 +129,9 @@ typedef struct {
 
 /* The config in use (gemm.c): the GEMM and the passes read their thresholds from it. */
 const mlpf_sgemm_config *mlpf_active_config(void);
-/* Writes the header of a packed B operand of k x n values (gemm.h, mlpf_spack_b) for the
- * active config and returns its k block depth kc; *nr = its panel width. The panel of
- * columns [j NR, j NR + NR) of row p starts pc round_up(n, NR) + j NR kcb + (p - pc) NR
- * floats after the header, pc = p - p % kc, kcb = min(kc, k - pc) (gemm.c). */
-int64_t mlpf_packed_b_start(float *packed, int64_t k, int64_t n, int *nr);
+/* Writes the header of a packed matrix of k x n values (gemm.h, mlpf_spack_b) in the
+ * active config's layout and returns the view of its panels (gemm.c). */
+mlpf_packed_view mlpf_packed_b_start(float *packed, int64_t k, int64_t n);
 /* Threads for a pass touching n elements (passes.c; gemm.c's narrow products, which pack
  * nothing): one below the config's pass threshold, the lower one while the workers spin. */
 int mlpf_pass_threads(int64_t n);

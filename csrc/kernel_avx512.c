@@ -175,7 +175,7 @@ AVX512 static void pack_a_packed(int64_t kc, int64_t rows, const mlpf_packed_vie
     const float *run0[MR];               /* each row's run of columns [0, NR) */
     int64_t stride[MR];                  /* and the distance to its next run */
     for (int i = 0; i < rows; i++) {
-        run0[i] = mlpf_packed_run(src, row0 + i, 0);
+        run0[i] = src->panels + mlpf_packed_offset(src, row0 + i, 0);
         stride[i] = mlpf_packed_run_stride(src, row0 + i);
     }
     for (int64_t p0 = 0; p0 < kc; p0 += 16) {

@@ -248,8 +248,7 @@ typedef struct {
     int64_t rows;
     float *out;
     float *panels;                                  /* packed layout after its header, or NULL */
-    int64_t kc;
-    int nr;
+    mlpf_packed_view layout;                        /* of panels */
     moving_shares shares;                           /* of rows */
 } gather_call;
 
@@ -261,16 +260,14 @@ enum { GATHER_GROUP = 8 };
 
 VECTOR_CLONES static void pack_batch_rows(const gather_call *c, int64_t lo, int64_t hi)
 {
-    const int nr = c->nr;
-    const mlpf_packed_view view = {c->panels, c->rows, c->cols, c->kc,
-                                   (c->cols + nr - 1) / nr * nr, nr};
+    const int nr = c->layout.nr;
     for (int64_t i0 = lo; i0 < hi; i0 += GATHER_GROUP) {
         const int64_t i1 = hi - i0 < GATHER_GROUP ? hi : i0 + GATHER_GROUP;
         for (int64_t j0 = 0; j0 < c->cols; j0 += nr) {
             const int64_t width = c->cols - j0 < nr ? c->cols - j0 : nr;
             for (int64_t i = i0; i < i1; i++) {
                 const float *from = c->src + c->index[i] * c->ld + j0;
-                float *to = c->panels + (mlpf_packed_run(&view, i, j0) - view.panels);
+                float *to = c->panels + mlpf_packed_offset(&c->layout, i, j0);
                 if (width == 32) {               /* AVX-512's runs: one 128-byte copy */
                     memcpy(to, from, 128);
                     continue;
@@ -344,7 +341,7 @@ int mlpf_sgather_packed(const float *src, int64_t src_rows, int64_t ld, int64_t 
     int status = gather_check(&c, src_rows);
     if (status == MLPF_OK && capacity < mlpf_packed_b_floats(rows, cols)) status = MLPF_ERR_SHAPE;
     if (status != MLPF_OK) return status;
-    c.kc = mlpf_packed_b_start(packed, rows, cols, &c.nr);
+    c.layout = mlpf_packed_b_start(packed, rows, cols);
     gather_run(&c);
     return MLPF_OK;
 }
