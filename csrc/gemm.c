@@ -279,23 +279,36 @@ static void pack_a_block(const sgemm_call *g, int64_t i0, int64_t rows, int64_t 
     }
 }
 
-/* Packs op(B)[p0 : p0+kc, j0 : j0+cols] into NR-column micro-panels of kc x NR. */
+/* Packs op(B)[p0 : p0+kc, j0 : j0+cols] into NR-column micro-panels of kc x NR. Where
+ * b's rows are op(B)'s rows, B_ROW_RUN of them at a time across all the panels: each row
+ * is read from start to end at once, rather than a panel's NR columns of every row and
+ * then the next panel's (rows a power-of-two stride apart share a few cache sets, and the
+ * lines of the next panel's columns would be gone). */
+enum { B_ROW_RUN = 8 };
+
 static void pack_b_block(const sgemm_call *g, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
                          float *dst)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int NR = cfg->nr;
-    for (int64_t jr = 0; jr < cols; jr += NR, dst += NR * kc) {
-        int64_t panel_cols = imin(NR, cols - jr);
-        if (!g->trans_b) {           /* op(B)[p][j] = b[p*ldb + j] */
-            const float *src = g->b + p0 * g->ldb + j0 + jr;
-            if (cfg->pack_b_cols) cfg->pack_b_cols(kc, panel_cols, src, g->ldb, dst);
-            else pack_cols_portable(NR, kc, panel_cols, src, g->ldb, dst);
-        } else {                     /* op(B)[p][j] = b[j*ldb + p] */
-            const float *src = g->b + (j0 + jr) * g->ldb + p0;
-            if (cfg->pack_b_rows) cfg->pack_b_rows(kc, panel_cols, src, g->ldb, dst);
-            else pack_rows_portable(NR, kc, panel_cols, src, g->ldb, dst);
+    if (!g->trans_b) {               /* op(B)[p][j] = b[p*ldb + j] */
+        for (int64_t p = 0; p < kc; p += B_ROW_RUN) {
+            const int64_t rows = imin(B_ROW_RUN, kc - p);
+            for (int64_t jr = 0; jr < cols; jr += NR) {
+                const int64_t panel_cols = imin(NR, cols - jr);
+                const float *src = g->b + (p0 + p) * g->ldb + j0 + jr;
+                float *panel_rows = dst + jr * kc + p * NR;
+                if (cfg->pack_b_cols) cfg->pack_b_cols(rows, panel_cols, src, g->ldb, panel_rows);
+                else pack_cols_portable(NR, rows, panel_cols, src, g->ldb, panel_rows);
+            }
         }
+        return;
+    }
+    for (int64_t jr = 0; jr < cols; jr += NR, dst += NR * kc) {   /* op(B)[p][j] = b[j*ldb + p] */
+        const int64_t panel_cols = imin(NR, cols - jr);
+        const float *src = g->b + (j0 + jr) * g->ldb + p0;
+        if (cfg->pack_b_rows) cfg->pack_b_rows(kc, panel_cols, src, g->ldb, dst);
+        else pack_rows_portable(NR, kc, panel_cols, src, g->ldb, dst);
     }
 }
 
