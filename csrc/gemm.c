@@ -204,6 +204,7 @@ typedef struct {
     mlpf_packed_view packed_b;       /* mlpf_sgemm_packed_b: op(B) packed beforehand */
     mlpf_packed_view packed_a;       /* mlpf_sgemm_packed_a: op(A) held packed (panels) */
     float *a_sums;                   /* a_sums[i] = sum_p op(A)[i][p], or NULL */
+    double *squares;                 /* per thread: its final C values' squares, or NULL */
     int64_t kc;                      /* depth of every k block but maybe the last */
     char *workspace;                 /* per thread: A block(s), then B block */
     size_t a_block_bytes, thread_bytes;
@@ -346,11 +347,40 @@ static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_p
         }
 }
 
+/* The sum of the squares of rows x cols values of C, in float32 (NaN or inf when a value
+ * is, or when a square overflows: the finiteness check of mlpf_sgemm_weight_grad): a
+ * running sum per lane of 16-float vectors (GCC's vector extension), independent chains
+ * rather than one of dependent adds, added up at the end. */
+typedef float squares_vector __attribute__((vector_size(64)));
+
+VECTOR_CLONES static float block_squares(int64_t rows, int64_t cols, const float *c, int64_t ldc)
+{
+    squares_vector lanes[2] = {{0}};
+    float tail = 0.0f;
+    for (int64_t i = 0; i < rows; i++) {
+        const float *row = c + i * ldc;
+        int64_t j = 0;
+        for (; j + 32 <= cols; j += 32)
+            for (int v = 0; v < 2; v++) {
+                squares_vector x;
+                memcpy(&x, row + j + 16 * v, sizeof x);           /* unaligned load */
+                lanes[v] += x * x;
+            }
+        for (; j < cols; j++) tail += row[j] * row[j];
+    }
+    float sum = tail;
+    for (int v = 0; v < 2; v++)
+        for (int q = 0; q < 16; q++) sum += lanes[v][q];
+    return sum;
+}
+
 /* The two inner loops: C[ic : ic+mcb, jc : jc+ncb] (+)= the packed A block (mcb x kcb)
- * times the packed B block (kcb x ncb), for the k block at depth pc. */
+ * times the packed B block (kcb x ncb), for the k block at depth pc; with `squares` (the
+ * thread's g->squares, or NULL) the last k block adds the squares of each MR-row strip of C
+ * once its tiles are done. */
 static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_t pc,
                             int64_t kcb, int64_t jc, int64_t ncb, const float *a_buf,
-                            const float *b_buf)
+                            const float *b_buf, double *squares)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int MR = cfg->mr, NR = cfg->nr;
@@ -375,13 +405,16 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
                 sapply_dact(rows, cols, c_tile, g->ldc, g->y + (ic + ir) * g->ldy + jc + jr,
                             g->ldy, g->dact);
         }
+        if (last && squares)   /* the strip's stores done long since: its loads hit L1 */
+            *squares += block_squares(imin(MR, mcb - ir), ncb, g->c + (ic + ir) * g->ldc + jc,
+                                      g->ldc);
     }
 }
 
 /* The loop nest of the file comment over the block C[m0:m1, n0:n1]; `sums`: g->a_sums
- * for the thread that sums these rows of op(A), else NULL. */
+ * for the thread that sums these rows of op(A), else NULL; `squares`: multiply_blocks'. */
 static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                        float *a_buf, float *b_buf, float *sums)
+                        float *a_buf, float *b_buf, float *sums, double *squares)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t mc = block_len(m1 - m0, cfg->mc, cfg->mr);
@@ -394,7 +427,7 @@ static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0,
             for (int64_t jc = n0; jc < n1; jc += nc) {
                 const int64_t ncb = imin(nc, n1 - jc);
                 multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_buf,
-                                b_block(g, pc, kcb, jc, ncb, b_buf));
+                                b_block(g, pc, kcb, jc, ncb, b_buf), squares);
             }
         }
     }
@@ -406,7 +439,7 @@ static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0,
  * blocks once (a_full: the k block at depth pc starts at pc * round_up(mcb, MR)); per
  * chunk it packs only that chunk's B, so nothing is packed twice that a static split
  * into columns would not pack twice too. */
-static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
+static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf, double *squares)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t mc = block_len(g->m, cfg->mc, cfg->mr);
@@ -426,7 +459,7 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf)
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
             const int64_t kcb = imin(g->kc, g->k - pc);
             multiply_blocks(g, ic, mcb, pc, kcb, jc, ncb, a_full + pc * mcb_padded,
-                            b_block(g, pc, kcb, jc, ncb, b_buf));
+                            b_block(g, pc, kcb, jc, ncb, b_buf), squares);
         }
     }
 }
@@ -446,9 +479,10 @@ static int64_t shared_chunks(const sgemm_call *g)
 static void sgemm_task(void *arg, int index, int threads)
 {
     sgemm_call *g = arg;
+    double *squares = g->squares ? g->squares + index : NULL;
     if (g->chunks) {
         char *mine = g->workspace + index * g->thread_bytes;
-        sgemm_shared(g, (float *)mine, (float *)(mine + g->a_block_bytes));
+        sgemm_shared(g, (float *)mine, (float *)(mine + g->a_block_bytes), squares);
         return;
     }
     int gm, gn;
@@ -461,7 +495,8 @@ static void sgemm_task(void *arg, int index, int threads)
     char *mine = g->workspace + index * g->thread_bytes;
     sgemm_block(g, split(g->m, row_step, gm, row), split(g->m, row_step, gm, row + 1),
                 split(g->n, g->cfg->nr, gn, col), split(g->n, g->cfg->nr, gn, col + 1),
-                (float *)mine, (float *)(mine + g->a_block_bytes), col == 0 ? g->a_sums : NULL);
+                (float *)mine, (float *)(mine + g->a_block_bytes), col == 0 ? g->a_sums : NULL,
+                squares);
 }
 
 /* Packing buffers: one workspace kept between calls (grown as needed, on huge pages
@@ -551,6 +586,7 @@ static void sscale_task(void *arg, int index, int threads)
             g->c[i * g->ldc + j] = v;
         }
     if (g->y) sapply_dact(g->m, g->n, g->c, g->ldc, g->y, g->ldy, g->dact);
+    if (g->squares) g->squares[0] = block_squares(g->m, g->n, g->c, g->ldc);
 }
 
 /* g->a_sums by a plain loop, for the calls that pack no A (n == 0, k == 0, alpha == 0). */
@@ -770,6 +806,43 @@ int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alph
         return MLPF_OK;
     }
     return sgemm_run(&g);
+}
+
+int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int64_t ldz,
+                           const float *h, int64_t ldh, const float *packed_h, float *dw,
+                           int64_t lddw, float *db, double *squares)
+{
+    const int trans_a = 1, trans_b = 0, act = MLPF_ACT_IDENTITY;
+    const float alpha = 1.0f;
+    const float *a = dz, *b = packed_h ? packed_h : h;
+    const int64_t lda = ldz, ldb = packed_h ? imax(1, n) : ldh, ldc = lddw;
+    float *c = dw;
+    CHECK_ARGS(float)
+    if (!squares || (m && k && db && !dz)) return MLPF_ERR_NULL;
+    const mlpf_sgemm_config *cfg = sgemm_config();
+    mlpf_packed_view view = {0};
+    if (packed_h) {
+        const int status = read_packed(packed_h, k, n, cfg, &view);
+        if (status != MLPF_OK) return status;
+    }
+    double parts[MLPF_POOL_MAX_THREADS] = {0};      /* per thread, added in thread order */
+    sgemm_call g = {
+        .cfg = cfg, .trans_a = 1, .m = m, .n = n, .k = k, .alpha = alpha, .beta = 0.0f,
+        .a = a, .lda = lda, .b = packed_h ? NULL : h, .ldb = ldb, .packed_b = view, .c = c,
+        .ldc = ldc, .a_sums = db, .squares = parts};
+    *squares = 0.0;
+    if (m == 0) return MLPF_OK;
+    if (n == 0) {
+        if (db) plain_row_sums(&g);
+    } else {
+        const int status = sgemm_run(&g);
+        if (status != MLPF_OK) return status;
+    }
+    double total = 0.0;
+    for (int t = 0; t < MLPF_POOL_MAX_THREADS; t++) total += parts[t];
+    if (db) total += block_squares(1, m, db, m);
+    *squares = total;
+    return MLPF_OK;
 }
 
 /* --- double precision: the plain loop, threaded over rows of C ------------------------ */

@@ -1,5 +1,6 @@
 /* Passes of a training step on the GEMM's thread pool (API in gemm.h): the SGD and
- * Adam/AdamW updates and the sum of squares that checks the gradients, over a model's flat
+ * Adam/AdamW updates and the sum of squares that checks the gradients (those that no
+ * mlpf_sgemm_weight_grad checked in its tiles, or all of them), over a model's flat
  * float32 buffers, the gather of a batch's rows, and dropout (its Philox mask).
  *
  * Why here and not only in Numba: in a training step these passes come right after the

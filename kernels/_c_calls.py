@@ -7,14 +7,15 @@ intrinsic's LLVM prototype is built from the function's cffi type, so gemm.h sta
 declaration of the C API. ``c_addresses()`` gives the addresses to pass.
 
     sgemm(address, a, b, c, trans_b, bias, act)       c = act(a @ op(b) + bias)
-    sgemm_at(address, a, b, c)                         c = a.T @ b
     sgemm_dact(address, a, b, c, y, dact)              c = (a @ b) * f'(y)
     sum_squares(address, x)                            sum of x^2 (NaN/inf if any x is)
     gather(address, src, index, out)                   out[i] = src[index[i]]
     gather_packed(address, src, index, packed)         the rows src[index], packed (mlpf_spack_b)
     sgemm_packed_a(address, packed_a, b, c, bias, act) c = act(a @ b.T + bias), a packed
-    sgemm_at_packed_b(address, a, packed_b, c, sums)   c = a.T @ b, b packed; sums = a.sum(0)
-    sgemm_at_sums(address, a, b, c, sums)              c = a.T @ b, sums = a.sum(0)
+    weight_grad(address, dz, h, packed_h, dw, db, squares)
+                                                       dw = dz.T @ h (h in rows or packed),
+                                                       db = dz.sum(0), squares[0] = their
+                                                       sum of squares (NaN/inf if any is)
     dropout(address, x, out, keep, drop, step, scale)  out = keep x scale, Philox's keep
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
@@ -34,8 +35,7 @@ from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
          "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads",
-         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_packed_b",
-         "mlpf_sgemm_sums")
+         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_weight_grad")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -80,7 +80,7 @@ def _caller(name):
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
  _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call, _gather_packed_call,
- _sgemm_packed_a_call, _sgemm_packed_b_call, _sgemm_sums_call) = (
+ _sgemm_packed_a_call, _weight_grad_call) = (
     _caller(name) for name in NAMES)
 
 
@@ -105,15 +105,6 @@ def sgemm(address, a, b, c, trans_b, bias, act):
     return _sgemm_call(address, (0, 1 if trans_b else 0, m, n, k, 1.0, a.ctypes.data, k,
                                  b.ctypes.data, b.shape[1], 0.0, c.ctypes.data, n,
                                  bias_address, act))
-
-
-@njit(cache=True)
-def sgemm_at(address, a, b, c):
-    """c (m, n) = a.T @ b for a (k, m), b (k, n). Returns the C status."""
-    k, m = a.shape
-    n = b.shape[1]
-    return _sgemm_call(address, (1, 0, m, n, k, 1.0, a.ctypes.data, m, b.ctypes.data, n, 0.0,
-                                 c.ctypes.data, n, 0, 0))
 
 
 @njit(cache=True)
@@ -199,27 +190,18 @@ def sgemm_packed_a(address, packed_a, rows, b, c, bias, act):
 
 
 @njit(cache=True)
-def sgemm_at_packed_b(address, a, packed_b, c, sums):
-    """c (m, n) = a.T @ b for a (k, m) and b (k, n) packed in ``packed_b`` (by
-    ``gather_packed`` or mlpf_spack_b; mlpf_sgemm_packed_b), and sums (m,) = a.sum(0)
-    unless sums is empty. Returns the C status (MLPF_ERR_SHAPE when b was packed with
-    another k or n)."""
-    k, m = a.shape
-    n = c.shape[1]
-    sums_address = sums.ctypes.data if sums.shape[0] else 0
-    return _sgemm_packed_b_call(address, (1, m, n, k, 1.0, a.ctypes.data, m,
-                                          packed_b.ctypes.data, 0.0, c.ctypes.data, n, 0, 0,
-                                          sums_address))
-
-
-@njit(cache=True)
-def sgemm_at_sums(address, a, b, c, sums):
-    """c (m, n) = a.T @ b and sums (m,) = a.sum(0) for a (k, m), b (k, n): a layer's weight
-    and bias gradients (mlpf_sgemm_sums). Returns the C status."""
-    k, m = a.shape
-    n = b.shape[1]
-    return _sgemm_sums_call(address, (1, 0, m, n, k, 1.0, a.ctypes.data, m, b.ctypes.data, n,
-                                      0.0, c.ctypes.data, n, sums.ctypes.data))
+def weight_grad(address, dz, h, packed_h, dw, db, squares):
+    """dw (m, n) = dz.T @ h for dz (k, m) and h (k, n), h in rows or, when packed_h is not
+    empty, packed there (by ``gather_packed``; h is then not read); db (m,) = dz.sum(0)
+    unless db is empty; squares[0] (float64) = the sum of the squares of dw and db, NaN or
+    inf when any of them is (mlpf_sgemm_weight_grad). Returns the C status."""
+    k, m = dz.shape
+    n = dw.shape[1]
+    packed_address = packed_h.ctypes.data if packed_h.shape[0] else 0
+    db_address = db.ctypes.data if db.shape[0] else 0
+    return _weight_grad_call(address, (m, n, k, dz.ctypes.data, m, h.ctypes.data, h.shape[1],
+                                       packed_address, dw.ctypes.data, n, db_address,
+                                       squares.ctypes.data))
 
 
 @njit(cache=True)

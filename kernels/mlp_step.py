@@ -384,10 +384,12 @@ def _direct_bf16(l, layers, codes, zs):
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows):
+def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows, squares):
     """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers (and the
     gradients of batchnorm's gamma and beta). bf16: the GEMMs read the bf16 h_l.
-    packed_x (when not empty): h_0 as the gather packed it, for dW_0."""
+    packed_x (when not empty): h_0 as the gather packed it, for dW_0. fp32: squares[0] +=
+    the sum of the squares of every dW_l and db_l, from their GEMM's tiles (the finiteness
+    check of the step; bf16 adds nothing); squares[1] takes each GEMM's own sum."""
     weights, biases, weight_grads, bias_grads, codes, slopes = net
     bn_kind, gammas, _, gamma_grads, beta_grads = post[:5]
     drops, scales = post[9], post[10]
@@ -399,14 +401,11 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows):
             status = _c_calls.sbgemm_at(addresses[6], dz, hb[l][:rows], weight_grads[l])
             if bias_grads[l].shape[0]:
                 _bias_gradient(dz, bias_grads[l])
-        elif l == 0 and packed_x.shape[0]:             # db too, from the packed dz panels
-            status = _c_calls.sgemm_at_packed_b(addresses[12], dz, packed_x, weight_grads[l],
-                                                bias_grads[l])
-        elif bias_grads[l].shape[0]:
-            status = _c_calls.sgemm_at_sums(addresses[13], dz, hs[l][:rows], weight_grads[l],
-                                            bias_grads[l])
-        else:
-            status = _c_calls.sgemm_at(addresses[0], dz, hs[l][:rows], weight_grads[l])
+        else:                          # db too, from the packed dz panels; h_0 maybe packed
+            status = _c_calls.weight_grad(addresses[12], dz, hs[l][:rows],
+                                          packed_x if l == 0 else packed_x[:0],
+                                          weight_grads[l], bias_grads[l], squares[1:])
+            squares[0] += squares[1]
         if status != 0:
             return C_ERROR
         if l == 0:
@@ -497,9 +496,11 @@ def _renorm_rows(weights, max_norm):
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_index, step):
+def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_index, step,
+               squares):
     """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
-    status); the gradients are left in net's and post's gradient arrays. ``step``: the
+    status); the gradients are left in net's and post's gradient arrays, and squares[0] +=
+    the sum of their squares that the weight-gradient GEMMs add (_backward). ``step``: the
     batch's number in this call (dropout masks are drawn for step base + step)."""
     hs, zs, dzs, y, extra, hb, packed_x = buffers
     layers = len(net[0])
@@ -522,12 +523,13 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
         return 0.0, 0, status
     loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
     return loss, correct, _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x,
-                                    rows)
+                                    rows, squares)
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimizer, hyper,
-                 max_norm, flat, state, order, first_batch, num_batches, lrs, first_step, sums):
+                 max_norm, flat, state, order, first_batch, num_batches, lrs, first_step, sums,
+                 check):
     """Steps first_batch .. first_batch + num_batches - 1 of an epoch whose row order is
     ``order``; returns (steps applied, status, mean loss of the failing batch).
     net = (weights, biases, weight_grads, bias_grads, codes, slopes); post = what follows
@@ -537,17 +539,24 @@ def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimiz
     bf16 h_l (B, in_l) in bf16 precision, else (B, 0) each, packed_x h_0 packed by the
     gather for the first layer's GEMMs (float32 rows, fp32, no input dropout, more than
     MLPF_NARROW_N outputs; h_0 is then not written), else empty; flat = (data, grad);
-    sums[0] += each batch's summed loss, sums[1] += its correct rows."""
+    sums[0] += each batch's summed loss, sums[1] += its correct rows. check = (unchecked,
+    squares): int64 (R, 2), the [start, stop) ranges of flat[1] whose squares the
+    weight-gradient GEMMs do not add (_unchecked_ranges), and float64 (2,) for _backward's
+    sums: the step's gradients are finite when their squares, added up, are."""
+    unchecked, squares = check
     batch_size = buffers[0][0].shape[0]
     for s in range(num_batches):
         start = (first_batch + s) * batch_size
         rows_index = order[start:min(start + batch_size, order.shape[0])]
+        squares[0] = 0.0
         loss, correct, status = _gradients(addresses, src_x, src_y, net, post, buffers,
-                                           loss_kind, rows_index, s)
+                                           loss_kind, rows_index, s, squares)
         if status != OK:
             return s, status, 0.0
-        squares = _c_calls.sum_squares(addresses[2], flat[1])   # NaN or inf if any g is
-        if not (math.isfinite(loss) and math.isfinite(squares)):
+        total = squares[0]                                  # NaN or inf if any g is
+        for r in range(unchecked.shape[0]):
+            total += _c_calls.sum_squares(addresses[2], flat[1][unchecked[r, 0]:unchecked[r, 1]])
+        if not (math.isfinite(loss) and math.isfinite(total)):
             return s, NOT_FINITE, loss / rows_index.shape[0]
         if _update(addresses, optimizer, hyper, flat[0], flat[1], state, lrs[s],
                    first_step + s + 1) != 0:
@@ -627,6 +636,11 @@ class MLPSteps:
                                    src_x.dtype == np.float32 and input_dropout is None and
                                    sizes[1] > NARROW_N))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
+        # (ranges of flat_grad the step checks itself, _backward's sums of squares), one
+        # argument: at 19, _train_steps' argument tuple comes from CPython's free list of
+        # tuples (up to 19 items), not the heap (tests/test_backends.py counts allocations)
+        self._check = (_unchecked_ranges(flat_grad, weight_grads, precision == "fp32"),
+                       np.zeros(2))
         found = _c_calls.c_addresses()
         # addresses[i]: the C function _c_calls.NAMES[i], in the compiled code's order
         self._addresses = np.array([found[name] for name in _c_calls.NAMES], np.int64)
@@ -657,7 +671,7 @@ class MLPSteps:
         steps, status, loss = _train_steps(
             self._addresses, *self._src, self._net, self._post, self._buffers, self._loss,
             self._optimizer, self._hyper, self._max_norm, self._flat, self._state, order,
-            first_batch, num_batches, lrs, first_step, sums)
+            first_batch, num_batches, lrs, first_step, sums, self._check)
         self._raise_for(status)
         return steps, status == OK, loss
 
@@ -668,8 +682,11 @@ class MLPSteps:
         if not isinstance(rows_index, np.ndarray) or rows_index.dtype != np.int64 or \
                 rows_index.ndim != 1 or not 0 < rows_index.shape[0] <= self.batch_size:
             raise ValueError(f"rows_index must be 1-D int64 with 1 to {self.batch_size} rows")
+        squares = self._check[1]
+        squares[0] = 0.0                        # (the caller checks the reduced gradient)
         loss, correct, status = _gradients(self._addresses, *self._src, self._net,
-                                           self._post, self._buffers, self._loss, rows_index, 0)
+                                           self._post, self._buffers, self._loss, rows_index, 0,
+                                           squares)
         self._raise_for(status)
         return loss, int(correct)
 
@@ -714,6 +731,30 @@ class DropoutSpec(NamedTuple):
     seed: int
     layer: int
     step: int
+
+
+def _unchecked_ranges(flat_grad, weight_grads, fused):
+    """The [start, stop) ranges of flat_grad (int64, (R, 2)) whose squares the step sums
+    itself: with ``fused`` (fp32, where each weight gradient's GEMM adds its squares) all
+    but the weight gradients that lie in flat_grad, else all of it."""
+    covered = []
+    base, itemsize = flat_grad.ctypes.data, flat_grad.itemsize
+    for g in weight_grads if fused else ():
+        start = (g.ctypes.data - base) // itemsize
+        if (g.ctypes.data - base) % itemsize or start < 0 or start + g.size > flat_grad.size:
+            return np.array([[0, flat_grad.size]], np.int64)      # not a view: sum it all
+        covered.append((start, start + g.size))
+    ranges, at = [], 0
+    for start, stop in sorted(covered):
+        if start > at:
+            ranges.append((at, start))
+        at = max(at, stop)
+    if at < flat_grad.size:
+        ranges.append((at, flat_grad.size))
+    unchecked = np.zeros((len(ranges), 2), np.int64)     # owns its data: Numba wraps a
+    for row, (start, stop) in enumerate(ranges):          # view anew on every call
+        unchecked[row] = start, stop
+    return unchecked
 
 
 def _packed_x(rows, features, wanted):

@@ -761,6 +761,90 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert np.array_equal(plain, grad)
 
 
+def test_weight_gradient_with_bias_gradient_and_sum_of_squares(kernel, threads, rng):
+    """mlpf_sgemm_weight_grad, h in rows and packed: dw as mlpf_sgemm gives dz^T h and db as
+    mlpf_sgemm_sums gives dz's column sums, bit for bit; *squares against the float64 sum
+    of their squares; db NULL leaves the bias out; k = 0 and n = 0."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    for rows, cols in PACKED_SHAPES + [(256, 1024)]:
+        h = rng.standard_normal((rows, cols)).astype(np.float32)
+        floats = lib.mlpf_packed_b_floats(rows, cols)
+        packed = aligned_floats(floats)
+        assert lib.mlpf_spack_b(0, rows, cols, p(h), cols, p(packed), floats) == 0
+        for n in (1, 10, 37, 256):
+            dz = rng.standard_normal((rows, n)).astype(np.float32)
+            want_dw, want_db = np.empty((n, cols), np.float32), np.empty(n, np.float32)
+            assert lib.mlpf_sgemm_sums(1, 0, n, cols, rows, 1.0, p(dz), n, p(h), cols, 0.0,
+                                       p(want_dw), cols, p(want_db)) == 0
+            exact = (want_dw.astype(np.float64) ** 2).sum() + (want_db.astype(np.float64)
+                                                               ** 2).sum()
+            for packed_h in (ffi.NULL, p(packed)):
+                dw, db = np.full((n, cols), np.nan, np.float32), np.full(n, np.nan, np.float32)
+                squares = np.full(1, np.nan)
+                assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, p(h), cols, packed_h,
+                                                  p(dw), cols, p(db), p(squares, "double[]")) == 0
+                assert np.array_equal(dw, want_dw) and np.array_equal(db, want_db)
+                assert squares[0] == pytest.approx(exact, rel=1e-5), f"{rows}x{cols}, {n}"
+            assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, p(h), cols, ffi.NULL,
+                                              p(dw), cols, ffi.NULL, p(squares, "double[]")) == 0
+            assert squares[0] == pytest.approx((want_dw.astype(np.float64) ** 2).sum(), rel=1e-5)
+    dz, h = rng.standard_normal((5, 7)).astype(np.float32), np.ones((5, 3), np.float32)
+    dw, db, squares = np.ones((7, 3), np.float32), np.ones(7, np.float32), np.ones(1)
+    assert lib.mlpf_sgemm_weight_grad(7, 3, 0, p(dz), 7, p(h), 3, ffi.NULL, p(dw), 3, p(db),
+                                      p(squares, "double[]")) == 0
+    assert not dw.any() and not db.any() and squares[0] == 0.0
+    assert lib.mlpf_sgemm_weight_grad(7, 0, 5, p(dz), 7, p(h), 1, ffi.NULL, p(dw), 1, p(db),
+                                      p(squares, "double[]")) == 0
+    np.testing.assert_allclose(db, dz.sum(0), rtol=1e-6)
+    assert squares[0] == pytest.approx((db.astype(np.float64) ** 2).sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3e19])
+def test_weight_gradient_squares_are_not_finite_when_a_gradient_is_not(bad, threads, rng):
+    """One value of dz that is NaN, inf, or finite with a square beyond float32 (3e19)
+    makes *squares NaN or inf, wherever it sits: in a full tile, an edge tile, or a row of
+    dz that only the bias gradient sums (h zero there)."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    rows, n, cols = 40, 29, 70
+    h = rng.standard_normal((rows, cols)).astype(np.float32)
+    h[-1] = 0.0
+    for at in ((0, 0), (17, 13), (39, 28), (rows - 1, 5)):
+        dz = rng.standard_normal((rows, n)).astype(np.float32)
+        dz[at] = bad
+        dw, db, squares = np.empty((n, cols), np.float32), np.empty(n, np.float32), np.zeros(1)
+        with np.errstate(all="ignore"):
+            assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, p(h), cols, ffi.NULL,
+                                              p(dw), cols, p(db), p(squares, "double[]")) == 0
+        assert not np.isfinite(squares[0]), at
+
+
+def test_weight_gradient_refusals_write_nothing(rng):
+    """mlpf_sgemm_weight_grad refuses a missing squares pointer, a packed h of another
+    shape or misaligned, and bad strides, with dw, db and *squares untouched."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    dz = rng.standard_normal((20, 30)).astype(np.float32)
+    h = rng.standard_normal((20, 40)).astype(np.float32)
+    floats = lib.mlpf_packed_b_floats(20, 40)
+    packed = aligned_floats(floats + 16)
+    assert lib.mlpf_spack_b(0, 20, 40, p(h), 40, p(packed), floats) == 0
+    dw, db, squares = np.zeros((30, 40), np.float32), np.zeros(30, np.float32), np.zeros(1)
+    s = p(squares, "double[]")
+    assert lib.mlpf_sgemm_weight_grad(30, 40, 20, p(dz), 30, p(h), 40, ffi.NULL, p(dw), 40,
+                                      p(db), ffi.NULL) == lib.MLPF_ERR_NULL
+    assert lib.mlpf_sgemm_weight_grad(30, 40, 21, p(dz), 30, p(h), 40, p(packed), p(dw), 40,
+                                      p(db), s) == lib.MLPF_ERR_SHAPE
+    assert lib.mlpf_sgemm_weight_grad(30, 40, 20, p(dz), 30, p(h), 40, p(packed[1:]), p(dw), 40,
+                                      p(db), s) == lib.MLPF_ERR_ALIGN
+    assert lib.mlpf_sgemm_weight_grad(30, 40, 20, p(dz), 29, p(h), 40, ffi.NULL, p(dw), 40,
+                                      p(db), s) == lib.MLPF_ERR_STRIDE
+    assert lib.mlpf_sgemm_weight_grad(30, 40, 20, p(dz), 30, p(h), 40, ffi.NULL, p(dw), 39,
+                                      p(db), s) == lib.MLPF_ERR_STRIDE
+    assert not dw.any() and not db.any() and squares[0] == 0.0
+
+
 def test_packed_matrix_refuses_what_does_not_fit(rng):
     """Each refusal returns its code and writes nothing: too small a buffer, a misaligned
     or missing one, a row index outside the source; a GEMM on a packed matrix of another

@@ -357,6 +357,19 @@ def test_the_cpu_step_covers_mlps_and_leaves_the_rest_to_the_engine(rng):
         assert step_kind(model, mf.CrossEntropyLoss(), data(model), 8) == "LayerByLayerStep"
 
 
+def test_the_step_sums_the_squares_of_what_no_weight_gradient_gemm_covers():
+    """_unchecked_ranges: flat_grad less the weight gradients (their GEMMs add their own
+    squares) when fused, all of it in bf16 or when a weight gradient is not a view."""
+    flat = np.zeros(100, np.float32)
+    ranges = mlp_step._unchecked_ranges(flat, [flat[40:60], flat[10:30]], True)
+    assert ranges.tolist() == [[0, 10], [30, 40], [60, 100]]
+    assert mlp_step._unchecked_ranges(flat, [flat[0:10], flat[10:100]], True).shape == (0, 2)
+    assert mlp_step._unchecked_ranges(flat, [flat[0:10], flat[10:20]], True).tolist() == [[20, 100]]
+    assert mlp_step._unchecked_ranges(flat, [flat[40:60]], False).tolist() == [[0, 100]]
+    elsewhere = np.zeros(20, np.float32)
+    assert mlp_step._unchecked_ranges(flat, [flat[0:10], elsewhere], True).tolist() == [[0, 100]]
+
+
 def test_nan_gradient_is_reported_and_nothing_else_changes(rng):
     x, y = rng.standard_normal((30, 6)).astype(np.float32), rng.integers(0, 3, 30)
     model = mf.MLP([6, 5, 3], backend="cpu", seed=0)
