@@ -30,6 +30,10 @@ enum { MLPF_OK = 0, MLPF_ERR_SHAPE = -1, MLPF_ERR_STRIDE = -2, MLPF_ERR_ACT = -3
 /* Added after the first API: a NULL matrix with nonzero size; an unknown or unsupported kernel. */
 enum { MLPF_ERR_NULL = -5, MLPF_ERR_KERNEL = -6 };
 
+/* mlpf_sgemm computes A B^T (trans_a == 0, trans_b != 0) with n <= MLPF_NARROW_N as dot
+ * products along k, reading A and B in place (a classifier's logits: nothing to pack). */
+enum { MLPF_NARROW_N = 16 };
+
 int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                float beta, float *c, int64_t ldc, const float *bias, int act);

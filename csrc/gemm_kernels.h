@@ -73,15 +73,15 @@ typedef void (*mlpf_spack_packed)(int64_t kc, int64_t rows, const mlpf_packed_vi
 typedef void (*mlpf_spack_sums)(int64_t kc, int64_t rows, const float *src, int64_t ld,
                                 float *dst, float *sums);
 
-/* A narrow product: C (rows x n) = alpha A B^T + beta C + bias, then act, for n <= MLPF_NARROW_N,
- * with A (rows x k, row stride lda) and B (n x k, row stride ldb) read in place: every C
- * value is a dot product over k, vectorized along k. For a layer with few outputs (a
- * classifier's logits: y = h @ W.T with W of 10 rows) a register tile NR columns wide
- * would be mostly padding, and packing h would cost as much as the arithmetic. */
+/* A narrow product: C (rows x n) = alpha A B^T + beta C + bias, then act, for n <=
+ * MLPF_NARROW_N (gemm.h), with A (rows x k, row stride lda) and B (n x k, row stride ldb)
+ * read in place: every C value is a dot product over k, vectorized along k. For a layer
+ * with few outputs (a classifier's logits: y = h @ W.T with W of 10 rows) a register tile
+ * NR columns wide would be mostly padding, and packing h would cost as much as the
+ * arithmetic. */
 typedef void (*mlpf_sgemm_narrow)(int64_t rows, int64_t n, int64_t k, const float *a,
                                   int64_t lda, const float *b, int64_t ldb, float *c,
                                   int64_t ldc, const mlpf_tile_epilogue *ep);
-#define MLPF_NARROW_N 16
 
 /* One kernel and the block sizes and thresholds that go with it (one "config" per ISA, as
  * in BLIS). The numbers come from kernels/cpu_config.py (its docstring explains each) through

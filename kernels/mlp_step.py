@@ -61,9 +61,6 @@ CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
 OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status of a call
 PRECISIONS = ("fp32", "bf16")
-# MLPF_NARROW_N (csrc/gemm_kernels.h): x W^T with at most this many outputs is a narrow
-# product, which reads x in place; a packed x would go through the 12 x 32 tiles instead.
-NARROW_N = 16
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
 
@@ -538,7 +535,8 @@ def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimiz
     out_l), y the batch's labels or targets, extra what batchnorm and dropout keep, hb the
     bf16 h_l (B, in_l) in bf16 precision, else (B, 0) each, packed_x h_0 packed by the
     gather for the first layer's GEMMs (float32 rows, fp32, no input dropout, more than
-    MLPF_NARROW_N outputs; h_0 is then not written), else empty; flat = (data, grad);
+    MLPF_NARROW_N outputs (csrc/gemm.h: up to that many make a narrow product, which reads
+    h_0 in place); h_0 is then not written), else empty; flat = (data, grad);
     sums[0] += each batch's summed loss, sums[1] += its correct rows. check = (unchecked,
     squares): int64 (R, 2), the [start, stop) ranges of flat[1] whose squares the
     weight-gradient GEMMs do not add (_unchecked_ranges), and float64 (2,) for _backward's
@@ -634,7 +632,7 @@ class MLPSteps:
                                for n in sizes[:-1]),
                          _packed_x(rows, sizes[0], precision == "fp32" and
                                    src_x.dtype == np.float32 and input_dropout is None and
-                                   sizes[1] > NARROW_N))
+                                   sizes[1] > c_library().lib.MLPF_NARROW_N))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         # (ranges of flat_grad the step checks itself, _backward's sums of squares), one
         # argument: at 19, _train_steps' argument tuple comes from CPython's free list of

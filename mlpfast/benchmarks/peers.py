@@ -337,13 +337,14 @@ class EpochRun:
     of ``epoch_order``, then ``result()``: the answer of ``peers.py PEER --epochs``."""
 
     def __init__(self, peer, data, weights, batch, threads, seed):
-        if peer not in MLPFAST_PRECISIONS:     # first, so that a missing library is reported
+        self.mlpfast = peer in MLPFAST_PRECISIONS       # else a peer of TRAINERS
+        if not self.mlpfast:                   # first, so that a missing library is reported
             self.step, self.sync, self.notes, self.classes = TRAINERS[peer](weights, threads)
         (self.x, self.y), (self.x_test, self.y_test) = read_mnist(data)
         self.peer, self.batch, self.seed = peer, batch, seed
         self.seconds, self.losses = [], []
         warm = WARMUP_BATCHES * batch + len(self.x) % batch
-        if peer in MLPFAST_PRECISIONS:
+        if self.mlpfast:
             self._start_mlpfast(weights, warm)
         else:
             self._epoch(np.random.default_rng(seed).permutation(min(warm, len(self.x))))
@@ -370,7 +371,7 @@ class EpochRun:
         return float(np.mean([float(v) for v in losses]))
 
     def epoch(self, epoch):
-        if self.peer in MLPFAST_PRECISIONS:
+        if self.mlpfast:
             history = self.fit(self.x, self.y, epochs=1, seed=self.seed + 1 + epoch)
             seconds, loss = history["seconds"][0], history["loss"][0]
         else:
@@ -386,7 +387,7 @@ class EpochRun:
         """{epoch_seconds, samples (per epoch), loss (of the last epoch), test_accuracy (of
         the trained model), notes}."""
         x_test = np.ascontiguousarray(self.x_test, dtype=np.float32)
-        if self.peer in MLPFAST_PRECISIONS:
+        if self.mlpfast:
             from mlpfast import predict
             predicted = predict(self.model, x_test)
         else:
