@@ -612,7 +612,7 @@ static int sgemm_run(sgemm_call *g)
         return MLPF_OK;
     }
     if (cfg->narrow_nt && g->trans_b && !g->trans_a && !g->packed_a.panels && !g->a_sums &&
-        n <= MLPF_NARROW_N && !g->y) {
+        n <= MLPF_NARROW_N && !g->y && !g->squares) {
         /* nothing to pack: the rows split as a pass over A's m x k values does */
         mlpf_pool_run((int)imin(mlpf_pass_threads(m * k), (m + 3) / 4), narrow_task, g);
         return MLPF_OK;
@@ -827,11 +827,13 @@ int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int
     }
     double parts[MLPF_POOL_MAX_THREADS] = {0};      /* per thread, added in thread order */
     sgemm_call g = {
-        .cfg = cfg, .trans_a = 1, .m = m, .n = n, .k = k, .alpha = alpha, .beta = 0.0f,
+        .cfg = cfg, .trans_a = trans_a, .m = m, .n = n, .k = k, .alpha = alpha, .beta = 0.0f,
         .a = a, .lda = lda, .b = packed_h ? NULL : h, .ldb = ldb, .packed_b = view, .c = c,
         .ldc = ldc, .a_sums = db, .squares = parts};
-    *squares = 0.0;
-    if (m == 0) return MLPF_OK;
+    if (m == 0) {
+        *squares = 0.0;
+        return MLPF_OK;
+    }
     if (n == 0) {
         if (db) plain_row_sums(&g);
     } else {
