@@ -600,12 +600,18 @@ static void plain_row_sums(const sgemm_call *g)
     }
 }
 
-/* Runs the call described by g (sizes, operands and epilogue set, m, n > 0). Every path
- * runs as a pool task, so with denormals flushed (threadpool.c). */
+/* Runs the call described by g (sizes, operands and epilogue set). With m == 0 nothing is
+ * done, with n == 0 only g->a_sums. Every path that computes C runs as a pool task, so
+ * with denormals flushed (threadpool.c). */
 static int sgemm_run(sgemm_call *g)
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t m = g->m, n = g->n, k = g->k;
+    if (m == 0) return MLPF_OK;
+    if (n == 0) {
+        if (g->a_sums) plain_row_sums(g);
+        return MLPF_OK;
+    }
     if (k == 0 || g->alpha == 0.0f) {
         mlpf_pool_run(1, sscale_task, g);
         if (g->a_sums) plain_row_sums(g);
@@ -668,11 +674,6 @@ int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
         .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
         .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
         .ldb = ldb, .c = c, .ldc = ldc, .a_sums = a_sums};
-    if (m == 0) return MLPF_OK;
-    if (n == 0) {
-        plain_row_sums(&g);
-        return MLPF_OK;
-    }
     return sgemm_run(&g);
 }
 
@@ -800,11 +801,6 @@ int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alph
         .cfg = cfg, .trans_a = trans_a != 0, .m = m, .n = n, .k = k, .alpha = alpha,
         .beta = beta, .a = a, .lda = lda, .packed_b = view, .ldb = ldb,
         .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU, .a_sums = a_sums};
-    if (m == 0) return MLPF_OK;
-    if (n == 0) {
-        if (a_sums) plain_row_sums(&g);
-        return MLPF_OK;
-    }
     return sgemm_run(&g);
 }
 
@@ -830,16 +826,8 @@ int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int
         .cfg = cfg, .trans_a = trans_a, .m = m, .n = n, .k = k, .alpha = alpha, .beta = 0.0f,
         .a = a, .lda = lda, .b = packed_h ? NULL : h, .ldb = ldb, .packed_b = view, .c = c,
         .ldc = ldc, .a_sums = db, .squares = parts};
-    if (m == 0) {
-        *squares = 0.0;
-        return MLPF_OK;
-    }
-    if (n == 0) {
-        if (db) plain_row_sums(&g);
-    } else {
-        const int status = sgemm_run(&g);
-        if (status != MLPF_OK) return status;
-    }
+    const int status = sgemm_run(&g);
+    if (status != MLPF_OK) return status;
     double total = 0.0;
     for (int t = 0; t < MLPF_POOL_MAX_THREADS; t++) total += parts[t];
     if (db) total += block_squares(1, m, db, m);
