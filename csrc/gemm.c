@@ -347,33 +347,6 @@ static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_p
         }
 }
 
-/* The sum of the squares of rows x cols values of C, in float32 (NaN or inf when a value
- * is, or when a square overflows: the finiteness check of mlpf_sgemm_weight_grad): a
- * running sum per lane of 16-float vectors (GCC's vector extension), independent chains
- * rather than one of dependent adds, added up at the end. */
-typedef float squares_vector __attribute__((vector_size(64)));
-
-VECTOR_CLONES static float block_squares(int64_t rows, int64_t cols, const float *c, int64_t ldc)
-{
-    squares_vector lanes[2] = {{0}};
-    float tail = 0.0f;
-    for (int64_t i = 0; i < rows; i++) {
-        const float *row = c + i * ldc;
-        int64_t j = 0;
-        for (; j + 32 <= cols; j += 32)
-            for (int v = 0; v < 2; v++) {
-                squares_vector x;
-                memcpy(&x, row + j + 16 * v, sizeof x);           /* unaligned load */
-                lanes[v] += x * x;
-            }
-        for (; j < cols; j++) tail += row[j] * row[j];
-    }
-    float sum = tail;
-    for (int v = 0; v < 2; v++)
-        for (int q = 0; q < 16; q++) sum += lanes[v][q];
-    return sum;
-}
-
 /* The two inner loops: C[ic : ic+mcb, jc : jc+ncb] (+)= the packed A block (mcb x kcb)
  * times the packed B block (kcb x ncb), for the k block at depth pc; with `squares` (the
  * thread's g->squares, or NULL) the last k block adds the squares of each MR-row strip of C
@@ -406,8 +379,8 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
                             g->ldy, g->dact);
         }
         if (last && squares)   /* the strip's stores done long since: its loads hit L1 */
-            *squares += block_squares(imin(MR, mcb - ir), ncb, g->c + (ic + ir) * g->ldc + jc,
-                                      g->ldc);
+            *squares += mlpf_sum_squares_rows(imin(MR, mcb - ir), ncb,
+                                              g->c + (ic + ir) * g->ldc + jc, g->ldc);
     }
 }
 
@@ -586,7 +559,7 @@ static void sscale_task(void *arg, int index, int threads)
             g->c[i * g->ldc + j] = v;
         }
     if (g->y) sapply_dact(g->m, g->n, g->c, g->ldc, g->y, g->ldy, g->dact);
-    if (g->squares) g->squares[0] = block_squares(g->m, g->n, g->c, g->ldc);
+    if (g->squares) g->squares[0] = mlpf_sum_squares_rows(g->m, g->n, g->c, g->ldc);
 }
 
 /* g->a_sums by a plain loop, for the calls that pack no A (n == 0, k == 0, alpha == 0). */
@@ -830,7 +803,7 @@ int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int
     if (status != MLPF_OK) return status;
     double total = 0.0;
     for (int t = 0; t < MLPF_POOL_MAX_THREADS; t++) total += parts[t];
-    if (db) total += block_squares(1, m, db, m);
+    if (db) total += mlpf_sum_squares_rows(1, m, db, m);
     *squares = total;
     return MLPF_OK;
 }

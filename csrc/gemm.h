@@ -96,10 +96,11 @@ int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * in rows (h, ldh) or, when packed_h is not NULL, packed by mlpf_spack_b or
  * mlpf_sgather_packed (h and ldh are then not read); db (m) = the column sums of dz as
  * mlpf_sgemm_sums writes them, unless db is NULL. *squares = the sum of the squares of dw
- * and db: float32 sums per C tile, while the tile is in L1, added in float64 per thread and
- * then in thread order; NaN or inf when any value is, or when a square overflows (|x| above
- * about 1.8e19). Which tiles a thread takes varies from call to call, and with it the
- * rounding of *squares: it is for the finiteness check, not for a norm that must repeat.
+ * and db: float32 running sums over each strip of the kernel's MR rows of dw while the
+ * strip is in L1, added in float64 per thread and then in thread order; NaN or inf when
+ * any value is, or when a square overflows (|x| above about 1.8e19). Which strips a thread
+ * takes varies from call to call, and with it the rounding of *squares: it is for the
+ * finiteness check, not for a norm that must repeat.
  * The errors of mlpf_sgemm and mlpf_sgemm_packed_b; MLPF_ERR_NULL for squares == NULL. */
 int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int64_t ldz,
                            const float *h, int64_t ldh, const float *packed_h, float *dw,

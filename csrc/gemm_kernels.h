@@ -135,6 +135,11 @@ mlpf_packed_view mlpf_packed_b_start(float *packed, int64_t k, int64_t n);
 /* Threads for a pass touching n elements (passes.c; gemm.c's narrow products, which pack
  * nothing): one below the config's pass threshold, the lower one while the workers spin. */
 int mlpf_pass_threads(int64_t n);
+/* The sum of the squares of rows x cols floats (row stride ld) in float32 running sums,
+ * added in double (passes.c): NaN or inf when a value is, or when a square overflows
+ * (|x| beyond about 1.8e19). The finiteness check of mlpf_ssum_squares and, strip by
+ * strip, of mlpf_sgemm_weight_grad. */
+double mlpf_sum_squares_rows(int64_t rows, int64_t cols, const float *x, int64_t ld);
 
 extern const mlpf_sgemm_config mlpf_sgemm_portable_config;
 /* The ISA kernels exist on x86 only; -DMLPF_PORTABLE_ONLY builds as on any other CPU. */

@@ -197,25 +197,34 @@ typedef struct {
 } squares_call;
 
 /* 64 float32 running sums (four 16-float vectors, GCC's vector extension: one zmm each
- * under AVX-512, independent so that the adds overlap), added in double at the end: NaN or
- * inf in x makes the sum NaN or inf, and so does |x| beyond about 1.8e19 (x^2 overflows). */
+ * under AVX-512, independent so that the adds overlap) over 64 values of a row at a time,
+ * then 16, the row's last few in one more float32 sum; the four vectors added lane by
+ * lane, then their 16 lanes and the last sum in double (gemm_kernels.h). */
 typedef float float16_vector __attribute__((vector_size(64)));
 
-VECTOR_CLONES static double squares_range(const float *restrict x, int64_t lo, int64_t hi)
+VECTOR_CLONES double mlpf_sum_squares_rows(int64_t rows, int64_t cols, const float *x, int64_t ld)
 {
     float16_vector sums[4] = {{0}};
-    int64_t i = lo;
-    for (; i + 64 <= hi; i += 64)
-        for (int v = 0; v < 4; v++) {
-            float16_vector part;
-            memcpy(&part, x + i + 16 * v, sizeof part);          /* unaligned load */
-            sums[v] += part * part;
-        }
     float tail = 0.0f;
-    for (; i < hi; i++) tail += x[i] * x[i];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict row = x + r * ld;
+        int64_t i = 0;
+        for (; i + 64 <= cols; i += 64)
+            for (int v = 0; v < 4; v++) {
+                float16_vector part;
+                memcpy(&part, row + i + 16 * v, sizeof part);    /* unaligned load */
+                sums[v] += part * part;
+            }
+        for (; i + 16 <= cols; i += 16) {
+            float16_vector part;
+            memcpy(&part, row + i, sizeof part);
+            sums[0] += part * part;
+        }
+        for (; i < cols; i++) tail += row[i] * row[i];
+    }
+    const float16_vector lanes = (sums[0] + sums[1]) + (sums[2] + sums[3]);
     double total = tail;
-    for (int v = 0; v < 4; v++)
-        for (int j = 0; j < 16; j++) total += sums[v][j];
+    for (int j = 0; j < 16; j++) total += lanes[j];
     return total;
 }
 
@@ -224,8 +233,9 @@ VECTOR_CLONES static double squares_range(const float *restrict x, int64_t lo, i
 static void squares_task(void *arg, int index, int threads)
 {
     squares_call *c = arg;
-    c->part[index] = squares_range(c->x, range_start(c->n, threads, index),
-                                   range_start(c->n, threads, index + 1));
+    const int64_t lo = range_start(c->n, threads, index);
+    c->part[index] = mlpf_sum_squares_rows(1, range_start(c->n, threads, index + 1) - lo,
+                                           c->x + lo, 0);
 }
 
 double mlpf_ssum_squares(const float *x, int64_t n)
