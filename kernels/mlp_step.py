@@ -385,7 +385,7 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows, squa
     """dW_l, db_l for every layer from dzs[L - 1]; dz_{l-1} through the layers (and the
     gradients of batchnorm's gamma and beta). bf16: the GEMMs read the bf16 h_l.
     packed_x (when not empty): h_0 as the gather packed it, for dW_0. fp32: squares[0] +=
-    the sum of the squares of every dW_l and db_l, from their GEMM's tiles (the finiteness
+    the sum of the squares of every dW_l and db_l, from their GEMMs' strips (the finiteness
     check of the step; bf16 adds nothing); squares[1] takes each GEMM's own sum."""
     weights, biases, weight_grads, bias_grads, codes, slopes = net
     bn_kind, gammas, _, gamma_grads, beta_grads = post[:5]
