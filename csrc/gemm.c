@@ -20,8 +20,8 @@
  * Tiles cut by the matrix edge are computed into a scratch tile and copied.
  * A matrix may also come packed beforehand, in the B block order behind a header
  * (mlpf_spack_b, mlpf_sgather_packed): as B it is read in place, as A its panels are
- * packed from it (mlpf_sgemm_packed_b, mlpf_sgemm_packed_a). The thread that packs a panel
- * of A can also sum its rows (mlpf_sgemm_sums: a layer's bias gradient beside dW).
+ * packed from it (mlpf_sgemm_weight_grad, mlpf_sgemm_packed_a). The thread that packs a
+ * panel of A can also sum its rows (a layer's bias gradient beside dW).
  *
  * Threads split C into a grid of gm x gn blocks, one per thread, each running the loop
  * nest above on its own packing buffers; the grid is chosen to minimize re-packing (every
@@ -201,7 +201,7 @@ typedef struct {
     const float *y;                  /* mlpf_sgemm_dact: C *= f'(Y), or NULL */
     int64_t ldy;
     int dact;
-    mlpf_packed_view packed_b;       /* mlpf_sgemm_packed_b: op(B) packed beforehand */
+    mlpf_packed_view packed_b;       /* op(B) packed beforehand (weight_grad's packed h) */
     mlpf_packed_view packed_a;       /* mlpf_sgemm_packed_a: op(A) held packed (panels) */
     float *a_sums;                   /* a_sums[i] = sum_p op(A)[i][p], or NULL */
     double *squares;                 /* per thread: its final C values' squares, or NULL */
@@ -635,21 +635,6 @@ int mlpf_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     return sgemm_run(&g);
 }
 
-int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                    float beta, float *c, int64_t ldc, float *a_sums)
-{
-    const int act = MLPF_ACT_IDENTITY;
-    CHECK_ARGS(float)
-    if (m && !a_sums) return MLPF_ERR_NULL;
-    if (m && k && !a) return MLPF_ERR_NULL;
-    sgemm_call g = {
-        .cfg = sgemm_config(), .trans_a = trans_a != 0, .trans_b = trans_b != 0,
-        .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta, .a = a, .b = b, .lda = lda,
-        .ldb = ldb, .c = c, .ldc = ldc, .a_sums = a_sums};
-    return sgemm_run(&g);
-}
-
 int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                     float *c, int64_t ldc, const float *y, int64_t ldy, int dact)
@@ -666,7 +651,7 @@ int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     return sgemm_run(&g);
 }
 
-/* --- B packed beforehand (gemm.h: mlpf_spack_b, mlpf_sgemm_packed_b) ------------------ */
+/* --- matrices packed beforehand (gemm.h: mlpf_spack_b, mlpf_sgemm_packed_a) ----------- */
 
 /* The layout: a header of MLPF_PACKED_B_HEADER floats, then the panels of
  * mlpf_packed_view (gemm_kernels.h) with the driver's k blocks (k_block_len) as its
@@ -754,26 +739,6 @@ int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alph
         .cfg = cfg, .trans_b = trans_b != 0, .m = m, .n = n, .k = k, .alpha = alpha,
         .beta = beta, .a = a, .lda = lda, .packed_a = view, .b = b, .ldb = ldb, .c = c,
         .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU};
-    return sgemm_run(&g);
-}
-
-int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
-                        const float *a, int64_t lda, const float *packed_b, float beta,
-                        float *c, int64_t ldc, const float *bias, int act, float *a_sums)
-{
-    const int trans_b = 0;
-    const int64_t ldb = imax(1, n);
-    const float *b = packed_b;
-    CHECK_ARGS(float)
-    if (m && k && a_sums && !a) return MLPF_ERR_NULL;
-    const mlpf_sgemm_config *cfg = sgemm_config();
-    mlpf_packed_view view;
-    const int status = read_packed(packed_b, k, n, cfg, &view);
-    if (status != MLPF_OK) return status;
-    sgemm_call g = {
-        .cfg = cfg, .trans_a = trans_a != 0, .m = m, .n = n, .k = k, .alpha = alpha,
-        .beta = beta, .a = a, .lda = lda, .packed_b = view, .ldb = ldb,
-        .c = c, .ldc = ldc, .bias = bias, .relu = act == MLPF_ACT_RELU, .a_sums = a_sums};
     return sgemm_run(&g);
 }
 

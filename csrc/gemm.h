@@ -61,47 +61,35 @@ int mlpf_dgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * `packed` (`capacity` floats, 64-byte aligned; it needs mlpf_packed_b_floats(k, n), else
  * MLPF_ERR_SHAPE), in the order in which the active micro-kernel reads B, behind a header
  * that names that kernel's layout, k and n.
- * mlpf_sgemm_packed_b is mlpf_sgemm (trans_b = 0) with that matrix as op(B): the same C,
- * bit for bit, without packing B; with a_sums (else NULL) also op(A)'s row sums, as
- * mlpf_sgemm_sums. mlpf_sgemm_packed_a is mlpf_sgemm (trans_a = 0) with
- * that matrix as op(A) (m, k): packed as the B of a GEMM with k = m and n = k, packed
- * again into A's order from there (the same C, bit for bit). Both return MLPF_ERR_SHAPE
- * when the packed matrix has another shape, MLPF_ERR_KERNEL when `packed_*` holds none or
- * one in another kernel's layout (say, packed before mlpf_set_kernel), MLPF_ERR_ALIGN when
- * it is not 64-byte aligned. mlpf_packed_b_floats returns MLPF_ERR_SHAPE for k < 0 or
- * n < 0. */
+ * mlpf_sgemm_packed_a is mlpf_sgemm (trans_a = 0) with that matrix as op(A) (m, k):
+ * packed as the B of a GEMM with k = m and n = k, packed again into A's order from there
+ * (the same C, bit for bit); mlpf_sgemm_weight_grad reads one as its op(B) in place. Both
+ * return MLPF_ERR_SHAPE when the packed matrix has another shape, MLPF_ERR_KERNEL when it
+ * holds none or one in another kernel's layout (say, packed before mlpf_set_kernel),
+ * MLPF_ERR_ALIGN when it is not 64-byte aligned. mlpf_packed_b_floats returns
+ * MLPF_ERR_SHAPE for k < 0 or n < 0. */
 enum { MLPF_ERR_ALIGN = -8, MLPF_PACKED_B_HEADER = 16 };
 int64_t mlpf_packed_b_floats(int64_t k, int64_t n);
 int mlpf_spack_b(int trans_b, int64_t k, int64_t n, const float *b, int64_t ldb, float *packed,
                  int64_t capacity);
-int mlpf_sgemm_packed_b(int trans_a, int64_t m, int64_t n, int64_t k, float alpha,
-                        const float *a, int64_t lda, const float *packed_b, float beta,
-                        float *c, int64_t ldc, const float *bias, int act, float *a_sums);
 int mlpf_sgemm_packed_a(int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                         const float *packed_a, const float *b, int64_t ldb, float beta,
                         float *c, int64_t ldc, const float *bias, int act);
 
-/* The weight gradient of a layer and its bias gradient in one call: C = alpha op(A) op(B)
- * + beta C as mlpf_sgemm (no bias, identity), and a_sums[i] = sum_p op(A)[i][p] for each
- * of the m rows of op(A) (for dW = dz^T h: db = the column sums of dz), in float32, four
- * partial sums per row (p mod 4, within each k block of the GEMM) added in a fixed order:
- * the same for any number of threads. The sums come from the packed A panels, while
- * they are in L1; A is read even when alpha == 0. */
-int mlpf_sgemm_sums(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                    float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-                    float beta, float *c, int64_t ldc, float *a_sums);
-
 /* A training step's weight and bias gradients and the check that they are finite, in one
  * call: dw (m x n, row stride lddw) = dz^T h for dz (k x m, row stride ldz) and h (k x n),
  * in rows (h, ldh) or, when packed_h is not NULL, packed by mlpf_spack_b or
- * mlpf_sgather_packed (h and ldh are then not read); db (m) = the column sums of dz as
- * mlpf_sgemm_sums writes them, unless db is NULL. *squares = the sum of the squares of dw
- * and db: float32 running sums over each strip of the kernel's MR rows of dw while the
- * strip is in L1, added in float64 per thread and then in thread order; NaN or inf when
- * any value is, or when a square overflows (|x| above about 1.8e19). Which strips a thread
- * takes varies from call to call, and with it the rounding of *squares: it is for the
- * finiteness check, not for a norm that must repeat.
- * The errors of mlpf_sgemm and mlpf_sgemm_packed_b; MLPF_ERR_NULL for squares == NULL. */
+ * mlpf_sgather_packed (h and ldh are then not read; the same dw, bit for bit); db (m) =
+ * the column sums of dz, unless db is NULL, in float32 from the packed panels of dz^T
+ * while they are in L1: four partial sums per column (p mod 4, within each k block of
+ * the GEMM) added in a fixed order, the same bits for any number of threads. *squares =
+ * the sum of the squares of dw and db: float32 running sums over each strip of the
+ * kernel's MR rows of dw while the strip is in L1, added in float64 per thread and then
+ * in thread order; NaN or inf when any value is, or when a square overflows (|x| above
+ * about 1.8e19). Which strips a thread takes varies from call to call, and with it the
+ * rounding of *squares: it is for the finiteness check, not for a norm that must repeat.
+ * The errors of mlpf_sgemm, those of mlpf_sgemm_packed_a for packed_h, and MLPF_ERR_NULL
+ * for squares == NULL. */
 int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int64_t ldz,
                            const float *h, int64_t ldh, const float *packed_h, float *dw,
                            int64_t lddw, float *db, double *squares);
@@ -160,8 +148,8 @@ int mlpf_sgather(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
 /* mlpf_sgather, with the rows written packed (k = rows, n = cols) into `packed`, as
  * mlpf_spack_b would (`capacity` floats, 64-byte aligned), and also into `out` (rows,
  * cols) unless it is NULL: a training step's first layer reads the batch x from there,
- * as A in x W^T (mlpf_sgemm_packed_a) and as B in dz^T x (mlpf_sgemm_packed_b), and no
- * GEMM packs it. Nothing is written when an argument is refused. */
+ * as A in x W^T (mlpf_sgemm_packed_a) and as B in dz^T x (mlpf_sgemm_weight_grad), and
+ * no GEMM packs it. Nothing is written when an argument is refused. */
 int mlpf_sgather_packed(const float *src, int64_t src_rows, int64_t ld, int64_t cols,
                         const int64_t *index, int64_t rows, float *out, float *packed,
                         int64_t capacity);

@@ -170,7 +170,7 @@ def gather(address, src, index, out):
 def gather_packed(address, src, index, packed):
     """The rows src[index] (B, D) written into ``packed`` (1-D float32, 64-byte aligned, at
     least mlpf_packed_b_floats(B, D) values) as a packed matrix (mlpf_spack_b's layout),
-    which ``sgemm_packed_a`` and ``sgemm_at_packed_b`` read (mlpf_sgather_packed, no
+    which ``sgemm_packed_a`` and ``weight_grad`` read (mlpf_sgather_packed, no
     unpacked copy). Returns the C status."""
     return _gather_packed_call(address, (src.ctypes.data, src.shape[0], src.shape[1],
                                          src.shape[1], index.ctypes.data, index.shape[0], 0,

@@ -646,51 +646,34 @@ def test_gather_rows_and_its_index_check(threads, rng):
     assert (out == 0).all()                              # refused before copying anything
 
 
-def test_weight_gradient_with_the_row_sums_of_a(kernel, rng):
-    """mlpf_sgemm_sums: C as mlpf_sgemm bit for bit (but for its narrow products, summed
-    along k in another order), and op(A)'s row sums (a layer's bias gradient) against the
-    float64 reference, the same bits on 1 and 2 threads (the GEMM
-    splits rows, or columns with every thread packing all of A); n = 0, k = 0 and
-    alpha = 0 still sum A."""
+def test_weight_gradient_bias_sums_against_the_reference_on_1_and_2_threads(kernel, rng):
+    """mlpf_sgemm_weight_grad: dw as mlpf_sgemm gives dz^T h, bit for bit, and db (the
+    column sums of dz, from its packed panels) against the float64 reference, the same
+    bits on 1 and 2 threads (the GEMM splits rows, or columns with every thread packing
+    all of dz^T)."""
     lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
-    p = lambda x: ffi.from_buffer("float[]", x)  # noqa: E731
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
     before = lib.mlpf_get_num_threads()
     try:
         for m, n, k in SHAPES + [(10, 128, 256), (256, 784, 256), (1024, 64, 800)]:
-            for trans_a, trans_b in TRANSPOSES:
-                a, b = operands(rng, m, n, k, trans_a, trans_b, np.float32)
-                lda, ldb = a.shape[1], b.shape[1]
-                sums = {}
-                for threads in (1, 2):
-                    lib.mlpf_set_num_threads(threads)
-                    c, s = np.full((m, n), np.nan, np.float32), np.full(m, np.nan, np.float32)
-                    assert lib.mlpf_sgemm_sums(trans_a, trans_b, m, n, k, 1.0, p(a), lda, p(b),
-                                               ldb, 0.0, p(c), n, p(s)) == 0
-                    plain = np.empty((m, n), np.float32)
-                    assert lib.mlpf_sgemm(trans_a, trans_b, m, n, k, 1.0, p(a), lda, p(b), ldb,
-                                          0.0, p(plain), n, ffi.NULL, 0) == 0
-                    if trans_b and not trans_a and n <= 16:     # mlpf_sgemm: dot products
-                        assert_close(c, plain, tol=tol(np.float32, k), what="narrow")
-                    else:
-                        assert np.array_equal(c, plain)
-                    sums[threads] = s
-                op_a = (a.T if trans_a else a).astype(np.float64)
-                assert_close(sums[1], op_a.sum(1), tol=tol(np.float32, k),
-                             what=f"{kernel} row sums {m}x{n}x{k} {trans_a}{trans_b}")
-                assert np.array_equal(sums[1], sums[2])
+            dz, h = operands(rng, m, n, k, True, False, np.float32)
+            sums = {}
+            for threads in (1, 2):
+                lib.mlpf_set_num_threads(threads)
+                dw, db = np.full((m, n), np.nan, np.float32), np.full(m, np.nan, np.float32)
+                squares = np.zeros(1)
+                assert lib.mlpf_sgemm_weight_grad(m, n, k, p(dz), m, p(h), n, ffi.NULL, p(dw),
+                                                  n, p(db), p(squares, "double[]")) == 0
+                plain = np.empty((m, n), np.float32)
+                assert lib.mlpf_sgemm(1, 0, m, n, k, 1.0, p(dz), m, p(h), n, 0.0, p(plain), n,
+                                      ffi.NULL, 0) == 0
+                assert np.array_equal(dw, plain), f"{kernel} {m}x{n}x{k}, {threads} threads"
+                sums[threads] = db
+            assert_close(sums[1], dz.astype(np.float64).sum(0), tol=tol(np.float32, k),
+                         what=f"{kernel} column sums of dz {m}x{n}x{k}")
+            assert np.array_equal(sums[1], sums[2])
     finally:
         lib.mlpf_set_num_threads(before)
-    a = rng.standard_normal((7, 5)).astype(np.float32)
-    c, s = np.ones((7, 3), np.float32), np.full(7, np.nan, np.float32)
-    b = np.ones((5, 3), np.float32)
-    for n, k, alpha in ((3, 5, 0.0), (0, 5, 1.0)):
-        s[...] = np.nan
-        assert lib.mlpf_sgemm_sums(0, 0, 7, n, k, alpha, p(a), 5, p(b), 3, 1.0, p(c), 3, p(s)) == 0
-        np.testing.assert_allclose(s, a.sum(1), rtol=1e-6)
-    assert lib.mlpf_sgemm_sums(0, 0, 7, 3, 0, 1.0, p(a), 5, p(b), 3, 0.0, p(c), 3, p(s)) == 0
-    assert not s.any() and not c.any()
-    assert lib.mlpf_sgemm_sums(0, 0, 7, 3, 5, 1.0, p(a), 5, p(b), 3, 0.0, p(c), 3,
-                               ffi.NULL) == lib.MLPF_ERR_NULL
 
 
 def aligned_floats(count, fill=np.nan):
@@ -707,9 +690,10 @@ PACKED_SHAPES = [(1, 1), (13, 33), (96, 784), (300, 100), (600, 45)]
 
 def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng):
     """mlpf_sgather_packed packs the gathered rows as mlpf_spack_b does (from x and from
-    x stored transposed); mlpf_sgemm_packed_a (x W^T + bias, relu) and mlpf_sgemm_packed_b
-    (dz^T x) read it and agree with the float64 reference, and bit for bit with
-    mlpf_sgemm on the unpacked x, which blocks k the same way."""
+    x stored transposed); mlpf_sgemm_packed_a (x W^T + bias, relu) and
+    mlpf_sgemm_weight_grad (dz^T x, the column sums of dz) read it and agree with the
+    float64 reference, and bit for bit with mlpf_sgemm on the unpacked x, which blocks k
+    the same way."""
     lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
     p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
     for rows, cols in PACKED_SHAPES:
@@ -745,9 +729,9 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert np.array_equal(again, forward)
             dz = rng.standard_normal((rows, n)).astype(np.float32)
             grad, plain = np.full((n, cols), np.nan, np.float32), np.empty((n, cols), np.float32)
-            sums = np.full(n, np.nan, np.float32)
-            assert lib.mlpf_sgemm_packed_b(1, n, cols, rows, 1.0, p(dz), n, p(packed), 0.0,
-                                           p(grad), cols, ffi.NULL, 0, p(sums)) == 0
+            sums, squares = np.full(n, np.nan, np.float32), np.zeros(1)
+            assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, ffi.NULL, cols, p(packed),
+                                              p(grad), cols, p(sums), p(squares, "double[]")) == 0
             assert_close(sums, dz.astype(np.float64).sum(0), tol=tol(np.float32, rows),
                          what=f"{kernel} column sums of dz {rows}x{n}")
             assert_close(grad, reference(dz, x, True, False), tol=tol(np.float32, rows),
@@ -755,16 +739,13 @@ def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng)
             assert lib.mlpf_sgemm(1, 0, n, cols, rows, 1.0, p(dz), n, p(x), cols, 0.0, p(plain),
                                   cols, ffi.NULL, 0) == 0
             assert np.array_equal(grad, plain)
-            dzt = np.ascontiguousarray(dz.T)
-            assert lib.mlpf_sgemm_packed_b(0, n, cols, rows, 1.0, p(dzt), rows, p(packed), 0.0,
-                                           p(plain), cols, ffi.NULL, 0, ffi.NULL) == 0
-            assert np.array_equal(plain, grad)
 
 
 def test_weight_gradient_with_bias_gradient_and_sum_of_squares(kernel, threads, rng):
-    """mlpf_sgemm_weight_grad, h in rows and packed: dw as mlpf_sgemm gives dz^T h and db as
-    mlpf_sgemm_sums gives dz's column sums, bit for bit; *squares against the float64 sum
-    of their squares; db NULL leaves the bias out; k = 0 and n = 0."""
+    """mlpf_sgemm_weight_grad, h in rows and packed: dw as mlpf_sgemm gives dz^T h, bit
+    for bit, db the same bits either way and against the float64 column sums of dz;
+    *squares against the float64 sum of their squares; db NULL leaves the bias out; k = 0
+    and n = 0."""
     lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
     p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
     for rows, cols in PACKED_SHAPES + [(256, 1024)]:
@@ -774,16 +755,20 @@ def test_weight_gradient_with_bias_gradient_and_sum_of_squares(kernel, threads, 
         assert lib.mlpf_spack_b(0, rows, cols, p(h), cols, p(packed), floats) == 0
         for n in (1, 10, 37, 256):
             dz = rng.standard_normal((rows, n)).astype(np.float32)
-            want_dw, want_db = np.empty((n, cols), np.float32), np.empty(n, np.float32)
-            assert lib.mlpf_sgemm_sums(1, 0, n, cols, rows, 1.0, p(dz), n, p(h), cols, 0.0,
-                                       p(want_dw), cols, p(want_db)) == 0
-            exact = (want_dw.astype(np.float64) ** 2).sum() + (want_db.astype(np.float64)
-                                                               ** 2).sum()
+            want_dw, want_db = np.empty((n, cols), np.float32), None
+            assert lib.mlpf_sgemm(1, 0, n, cols, rows, 1.0, p(dz), n, p(h), cols, 0.0,
+                                  p(want_dw), cols, ffi.NULL, 0) == 0
             for packed_h in (ffi.NULL, p(packed)):
                 dw, db = np.full((n, cols), np.nan, np.float32), np.full(n, np.nan, np.float32)
                 squares = np.full(1, np.nan)
                 assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, p(h), cols, packed_h,
                                                   p(dw), cols, p(db), p(squares, "double[]")) == 0
+                if want_db is None:
+                    assert_close(db, dz.astype(np.float64).sum(0), tol=tol(np.float32, rows),
+                                 what=f"column sums of dz {rows}x{n}")
+                    want_db = db
+                    exact = (want_dw.astype(np.float64) ** 2).sum() + (
+                        db.astype(np.float64) ** 2).sum()
                 assert np.array_equal(dw, want_dw) and np.array_equal(db, want_db)
                 assert squares[0] == pytest.approx(exact, rel=1e-5), f"{rows}x{cols}, {n}"
             assert lib.mlpf_sgemm_weight_grad(n, cols, rows, p(dz), n, p(h), cols, ffi.NULL,
@@ -880,9 +865,6 @@ def test_packed_matrix_refuses_what_does_not_fit(rng):
     assert forward(20, 39) == lib.MLPF_ERR_SHAPE
     assert forward(20, 40, aligned_floats(floats, 0.0)) == lib.MLPF_ERR_KERNEL
     assert forward(20, 40, packed[1:]) == lib.MLPF_ERR_ALIGN
-    dz, grad = rng.standard_normal((21, 30)).astype(np.float32), np.zeros((30, 40), np.float32)
-    assert lib.mlpf_sgemm_packed_b(1, 30, 40, 21, 1.0, p(dz), 30, p(packed), 0.0, p(grad), 40,
-                                   ffi.NULL, 0, ffi.NULL) == lib.MLPF_ERR_SHAPE
     others = [name for name in kernel_names() if name != gemm.c_kernel_name()]
     if others:                       # another family's micro-panels have another width
         before = gemm.c_kernel_name()
@@ -891,7 +873,7 @@ def test_packed_matrix_refuses_what_does_not_fit(rng):
             assert forward(20, 40) == lib.MLPF_ERR_KERNEL
         finally:
             gemm.set_c_kernel(before)
-    assert not c.any() and not grad.any()
+    assert not c.any()
     assert forward(20, 40) == 0 and c.any()
 
 
