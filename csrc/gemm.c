@@ -163,7 +163,7 @@ static void pack_packed_portable(int R, int64_t kc, int64_t rows, const mlpf_pac
         for (int64_t p = 0; p < kc; p++) dst[p * R + r] = 0.0f;
 }
 
-/* --- activation derivative: C *= f'(Y) (mlpf_sgemm_dact, mlpf_dgemm_dact) ------------- */
+/* --- activation derivative: C *= f'(Y) (mlpf_dgemm_dact; mlpf_sgemm_dact if k == 0) */
 
 /* One function per precision (VECTOR_CLONES: one clone per ISA, see gemm_kernels.h). */
 
@@ -343,6 +343,7 @@ static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_p
             if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
             if (ep->bias) v += ep->bias[j];
             if (ep->relu && v < 0.0f) v = 0.0f;
+            if (ep->y) v = mlpf_times_dact(v, ep->y[i * ep->ldy + j], ep->dact);
             c[i * ldc + j] = v;
         }
 }
@@ -362,6 +363,8 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
         .alpha = g->alpha,
         .beta = pc == 0 ? g->beta : 1.0f,          /* later k blocks accumulate */
         .relu = last && g->relu,
+        .ldy = g->ldy,
+        .dact = g->dact,
     };
     for (int64_t ir = 0; ir < mcb; ir += MR) {
         const float *a_panel = a_buf + ir * kcb;
@@ -369,14 +372,12 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
             const float *b_panel = b_buf + jr * kcb;
             float *c_tile = g->c + (ic + ir) * g->ldc + jc + jr;
             ep.bias = last && g->bias ? g->bias + jc + jr : NULL;
+            ep.y = last && g->y ? g->y + (ic + ir) * g->ldy + jc + jr : NULL;
             int64_t rows = imin(MR, mcb - ir), cols = imin(NR, ncb - jr);
             if (rows == MR && cols == NR)
                 cfg->ukernel(kcb, a_panel, b_panel, c_tile, g->ldc, &ep);
             else
                 edge_tile(cfg, kcb, a_panel, b_panel, c_tile, g->ldc, rows, cols, &ep);
-            if (last && g->y)                      /* the tile is still in L1 */
-                sapply_dact(rows, cols, c_tile, g->ldc, g->y + (ic + ir) * g->ldy + jc + jr,
-                            g->ldy, g->dact);
         }
         if (last && squares)   /* the strip's stores done long since: its loads hit L1 */
             *squares += mlpf_sum_squares_rows(imin(MR, mcb - ir), ncb,

@@ -48,7 +48,8 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * dact is MLPF_ACT_RELU f' = [Y > 0], MLPF_ACT_SIGMOID f' = Y (1 - Y) or MLPF_ACT_TANH
  * f' = 1 - Y^2.
  * Y is (m, n) with row stride ldy; C is never read and must not overlap A, B or Y. The
- * factor is applied to each tile of C while it is in L1, so dz costs no extra pass. */
+ * micro-kernel multiplies each tile by the factor while the tile is in its registers
+ * (mlpf_dgemm_dact: each row of C once it is summed), so dz costs no extra pass. */
 int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                     float *c, int64_t ldc, const float *y, int64_t ldy, int dact);

@@ -10,19 +10,33 @@
  *
  * for every i < MR, j < NR: the tile is always full (edge tiles go to the config's
  * edge_ukernel, or without one through a scratch tile). beta == 0 means c is not read;
- * bias == NULL means no bias; relu != 0 means act = max(., 0). Both panels are 64-byte
+ * bias == NULL means no bias; relu != 0 means act = max(., 0); with y (mlpf_sgemm_dact's
+ * derivative) c[i*ldc + j] is then multiplied by f'(y[i*ldy + j]). Both panels are 64-byte
  * aligned; c need not be. kc may be 0 (then t = 0).
  */
 #ifndef MLPF_GEMM_KERNELS_H
 #define MLPF_GEMM_KERNELS_H
 #include <stdint.h>
+#include "gemm.h"
 
 typedef struct {
     float alpha;
     float beta;            /* 0: c is write-only */
     const float *bias;     /* NR values for this tile's columns, or NULL */
     int relu;
+    const float *y;        /* then c *= f'(y[i*ldy + j]) (mlpf_sgemm_dact), or NULL */
+    int64_t ldy;
+    int dact;              /* f: MLPF_ACT_RELU, MLPF_ACT_SIGMOID or MLPF_ACT_TANH */
 } mlpf_tile_epilogue;
+
+/* v f'(y), f' from f's output y (gemm.h, mlpf_sgemm_dact): RELU [y > 0] (y NaN gives 0),
+ * SIGMOID y (1 - y), TANH 1 - y^2. The kernels' epilogues compute the same per lane. */
+static inline float mlpf_times_dact(float v, float y, int dact)
+{
+    if (dact == MLPF_ACT_RELU) return y > 0.0f ? v : 0.0f;
+    if (dact == MLPF_ACT_SIGMOID) return v * (y * (1.0f - y));
+    return v * (1.0f - y * y);
+}
 
 typedef void (*mlpf_sgemm_ukernel)(int64_t kc, const float *a_panel, const float *b_panel,
                                    float *c, int64_t ldc, const mlpf_tile_epilogue *ep);

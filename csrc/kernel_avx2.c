@@ -18,6 +18,17 @@
 enum { MR = MLPF_CFG_AVX2_MR, NR = MLPF_CFG_AVX2_NR };
 _Static_assert(NR == 16, "the micro-kernel holds 16 floats of a row of C");
 
+/* v f'(y) lane by lane, as mlpf_times_dact. */
+AVX2 static inline __m256 times_dact(__m256 v, __m256 y, int dact)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    if (dact == MLPF_ACT_RELU)          /* [y > 0]: y NaN gives 0 */
+        return _mm256_and_ps(v, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
+    if (dact == MLPF_ACT_SIGMOID)
+        return _mm256_mul_ps(v, _mm256_mul_ps(y, _mm256_sub_ps(one, y)));
+    return _mm256_mul_ps(v, _mm256_sub_ps(one, _mm256_mul_ps(y, y)));
+}
+
 AVX2 static void sgemm_avx2_6x16(int64_t kc, const float *restrict a,
                                  const float *restrict b, float *restrict c,
                                  int64_t ldc, const mlpf_tile_epilogue *ep)
@@ -46,7 +57,7 @@ AVX2 static void sgemm_avx2_6x16(int64_t kc, const float *restrict a,
         b += NR;
     }
 
-    /* Epilogue while the tile is in registers: c = act(alpha t + beta c + bias). */
+    /* Epilogue while the tile is in registers: c = act(alpha t + beta c + bias) f'(y). */
     const __m256 alpha = _mm256_set1_ps(ep->alpha), beta = _mm256_set1_ps(ep->beta);
     const __m256 zero = _mm256_setzero_ps();
     const int read_c = ep->beta != 0.0f;
@@ -67,6 +78,11 @@ AVX2 static void sgemm_avx2_6x16(int64_t kc, const float *restrict a,
         if (ep->relu) {                 /* max(0, v): NaN passes, as np.maximum */
             v0 = _mm256_max_ps(zero, v0);
             v1 = _mm256_max_ps(zero, v1);
+        }
+        if (ep->y) {
+            const float *y_row = ep->y + i * ep->ldy;
+            v0 = times_dact(v0, _mm256_loadu_ps(y_row), ep->dact);
+            v1 = times_dact(v1, _mm256_loadu_ps(y_row + 8), ep->dact);
         }
         _mm256_storeu_ps(c_row, v0);
         _mm256_storeu_ps(c_row + 8, v1);

@@ -17,6 +17,17 @@
 enum { MR = MLPF_CFG_AVX512_MR, NR = MLPF_CFG_AVX512_NR };
 _Static_assert(NR == 32, "the micro-kernel holds 32 floats of a row of C");
 
+/* v f'(y) lane by lane, as mlpf_times_dact. */
+AVX512 static inline __m512 times_dact(__m512 v, __m512 y, int dact)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    if (dact == MLPF_ACT_RELU)          /* [y > 0]: y NaN gives 0 */
+        return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+    if (dact == MLPF_ACT_SIGMOID)
+        return _mm512_mul_ps(v, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));
+    return _mm512_mul_ps(v, _mm512_sub_ps(one, _mm512_mul_ps(y, y)));
+}
+
 /* The first R rows (R <= MR, a constant once inlined) of a tile, storing the columns in
  * the masks col0 (0..15) and col1 (16..31): the full kernel with R = MR and both masks
  * full, the edge kernel otherwise. Rows R..MR-1 of the A panel are not read. */
@@ -32,6 +43,10 @@ tile_rows(const int R, int64_t kc, const float *restrict a, const float *restric
         t[i][1] = _mm512_setzero_ps();
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+        if (ep->y) {
+            _mm_prefetch((const char *)(ep->y + i * ep->ldy), _MM_HINT_T0);
+            _mm_prefetch((const char *)(ep->y + i * ep->ldy + 31), _MM_HINT_T0);
+        }
     }
 
 #pragma GCC unroll 4
@@ -50,7 +65,7 @@ tile_rows(const int R, int64_t kc, const float *restrict a, const float *restric
         b += NR;
     }
 
-    /* Epilogue while the tile is in registers: c = act(alpha t + beta c + bias). */
+    /* Epilogue while the tile is in registers: c = act(alpha t + beta c + bias) f'(y). */
     const __m512 alpha = _mm512_set1_ps(ep->alpha), beta = _mm512_set1_ps(ep->beta);
     const __m512 zero = _mm512_setzero_ps();
     const int read_c = ep->beta != 0.0f;
@@ -71,6 +86,11 @@ tile_rows(const int R, int64_t kc, const float *restrict a, const float *restric
         if (ep->relu) {                 /* max(0, v): NaN passes, as np.maximum */
             v0 = _mm512_max_ps(zero, v0);
             v1 = _mm512_max_ps(zero, v1);
+        }
+        if (ep->y) {
+            const float *y_row = ep->y + i * ep->ldy;
+            v0 = times_dact(v0, _mm512_maskz_loadu_ps(col0, y_row), ep->dact);
+            v1 = times_dact(v1, _mm512_maskz_loadu_ps(col1, y_row + 16), ep->dact);
         }
         _mm512_mask_storeu_ps(c_row, col0, v0);
         _mm512_mask_storeu_ps(c_row + 16, col1, v1);

@@ -22,6 +22,7 @@ static void sgemm_portable_4x8(int64_t kc, const float *restrict a, const float 
             if (ep->beta != 0.0f) v += ep->beta * c_row[j];
             if (ep->bias) v += ep->bias[j];
             if (ep->relu && v < 0.0f) v = 0.0f;     /* NaN passes, as np.maximum */
+            if (ep->y) v = mlpf_times_dact(v, ep->y[i * ep->ldy + j], ep->dact);
             c_row[j] = v;
         }
     }

@@ -593,10 +593,23 @@ def test_derivative_epilogue_every_kernel(kernel, threads, name, dtype, m, n, k,
     code, derivative = DACT[name]
     a, b = operands(rng, m, n, k, False, False, dtype)
     y = rng.random((m, n)).astype(dtype) - (0.3 if name == "relu" else 0.0)
+    if name == "relu":                       # relu's outputs: many exact zeros, [0 > 0] = 0
+        y[1::4] = 0.0
+        y[2::4, ::2] = -0.0
     out = np.full((m, n), np.nan, dtype)
     gemm.gemm_c_dact(a, b, out, y, code)
     want = reference(a, b, False, False) * derivative(y.astype(np.float64))
     assert_close(out, want, tol=tol(dtype, k), what=f"{kernel} {name}")
+    wide_y = np.full((m, n + 7), np.nan, dtype)          # y with its own row stride
+    wide_y[:, 3:3 + n] = y
+    out[...] = np.nan
+    gemm.gemm_c_dact(a, b, out, wide_y[:, 3:3 + n], code)
+    assert_close(out, want, tol=tol(dtype, k), what=f"{kernel} {name}, y strided")
+    if name == "relu":                                   # [y > 0] is 0 for y NaN
+        y[::2, ::3] = np.nan
+        gemm.gemm_c_dact(a, b, out, y, code)
+        assert_close(out, np.where(np.isnan(y), 0.0, want), tol=tol(dtype, k),
+                     what=f"{kernel} relu, y NaN")
 
 
 def test_derivative_epilogue_k0_and_bad_arguments():
