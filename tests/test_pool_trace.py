@@ -9,6 +9,7 @@ import mlpfast as mf
 from mlpfast.benchmarks.pool_trace import (PoolJob, PoolTrace, split_steps, step_table,
                                            task_totals)
 from mlpfast.kernels import gemm, optim
+from mlpfast.kernels.cpu_config import CONFIGS
 
 pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C GEMM not built")
 
@@ -100,18 +101,28 @@ def test_step_table_needs_two_steps():
 
 
 def test_a_traced_training_step_runs_gather_gemms_and_adam(two_threads):
+    """Every job of the step is sized so that its thread count does not depend on whether
+    the pool's workers still spin (kernels/cpu_config.py's thresholds): the gather's
+    1,344 x 784 values and Adam's 1.07 M parameters are above pass_min_parallel_asleep,
+    every GEMM above min_parallel_fmas; so all 7 timed steps run the same jobs."""
     (x, y), _ = mf.datasets.mnist()
     from mlpfast.datasets import as_dataset
-    model = mf.MLP([784, 64, 10], backend="cpu", seed=0)
+    batch, steps_run = 1344, 8
+    thresholds = CONFIGS[gemm.c_kernel_name().split("_")[1]]
+    assert batch * 784 >= thresholds["pass_min_parallel_asleep"]
+    assert 784 * batch + 10 * batch >= thresholds["pass_min_parallel_asleep"]
+    assert 10 * batch * batch >= thresholds["min_parallel_fmas"]
+    model = mf.MLP([784, batch, 10], backend="cpu", seed=0)
     optimizer = mf.optim.Adam(model.parameters(), lr=1e-3)
+    rows_used = batch * steps_run
     step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(), optimizer,
-                                   as_dataset(model, x[:1024], y[:1024]), 128)
+                                   as_dataset(model, x[:rows_used], y[:rows_used]), batch)
     model.train()
-    order = np.arange(1024, dtype=np.int64)
+    order = np.arange(rows_used, dtype=np.int64)
     with PoolTrace() as trace:
-        step.run(order, 0, 8, np.full(8, 1e-3), np.zeros(2))
+        step.run(order, 0, steps_run, np.full(steps_run, 1e-3), np.zeros(2))
     rows, steps, step_us = step_table(trace.jobs)
-    tasks = [row.task for row in rows]
-    assert tasks[0] == "gather_task" and tasks[-1] == "adam_task"
-    assert tasks.count("sgemm_task") + tasks.count("narrow_task") >= 4   # 2 forward, 2 dW, dh
-    assert 4 <= steps <= 7 and step_us > 0
+    assert [(row.task, row.threads) for row in rows if row.task != "squares_task"] == [
+        ("gather_task", 2), ("sgemm_task", 2), ("narrow_task", 2), ("sgemm_task", 2),
+        ("sgemm_task", 2), ("sgemm_task", 2), ("adam_task", 2)]  # x W1^T, W2; dW2, dh, dW1
+    assert steps == steps_run - 1 and step_us > 0
