@@ -43,10 +43,6 @@ tile_rows(const int R, int64_t kc, const float *restrict a, const float *restric
         t[i][1] = _mm512_setzero_ps();
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
-        if (ep->y) {
-            _mm_prefetch((const char *)(ep->y + i * ep->ldy), _MM_HINT_T0);
-            _mm_prefetch((const char *)(ep->y + i * ep->ldy + 31), _MM_HINT_T0);
-        }
     }
 
 #pragma GCC unroll 4
