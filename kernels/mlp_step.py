@@ -637,8 +637,8 @@ class MLPSteps:
         # (ranges of flat_grad the step checks itself, _backward's sums of squares), one
         # argument: at 19, _train_steps' argument tuple comes from CPython's free list of
         # tuples (up to 19 items), not the heap (tests/test_backends.py counts allocations)
-        self._check = (_unchecked_ranges(flat_grad, weight_grads, precision == "fp32"),
-                       np.zeros(2))
+        summed = list(weight_grads) + [g for g in bias_grads if g is not None and g.size]
+        self._check = (_unchecked_ranges(flat_grad, summed, precision == "fp32"), np.zeros(2))
         found = _c_calls.c_addresses()
         # addresses[i]: the C function _c_calls.NAMES[i], in the compiled code's order
         self._addresses = np.array([found[name] for name in _c_calls.NAMES], np.int64)
@@ -731,13 +731,14 @@ class DropoutSpec(NamedTuple):
     step: int
 
 
-def _unchecked_ranges(flat_grad, weight_grads, fused):
+def _unchecked_ranges(flat_grad, summed, fused):
     """The [start, stop) ranges of flat_grad (int64, (R, 2)) whose squares the step sums
-    itself: with ``fused`` (fp32, where each weight gradient's GEMM adds its squares) all
-    but the weight gradients that lie in flat_grad, else all of it."""
+    itself: with ``fused`` (fp32, where each weight-gradient GEMM adds the squares of dW
+    and db) all but the gradients in ``summed`` (the weights' and biases') that lie in
+    flat_grad, else all of it."""
     covered = []
     base, itemsize = flat_grad.ctypes.data, flat_grad.itemsize
-    for g in weight_grads if fused else ():
+    for g in summed if fused else ():
         start = (g.ctypes.data - base) // itemsize
         if (g.ctypes.data - base) % itemsize or start < 0 or start + g.size > flat_grad.size:
             return np.array([[0, flat_grad.size]], np.int64)      # not a view: sum it all

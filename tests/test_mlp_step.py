@@ -358,8 +358,9 @@ def test_the_cpu_step_covers_mlps_and_leaves_the_rest_to_the_engine(rng):
 
 
 def test_the_step_sums_the_squares_of_what_no_weight_gradient_gemm_covers():
-    """_unchecked_ranges: flat_grad less the weight gradients (their GEMMs add their own
-    squares) when fused, all of it in bf16 or when a weight gradient is not a view."""
+    """_unchecked_ranges: flat_grad less the weight and bias gradients (their GEMMs add
+    their own squares) when fused, all of it in bf16 or when one is not a view; MLPSteps
+    leaves only batchnorm's gamma and beta to the step."""
     flat = np.zeros(100, np.float32)
     ranges = mlp_step._unchecked_ranges(flat, [flat[40:60], flat[10:30]], True)
     assert ranges.tolist() == [[0, 10], [30, 40], [60, 100]]
@@ -368,6 +369,12 @@ def test_the_step_sums_the_squares_of_what_no_weight_gradient_gemm_covers():
     assert mlp_step._unchecked_ranges(flat, [flat[40:60]], False).tolist() == [[0, 100]]
     elsewhere = np.zeros(20, np.float32)
     assert mlp_step._unchecked_ranges(flat, [flat[0:10], elsewhere], True).tolist() == [[0, 100]]
+    from mlpfast.datasets import as_dataset
+    model = mf.MLP([5, 4, 3], backend="cpu", seed=0)
+    x, y = np.zeros((16, 5), np.float32), np.zeros(16, np.int64)
+    step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(),
+                                   mf.optim.Adam(model.parameters()), as_dataset(model, x, y), 8)
+    assert step._steps._check[0].shape == (0, 2)             # weights and biases: all covered
 
 
 def test_nan_gradient_is_reported_and_nothing_else_changes(rng):
