@@ -163,27 +163,20 @@ static void pack_packed_portable(int R, int64_t kc, int64_t rows, const mlpf_pac
         for (int64_t p = 0; p < kc; p++) dst[p * R + r] = 0.0f;
 }
 
-/* --- activation derivative: C *= f'(Y) (mlpf_dgemm_dact; mlpf_sgemm_dact if k == 0) */
+/* --- activation derivative in double: C *= f'(Y) (mlpf_dgemm_dact) ------------------ */
 
-/* One function per precision (VECTOR_CLONES: one clone per ISA, see gemm_kernels.h). */
-
-#define DEFINE_APPLY_DACT(NAME, T)                                                        \
-VECTOR_CLONES static void NAME(int64_t rows, int64_t cols, T *c, int64_t ldc,            \
-                               const T *y, int64_t ldy, int dact)                        \
-{                                                                                         \
-    for (int64_t i = 0; i < rows; i++) {                                                  \
-        T *restrict c_row = c + i * ldc;                                                  \
-        const T *restrict y_row = y + i * ldy;                                            \
-        if (dact == MLPF_ACT_RELU)           /* [y > 0]: y NaN gives 0, as the reference */ \
-            for (int64_t j = 0; j < cols; j++) c_row[j] = y_row[j] > 0 ? c_row[j] : (T)0;  \
-        else if (dact == MLPF_ACT_SIGMOID)                                               \
-            for (int64_t j = 0; j < cols; j++) c_row[j] *= y_row[j] * ((T)1 - y_row[j]);  \
-        else                                                                              \
-            for (int64_t j = 0; j < cols; j++) c_row[j] *= (T)1 - y_row[j] * y_row[j];    \
-    }                                                                                     \
+/* One row of C, as mlpf_times_dact (gemm_kernels.h) does in float32 (VECTOR_CLONES: one
+ * clone per ISA). */
+VECTOR_CLONES static void dapply_dact_row(int64_t cols, double *restrict c,
+                                          const double *restrict y, int dact)
+{
+    if (dact == MLPF_ACT_RELU)               /* [y > 0]: y NaN gives 0, as the reference */
+        for (int64_t j = 0; j < cols; j++) c[j] = y[j] > 0 ? c[j] : 0.0;
+    else if (dact == MLPF_ACT_SIGMOID)
+        for (int64_t j = 0; j < cols; j++) c[j] *= y[j] * (1.0 - y[j]);
+    else
+        for (int64_t j = 0; j < cols; j++) c[j] *= 1.0 - y[j] * y[j];
 }
-DEFINE_APPLY_DACT(sapply_dact, float)
-DEFINE_APPLY_DACT(dapply_dact, double)
 
 /* --- single precision ----------------------------------------------------------------- */
 
@@ -557,9 +550,9 @@ static void sscale_task(void *arg, int index, int threads)
             float v = g->beta == 0 ? 0.0f : g->beta * g->c[i * g->ldc + j];
             if (g->bias) v += g->bias[j];
             if (g->relu && v < 0) v = 0;
+            if (g->y) v = mlpf_times_dact(v, g->y[i * g->ldy + j], g->dact);
             g->c[i * g->ldc + j] = v;
         }
-    if (g->y) sapply_dact(g->m, g->n, g->c, g->ldc, g->y, g->ldy, g->dact);
     if (g->squares) g->squares[0] = mlpf_sum_squares_rows(g->m, g->n, g->c, g->ldc);
 }
 
@@ -811,7 +804,7 @@ static void dgemm_task(void *arg, int index, int threads)
             double v = c_row[j] + (g->bias ? g->bias[j] : 0.0);
             c_row[j] = g->act == MLPF_ACT_RELU && v < 0 ? 0.0 : v;
         }
-        if (g->y) dapply_dact(1, g->n, c_row, g->ldc, g->y + i * g->ldy, g->ldy, g->dact);
+        if (g->y) dapply_dact_row(g->n, c_row, g->y + i * g->ldy, g->dact);
     }
 }
 
