@@ -101,6 +101,11 @@ class Optimizer:
     def lr(self, value):
         self.hyper["lr"] = _check_hyper("lr", value)
 
+    def state_arrays(self):
+        """{name: flat state array}: the optimizer's own buffers on its backend, not copies
+        (for reading in place; ``state_dict`` for a copy to keep)."""
+        return dict(self._state)
+
     def state_dict(self):
         """{"step": int, "hyper": {...}, "state": {name: flat NumPy array}}; copies."""
         return {"type": type(self).__name__, "step": self.step_count, "hyper": dict(self.hyper),

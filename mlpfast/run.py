@@ -225,7 +225,7 @@ def check_state_finite(model, optimizer, when, checkpoint):
     """
     arrays = [("parameter " + name, p.data) for name, p in model.named_parameters()]
     arrays += [("optimizer state " + name, a)
-               for name, a in optimizer.state_dict()["state"].items()]
+               for name, a in optimizer.state_arrays().items()]
     for name, a in arrays:
         host = to_numpy(a)
         if not np.isfinite(host).all():

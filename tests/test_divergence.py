@@ -110,6 +110,33 @@ def test_an_update_that_overflows_is_reported_and_never_checkpointed(tmp_path):
         assert np.array_equal(a, good[name])
 
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_check_names_an_optimizer_moment_that_is_not_finite(backend, tmp_path):
+    """The end-of-epoch check reads the optimizer's own buffers: an inf planted in Adam's
+    second moment alone (parameters and gradients finite) stops fit after the epoch, and
+    no checkpoint of that state is written."""
+    from mlpfast.run import check_state_finite
+    x, y = _data()
+    model = mf.MLP([20, 8, 10], backend=backend, seed=0)
+    opt = mf.optim.Adam(model.parameters(), lr=1e-3)
+    check_state_finite(model, opt, "now", None)            # finite: no error
+    moments = opt.state_arrays()
+    assert sorted(moments) == ["exp_avg", "exp_avg_sq"]
+    host = mf.to_numpy(moments["exp_avg_sq"]).copy()
+    host[-1] = np.inf                                      # the last bias's moment
+    model.backend.assign(moments["exp_avg_sq"], host)
+    assert mf.to_numpy(opt.state_arrays()["exp_avg_sq"])[-1] == np.inf   # no copy
+    with pytest.raises(TrainingDiverged, match="optimizer state exp_avg_sq holds NaN or inf "
+                                               "now"):
+        check_state_finite(model, opt, "now", None)
+    path = tmp_path / "c"
+    with pytest.raises(TrainingDiverged, match="exp_avg_sq holds NaN or inf after epoch 1.*"
+                                               "keeps the last good checkpoint"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=64,
+               progress=False, checkpoint=path)
+    assert not path.exists()
+
 def test_step_check_sees_nan_and_inf_anywhere():
     g = np.zeros(1001, np.float32)
     assert _step_is_finite(0.5, [g])
