@@ -3,6 +3,7 @@
 Kept fast: one tiny GEMM case of a probe variant (``--only``), no peer processes; the peers
 of --compare train a 784-16-10 MLP for one epoch on 640 real MNIST images.
 """
+import argparse
 import io
 import json
 import sys
@@ -461,6 +462,34 @@ def test_compare_rows_keep_best_median_and_peak(monkeypatch):
     assert ours["min_s"] == 0.5 and ours["median_s"] == 0.55
     assert ours["peak_percent_best"] == pytest.approx(50.0)
 
+
+def test_epoch_over_step_divides_the_median_epoch_by_the_cpu_step(monkeypatch):
+    """The share of the step benchmark's samples/s that mlpfast's epochs keep: the median
+    epoch (60000 / 0.55 s) over the cpu step row of the same configuration (64 rows in
+    0.5 ms); other backends' step rows and other peers' epochs do not count."""
+    results = fake_compare(monkeypatch, {
+        "mlpfast": [0.6, 0.5, 0.55], "numpy": [2.0], "torch": [1.0], "torch-tuned": [1.0],
+        "jax": [1.0]})
+    config = "784-256-128-10 b64"
+    step = [benchmark._rate_row(f"train.step {config} [{name}] t2", "train", "train", "step",
+                                config, name, 2, [seconds] * 3, samples=64)
+            for name, seconds in (("numpy", 0.002), ("cpu", 0.0005))]
+    kept = benchmark.epoch_over_step(results, step)
+    assert list(kept) == [config]
+    assert kept[config] == pytest.approx((60000 / 0.55) / (64 / 0.0005))
+    assert benchmark.epoch_over_step(results, step[:1]) == {}      # no cpu step: nothing
+    other = [dict(step[1], shape="784-1024-1024-10 b256")]
+    assert benchmark.epoch_over_step(results, other) == {}
+
+    # --compare prints it after the table and puts it in mlpfast's JSON row alone
+    monkeypatch.setattr(benchmark, "compare_training", lambda *args: results)
+    printed = []
+    rows = benchmark._compare(argparse.Namespace(epochs=3), 2, lambda row: "b64" in row, PEAK,
+                              FakeInputs(), printed.append, step_rows=step)
+    assert f"its cpu train step above (samples/s): {config} 0.85" in printed[-1]
+    assert rows[0]["variant"] == "mlpfast"
+    assert rows[0]["epoch_over_step"] == pytest.approx(kept[config])
+    assert not any("epoch_over_step" in r for r in rows[1:])
 
 def test_a_peer_that_imported_mlpfast_is_flagged(monkeypatch):
     results = fake_compare(monkeypatch, {

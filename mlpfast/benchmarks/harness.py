@@ -1056,6 +1056,18 @@ def format_compare(results, peak=None):
     return lines
 
 
+def epoch_over_step(results, step_rows):
+    """{configuration: mlpfast's median epoch over its train step}: samples/s of the median
+    --compare epoch (all of MNIST through ``fit``, the cpu backend) over those of the cpu
+    row of the step table (one batch, hot, timed again and again), i.e. the share of the
+    step's speed that the epoch loop keeps. Configurations missing either are left out."""
+    steps = {r["shape"]: r["samples_per_s"] for r in step_rows
+             if (r.get("kind"), r.get("op"), r.get("variant")) == ("train", "step", "cpu")
+             and "samples_per_s" in r}
+    return {r["config"]: r["samples_per_s"] / steps[r["config"]] for r in results
+            if r["peer"] == "mlpfast" and "samples_per_s" in r and r["config"] in steps}
+
+
 def compare_rows(results, threads, peak=None):
     """--compare results as rows that --json / --baseline understand: rate and samples_per_s
     of the median epoch, best_samples_per_s, and % of ``peak`` for both."""
@@ -1142,7 +1154,8 @@ def _run(args, out):
         else:
             out(f"no benchmark matched --only {args.only!r}")
         if args.compare:
-            rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs, out)
+            rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs, out,
+                         step_rows=rows)
     out(f"total time {time.perf_counter() - started:.0f} s")
 
     if args.json:
@@ -1183,8 +1196,9 @@ def _kernel_and_step_rows(args, threads, select, info, inputs, out):
                 + train_step_rows(backends(), select=select, peer=step_peer, inputs=inputs))
 
 
-def _compare(args, threads, select, peak, inputs, out):
-    """--compare: the training table, then inference; their rows for --json."""
+def _compare(args, threads, select, peak, inputs, out, step_rows=()):
+    """--compare: the training table, mlpfast's epochs against its step (``step_rows``: the
+    step table's rows), then inference; their rows for --json."""
     configs = [c for c in CONFIGS if select is None or select(config_name(*c))]
     out("")
     out(f"training on MNIST: {args.epochs} timed full epochs after a warm-up of "
@@ -1203,6 +1217,13 @@ def _compare(args, threads, select, peak, inputs, out):
     for line in format_compare(results, peak):
         out(line)
     rows = compare_rows(results, threads, peak)
+    kept = epoch_over_step(results, step_rows)
+    if kept:
+        out("epoch loop: mlpfast's median epoch over its cpu train step above (samples/s): " +
+            ", ".join(f"{config} {share:.2f}" for config, share in kept.items()))
+        for row in rows:
+            if row["variant"] == "mlpfast" and row["shape"] in kept:
+                row["epoch_over_step"] = kept[row["shape"]]
     if select is None or select("inference " + config_name(*INFER_CONFIG)):
         out("")
         out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
