@@ -491,6 +491,7 @@ def test_epoch_over_step_divides_the_median_epoch_by_the_cpu_step(monkeypatch):
     assert rows[0]["epoch_over_step"] == pytest.approx(kept[config])
     assert not any("epoch_over_step" in r for r in rows[1:])
 
+
 def test_a_peer_that_imported_mlpfast_is_flagged(monkeypatch):
     results = fake_compare(monkeypatch, {
         "mlpfast": [0.5], "numpy": [1.0], "torch": [1.0], "torch-tuned": [1.0], "jax": [1.0],

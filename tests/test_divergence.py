@@ -7,6 +7,7 @@ import pytest
 import mlpfast as mf
 from mlpfast import TrainingDiverged
 from mlpfast.checkpoint import read_checkpoint
+from mlpfast.run import check_state_finite
 from mlpfast.backend.steps import gradients_finite as _step_is_finite
 
 BACKENDS = mf.backends()
@@ -110,13 +111,11 @@ def test_an_update_that_overflows_is_reported_and_never_checkpointed(tmp_path):
         assert np.array_equal(a, good[name])
 
 
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_state_check_names_an_optimizer_moment_that_is_not_finite(backend, tmp_path):
     """The end-of-epoch check reads the optimizer's own buffers: an inf planted in Adam's
     second moment alone (parameters and gradients finite) stops fit after the epoch, and
     no checkpoint of that state is written."""
-    from mlpfast.run import check_state_finite
     x, y = _data()
     model = mf.MLP([20, 8, 10], backend=backend, seed=0)
     opt = mf.optim.Adam(model.parameters(), lr=1e-3)

@@ -1154,8 +1154,8 @@ def _run(args, out):
         else:
             out(f"no benchmark matched --only {args.only!r}")
         if args.compare:
-            rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs, out,
-                         step_rows=rows)
+            rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs,
+                             out, step_rows=rows)
     out(f"total time {time.perf_counter() - started:.0f} s")
 
     if args.json:
