@@ -331,14 +331,8 @@ static void edge_tile(const mlpf_sgemm_config *cfg, int64_t kc, const float *a_p
     const mlpf_tile_epilogue product_only = {ep->alpha, 0.0f, NULL, 0};
     cfg->ukernel(kc, a_panel, b_panel, scratch, cfg->nr, &product_only);
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) {
-            float v = scratch[i * cfg->nr + j];
-            if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
-            if (ep->bias) v += ep->bias[j];
-            if (ep->relu && v < 0.0f) v = 0.0f;
-            if (ep->y) v = mlpf_times_dact(v, ep->y[i * ep->ldy + j], ep->dact);
-            c[i * ldc + j] = v;
-        }
+        for (int64_t j = 0; j < cols; j++)
+            c[i * ldc + j] = mlpf_epilogue_value(ep, scratch[i * cfg->nr + j], c, ldc, i, j);
 }
 
 /* The two inner loops: C[ic : ic+mcb, jc : jc+ncb] (+)= the packed A block (mcb x kcb)

@@ -38,6 +38,19 @@ static inline float mlpf_times_dact(float v, float y, int dact)
     return v * (1.0f - y * y);
 }
 
+/* c[i*ldc + j] of the contract above from its product alpha t[i][j], one value at a time:
+ * the scalar kernels (portable, narrow) and the driver's scratch edge tiles. */
+static inline float mlpf_epilogue_value(const mlpf_tile_epilogue *ep, float product,
+                                        const float *c, int64_t ldc, int64_t i, int64_t j)
+{
+    float v = product;
+    if (ep->beta != 0.0f) v += ep->beta * c[i * ldc + j];
+    if (ep->bias) v += ep->bias[j];
+    if (ep->relu && v < 0.0f) v = 0.0f;                 /* NaN passes, as np.maximum */
+    if (ep->y) v = mlpf_times_dact(v, ep->y[i * ep->ldy + j], ep->dact);
+    return v;
+}
+
 typedef void (*mlpf_sgemm_ukernel)(int64_t kc, const float *a_panel, const float *b_panel,
                                    float *c, int64_t ldc, const mlpf_tile_epilogue *ep);
 

@@ -249,13 +249,9 @@ narrow_block(const int R, const int J, int64_t k, const float *a, int64_t lda, c
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 5
-        for (int j = 0; j < J; j++) {      /* unrolled, or acc would live in memory */
-            float v = ep->alpha * _mm512_reduce_add_ps(acc[r][j]);
-            if (ep->beta != 0.0f) v += ep->beta * c[r * ldc + j];
-            if (ep->bias) v += ep->bias[j];
-            if (ep->relu && v < 0.0f) v = 0.0f;
-            c[r * ldc + j] = v;
-        }
+        for (int j = 0; j < J; j++)        /* unrolled, or acc would live in memory */
+            c[r * ldc + j] = mlpf_epilogue_value(
+                ep, ep->alpha * _mm512_reduce_add_ps(acc[r][j]), c, ldc, r, j);
 }
 
 /* Four rows at a time (1-3 for the last ones); the n columns in blocks of at most five,

@@ -15,17 +15,9 @@ static void sgemm_portable_4x8(int64_t kc, const float *restrict a, const float 
             for (int j = 0; j < NR; j++)
                 t[i][j] += a[i] * b[j];
 
-    for (int i = 0; i < MR; i++) {
-        float *c_row = c + i * ldc;
-        for (int j = 0; j < NR; j++) {
-            float v = ep->alpha * t[i][j];
-            if (ep->beta != 0.0f) v += ep->beta * c_row[j];
-            if (ep->bias) v += ep->bias[j];
-            if (ep->relu && v < 0.0f) v = 0.0f;     /* NaN passes, as np.maximum */
-            if (ep->y) v = mlpf_times_dact(v, ep->y[i * ep->ldy + j], ep->dact);
-            c_row[j] = v;
-        }
-    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++)
+            c[i * ldc + j] = mlpf_epilogue_value(ep, ep->alpha * t[i][j], c, ldc, i, j);
 }
 
 static int always_supported(void) { return 1; }

@@ -369,7 +369,6 @@ def test_the_step_sums_the_squares_of_what_no_weight_gradient_gemm_covers():
     assert mlp_step._unchecked_ranges(flat, [flat[40:60]], False).tolist() == [[0, 100]]
     elsewhere = np.zeros(20, np.float32)
     assert mlp_step._unchecked_ranges(flat, [flat[0:10], elsewhere], True).tolist() == [[0, 100]]
-    from mlpfast.datasets import as_dataset
     model = mf.MLP([5, 4, 3], backend="cpu", seed=0)
     x, y = np.zeros((16, 5), np.float32), np.zeros(16, np.int64)
     step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(),
