@@ -6,8 +6,8 @@
  *
  *   for ic in m by mc:                 A block   op(A)[ic:ic+mc, pc:pc+kc] packed -> L3
  *     for pc in k by kc:
- *       for jc in n by nc:             B block   op(B)[pc:pc+kc, jc:jc+nc] packed -> L2
- *         for ir in mc by MR:          A micro-panel MR x kc stays in L1
+ *       for jc in n by nc:             B block   op(B)[pc:pc+kc, jc:jc+nc] packed -> L2 (L3)
+ *         for ir in mc by MR:          A micro-panel MR x kc stays in L1 (L2 at a deep kc)
  *           for jr in nc by NR:        B micro-panel kc x NR streams from L2
  *             micro-kernel: C[ic+ir : +MR, jc+jr : +NR] (+)= A panel . B panel
  *

@@ -9,8 +9,8 @@ that every value matches.
 GEMM loop nest (csrc/gemm.c, kernels/gemm.py), outermost first:
     mc rows of op(A)     packed A block   mc x kc   in L3 (per thread)
     kc depth             (k is split evenly, each block near kc, rounded up to 8)
-    nc columns of op(B)  packed B block   kc x nc   in L2
-    mr rows              A micro-panel    mr x kc   in L1 for the whole inner loop
+    nc columns of op(B)  packed B block   kc x nc   in L2 (L3 at avx512's deep kc)
+    mr rows              A micro-panel    mr x kc   in L1 (L2 at avx512's) for the inner loop
     nr columns           B micro-panel    kc x nr   streamed from L2 into the micro-kernel
 The micro-kernel holds an mr x nr tile of C in registers; nr is two vectors of
 ``vector_bytes`` (float32: nr = 2 * vector_bytes / 4).
@@ -52,9 +52,12 @@ SHARED_SCHEDULE = {
 }
 
 CONFIGS = {
-    # 48 KiB L1d, 2 MiB L2 (Sapphire/Emerald Rapids; Zen 4/5 and Skylake-X do well with it):
-    # A micro-panel 12 x 384 x 4 B = 18 KiB in L1; B block 384 x 768 x 4 B = 1.1 MiB in L2
-    "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 384, "nc": 768,
+    # Sapphire/Emerald Rapids, Zen 4/5, Skylake-X: k up to 1,535 in one block, so each tile
+    # of C is stored once, not re-read and added to per k block; the A micro-panel (12 x
+    # 1024 x 4 B = 48 KiB) and the B micro-panel (128 KiB) stream from L2 together. Faster
+    # than kc = 384 at the wide MLP's shapes and square ones, as fast at the small MLP's
+    # (bench/README.md, "Block depth kc")
+    "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 1024, "nc": 768,
                **SHARED_SCHEDULE, **THRESHOLDS},
     # BLIS's Haswell config transposed: A micro-panel 6 KiB in L1, B block 256 KiB in L2
     "avx2": {"mr": 6, "nr": 16, "vector_bytes": 32, "mc": 3072, "kc": 256, "nc": 256,

@@ -281,8 +281,8 @@ if c_available():
 #
 #   for ic in m by mc:            A block  op(A)[ic:ic+mc, pc:pc+kc] packed (L2/L3)
 #     for pc in k by kc:          kc near the config's kc, k split evenly
-#       for jc in n by nc:        B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2)
-#         for ir in mc by MR:     A micro-panel (kc x MR) stays in L1
+#       for jc in n by nc:        B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2/L3)
+#         for ir in mc by MR:     A micro-panel (kc x MR) stays in L1 (L2 at a deep kc)
 #           for jr in nc by NR:   B micro-panel (kc x NR) streams from L2
 #             tile (MR x NR) = A micro-panel . B micro-panel     (the micro-kernel)
 #             C[ic+ir:+MR, jc+jr:+NR] = act(alpha tile + beta C + bias)   (the epilogue)

@@ -19,10 +19,11 @@ pytestmark = pytest.mark.skipif(not gemm.c_available(), reason="C GEMM not built
 
 TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
 # m x n x k: sizes 1, primes, non-multiples of every tile (12x32, 6x16, 4x8), tall-skinny
-# and short-wide, k across kc blocks (384 / 256), n across nc blocks (768 / 256).
+# and short-wide, k across kc blocks (1024 / 256: k from 1.5 kc on takes two), n across
+# nc blocks (768 / 256).
 SHAPES = [(1, 1, 1), (1, 33, 7), (29, 1, 13), (13, 37, 29), (97, 101, 103), (12, 32, 8),
           (25, 65, 17), (300, 3, 50), (3, 300, 50), (37, 50, 800), (40, 1000, 40),
-          (131, 97, 601)]
+          (131, 97, 601), (9, 70, 1601)]
 
 
 def kernel_names():
@@ -135,10 +136,10 @@ def test_product_vanishes_k0_and_alpha0(dtype, rng):
 
 
 def test_large_blocks_every_boundary(threads, rng):
-    # m past the A block (mc = 3072), n past the B block, k past kc, all with edges
-    a, b = operands(rng, 3100, 800, 390, False, True, np.float32)
+    # m past the A block (mc = 3072), n past the B block, k in two kc blocks, all with edges
+    a, b = operands(rng, 3100, 800, 1601, False, True, np.float32)
     out = gemm.gemm_c(a, b, trans_b=True)
-    assert_close(out, reference(a, b, False, True), tol=tol(np.float32, 390))
+    assert_close(out, reference(a, b, False, True), tol=tol(np.float32, 1601))
 
 
 def test_shared_schedule_across_a_blocks(kernel, threads, rng):
@@ -697,8 +698,9 @@ def aligned_floats(count, fill=np.nan):
 
 
 # (rows, cols) of a packed matrix: one row, edges of every run width (32, 16, 8), rows
-# across two k blocks of the layout (600 -> 304 + 296), the MNIST batch of the step.
-PACKED_SHAPES = [(1, 1), (13, 33), (96, 784), (300, 100), (600, 45)]
+# across k blocks of the layout (1,601 -> 816 + 785 at kc = 1024, six blocks at kc =
+# 256), the MNIST batch of the step.
+PACKED_SHAPES = [(1, 1), (13, 33), (96, 784), (300, 100), (1601, 45)]
 
 
 def test_packed_matrix_as_a_and_as_b_against_the_reference(kernel, threads, rng):

@@ -9,9 +9,9 @@ from conftest import assert_close
 import mlpfast
 from mlpfast.kernels import gemm
 
-# (m, n, k): n > GEMM_NC (two column blocks), k > 1.5 GEMM_KC (two or three k blocks),
+# (m, n, k): n > GEMM_NC (two column blocks), k = 1601 > 1.5 GEMM_KC (two k blocks or more),
 # m > GEMM_MC (two row blocks); m, n, k not multiples of MR, NR or the vector length
-SHAPES = [(70, 1100, 9), (130, 600, 801), (9, 1030, 1030), (200, 33, 300), (3100, 40, 7)]
+SHAPES = [(70, 1100, 9), (130, 600, 801), (9, 1030, 1601), (200, 33, 300), (3100, 40, 7)]
 
 
 def reference(a, b, trans_a, trans_b, alpha, beta, c, bias, relu):
