@@ -289,15 +289,13 @@ static int avx512_supported(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 }
 
-/* Block sizes for a core with 48 KiB L1d and 2 MiB L2 (Sapphire/Emerald Rapids; they
- * also suit Skylake-X's 32 KiB / 1 MiB, which only needs a smaller nc):
- *   kc = 384: the A micro-panel 12 x 384 x 4 B = 18 KiB stays in L1 (under half of it)
- *             while the B micro-panels (32 x 384 x 4 B = 48 KiB each) stream through;
- *             384 steps amortize the C tile's load/store over 9216 FMAs.
- *   nc = 768: the packed B block 384 x 768 x 4 B = 1.1 MiB fills about half of L2,
- *             leaving room for the A micro-panel and the C tiles passing through.
- *   mc = 3072: the packed A block 3072 x 384 x 4 B = 4.5 MiB per thread lives in L3;
- *             one pass of it per B block. */
+/* Block sizes (kernels/cpu_config.py, "avx512", which says why):
+ *   kc = 1024: k up to 1,535 in one block, so each C tile is stored once; the A
+ *              micro-panel (12 x 1024 x 4 B = 48 KiB) and the B micro-panels (32 x 1024
+ *              x 4 B = 128 KiB each) stream from L2.
+ *   nc = 768:  the packed B block (3 MiB at a block depth of 1024) lives in L3.
+ *   mc = 3072: the packed A block (12 MiB per thread at 1024) lives in L3; one pass of it
+ *              per B block. */
 const mlpf_sgemm_config mlpf_sgemm_avx512_config = {
     .name = MLPF_KERNEL_NAME(avx512, AVX512), MLPF_CONFIG_VALUES(AVX512),
     .ukernel = sgemm_avx512_12x32, .edge_ukernel = sgemm_avx512_edge,
