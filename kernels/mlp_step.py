@@ -63,6 +63,7 @@ OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status 
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
+PAGE_BYTES = 4096
 
 # every fast-math flag but "no NaN / no inf": the finiteness check must see them
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -624,12 +625,23 @@ class MLPSteps:
         extra = (per_layer(bn_on), per_layer(bn_on), per_layer([d is not None for d in dropouts],
                                                                np.uint8),
                  per_layer(bn_on, first=2), per_layer(bn_on, np.float64, first=3))
-        self._buffers = (tuple(np.empty((rows, n), np.float32) for n in sizes),
-                         per_layer(keep_z), tuple(np.empty((rows, n), np.float32)
-                                                  for n in sizes[1:]),
+        # Page offsets (mod 4 KiB) of the buffers: h_l at 1024 l bytes, dz_l at 1024 (l + 1)
+        # + 384, the bf16 h_l at 1024 l + 768. Layer l's input gradient reads h_l (f') and
+        # writes dz_{l-1} in tiles of 12 rows x 32 floats; a load whose low 12 address bits
+        # fall in an earlier store's waits for it ("4K aliasing"). At 384 bytes apart no
+        # two rows of a float32 tile do, for rows of any multiple of 256 bytes (the bf16
+        # h_l, half as wide as dz, meets dz at some columns whatever the offsets)
+        # (bench/README.md, "4K aliasing")
+        hs = tuple(_at_page_offset((rows, n), np.float32, 1024 * l)
+                   for l, n in enumerate(sizes))
+        dzs = tuple(_at_page_offset((rows, n), np.float32, 1024 * (l + 1) + 384)
+                    for l, n in enumerate(sizes[1:]))
+        hbs = tuple(_at_page_offset((rows, n if precision == "bf16" else 0), np.uint16,
+                                    1024 * l + 768) for l, n in enumerate(sizes[:-1]))
+        self._buffers = (hs,
+                         per_layer(keep_z), dzs,
                          np.empty((rows,) + src_y.shape[1:], src_y.dtype), extra,
-                         tuple(np.empty((rows, n if precision == "bf16" else 0), np.uint16)
-                               for n in sizes[:-1]),
+                         hbs,
                          _packed_x(rows, sizes[0], precision == "fp32" and
                                    src_x.dtype == np.float32 and input_dropout is None and
                                    sizes[1] > c_library().lib.MLPF_NARROW_N))
@@ -754,6 +766,16 @@ def _unchecked_ranges(flat_grad, summed, fused):
     for row, (start, stop) in enumerate(ranges):          # view anew on every call
         unchecked[row] = start, stop
     return unchecked
+
+
+def _at_page_offset(shape, dtype, offset):
+    """np.empty(shape, dtype) whose data starts ``offset`` bytes (mod 4 KiB, a multiple of
+    16) into a page."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    spare = np.empty(count + PAGE_BYTES // dtype.itemsize, dtype)
+    start = (offset - spare.ctypes.data) % PAGE_BYTES // dtype.itemsize
+    return spare[start:start + count].reshape(shape)
 
 
 def _packed_x(rows, features, wanted):

@@ -198,6 +198,30 @@ def test_the_packed_batch_trains_as_the_batch_in_rows(rng):
     assert narrow._buffers[6].size == 0
 
 
+def test_the_input_gradient_never_writes_at_the_page_offset_it_reads(rng):
+    """Layer l's input gradient reads h_l (f') and writes dz_{l-1}, 12 rows x 32 floats (128
+    bytes) a tile. No row of the one may overlap a row of the other within a tile mod 4
+    KiB, or the loads wait for the stores ("4K aliasing"): rows of 4 KiB, 512 and 256
+    bytes here. The step writes the buffers and keeps them where they are."""
+    sizes, batch = [784, 1024, 128, 64, 10], 32
+    x = rng.standard_normal((64, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], 64)
+    steps, *_ = make_steps(sizes, ["relu"] * 4 + ["identity"], x, y, batch, "cross_entropy",
+                           "adam", (0.9, 0.999, 1e-8, 0.0, 0.0), rng)
+    hs, dzs = steps._buffers[0], steps._buffers[2]
+    before = [(h.ctypes.data, dz.ctypes.data) for h, dz in zip(hs[1:], dzs)]
+    assert steps.run(np.arange(64, dtype=np.int64), 0, 2, np.full(2, 1e-3), 0,
+                     np.zeros(2))[:2] == (2, True)
+    assert [(h.ctypes.data, dz.ctypes.data) for h, dz in zip(hs[1:], dzs)] == before
+    for l in range(1, len(sizes) - 1):
+        h, dz = hs[l], dzs[l - 1]
+        assert h.shape == dz.shape == (batch, sizes[l]) and h.flags.c_contiguous
+        for i in range(12):
+            for j in range(12):
+                gap = (h.ctypes.data + i * h.strides[0] - dz.ctypes.data - j * dz.strides[0])
+                assert 128 <= gap % 4096 <= 4096 - 128, (l, i, j, gap % 4096)
+
+
 def test_float_targets_uint8_inputs_and_layers_without_bias(rng):
     sizes = [12, 7, 3]
     x = (rng.random((40, 12)) * 255).astype(np.uint8)          # cast to float32 per batch
