@@ -49,7 +49,11 @@ int mlpf_dgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * f' = 1 - Y^2.
  * Y is (m, n) with row stride ldy; C is never read and must not overlap A, B or Y. The
  * micro-kernel multiplies each tile by the factor while the tile is in its registers
- * (mlpf_dgemm_dact: each row of C once it is summed), so dz costs no extra pass. */
+ * (mlpf_dgemm_dact: each row of C once it is summed), so dz costs no extra pass.
+ * Speed: when Y and C start at the same offset within a 4 KiB page and their rows are a
+ * multiple of 4 KiB long (NumPy's large arrays all start 16 bytes into a page), each load
+ * of Y waits for the tile's stores before it (4K aliasing): 256 x 1024 x 10 takes 1.6x as
+ * long. 384 bytes apart they never meet (bench/README.md, "4K aliasing"). */
 int mlpf_sgemm_dact(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                     float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                     float *c, int64_t ldc, const float *y, int64_t ldy, int dact);
