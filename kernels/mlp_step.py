@@ -63,7 +63,6 @@ OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status 
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
-PAGE_BYTES = 4096
 
 # every fast-math flag but "no NaN / no inf": the finiteness check must see them
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -773,8 +772,8 @@ def _at_page_offset(shape, dtype, offset):
     16) into a page."""
     dtype = np.dtype(dtype)
     count = math.prod(shape)
-    spare = np.empty(count + PAGE_BYTES // dtype.itemsize, dtype)
-    start = (offset - spare.ctypes.data) % PAGE_BYTES // dtype.itemsize
+    spare = np.empty(count + nm.PAGE_BYTES // dtype.itemsize, dtype)
+    start = (offset - spare.ctypes.data) % nm.PAGE_BYTES // dtype.itemsize
     return spare[start:start + count].reshape(shape)
 
 
