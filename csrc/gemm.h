@@ -99,6 +99,26 @@ int mlpf_sgemm_weight_grad(int64_t m, int64_t n, int64_t k, const float *dz, int
                            const float *h, int64_t ldh, const float *packed_h, float *dw,
                            int64_t lddw, float *db, double *squares);
 
+/* The backward pass of a narrow layer (n <= MLPF_NARROW_N outputs, as a classifier's last
+ * layer) in one pass over its input h, which mlpf_sgemm_weight_grad and mlpf_sgemm_dact
+ * would each read (and the first pack): for dz (rows x n, row stride ldz), w (n x k, ldw)
+ * and h (rows x k, ldh), the output of an activation f of code dact (RELU, SIGMOID or
+ * TANH),
+ *     dw (n x k, lddw)   = dz^T h            summed along the rows in order
+ *     db (n)             = dz's column sums  (unless NULL; as mlpf_sgemm_weight_grad's)
+ *     dh (rows x k, lddh) = (dz w) * f'(h)   summed along the n outputs in order
+ *     *squares           = the sum of the squares of dw and db (as weight_grad's: NaN or
+ *                          inf when any value is; for the finiteness check)
+ * Threads take static shares of whole cache lines of k, so each value of dw is summed by
+ * one thread: the same bits for any number of threads. With no rows, or n = 0, dw and dh
+ * are zeros. Returns MLPF_OK, MLPF_ERR_SHAPE (n above MLPF_NARROW_N, or a negative size),
+ * MLPF_ERR_STRIDE, MLPF_ERR_ACT (another dact) or MLPF_ERR_NULL (squares, or a matrix
+ * that has values, NULL). */
+int mlpf_snarrow_backward(int64_t rows, int64_t n, int64_t k, const float *dz, int64_t ldz,
+                          const float *w, int64_t ldw, const float *h, int64_t ldh, float *dh,
+                          int64_t lddh, float *dw, int64_t lddw, float *db, int dact,
+                          double *squares);
+
 /* Mixed precision, bf16 products with fp32 sums (gemm_bf16.c):
  *
  *     C = act(alpha * op(A) @ op(B) + beta * C + bias)

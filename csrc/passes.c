@@ -250,6 +250,142 @@ double mlpf_ssum_squares(const float *x, int64_t n)
     return total;
 }
 
+/* --- backward pass of a narrow layer ------------------------------------------------- */
+
+typedef struct {
+    int64_t rows, n, k;
+    const float *dz, *w, *h;
+    int64_t ldz, ldw, ldh;
+    float *dh, *dw;
+    int64_t lddh, lddw;
+    int dact;
+    double part[MAX_PARTS];                         /* per thread: squares of its dw columns */
+} narrow_backward_call;
+
+typedef int32_t int16_vector __attribute__((vector_size(64)));
+
+/* v f'(y), f' from the activation's output y (mlpf_times_dact's formulas). */
+static inline float times_dact_one(float v, float y, int dact)
+{
+    if (dact == MLPF_ACT_RELU) return y > 0.0f ? v : 0.0f;     /* y NaN gives 0 */
+    if (dact == MLPF_ACT_SIGMOID) return v * (y * (1.0f - y));
+    return v * (1.0f - y * y);
+}
+
+/* Rows r0..r0+R-1 (R a constant once inlined) at the 16 columns from j: h's 16 values of
+ * each row stay in registers for both products, dw's 16 values of each output in one
+ * register across the R rows. Sums in the order of the rows (and of the outputs for dh),
+ * as the GEMM's micro-kernel adds along k. */
+static inline __attribute__((always_inline)) void
+narrow_backward_rows(const narrow_backward_call *c, const int R, int64_t r0, int64_t j)
+{
+    float16_vector hv[8], dx[8];
+    for (int r = 0; r < R; r++) {
+        memcpy(&hv[r], c->h + (r0 + r) * c->ldh + j, sizeof hv[r]);
+        dx[r] = (float16_vector){0};
+    }
+    for (int64_t o = 0; o < c->n; o++) {
+        float16_vector wv, acc = {0};
+        memcpy(&wv, c->w + o * c->ldw + j, sizeof wv);
+        float *dw = c->dw + o * c->lddw + j;
+        if (r0) memcpy(&acc, dw, sizeof acc);
+        for (int r = 0; r < R; r++) {
+            const float d = c->dz[(r0 + r) * c->ldz + o];
+            dx[r] += d * wv;
+            acc += d * hv[r];
+        }
+        memcpy(dw, &acc, sizeof acc);
+    }
+    const float16_vector zero = {0};
+    for (int r = 0; r < R; r++) {                       /* dx f'(h), as times_dact_one */
+        const float16_vector y = hv[r];
+        const float16_vector v =
+            c->dact == MLPF_ACT_RELU ? (float16_vector)((y > zero) & (int16_vector)dx[r])
+            : c->dact == MLPF_ACT_SIGMOID ? dx[r] * (y * (1.0f - y))
+            : dx[r] * (1.0f - y * y);
+        memcpy(c->dh + (r0 + r) * c->lddh + j, &v, sizeof v);
+    }
+}
+
+/* Columns j0..j1-1 of dw and dh, eight rows at a time (then one), each block of rows
+ * across all the columns, 16 at a time: the rows of h and dh are read and written in
+ * order, and the share's columns of w and dw (n x 16 values each) stay in L1. The last
+ * few columns one at a time. */
+VECTOR_CLONES static void narrow_backward_columns(const narrow_backward_call *c, int64_t j0,
+                                                  int64_t j1)
+{
+    const int64_t vectors_end = j0 + (j1 - j0) / 16 * 16;
+    int64_t r0 = 0;
+    for (; r0 + 8 <= c->rows; r0 += 8)
+        for (int64_t j = j0; j < vectors_end; j += 16) narrow_backward_rows(c, 8, r0, j);
+    for (; r0 < c->rows; r0++)
+        for (int64_t j = j0; j < vectors_end; j += 16) narrow_backward_rows(c, 1, r0, j);
+    int64_t j = vectors_end;
+    for (; j < j1; j++) {
+        for (int64_t o = 0; o < c->n; o++) c->dw[o * c->lddw + j] = 0.0f;
+        for (int64_t r = 0; r < c->rows; r++) {
+            const float y = c->h[r * c->ldh + j];
+            float x = 0.0f;
+            for (int64_t o = 0; o < c->n; o++) {
+                const float d = c->dz[r * c->ldz + o];
+                x += d * c->w[o * c->ldw + j];
+                c->dw[o * c->lddw + j] += d * y;
+            }
+            c->dh[r * c->lddh + j] = times_dact_one(x, y, c->dact);
+        }
+    }
+}
+
+/* Static shares of whole cache lines of columns: each thread owns its columns of dw, so
+ * no sums are split, and the squares add up in thread order. */
+static void narrow_backward_task(void *arg, int index, int threads)
+{
+    narrow_backward_call *c = arg;
+    const int64_t j0 = range_start(c->k, threads, index), j1 = range_start(c->k, threads, index + 1);
+    if (j1 > j0) narrow_backward_columns(c, j0, j1);
+    c->part[index] = j1 > j0 ? mlpf_sum_squares_rows(c->n, j1 - j0, c->dw + j0, c->lddw) : 0.0;
+}
+
+int mlpf_snarrow_backward(int64_t rows, int64_t n, int64_t k, const float *dz, int64_t ldz,
+                          const float *w, int64_t ldw, const float *h, int64_t ldh, float *dh,
+                          int64_t lddh, float *dw, int64_t lddw, float *db, int dact,
+                          double *squares)
+{
+    const int64_t min_ld = k > 1 ? k : 1;
+    if (rows < 0 || n < 0 || k < 0 || n > MLPF_NARROW_N) return MLPF_ERR_SHAPE;
+    if (ldz < (n > 1 ? n : 1) || ldw < min_ld || ldh < min_ld || lddh < min_ld || lddw < min_ld)
+        return MLPF_ERR_STRIDE;
+    if (dact != MLPF_ACT_RELU && dact != MLPF_ACT_SIGMOID && dact != MLPF_ACT_TANH)
+        return MLPF_ERR_ACT;
+    if (!squares || (rows && n && !dz) || (n && k && (!w || !dw)) || (rows && k && (!h || !dh)))
+        return MLPF_ERR_NULL;
+    narrow_backward_call c = {.rows = rows, .n = n, .k = k, .dz = dz, .w = w, .h = h,
+                              .ldz = ldz, .ldw = ldw, .ldh = ldh, .dh = dh, .dw = dw,
+                              .lddh = lddh, .lddw = lddw, .dact = dact};
+    int threads = 0;
+    if (rows && n && k) {
+        threads = mlpf_pass_threads(rows * k);
+        if (threads > (k + 15) / 16) threads = (int)((k + 15) / 16);
+        if (threads > MAX_PARTS) threads = MAX_PARTS;
+        threads = mlpf_pool_run(threads, narrow_backward_task, &c);
+    } else {                             /* an empty sum: dw = 0 and dh = 0 f'(h) = 0 */
+        for (int64_t o = 0; o < n && k; o++) memset(dw + o * lddw, 0, k * sizeof *dw);
+        for (int64_t r = 0; r < rows && k; r++) memset(dh + r * lddh, 0, k * sizeof *dh);
+    }
+    double total = 0.0;
+    for (int t = 0; t < threads; t++) total += c.part[t];
+    if (db) {              /* four partial sums (row mod 4) a column, as weight_grad's db */
+        for (int64_t o = 0; o < n; o++) {
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int64_t r = 0; r < rows; r++) part[r % 4] += dz[r * ldz + o];
+            db[o] = (part[0] + part[1]) + (part[2] + part[3]);
+        }
+        total += mlpf_sum_squares_rows(1, n, db, n);
+    }
+    *squares = total;
+    return MLPF_OK;
+}
+
 /* --- batch gather ------------------------------------------------------------------------- */
 
 typedef struct {

@@ -16,6 +16,9 @@ declaration of the C API. ``c_addresses()`` gives the addresses to pass.
                                                        dw = dz.T @ h (h in rows or packed),
                                                        db = dz.sum(0), squares[0] = their
                                                        sum of squares (NaN/inf if any is)
+    narrow_backward(address, dz, w, h, dh, dw, db, dact, squares)
+                                                       a narrow layer's dw = dz.T @ h, db,
+                                                       dh = (dz @ w) * f'(h) in one pass
     dropout(address, x, out, keep, drop, step, scale)  out = keep x scale, Philox's keep
     sbgemm, sbgemm_at, sbgemm_dact                     the same in bf16 products (mlpf_sbgemm)
     adam(address, p, g, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, wd, decay)
@@ -35,7 +38,8 @@ from ._c_library import c_library
 
 NAMES = ("mlpf_sgemm", "mlpf_sgemm_dact", "mlpf_ssum_squares", "mlpf_sgather", "mlpf_sadam",
          "mlpf_ssgd", "mlpf_sbgemm", "mlpf_sbgemm_dact", "mlpf_sdropout", "mlpf_wake_threads",
-         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_weight_grad")
+         "mlpf_sgather_packed", "mlpf_sgemm_packed_a", "mlpf_sgemm_weight_grad",
+         "mlpf_snarrow_backward")
 _LLVM = {"int": ir.IntType(32), "int64_t": ir.IntType(64), "float": ir.FloatType(),
          "double": ir.DoubleType(), "void": ir.VoidType()}
 _NUMBA = {"int": types.int32, "int64_t": types.int64, "float": types.float32,
@@ -80,7 +84,7 @@ def _caller(name):
 
 (_sgemm_call, _sgemm_dact_call, _sum_squares_call, _gather_call, _adam_call, _sgd_call,
  _sbgemm_call, _sbgemm_dact_call, _dropout_call, _wake_threads_call, _gather_packed_call,
- _sgemm_packed_a_call, _weight_grad_call) = (
+ _sgemm_packed_a_call, _weight_grad_call, _narrow_backward_call) = (
     _caller(name) for name in NAMES)
 
 
@@ -202,6 +206,22 @@ def weight_grad(address, dz, h, packed_h, dw, db, squares):
     return _weight_grad_call(address, (m, n, k, dz.ctypes.data, m, h.ctypes.data, h.shape[1],
                                        packed_address, dw.ctypes.data, n, db_address,
                                        squares.ctypes.data))
+
+
+@njit(cache=True)
+def narrow_backward(address, dz, w, h, dh, dw, db, dact, squares):
+    """The backward pass of a layer with at most MLPF_NARROW_N outputs, reading h once:
+    for dz (B, n), w (n, k) and h (B, k) the output of the activation of code dact (relu,
+    sigmoid, tanh), dw (n, k) = dz.T @ h, db (n,) = dz.sum(0) unless db is empty, dh (B,
+    k) = (dz @ w) * f'(h), squares[0] (float64) the sum of the squares of dw and db
+    (mlpf_snarrow_backward). Returns the C status."""
+    rows, n = dz.shape
+    k = w.shape[1]
+    db_address = db.ctypes.data if db.shape[0] else 0
+    return _narrow_backward_call(address, (rows, n, k, dz.ctypes.data, n, w.ctypes.data, k,
+                                           h.ctypes.data, k, dh.ctypes.data, k,
+                                           dw.ctypes.data, k, db_address, dact,
+                                           squares.ctypes.data))
 
 
 @njit(cache=True)

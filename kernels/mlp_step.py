@@ -16,6 +16,7 @@ outputs are the predictions). Per batch, with the batch's rows of the dataset as
                dz_{l-1} = (dz_l @ W_l) * f'_{l-1}                  C GEMM; f' in its epilogue
                                                                    when written with h_l
                                                                    ("output"), else a pass on z
+               (fp32, at most 16 outputs and f' from h_l: all three in one C pass over h_l)
     check      the loss and sum(g^2) over every gradient are finite   (C, GEMM threads)
     update     SGD or Adam/AdamW over the flat parameter buffer      (C, GEMM threads)
 
@@ -63,6 +64,7 @@ OK, NOT_FINITE, BAD_INDEX, BAD_LABEL, C_ERROR, BAD_BATCH = range(6)    # status 
 PRECISIONS = ("fp32", "bf16")
 
 ONE, ZERO = np.float32(1), np.float32(0)       # the compiled steps compute in float32
+NARROW_N = 16           # csrc/gemm.h's MLPF_NARROW_N: the most outputs of a narrow layer
 
 # every fast-math flag but "no NaN / no inf": the finiteness check must see them
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
@@ -394,6 +396,17 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows, squa
     bf16 = hb[0].shape[1] > 0
     for l in range(len(weights) - 1, -1, -1):
         dz = dzs[l][:rows]
+        if (not bf16 and l > 0 and weights[l].shape[0] <= NARROW_N and not bn_kind[l - 1]
+                and not drops[l, 5]
+                and (codes[l - 1] == RELU or codes[l - 1] == SIGMOID or codes[l - 1] == TANH)):
+            # a narrow layer (a classifier's last): dW_l, db_l and dz_{l-1} in one pass over h_l
+            status = _c_calls.narrow_backward(addresses[13], dz, weights[l], hs[l][:rows],
+                                              dzs[l - 1][:rows], weight_grads[l],
+                                              bias_grads[l], codes[l - 1], squares[1:])
+            squares[0] += squares[1]
+            if status != 0:
+                return C_ERROR
+            continue
         if bf16:
             status = _c_calls.sbgemm_at(addresses[6], dz, hb[l][:rows], weight_grads[l])
             if bias_grads[l].shape[0]:

@@ -845,6 +845,145 @@ def test_weight_gradient_refusals_write_nothing(rng):
     assert not dw.any() and not db.any() and squares[0] == 0.0
 
 
+# rows x n x k: one row, rows not a multiple of the 8-row blocks, k below, at and not a
+# multiple of 16 (the vector columns) and split unevenly between threads, n from 1 to 16
+NARROW_BACKWARD_SHAPES = [(1, 1, 1), (1, 3, 16), (5, 1, 17), (9, 16, 33), (37, 7, 45),
+                          (64, 10, 128), (256, 10, 1024), (255, 16, 1000), (8, 2, 200)]
+DACT_CODES = {"relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+def narrow_backward(lib, ffi, dz, w, h, dact, lds=None, with_bias=True):
+    """mlpf_snarrow_backward into fresh NaN-filled outputs: (status, dh, dw, db, squares);
+    lds: (ldz, ldw, ldh, lddh, lddw) of wider buffers, the values in their first columns."""
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    rows, n = dz.shape
+    k = w.shape[1]
+    ldz, ldw, ldh, lddh, lddw = lds or (n, k, k, k, k)
+    wide = lambda a, ld: np.pad(a, ((0, 0), (0, ld - a.shape[1])), constant_values=np.nan)  # noqa: E731
+    dzb, wb, hb = wide(dz, ldz), wide(w, ldw), wide(h, ldh)
+    dh, dw = np.full((rows, lddh), np.nan, np.float32), np.full((n, lddw), np.nan, np.float32)
+    db, squares = np.full(n, np.nan, np.float32), np.full(1, np.nan)
+    status = lib.mlpf_snarrow_backward(rows, n, k, p(dzb), ldz, p(wb), ldw, p(hb), ldh, p(dh),
+                                       lddh, p(dw), lddw, p(db) if with_bias else ffi.NULL,
+                                       dact, p(squares, "double[]"))
+    assert np.isnan(dh[:, k:]).all() and np.isnan(dw[:, k:]).all(), "wrote past k"
+    return status, dh[:, :k], dw[:, :k], db, squares[0]
+
+
+def narrow_backward_reference(dz, w, h, dact):
+    """(dh, dw, db) in float64: (dz w) f'(h), dz^T h, dz's column sums."""
+    dz64, w64, h64 = dz.astype(np.float64), w.astype(np.float64), h.astype(np.float64)
+    derivative = {"relu": h64 > 0, "sigmoid": h64 * (1 - h64), "tanh": 1 - h64 ** 2}[dact]
+    return (dz64 @ w64) * derivative, dz64.T @ h64, dz64.sum(0)
+
+
+@pytest.mark.parametrize("dact", DACT_CODES)
+@pytest.mark.parametrize("rows,n,k", NARROW_BACKWARD_SHAPES)
+def test_narrow_backward_against_the_reference(threads, rows, n, k, dact, rng):
+    """mlpf_snarrow_backward: dh, dw, db against float64, *squares against the float64 sum
+    of the squares of dw and db; strided buffers give the same bits; relu's f' is 0 where
+    h is NaN, as the reference's [h > 0]."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    dz = rng.standard_normal((rows, n)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if dact == "relu":
+        h = np.maximum(rng.standard_normal((rows, k)), 0).astype(np.float32)
+        h[rows // 2, k // 2] = np.nan
+    else:
+        h = rng.uniform(-1, 1, (rows, k)).astype(np.float32)
+    status, dh, dw, db, squares = narrow_backward(lib, ffi, dz, w, h, DACT_CODES[dact])
+    assert status == 0
+    want_dh, want_dw, want_db = narrow_backward_reference(dz, w, h, dact)
+    if dact == "relu":
+        want_dh[rows // 2, k // 2] = 0.0
+        dw_rows = np.isnan(want_dw)                    # the NaN's column of dw is NaN too
+        assert np.isnan(dw[dw_rows]).all() and not np.isfinite(squares)
+        want_dw[dw_rows], dw = 0.0, np.where(dw_rows, 0.0, dw)
+    assert_close(dh, want_dh, tol=tol(np.float32, n), what=f"dh {rows}x{n}x{k} {dact}")
+    assert_close(dw, want_dw, tol=tol(np.float32, rows), what=f"dw {rows}x{n}x{k} {dact}")
+    assert_close(db, want_db, tol=tol(np.float32, rows), what=f"db {rows}x{n}")
+    if dact != "relu":
+        exact = (want_dw ** 2).sum() + (want_db ** 2).sum()
+        assert squares == pytest.approx(exact, rel=1e-5)
+        strided = narrow_backward(lib, ffi, dz, w, h, DACT_CODES[dact],
+                                  lds=(n + 3, k + 5, k + 17, k + 1, k + 16))
+        assert strided[0] == 0
+        for got, want in zip(strided[1:4], (dh, dw, db)):
+            assert np.array_equal(got, want)
+
+
+def test_narrow_backward_gives_the_same_bits_on_every_thread_count(rng):
+    """Each column of dw is summed by one thread in row order: 1 and 2 threads (and the
+    pool asleep or awake) give the same dh, dw and db; without db, *squares leaves it out."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    dz = rng.standard_normal((256, 10)).astype(np.float32)
+    w = rng.standard_normal((10, 1000)).astype(np.float32)
+    h = np.maximum(rng.standard_normal((256, 1000)), 0).astype(np.float32)
+    results, before = [], mlpfast.get_num_threads()
+    try:
+        for count in (1, 2):
+            mlpfast.set_num_threads(count)
+            results.append(narrow_backward(lib, ffi, dz, w, h, 1))      # the pool asleep
+            lib.mlpf_wake_threads(1e12)
+            results.append(narrow_backward(lib, ffi, dz, w, h, 1))      # awake: 2 threads
+    finally:
+        mlpfast.set_num_threads(before)
+    for got in results[1:]:
+        for a, b in zip(got[1:4], results[0][1:4]):
+            assert np.array_equal(a, b)
+    status, _, dw, _, squares = narrow_backward(lib, ffi, dz, w, h, 1, with_bias=False)
+    assert status == 0
+    assert squares == pytest.approx((dw.astype(np.float64) ** 2).sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e19])
+def test_narrow_backward_squares_are_not_finite_when_a_gradient_is_not(bad, threads, rng):
+    """A NaN, an infinity or a value whose square overflows float32, in dz (reaching dw
+    and db) or in h under sigmoid (reaching dw only), makes *squares NaN or inf."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    for where in ("dz", "h"):
+        dz = rng.standard_normal((40, 10)).astype(np.float32)
+        w = rng.standard_normal((10, 70)).astype(np.float32)
+        h = rng.uniform(0, 1, (40, 70)).astype(np.float32)
+        (dz if where == "dz" else h)[17, 3] = bad
+        with np.errstate(all="ignore"):
+            status, *_, squares = narrow_backward(lib, ffi, dz, w, h, 2)
+        assert status == 0 and not np.isfinite(squares), where
+
+
+def test_narrow_backward_refusals_write_nothing(rng):
+    """Too many outputs, a negative size, short strides, an activation whose f' is not
+    written from its output, NULL squares or operands: the error code, nothing written;
+    no rows or no outputs give zeros."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    dz, w = np.ones((20, 17), np.float32), np.ones((17, 40), np.float32)
+    h = np.ones((20, 40), np.float32)
+    dh, dw, db, squares = (np.zeros((20, 40), np.float32), np.zeros((17, 40), np.float32),
+                           np.zeros(17, np.float32), np.zeros(1))
+    s = p(squares, "double[]")
+
+    def call(rows=20, n=16, k=40, ldz=17, ldw=40, ldh=40, lddh=40, lddw=40, dact=1, sq=s,
+             a=p(dz)):
+        return lib.mlpf_snarrow_backward(rows, n, k, a, ldz, p(w), ldw, p(h), ldh, p(dh), lddh,
+                                         p(dw), lddw, p(db), dact, sq)
+    assert call(n=17) == lib.MLPF_ERR_SHAPE
+    assert call(rows=-1) == lib.MLPF_ERR_SHAPE
+    assert call(ldz=15) == lib.MLPF_ERR_STRIDE
+    for short in ("ldw", "ldh", "lddh", "lddw"):
+        assert call(**{short: 39}) == lib.MLPF_ERR_STRIDE, short
+    for dact in (0, 4, 6):                     # identity, gelu, leaky relu
+        assert call(dact=dact) == lib.MLPF_ERR_ACT
+    assert call(sq=ffi.NULL) == lib.MLPF_ERR_NULL
+    assert call(a=ffi.NULL) == lib.MLPF_ERR_NULL
+    assert not dh.any() and not dw.any() and not db.any() and squares[0] == 0.0
+    dh[:], dw[:], db[:] = 1.0, 1.0, 1.0
+    assert call(rows=0) == 0
+    assert not dw[:16].any() and dw[16].all() and not db[:16].any() and squares[0] == 0.0
+    assert call(n=0) == 0
+    assert not dh.any()
+
+
 def test_packed_matrix_refuses_what_does_not_fit(rng):
     """Each refusal returns its code and writes nothing: too small a buffer, a misaligned
     or missing one, a row index outside the source; a GEMM on a packed matrix of another

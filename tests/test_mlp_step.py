@@ -198,6 +198,13 @@ def test_the_packed_batch_trains_as_the_batch_in_rows(rng):
     assert narrow._buffers[6].size == 0
 
 
+def test_narrow_layers_take_the_one_pass_backward_up_to_the_c_librarys_bound():
+    """The step sends a layer of at most mlp_step.NARROW_N outputs to mlpf_snarrow_backward,
+    which takes up to MLPF_NARROW_N (test_one_step_matches_the_reference runs it on its
+    13- and 11-output layers); the two bounds are one."""
+    assert mlp_step.NARROW_N == gemm.c_library().lib.MLPF_NARROW_N
+
+
 def test_the_input_gradient_never_writes_at_the_page_offset_it_reads(rng):
     """Layer l's input gradient reads h_l (f') and writes dz_{l-1}, 12 rows x 32 floats (128
     bytes) a tile. No row of the one may overlap a row of the other within a tile mod 4
