@@ -103,14 +103,16 @@ def test_step_table_needs_two_steps():
 def test_a_traced_training_step_runs_gather_gemms_and_adam(two_threads):
     """Every job of the step is sized so that its thread count does not depend on whether
     the pool's workers still spin (kernels/cpu_config.py's thresholds): the gather's
-    1,344 x 784 values and Adam's 1.07 M parameters are above pass_min_parallel_asleep,
-    every GEMM above min_parallel_fmas; so all 7 timed steps run the same jobs."""
+    1,344 x 784 values, the last layer's backward pass over its 1,344 x 1,344 inputs and
+    Adam's 1.07 M parameters are above pass_min_parallel_asleep, every GEMM above
+    min_parallel_fmas; so all 7 timed steps run the same jobs."""
     (x, y), _ = mf.datasets.mnist()
     from mlpfast.datasets import as_dataset
     batch, steps_run = 1344, 8
     thresholds = CONFIGS[gemm.c_kernel_name().split("_")[1]]
     assert batch * 784 >= thresholds["pass_min_parallel_asleep"]
     assert 784 * batch + 10 * batch >= thresholds["pass_min_parallel_asleep"]
+    assert batch * batch >= thresholds["pass_min_parallel_asleep"]
     assert 10 * batch * batch >= thresholds["min_parallel_fmas"]
     model = mf.MLP([784, batch, 10], backend="cpu", seed=0)
     optimizer = mf.optim.Adam(model.parameters(), lr=1e-3)
@@ -123,6 +125,6 @@ def test_a_traced_training_step_runs_gather_gemms_and_adam(two_threads):
         step.run(order, 0, steps_run, np.full(steps_run, 1e-3), np.zeros(2))
     rows, steps, step_us = step_table(trace.jobs)
     assert [(row.task, row.threads) for row in rows] == [
-        ("gather_task", 2), ("sgemm_task", 2), ("narrow_task", 2), ("sgemm_task", 2),
-        ("sgemm_task", 2), ("sgemm_task", 2), ("adam_task", 2)]  # x W1^T, W2; dW2, dh, dW1
+        ("gather_task", 2), ("sgemm_task", 2), ("narrow_task", 2),      # x W1^T, W2
+        ("narrow_backward_task", 2), ("sgemm_task", 2), ("adam_task", 2)]   # dW2 and dh; dW1
     assert steps == steps_run - 1 and step_us > 0
