@@ -264,14 +264,6 @@ typedef struct {
 
 typedef int32_t int16_vector __attribute__((vector_size(64)));
 
-/* v f'(y), f' from the activation's output y (mlpf_times_dact's formulas). */
-static inline float times_dact_one(float v, float y, int dact)
-{
-    if (dact == MLPF_ACT_RELU) return y > 0.0f ? v : 0.0f;     /* y NaN gives 0 */
-    if (dact == MLPF_ACT_SIGMOID) return v * (y * (1.0f - y));
-    return v * (1.0f - y * y);
-}
-
 /* Rows r0..r0+R-1 (R a constant once inlined) at the 16 columns from j: h's 16 values of
  * each row stay in registers for both products, dw's 16 values of each output in one
  * register across the R rows. Sums in the order of the rows (and of the outputs for dh),
@@ -297,7 +289,7 @@ narrow_backward_rows(const narrow_backward_call *c, const int R, int64_t r0, int
         memcpy(dw, &acc, sizeof acc);
     }
     const float16_vector zero = {0};
-    for (int r = 0; r < R; r++) {                       /* dx f'(h), as times_dact_one */
+    for (int r = 0; r < R; r++) {                      /* dx f'(h), as mlpf_times_dact */
         const float16_vector y = hv[r];
         const float16_vector v =
             c->dact == MLPF_ACT_RELU ? (float16_vector)((y > zero) & (int16_vector)dx[r])
@@ -331,7 +323,7 @@ VECTOR_CLONES static void narrow_backward_columns(const narrow_backward_call *c,
                 x += d * c->w[o * c->ldw + j];
                 c->dw[o * c->lddw + j] += d * y;
             }
-            c->dh[r * c->lddh + j] = times_dact_one(x, y, c->dact);
+            c->dh[r * c->lddh + j] = mlpf_times_dact(x, y, c->dact);
         }
     }
 }

@@ -396,13 +396,14 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows, squa
     bf16 = hb[0].shape[1] > 0
     for l in range(len(weights) - 1, -1, -1):
         dz = dzs[l][:rows]
-        if (not bf16 and l > 0 and weights[l].shape[0] <= NARROW_N and not bn_kind[l - 1]
-                and not drops[l, 5]
-                and (codes[l - 1] == RELU or codes[l - 1] == SIGMOID or codes[l - 1] == TANH)):
+        f = codes[l - 1] if l > 0 else IDENTITY
+        plain = l > 0 and not bn_kind[l - 1] and not drops[l, 5]
+        from_output = plain and (f == RELU or f == SIGMOID or f == TANH)   # f' from h_l
+        if from_output and not bf16 and weights[l].shape[0] <= NARROW_N:
             # a narrow layer (a classifier's last): dW_l, db_l and dz_{l-1} in one pass over h_l
             status = _c_calls.narrow_backward(addresses[13], dz, weights[l], hs[l][:rows],
                                               dzs[l - 1][:rows], weight_grads[l],
-                                              bias_grads[l], codes[l - 1], squares[1:])
+                                              bias_grads[l], f, squares[1:])
             squares[0] += squares[1]
             if status != 0:
                 return C_ERROR
@@ -420,10 +421,8 @@ def _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x, rows, squa
             return C_ERROR
         if l == 0:
             break
-        f = codes[l - 1]
         below = dzs[l - 1][:rows]
-        plain = not bn_kind[l - 1] and not drops[l, 5]
-        if plain and (f == RELU or f == SIGMOID or f == TANH):   # f' from h_l, in the GEMM
+        if from_output:                                         # f' from h_l, in the GEMM
             if not bf16:
                 status = _c_calls.sgemm_dact(addresses[1], dz, weights[l], below,
                                              hs[l][:rows], f)
@@ -656,7 +655,7 @@ class MLPSteps:
                          hbs,
                          _packed_x(rows, sizes[0], precision == "fp32" and
                                    src_x.dtype == np.float32 and input_dropout is None and
-                                   sizes[1] > c_library().lib.MLPF_NARROW_N))
+                                   sizes[1] > NARROW_N))
         self._flat, self._src = (flat_data, flat_grad), (src_x, src_y)
         # (ranges of flat_grad the step checks itself, _backward's sums of squares), one
         # argument: at 19, _train_steps' argument tuple comes from CPython's free list of
