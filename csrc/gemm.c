@@ -372,6 +372,15 @@ static void multiply_blocks(const sgemm_call *g, int64_t ic, int64_t mcb, int64_
     }
 }
 
+/* Columns of a packed B block of depth kc: nc, or fewer where kc x nc floats would pass
+ * b_block_bytes (at kc = 1024, 256 columns: each A micro-panel's tiles then read the block
+ * from L2, not L3; bench/README.md, "B block width"). */
+static int64_t b_block_cols(const mlpf_sgemm_config *cfg, int64_t kc)
+{
+    const int64_t fit = cfg->b_block_bytes / (4 * kc) / cfg->nr * cfg->nr;
+    return imax(cfg->nr, imin(cfg->nc, fit));
+}
+
 /* The loop nest of the file comment over the block C[m0:m1, n0:n1]; `sums`: g->a_sums
  * for the thread that sums these rows of op(A), else NULL; `squares`: multiply_blocks'. */
 static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
@@ -379,7 +388,7 @@ static void sgemm_block(const sgemm_call *g, int64_t m0, int64_t m1, int64_t n0,
 {
     const mlpf_sgemm_config *cfg = g->cfg;
     const int64_t mc = block_len(m1 - m0, cfg->mc, cfg->mr);
-    const int64_t nc = block_len(n1 - n0, cfg->nc, cfg->nr);
+    const int64_t nc = block_len(n1 - n0, b_block_cols(cfg, g->kc), cfg->nr);
     for (int64_t ic = m0; ic < m1; ic += mc) {
         const int64_t mcb = imin(mc, m1 - ic);
         for (int64_t pc = 0; pc < g->k; pc += g->kc) {
@@ -594,14 +603,15 @@ static int sgemm_run(sgemm_call *g)
          * so that a late thread's share can move */
         const int64_t chunks = shared_chunks(g) * threads;
         g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
-                         round_up(imin(n, cfg->nc), cfg->nr));
+                         round_up(imin(n, b_block_cols(cfg, g->kc)), cfg->nr));
         g->chunks = (n + g->chunk_n - 1) / g->chunk_n;
         atomic_init(&g->next_item, 0);
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */
     g->a_block_bytes = (size_t)round_up(m_block * (g->chunks ? k : g->kc) * 4, 4096);
     g->thread_bytes = g->a_block_bytes + (g->packed_b.panels ? 0 :
-                     (size_t)round_up(round_up(imin(n, cfg->nc), cfg->nr) * g->kc * 4, 4096));
+                     (size_t)round_up(round_up(imin(n, b_block_cols(cfg, g->kc)), cfg->nr) *
+                                      g->kc * 4, 4096));
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
     if (!g->workspace) return MLPF_ERR_NOMEM;

@@ -116,7 +116,7 @@ typedef void (*mlpf_sgemm_narrow)(int64_t rows, int64_t n, int64_t k, const floa
 typedef struct {
     const char *name;
     int mr, nr;
-    int64_t vector_bytes, mc, kc, nc;
+    int64_t vector_bytes, mc, kc, nc, b_block_bytes;
     int64_t max_shared_a_bytes, shared_a_l2_bytes, shared_chunks_l2, shared_chunks_l3;
     int64_t min_parallel_fmas, min_parallel_fmas_awake, pass_min_parallel,
             pass_min_parallel_asleep, parallel_min_elements, stream_min_bytes,
@@ -136,6 +136,7 @@ typedef struct {
     .mr = MLPF_CFG_##F##_MR, .nr = MLPF_CFG_##F##_NR,                                        \
     .vector_bytes = MLPF_CFG_##F##_VECTOR_BYTES, .mc = MLPF_CFG_##F##_MC,                    \
     .kc = MLPF_CFG_##F##_KC, .nc = MLPF_CFG_##F##_NC,                                        \
+    .b_block_bytes = MLPF_CFG_##F##_B_BLOCK_BYTES,                                           \
     .max_shared_a_bytes = MLPF_CFG_##F##_MAX_SHARED_A_BYTES,                                 \
     .shared_a_l2_bytes = MLPF_CFG_##F##_SHARED_A_L2_BYTES,                                   \
     .shared_chunks_l2 = MLPF_CFG_##F##_SHARED_CHUNKS_L2,                                     \

@@ -293,7 +293,8 @@ static int avx512_supported(void)
  *   kc = 1024: k up to 1,535 in one block, so each C tile is stored once; the A
  *              micro-panel (12 x 1024 x 4 B = 48 KiB) and the B micro-panels (32 x 1024
  *              x 4 B = 128 KiB each) stream from L2.
- *   nc = 768:  the packed B block (3 MiB at a block depth of 1024) lives in L3.
+ *   nc = 768:  at most, and fewer where the packed B block would pass b_block_bytes = 1
+ *              MiB (256 columns at a depth of 1024), so that it stays in L2.
  *   mc = 3072: the packed A block (12 MiB per thread at 1024) lives in L3; one pass of it
  *              per B block. */
 const mlpf_sgemm_config mlpf_sgemm_avx512_config = {

@@ -9,7 +9,8 @@ that every value matches.
 GEMM loop nest (csrc/gemm.c, kernels/gemm.py), outermost first:
     mc rows of op(A)     packed A block   mc x kc   in L3 (per thread)
     kc depth             (k is split evenly, each block near kc, rounded up to 8)
-    nc columns of op(B)  packed B block   kc x nc   in L2 (L3 at avx512's deep kc)
+    nc columns of op(B)  packed B block   kc x nc   in L2 (fewer columns where kc x nc
+                                                    would pass ``b_block_bytes``)
     mr rows              A micro-panel    mr x kc   in L1 (L2 at avx512's) for the inner loop
     nr columns           B micro-panel    kc x nr   streamed from L2 into the micro-kernel
 The micro-kernel holds an mr x nr tile of C in registers; nr is two vectors of
@@ -56,15 +57,17 @@ CONFIGS = {
     # of C is stored once, not re-read and added to per k block; the A micro-panel (12 x
     # 1024 x 4 B = 48 KiB) and the B micro-panel (128 KiB) stream from L2 together. Faster
     # than kc = 384 at the wide MLP's shapes and square ones, as fast at the small MLP's
-    # (bench/README.md, "Block depth kc")
+    # (bench/README.md, "Block depth kc"). A B block of at most 1 MiB (256 columns at kc =
+    # 1024) stays in a 2 MiB L2 while every A micro-panel reads it: 4-17% faster on one
+    # Xeon thread than 768 columns from L3 (bench/README.md, "B block width")
     "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 1024, "nc": 768,
-               **SHARED_SCHEDULE, **THRESHOLDS},
+               "b_block_bytes": 1 << 20, **SHARED_SCHEDULE, **THRESHOLDS},
     # BLIS's Haswell config transposed: A micro-panel 6 KiB in L1, B block 256 KiB in L2
     "avx2": {"mr": 6, "nr": 16, "vector_bytes": 32, "mc": 3072, "kc": 256, "nc": 256,
-             **SHARED_SCHEDULE, **THRESHOLDS},
+             "b_block_bytes": 1 << 20, **SHARED_SCHEDULE, **THRESHOLDS},
     # any CPU: moderate blocks for small caches (A micro-panel 1 KiB, B block 256 KiB)
     "portable": {"mr": 4, "nr": 8, "vector_bytes": 16, "mc": 1024, "kc": 256, "nc": 256,
-                 **SHARED_SCHEDULE, **THRESHOLDS},
+                 "b_block_bytes": 1 << 20, **SHARED_SCHEDULE, **THRESHOLDS},
 }
 
 FAMILIES = tuple(CONFIGS)       # best first

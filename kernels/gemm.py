@@ -281,7 +281,8 @@ if c_available():
 #
 #   for ic in m by mc:            A block  op(A)[ic:ic+mc, pc:pc+kc] packed (L2/L3)
 #     for pc in k by kc:          kc near the config's kc, k split evenly
-#       for jc in n by nc:        B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2/L3)
+#       for jc in n by nc:        B block  op(B)[pc:pc+kc, jc:jc+nc] packed (L2: nc is
+#                                 lowered where the block would pass b_block_bytes)
 #         for ir in mc by MR:     A micro-panel (kc x MR) stays in L1 (L2 at a deep kc)
 #           for jr in nc by NR:   B micro-panel (kc x NR) streams from L2
 #             tile (MR x NR) = A micro-panel . B micro-panel     (the micro-kernel)
@@ -324,6 +325,7 @@ GEMM_CONFIG = cpu_config.CONFIGS[GEMM_FAMILY]
 GEMM_MR = GEMM_CONFIG["mr"]                     # rows of the micro-kernel's tile
 GEMM_VECTOR_BYTES = GEMM_CONFIG["vector_bytes"]  # the tile is 2 vectors wide
 GEMM_MC, GEMM_KC, GEMM_NC = GEMM_CONFIG["mc"], GEMM_CONFIG["kc"], GEMM_CONFIG["nc"]
+GEMM_B_BLOCK_BYTES = GEMM_CONFIG["b_block_bytes"]
 NUMBA_EPILOGUE = ("identity", "relu")           # activations gemm_numba_fused applies per tile
 
 
@@ -542,13 +544,21 @@ def _block_len(total, max_block, multiple):
 
 
 @njit(fastmath=True, cache=True)
+def _b_block_cols(kc, nr, itemsize):
+    """Columns of a packed B block of depth kc: GEMM_NC, or fewer where kc x GEMM_NC values
+    would pass GEMM_B_BLOCK_BYTES, as csrc/gemm.c's b_block_cols."""
+    fit = GEMM_B_BLOCK_BYTES // (itemsize * kc) // nr * nr
+    return max(nr, min(GEMM_NC, fit))
+
+
+@njit(fastmath=True, cache=True)
 def _gemm_numba_block(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, m0, m1, n0, n1,
                       a_buf, b_buf, tile):
     """The loop nest of the block comment over C[m0:m1, n0:n1]."""
     k = a.shape[0] if trans_a else a.shape[1]
     nr = tile.shape[0] // GEMM_MR
     mc = _block_len(m1 - m0, GEMM_MC, GEMM_MR)
-    nc = _block_len(n1 - n0, GEMM_NC, nr)
+    nc = _block_len(n1 - n0, _b_block_cols(kc, nr, c.itemsize), nr)
     no_bias = bias[:0]
     for ic in range(m0, m1, mc):
         mcb = min(mc, m1 - ic)
@@ -692,7 +702,7 @@ def _depth_block_len(k):
     return _round_up(-(-k // blocks), 8)
 
 
-def _shared_schedule(threads, m, n, k, nr, itemsize):
+def _shared_schedule(threads, m, n, k, kc, nr, itemsize):
     """(mc, chunk_n) of the shared schedule, as csrc/gemm.c's sgemm_run, or None when the
     threads do not split only columns or op(A) packed for all of k would not fit."""
     grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
@@ -701,7 +711,8 @@ def _shared_schedule(threads, m, n, k, nr, itemsize):
         return None
     in_l2 = m_block * k * itemsize <= GEMM_CONFIG["shared_a_l2_bytes"]
     chunks = threads * GEMM_CONFIG["shared_chunks_l2" if in_l2 else "shared_chunks_l3"]
-    chunk_n = min(_round_up(-(-n // chunks), nr), _round_up(min(n, GEMM_NC), nr))
+    chunk_n = min(_round_up(-(-n // chunks), nr),
+                  _round_up(min(n, _b_block_cols(kc, nr, itemsize)), nr))
     return _block_len(m, GEMM_MC, GEMM_MR), chunk_n
 
 
@@ -734,7 +745,7 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
         threads = 1
     kc = _depth_block_len(k)
     bias = _NO_BIAS[a.dtype] if bias is None else bias
-    shared = _shared_schedule(threads, m, n, k, nr, a.itemsize)
+    shared = _shared_schedule(threads, m, n, k, kc, nr, a.itemsize)
     if shared is not None:
         mc, chunk_n = shared
         a_size, b_size = _round_up(mc, GEMM_MR) * k, chunk_n * kc
@@ -747,8 +758,9 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
     grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
     share_m = -(-(-(-m // GEMM_MR)) // grid_m) * GEMM_MR      # a thread's rows, whole tiles
     share_n = -(-(-(-n // nr)) // grid_n) * nr
-    a_size = min(share_m, GEMM_MC) * kc          # the largest packed blocks (GEMM_MC and
-    b_size = min(share_n, GEMM_NC) * kc          # GEMM_NC are multiples of MR and NR)
+    # the largest packed blocks (GEMM_MC a multiple of MR, the B block's columns of NR)
+    a_size = min(share_m, GEMM_MC) * kc
+    b_size = min(share_n, _b_block_cols(kc, nr, a.itemsize)) * kc
     workspace = _WORKSPACE.get(a.dtype, grid_m * grid_n, b_size + a_size + GEMM_MR * nr)
     _numba_config.parallel_call(
         _gemm_numba_kernel, a, trans_a, b, trans_b, out, dtype(alpha), dtype(beta), bias, relu,

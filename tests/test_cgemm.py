@@ -151,6 +151,17 @@ def test_shared_schedule_across_a_blocks(kernel, threads, rng):
     assert_close(out, reference(a, b, False, False, 0.5, 2.0, c0), tol=tol(np.float32, 37))
 
 
+def test_b_block_narrowed_by_its_byte_budget(kernel, threads, rng):
+    # avx512 at k = 1024: kc x nc floats would pass b_block_bytes, so the B blocks (1
+    # thread) and the shared schedule's column chunks (2 threads: 4000 / 8 columns asked)
+    # are 256 columns wide, 4000 = 15 x 256 + 160
+    a, b = operands(rng, 40, 4000, 1024, False, True, np.float32)
+    c0 = rng.standard_normal((40, 4000)).astype(np.float32)
+    out = c0.copy()
+    gemm.gemm_c(a, b, out, trans_b=True, alpha=0.5, beta=2.0)
+    assert_close(out, reference(a, b, False, True, 0.5, 2.0, c0), tol=tol(np.float32, 1024))
+
+
 def test_deep_k_falls_back_to_the_static_split(threads, rng):
     # op(A) packed for all of k would exceed the shared schedule's 32 MiB per thread
     a, b = operands(rng, 64, 70, 140_000, False, True, np.float32)
