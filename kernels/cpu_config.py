@@ -58,8 +58,8 @@ CONFIGS = {
     # 1024 x 4 B = 48 KiB) and the B micro-panel (128 KiB) stream from L2 together. Faster
     # than kc = 384 at the wide MLP's shapes and square ones, as fast at the small MLP's
     # (bench/README.md, "Block depth kc"). A B block of at most 1 MiB (256 columns at kc =
-    # 1024) stays in a 2 MiB L2 while every A micro-panel reads it: 4-17% faster on one
-    # Xeon thread than 768 columns from L3 (bench/README.md, "B block width")
+    # 1024) stays in a 2 MiB L2 while every A micro-panel reads it: at k >= 784, 5-17%
+    # faster on one Xeon thread than 768 columns from L3 (bench/README.md, "B block width")
     "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 1024, "nc": 768,
                "b_block_bytes": 1 << 20, **SHARED_SCHEDULE, **THRESHOLDS},
     # BLIS's Haswell config transposed: A micro-panel 6 KiB in L1, B block 256 KiB in L2
