@@ -59,7 +59,8 @@ CONFIGS = {
     # than kc = 384 at the wide MLP's shapes and square ones, as fast at the small MLP's
     # (bench/README.md, "Block depth kc"). A B block of at most 1 MiB (256 columns at kc =
     # 1024) stays in a 2 MiB L2 while every A micro-panel reads it: at k >= 784, 5-17%
-    # faster on one Xeon thread than 768 columns from L3 (bench/README.md, "B block width")
+    # faster on one Xeon thread than blocks of up to 768 columns (2-3 MiB) that spill out
+    # of L2 (bench/README.md, "B block width")
     "avx512": {"mr": 12, "nr": 32, "vector_bytes": 64, "mc": 3072, "kc": 1024, "nc": 768,
                "b_block_bytes": 1 << 20, **SHARED_SCHEDULE, **THRESHOLDS},
     # BLIS's Haswell config transposed: A micro-panel 6 KiB in L1, B block 256 KiB in L2
