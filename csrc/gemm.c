@@ -596,22 +596,21 @@ static int sgemm_run(sgemm_call *g)
     int threads = mlpf_threads_for((double)m * n * k);
     g->kc = k_block_len(cfg, k);
     const int64_t m_block = round_up(imin(m, cfg->mc), cfg->mr);
+    const int64_t n_block = round_up(imin(n, b_block_cols(cfg, g->kc)), cfg->nr); /* B's widest */
     int gm, gn;
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, shared_chunks(g), &gm, &gn);
     if (threads > 1 && gm == 1 && m_block * k * 4 <= cfg->max_shared_a_bytes) {
         /* columns split among the threads: take them from the shared schedule in chunks,
          * so that a late thread's share can move */
         const int64_t chunks = shared_chunks(g) * threads;
-        g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr),
-                         round_up(imin(n, b_block_cols(cfg, g->kc)), cfg->nr));
+        g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr), n_block);
         g->chunks = (n + g->chunk_n - 1) / g->chunk_n;
         atomic_init(&g->next_item, 0);
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */
     g->a_block_bytes = (size_t)round_up(m_block * (g->chunks ? k : g->kc) * 4, 4096);
     g->thread_bytes = g->a_block_bytes + (g->packed_b.panels ? 0 :
-                     (size_t)round_up(round_up(imin(n, b_block_cols(cfg, g->kc)), cfg->nr) *
-                                      g->kc * 4, 4096));
+                     (size_t)round_up(n_block * g->kc * 4, 4096));
     int cached;
     g->workspace = mlpf_workspace_acquire(g->thread_bytes * threads, &cached);
     if (!g->workspace) return MLPF_ERR_NOMEM;
