@@ -7,7 +7,8 @@
     mlpfast train xor|moons [--hidden 8] [--epochs 300] [--noise SD] [--per-corner N | --samples N]
                             [--perceptron-epochs 100] [--plots DIR]  (perceptron vs MLP in 2-D)
     mlpfast info
-    mlpfast bench [--quick|--full] [--compare] [--json PATH] [--baseline PATH] [--plot PATH]
+    mlpfast bench [--quick|--full] [--compare] [--config "SIZES bBATCH"]... [--json PATH]
+                  [--baseline PATH] [--plot PATH]
     mlpfast bench --distributed [--rounds N] [--json PATH]   (MPI: 1x2 vs 2x1, projection)
     mlpfast train speech DIR [DIR ...] [--context K] [--hidden 1024,512] [--epochs N]
                          [--holdout FRACTION] [--test DIR ...] [--vtln] [--phones FILE]
@@ -296,6 +297,10 @@ def _info(args):
 
 def _bench(args):
     if args.distributed:
+        if args.configs:
+            raise ValueError("--config picks the networks of the step, --full epoch and "
+                             "--compare tables; --distributed times the reference "
+                             "configurations and takes no --config")
         from .benchmarks.distributed import run
     else:
         from .benchmarks.harness import run

@@ -341,7 +341,8 @@ def test_inference_table_gives_rates_ratios_and_agreement(monkeypatch):
         calls.append(args)
         return dict(answers[peer])
     monkeypatch.setattr(benchmark, "run_peer", run_peer)
-    results = benchmark.compare_inference(2, lambda line: None, FakeInputs())
+    results = benchmark.compare_inference(2, lambda line: None, FakeInputs(),
+                                          benchmark.inference_config(benchmark.CONFIGS))
     assert calls[0] == ["--infer", "--data", "MNIST", "--weights", "W-784-1024-1024-10",
                         "--batch", "1024"]
     lines = benchmark.format_inference(results)
@@ -644,3 +645,80 @@ def test_bf16_peers_train_in_bf16_and_agree(peer_runs):
     assert ours["loss"] != fp32["loss"] and ours["loss"] == pytest.approx(fp32["loss"], rel=0.02)
     assert autocast["loss"] == pytest.approx(ours["loss"], rel=0.02)
     assert abs(ours["test_accuracy"] - fp32["test_accuracy"]) <= 0.02
+
+
+@pytest.mark.parametrize("text", ["784-300-100-10 b32", "784-300-100-10b32", " 784-300-100-10  b32 "])
+def test_config_reads_a_rows_configuration(text):
+    assert benchmark.parse_config(text) == ((784, 300, 100, 10), 32)
+    assert benchmark.config_name(*benchmark.parse_config(text)) == "784-300-100-10 b32"
+
+
+@pytest.mark.parametrize("text,why", [
+    ("784-300-100-10", "expected layer sizes and a batch such as '784-256-128-10 b64'"),
+    ("784 b32", "expected layer sizes and a batch"),
+    ("784-30x-10 b32", "expected layer sizes and a batch"),
+    ("100-10 b32", "sizes must start at 784 and end at 10, got 100-10"),
+    ("784-300-9 b32", "sizes must start at 784 and end at 10, got 784-300-9"),
+    ("784-0-10 b32", "every layer size must be at least 1"),
+    ("784-10 b0", "the batch must be 1 .. 60,000 (MNIST's training rows), got 0"),
+    ("784-10 b60001", "got 60001")])
+def test_a_bad_config_is_refused_by_name(text, why, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--config", text])
+    err = capsys.readouterr().err
+    assert "argument --config: " in err and why in err and repr(text) in err
+
+
+def test_configs_replace_the_reference_ones_in_every_training_table(monkeypatch, capsys):
+    """--config: the step, --full epoch and --compare tables train the given networks, in
+    the order given; kernel rows are not per network and stay as they are."""
+    seen = {}
+    monkeypatch.setattr(benchmark, "kernel_rows", lambda *a, **k: [])
+    monkeypatch.setattr(benchmark, "train_step_rows",
+                        lambda names, configs, **k: seen.setdefault("step", configs) and [])
+    monkeypatch.setattr(benchmark, "epoch_rows",
+                        lambda names, configs, **k: seen.setdefault("epoch", configs) and [])
+    monkeypatch.setattr(benchmark, "_compare", lambda args, threads, select, peak, inputs, out,
+                        configs, step_rows: seen.setdefault("compare", configs) and [])
+    given = ((784, 300, 100, 10), 32), ((784, 64, 10), 1000)
+    assert cli.main(["bench", "--full", "--compare", "--no-peers", "--config",
+                     "784-300-100-10 b32", "--config", "784-64-10 b1000"]) == 0
+    assert seen == {"step": given, "epoch": given, "compare": given}
+
+    seen.clear()
+    assert cli.main(["bench", "--full", "--compare", "--no-peers"]) == 0
+    assert seen == {"step": benchmark.CONFIGS, "epoch": benchmark.CONFIGS,
+                    "compare": benchmark.CONFIGS}
+
+
+def test_compare_trains_the_selected_configs_and_infers_on_the_largest(monkeypatch):
+    """_compare of given configurations: --only still selects among them; inference takes
+    the network with the most FLOPs per sample of all given, in batches of 1024, when --only
+    selects it; with no configuration selected there is no training table."""
+    trained, inferred = [], []
+    monkeypatch.setattr(benchmark, "compare_training",
+                        lambda configs, *a: trained.append(configs) or [])
+    monkeypatch.setattr(benchmark, "compare_inference",
+                        lambda threads, log, inputs, config: inferred.append(config) or [])
+    configs = (((784, 300, 100, 10), 32), ((784, 2048, 10), 128), ((784, 64, 10), 1000))
+    args = argparse.Namespace(epochs=3)
+    benchmark._compare(args, 2, None, PEAK, FakeInputs(), lambda line: None, configs)
+    assert trained == [list(configs)] and inferred == [((784, 2048, 10), 1024)]
+    assert benchmark.inference_config(benchmark.CONFIGS) == ((784, 1024, 1024, 10), 1024)
+
+    trained.clear(), inferred.clear()
+    benchmark._compare(args, 2, lambda row: "b32" in row, PEAK, FakeInputs(), lambda line: None,
+                       configs)
+    assert trained == [[configs[0]]] and inferred == []
+    printed = []
+    only = argparse.Namespace(epochs=3, only="784-2048-10 b1024")
+    benchmark._compare(only, 2, lambda row: only.only in row, PEAK, FakeInputs(),
+                       printed.append, configs)
+    assert len(trained) == 1 and inferred == [((784, 2048, 10), 1024)]
+    assert "--compare: no training configuration matched --only '784-2048-10 b1024'" in printed
+
+
+def test_distributed_takes_no_config(capsys):
+    assert cli.main(["bench", "--distributed", "--config", "784-64-10 b100"]) == 1
+    assert "--distributed times the reference configurations and takes no --config" in \
+        capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Benchmarks: ``mlpfast bench`` and the helpers the pytest-benchmark suite in bench/ shares.
 
-    mlpfast bench [--quick|--full] [--compare] [--json PATH] [--baseline PATH] [--plot PATH]
+    mlpfast bench [--quick|--full] [--compare] [--config "SIZES bBATCH"]... [--json PATH]
+                  [--baseline PATH] [--plot PATH]
 
 What is measured (every case is validated against its NumPy reference before it is timed,
 and called once more after validation so JIT compilation never lands in a timing):
@@ -21,17 +22,20 @@ and called once more after validation so JIT compilation never lands in a timing
               batch, threads, warm-up and epochs; samples/s of the best and the median
               epoch and their % of the measured FMA peak (``mlp_train_flops`` per sample)
 
-Reference configurations (real MNIST, Adam lr 1e-3, cross-entropy, ReLU): see ``CONFIGS``.
+Reference configurations (real MNIST, Adam lr 1e-3, cross-entropy, ReLU): see ``CONFIGS``;
+``--config`` (``parse_config``) replaces them in the step, epoch and compare tables.
 A row's ``id`` (op, shape, variant, threads) is what ``--baseline`` matches on; a row whose
 median and best times both grew by more than ``--threshold`` (default 25%) is flagged as a
 regression and the command exits with status 1.
 """
+import argparse
 import contextlib
 import functools
 import json
 import math
 import os
 import platform
+import re
 import select
 import subprocess
 import sys
@@ -49,6 +53,7 @@ from .peers import (INFER_ROUNDS, WARMUP_BATCHES, blas_info, initial_weights,  #
 
 # (sizes, batch) of the three reference configurations
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
+INFER_BATCH = 1024                     # --compare's inference: batches of 1024 test images
 PEER_PACKAGES = ("torch", "jax", "jaxlib", "threadpoolctl", "matplotlib")
 # float32 tolerances atol + rtol * |ref| for kernels whose error does not grow with a size
 TOL = {np.dtype(np.float32): (1e-5, 1e-4), np.dtype(np.float64): (1e-12, 1e-10)}
@@ -56,6 +61,39 @@ TOL = {np.dtype(np.float32): (1e-5, 1e-4), np.dtype(np.float64): (1e-12, 1e-10)}
 
 def config_name(sizes, batch):
     return f"{'-'.join(str(s) for s in sizes)} b{batch}"
+
+
+MNIST_FEATURES, MNIST_CLASSES, MNIST_TRAIN_ROWS = 784, 10, 60000
+
+
+def parse_config(text):
+    """``--config``: "784-300-100-10 b32" (the form of a row's configuration; the space may
+    be left out) -> ((784, 300, 100, 10), 32). An MLP trained on MNIST, so it takes 784
+    inputs and gives 10 classes; every layer at least 1 wide, the batch 1 .. 60,000."""
+    match = re.fullmatch(r"\s*(\d+(?:-\d+)+)\s*b(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected layer sizes and a batch such as '784-256-128-10 b64', got {text!r}")
+    sizes = tuple(int(v) for v in match.group(1).split("-"))
+    batch = int(match.group(2))
+    if sizes[0] != MNIST_FEATURES or sizes[-1] != MNIST_CLASSES:
+        raise argparse.ArgumentTypeError(
+            f"the race trains on MNIST: sizes must start at {MNIST_FEATURES} and end at "
+            f"{MNIST_CLASSES}, got {match.group(1)} in {text!r}")
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"every layer size must be at least 1, got {text!r}")
+    if not 1 <= batch <= MNIST_TRAIN_ROWS:
+        raise argparse.ArgumentTypeError(
+            f"the batch must be 1 .. {MNIST_TRAIN_ROWS:,} (MNIST's training rows), got "
+            f"{batch} in {text!r}")
+    return sizes, batch
+
+
+def inference_config(configs):
+    """The network of ``configs`` with the most FLOPs per sample, in batches of 1024: what
+    ``--compare`` times inference on (the wide network for the reference configurations)."""
+    sizes = max((sizes for sizes, _ in configs), key=lambda s: mlp_train_flops(s, 1))
+    return tuple(sizes), INFER_BATCH
 
 
 # --- machine header -------------------------------------------------------------------
@@ -888,6 +926,12 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=_positive(int), default=None,
                         help="threads for mlpfast and every peer (default: MLPFAST_NUM_THREADS "
                              "or all cores)")
+    parser.add_argument("--config", metavar="SIZES bBATCH", type=parse_config,
+                        action="append", dest="configs",
+                        help="train this MNIST network instead of the reference "
+                             "configurations in the step, --full epoch and --compare tables, "
+                             "e.g. '784-300-100-10 b32' (repeat for several); --compare then "
+                             "times inference on the one with the most FLOPs per sample")
 
 
 def _select(only):
@@ -957,10 +1001,7 @@ def better_torch(results):
     return max(ran, key=lambda r: r["samples_per_s"], default=None)
 
 
-INFER_CONFIG = ((784, 1024, 1024, 10), 1024)    # the wide configuration, batches of 1024
-
-
-def compare_inference(threads, log, inputs, config=INFER_CONFIG):
+def compare_inference(threads, log, inputs, config):
     """Predicted classes of the MNIST test set by mlpfast, PyTorch and JAX, each in its own
     process, from the same weights: samples/s and agreement with mlpfast's classes."""
     sizes, batch = config
@@ -1139,10 +1180,11 @@ def _run(args, out):
     for line in format_machine(info):
         out("  " + line)
 
+    configs = tuple(args.configs or CONFIGS)
     with PeerInputs() as inputs:
-        rows = _kernel_and_step_rows(args, threads, select, info, inputs, out)
+        rows = _kernel_and_step_rows(args, threads, select, info, inputs, out, configs)
         if args.mode == "full":
-            rows += epoch_rows(backends(), epochs=args.epochs, select=select)
+            rows += epoch_rows(backends(), configs, epochs=args.epochs, select=select)
         out("")
         if rows:
             out("rate: median of repeated calls; peer: NumPy in its own process (textbook MLP "
@@ -1155,7 +1197,7 @@ def _run(args, out):
             out(f"no benchmark matched --only {args.only!r}")
         if args.compare:
             rows += _compare(args, threads, select, info.get("fp32_peak_gflops"), inputs,
-                             out, step_rows=rows)
+                             out, configs, step_rows=rows)
     out(f"total time {time.perf_counter() - started:.0f} s")
 
     if args.json:
@@ -1179,12 +1221,13 @@ def _run(args, out):
     return 0
 
 
-def _kernel_and_step_rows(args, threads, select, info, inputs, out):
-    """The kernel and training-step rows, each timed in turns with its NumPy peer (two
-    processes: mlpfast's NumPy references for kernels, the textbook MLP for steps)."""
+def _kernel_and_step_rows(args, threads, select, info, inputs, out, configs):
+    """The kernel and training-step rows (the step's of ``configs``), each timed in turns
+    with its NumPy peer (two processes: mlpfast's NumPy references for kernels, the
+    textbook MLP for steps)."""
     if args.no_peers:
         return (kernel_rows(args.mode, select=select)
-                + train_step_rows(backends(), select=select))
+                + train_step_rows(backends(), configs, select=select))
     with PeerProcess(KERNEL_PEER_COMMAND, threads) as kernel_peer, \
             PeerProcess(peer_command("numpy", threads, ["--serve"]), threads) as step_peer:
         for key, peer in (("numpy_peer_blas", kernel_peer), ("numpy_step_peer_blas", step_peer)):
@@ -1193,14 +1236,36 @@ def _kernel_and_step_rows(args, threads, select, info, inputs, out):
         out(f"  NumPy peers (own processes, OPENBLAS_CORETYPE/L2_SIZE unset): kernels "
             f"{info['numpy_peer_blas']}; training step {info['numpy_step_peer_blas']}")
         return (kernel_rows(args.mode, select=select, peer=kernel_peer)
-                + train_step_rows(backends(), select=select, peer=step_peer, inputs=inputs))
+                + train_step_rows(backends(), configs, select=select, peer=step_peer,
+                                  inputs=inputs))
 
 
-def _compare(args, threads, select, peak, inputs, out, step_rows=()):
-    """--compare: the training table, mlpfast's epochs against its step (``step_rows``: the
-    step table's rows), then inference; their rows for --json."""
-    configs = [c for c in CONFIGS if select is None or select(config_name(*c))]
+def _compare(args, threads, select, peak, inputs, out, configs=CONFIGS, step_rows=()):
+    """--compare of ``configs``: the training table, mlpfast's epochs against its step
+    (``step_rows``: the step table's rows), then inference (``inference_config``); their
+    rows for --json."""
+    infer = inference_config(configs)
+    configs = [c for c in configs if select is None or select(config_name(*c))]
     out("")
+    if configs:
+        rows = _compare_training(args, threads, peak, inputs, out, configs, step_rows)
+    else:
+        rows = []
+        out(f"--compare: no training configuration matched --only {args.only!r}")
+    if select is None or select("inference " + config_name(*infer)):
+        out("")
+        out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
+            f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
+        inference = compare_inference(threads, out, inputs, infer)
+        out("")
+        for line in format_inference(inference):
+            out(line)
+        rows += inference_rows(inference, threads)
+    return rows
+
+
+def _compare_training(args, threads, peak, inputs, out, configs, step_rows):
+    """--compare's training table of ``configs`` (at least one) and its rows."""
     out(f"training on MNIST: {args.epochs} timed full epochs after a warm-up of "
         f"{WARMUP_BATCHES} batches + one tail batch; {threads} threads; each peer in its own "
         f"process (NumPy, PyTorch, JAX: nothing of mlpfast imported)")
@@ -1224,15 +1289,6 @@ def _compare(args, threads, select, peak, inputs, out, step_rows=()):
         for row in rows:
             if row["variant"] == "mlpfast" and row["shape"] in kept:
                 row["epoch_over_step"] = kept[row["shape"]]
-    if select is None or select("inference " + config_name(*INFER_CONFIG)):
-        out("")
-        out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
-            f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
-        inference = compare_inference(threads, out, inputs)
-        out("")
-        for line in format_inference(inference):
-            out(line)
-        rows += inference_rows(inference, threads)
     return rows
 
 
