@@ -2,8 +2,8 @@
 and pass of the C thread pool traced (mlpfast.benchmarks.pool_trace) while the step of
 bench/step_variants.py (real MNIST, Adam, cross-entropy, ReLU) runs.
 
-    python bench/pool_trace.py [--config wide|b64|b256] [--seconds 20] [--threads 2]
-                               [--samples 8192] [--rounds]
+    python bench/pool_trace.py [--config wide|b64|b256|"SIZES bBATCH"] [--seconds 20]
+                               [--threads 2] [--samples 8192] [--rounds]
 
 Runs the step over the first --samples training images again and again for --seconds after
 a warm-up run. The default 8,192 images (25 MB) stay mostly in L3; --samples 60000 reads
@@ -21,19 +21,21 @@ import time
 
 import numpy as np
 
-from step_variants import CONFIGS, SAMPLES, compiled_steps
+from step_variants import CONFIGS, SAMPLES, compiled_steps, config_arg
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="wide")
+    parser.add_argument("--config", type=config_arg, default="wide",
+                        help=f"{', '.join(CONFIGS)} or an MNIST network and batch such as "
+                             f"'784-300-100-10 b32' (default wide)")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=int, default=SAMPLES,
                         help="training images the step runs over (at most 60,000)")
     parser.add_argument("--rounds", action="store_true", help="a line per run of --samples")
     args = parser.parse_args()
-    sizes, batch = CONFIGS[args.config]
+    sizes, batch = args.config
     if not batch <= args.samples <= 60000:
         parser.error(f"--samples must lie in [{batch}, 60000], got {args.samples}")
     import mlpfast as mf

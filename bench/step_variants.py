@@ -2,10 +2,12 @@
 batchnorm, both, and in bf16, side by side in one process: the ratio of each to the plain
 model (the toolkit's bar: batchnorm and dropout within 25% of plain).
 
-    python bench/step_variants.py [--config wide|b64|b256] [--rounds 7] [--threads 2]
-                                  [--variants plain dropout ...]
+    python bench/step_variants.py [--config wide|b64|b256|"SIZES bBATCH"] [--rounds 7]
+                                  [--threads 2] [--variants plain dropout ...]
 
-Real MNIST (the first 8,192 training images), Adam, cross-entropy, ReLU. Each round runs
+Real MNIST (the first 8,192 training images), Adam, cross-entropy, ReLU; --config names a
+reference configuration or any MNIST network, as `mlpfast bench --config` takes it
+("784-300-100-10 b32"). Each round runs
 every variant for 8,192 samples in turn, so load from other processes falls on all of
 them; the first round is a warm-up. Prints the median samples/s of each and its ratio to
 plain, then the load average. ``--variants plain`` alone times the plain step: the figure
@@ -23,6 +25,18 @@ VARIANTS = {"plain": {}, "dropout": {"dropout": 0.2},
             "bn+dropout": {"batchnorm": True, "dropout": 0.2, "input_dropout": 0.1},
             "bf16": {"precision": "bf16"}}
 SAMPLES = 8192
+
+
+def config_arg(text):
+    """--config: a name of CONFIGS or "SIZES bBATCH" -> (sizes list, batch)."""
+    if text in CONFIGS:
+        return CONFIGS[text]
+    from mlpfast.benchmarks.harness import parse_config
+    try:
+        sizes, batch = parse_config(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"not one of {', '.join(CONFIGS)}, and {e}") from None
+    return list(sizes), batch
 
 
 def compiled_steps(mf, sizes, batch, x, y, names):
@@ -44,7 +58,9 @@ def compiled_steps(mf, sizes, batch, x, y, names):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="wide")
+    parser.add_argument("--config", type=config_arg, default="wide",
+                        help=f"{', '.join(CONFIGS)} or an MNIST network and batch such as "
+                             f"'784-300-100-10 b32' (default wide)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -52,7 +68,9 @@ def main():
     names = ["plain"] + [name for name in args.variants if name != "plain"]
     import mlpfast as mf
     mf.set_num_threads(args.threads)
-    sizes, batch = CONFIGS[args.config]
+    sizes, batch = args.config
+    if batch > SAMPLES:
+        parser.error(f"--config: the batch must be at most {SAMPLES:,} here, got {batch}")
     (x, y), _ = mf.datasets.mnist()
     x, y = x[:SAMPLES], y[:SAMPLES]
     steps = compiled_steps(mf, sizes, batch, x, y, names)
