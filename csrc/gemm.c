@@ -201,7 +201,7 @@ typedef struct {
     int64_t kc;                      /* depth of every k block but maybe the last */
     char *workspace;                 /* per thread: A block(s), then B block */
     size_t a_block_bytes, thread_bytes;
-    int64_t chunk_n, chunks;         /* column chunks of the shared schedule, or 0 */
+    int64_t chunks;                  /* column chunks of the shared schedule, or 0 */
     atomic_long next_item;           /* the next (A block, column chunk) to take */
 } sgemm_call;
 
@@ -417,10 +417,12 @@ static void sgemm_shared(sgemm_call *g, float *a_full, float *b_buf, double *squ
     int64_t packed = -1;                           /* the A block now in a_full */
     for (int64_t item; (item = atomic_fetch_add(&g->next_item, 1)) < items;) {
         const int64_t block = item / g->chunks, ic = block * mc, mcb = imin(mc, g->m - ic);
-        const int64_t jc = item % g->chunks * g->chunk_n, ncb = imin(g->chunk_n, g->n - jc);
+        const int chunk = (int)(item % g->chunks);
+        const int64_t jc = split(g->n, cfg->nr, (int)g->chunks, chunk);
+        const int64_t ncb = split(g->n, cfg->nr, (int)g->chunks, chunk + 1) - jc;
         const int64_t mcb_padded = round_up(mcb, cfg->mr);
         if (block != packed) {       /* the taker of the block's first chunk sums its rows */
-            float *sums = item % g->chunks == 0 ? g->a_sums : NULL;
+            float *sums = chunk == 0 ? g->a_sums : NULL;
             for (int64_t pc = 0; pc < g->k; pc += g->kc)
                 pack_a_block(g, ic, mcb, pc, imin(g->kc, g->k - pc), a_full + pc * mcb_padded,
                              sums);
@@ -601,10 +603,14 @@ static int sgemm_run(sgemm_call *g)
     choose_grid(threads, m, n, k, cfg->mr, cfg->nr, shared_chunks(g), &gm, &gn);
     if (threads > 1 && gm == 1 && m_block * k * 4 <= cfg->max_shared_a_bytes) {
         /* columns split among the threads: take them from the shared schedule in chunks,
-         * so that a late thread's share can move */
-        const int64_t chunks = shared_chunks(g) * threads;
-        g->chunk_n = imin(round_up((n + chunks - 1) / chunks, cfg->nr), n_block);
-        g->chunks = (n + g->chunk_n - 1) / g->chunk_n;
+         * so that a late thread's share can move. shared_chunks() a thread, more where a
+         * chunk would be wider than a B block, rounded up to a multiple of the threads; the
+         * nr-column panels spread evenly over them (split), so that threads taking equal
+         * counts of chunks get equal work. */
+        const int64_t panels = (n + cfg->nr - 1) / cfg->nr, block_panels = n_block / cfg->nr;
+        const int64_t chunks = imax(shared_chunks(g) * threads,
+                                    (panels + block_panels - 1) / block_panels);
+        g->chunks = imin(round_up(chunks, threads), panels);
         atomic_init(&g->next_item, 0);
     }
     /* Per thread: the largest A block(s) and B block any thread's share can need. */

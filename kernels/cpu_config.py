@@ -19,7 +19,8 @@ The micro-kernel holds an mr x nr tile of C in registers; nr is two vectors of
 Shared schedule: when the threads split only columns (m <= mc) and op(A) packed for all of
 k takes at most ``max_shared_a_bytes``, threads take column chunks from a shared counter:
 ``shared_chunks_l2`` chunks per thread while that packed op(A) fits in
-``shared_a_l2_bytes``, else ``shared_chunks_l3``.
+``shared_a_l2_bytes``, else ``shared_chunks_l3`` (more where a chunk would be wider than a
+B block, so that the count is a multiple of the threads; the panels spread evenly).
 
 Thresholds (why each value: bench/README.md, "CPU thresholds"):
     min_parallel_fmas          a GEMM below this many multiply-adds runs on one thread ...

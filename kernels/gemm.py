@@ -605,16 +605,16 @@ def _take_item(typingctx, counter):
 
 @njit(parallel=True, cache=True)
 def _gemm_numba_shared_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu, kc, mc,
-                              chunk_n, a_size, b_size, workspace, counter):
-    """The threads take items (A block of mc rows, column chunk C[:, jc:jc+chunk_n]) from a
-    shared counter, so that a thread the OS deschedules leaves its share to the others.
+                              chunks, a_size, b_size, workspace, counter):
+    """The threads take items (A block of mc rows, column chunk) from a shared counter, so
+    that a thread the OS deschedules leaves its share to the others. The n columns' nr-wide
+    panels spread evenly over the ``chunks`` chunks (_split).
     A thread packs an A block for every k block once, when its first item in that block
     comes, into workspace[t][b_size:]: the k block at depth pc starts at pc * mcb rounded
     up to MR."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
     nr = GEMM_VECTOR_BYTES * 2 // c.itemsize
-    chunks = (n + chunk_n - 1) // chunk_n
     items = (m + mc - 1) // mc * chunks
     no_bias = bias[:0]
     for t in prange(workspace.shape[0]):
@@ -625,8 +625,8 @@ def _gemm_numba_shared_kernel(a, trans_a, b, trans_b, c, alpha, beta, bias, relu
         item = _take_item(counter)
         while item < items:
             block = item // chunks
-            ic, jc = block * mc, item % chunks * chunk_n
-            mcb, ncb = min(mc, m - ic), min(chunk_n, n - jc)
+            ic, jc = block * mc, _split(n, nr, chunks, item % chunks)
+            mcb, ncb = min(mc, m - ic), _split(n, nr, chunks, item % chunks + 1) - jc
             mcb_pad = (mcb + GEMM_MR - 1) // GEMM_MR * GEMM_MR
             if block != packed:
                 for pc in range(0, k, kc):
@@ -703,17 +703,21 @@ def _depth_block_len(k):
 
 
 def _shared_schedule(threads, m, n, k, kc, nr, itemsize):
-    """(mc, chunk_n) of the shared schedule, as csrc/gemm.c's sgemm_run, or None when the
-    threads do not split only columns or op(A) packed for all of k would not fit."""
+    """(mc, chunks, the widest chunk's columns) of the shared schedule, as csrc/gemm.c's
+    sgemm_run, or None when the threads do not split only columns or op(A) packed for all
+    of k would not fit. chunks: shared_chunks_* a thread, more where a chunk would be wider
+    than a B block, rounded up to a multiple of the threads, at most one per panel."""
     grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
     m_block = _round_up(min(m, GEMM_MC), GEMM_MR)
     if threads == 1 or grid_m != 1 or m_block * k * itemsize > GEMM_CONFIG["max_shared_a_bytes"]:
         return None
     in_l2 = m_block * k * itemsize <= GEMM_CONFIG["shared_a_l2_bytes"]
-    chunks = threads * GEMM_CONFIG["shared_chunks_l2" if in_l2 else "shared_chunks_l3"]
-    chunk_n = min(_round_up(-(-n // chunks), nr),
-                  _round_up(min(n, _b_block_cols(kc, nr, itemsize)), nr))
-    return _block_len(m, GEMM_MC, GEMM_MR), chunk_n
+    panels = -(-n // nr)
+    block_panels = _round_up(min(n, _b_block_cols(kc, nr, itemsize)), nr) // nr
+    chunks = max(threads * GEMM_CONFIG["shared_chunks_l2" if in_l2 else "shared_chunks_l3"],
+                 -(-panels // block_panels))
+    chunks = min(_round_up(chunks, threads), panels)
+    return _block_len(m, GEMM_MC, GEMM_MR), chunks, -(-panels // chunks) * nr
 
 
 def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation):
@@ -747,12 +751,12 @@ def gemm_numba_fused(a, b, out, trans_a, trans_b, alpha, beta, bias, activation)
     bias = _NO_BIAS[a.dtype] if bias is None else bias
     shared = _shared_schedule(threads, m, n, k, kc, nr, a.itemsize)
     if shared is not None:
-        mc, chunk_n = shared
-        a_size, b_size = _round_up(mc, GEMM_MR) * k, chunk_n * kc
+        mc, chunks, widest = shared
+        a_size, b_size = _round_up(mc, GEMM_MR) * k, widest * kc
         workspace = _WORKSPACE.get(a.dtype, threads, b_size + a_size + GEMM_MR * nr)
         _numba_config.parallel_call(
             _gemm_numba_shared_kernel, a, trans_a, b, trans_b, out, dtype(alpha), dtype(beta),
-            bias, relu, kc, mc, chunk_n, a_size, b_size, workspace, _WORKSPACE.counter(),
+            bias, relu, kc, mc, chunks, a_size, b_size, workspace, _WORKSPACE.counter(),
             work=m * n * k)
         return out
     grid_m, grid_n = _choose_grid(threads, m, n, k, nr)
