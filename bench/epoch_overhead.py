@@ -6,8 +6,7 @@ Issue 17 asks that on 16 threads an epoch keep 85% of the step benchmark's sampl
                                    [--epochs 3] [--threads 2]
 
 Per configuration (real MNIST, ReLU, Adam lr 1e-3, cross-entropy, backend cpu): first the
-step alone, as `mlpfast bench` times it (one batch again and again: median over 7 runs of
-0.3 s); then a warm-up and --epochs full epochs through mf.fit. Each epoch is split into the
+step alone, as `mlpfast bench`'s step row (one batch again and again, the median call); then the warm-up of `--compare` and --epochs full epochs through mf.fit. Each epoch is split into the
 time inside the step's calls (gather, forward, backward, Adam of chunks of batches) and the
 rest of the epoch's seconds (the sample order, the learning rates, the bookkeeping between
 chunks, the finiteness check and record at the epoch's end). Prints per epoch: its ms,
@@ -24,11 +23,7 @@ import argparse
 import contextlib
 import time
 
-import numpy as np
-
 from step_variants import CONFIGS, config_arg
-
-STEP_ROUNDS, STEP_SECONDS = 7, 0.3
 
 
 @contextlib.contextmanager
@@ -74,19 +69,13 @@ def timed_step_calls(backend, calls):
 
 
 def step_seconds(sizes, batch):
-    """The median time of one training step on one batch, as `mlpfast bench` times it."""
-    from mlpfast.benchmarks.harness import train_step_setup
-    _, step = train_step_setup("cpu", sizes, batch)
-    for _ in range(20):
-        step()
-    times = []
-    for _ in range(STEP_ROUNDS):
-        start, runs = time.perf_counter(), 0
-        while time.perf_counter() - start < STEP_SECONDS:
-            step()
-            runs += 1
-        times.append((time.perf_counter() - start) / runs)
-    return float(np.median(times))
+    """The median time of one training step on one batch: `mlpfast bench`'s cpu step row
+    (harness.train_step_rows, which first checks the step against the numpy backend)."""
+    from mlpfast.benchmarks.harness import train_step_rows
+    [row] = train_step_rows(["cpu"], [(tuple(sizes), batch)])
+    if "error" in row:
+        raise SystemExit(f"the cpu step differs from the reference: {row['error']}")
+    return row["median_s"]
 
 
 def main():
@@ -100,6 +89,7 @@ def main():
     args = parser.parse_args()
     import mlpfast as mf
     from mlpfast import train
+    from mlpfast.benchmarks.harness import WARMUP_BATCHES
     mf.set_num_threads(args.threads)
     (x, y), _ = mf.datasets.mnist()
     for sizes, batch in args.config:
@@ -111,7 +101,7 @@ def main():
         calls, checks = [], []
         with timed_step_calls(model.backend, calls), \
                 timed(train, "check_state_finite", checks):
-            warm = 32 * batch + len(x) % batch
+            warm = WARMUP_BATCHES * batch + len(x) % batch
             mf.fit(model, optimizer, mf.CrossEntropyLoss(), x[:warm], y[:warm], epochs=1,
                    batch_size=batch, seed=0, progress=False)
             for epoch in range(args.epochs):
