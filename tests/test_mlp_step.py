@@ -264,31 +264,38 @@ def test_a_non_finite_batch_stops_the_call_before_its_update(rng):
 def test_a_step_wakes_the_threads_its_mid_sized_gemms_use(rng):
     """784-128-10 at batch 32: the largest GEMM (3.2M multiply-adds) uses two threads while
     the workers spin but would not wake them itself, and nothing else in the step is large
-    enough to. The step wakes them (mlpf_wake_threads), so right after a call a wake has
-    nothing to do; without it they would sleep through every step (bench/README.md, "CPU
-    thresholds"). A late return past the workers' 200 us of spinning is retried."""
-    from mlpfast import _cgemm
+    enough to. So a step finding them asleep wakes them (mlpf_wake_threads: an empty job on
+    both threads) before its first job; without it they would sleep through every step
+    (bench/README.md, "CPU thresholds"). On one thread nothing is woken. The pool's trace
+    shows the jobs whatever the machine's speed; whether a GEMM then gets both threads
+    depends on the workers still spinning when it starts, so that part may be retried."""
+    from mlpfast.benchmarks.pool_trace import PoolTrace
     from mlpfast.kernels.cpu_config import THRESHOLDS
-    wake = _cgemm.lib.mlpf_wake_threads
     largest = 32 * 128 * 784
     assert THRESHOLDS["min_parallel_fmas_awake"] <= largest < THRESHOLDS["min_parallel_fmas"]
     x, y = rng.standard_normal((96, 784)).astype(np.float32), rng.integers(0, 10, 96)
     steps, _, _ = make_steps([784, 128, 10], ["relu", "identity"], x, y, 32, "cross_entropy",
                              "adam", (0.9, 0.999, 1e-8, 0.0, 0.0), rng)
     order, before = np.arange(96, dtype=np.int64), mf.get_num_threads()
-    mf.set_num_threads(2)
-    try:
-        awake_after = []
-        for attempt in range(5):
-            time.sleep(0.05)                                 # the workers fall asleep
+
+    def traced_call(threads, attempt):
+        """The (task, threads) of the jobs of a 3-step call made after the workers slept."""
+        mf.set_num_threads(threads)
+        time.sleep(0.05)                                     # the workers fall asleep
+        with PoolTrace() as trace:
             steps.run(order, 0, 3, np.full(3, 1e-3), 3 * attempt, np.zeros(2))
-            awake_after.append(wake(float(largest)) == 0)
-            if awake_after[-1]:
+        return [(job.task, job.threads) for job in trace.jobs]
+
+    try:
+        for attempt in range(5):
+            jobs = traced_call(2, attempt)
+            assert jobs[:2] == [("empty_wake_task", 2), ("gather_task", 1)], jobs
+            if ("sgemm_task", 2) in jobs:
                 break
-        assert any(awake_after), "the workers slept through every step"
-        mf.set_num_threads(1)
-        time.sleep(0.05)
-        assert wake(float(largest)) == 0                     # one thread: nothing to wake
+        else:
+            pytest.fail(f"every GEMM ran on one thread: {jobs}")
+        jobs = traced_call(1, 5)
+        assert jobs[0] == ("gather_task", 1) and {t for _, t in jobs} == {1}, jobs
     finally:
         mf.set_num_threads(before)
 
