@@ -21,7 +21,7 @@ When beta == 0, ``out`` is never read.
 import threading
 
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -340,19 +340,20 @@ def _microkernel_MRxNR(typingctx, a_panel, a_start, b_panel, b_start, kc, tile):
 
     def codegen(context, builder, signature, args):
         a_arr, a0, b_arr, b0, depth, tile_arr = args
-        vec = ir.VectorType(context.get_value_type(dtype), lanes)
+        vec = llvm_ir.VectorType(context.get_value_type(dtype), lanes)
         intp = context.get_value_type(types.intp)
         align = dtype.bitwidth // 8
         a_ptr = context.make_array(signature.args[0])(context, builder, a_arr).data
         b_ptr = context.make_array(signature.args[2])(context, builder, b_arr).data
         t_ptr = context.make_array(signature.args[5])(context, builder, tile_arr).data
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+        fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vec, [vec] * 3),
                                              f"llvm.fma.v{lanes}f{dtype.bitwidth}")
-        zero, undef = ir.Constant(vec, None), ir.Constant(vec, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        zero, undef = llvm_ir.Constant(vec, None), llvm_ir.Constant(vec, llvm_ir.Undefined)
+        splat = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(32), lanes), [0] * lanes)
+        lane0 = llvm_ir.Constant(llvm_ir.IntType(32), 0)
 
         def index(i):
-            return ir.Constant(intp, i)
+            return llvm_ir.Constant(intp, i)
 
         def vector_at(ptr, offset):
             return builder.bitcast(builder.gep(ptr, [offset]), vec.as_pointer())
@@ -372,8 +373,7 @@ def _microkernel_MRxNR(typingctx, a_panel, a_start, b_panel, b_start, kc, tile):
         updated = []
         for r in range(GEMM_MR):
             a = builder.load(builder.gep(a_ptr, [builder.add(a_step, index(r))]))
-            a_vec = builder.shuffle_vector(
-                builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)), undef, splat)
+            a_vec = builder.shuffle_vector(builder.insert_element(undef, a, lane0), undef, splat)
             updated += [builder.call(fma, [a_vec, b[q], acc[2 * r + q]]) for q in range(2)]
         p_next = builder.add(p, index(1))
         loop_end = builder.basic_block
@@ -419,14 +419,14 @@ def _make_packer(width_of, transpose):
             align = dtype.bitwidth // 8
             src_ary = context.make_array(signature.args[0])(context, builder, src_arr)
             row_bytes = cgutils.unpack_tuple(builder, src_ary.strides)[0]
-            src_bytes = builder.bitcast(src_ary.data, ir.IntType(8).as_pointer())
+            src_bytes = builder.bitcast(src_ary.data, llvm_ir.IntType(8).as_pointer())
             dst_ptr = context.make_array(signature.args[3])(context, builder, dst_arr).data
 
             def const(i):
-                return ir.Constant(intp, i)
+                return llvm_ir.Constant(intp, i)
 
             def vector(count):
-                return ir.VectorType(fty, count)
+                return llvm_ir.VectorType(fty, count)
 
             def src_at(i, j, count):          # &src[row0 + i, col0 + j] as <count x T>*
                 offset = builder.add(builder.mul(builder.add(row0, const(i)), row_bytes),
@@ -439,7 +439,8 @@ def _make_packer(width_of, transpose):
                                        vector(count).as_pointer())
 
             def mask(values):
-                return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), values)
+                lanes_type = llvm_ir.VectorType(llvm_ir.IntType(32), len(values))
+                return llvm_ir.Constant(lanes_type, values)
 
             for r0 in range(0, width, lanes):
                 count = min(lanes, width - r0)
@@ -449,7 +450,7 @@ def _make_packer(width_of, transpose):
                         builder.store(value, dst_at(p * width + r0, count), align=align)
                     continue
                 v = [builder.load(src_at(r0 + i, 0, lanes), align=align) if i < count
-                     else ir.Constant(vector(lanes), None) for i in range(lanes)]
+                     else llvm_ir.Constant(vector(lanes), None) for i in range(lanes)]
                 bit = 1
                 while bit < lanes:            # v[i][e] <-> v[i ^ bit][e ^ bit] where they differ
                     for i in range(lanes):
@@ -598,7 +599,8 @@ def _take_item(typingctx, counter):
 
     def codegen(context, builder, signature, args):
         ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+        one = llvm_ir.Constant(llvm_ir.IntType(64), 1)
+        return builder.atomic_rmw("add", ptr, one, "monotonic")
 
     return sig, codegen
 
