@@ -55,6 +55,17 @@ def test_json_holds_machine_header_and_rates(probe_variant, tmp_path, capsys):
     assert "gemm.sgemm" in out and "probe" in out and "fp32 peak" in out
 
 
+def test_the_header_warns_when_threads_outnumber_the_cpus():
+    info = benchmark.machine_info(threads=2, peak=False)
+    info["cpus_available"] = 2
+    assert not any("warning" in line for line in benchmark.format_machine(info))
+    info["threads"] = 16
+    lines = benchmark.format_machine(info)
+    assert lines[0].endswith("2 cpus available, 16 threads used")
+    assert lines[1] == ("warning: 16 threads share 2 cpus, so these figures do not show what "
+                        "16 cores do")
+
+
 def test_baseline_flags_a_slowed_variant(probe_variant, tmp_path, capsys):
     path = tmp_path / "base.json"
     assert bench(tmp_path, capsys, "--json", str(path))[0] == 0

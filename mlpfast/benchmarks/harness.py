@@ -165,7 +165,7 @@ def format_machine(info):
     env = info.get("openblas_env") or {}
     env_text = (" [this process: " + " ".join(f"{k}={v}" for k, v in env.items()) +
                 "; the NumPy peer runs without them]") if env else ""
-    return [
+    lines = [
         f"cpu: {info['cpu']} ({info['machine']}), ISA {info['isa']}; "
         f"{info['cpus_available']} cpus available, {info['threads']} threads used",
         f"fp32 peak: {peak_text}",
@@ -174,6 +174,10 @@ def format_machine(info):
         f"numpy BLAS: {info['blas']}{env_text}",
         f"backends: {', '.join(info['backends'])}",
     ]
+    if info["cpus_available"] and info["threads"] > info["cpus_available"]:
+        lines.insert(1, f"warning: {info['threads']} threads share {info['cpus_available']} "
+                        f"cpus, so these figures do not show what {info['threads']} cores do")
+    return lines
 
 
 # --- validation and timing ------------------------------------------------------------
