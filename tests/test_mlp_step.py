@@ -267,8 +267,10 @@ def test_a_step_wakes_the_threads_its_mid_sized_gemms_use(rng):
     enough to. So a step finding them asleep wakes them (mlpf_wake_threads: an empty job on
     both threads) before its first job; without it they would sleep through every step
     (bench/README.md, "CPU thresholds"). On one thread nothing is woken. The pool's trace
-    shows the jobs whatever the machine's speed; whether a GEMM then gets both threads
-    depends on the workers still spinning when it starts, so that part may be retried."""
+    shows the jobs whatever the machine's speed. A call is retried where the machine's load
+    may have had the last word: a worker the OS has not run for the 50 ms still counts as
+    spinning (no wake needed), and a GEMM gets both threads only if they still spin when it
+    starts."""
     from mlpfast.benchmarks.pool_trace import PoolTrace
     from mlpfast.kernels.cpu_config import THRESHOLDS
     largest = 32 * 128 * 784
@@ -289,11 +291,11 @@ def test_a_step_wakes_the_threads_its_mid_sized_gemms_use(rng):
     try:
         for attempt in range(5):
             jobs = traced_call(2, attempt)
-            assert jobs[0] == ("empty_wake_task", 2) and jobs[1][0] == "gather_task", jobs
-            if ("sgemm_task", 2) in jobs:
+            woken_first = jobs[0] == ("empty_wake_task", 2) and jobs[1][0] == "gather_task"
+            if woken_first and ("sgemm_task", 2) in jobs:
                 break
         else:
-            pytest.fail(f"every GEMM ran on one thread: {jobs}")
+            pytest.fail(f"no call woke the workers first and ran a GEMM on both: {jobs}")
         jobs = traced_call(1, 5)
         assert jobs[0] == ("gather_task", 1) and {t for _, t in jobs} == {1}, jobs
     finally:
