@@ -6,14 +6,15 @@ Issue 17 asks that on 16 threads an epoch keep 85% of the step benchmark's sampl
                                    [--epochs 3] [--threads 2]
 
 Per configuration (real MNIST, ReLU, Adam lr 1e-3, cross-entropy, backend cpu): first the
-step alone, as `mlpfast bench`'s step row (one batch again and again, the median call); then the warm-up of `--compare` and --epochs full epochs through mf.fit. Each epoch is split into the
-time inside the step's calls (gather, forward, backward, Adam of chunks of batches) and the
-rest of the epoch's seconds (the sample order, the learning rates, the bookkeeping between
-chunks, the finiteness check and record at the epoch's end). Prints per epoch: its ms,
-the ms outside the calls and of those the finiteness check's (``check_state_finite``: a
+step alone, as `mlpfast bench`'s step row (one batch again and again, the median call); then
+the warm-up of `--compare` and --epochs full epochs through mf.fit. Each epoch is split into
+the time inside the step's calls (gather, forward, backward, Adam of chunks of batches) and
+the rest of the epoch's seconds (the sample order, the learning rates, the bookkeeping
+between chunks, the finiteness check and record at the epoch's end). Prints per epoch: its
+ms, the ms outside the calls and of those the finiteness check's (``check_state_finite``: a
 NumPy pass over the parameters and the optimizer's state), the calls, us per step inside
-them, and the epoch's samples/s over the step's ("epoch/step", as `mlpfast bench
---compare` reports it).
+them, and the epoch's samples/s over the step's ("epoch/step", as `mlpfast bench --compare`
+reports it).
 
 With t the step's time on N threads, an epoch of S steps keeps at most S t / (S t + outside)
 of the step's speed when only the step scales: the outside ms measured here bound what the
@@ -89,8 +90,12 @@ def main():
     args = parser.parse_args()
     import mlpfast as mf
     from mlpfast import train
-    from mlpfast.benchmarks.harness import WARMUP_BATCHES
+    from mlpfast.benchmarks.harness import (WARMUP_BATCHES, available_cpus,
+                                            oversubscription_warning)
     mf.set_num_threads(args.threads)
+    warning = oversubscription_warning(args.threads, available_cpus())
+    if warning:
+        print(warning)
     (x, y), _ = mf.datasets.mnist()
     for sizes, batch in args.config:
         name = f"{'-'.join(map(str, sizes))} b{batch}, {args.threads} threads"

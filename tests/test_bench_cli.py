@@ -64,6 +64,7 @@ def test_the_header_warns_when_threads_outnumber_the_cpus():
     assert lines[0].endswith("2 cpus available, 16 threads used")
     assert lines[1] == ("warning: 16 threads share 2 cpus, so these figures do not show what "
                         "16 cores do")
+    assert benchmark.oversubscription_warning(16, None) is None      # the OS did not say
 
 
 def test_baseline_flags_a_slowed_variant(probe_variant, tmp_path, capsys):

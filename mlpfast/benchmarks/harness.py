@@ -127,14 +127,27 @@ def fp32_peak_isa():
     return _peak.ffi.string(_peak.lib.mlpf_fma_peak_isa()).decode()
 
 
+def available_cpus():
+    """The CPUs this process may run on (None where the OS does not say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def oversubscription_warning(threads, cpus):
+    """A warning line when ``threads`` outnumber ``cpus``, else None."""
+    if cpus and threads > cpus:
+        return (f"warning: {threads} threads share {cpus} cpus, so these figures do not show "
+                f"what {threads} cores do")
+    return None
+
+
 def machine_info(threads=None, peak=True):
     """Everything a reader needs to judge the numbers: CPU, ISA, threads, versions, BLAS."""
     from ..machine import cpu_features, cpu_model, isa_name
     threads = threads or get_num_threads()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = available_cpus()
     features = cpu_features()
     isa = isa_name(features)
     info = {
@@ -174,9 +187,9 @@ def format_machine(info):
         f"numpy BLAS: {info['blas']}{env_text}",
         f"backends: {', '.join(info['backends'])}",
     ]
-    if info["cpus_available"] and info["threads"] > info["cpus_available"]:
-        lines.insert(1, f"warning: {info['threads']} threads share {info['cpus_available']} "
-                        f"cpus, so these figures do not show what {info['threads']} cores do")
+    warning = oversubscription_warning(info["threads"], info["cpus_available"])
+    if warning:
+        lines.insert(1, warning)
     return lines
 
 
