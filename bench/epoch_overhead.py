@@ -90,8 +90,8 @@ def main():
     args = parser.parse_args()
     import mlpfast as mf
     from mlpfast import train
-    from mlpfast.benchmarks.harness import (WARMUP_BATCHES, available_cpus,
-                                            oversubscription_warning)
+    from mlpfast.benchmarks.harness import WARMUP_BATCHES, oversubscription_warning
+    from mlpfast.machine import available_cpus
     mf.set_num_threads(args.threads)
     warning = oversubscription_warning(args.threads, available_cpus())
     if warning:

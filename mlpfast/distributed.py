@@ -49,6 +49,7 @@ import numpy as np
 from .backend import set_num_threads, threads_chosen
 from .backend.steps import gradients_finite
 from .checkpoint import _process_exists
+from .machine import available_cpus
 from .resume import _jsonable
 
 BLOB_BYTES = 8192          # one rank's message in the start-up exchange and in alarms
@@ -138,7 +139,7 @@ class Cluster:
                                                     tag=ALARM_TAG)
         self._sent = []                     # (request, buffer) of alarms sent
         if not threads_chosen():
-            set_num_threads(max(1, _cpus() // self.local_size))
+            set_num_threads(max(1, (available_cpus() or 1) // self.local_size))
         atexit.register(self.close)
 
     def __repr__(self):
@@ -514,13 +515,6 @@ class _RootWriter:
 
 
 # --- helpers --------------------------------------------------------------------------
-
-def _cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
 
 def _process_alive(pid):
     """The process exists and is not a zombie (this node only)."""

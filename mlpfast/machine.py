@@ -1,4 +1,6 @@
-"""What this machine is: CPU model and the SIMD features the kernels care about."""
+"""What this machine is: CPU model, the SIMD features the kernels care about, and the CPUs
+this process may run on."""
+import os
 import platform
 
 KERNEL_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
@@ -31,3 +33,12 @@ def isa_name(features=None):
     """"AVX-512", "AVX2" or "baseline": the widest vector ISA of this CPU."""
     features = cpu_features() if features is None else features
     return "AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features else "baseline"
+
+
+def available_cpus():
+    """The CPUs this process may run on: its affinity where the OS has one, else all of the
+    machine's (None where the OS does not say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()

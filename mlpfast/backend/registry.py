@@ -1,12 +1,12 @@
 """The Backend table, the registry of backends by name, and the thread count they share
 (mlpfast.backend re-exports all of it)."""
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict
 
 import numpy as np
 
 from .. import env
+from ..machine import available_cpus
 from .steps import fp32_only, layer_by_layer_step
 
 # Every backend provides all of these ops (signatures in the kernel modules):
@@ -131,12 +131,7 @@ _THREAD_HOOKS = []
 
 def _default_threads():
     n = env.num_threads()
-    if n is not None:
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return n if n is not None else available_cpus() or 1
 
 
 _num_threads = _default_threads()

@@ -127,14 +127,6 @@ def fp32_peak_isa():
     return _peak.ffi.string(_peak.lib.mlpf_fma_peak_isa()).decode()
 
 
-def available_cpus():
-    """The CPUs this process may run on (None where the OS does not say)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
 def oversubscription_warning(threads, cpus):
     """A warning line when ``threads`` outnumber ``cpus``, else None."""
     if cpus and threads > cpus:
@@ -145,7 +137,7 @@ def oversubscription_warning(threads, cpus):
 
 def machine_info(threads=None, peak=True):
     """Everything a reader needs to judge the numbers: CPU, ISA, threads, versions, BLAS."""
-    from ..machine import cpu_features, cpu_model, isa_name
+    from ..machine import available_cpus, cpu_features, cpu_model, isa_name
     threads = threads or get_num_threads()
     cores = available_cpus()
     features = cpu_features()
