@@ -185,6 +185,13 @@ def test_from_arrays_integer_labels_and_errors(rng):
     with pytest.raises(ValueError, match="same feature count"):
         speech.SpeechFrames.from_arrays([feats[0], np.zeros((2, 4))],
                                         [np.array(["a"] * 4), np.array(["a"] * 2)])
+    labels = [np.array(["a"] * 4), np.array(["a"] * 2)]
+    for names, got in ((["one"], "1 names"), (["a", "b", "c"], "3 names"), ("ab", "a string")):
+        with pytest.raises(ValueError, match=rf"names must list one name per utterance \(2\), "
+                                             rf"got {got}"):
+            speech.SpeechFrames.from_arrays(feats, labels, names=names)
+    with pytest.raises(ValueError, match="phones must be a list of phone names, got the string"):
+        speech.SpeechFrames.from_arrays(feats, labels, phones="ab")
 
 
 def test_split_by_utterance_holds_out_per_folder(corpus):

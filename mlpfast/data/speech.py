@@ -28,6 +28,7 @@ into the batch buffer by the context kernel (``mlpfast.kernels.context``).
 import os
 import random
 import time
+import zlib
 from collections import namedtuple
 from pathlib import Path
 
@@ -253,7 +254,12 @@ class SpeechFrames:
         if len(features) != len(labels) or not features:
             raise ValueError(f"features and labels must be non-empty lists of equal length, "
                              f"got {len(features)} and {len(labels)}")
-        names = [f"utterance {i}" for i in range(len(features))] if names is None else names
+        if names is None:
+            names = [f"utterance {i}" for i in range(len(features))]
+        elif isinstance(names, str) or len(names) != len(features):
+            got = "a string" if isinstance(names, str) else f"{len(names)} names"
+            raise ValueError(f"names must list one name per utterance ({len(features)}), "
+                             f"got {got}")
         feats = []
         for name, f in zip(names, features):
             f = np.asarray(f)
@@ -314,6 +320,8 @@ class SpeechFrames:
             if y.shape != (f.shape[0],):
                 raise ValueError(f"{name}: need one label per frame ({f.shape[0]}), "
                                  f"got labels of shape {y.shape}")
+        if isinstance(phones, str):
+            raise ValueError(f"phones must be a list of phone names, got the string {phones!r}")
         if phones is None:
             if any(y.dtype.kind in "iu" for y in labels):
                 raise ValueError("integer labels need the phone list: pass phones=[...]")
@@ -374,6 +382,12 @@ class SpeechFrames:
         np.take(self.sample_frames, index, out=frames)
         self._gather(self.features, self.offsets, frames, self.context, out=x_out)
         np.take(self.labels, index, out=y_out)
+
+    def fingerprint(self):
+        """CRC-32s of the frames, their labels and the phone list, and the context: equal
+        for datasets that give the same batches (distributed fit compares it over ranks)."""
+        return {"features": zlib.crc32(self.features), "labels": zlib.crc32(self.frame_labels),
+                "phones": zlib.crc32("\n".join(self.phones).encode()), "context": self.context}
 
     def __repr__(self):
         return (f"SpeechFrames({len(self)} frames, {self.num_utterances} utterances, "
