@@ -2,10 +2,11 @@
 model on N processes (ranks) as one process would, up to the order of summation.
 
 Every rank holds the whole model and data set and makes the same ``fit`` call. At the start
-the ranks compare what they were given (arguments, a CRC-32 of the data, architecture,
-backend, optimizer, checkpoint progress; not threads: they change the last bits of a rank's
-share of the gradient, but every rank applies the same reduced sum); an error on one rank
-is raised there and reported to the others, which stop too. Then every rank takes rank
+the ranks compare what they were given (arguments, CRC-32s of the training and validation
+data or a dataset object's ``fingerprint()``, architecture, backend, optimizer, checkpoint
+progress; not threads: they change the last bits of a rank's share of the gradient, but
+every rank applies the same reduced sum); an error on one rank is raised there and
+reported to the others, which stop too. Then every rank takes rank
 0's parameters, buffers, optimizer state and random generator. Each step of a global
 batch of n rows (``batch_size`` is the global batch; every rank draws the same order):
 
@@ -408,7 +409,6 @@ def _unsupported(model):
 def _spec(model, optimizer, job, run, seed, lr_schedule):
     """What every rank must agree on, as short JSON values (long ones as digests)."""
     opt = optimizer.state_dict()
-    x, y = getattr(job.train_set, "arrays", (None, None))
     progress = {k: v for k, v in run.as_json().items() if k != "seconds"}
     spec = {"architecture": model.architecture(), "backend": model.backend.name,
             "optimizer": [opt["type"], opt["hyper"]],
@@ -418,8 +418,19 @@ def _spec(model, optimizer, job, run, seed, lr_schedule):
             else type(lr_schedule).__name__, "schedule": run.rates.schedule.state_dict(),
             "early_stopping": None if run.stopper is None else run.stopper.as_json(),
             "progress": progress,
-            "data_crc32": None if x is None else [zlib.crc32(x), zlib.crc32(y)]}
+            "data_crc32": _contents(job.train_set),
+            "val_crc32": None if job.val_set is None else _contents(job.val_set)}
     return {key: _short(value) for key, value in spec.items()}
+
+
+def _contents(dataset):
+    """What identifies a dataset's contents: CRC-32s of its arrays, else what its
+    ``fingerprint()`` returns, else None (a dataset object without one is not compared)."""
+    arrays = getattr(dataset, "arrays", None)
+    if arrays is not None:
+        return [zlib.crc32(np.ascontiguousarray(a)) for a in arrays]
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return None if fingerprint is None else fingerprint()
 
 
 def wrap(cluster, step, writer, model, optimizer, batch_size, interrupts):
@@ -534,8 +545,10 @@ def _describe(error):
 def _encode(message):
     """message as JSON in a zero-padded uint8 array of BLOB_BYTES (long texts cut)."""
     data = json.dumps(message).encode()
-    if len(data) >= BLOB_BYTES and message.get("error"):
-        message = dict(message, error=message["error"][:BLOB_BYTES // 4] + " ...")
+    if len(data) >= BLOB_BYTES:
+        message = {key: value[:BLOB_BYTES // 16] + " ..."
+                   if isinstance(value, str) and len(value) > BLOB_BYTES // 16 else value
+                   for key, value in message.items()}
         data = json.dumps(message).encode()
     if len(data) >= BLOB_BYTES:
         raise ValueError(f"a message of {len(data)} bytes does not fit {BLOB_BYTES}")

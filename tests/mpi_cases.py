@@ -15,6 +15,7 @@ import numpy as np
 
 import mlpfast as mf
 from mlpfast import distributed
+from mlpfast.data.speech import SpeechFrames
 
 FEATURES, HIDDEN, CLASSES = 13, 17, 5
 BATCH = 29                  # odd: the two ranks' slices differ by one row
@@ -121,8 +122,8 @@ def case_interrupt(comm, out, ckpt):
 class FailingRows:
     """A dataset whose gather_batch raises at its ``fail_at``-th call (never when None)."""
 
-    def __init__(self, x, y, fail_at):
-        self.x, self.y, self.fail_at, self.calls = x, y, fail_at, 0
+    def __init__(self, x, y, fail_at, detail=""):
+        self.x, self.y, self.fail_at, self.calls, self.detail = x, y, fail_at, 0, detail
         self.num_features, self.num_classes = x.shape[1], CLASSES
 
     def __len__(self):
@@ -131,23 +132,30 @@ class FailingRows:
     def gather_batch(self, index, x_out, y_out):
         self.calls += 1
         if self.calls == self.fail_at:
-            raise ValueError(f"row file {self.calls} is corrupt")
+            raise ValueError(f"row file {self.calls} is corrupt{self.detail}")
         x_out[...] = self.x[index]
         y_out[...] = self.y[index]
 
 
 def case_bad_input(comm, out):
-    """Three fits, each stopped by rank 1: a NaN in its x; another batch_size; a dataset
-    that fails in the 5th batch. Then bad arguments on every rank. Every rank writes what
-    it raised."""
+    """Fits stopped by rank 1: a NaN in its x; another batch_size; other validation labels;
+    a speech dataset with other features; a dataset that fails in the 5th batch, with a
+    short and with a 20,000-character message. Then bad arguments on every rank. Every
+    rank writes what it raised."""
     rank = comm.Get_rank()
     x, y = make_data()
     nan_x = x.copy()
     if rank == 1:
         nan_x[3, 2] = np.nan
+    val_y = np.roll(y[:50], rank)
+    frames = SpeechFrames.from_arrays([x * (1 + rank)], [y], context=0, phones=list("abcde"))
     runs = {"nan": dict(data=(nan_x, y)),
             "batch": dict(batch_size=BATCH + rank),
-            "gather": dict(data=(FailingRows(x, y, 5 if rank == 1 else None), None))}
+            "val": dict(val=(x[:50], val_y)),
+            "speech": dict(data=(frames, None)),
+            "gather": dict(data=(FailingRows(x, y, 5 if rank == 1 else None), None)),
+            "long": dict(data=(FailingRows(x, y, 5 if rank == 1 else None, "!" * 20000),
+                               None))}
     for name, options in runs.items():
         try:
             train(comm, **options)

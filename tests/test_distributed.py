@@ -156,9 +156,22 @@ def test_bad_input_on_one_rank_stops_every_rank(tmp_path):
         assert read(tmp_path, f"batch.{r}").startswith(
             "ValueError: comm: every rank must call fit with the same model, data and "
             "arguments; rank 1 has data={'batch_size': 30")
+    for r in (0, 1):
+        assert read(tmp_path, f"val.{r}").startswith(
+            "ValueError: comm: every rank must call fit with the same model, data and "
+            "arguments; rank 1 has val_crc32=[")
+        assert read(tmp_path, f"speech.{r}").startswith(
+            "ValueError: comm: every rank must call fit with the same model, data and "
+            "arguments; rank 1 has data_crc32={'context': 0, 'features': ")
     assert read(tmp_path, "gather.1") == "ValueError: row file 5 is corrupt"
     assert read(tmp_path, "gather.0").startswith(
         "RankFailed: rank 1 stopped with ValueError: row file 5 is corrupt")
+    # a message too long for an alarm arrives cut, and rank 1 raises its own error
+    assert read(tmp_path, "long.1") == "ValueError: row file 5 is corrupt" + "!" * 20000
+    long_0 = read(tmp_path, "long.0")
+    assert long_0.startswith("RankFailed: rank 1 stopped with ValueError: row file 5 is "
+                             "corrupt!!!") and len(long_0) < 700
+    assert long_0.endswith("! ... (rank 0 was waiting for the gradients of optimizer step 5)")
     for r in (0, 1):
         assert read(tmp_path, f"timeout.{r}") == \
             "ValueError: timeout must be a positive number of seconds, got 0"
