@@ -29,10 +29,12 @@ before any array data is read; then the zip CRCs and every SHA-256. Any problem 
 ``ValueError`` naming it. The digests detect corruption, not tampering: whoever can write
 the file can write matching digests.
 """
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 
 import numpy as np
@@ -62,7 +64,8 @@ def atomic_write(path, write):
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ValueError(f"checkpoint directory {directory} does not exist")
+        raise FileNotFoundError(errno.ENOENT, f"could not write {path}: no directory "
+                                              f"{directory}")
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         _remove_stale_temporaries(directory, name)
@@ -104,13 +107,15 @@ def _fsync_directory(directory):
 
 
 def _remove_stale_temporaries(directory, name):
-    """Delete ``.<name>.<pid>.*.tmp`` files whose writing process no longer exists."""
-    prefix = f".{name}."
+    """Delete ``.<name>.<pid>.<hex>.tmp`` files whose writing process no longer exists
+    (exactly that form: ``.run.9.<pid>.<hex>.tmp`` belongs to the target ``run.9``)."""
+    temporary = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[0-9a-f]+\.tmp")
     for entry in os.listdir(directory):
-        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+        match = temporary.fullmatch(entry)
+        if match is None:
             continue
-        pid = entry[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+        pid = int(match.group(1))
+        if pid == os.getpid() or _process_exists(pid):
             continue
         try:
             os.unlink(os.path.join(directory, entry))
@@ -138,7 +143,14 @@ def write_checkpoint(path, meta, arrays):
     arrays = {name: np.asarray(a, order="C") for name, a in arrays.items()}   # 0-d stays 0-d
     meta = dict(meta, format=FORMAT, version=VERSION,
                 sha256={name: _digest(a) for name, a in arrays.items()})
-    blob = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
+    # non-finite floats (a validation loss that overflowed) as NaN / Infinity, which
+    # Python's json reads back
+    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    if blob.nbytes > npz.MAX_META_BYTES:
+        raise ValueError(f"checkpoint {os.fspath(path)}: its JSON entry would take "
+                         f"{blob.nbytes} bytes, more than the {npz.MAX_META_BYTES} that "
+                         f"reading accepts (the history holds "
+                         f"{len(meta.get('history', ()))} epochs); the file is unchanged")
 
     def write(f):
         np.savez(f, **{META_ENTRY: blob}, **arrays)

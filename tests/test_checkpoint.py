@@ -67,6 +67,37 @@ def test_mid_epoch_checkpoint_holds_the_epoch_order(tmp_path):
     assert np.array_equal(mid.arrays["order"], np.arange(50)[::-1])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_a_run_whose_validation_loss_overflows_still_checkpoints_and_resumes(tmp_path):
+    """A float32 overflow in the validation logits gives a non-finite val_loss: the history
+    holds it as fit returns it, written and read back (NaN / Infinity in the JSON)."""
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = np.arange(8) % 2
+    val = (np.full((8, 4), 3e38, np.float32), np.zeros(8, np.int64))
+    model = mf.MLP([4, 2], backend="numpy", seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.ckpt"
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=4,
+                     val=val, progress=False, checkpoint=path)
+    assert not np.isfinite(history["val_loss"][0])
+    np.testing.assert_equal(read_checkpoint(path).meta["history"][0]["val_loss"],
+                            history["val_loss"][0])
+    resumed = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=4,
+                     val=val, progress=False, checkpoint=path, resume=path)
+    assert len(resumed["val_loss"]) == 2 and read_checkpoint(path).progress["epochs_done"] == 2
+
+
+def test_metadata_too_long_to_read_back_is_refused_before_writing(tmp_path):
+    model, opt, path = _trained(tmp_path)
+    before = path.read_bytes()
+    meta = dict(read_checkpoint(path).meta, history=[{"note": "x" * 1000}] * 17000)
+    with pytest.raises(ValueError, match=r"run.ckpt: its JSON entry would take \d+ bytes, "
+                                         r"more than the 16777216 that reading accepts \(the "
+                                         r"history holds 17000 epochs\); the file is unchanged"):
+        write_checkpoint(path, meta, training_arrays(model, opt))
+    assert path.read_bytes() == before
+
+
 def test_checkpoint_is_a_plain_npz_without_pickles(tmp_path):
     _, _, path = _trained(tmp_path)
     with np.load(path, allow_pickle=False) as npz:
@@ -147,10 +178,19 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     stale = tmp_path / f".f.bin.{dead.pid}.0000.tmp"
     live = tmp_path / f".f.bin.{os.getppid()}.0000.tmp"     # a writer that still runs
     other = tmp_path / f".g.bin.{dead.pid}.0000.tmp"         # another target's
-    for p in (stale, live, other):
+    # a live writer of the target f"f.bin.{dead.pid}", whose name begins like a stale one
+    sibling = tmp_path / f".f.bin.{dead.pid}.{os.getppid()}.0000.tmp"
+    for p in (stale, live, other, sibling):
         p.write_bytes(b"partial")
     atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and live.exists() and other.exists() and sibling.exists()
+
+
+def test_a_write_into_a_missing_directory_is_an_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"could not write .*x\.npz: no directory "):
+        atomic_write(tmp_path / "no" / "x.npz", lambda f: f.write(b"x"))
+    with pytest.raises(FileNotFoundError, match="no directory"):
+        mf.MLP([2, 2], backend="numpy", seed=0).save(tmp_path / "no" / "model.npz")
 
 
 @pytest.mark.parametrize("damage,message", [
