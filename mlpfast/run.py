@@ -249,25 +249,29 @@ def format_record(record, epochs):
 
 
 class Interrupts:
-    """Ctrl-C (SIGINT) while fit runs, taken at the next chunk boundary instead of wherever
-    it lands: the chunk in progress finishes, fit writes a final checkpoint (when it has
-    one) and raises KeyboardInterrupt. A second Ctrl-C interrupts at once. Installed only
-    in the main thread, and only over Python's own default handler."""
+    """Ctrl-C (SIGINT) or SIGTERM (what batch schedulers and service managers send) while
+    fit runs, taken at the next chunk boundary instead of wherever it lands: the chunk in
+    progress finishes, fit writes a final checkpoint (when it has one) and raises
+    KeyboardInterrupt. A second signal interrupts at once. Installed only in the main
+    thread, and only over the default handlers (Python's for SIGINT, the system's for
+    SIGTERM): a handler or an ignore the program set stays in charge."""
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in self.DEFAULTS.items():
+                if signal.getsignal(signum) is default:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:

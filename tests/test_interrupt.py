@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) during fit: the chunk in progress finishes, a final checkpoint is written,
+"""Ctrl-C (SIGINT) or SIGTERM during fit: the chunk in progress finishes, a final checkpoint is written,
 KeyboardInterrupt is raised, and resuming from that checkpoint gives the uninterrupted
 result bit for bit."""
 import os
@@ -33,9 +33,9 @@ def _data(n=96, seed=0):
     return x, (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
 
 
-def CtrlCAt(x, y, at):
-    """A dataset that sends this process SIGINT while gathering batch ``at`` (of 16)."""
-    return BatchSamples(x, y, 16, at, lambda: signal.raise_signal(signal.SIGINT), 4)
+def CtrlCAt(x, y, at, signum=signal.SIGINT):
+    """A dataset that sends this process ``signum`` while gathering batch ``at`` (of 16)."""
+    return BatchSamples(x, y, 16, at, lambda: signal.raise_signal(signum), 4)
 
 
 def _run(backend, data, **kwargs):
@@ -61,6 +61,33 @@ def test_ctrl_c_checkpoints_and_resume_is_bit_identical(backend, at, tmp_path): 
     assert np.array_equal(mf.to_numpy(model_a.flat_data), mf.to_numpy(model_c.flat_data))
     assert opt_a.step_count == opt_c.step_count
     assert hist_a["loss"] == hist_c["loss"]
+
+
+def test_sigterm_checkpoints_like_ctrl_c_and_resume_is_bit_identical(tmp_path):
+    backend = "cpu" if "cpu" in BACKENDS else "numpy"
+    x, y = _data()
+    model_a, _, hist_a = _run(backend, CtrlCAt(x, y, None))
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(backend, CtrlCAt(x, y, 6, signal.SIGTERM), checkpoint=path)
+    assert read_checkpoint(path).progress["global_step"] >= 6
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL            # restored
+    model_c, _, hist_c = _run(backend, CtrlCAt(x, y, None), checkpoint=path, resume=path)
+    assert np.array_equal(mf.to_numpy(model_a.flat_data), mf.to_numpy(model_c.flat_data))
+    assert hist_a["loss"] == hist_c["loss"]
+
+
+def test_a_program_sigterm_handler_stays_in_charge():
+    """fit takes over SIGTERM only from the system's default: a handler the program
+    installed is called, and training goes on."""
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        x, y = _data()
+        _, opt, _ = _run("numpy", CtrlCAt(x, y, 3, signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM] and opt.step_count == 4 * 6
 
 
 def test_an_ignored_sigint_stays_ignored():
