@@ -258,11 +258,17 @@ def _require(path, condition, message):
 
 
 def _is_int(v, low=0):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+    """An int in [low, 2^63): counts and steps that int64 and float64 hold as they are."""
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < 2 ** 63
 
 
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+def _is_number(v, finite=True):
+    """A float (finite, unless ``finite`` is False) or an int of magnitude below 2^63."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) < 2 ** 63
+    return isinstance(v, float) and (not finite or math.isfinite(v))
 
 
 def _check_meta(path, meta):
@@ -294,8 +300,15 @@ def _check_meta(path, meta):
              "mid-epoch checkpoint without an order")
     _require(path, meta["rng"].get("bit_generator") in BIT_GENERATORS,
              f"rng.bit_generator must be one of {BIT_GENERATORS}")
-    _require(path, all(isinstance(r, dict) for r in meta["history"]),
-             "history must be a list of records")
+    history = meta["history"]
+    _require(path, len(history) == progress["epochs_done"],
+             f"history holds {len(history)} records for {progress['epochs_done']} epochs done")
+    for epoch, record in enumerate(history, 1):
+        _require(path, isinstance(record, dict) and record.get("epoch") == epoch
+                 and _is_number(record.get("loss"), finite=False)
+                 and all(isinstance(k, str) and (v is None or _is_number(v, finite=False))
+                         for k, v in record.items()),
+                 f"history record {epoch} must hold its epoch, loss and numbers or null")
 
 
 def _check_arrays(path, meta, entries):

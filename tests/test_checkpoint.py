@@ -60,8 +60,9 @@ def test_mid_epoch_checkpoint_holds_the_epoch_order(tmp_path):
     assert ckpt.progress["global_step"] == 8
     model = mf.MLP([6, 8, 3], backend="numpy", seed=0)
     opt = mf.optim.Adam(model.parameters(), lr=1e-2)
-    write_checkpoint(tmp_path / "mid.ckpt", dict(ckpt.meta, progress=dict(
-        ckpt.progress, epochs_done=1, batches_done=2)), training_arrays(
+    write_checkpoint(tmp_path / "mid.ckpt", dict(ckpt.meta, history=ckpt.meta["history"][:1],
+                                                progress=dict(ckpt.progress, epochs_done=1,
+                                                              batches_done=2)), training_arrays(
         model, opt, order=np.arange(50)[::-1]))
     mid = read_checkpoint(tmp_path / "mid.ckpt")
     assert np.array_equal(mid.arrays["order"], np.arange(50)[::-1])

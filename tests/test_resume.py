@@ -1,10 +1,13 @@
 """Exact resume: a run stopped (after an epoch, or mid-epoch by a crash) and resumed from its
 checkpoint ends bit-identical to the uninterrupted run: parameters, optimizer state, history."""
+import json
+
 import numpy as np
 import pytest
 
 import mlpfast as mf
 from conftest import BatchSamples, Crash
+from mlpfast.checkpoint import read_checkpoint, write_checkpoint
 
 BACKENDS = mf.backends()
 BATCH = 8
@@ -174,6 +177,40 @@ def test_resume_refuses_a_different_run_and_changes_nothing(change, message, tmp
     assert opt.step_count == state["step"] and opt.hyper == state["hyper"]
     for name, a in opt.state_dict()["state"].items():
         assert np.array_equal(a, state["state"][name])
+
+
+@pytest.mark.parametrize("part,key,value,message", [
+    ("progress", "correct", 2 ** 1100, "progress.correct must be an integer >= 0"),
+    ("progress", "global_step", 2 ** 70, "progress.global_step must be an integer >= 0"),
+    ("progress", "loss_sum", 2 ** 80, "progress.loss_sum must be a number"),
+    ("early_stopping", "best", "abc", "holds early stopping .*best must be a number or null"),
+    ("early_stopping", "bad_epochs", "x", "holds early stopping"),
+    ("early_stopping", "bad_epochs", 9, "holds early stopping"),
+    ("history", 0, {}, "history record 1 must hold its epoch, loss and numbers or null"),
+    ("history", 1, {"epoch": 2, "loss": "low"}, "history record 2 must hold"),
+    ("history", None, None, "history holds 1 records for 2 epochs done"),
+], ids=["correct", "global_step", "loss_sum", "best", "bad_epochs_text", "bad_epochs_9",
+        "history_empty_record", "history_text_loss", "history_short"])
+def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value, message,
+                                                               tmp_path):
+    """A checkpoint whose JSON entry was rewritten (its digests recomputed) with values that
+    would fail, or train wrongly, after loading: refused before anything changes."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model, opt = _model("numpy", "adam")
+    _fit(model, opt, Samples(x, y), 2, checkpoint=path, val=(x, y), early_stopping=3)
+    ckpt = read_checkpoint(path)
+    meta = json.loads(json.dumps(ckpt.meta))
+    if part == "history" and key is None:
+        meta["history"].pop()
+    else:
+        meta[part][key] = value
+    write_checkpoint(path, meta, ckpt.arrays)
+    model, opt = _model("numpy", "adam", init_seed=5)
+    params = model.flat_data.copy()
+    with pytest.raises(ValueError, match=message):
+        _fit(model, opt, Samples(x, y), 3, resume=path, val=(x, y), early_stopping=3)
+    assert np.array_equal(model.flat_data, params) and opt.step_count == 0
 
 
 def test_resume_from_a_file_that_is_not_a_checkpoint_changes_nothing(tmp_path):
