@@ -532,8 +532,8 @@ def _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_buf, b_buf, tile, alpha, beta, 
                         v += beta * out[s]
                     if bias.shape[0] > 0:
                         v += bias[j + s]
-                    if relu and v < zero:
-                        v = zero
+                    if relu:
+                        v = max(v, zero)        # NaN stays NaN, as in the relu kernel
                     out[s] = v
 
 

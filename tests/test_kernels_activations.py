@@ -76,6 +76,19 @@ def test_forward_in_place_and_extreme_values(variant, name):
     assert_close(y, expected, what=f"{variant} {name}")
 
 
+@pytest.mark.parametrize("variant", list(activations.VARIANTS))
+def test_float32_tanh_keeps_its_relative_accuracy_near_zero(variant):
+    """tanh(x) ~ x near 0: a relative error of float32 size there (1 - 2e/(1+e) alone gave
+    tanh(1e-10) = 0 and 6e-8 at 1e-7), and across the switch to that form at |x| = 1/4."""
+    x = np.concatenate([np.geomspace(1e-30, 1.0, 4001), np.linspace(0.2, 0.3, 2001)])
+    x = np.concatenate([x, -x, [0.0]]).astype(np.float32)[None, :]
+    y = activations.VARIANTS[variant]["tanh"].forward(x)
+    expected = np.tanh(x.astype(np.float64))
+    relative = np.abs(y - expected) / np.maximum(np.abs(expected), 1e-300)
+    assert relative.max() < 6e-7, x[0, relative.argmax()]
+    assert np.array_equal(np.signbit(y), np.signbit(x))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 129), (5, 1000)])

@@ -44,6 +44,20 @@ def test_blocks_epilogue_and_forms(m, n, k, trans_a, trans_b, dtype, threads, rn
     assert_close(out, expected, tol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_epilogue_keeps_nan(dtype, rng):
+    """NaN in a product stays NaN through relu, as in the relu kernel and numpy's maximum
+    (so a diverging run's loss is NaN, not a finite loss of zeroed logits)."""
+    a = rng.standard_normal((5, 9)).astype(dtype)
+    a[1, 3] = np.nan
+    b = rng.standard_normal((9, 37)).astype(dtype)
+    out = gemm.gemm_numba_fused(a, b, np.zeros((5, 37), dtype), False, False, 1.0, 0.0,
+                                np.zeros(37, dtype), "relu")
+    expected = np.maximum(a.astype(np.float64) @ b, 0)
+    assert np.isnan(out[1]).all() and not np.isnan(np.delete(out, 1, axis=0)).any()
+    assert_close(np.delete(out, 1, axis=0), np.delete(expected, 1, axis=0))
+
+
 def test_strided_views(rng):
     big = rng.standard_normal((300, 600))
     a, b = big[::2, ::3], big[1::2, :260]          # (150, 200) and (150, 260), strided rows
