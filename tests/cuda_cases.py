@@ -120,6 +120,18 @@ def test_gemm_every_tile(tile, trans_a, trans_b, rng):
     assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"tile {tile}")
 
 
+def test_gemm_block_order_covers_every_tile_of_a_full_and_a_partial_group(rng):
+    # 10 block rows (a group of GROUP_M = 8 and one of 2) and 4 block columns (the last
+    # partial): every (row, column) tile of C is reached once through block_origin's map
+    bm, bn = gemm.TILE_SIMULATOR[:2]
+    m, n, k = (gemm.GROUP_M + 2) * bm - 3, 3 * bn + 5, 7
+    a, b = gemm_inputs(rng, m, n, k, False, False, np.float32)
+    out = gemm.gemm_tiled(dev(a), dev(b), dev(np.full((m, n), np.nan, np.float32)),
+                          tile=gemm.TILE_SIMULATOR)
+    assert_close(out.copy_to_host(), a.astype(np.float64) @ b, dtype=np.float32,
+                 what="grouped block order")
+
+
 EPILOGUES = [dict(), dict(alpha=0.5, beta=-1.5), dict(bias=True, activation="relu"),
              dict(bias=True, activation="gelu", beta=0.5), dict(dact="relu"),
              dict(dact="sigmoid", bias=True), dict(dact="tanh", alpha=2.0, beta=1.0)]
@@ -1054,11 +1066,28 @@ def test_device_arrays_refuse_what_numba_cuda_refuses():
         a[:, 1:3].reshape(6)                              # rows not contiguous: needs a copy
     with pytest.raises(NotImplementedError):
         a[:, :2].ravel()
+    host = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(ValueError, match="incompatible strides"):
+        a.copy_to_device(cuda.to_device(np.asfortranarray(host)))     # F order into C order
+    with pytest.raises(ValueError, match="incompatible shape"):
+        a.copy_to_device(dev(host.T))
+    with pytest.raises(TypeError, match="incompatible dtype"):
+        a.copy_to_device(dev(host.astype(np.float64)))
+    with pytest.raises(ValueError, match="incompatible shape"):
+        a.copy_to_device(host[:2])
     if simulator_enabled():                               # the real one copies to the host here
         for operation in (lambda: np.asarray(a), lambda: np.isfinite(a), lambda: np.sum(a),
                           lambda: a == 0, lambda: a[True]):
             with pytest.raises(TypeError):
                 operation()
+
+        @cuda.jit
+        def first_to_one(out):
+            out[0] = 1.0
+        with pytest.raises(TypeError, match="argument 0 is a host array"):
+            first_to_one[1, 1](np.zeros(3, np.float32))   # a GPU copies it both ways instead
+        first_to_one[1, 1](a[0])
+        assert a[0, 0] == 1.0
 
 
 def test_device_arrays_accept_what_numba_cuda_accepts():

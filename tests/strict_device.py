@@ -23,8 +23,13 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
                  dict), __cuda_array_interface__, copy_to_host, copy_to_device, ...; no
                  ``.fill``, ``.sum``, ``.astype``, ``.copy``, ``.data``, ``__array_interface__``
 
+    copy_to_device  as numba-cuda: both sides contiguous, then the same dtype (TypeError),
+                 and the same shape and strides once axes of length 1 are dropped
+                 (ValueError); a host source is first made contiguous in the target's order
+
 ``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
-these (simulator only). Inside kernels the simulator indexes them with ints, as a GPU does.
+these, and kernel launches refuse NumPy arguments (simulator only). Inside kernels the
+simulator indexes them with ints, as a GPU does.
 """
 import numpy as np
 
@@ -52,6 +57,23 @@ def check_key(key, ndim):
             raise TypeError(f"a device array takes only int and slice keys, got "
                             f"{type(item).__name__} in {key!r} (no Ellipsis, None, lists, "
                             f"arrays or booleans)")
+
+
+def _require_contiguous(a):
+    if not (a.flags.c_contiguous or a.flags.f_contiguous):
+        raise ValueError(ERR_CONTIGUOUS)
+
+
+def _check_compatible(target, source):
+    """numba-cuda's check_array_compatibility: the same dtype, and the same shape and
+    strides once axes of length 1 are dropped (strides only when there are elements)."""
+    if target.dtype != source.dtype:
+        raise TypeError(f"incompatible dtype: {target.dtype} vs. {source.dtype}")
+    target_squeezed, source_squeezed = target.squeeze(), source.squeeze()
+    if target_squeezed.shape != source_squeezed.shape:
+        raise ValueError(f"incompatible shape: {target.shape} vs. {source.shape}")
+    if target.size and target_squeezed.strides != source_squeezed.strides:
+        raise ValueError(f"incompatible strides: {target.strides} vs. {source.strides}")
 
 
 def _refuse(operation):
@@ -115,16 +137,19 @@ def make_strict_class():
             self._ary[key] = value
 
         def copy_to_device(self, ary, stream=0):
-            if isinstance(ary, StrictDeviceArray):             # device to device
-                for a in (self, ary):
-                    if not (a._ary.flags.c_contiguous or a._ary.flags.f_contiguous):
-                        raise ValueError(ERR_CONTIGUOUS)
-                if ary.dtype != self.dtype or ary._ary.squeeze().shape != self._ary.squeeze().shape:
-                    raise TypeError(f"incompatible arrays: {ary.dtype} {tuple(ary.shape)} vs. "
-                                    f"{self.dtype} {tuple(self.shape)}")
-                np.copyto(self._ary, ary._ary)
+            if ary.size == 0:
                 return
-            super().copy_to_device(ary, stream)
+            _require_contiguous(self._ary)
+            if isinstance(ary, StrictDeviceArray):             # device to device
+                _require_contiguous(ary._ary)
+                source = ary._ary
+            elif isinstance(ary, FakeCUDAArray):
+                raise TypeError("mixing a strict device array with a simulator one")
+            else:                                  # host: made as contiguous as the target
+                source = np.array(ary, order="C" if self._ary.flags.c_contiguous else "F",
+                                  copy=None)
+            _check_compatible(self._ary, source)
+            np.copyto(self._ary, source)
 
         def squeeze(self, axis=None, stream=0):
             return StrictDeviceArray(self._ary.squeeze(axis), stream or self.stream)
@@ -207,4 +232,24 @@ def install():
 
     cuda.to_device, cuda.device_array, cuda.device_array_like = (to_device, device_array,
                                                                  device_array_like)
+    _refuse_host_arrays_at_launch()
     return strict
+
+
+def _refuse_host_arrays_at_launch():
+    """A kernel launched with a NumPy array raises: on a GPU numba-cuda copies it to the
+    device and back at every launch (and refuses it when not contiguous)."""
+    from numba.cuda.simulator import kernel as simulated
+    launch = simulated.FakeCUDAKernel.__call__
+    if getattr(launch, "refuses_host_arrays", False):
+        return
+
+    def strict_launch(self, *args):
+        if not (self._device or simulated._kernel_context):
+            for position, arg in enumerate(args):
+                if isinstance(arg, np.ndarray) and arg.ndim > 0:
+                    raise TypeError(f"kernel {self.fn.__name__}: argument {position} is a "
+                                    f"host array ({arg.dtype} {arg.shape}); pass a device array")
+        return launch(self, *args)
+    strict_launch.refuses_host_arrays = True
+    simulated.FakeCUDAKernel.__call__ = strict_launch
