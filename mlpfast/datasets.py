@@ -6,7 +6,7 @@ from .backend import get_backend
 from .data.mnist import mnist  # noqa: F401
 from .data.speech import SpeechFrames  # noqa: F401
 from .losses import CrossEntropyLoss, check_labels
-from .nn import check_samples
+from .nn import DTYPES, check_samples
 
 # The dataset protocol fit, evaluate and the backends' steps read:
 #     __len__()                          number of samples
@@ -18,26 +18,33 @@ from .nn import check_samples
 
 
 class ArrayDataset:
-    """(x, y) arrays seen through the dataset protocol; checks everything up front."""
+    """(x, y) arrays seen through the dataset protocol; checks everything up front.
+    ``name`` and ``y_name`` are the arguments' names in error messages. Boolean x and
+    floats other than float32/float64 are converted to ``dtype`` once (integers are
+    gathered as they are)."""
 
-    def __init__(self, x, y, num_features=None, num_classes=None, name="x", gather=None):
+    def __init__(self, x, y, num_features=None, num_classes=None, name="x", gather=None,
+                 y_name="y", dtype=np.float32):
         x = check_samples(x, num_features, name)
+        if x.dtype.kind == "b" or (x.dtype.kind == "f" and x.dtype not in DTYPES):
+            x = x.astype(dtype)
         if y is None:
-            raise ValueError(f"y is missing: pass labels for {name}, or a dataset as {name}")
+            raise ValueError(f"{y_name} is missing: pass labels for {name}, or a dataset as "
+                             f"{name}")
         y = np.asarray(y)
         if y.shape[:1] != x.shape[:1]:
-            raise ValueError(f"len({name}) = {x.shape[0]} but len(y) = {y.shape[0] if y.ndim else 0}: "
-                             f"every sample needs one label")
+            raise ValueError(f"len({name}) = {x.shape[0]} but len({y_name}) = "
+                             f"{y.shape[0] if y.ndim else 0}: every sample needs one label")
         if y.dtype.kind in "iu" and y.ndim == 1:
             if num_classes is not None:
-                check_labels(y, y.shape[0], num_classes, "y")
+                check_labels(y, y.shape[0], num_classes, y_name)
             y = y.astype(np.int64, copy=False)
         elif y.dtype.kind == "f":
             if not np.isfinite(y).all():
-                raise ValueError("y contains NaN or inf")
+                raise ValueError(f"{y_name} contains NaN or inf")
         else:
-            raise TypeError(f"y must be integer labels (N,) or float targets, got {y.dtype} "
-                            f"of shape {y.shape}")
+            raise TypeError(f"{y_name} must be integer labels (N,) or float targets, got "
+                            f"{y.dtype} of shape {y.shape}")
         # contiguous once here, so that gathering a batch never copies the whole dataset
         self.x, self.y = np.ascontiguousarray(x), np.ascontiguousarray(y)
         self.num_features = x.shape[1]
@@ -56,8 +63,9 @@ class ArrayDataset:
         self._gather(self.y, index, y_out)
 
 
-def as_dataset(model, x, y, name="x"):
-    """x/y arrays or a dataset object, checked against the model's input and output sizes."""
+def as_dataset(model, x, y, name="x", y_name="y"):
+    """x/y arrays or a dataset object, checked against the model's input and output sizes
+    (``name``, ``y_name``: the arguments' names in error messages)."""
     if hasattr(x, "gather_batch"):
         if y is not None:
             raise ValueError(f"{name} is a dataset, so y must be omitted")
@@ -73,7 +81,8 @@ def as_dataset(model, x, y, name="x"):
         return x
     backend = model.backend
     gather = backend.gather if backend.device == "cpu" else None
-    return ArrayDataset(x, y, model.in_features, model.out_features, name, gather)
+    return ArrayDataset(x, y, model.in_features, model.out_features, name, gather, y_name,
+                        model.dtype)
 
 
 def check_targets(loss_fn, dataset, model, name):

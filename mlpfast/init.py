@@ -84,6 +84,24 @@ def xavier_normal(shape, rng, gain=1.0):
     return rng.normal(0.0, _xavier_std(shape, gain), size=shape)
 
 
+def make_rng(seed, name="seed"):
+    """np.random.default_rng(seed) (None, an integer >= 0 or a Generator), its errors
+    naming the argument."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name} must be None, an integer >= 0 or a numpy Generator, got "
+                      f"{seed!r}") from None
+
+
+def check_nonlinearity(nonlinearity):
+    """None (torch.nn.init's default) or one of NONLINEARITIES."""
+    if nonlinearity is not None and nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES} or None, got "
+                         f"{nonlinearity!r}")
+    return nonlinearity
+
+
 def check_init(init):
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -97,6 +115,7 @@ def linear_parameters(init, in_features, out_features, bias, rng, nonlinearity=N
     of torch.nn.init's function, leaky_relu with a=0 for kaiming, gain 1 for xavier).
     ``negative_slope``: leaky_relu's."""
     shape = (out_features, in_features)
+    check_nonlinearity(nonlinearity)
     bound = 1.0 / np.sqrt(in_features)               # torch.nn.Linear.reset_parameters
     if check_init(init) == "kaiming_uniform":
         weight = rng.uniform(-bound, bound, size=shape)

@@ -30,6 +30,18 @@ def check_labels(labels, batch, num_classes, name="labels"):
     return labels.astype(np.int64, copy=False)
 
 
+def check_prediction(array, name, columns):
+    """A 2-D (batch, ``columns``) float32/float64 array of any backend, or an array-like (a
+    list) as a NumPy array; else a TypeError/ValueError naming ``name``."""
+    if not hasattr(array, "ndim"):
+        array = np.asarray(array)
+    if array.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must hold float32 or float64 values, got {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (batch, {columns}), got shape {array.shape}")
+    return array
+
+
 class Loss:
     def __init__(self, backend=None):
         self.backend = None if backend is None else get_backend(backend)
@@ -82,8 +94,7 @@ class CrossEntropyLoss(Loss):
         self.last_correct = 0      # rows of the last batch whose argmax equals the label
 
     def forward(self, logits, labels):
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be 2-D (batch, classes), got shape {logits.shape}")
+        logits = check_prediction(logits, "logits", "classes")
         labels = check_labels(labels, logits.shape[0], logits.shape[1])
         be = self._backend_for(logits)
         grad = self._grad_out(be, logits.shape, logits.dtype)
@@ -96,8 +107,7 @@ class CrossEntropyLoss(Loss):
 
     def value(self, logits, labels):
         """The loss alone, without computing or storing the gradient."""
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be 2-D (batch, classes), got shape {logits.shape}")
+        logits = check_prediction(logits, "logits", "classes")
         labels = check_labels(labels, logits.shape[0], logits.shape[1])
         return self._backend_for(logits).softmax_cross_entropy_forward(logits, labels)
 
@@ -117,6 +127,7 @@ class MSELoss(Loss):
         return self._backend_for(pred).to_device(np.ascontiguousarray(target, dtype=pred.dtype))
 
     def forward(self, pred, target):
+        pred = check_prediction(pred, "pred", "outputs")
         target = self._target(pred, target)
         be = self._backend_for(pred)
         self._grad = be.mse_backward(pred, target, self._grad_out(be, pred.shape, pred.dtype))
@@ -124,6 +135,7 @@ class MSELoss(Loss):
 
     def value(self, pred, target):
         """The loss alone, without computing or storing the gradient."""
+        pred = check_prediction(pred, "pred", "outputs")
         return self._backend_for(pred).mse(pred, self._target(pred, target))
 
     def correct(self, pred, target):

@@ -8,8 +8,12 @@ Buffers: a layer owns its output and input-gradient buffers and reuses them from
 step, so ``forward`` and ``backward`` return arrays that the next call overwrites.
 Calling a module (``module(x)``) checks ``x`` and returns a fresh copy of the output.
 """
+import copy
 import json
+import math
+import numbers
 import os
+import weakref
 
 import numpy as np
 
@@ -17,7 +21,7 @@ from . import npz, tables
 from .backend import ACTIVATIONS, FUSABLE, Plan, PlanLayer, check_precision, get_backend, \
     to_numpy
 from .checkpoint import atomic_write
-from .init import check_init, linear_parameters
+from .init import check_init, linear_parameters, make_rng
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MODEL_ENTRY = "__mlpfast__"     # the architecture (JSON bytes) in a saved model's .npz
@@ -160,7 +164,7 @@ class Linear(Module):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._in, self.out_features = int(in_features), int(out_features)
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = make_rng(seed)
         w, b = linear_parameters(init, self._in, self.out_features, bias, rng, nonlinearity)
         self.weight = self._new_parameter(w)
         self.bias = self._new_parameter(b) if bias else None
@@ -269,6 +273,10 @@ class LeakyReLU(Activation):
     kind = "leaky_relu"
 
     def __init__(self, negative_slope=0.01, **kwargs):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+            raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
         super().__init__(negative_slope=float(negative_slope), **kwargs)
 
 
@@ -294,10 +302,11 @@ class Softmax(Activation):
     kind = "softmax"
 
 
-def _check_rate(p):
+def _check_rate(p, name="p"):
+    """p as a float in [0, 1], or a ValueError naming the argument ``name``."""
     if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) \
             or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
     return float(p)
 
 
@@ -372,7 +381,7 @@ class BatchNorm1d(Module):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"eps must be a number > 0, got {eps!r}")
         if momentum is not None:
-            momentum = _check_rate(momentum)
+            momentum = _check_rate(momentum, "momentum")
         super().__init__(backend, dtype)
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine = bool(affine)
@@ -467,6 +476,7 @@ class Sequential(Module):
             if not isinstance(layer, Module) or isinstance(layer, Sequential):
                 raise TypeError(f"layer {i} must be an mlpfast layer (not a Sequential: list "
                                 f"its layers instead), got {type(layer).__name__}")
+        _check_unshared(layers)
         backend, dtype = layers[0].backend, layers[0].dtype
         for i, layer in enumerate(layers):
             if layer.backend is not backend or layer.dtype != dtype:
@@ -539,8 +549,18 @@ class Sequential(Module):
             return None
         return leading, tuple(chain)
 
+    def __deepcopy__(self, memo):
+        """A copy with flat buffers of its own (copied field by field, its parameters would
+        not be views of its copied buffers), on the same backend."""
+        twin = copy.copy(self)
+        memo[id(self)], memo[id(self.backend)] = twin, self.backend
+        twin.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        twin._flatten_parameters()
+        return twin
+
     def _flatten_parameters(self):
-        """Move every parameter (and its grad) into one flat buffer, in order, as views.
+        """Move every parameter (and its grad) into one flat buffer, in order, as views;
+        the parameters then belong to this model (``_owner``).
 
         The optimizer then updates the whole model in one pass over the buffer.
         """
@@ -552,10 +572,12 @@ class Sequential(Module):
         for p in params:
             size = int(np.prod(p.shape))
             data_view = self.flat_data[offset:offset + size].reshape(p.shape)
+            grad_view = self.flat_grad[offset:offset + size].reshape(p.shape)
             self.backend.assign(data_view, p.data)
-            p.data = data_view
-            p.grad = self.flat_grad[offset:offset + size].reshape(p.shape)
+            self.backend.assign(grad_view, p.grad)
+            p.data, p.grad = data_view, grad_view
             p.flat_slice = (self.flat_data, self.flat_grad, offset, size)
+            p.owner = weakref.ref(self)
             offset += size
 
     def __len__(self):
@@ -714,6 +736,28 @@ def _checked_state_array(name, value, target, dtype):
     return a.astype(dtype)
 
 
+def _owner(p):
+    """The live Sequential whose flat buffer holds parameter p, or None (a new layer, a
+    deep copy, or a model that no longer exists)."""
+    owner = getattr(p, "owner", lambda: None)()
+    return owner if owner is not None and p.flat_slice[0] is owner.flat_data else None
+
+
+def _check_unshared(layers):
+    """Each layer once, none owned by another model: moving a model's parameters into a
+    new flat buffer would leave that model training a stale copy of them."""
+    seen = {}
+    for i, layer in enumerate(layers):
+        if id(layer) in seen:
+            raise ValueError(f"layer {i} is layer {seen[id(layer)]} again: a layer may appear "
+                             f"once in a Sequential; build another {type(layer).__name__}")
+        seen[id(layer)] = i
+        if any(_owner(p) is not None for p in layer.parameters()):
+            raise ValueError(f"layer {i} ({layer!r}) belongs to another model, whose flat "
+                             f"buffer holds its parameters; models cannot share layers: "
+                             f"build new layers, or pass copy.deepcopy(layer)")
+
+
 class MLP(Sequential):
     """Linear, act, Linear, act, ..., Linear: the layers of the same torch.nn.Sequential.
 
@@ -735,14 +779,18 @@ class MLP(Sequential):
         if not isinstance(sizes, list) or len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output size, "
                              f"got {sizes!r}")
+        if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+               for n in sizes):
+            raise ValueError(f"sizes must be positive integers, got {sizes!r}")
         hidden_acts = [a for a in ACTIVATIONS if a != "softmax"]
         if activation not in hidden_acts:
             raise ValueError(f"activation must be one of {hidden_acts}, got {activation!r}")
-        dropout, input_dropout = _check_rate(dropout), _check_rate(input_dropout)
+        dropout = _check_rate(dropout, "dropout")
+        input_dropout = _check_rate(input_dropout, "input_dropout")
         check_init(init)
         check_precision(precision)
         backend = get_backend(backend)
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         hidden = len(sizes) - 2
         linears = [Linear(n_in, n_out, bias, init=init, backend=backend, dtype=dtype, seed=rng,
                           nonlinearity=activation if i < hidden else "identity")

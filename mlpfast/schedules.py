@@ -26,12 +26,15 @@ giving the same sequence of lrs (tests/test_schedules.py):
         training loop should pass (a History key).
 
 ``make_schedule(name_or_schedule, **kwargs)`` builds one by name (or passes a schedule
-through; a function f(t, T) -> factor becomes a ``FunctionSchedule``).
+through; a function f(t, T) -> factor becomes a ``FunctionSchedule``, whose factors must
+be finite and >= 0). step, multistep and exponential have required arguments, as torch's
+do, so they need ``make_schedule(name, ...)``; the others also work by name alone.
 ``state_dict()`` is JSON-able ({"type", "config", "state"}); ``load_state_dict`` checks the
 type and config and restores the state, so a resumed run continues the same sequence
 bit for bit. Only ``plateau`` has state beyond its config; the others are functions of t.
 """
 import bisect
+import inspect
 import math
 import numbers
 
@@ -334,8 +337,15 @@ class FunctionSchedule(Schedule):
         return {"function": getattr(self.function, "__qualname__", repr(self.function))}
 
     def factor(self, step):
+        """The function's factor at ``step``: a finite number >= 0, else a ValueError
+        (raised before any step uses it)."""
         self._epoch(step)
-        return float(self.function(step, self.total_steps))
+        value = self.function(step, self.total_steps)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"lr_schedule {self.config()['function']} returned {value!r} at "
+                             f"step {step}: the factor must be a finite number >= 0")
+        return float(value)
 
 
 SCHEDULES = {cls.name: cls for cls in (ConstantSchedule, StepSchedule, MultiStepSchedule,
@@ -357,8 +367,14 @@ def make_schedule(schedule=None, **kwargs):
         if schedule not in SCHEDULES:
             raise ValueError(f"lr schedule must be one of {sorted(SCHEDULES)}, a Schedule or "
                              f"a function f(step, total_steps), got {schedule!r}")
+        cls = SCHEDULES[schedule]
+        missing = [name for name, arg in inspect.signature(cls).parameters.items()
+                   if arg.default is arg.empty and name not in kwargs]
+        if missing:
+            raise ValueError(f"lr_schedule {schedule!r} needs {', '.join(missing)}: pass "
+                             f"make_schedule({schedule!r}, {missing[0]}=...)")
         try:
-            return SCHEDULES[schedule](**kwargs)
+            return cls(**kwargs)
         except TypeError as e:
             raise TypeError(f"schedule {schedule!r}: {e}") from None
     if callable(schedule):

@@ -17,8 +17,10 @@ from . import distributed, tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
 from .datasets import as_dataset, check_targets, has_labels
+from .init import make_rng
 from .losses import CrossEntropyLoss, MSELoss
 from .metrics import precision_recall_f1
+from .nn import BatchNorm1d
 from .progress import Progress
 from .resume import CheckpointWriter, check_checkpoint_args, resume as resume_run
 from .run import (ChunkSizes, EarlyStopping, History, Interrupts,  # noqa: F401
@@ -61,10 +63,11 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     and step; the model and optimizer keep the state of the last good step.
 
     ``lr_schedule`` scales the optimizer's lr at each global step (``mlpfast.schedules``):
-    None or "constant", "step", "multistep", "exponential", "cosine", "onecycle",
-    "plateau" (with their default arguments), a Schedule object
-    (``mf.schedules.make_schedule("cosine", warmup_steps=500)``), or a function f(t, T) ->
-    factor. Its state is checkpointed, so a resumed run follows it.
+    None or "constant", "cosine", "onecycle", "plateau" (with their default arguments), a
+    Schedule object (``mf.schedules.make_schedule("cosine", warmup_steps=500)``; "step",
+    "multistep" and "exponential" need theirs: ``make_schedule("step", step_size=10)``),
+    or a function f(t, T) -> factor (finite, >= 0). Its state is checkpointed, so a
+    resumed run follows it.
 
     ``early_stopping`` = patience stops after that many epochs in which ``monitor``
     ("val_loss", "val_accuracy", "loss" or "train_accuracy") did not improve; with
@@ -85,9 +88,11 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         job = _Job(model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
                    checkpoint, checkpoint_every, precision)
         stopper = _early_stopping(early_stopping, monitor, job)
-        run = RunState(np.random.default_rng(seed),
-                       LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
-                                     job.steps_per_epoch, optimizer.lr), stopper)
+        rates = LearningRates(lr_schedule, job.epochs * job.steps_per_epoch,
+                              job.steps_per_epoch, optimizer.lr)
+        if hasattr(rates.schedule, "monitor"):      # reduce-on-plateau
+            _check_monitor(rates.schedule.monitor, job, f"lr_schedule {rates.schedule.name!r}")
+        run = RunState(make_rng(seed), rates, stopper)
         if resume is not None:        # read, check everything, then load (all or nothing)
             resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
                        job.epochs, run)
@@ -126,19 +131,30 @@ def _train_epochs(job, step, run, writer, progress, verbose, interrupts):
             writer.write(run, epoch)
         if verbose:
             print(format_record(record, job.epochs), flush=True)
-        if interrupts.requested:
-            raise KeyboardInterrupt
+        if interrupts.requested and not (epoch == job.epochs or stop):
+            raise KeyboardInterrupt         # (a run that has ended finishes normally)
 
 
 def _early_stopping(patience, monitor, job):
     if patience is None:
         return None
     stopper = EarlyStopping(patience, monitor)
-    if monitor.startswith("val_") and job.val_set is None:
-        raise ValueError(f"early stopping on {monitor} needs val=(x_val, y_val) or a dataset")
-    if monitor.endswith("accuracy") and not job.classify:
-        raise ValueError(f"early stopping on {monitor} needs class labels")
+    _check_monitor(monitor, job, "early stopping")
     return stopper
+
+
+def _check_monitor(monitor, job, user):
+    """``monitor`` names a value the run records every epoch, or a ValueError naming
+    ``user`` (early stopping, a plateau schedule) before any training."""
+    if monitor not in EarlyStopping.MONITORS:
+        raise ValueError(f"{user}: monitor must be one of {EarlyStopping.MONITORS}, "
+                         f"got {monitor!r}")
+    if monitor.startswith("val_") and job.val_set is None:
+        raise ValueError(f"{user} on {monitor} needs val=(x_val, y_val) or a dataset")
+    labelled = has_labels(job.val_set) if monitor == "val_accuracy" else job.classify
+    if monitor.endswith("accuracy") and not labelled:
+        where = "val's targets" if monitor == "val_accuracy" else "y"
+        raise ValueError(f"{user} on {monitor} needs class labels, but {where} are floats")
 
 
 def _train_epoch(job, step, run, epoch, writer, progress, start, interrupts):
@@ -190,6 +206,7 @@ class _Job:
         n = len(self.train_set)
         self.batch_size, self.shuffle = min(batch_size, n), bool(shuffle)
         self.steps_per_epoch = -(-n // self.batch_size)
+        _check_batchnorm_batches(model, n, self.batch_size)
         self.plan = model.plan(precision)
         model.backend.check_step(self.plan, loss_fn, optimizer, self.train_set)
         self.data_spec = {"n": n, "num_features": int(self.train_set.num_features),
@@ -210,6 +227,16 @@ class _Job:
         return record
 
 
+def _check_batchnorm_batches(model, n, batch_size):
+    """No batch of 1 sample when the model has a BatchNorm1d (it cannot normalize one)."""
+    if not any(isinstance(layer, BatchNorm1d) for layer in model.layers):
+        return
+    if batch_size == 1 or n % batch_size == 1:
+        raise ValueError(f"BatchNorm1d needs more than 1 sample per batch in training, but "
+                         f"batch_size={batch_size} with {n} samples gives a batch of 1: "
+                         f"choose a batch_size > 1 with {n} % batch_size != 1")
+
+
 def _check_optimizer(model, optimizer):
     if not hasattr(optimizer, "step") or not getattr(optimizer, "params", None):
         raise TypeError(f"optimizer must be an mlpfast optimizer, got {type(optimizer).__name__}")
@@ -227,7 +254,7 @@ def _val_set(model, loss_fn, val):
     if hasattr(val, "gather_batch"):
         val_set = as_dataset(model, val, None, name="val")
     elif isinstance(val, (tuple, list)) and len(val) == 2:
-        val_set = as_dataset(model, val[0], val[1], name="val x")
+        val_set = as_dataset(model, val[0], val[1], name="val x", y_name="val y")
     else:
         raise ValueError("val must be (x_val, y_val) or a dataset")
     check_targets(loss_fn, val_set, model, "val y")
@@ -266,6 +293,9 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
     "confusion_matrix" (true x predicted counts) and "scores", per-class precision,
     recall, f1 and support with their macro and weighted averages
     (``mlpfast.metrics.precision_recall_f1``)."""
+    if y is None and not hasattr(x, "gather_batch"):
+        raise ValueError("y is missing: evaluate needs labels (or MSE targets) for x, or a "
+                         "dataset as x")
     loss_fn = CrossEntropyLoss(backend=model.backend) if loss_fn is None else loss_fn
     num_classes = model.out_features
     loss_sum, n, truth, predictions = 0.0, 0, [], []

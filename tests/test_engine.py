@@ -279,3 +279,29 @@ def test_assert_close_fails_on_nan_and_infinities():
                              ([-np.inf], [np.inf]), ([2.0], [1.0])):
         with pytest.raises(AssertionError):
             assert_close(actual, expected, tol=(1e-3, 1e-3))
+
+
+@pytest.mark.parametrize("backend", mf.backends())
+@pytest.mark.parametrize("saved,own", [(0.9, 0.0), (0.0, 0.9)])
+def test_sgd_load_state_dict_takes_the_saved_momentum_as_torch_does(backend, saved, own, rng):
+    """torch's load_state_dict restores the param groups' hyperparameters: an SGD built with
+    one momentum that loads another's state trains exactly as the saved one would."""
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+
+    def train(model, opt):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=8, seed=0,
+               progress=False)
+
+    model = mf.MLP([4, 6, 3], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1, momentum=saved)
+    train(model, opt)
+    twin = mf.MLP([4, 6, 3], backend=backend, seed=1)
+    twin.load_state_dict(model.state_dict())
+    twin_opt = mf.optim.SGD(twin.parameters(), lr=0.5, momentum=own)
+    twin_opt.load_state_dict(opt.state_dict())
+    assert twin_opt.hyper == opt.hyper and twin_opt.state_names == opt.state_names
+    train(model, opt)
+    train(twin, twin_opt)
+    assert np.array_equal(mf.to_numpy(twin.flat_data), mf.to_numpy(model.flat_data))
+    assert twin_opt.step_count == opt.step_count == 10

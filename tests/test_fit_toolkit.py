@@ -1,5 +1,7 @@
 """fit with learning-rate schedules and early stopping: the rates each step gets, the best
 epoch's weights restored, and exact resume with both (their state is checkpointed)."""
+import signal
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,84 @@ def test_resume_with_a_schedule_and_early_stopping_is_bit_identical(backend, sch
     assert opt_a.step_count == opt_c.step_count
     assert hist_a["val_loss"] == hist_c["val_loss"] and hist_a["loss"] == hist_c["loss"]
     assert (hist_a.best_epoch, hist_a.stopped_epoch) == (hist_c.best_epoch, hist_c.stopped_epoch)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("factor, message", [
+    (lambda t, total: -1.0, "returned -1.0 at step 0"),
+    (lambda t, total: float("nan") if t >= 2 else 1.0, "returned nan at step 2"),
+    (lambda t, total: float("inf"), "returned inf at step 0"),
+    (lambda t, total: "1", "returned '1' at step 0"),
+])
+def test_a_bad_schedule_factor_stops_fit_before_its_step(backend, factor, message):
+    """A factor that is negative (gradient ascent), NaN, inf or not a number is refused
+    before the step that would use it: the steps before it stand, and are finite."""
+    x, y = _data(64)
+    model = mf.MLP([6, 5, 2], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=f"lr_schedule .*{message}: the factor must be"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16,
+               progress=False, lr_schedule=factor)
+    assert np.isfinite(mf.to_numpy(model.flat_data)).all()
+    assert opt.step_count <= (2 if "step 2" in message else 0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr_schedule="step"), "lr_schedule 'step' needs step_size"),
+    (dict(lr_schedule="plateau"), "lr_schedule 'plateau' on val_loss needs val="),
+    (dict(lr_schedule=mf.schedules.make_schedule("plateau", monitor="foo"), val="xy"),
+     "lr_schedule 'plateau': monitor must be one of"),
+    (dict(lr_schedule=mf.schedules.make_schedule("plateau", monitor="train_accuracy",
+                                                 mode="max"), loss="mse"),
+     "lr_schedule 'plateau' on train_accuracy needs class labels, but y are floats"),
+    (dict(early_stopping=2, monitor="val_accuracy", val="xy", loss="mse"),
+     "early stopping on val_accuracy needs class labels, but val's targets are floats"),
+])
+def test_schedule_and_monitor_errors_come_before_training(kwargs, message):
+    x, y = _data(32)
+    targets = np.eye(2, dtype=np.float32)[y]
+    mse = kwargs.pop("loss", None) == "mse"
+    if kwargs.get("val") == "xy":
+        kwargs["val"] = (x, targets if mse else y)
+    model = mf.MLP([6, 5, 2], seed=0)
+    before = model.flat_data.copy()
+    opt = mf.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=message):
+        mf.fit(model, opt, mf.MSELoss() if mse else mf.CrossEntropyLoss(), x,
+               targets if mse else y, epochs=2, batch_size=8, progress=False, **kwargs)
+    assert opt.step_count == 0 and np.array_equal(model.flat_data, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("early_stopping", [None, 1])
+def test_ctrl_c_in_the_last_chunk_of_a_run_finishes_it(backend, early_stopping):
+    """SIGINT while the run's last batch is gathered: every step is done, so fit returns
+    the whole history (final validation, restore_best) instead of KeyboardInterrupt.
+    With early stopping at patience 1 on a constant loss, epoch 2 ends the run."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    x, y = _data(64)
+    last = 8 if early_stopping else 16          # 4 batches an epoch, 4 epochs
+
+    def run(at):
+        model = mf.MLP([6, 5, 2], backend=backend, seed=0)
+        opt = mf.optim.SGD(model.parameters(), lr=0.1)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), BatchSamples(
+            x, y, 16, at, lambda: signal.raise_signal(signal.SIGINT), 2), epochs=4,
+            batch_size=16, seed=0, progress=False, val=(x, y),
+            early_stopping=early_stopping, monitor="loss",
+            lr_schedule=(lambda t, total: 0.0) if early_stopping else None)
+        return model, opt, history
+    try:
+        reference = run(None)
+        try:
+            model, opt, history = run(last)
+        except KeyboardInterrupt:
+            pytest.fail("fit raised KeyboardInterrupt after the run's last step")
+        with pytest.raises(KeyboardInterrupt):
+            run(last - 4)                        # the run had an epoch left
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(history) == len(reference[2]) == last // 4
+    assert history["val_loss"] == reference[2]["val_loss"] and opt.step_count == last
+    assert history.stopped_epoch == reference[2].stopped_epoch
+    assert np.array_equal(mf.to_numpy(model.flat_data), mf.to_numpy(reference[0].flat_data))

@@ -1,6 +1,8 @@
 """Dropout and BatchNorm1d layers, MLP(batchnorm=, dropout=), buffers in state_dict and
 save/load, the max_norm optimizer option, and fit on the layer-by-layer engine against a
 hand-written torch loop from the same state."""
+import copy
+
 import numpy as np
 import pytest
 from conftest import GRAD_TOL, assert_close, numerical_grad
@@ -106,7 +108,7 @@ def test_batchnorm_rejects_one_sample_in_training_before_counting_it():
     assert int(layer.num_batches_tracked) == 0
     with pytest.raises(ValueError, match="num_features must be a positive integer"):
         mf.BatchNorm1d(0)
-    with pytest.raises(ValueError, match="p must be a probability"):
+    with pytest.raises(ValueError, match="momentum must be a probability"):
         mf.BatchNorm1d(3, momentum=2.0)
 
 
@@ -338,3 +340,71 @@ def test_fit_matches_a_torch_loop_from_the_same_state(backend, case, rng):
         assert_close(value, state_torch[key].numpy(), tol=TOL64, what=key)
     if use_dropout:
         assert [layer.step for layer in model if isinstance(layer, mf.Dropout)] == [9, 9]
+
+
+# --- checks before training and at construction -----------------------------------------------
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("n,batch_size", [(9, 4), (8, 1)])
+def test_fit_refuses_a_batch_of_one_with_batchnorm_before_training(backend, n, batch_size,
+                                                                   rng):
+    x, y = rng.random((n, 3)).astype(np.float32), rng.integers(0, 2, n)
+    model = mf.MLP([3, 4, 2], seed=0, batchnorm=True, backend=backend)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=f"batch_size={batch_size} with {n} samples gives a "
+                                         f"batch of 1: choose a batch_size > 1"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=batch_size,
+               progress=False)
+    assert opt.step_count == 0
+    for name, value in model.state_dict().items():
+        assert np.array_equal(value, before[name]), name
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=3,
+                     progress=False)
+    assert opt.step_count == -(-n // 3) and history["loss"][0] > 0
+
+
+def test_sequential_refuses_another_models_layers_and_a_layer_twice():
+    model = mf.MLP([3, 4, 2], seed=0)
+    with pytest.raises(ValueError, match="layer 0 .* belongs to another model.*deepcopy"):
+        mf.Sequential(*model.layers)
+    relu = mf.ReLU()
+    with pytest.raises(ValueError, match="layer 3 is layer 1 again"):
+        mf.Sequential(mf.Linear(3, 3), relu, mf.Linear(3, 3), relu, mf.Linear(3, 2))
+    linear = mf.Linear(3, 3, seed=0)
+    with pytest.raises(ValueError, match="layer 1 is layer 0 again: .* build another Linear"):
+        mf.Sequential(linear, linear)
+    assert model[0].weight.flat_slice[0] is model.flat_data       # nothing moved
+    head = mf.Sequential(*mf.MLP([3, 4, 2], seed=0).layers, mf.Softmax())   # a model gone
+    assert np.array_equal(head.flat_data, model.flat_data)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_copies_of_a_model_or_its_layers_train_apart_from_it(backend, rng):
+    """copy.deepcopy(model) and Sequential(*copy.deepcopy(model.layers)) train their own
+    flat buffers; the original model still trains its own (its weights move)."""
+    x, y = rng.random((24, 3)).astype(np.float32), rng.integers(0, 2, 24)
+    model = mf.MLP([3, 4, 2], seed=0, backend=backend)
+    start = mf.to_numpy(model.flat_data).copy()
+    copies = [copy.deepcopy(model), mf.Sequential(*copy.deepcopy(model.layers)), model]
+    results = []
+    for m in copies:
+        opt = mf.optim.SGD(m.parameters(), lr=0.5)
+        assert opt._flat is not None and opt._flat[0] is m.flat_data
+        history = mf.fit(m, opt, mf.CrossEntropyLoss(), x, y, epochs=3, batch_size=8, seed=0,
+                         progress=False)
+        results.append((mf.to_numpy(m.flat_data).copy(), history["loss"]))
+    for params, losses in results:
+        assert np.array_equal(params, results[0][0]) and losses == results[0][1]
+    assert not np.array_equal(results[0][0], start) and losses[0] != losses[-1]
+
+
+def test_activation_and_init_arguments_are_checked():
+    for call, error, match in (
+            (lambda: mf.LeakyReLU(float("nan")), ValueError, "negative_slope must be finite"),
+            (lambda: mf.LeakyReLU("a"), TypeError, "negative_slope must be a number, got 'a'"),
+            (lambda: mf.Linear(3, 2, nonlinearity="foo"), ValueError,
+             "nonlinearity must be one of .* got 'foo'")):
+        with pytest.raises(error, match=match):
+            call()
+    assert mf.LeakyReLU(np.float32(0.2)).params == {"negative_slope": pytest.approx(0.2)}

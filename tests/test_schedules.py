@@ -146,7 +146,11 @@ def test_make_schedule_takes_objects_functions_and_none():
 
 @pytest.mark.parametrize("call,error,match", [
     (lambda: make_schedule("linear"), ValueError, "lr schedule must be one of"),
-    (lambda: make_schedule("step"), TypeError, "schedule 'step'"),
+    (lambda: make_schedule("step"), ValueError, "lr_schedule 'step' needs step_size"),
+    (lambda: make_schedule("multistep", gamma=0.5), ValueError,
+     "lr_schedule 'multistep' needs milestones"),
+    (lambda: make_schedule("exponential"), ValueError, "lr_schedule 'exponential' needs gamma"),
+    (lambda: make_schedule("step", step_size=2, size=3), TypeError, "schedule 'step'"),
     (lambda: make_schedule("step", step_size=0), ValueError, "step_size must be a positive"),
     (lambda: make_schedule("multistep", milestones=[3, 2]), ValueError, "milestones must increase"),
     (lambda: make_schedule("exponential", gamma=-1), ValueError, "gamma must lie in"),
@@ -155,6 +159,10 @@ def test_make_schedule_takes_objects_functions_and_none():
     (lambda: make_schedule("cosine", warmup_steps=10).start(10, 5, 0.1), ValueError,
      "warmup_steps"),
     (lambda: make_schedule("cosine").factor(0), RuntimeError, "start"),
+    (lambda: make_schedule(lambda t, total: -0.5).start(4, 2, 0.1).factor(1), ValueError,
+     r"lr_schedule .*<lambda> returned -0.5 at step 1: the factor must be a finite number"),
+    (lambda: make_schedule(lambda t, total: float("nan")).start(4, 2, 0.1).factor(0),
+     ValueError, "returned nan at step 0"),
     (lambda: make_schedule("plateau").start(5, 1, 0.1).end_epoch(float("nan")), ValueError,
      "monitored value"),
     (lambda: make_schedule(schedules.CosineSchedule(), warmup_steps=2), ValueError,

@@ -125,7 +125,11 @@ def test_bad_input_is_named_and_changes_nothing(case, message, trained, tmp_path
     (dict(val=(np.zeros((3, 784)),)), ValueError, r"val must be \(x_val, y_val\)"),
     (dict(val=(np.zeros((3, 783)), np.zeros(3, int))), ValueError, "val x has 783 columns"),
     (dict(val=(np.zeros((3, 784)), np.array([0, 1, 12]))), ValueError, "found 12"),
-    (dict(seed="abc"), TypeError, "SeedSequence"),
+    (dict(seed="abc"), TypeError, "seed must be None, an integer >= 0 or a numpy Generator, "
+                                  "got 'abc'"),
+    (dict(seed=-1), ValueError, "seed must be None, an integer >= 0"),
+    (dict(val=(np.zeros((3, 784)), np.array([0, 1, 13]))), ValueError,
+     r"val y must lie in \[0, 10\) for 10 classes, found 13"),
     (dict(loss_fn=None), TypeError, "loss_fn must be CrossEntropyLoss"),
 ])
 def test_fit_argument_errors_change_nothing(kwargs, error, message, trained):
@@ -276,3 +280,104 @@ def test_out_aliasing_an_input_is_rejected_or_correct(backend, dtype, rng):
         assert np.array_equal(act.forward(in_place, in_place), y), name
         grad = np.ones_like(x)
         assert np.array_equal(act.backward(grad, x, y, grad), expected_dx), name
+
+
+# --- optimizer state and step rates: checked before anything changes ---------------------------
+
+def _sgd_state(model, **kwargs):
+    opt = mf.optim.SGD(model.parameters(), lr=0.1, **kwargs)
+    model.flat_grad[...] = 1.0
+    opt.step()
+    return opt.state_dict()
+
+
+@pytest.mark.parametrize("edit,error,message", [
+    (lambda s: s["hyper"].update(lr=-5), ValueError, r"state\['hyper'\].*lr must be >= 0"),
+    (lambda s: s["hyper"].update(foo=1), TypeError, r"state\['hyper'\].*'foo'"),
+    (lambda s: s["hyper"].pop("weight_decay"), ValueError, r"state\['hyper'\] has"),
+    (lambda s: s["state"]["momentum_buffer"].__setitem__(3, np.nan), ValueError,
+     "'momentum_buffer' contains NaN or inf"),
+    (lambda s: s["state"].update(momentum_buffer=np.zeros(5)), ValueError,
+     r"'momentum_buffer' must be a float array of shape \(17,\)"),
+    (lambda s: s["hyper"].update(momentum=0.0), ValueError,
+     r"holds \['momentum_buffer'\], but SGD with .* keeps \[\]"),
+    (lambda s: s.pop("state"), ValueError, r"state lacks \['state'\]"),
+    (lambda s: s.update(step="x"), ValueError, r"state\['step'\] must be an integer >= 0, "
+                                               r"got 'x'"),
+    (lambda s: s.update(step=-1), ValueError, r"state\['step'\] must be an integer >= 0"),
+])
+def test_optimizer_load_state_dict_checks_everything_before_changing(edit, error, message):
+    model = mf.MLP([3, 2, 3], backend="numpy", seed=0)
+    state = _sgd_state(model, momentum=0.9)
+    edit(state)
+    opt = mf.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    model.flat_grad[...] = 2.0
+    opt.step()
+    before = _snapshot(model, opt)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(state)
+    _assert_unchanged(model, opt, before)
+    assert opt.state_names == ("momentum_buffer",)
+
+
+@pytest.mark.parametrize("lr,error", [(-1, ValueError), (float("nan"), ValueError),
+                                      (float("inf"), ValueError), ("x", TypeError)])
+@pytest.mark.parametrize("make", [lambda ps: mf.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: mf.optim.Adam(ps)])
+def test_step_refuses_a_bad_rate_before_updating(lr, error, make):
+    model = mf.MLP([3, 2, 3], backend="numpy", seed=0)
+    opt = make(model.parameters())
+    model.flat_grad[...] = 1.0
+    before = _snapshot(model, opt)
+    with pytest.raises(error, match="lr must be"):
+        opt.step(lr=lr)
+    _assert_unchanged(model, opt, before)
+    opt.step(lr=0.0)
+    assert opt.step_count == 1
+
+
+# --- bool and float16 samples: converted once, trained like float32 ---------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bool_and_float16_x_train_like_their_float32_values(backend, rng):
+    y = rng.integers(0, 2, 20)
+    base = rng.normal(size=(20, 3))
+    for x in (base > 0, base.astype(np.float16)):
+        results = []
+        for data in (x, x.astype(np.float32)):
+            model = mf.MLP([3, 4, 2], backend=backend, seed=0)
+            opt = mf.optim.SGD(model.parameters(), lr=0.5)
+            history = mf.fit(model, opt, mf.CrossEntropyLoss(), data, y, epochs=2,
+                             batch_size=8, seed=0, progress=False)
+            results.append((mf.to_numpy(model.flat_data).copy(), history["loss"]))
+        assert np.array_equal(results[0][0], results[1][0]), x.dtype
+        assert results[0][1] == results[1][1] and results[0][1][0] > 0
+
+
+# --- error messages name the argument ---------------------------------------------------------
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: mf.MLP([3, 4, 2], dropout=2), ValueError, "dropout must be a probability"),
+    (lambda: mf.MLP([3, 4, 2], input_dropout=-1), ValueError,
+     "input_dropout must be a probability"),
+    (lambda: mf.MLP([3, 0, 2]), ValueError, r"sizes must be positive integers, got \[3, 0, 2\]"),
+    (lambda: mf.MLP([3, 2], seed="a"), TypeError, "seed must be None, an integer >= 0"),
+    (lambda: mf.Linear(3, 2, seed=-2), ValueError, "seed must be None, an integer >= 0"),
+    (lambda: mf.evaluate(mf.MLP([3, 2], seed=0), np.zeros((2, 3))), ValueError,
+     "y is missing: evaluate needs labels"),
+    (lambda: mf.CrossEntropyLoss()([[1, 2]], [0]), TypeError,
+     "logits must hold float32 or float64 values, got int64"),
+    (lambda: mf.MSELoss()([1.0, 2.0], [1.0, 2.0]), ValueError,
+     r"pred must be 2-D \(batch, outputs\), got shape \(2,\)"),
+])
+def test_errors_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_losses_take_array_likes():
+    logits, labels = [[1.0, 2.0], [0.5, -1.0]], [0, 0]
+    expected = mf.CrossEntropyLoss(backend="numpy")(np.array(logits), np.array(labels))
+    assert mf.CrossEntropyLoss(backend="numpy")(logits, labels) == expected
+    assert expected == pytest.approx(np.mean([np.log1p(np.exp(1.0)), np.log1p(np.exp(-1.5))]))
+    assert mf.MSELoss(backend="numpy")([[1.0, 2.0]], [[0.0, 0.0]]) == pytest.approx(2.5)
