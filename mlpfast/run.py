@@ -118,9 +118,16 @@ class LearningRates:
         self.schedule = make_schedule(schedule).start(total_steps, steps_per_epoch, base_lr)
 
     def rates(self, lr, first_step, count):
-        """float64 (count,): the rates of global steps first_step .. first_step + count - 1."""
-        return np.array([lr * self.schedule.factor(t)
-                         for t in range(first_step, first_step + count)], np.float64)
+        """float64 (count,): the rates of global steps first_step .. first_step + count - 1,
+        each finite and >= 0 (else a ValueError, before any of them is used)."""
+        rates = np.array([lr * self.schedule.factor(t)
+                          for t in range(first_step, first_step + count)], np.float64)
+        bad = np.flatnonzero(~(np.isfinite(rates) & (rates >= 0)))
+        if bad.size:
+            raise ValueError(f"lr_schedule {self.schedule.name!r} gives the learning rate "
+                             f"{rates[bad[0]]} at step {first_step + bad[0]}: rates must be "
+                             f"finite and >= 0")
+        return rates
 
     def end_epoch(self, record):
         """Feed the epoch's record to the schedule (reduce-on-plateau reads its monitor)."""
@@ -213,19 +220,25 @@ class ChunkSizes:
         self.size = int(max(1, min(self.limit, 2 * self.size, wanted)))
 
 
-def diverged(loss, grads, epoch, step, steps_per_epoch, run, checkpoint):
+def diverged(loss, model, optimizer, epoch, step, steps_per_epoch, run, checkpoint):
     """The TrainingDiverged for a step whose loss or gradients were not finite."""
     if not math.isfinite(loss):
         what = f"the loss is {loss}"
-    elif all(np.isfinite(to_numpy(g)).all() for g in grads):
+    elif np.isfinite(to_numpy(model.flat_grad)).all():
         what = f"the gradient norm overflows (loss {loss:.6g})"
     else:
         what = f"the gradient holds NaN or inf (loss {loss:.6g})"
     where = (f"training diverged at epoch {epoch}, step {step} of {steps_per_epoch} "
              f"(global step {run.global_step + 1}): {what}")
-    kept = (f"the model and optimizer keep the state after global step {run.global_step}, "
-            f"the last good step" if run.global_step else
-            "the model and optimizer keep their initial state")
+    overflowed = _not_finite(model, optimizer)
+    if overflowed is not None:          # an earlier update overflowed from finite gradients
+        kept = (f"{overflowed} already holds NaN or inf (an update overflowed)"
+                + (f"; {checkpoint} keeps the last good checkpoint" if checkpoint else ""))
+    elif run.global_step:
+        kept = (f"the model and optimizer keep the state after global step {run.global_step}, "
+                f"the last good step")
+    else:
+        kept = "the model and optimizer keep their initial state"
     hint = "; lower the learning rate" + (f" or resume from {checkpoint}" if checkpoint else "")
     return TrainingDiverged(f"{where}; {kept}{hint}", epoch, step, run.global_step + 1, loss)
 
@@ -236,16 +249,20 @@ def check_state_finite(model, optimizer, when, checkpoint):
     Catches an update that overflowed from finite gradients, which the per-step check
     cannot see; run before every checkpoint write so NaN never replaces good weights.
     """
+    name = _not_finite(model, optimizer)
+    if name is not None:
+        kept = f"; {checkpoint} keeps the last good checkpoint" if checkpoint else ""
+        raise TrainingDiverged(f"training diverged: {name} holds NaN or inf {when} (an "
+                               f"update overflowed){kept}; lower the learning rate",
+                               None, None, None, None)
+
+
+def _not_finite(model, optimizer):
+    """The first parameter or optimizer state array that holds NaN or inf, or None."""
     arrays = [("parameter " + name, p.data) for name, p in model.named_parameters()]
     arrays += [("optimizer state " + name, a)
                for name, a in optimizer.state_arrays().items()]
-    for name, a in arrays:
-        host = to_numpy(a)
-        if not np.isfinite(host).all():
-            kept = f"; {checkpoint} keeps the last good checkpoint" if checkpoint else ""
-            raise TrainingDiverged(f"training diverged: {name} holds NaN or inf {when} (an "
-                                   f"update overflowed){kept}; lower the learning rate",
-                                   None, None, None, None)
+    return next((name for name, a in arrays if not np.isfinite(to_numpy(a)).all()), None)
 
 
 def format_record(record, epochs):
@@ -265,13 +282,15 @@ class Interrupts:
     """Ctrl-C (SIGINT) or SIGTERM (what batch schedulers and service managers send) while
     fit runs, taken at the next chunk boundary instead of wherever it lands: the chunk in
     progress finishes, fit writes a final checkpoint (when it has one) and raises
-    KeyboardInterrupt. A second signal interrupts at once. Installed only in the main
-    thread, and only over the default handlers (Python's for SIGINT, the system's for
-    SIGTERM): a handler or an ignore the program set stays in charge."""
+    KeyboardInterrupt; after a Ctrl-C that came once the run's last step was done, fit
+    returns instead (SIGTERM still raises). A second signal interrupts at once. Installed
+    only in the main thread, and only over the default handlers (Python's for SIGINT, the
+    system's for SIGTERM): a handler or an ignore the program set stays in charge."""
     DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self):
         self.requested = False
+        self.terminating = False        # the signal was SIGTERM: stop even after the last step
         self._previous = {}
 
     def __enter__(self):
@@ -290,3 +309,4 @@ class Interrupts:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.terminating = signum == signal.SIGTERM

@@ -34,6 +34,7 @@ type and config and restores the state, so a resumed run continues the same sequ
 bit for bit. Only ``plateau`` has state beyond its config; the others are functions of t.
 """
 import bisect
+import functools
 import inspect
 import math
 import numbers
@@ -334,7 +335,7 @@ class FunctionSchedule(Schedule):
         self.function = function
 
     def config(self):
-        return {"function": getattr(self.function, "__qualname__", repr(self.function))}
+        return {"function": _function_name(self.function)}
 
     def factor(self, step):
         """The function's factor at ``step``: a finite number >= 0, else a ValueError
@@ -346,6 +347,17 @@ class FunctionSchedule(Schedule):
             raise ValueError(f"lr_schedule {self.config()['function']} returned {value!r} at "
                              f"step {step}: the factor must be a finite number >= 0")
         return float(value)
+
+
+def _function_name(function):
+    """A name the same in every process (no memory address): the qualified name; for a
+    functools.partial, its function's with its arguments; for a callable object, its
+    class's."""
+    if isinstance(function, functools.partial):
+        args = [repr(a) for a in function.args]
+        args += [f"{key}={value!r}" for key, value in sorted(function.keywords.items())]
+        return f"partial({', '.join([_function_name(function.func)] + args)})"
+    return getattr(function, "__qualname__", type(function).__qualname__)
 
 
 SCHEDULES = {cls.name: cls for cls in (ConstantSchedule, StepSchedule, MultiStepSchedule,

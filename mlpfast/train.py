@@ -131,8 +131,9 @@ def _train_epochs(job, step, run, writer, progress, verbose, interrupts):
             writer.write(run, epoch)
         if verbose:
             print(format_record(record, job.epochs), flush=True)
-        if interrupts.requested and not (epoch == job.epochs or stop):
-            raise KeyboardInterrupt         # (a run that has ended finishes normally)
+        if interrupts.requested and (interrupts.terminating or not (epoch == job.epochs
+                                                                    or stop)):
+            raise KeyboardInterrupt         # (after a Ctrl-C, a run that has ended returns)
 
 
 def _early_stopping(patience, monitor, job):
@@ -171,8 +172,8 @@ def _train_epoch(job, step, run, epoch, writer, progress, start, interrupts):
             chunks.done(count)
             run.advance(done)
             if not finite:                  # the failing step was not applied
-                raise diverged(failed_loss, [job.model.flat_grad], epoch, run.batches_done + 1,
-                               job.steps_per_epoch, run, job.checkpoint)
+                raise diverged(failed_loss, job.model, job.optimizer, epoch,
+                               run.batches_done + 1, job.steps_per_epoch, run, job.checkpoint)
             rows = min(run.batches_done * job.batch_size, len(job.train_set)) \
                 - first * job.batch_size
             bar.update(done, (run.loss_sum - before) / rows)

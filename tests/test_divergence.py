@@ -111,6 +111,22 @@ def test_an_update_that_overflows_is_reported_and_never_checkpointed(tmp_path):
         assert np.array_equal(a, good[name])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_after_an_overflowed_update_does_not_claim_a_good_state(backend):
+    """A schedule factor of 1e45 at step 3 makes Adam's update overflow the weights from
+    finite gradients; step 4's loss is NaN. The error names the parameter that is not
+    finite, not the state after step 3 as 'the last good step'."""
+    x, y = _data()
+    model = mf.MLP([20, 8, 10], backend=backend, seed=0)
+    opt = mf.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(TrainingDiverged, match="global step 4\): the loss is nan; parameter "
+                                               "0.weight already holds NaN or inf \(an "
+                                               "update overflowed\); lower the learning rate"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16, seed=0,
+               progress=False, lr_schedule=lambda t, total: 1e45 if t == 2 else 1.0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_state_check_names_an_optimizer_moment_that_is_not_finite(backend, tmp_path):
     """The end-of-epoch check reads the optimizer's own buffers: an inf planted in Adam's

@@ -152,6 +152,25 @@ def test_a_bad_schedule_factor_stops_fit_before_its_step(backend, factor, messag
     assert opt.step_count <= (2 if "step 2" in message else 0)
 
 
+class RisingSchedule(mf.schedules.Schedule):
+    """A schedule object of one's own whose factor turns NaN at step 2."""
+    name = "rising"
+
+    def factor(self, step):
+        return float("nan") if step >= 2 else 1.0
+
+
+def test_a_schedule_object_giving_a_nan_rate_stops_fit_before_its_step():
+    x, y = _data(64)
+    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="lr_schedule 'rising' gives the learning rate nan at "
+                                         "step 2: rates must be finite and >= 0"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16,
+               progress=False, lr_schedule=RisingSchedule())
+    assert np.isfinite(model.flat_data).all() and opt.step_count <= 2
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lr_schedule="step"), "lr_schedule 'step' needs step_size"),
     (dict(lr_schedule="plateau"), "lr_schedule 'plateau' on val_loss needs val="),

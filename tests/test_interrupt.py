@@ -77,6 +77,16 @@ def test_sigterm_checkpoints_like_ctrl_c_and_resume_is_bit_identical(tmp_path):
     assert hist_a["loss"] == hist_c["loss"]
 
 
+def test_sigterm_after_the_last_step_still_stops_with_keyboard_interrupt(tmp_path):
+    """A Ctrl-C there lets fit return (the run is done); SIGTERM asks the process to end,
+    so fit still raises, after the final checkpoint."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run("numpy", CtrlCAt(x, y, 24, signal.SIGTERM), checkpoint=path)     # 6 x 4 batches
+    assert read_checkpoint(path).progress["epochs_done"] == 4
+
+
 def test_a_program_sigterm_handler_stays_in_charge():
     """fit takes over SIGTERM only from the system's default: a handler the program
     installed is called, and training goes on."""

@@ -1,4 +1,5 @@
 """Learning-rate schedules against torch.optim.lr_scheduler: the same lr at every step."""
+import functools
 import json
 import math
 
@@ -133,6 +134,28 @@ def test_resume_from_json_state_continues_bit_for_bit(name, kwargs):
     assert got == expected
     if name == "plateau":
         assert len(set(expected)) > 2
+
+
+def decay(t, total, power=1.0):
+    return (1 - t / total) ** power
+
+
+class Halving:
+    def __call__(self, t, total):
+        return 0.5 if t > total // 2 else 1.0
+
+
+def test_a_function_schedule_is_named_alike_in_every_process():
+    """The name a checkpoint stores, for a function, a functools.partial and a callable
+    object: built twice (as two processes would), equal and free of memory addresses."""
+    for make in (lambda: decay, lambda: functools.partial(decay, power=2.0),
+                 lambda: functools.partial(decay, 3), Halving):
+        first, second = (make_schedule(make()).start(10, 5, 0.1) for _ in range(2))
+        assert first.config() == second.config() and "0x" not in str(first.config())
+        second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert make_schedule(functools.partial(decay, power=2.0)).config() == \
+        {"function": "partial(decay, power=2.0)"}
+    assert make_schedule(Halving()).config() == {"function": "Halving"}
 
 
 def test_make_schedule_takes_objects_functions_and_none():
