@@ -103,19 +103,23 @@ VARIANTS = {"numpy": {
 # TrainingDiverged), where Python's would raise ZeroDivisionError from inside the kernel.
 
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end):
-    """(sum of the rows' losses, number of rows whose argmax is the label), plain stores
-    (kernels/mlp_step.py calls this for its batches)."""
+def _cross_entropy_rows(logits, labels, grad, with_grad, row_start, row_end, mean_rows):
+    """(sum of the rows' losses, number of rows whose argmax is the label), plain stores;
+    grad of the mean over ``mean_rows`` rows (kernels/mlp_step.py calls this for its
+    batches)."""
     return _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end,
-                               logits[0, :0], False)
+                               logits[0, :0], False, mean_rows)
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_row, stream):
-    """(sum of the rows' losses, number of rows whose argmax is the label). With stream,
-    exp(x - max) goes to the scratch row e_row (_numba_math.same_page_offset), grad rows
-    are written by streaming stores and the rows ahead are prefetched."""
-    batch = float(logits.shape[0])
+def _cross_entropy_band(logits, labels, grad, with_grad, row_start, row_end, e_row, stream,
+                        mean_rows):
+    """(sum of the rows' losses, number of rows whose argmax is the label); grad = the
+    gradient of the sum over ``mean_rows`` (B below: the batch's rows, or more when these
+    are one rank's share of a larger batch). With stream, exp(x - max) goes to the
+    scratch row e_row (_numba_math.same_page_offset), grad rows are written by streaming
+    stores and the rows ahead are prefetched."""
+    batch = float(mean_rows)
     loss = 0.0
     correct = 0
     for i in range(row_start, row_end):
@@ -154,7 +158,7 @@ def _cross_entropy_numba(logits, labels, grad, with_grad, scratch, stream, band_
     for t in prange(bands):
         band_loss[t], band_correct[t] = _cross_entropy_band(
             logits, labels, grad, with_grad, t * rows // bands, (t + 1) * rows // bands,
-            scratch[t], stream)
+            scratch[t], stream, rows)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -162,20 +162,23 @@ def _take_target_impl(src_y, r, y, i, classes):
     return take_row
 
 
-def _batch_loss(loss_kind, pred, y, grad):
-    """(the batch's summed loss, rows whose argmax is the label); writes dL/dpred into grad.
-    Labels (1-D y) take cross-entropy or MSE against one-hot; targets (2-D y) MSE."""
+def _batch_loss(loss_kind, pred, y, grad, mean_rows):
+    """(the batch's summed loss, rows whose argmax is the label); writes dL/dpred into grad,
+    L the loss summed over the rows / mean_rows (the batch's rows, or the whole batch's
+    when these are one rank's share). Labels (1-D y) take cross-entropy or MSE against
+    one-hot; targets (2-D y) MSE."""
 
 
 @overload(_batch_loss, jit_options={"cache": True})
-def _batch_loss_impl(loss_kind, pred, y, grad):
+def _batch_loss_impl(loss_kind, pred, y, grad, mean_rows):
     if y.ndim == 1:
-        def labels_loss(loss_kind, pred, y, grad):
+        def labels_loss(loss_kind, pred, y, grad, mean_rows):
             if loss_kind == CROSS_ENTROPY:
-                return _cross_entropy_rows(pred, y, grad, True, 0, pred.shape[0])
-            return _squared_error_rows(pred, y, grad)
+                return _cross_entropy_rows(pred, y, grad, True, 0, pred.shape[0], mean_rows)
+            return _squared_error_rows(pred, y, grad, mean_rows)
         return labels_loss
-    return lambda loss_kind, pred, y, grad: _squared_error_rows(pred, y, grad)
+    return lambda loss_kind, pred, y, grad, mean_rows: _squared_error_rows(pred, y, grad,
+                                                                           mean_rows)
 
 
 def _target_at(target, i, j):
@@ -201,11 +204,11 @@ def _hit_impl(pred_row, target, i):
 
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _squared_error_rows(pred, target, grad):
+def _squared_error_rows(pred, target, grad, mean_rows):
     """(sum over the batch of sum_j (pred - t)^2 / D, rows whose argmax is the label, 0 for
-    float targets); grad = 2 (pred - t) / (B D)."""
+    float targets); grad = 2 (pred - t) / (B D), B = mean_rows."""
     rows, cols = pred.shape
-    scale = pred.dtype.type(2.0 / (rows * cols))
+    scale = pred.dtype.type(2.0 / (mean_rows * cols))
     total = 0.0
     correct = 0
     for i in range(rows):
@@ -506,11 +509,12 @@ def _renorm_rows(weights, max_norm):
 
 @njit(fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_index, step,
-               squares):
+               squares, mean_rows):
     """Gather the rows, forward, loss, backward: (the batch's summed loss, correct rows,
-    status); the gradients are left in net's and post's gradient arrays, and squares[0] +=
-    the sum of their squares that the weight-gradient GEMMs add (_backward). ``step``: the
-    batch's number in this call (dropout masks are drawn for step base + step)."""
+    status); the gradients (of the loss summed over the rows / mean_rows) are left in net's
+    and post's gradient arrays, and squares[0] += the sum of their squares that the
+    weight-gradient GEMMs add (_backward). ``step``: the batch's number in this call
+    (dropout masks are drawn for step base + step)."""
     hs, zs, dzs, y, extra, hb, packed_x = buffers
     layers = len(net[0])
     rows = rows_index.shape[0]
@@ -530,7 +534,8 @@ def _gradients(addresses, src_x, src_y, net, post, buffers, loss_kind, rows_inde
     status = _forward(addresses, net, post, hs, zs, hb, extra, packed_x, rows, step)
     if status != OK:
         return 0.0, 0, status
-    loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows])
+    loss, correct = _batch_loss(loss_kind, hs[layers][:rows], y[:rows], dzs[layers - 1][:rows],
+                                mean_rows)
     return loss, correct, _backward(addresses, net, post, hs, zs, dzs, hb, extra, packed_x,
                                     rows, squares)
 
@@ -560,7 +565,8 @@ def _train_steps(addresses, src_x, src_y, net, post, buffers, loss_kind, optimiz
         rows_index = order[start:min(start + batch_size, order.shape[0])]
         squares[0] = 0.0
         loss, correct, status = _gradients(addresses, src_x, src_y, net, post, buffers,
-                                           loss_kind, rows_index, s, squares)
+                                           loss_kind, rows_index, s, squares,
+                                           rows_index.shape[0])
         if status != OK:
             return s, status, 0.0
         total = squares[0]                                  # NaN or inf if any g is
@@ -696,18 +702,26 @@ class MLPSteps:
         self._raise_for(status)
         return steps, status == OK, loss
 
-    def gradients(self, rows_index):
+    def gradients(self, rows_index, mean_rows=None):
         """Forward, loss and backward on the dataset rows ``rows_index`` (int64, at most
-        batch_size): (summed loss, correct rows); the gradients are left in flat_grad and
-        nothing is updated (the first half of a step, for data parallelism)."""
+        batch_size): (summed loss, correct rows); the gradients of the loss summed over
+        the rows / ``mean_rows`` (default: their count; for data parallelism, the whole
+        batch's, so that each rank's share is rounded as one process's would be) are left
+        in flat_grad and nothing is updated (the first half of a step)."""
         if not isinstance(rows_index, np.ndarray) or rows_index.dtype != np.int64 or \
                 rows_index.ndim != 1 or not 0 < rows_index.shape[0] <= self.batch_size:
             raise ValueError(f"rows_index must be 1-D int64 with 1 to {self.batch_size} rows")
+        rows = rows_index.shape[0]
+        mean_rows = rows if mean_rows is None else mean_rows
+        if isinstance(mean_rows, bool) or not isinstance(mean_rows, (int, np.integer)) or \
+                mean_rows < rows:
+            raise ValueError(f"mean_rows must be an integer >= the {rows} rows, got "
+                             f"{mean_rows!r}")
         squares = self._check[1]
         squares[0] = 0.0                        # (the caller checks the reduced gradient)
         loss, correct, status = _gradients(self._addresses, *self._src, self._net,
                                            self._post, self._buffers, self._loss, rows_index, 0,
-                                           squares)
+                                           squares, int(mean_rows))
         self._raise_for(status)
         return loss, int(correct)
 

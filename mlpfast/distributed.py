@@ -11,7 +11,7 @@ reported to the others, which stop too. Then every rank takes rank
 batch of n rows (``batch_size`` is the global batch; every rank draws the same order):
 
     rank r of N trains on rows [n r / N, n (r + 1) / N) of the batch (n_r rows, maybe 0)
-    g_r = (n_r / n) * (mean gradient over those rows)         0 when n_r = 0
+    g_r = gradient of (summed loss over those rows) / n       0 when n_r = 0
     g   = sum_r g_r = the batch's mean gradient: one Allreduce over the flat gradient buffer
     (summed loss, correct rows, Ctrl-C seen): a 3-value Allreduce in flight with it
 
@@ -490,9 +490,7 @@ class DistributedStep:
                 self.grad.fill(0)
                 self.local[:2] = 0
                 return
-            loss, correct = self.step.compute_gradients(index[lo:hi])
-            if hi - lo != rows:
-                np.multiply(self.grad, self.grad.dtype.type((hi - lo) / rows), out=self.grad)
+            loss, correct = self.step.compute_gradients(index[lo:hi], rows)
             self.local[:2] = (loss * (hi - lo), correct)
         except BaseException as error:
             self.cluster.report(error)

@@ -29,13 +29,15 @@ def make_data(rows=ROWS, seed=0):
     return x, y
 
 
-def train(comm, backend="cpu", epochs=1, seed=0, data=None, batch_size=BATCH, **options):
+def train(comm, backend="cpu", precision="fp32", epochs=1, seed=0, data=None,
+          batch_size=BATCH, **options):
     """MLP FEATURES-HIDDEN-CLASSES (init seed 3), Adam lr 1e-2, cross-entropy."""
     x, y = make_data() if data is None else data
     model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend=backend, seed=3)
     optimizer = mf.optim.Adam(model.parameters(), lr=1e-2)
     history = mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=epochs,
-                     batch_size=batch_size, seed=seed, progress=False, comm=comm, **options)
+                     batch_size=batch_size, seed=seed, progress=False, comm=comm,
+                     precision=precision, **options)
     return model, optimizer, history
 
 
@@ -44,12 +46,17 @@ def write(out, name, text):
         f.write(text)
 
 
+# (backend, precision) of each parity run
+PARITY_RUNS = {"cpu": ("cpu", "fp32"), "numpy": ("numpy", "fp32"), "bf16": ("cpu", "bf16")}
+
+
 def case_parity(comm, out):
-    """20 Adam steps on cpu (compiled step) and numpy (layer by layer), seed 0 and None;
+    """20 Adam steps on cpu (compiled step, fp32 and bf16) and numpy (layer by layer), seed
+    0 and None;
     then a planted difference in rank 1's parameters must raise ParameterDrift."""
     rank = comm.Get_rank()
-    for backend in ("cpu", "numpy"):
-        model, _, history = train(comm, backend)
+    for backend in ("cpu", "numpy", "bf16"):
+        model, _, history = train(comm, *PARITY_RUNS[backend])
         np.save(os.path.join(out, f"{backend}.{rank}.npy"), model.flat_data)
         np.save(os.path.join(out, f"{backend}_loss.{rank}.npy"), history["loss"])
     model, _, _ = train(comm, "cpu", seed=None)

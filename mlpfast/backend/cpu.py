@@ -182,10 +182,11 @@ class CompiledStep:
         self.optimizer.step_count += steps
         return steps, finite, failed_loss
 
-    def compute_gradients(self, index):
+    def compute_gradients(self, index, mean_rows=None):
         index, _ = self.fill(index, 0, 1)
         self._layers_to_step()
-        loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64))
+        loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64),
+                                              *(() if mean_rows is None else (mean_rows,)))
         self._step_to_layers(1)
         return loss / index.shape[0], correct
 

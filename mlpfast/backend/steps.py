@@ -19,6 +19,10 @@ between them):
     loss, correct = step.compute_gradients(index)   # the rows index: forward, loss, backward
     step.apply_update(lr)                           # the optimizer's step with flat_grad
 
+``compute_gradients(index, mean_rows)`` on the CPU backends: the gradient of the rows' summed
+loss / mean_rows (a rank's share of a batch of mean_rows rows; the loss it returns stays
+the mean over its own rows).
+
 ``dataset`` follows the protocol of ``mlpfast.datasets``: ``len``, ``num_features``,
 ``num_classes`` and ``gather_batch(index, x_out, y_out)``; an array-backed dataset also
 has ``arrays`` = (x, y), which a step may gather from directly.
@@ -65,14 +69,18 @@ class LayerByLayerStep:
         self.y_buf = label_buffer(dataset, batch_size)
         self.grads = [plan.flat_grad]
 
-    def compute_gradients(self, index):
-        """Forward, loss and backward on the rows ``index``: (mean loss, correct)."""
+    def compute_gradients(self, index, mean_rows=None):
+        """Forward, loss and backward on the rows ``index``: (mean loss, correct); the
+        gradients of the summed loss / mean_rows (default: the rows), host arrays only."""
         rows = index.shape[0]
         xb, yb = self.x_buf[:rows], self.y_buf[:rows]
         self.dataset.gather_batch(index, xb, yb)
         logits = self.model.forward(self.backend.to_device(xb))
         loss = self.loss_fn(logits, yb)
         self.model.backward(self.loss_fn.backward(), input_grad=False)
+        if mean_rows is not None and mean_rows != rows:     # fp32 only: scaled after
+            for g in self.grads:
+                np.multiply(g, g.dtype.type(rows / mean_rows), out=g)
         return loss, self.loss_fn.correct(logits, yb)
 
     def apply_update(self, lr):
