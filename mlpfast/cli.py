@@ -96,7 +96,7 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
     parser.add_argument("--backend", default="auto", help="numpy, numba, cpu, cuda or auto")
     parser.add_argument("--threads", type=_positive(int), default=None,
                         help="threads for every kernel (default: MLPFAST_NUM_THREADS or all cores)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_non_negative(int), default=0)
     parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="keep the run's full state in PATH, replaced atomically after "
@@ -113,8 +113,6 @@ def fit_options(args, root=True):
     """fit()'s lr_schedule, checkpoint, checkpoint_every and resume from the options."""
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH")
-    if args.checkpoint_every and not args.checkpoint:
-        raise ValueError("--checkpoint-every needs --checkpoint PATH")
     resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
     if resume and root:
         print(f"resuming from {resume}")
@@ -143,6 +141,74 @@ def make_model(args, sizes):
                backend=args.backend, seed=args.seed, precision=args.precision)
 
 
+def check_training_arguments(args, given):
+    """Refuse (parser.error, exit 2), before any data is read, the train options that cannot
+    work or would be ignored; ``given``: given_options."""
+    error = args.parser.error
+    _check_output_file(error, "--save", args.save)
+    _check_output_file(error, "--checkpoint", args.checkpoint)
+    if args.checkpoint_every and not args.checkpoint:
+        error("--checkpoint-every needs --checkpoint PATH")
+    if "warmup_steps" in given and args.lr_schedule != "cosine":
+        error(f"--warmup-steps applies to --lr-schedule cosine only, got {args.lr_schedule}")
+    if "momentum" in given and args.optimizer != "sgd":
+        error(f"--momentum applies to --optimizer sgd only, got {args.optimizer}")
+    if args.dataset == "mnist" and args.early_stopping and not args.holdout:
+        error("--early-stopping needs --holdout N: validation images taken from the training "
+              "set (selecting epochs on the test set would overfit it)")
+    missing = _missing_validation(args)
+    if missing and args.early_stopping:
+        error(f"--early-stopping needs a validation set: {missing}")
+    if missing and args.lr_schedule == "plateau":
+        error(f"--lr-schedule plateau needs a validation set: {missing}")
+    if args.dataset == "speech":
+        _check_speech_arguments(args, given)
+    if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
+        _check_resumed_settings(args)
+
+
+def _check_output_file(error, option, path):
+    """The file an option writes: its directory must exist, and the path not be a folder."""
+    if path is None:
+        return
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        error(f"{option} {path}: directory {directory} {problem}")
+    if os.path.isdir(path):
+        error(f"{option} {path} is a directory; give a file name")
+
+
+def _missing_validation(args):
+    """Why the run has no validation set, or None when it has one (MNIST: its holdout, or
+    else its test set, shown only)."""
+    if args.dataset in ("xor", "moons"):
+        return f"{args.dataset} has none"
+    if args.dataset == "speech" and not args.holdout:
+        return "--holdout 0 holds out no utterances"
+    return None
+
+
+# The options whose values fit's resume replaces by the checkpoint's: option -> hyperparameter.
+RESUMED_OPTIONS = {"--lr": "lr", "--momentum": "momentum", "--weight-decay": "weight_decay",
+                   "--max-norm": "max_norm"}
+
+
+def _check_resumed_settings(args):
+    """fit's resume restores the optimizer's hyperparameters from the checkpoint (README,
+    Reliability): an option that says otherwise is refused, so that what the run prints is
+    what it uses."""
+    from .checkpoint import read_checkpoint
+
+    hyper = read_checkpoint(args.checkpoint).optimizer_state()["hyper"]
+    for option, key in RESUMED_OPTIONS.items():
+        value = getattr(args, key)
+        if value is not None and key in hyper and value != hyper[key]:
+            args.parser.error(f"{option} {value} differs from the {hyper[key]} of the run in "
+                              f"{args.checkpoint}, which --resume continues with its own "
+                              f"settings: give {option} {hyper[key]}, or drop --resume to "
+                              f"start a new run")
+
 
 def _train_mnist(args):
     from . import datasets
@@ -156,9 +222,6 @@ def _train_mnist(args):
     root = cluster is None or cluster.rank == 0          # the rank that prints and writes
     with cluster.root_first("load MNIST") if cluster else contextlib.nullcontext():
         (x_train, y_train), (x_test, y_test) = datasets.mnist(root=args.data)
-    if args.early_stopping and not args.holdout:
-        raise ValueError("--early-stopping needs --holdout N: validation images taken from "
-                         "the training set (selecting epochs on the test set would overfit it)")
     (x_train, y_train), val = _holdout(x_train, y_train, args.holdout, args.seed)
     val = val or (x_test, y_test)              # without a holdout: the test set, shown only
     model = make_model(args, [784, *args.hidden, 10])
@@ -218,14 +281,30 @@ RECIPES = {
 }
 
 
-def _apply_recipe(args, parser):
-    """Options of the recipe args.recipe that were left at their defaults take its values."""
-    if not args.recipe:
-        return args
+def _apply_recipe(args, given):
+    """The options of the recipe args.recipe that are not in ``given`` (given_options: those
+    on the command line, whatever their values) take the recipe's values."""
     for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key) == parser.get_default(key):
+        if key not in given:
             setattr(args, key, value)
     return args
+
+
+def given_options(argv):
+    """The destinations of the options that argv gives, a value equal to the default
+    included: argv parsed again by a parser without defaults."""
+    parser = build_parser()
+    _drop_defaults(parser)
+    return set(vars(parser.parse_args(argv)))
+
+
+def _drop_defaults(parser):
+    parser._defaults.clear()                    # set_defaults(): handler, the 2-D sets' lr
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        if isinstance(action.choices, dict):    # a subcommand's parsers
+            for subparser in action.choices.values():
+                _drop_defaults(subparser)
 
 
 def _plot_module():
@@ -307,6 +386,35 @@ def _bench(args):
     return run(args)
 
 
+def _is_feature_folder(folder):
+    """Whether folder holds precomputed features (mfcc/ + transcript/), not audio."""
+    from pathlib import Path
+
+    from .data import speech
+    return (Path(folder) / speech.FEATURE_DIR).is_dir()
+
+
+def _check_speech_arguments(args, given):
+    """Options that precomputed features make meaningless, and --test/--vtln's needs."""
+    error = args.parser.error
+    test_features = [d for d in args.test or [] if _is_feature_folder(d)]
+    if test_features and len(args.test) != 1:
+        error(f"--test takes one folder of precomputed features (mfcc/, transcript/) or "
+              f"folders of audio, got {' '.join(args.test)}")
+    if args.vtln and not args.test:
+        error("--vtln needs --test DIR: it reads the test audio with warped mel filters")
+    if args.vtln and test_features:
+        error(f"--vtln needs --test audio folders: {test_features[0]} holds precomputed "
+              f"features")
+    if not _is_feature_folder(args.dirs[0]):
+        return
+    fixed = ["--train-warps"] if args.test and not test_features else \
+        ["--n-mfcc", "--deltas", "--train-warps"]         # no audio is read at all
+    ignored = [o for o in fixed if o[2:].replace("-", "_") in given]
+    if ignored:
+        error(f"{', '.join(ignored)} cannot apply: {args.dirs[0]} holds precomputed features")
+
+
 def _speech_sets(args):
     """(train, held_out or None, test or None) SpeechFrames from the folders of args."""
     from pathlib import Path
@@ -321,7 +429,7 @@ def _speech_sets(args):
                                    **kwargs)
 
     phones = speech.read_phone_list(args.phones) if args.phones else None
-    precomputed = (Path(args.dirs[0]) / speech.FEATURE_DIR).is_dir()
+    precomputed = _is_feature_folder(args.dirs[0])
     if precomputed:
         if len(args.dirs) != 1:
             raise ValueError("give one folder of precomputed features (mfcc/, transcript/)")
@@ -343,8 +451,27 @@ def _speech_sets(args):
     else:
         train = load(train_files, phones=phones, warp=args.train_warps)
         held = load(held_files, phones=train.phones) if held_files else None
-    test = load(speech.find_audio(args.test), phones=train.phones) if args.test else None
+    test = _speech_test_set(args, load, train) if args.test else None
     return train, held, test
+
+
+def _speech_test_set(args, load, train):
+    """The --test folders' frames (load: _speech_sets' loader of audio files): one folder of
+    precomputed features, or audio folders."""
+    from .data import speech
+
+    if _is_feature_folder(args.test[0]):
+        test = speech.SpeechFrames.from_folder(args.test[0], context=args.context,
+                                               phones=train.phones)
+    else:
+        files = speech.find_audio(args.test)
+        if not files:
+            raise ValueError(f"--test: no .flac or .wav files under {args.test}")
+        test = load(files, phones=train.phones)
+    if test.feature_dim != train.feature_dim:
+        raise ValueError(f"--test {' '.join(args.test)}: {test.feature_dim} features per "
+                         f"frame, the training set has {train.feature_dim}")
+    return test
 
 
 def _report_speech(name, model, data):
@@ -451,7 +578,7 @@ def build_parser():
     synth.add_argument("out", metavar="OUT")
     synth.add_argument("--voices", default="kal,ked,slt", help="comma-separated: kal, ked, slt")
     synth.add_argument("--utterances", type=_positive(int), default=150, help="per voice")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=_non_negative(int), default=0)
     synth.add_argument("--jobs", type=_positive(int), default=2,
                        help="festival processes at once")
     synth.set_defaults(handler=_synth_speech)
@@ -500,7 +627,7 @@ def _add_train_2d(train_sub):
             ("moons", "16", 500, "two interleaved half-moons in 2-D: perceptron vs MLP")):
         toy = train_sub.add_parser(name, help=help_text)
         add_training_arguments(toy, hidden=hidden, epochs=epochs, batch_size=1024)
-        toy.set_defaults(handler=_train_2d, lr=0.05, activation="tanh")
+        toy.set_defaults(handler=_train_2d, parser=toy, lr=0.05, activation="tanh")
         toy.add_argument("--noise", type=float, default=0.0 if name == "xor" else 0.1,
                          help="standard deviation of the Gaussian noise on each coordinate")
         if name == "xor":
@@ -521,14 +648,16 @@ def _add_train_speech(train_sub):
                         help="folders of .flac/.wav files with .PHN alignments beside them, or "
                              "one folder of precomputed mfcc/*.npy + transcript/*.npy")
     add_training_arguments(speech, hidden="1024,512", epochs=3, batch_size=256)
-    speech.add_argument("--context", type=int, default=10, help="+-K neighbour frames")
+    speech.add_argument("--context", type=_non_negative(int), default=10,
+                        help="+-K neighbour frames")
     speech.add_argument("--n-mfcc", type=_positive(int), default=28)
     speech.add_argument("--deltas", type=int, choices=[0, 1, 2], default=0,
                         help="append deltas (1) or deltas and delta-deltas (2)")
     speech.add_argument("--holdout", type=float, default=0.2,
                         help="fraction of each folder's utterances held out (0: none)")
     speech.add_argument("--test", nargs="+", metavar="DIR", default=None,
-                        help="folders of extra test utterances, e.g. an unseen voice")
+                        help="folders of extra test utterances, e.g. an unseen voice, or "
+                             "one folder of precomputed features")
     speech.add_argument("--train-warps", type=_warp_list, default=1.0, metavar="LIST",
                         help="read each training utterance once per mel warp factor, e.g. "
                              "0.9,1.0,1.1 (augmentation against unseen voices)")
@@ -538,18 +667,34 @@ def _add_train_speech(train_sub):
     speech.add_argument("--phones", metavar="FILE", default=None,
                         help="phone list, one per line (default: phones.txt in the first DIR "
                              "or its parent, else the phones of the training files)")
-    speech.set_defaults(handler=_train_speech)
+    speech.set_defaults(handler=_train_speech, parser=speech)
+
+
+def _interrupted(args):
+    """The line for a command ended by KeyboardInterrupt: what it left, how to continue."""
+    if args.command != "train":
+        return "interrupted"
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        again = "the same command" if args.resume else "the same command with --resume"
+        return f"training interrupted; its state is in {args.checkpoint}: {again} continues it"
+    return "training interrupted (no checkpoint written)"
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "recipe", None):
-        args = _apply_recipe(args, args.parser)
-    if getattr(args, "threads", None):
-        set_num_threads(args.threads)
     try:
+        if args.command == "train":
+            given = given_options(argv)
+            if getattr(args, "recipe", None):
+                _apply_recipe(args, given)
+            check_training_arguments(args, given)
+        if getattr(args, "threads", None):
+            set_num_threads(args.threads)
         return args.handler(args)
+    except KeyboardInterrupt:          # Ctrl-C (fit ends at a step, after a last checkpoint)
+        print(f"mlpfast: {_interrupted(args)}", file=sys.stderr)
+        return 130                     # 128 + SIGINT, what a shell reports for Ctrl-C
     except (ValueError, RuntimeError, OSError, FloatingPointError) as e:  # FPE: diverged
         print(f"mlpfast: error: {e}", file=sys.stderr)
         if getattr(e, "ranks", None) is not None:    # a distributed run lost a rank or

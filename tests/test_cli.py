@@ -1,6 +1,9 @@
-"""The mlpfast command: info, train mnist (smoke), and argument errors."""
+"""The mlpfast command: info, train mnist (smoke), argument errors, Ctrl-C and resume."""
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -55,20 +58,88 @@ def test_bad_arguments_are_rejected(capsys):
     assert "backend must be one of" in capsys.readouterr().err
 
 
-def test_a_recipe_sets_the_options_left_at_their_defaults():
-    parser = cli.build_parser()
-    args = parser.parse_args(["train", "mnist", "--recipe", "best", "--epochs", "3"])
-    args = cli._apply_recipe(args, args.parser)
-    recipe = cli.RECIPES["best"]
-    assert args.epochs == 3                                  # given: kept
-    for key, value in recipe.items():
-        if key != "epochs":
-            assert getattr(args, key) == value, key
+def test_a_recipe_sets_the_options_not_given():
+    """Options on the command line win, also where their value is the default's."""
+    argv = ["train", "mnist", "--recipe", "best", "--epochs", "10", "--lr", "1e-3",
+            "--hidden", "512,256", "--dropout", "0"]
+    args = cli._apply_recipe(cli.build_parser().parse_args(argv), cli.given_options(argv))
+    given = {"epochs": 10, "lr": 1e-3, "hidden": [512, 256], "dropout": 0.0}
+    for key, value in cli.RECIPES["best"].items():
+        assert getattr(args, key) == given.get(key, value), key
 
 
-def test_early_stopping_needs_a_holdout_and_a_holdout_is_drawn_from_training(capsys):
-    assert cli.main(["train", "mnist", "--early-stopping", "2", "--epochs", "1"]) == 1
-    assert "--early-stopping needs --holdout N" in capsys.readouterr().err
+def refused(argv, capsys):
+    """stderr of cli.main(argv), which must exit 2 (parser.error) before training starts."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == "", out
+    return err
+
+
+def test_output_paths_are_checked_before_training(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    err = refused(["train", "xor", "--save", str(missing / "m.npz")], capsys)
+    assert f"--save {missing / 'm.npz'}: directory {missing} does not exist" in err
+    err = refused(["train", "xor", "--checkpoint", str(missing / "run.ckpt")], capsys)
+    assert f"--checkpoint {missing / 'run.ckpt'}: directory {missing} does not exist" in err
+    err = refused(["train", "xor", "--save", str(tmp_path)], capsys)
+    assert f"--save {tmp_path} is a directory" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["xor", "--seed", "-1"], "argument --seed: must be >= 0, got '-1'"),
+    (["xor", "--early-stopping", "2"], "--early-stopping needs a validation set: xor has none"),
+    (["moons", "--lr-schedule", "plateau"],
+     "--lr-schedule plateau needs a validation set: moons has none"),
+    (["xor", "--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint PATH"),
+    (["xor", "--warmup-steps", "10"],
+     "--warmup-steps applies to --lr-schedule cosine only, got constant"),
+    (["mnist", "--recipe", "best", "--warmup-steps", "0"],
+     "--warmup-steps applies to --lr-schedule cosine only, got onecycle"),
+    (["xor", "--optimizer", "adamw", "--momentum", "0.9"],
+     "--momentum applies to --optimizer sgd only, got adamw"),
+    (["mnist", "--early-stopping", "2"], "--early-stopping needs --holdout N"),
+])
+def test_options_that_cannot_apply_are_refused_before_training(argv, message, capsys):
+    assert message in refused(["train", *argv, "--epochs", "1", "--backend", "numpy"], capsys)
+
+
+def test_resume_refuses_options_the_checkpoint_overrides(tmp_path, capsys):
+    """fit's resume restores the optimizer's hyperparameters: a different --lr would be
+    printed but not used."""
+    ckpt = str(tmp_path / "run.ckpt")
+    common = ["train", "xor", "--no-progress", "--backend", "numpy", "--checkpoint", ckpt]
+    assert cli.main(common + ["--epochs", "2", "--lr", "0.1"]) == 0
+    capsys.readouterr()
+    err = refused(common + ["--epochs", "4", "--resume", "--lr", "5"], capsys)
+    assert f"--lr 5.0 differs from the 0.1 of the run in {ckpt}" in err
+    assert "give --lr 0.1, or drop --resume" in err
+    assert cli.main(common + ["--epochs", "4", "--resume", "--lr", "0.1"]) == 0
+    assert "adam lr 0.1" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_where_the_state_is_and_exits_130(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlpfast.cli", "train", "xor", "--per-corner", "64", "--epochs",
+         "1000000", "--backend", "numpy", "--no-progress", "--checkpoint", str(ckpt)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env=dict(os.environ, MLPFAST_NUM_THREADS="1"),     # SIGINT not inherited as ignored:
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)                                  # training: the first epoch written
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert err.endswith(f"mlpfast: training interrupted; its state is in {ckpt}: the same "
+                        f"command with --resume continues it\n"), err[-2000:]
+    from mlpfast.checkpoint import read_checkpoint
+    assert read_checkpoint(ckpt).progress["epochs_done"] >= 1
+
+
+def test_a_holdout_is_drawn_from_training():
     x, y = np.arange(20).reshape(10, 2), np.arange(10)
     (x_train, y_train), (x_val, y_val) = cli._holdout(x, y, 3, seed=0)
     assert len(x_val) == 3 and len(x_train) == 7

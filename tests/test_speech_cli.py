@@ -45,6 +45,57 @@ def test_train_speech_on_precomputed_features(corpus, tmp_path, capsys):
     assert "2 utterances), " in out and "held-out utterances: frame accuracy" in out
 
 
+def test_train_speech_tests_on_a_precomputed_folder(corpus, tmp_path, capsys):
+    for name, speaker, n_mfcc in (("feats", "spk1", 28), ("test", "spk2", 28),
+                                  ("test13", "spk2", 13)):
+        data = speech.SpeechFrames(speech.find_audio([corpus / speaker]), context=0,
+                                   n_mfcc=n_mfcc)
+        speech.save_feature_folder(data, tmp_path / name)
+    common = ["train", "speech", "--context", "1", "--hidden", "8", "--epochs", "1",
+              "--holdout", "0", "--backend", "numpy", "--no-progress"]
+    assert cli.main(common + [str(tmp_path / "feats"), "--test", str(tmp_path / "test")]) == 0
+    out = capsys.readouterr().out
+    assert f"test ({tmp_path / 'test'}): frame accuracy " in out and "of 3 utterances" in out
+    assert cli.main(common + [str(corpus / "spk1"), "--test", str(tmp_path / "test13")]) == 1
+    out, err = capsys.readouterr()                      # refused before training
+    assert f"--test {tmp_path / 'test13'}: 13 features per frame, the training set has 28" \
+        in err and "frames/s" not in out
+    (tmp_path / "empty").mkdir()
+    assert cli.main(common + [str(corpus / "spk1"), "--test", str(tmp_path / "empty")]) == 1
+    assert f"--test: no .flac or .wav files under ['{tmp_path / 'empty'}']" in \
+        capsys.readouterr().err
+
+
+def refused(argv, capsys):
+    """stderr of cli.main(argv), which must exit 2 (parser.error) before reading data."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == "", out
+    return err
+
+
+def test_train_speech_refuses_options_that_cannot_apply(corpus, tmp_path, capsys):
+    data = speech.SpeechFrames(speech.find_audio([corpus / "spk1"]), context=0)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    feats, audio = str(tmp_path / "feats"), str(corpus / "new")
+    err = refused(["train", "speech", feats, "--deltas", "2", "--n-mfcc", "13",
+                   "--train-warps", "0.9,1.1"], capsys)
+    assert f"--n-mfcc, --deltas, --train-warps cannot apply: {feats} holds precomputed " \
+           f"features" in err
+    err = refused(["train", "speech", feats, "--test", audio, "--n-mfcc", "28",
+                   "--train-warps", "1.0"], capsys)
+    assert "error: --train-warps cannot apply" in err      # --n-mfcc does: the test audio
+    err = refused(["train", "speech", str(corpus / "spk1"), "--vtln"], capsys)
+    assert "--vtln needs --test DIR" in err
+    err = refused(["train", "speech", audio, "--test", feats, "--vtln"], capsys)
+    assert f"--vtln needs --test audio folders: {feats} holds precomputed features" in err
+    err = refused(["train", "speech", audio, "--test", feats, audio], capsys)
+    assert "--test takes one folder of precomputed features" in err
+    err = refused(["train", "speech", audio, "--holdout", "0", "--early-stopping", "2"], capsys)
+    assert "--early-stopping needs a validation set: --holdout 0 holds out no utterances" in err
+
+
 def test_train_speech_with_training_warps(corpus, capsys):
     rc = cli.main(["train", "speech", str(corpus / "spk1"), "--context", "1", "--hidden", "8",
                    "--epochs", "1", "--holdout", "0.34", "--train-warps", "0.9,1.1",
