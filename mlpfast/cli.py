@@ -54,17 +54,26 @@ def _warp_list(text):
     return warps
 
 
+# the schedules that need no arguments of their own (step, multistep and exponential do)
+BY_NAME = [name for name in sorted(SCHEDULES) if name not in ("step", "multistep",
+                                                                "exponential")]
+
+
 def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
                            lr_schedule="constant"):
     """Options shared by the ``train`` subcommands."""
     parser.add_argument("--hidden", type=_hidden_sizes, default=_hidden_sizes(hidden),
                         help=f"hidden layer sizes, comma-separated (default {hidden})")
     parser.add_argument("--activation", default="relu",
-                        choices=["relu", "tanh", "sigmoid", "leaky_relu", "gelu", "gelu_tanh"])
-    parser.add_argument("--epochs", type=_positive(int), default=epochs)
-    parser.add_argument("--batch-size", type=_positive(int), default=batch_size)
-    parser.add_argument("--lr", type=_positive(float), default=1e-3)
-    parser.add_argument("--lr-schedule", choices=sorted(SCHEDULES), default=lr_schedule,
+                        choices=["relu", "tanh", "sigmoid", "leaky_relu", "gelu", "gelu_tanh"],
+                        help="hidden layers' activation (default %(default)s)")
+    parser.add_argument("--epochs", type=_positive(int), default=epochs,
+                        help="(default %(default)s)")
+    parser.add_argument("--batch-size", type=_positive(int), default=batch_size,
+                        help="(default %(default)s)")
+    parser.add_argument("--lr", type=_positive(float), default=1e-3,
+                        help="learning rate (default %(default)s)")
+    parser.add_argument("--lr-schedule", choices=BY_NAME, default=lr_schedule,
                         help=f"how the lr moves over the run (mlpfast.schedules; default "
                              f"{lr_schedule}): cosine decays from --lr to 0 after "
                              f"--warmup-steps, onecycle rises to --lr then falls, plateau "
@@ -274,7 +283,7 @@ def _holdout(x, y, count, seed):
 
 
 # The documented recipes of `mlpfast train mnist --recipe NAME`: each sets these options
-# (those given on the command line win). README, "MNIST at 98.8%", has what they reach.
+# (those given on the command line win). README, "The MNIST recipe", has what they reach.
 RECIPES = {
     "best": {"hidden": [1024, 1024], "batchnorm": True, "dropout": 0.3, "input_dropout": 0.2,
              "epochs": 30, "lr_schedule": "onecycle", "lr": 2e-3, "batch_size": 128},
@@ -305,6 +314,14 @@ def _drop_defaults(parser):
         if isinstance(action.choices, dict):    # a subcommand's parsers
             for subparser in action.choices.values():
                 _drop_defaults(subparser)
+
+
+def _as_option(key, value):
+    """A recipe's setting as the command line would give it: --flag, or --option value."""
+    option = "--" + key.replace("_", "-")
+    if value is True:
+        return option
+    return f"{option} {','.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def _plot_module():
@@ -608,9 +625,8 @@ def _add_train_mnist(train_sub):
     mnist.add_argument("--holdout", type=_non_negative(int), default=0, metavar="N",
                        help="validate on N training images drawn by --seed (trained on the "
                             "rest) instead of the test set; needed by --early-stopping")
-    recipes = "; ".join(f"{name}: " + ", ".join(f"--{k.replace('_', '-')} "
-                                                 f"{','.join(map(str, v)) if isinstance(v, list) else v}"
-                                                 for k, v in options.items())
+    recipes = "; ".join(f"{name}: " + ", ".join(_as_option(key, value)
+                                                 for key, value in options.items())
                         for name, options in RECIPES.items())
     mnist.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                        help=f"a documented recipe: its options, unless given ({recipes})")
