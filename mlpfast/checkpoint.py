@@ -12,8 +12,10 @@ A checkpoint is an uncompressed ``.npz`` (a zip of ``.npy`` entries, ZIP_STORED)
      "architecture": model.architecture(),        # layers, dtype and precision
      "optimizer": {"type", "step", "hyper"},
      "loss": "CrossEntropyLoss" | "MSELoss",
-     "data": {"n", "num_features", "batch_size", "shuffle", "precision"},  # the run's
-                                                  # precision (absent: "fp32")
+     "data": {"n", "num_features", "batch_size", "shuffle", "precision", "contents"},
+                                                  # the run's precision (absent: "fp32");
+                                                  # contents: CRC-32s of x and y, or a
+                                                  # dataset's fingerprint() (or null)
      "progress": {"epochs_done", "batches_done", "global_step", "loss_sum", "correct",
                   "seconds"},                     # batches_done: of epoch epochs_done + 1
      "rng": numpy bit_generator.state,            # after drawing the order of that epoch

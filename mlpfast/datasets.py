@@ -1,5 +1,7 @@
 """Datasets: ``mnist()`` returns arrays; dataset objects plug into ``fit`` in place of (x, y),
 and (x, y) arrays become an ``ArrayDataset``."""
+import zlib
+
 import numpy as np
 
 from .backend import get_backend
@@ -61,6 +63,17 @@ class ArrayDataset:
     def gather_batch(self, index, x_out, y_out):
         self._gather(self.x, index, x_out)
         self._gather(self.y, index, y_out)
+
+
+def contents_digest(dataset):
+    """What identifies a dataset's contents: CRC-32s of its arrays, else what its
+    ``fingerprint()`` returns, else None (a dataset object without one). Checkpoints and
+    distributed fit compare it."""
+    arrays = getattr(dataset, "arrays", None)
+    if arrays is not None:
+        return [zlib.crc32(np.ascontiguousarray(a)) for a in arrays]
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return None if fingerprint is None else fingerprint()
 
 
 def as_dataset(model, x, y, name="x", y_name="y"):

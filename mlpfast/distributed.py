@@ -50,6 +50,7 @@ import numpy as np
 from .backend import set_num_threads, threads_chosen
 from .backend.steps import gradients_finite
 from .checkpoint import _process_exists
+from .datasets import contents_digest
 from .machine import available_cpus
 from .resume import _jsonable
 
@@ -418,19 +419,9 @@ def _spec(model, optimizer, job, run, seed, lr_schedule):
             else type(lr_schedule).__name__, "schedule": run.rates.schedule.state_dict(),
             "early_stopping": None if run.stopper is None else run.stopper.as_json(),
             "progress": progress,
-            "data_crc32": _contents(job.train_set),
-            "val_crc32": None if job.val_set is None else _contents(job.val_set)}
+            "data_crc32": contents_digest(job.train_set),
+            "val_crc32": None if job.val_set is None else contents_digest(job.val_set)}
     return {key: _short(value) for key, value in spec.items()}
-
-
-def _contents(dataset):
-    """What identifies a dataset's contents: CRC-32s of its arrays, else what its
-    ``fingerprint()`` returns, else None (a dataset object without one is not compared)."""
-    arrays = getattr(dataset, "arrays", None)
-    if arrays is not None:
-        return [zlib.crc32(np.ascontiguousarray(a)) for a in arrays]
-    fingerprint = getattr(dataset, "fingerprint", None)
-    return None if fingerprint is None else fingerprint()
 
 
 def wrap(cluster, step, writer, model, optimizer, batch_size, interrupts):

@@ -90,10 +90,14 @@ def resume(ckpt, model, optimizer, loss_fn, data_spec, epochs, run):
                          f"not {type(loss_fn).__name__}")
     for key, value in data_spec.items():
         written = meta["data"].get(key, "fp32" if key == "precision" else None)
+        if key == "contents" and (written is None or value is None):
+            continue          # a dataset object without fingerprint(), or an older file
         if written != value:
-            raise ValueError(f"resume: {path} was written with {key}={written!r}, this call "
-                             f"has {key}={value!r}; exact resume needs the same data, "
-                             f"batching and precision")
+            differs = (f"for other training data (contents {written} here, {value} in this "
+                       f"call)" if key == "contents" else
+                       f"with {key}={written!r}, this call has {key}={value!r}")
+            raise ValueError(f"resume: {path} was written {differs}; exact resume needs the "
+                             f"same data, batching and precision")
     progress = meta["progress"]
     if progress["epochs_done"] > epochs:
         raise ValueError(f"resume: {path} has finished {progress['epochs_done']} epochs, more "

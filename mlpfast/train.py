@@ -16,7 +16,7 @@ import numpy as np
 from . import distributed, tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
-from .datasets import as_dataset, check_targets, has_labels
+from .datasets import as_dataset, check_targets, contents_digest, has_labels
 from .init import make_rng
 from .losses import CrossEntropyLoss, MSELoss
 from .metrics import precision_recall_f1
@@ -93,6 +93,8 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         if hasattr(rates.schedule, "monitor"):      # reduce-on-plateau
             _check_monitor(rates.schedule.monitor, job, f"lr_schedule {rates.schedule.name!r}")
         run = RunState(make_rng(seed), rates, stopper)
+        if checkpoint is not None or resume is not None:    # checkpoints hold the contents
+            job.data_spec["contents"] = contents_digest(job.train_set)
         if resume is not None:        # read, check everything, then load (all or nothing)
             resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,
                        job.epochs, run)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -18,10 +19,13 @@ from mlpfast.checkpoint import (META_ENTRY, atomic_write, read_checkpoint, train
                                 write_checkpoint)
 
 
-def _trained(tmp_path, every="epoch", epochs=2):
+def _arrays():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 50)
+    return rng.normal(size=(50, 6)).astype(np.float32), rng.integers(0, 3, 50)
+
+
+def _trained(tmp_path, every="epoch", epochs=2):
+    x, y = _arrays()
     model = mf.MLP([6, 8, 3], backend="numpy", seed=0)
     opt = mf.optim.Adam(model.parameters(), lr=1e-2)
     path = tmp_path / "run.ckpt"
@@ -44,8 +48,10 @@ def test_checkpoint_holds_model_optimizer_progress_rng(tmp_path):
         assert np.array_equal(state["state"][name], a)
     assert ckpt.progress == {**ckpt.progress, "epochs_done": 2, "batches_done": 0,
                              "global_step": 8}
+    x, y = _arrays()
     assert ckpt.meta["data"] == {"n": 50, "num_features": 6, "batch_size": 16, "shuffle": True,
-                                 "precision": "fp32"}
+                                 "precision": "fp32",
+                                 "contents": [zlib.crc32(x), zlib.crc32(y.astype(np.int64))]}
     assert ckpt.meta["rng"]["bit_generator"] == "PCG64"
     assert [r["epoch"] for r in ckpt.meta["history"]] == [1, 2]
     assert "order" not in ckpt.arrays          # epoch boundary: the next order is not drawn

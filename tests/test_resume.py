@@ -213,6 +213,27 @@ def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value,
     assert np.array_equal(model.flat_data, params) and opt.step_count == 0
 
 
+def test_resume_refuses_other_training_data_of_the_same_shape(tmp_path):
+    """The checkpoint holds CRC-32s of x and y (a dataset object's fingerprint(), if it has
+    one): other rows, say another --holdout draw, are refused before anything changes."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model, opt = _model("numpy", "adam")
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=BATCH, seed=11,
+           progress=False, checkpoint=path)
+    other = x.copy()
+    other[7, 3] += 1.0
+    model, opt = _model("numpy", "adam")
+    params = model.flat_data.copy()
+    with pytest.raises(ValueError, match=r"was written for other training data \(contents"):
+        mf.fit(model, opt, mf.CrossEntropyLoss(), other, y, epochs=2, batch_size=BATCH,
+               seed=11, progress=False, resume=path)
+    assert np.array_equal(model.flat_data, params) and opt.step_count == 0
+    mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=BATCH, seed=11,
+           progress=False, resume=path)                          # the same data resumes
+    assert opt.step_count == 2 * 7
+
+
 def test_resume_from_a_file_that_is_not_a_checkpoint_changes_nothing(tmp_path):
     x, y = _data()
     model, opt = _model("numpy", "adam")
