@@ -151,6 +151,10 @@ def make_spec(sample_rate, n_mfcc=28, n_mels=40, window_ms=25.0, hop_ms=10.0, pr
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if n_mfcc > n_mels:
         raise ValueError(f"n_mfcc must be <= n_mels={n_mels}, got {n_mfcc}")
+    for name, value in (("window_ms", window_ms), ("hop_ms", hop_ms), ("log_floor", log_floor)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or \
+                not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
     frame_length = int(round(window_ms * sample_rate / 1000.0))
     hop_length = int(round(hop_ms * sample_rate / 1000.0))
     if frame_length < 2 or hop_length < 1:

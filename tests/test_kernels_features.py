@@ -178,6 +178,10 @@ def test_spec_arguments_are_checked():
         K.make_spec(16000, n_mfcc=10, n_mels=200)
     with pytest.raises(ValueError, match="fmax"):
         K.make_spec(8000, fmax=8000)
+    for name, value in (("log_floor", 0.0), ("log_floor", -1.0), ("hop_ms", float("nan")),
+                        ("window_ms", float("inf")), ("hop_ms", "10")):
+        with pytest.raises(ValueError, match=f"{name} must be a positive number, got"):
+            K.make_spec(16000, **{name: value})
 
 
 def test_vtln_warp_is_monotone_and_keeps_the_ends():

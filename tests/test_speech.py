@@ -164,6 +164,20 @@ def test_feature_folder_round_trip(corpus, tmp_path):
     np.testing.assert_array_equal(y1, y2)
 
 
+def test_a_float64_batch_holds_the_float32_frames_and_a_float64_model_trains(rng):
+    feats = [rng.standard_normal((30, 4)).astype(np.float32) for _ in range(3)]
+    data = speech.SpeechFrames.from_arrays(feats, [np.array(list("ab") * 15)] * 3, context=1)
+    index = rng.permutation(len(data))[:17]
+    x32, x64, y = np.empty((17, 12), np.float32), np.empty((17, 12)), np.empty(17, np.int64)
+    data.gather_batch(index, x32, y)
+    data.gather_batch(index, x64, y)
+    np.testing.assert_array_equal(x64, x32)
+    model = mf.MLP([12, 5, 2], backend="numpy", dtype=np.float64, seed=0)
+    history = mf.fit(model, mf.optim.SGD(model.parameters(), lr=0.1), mf.CrossEntropyLoss(),
+                     data, epochs=2, batch_size=16, seed=0, progress=False)
+    assert np.isfinite(history["loss"]).all()
+
+
 def test_from_arrays_integer_labels_and_errors(rng):
     feats = [rng.standard_normal((4, 3)), rng.standard_normal((2, 3))]
     data = speech.SpeechFrames.from_arrays(feats, [np.array([0, 1, -1, 1]), np.array([2, 0])],

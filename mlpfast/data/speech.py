@@ -368,7 +368,8 @@ class SpeechFrames:
         return self.offsets.shape[0] - 1
 
     def gather_batch(self, index, x_out, y_out):
-        """x_out[b] = context window of sample index[b], y_out[b] = its phone index."""
+        """x_out[b] = context window of sample index[b], y_out[b] = its phone index (x_out
+        float32, or float64 for a float64 model)."""
         batch = index.shape[0]
         if x_out.shape != (batch, self.num_features) or y_out.shape != (batch,):
             raise ValueError(f"x_out and y_out must have shapes ({batch}, {self.num_features}) "
@@ -380,7 +381,10 @@ class SpeechFrames:
             self._frame_scratch = np.empty(batch, dtype=np.int64)
         frames = self._frame_scratch[:batch]
         np.take(self.sample_frames, index, out=frames)
-        self._gather(self.features, self.offsets, frames, self.context, out=x_out)
+        if x_out.dtype == np.float32:
+            self._gather(self.features, self.offsets, frames, self.context, out=x_out)
+        else:                               # a float64 model's batch: gathered, then widened
+            x_out[...] = self._gather(self.features, self.offsets, frames, self.context)
         np.take(self.labels, index, out=y_out)
 
     def fingerprint(self):
