@@ -18,10 +18,11 @@ them (activations, softmax, cross-entropy) keep up with memory only when the mat
                  error < 5e-7 (measured over the whole range against float64).
     tanh(x)      sign(x) (1 - 2e / (1 + e)), e = exp(-2|x|): 1 - |tanh| keeps its relative
                  accuracy in the tails, which tanh' = 1 - tanh^2 needs (gelu_tanh's
-                 derivative multiplies it by ~x^3); a rational approximation (Eigen's) was
-                 no cheaper once made to reach +-1 exactly. For |x| < 1/4, where that form
-                 cancels (tanh(1e-10) would be 0), the Taylor series x - x^3/3 + 2x^5/15
-                 - 17x^7/315 + 62x^9/2835: relative error < 7e-8 there, < 5e-7 at 1/4
+                 derivative multiplies it by ~x^3), and reaches +-1 exactly; for |x| < 1/4,
+                 where that form cancels (tanh(1e-10) was 0), -m / (1 + e) with m = e - 1
+                 = (r s) 2^n + (2^n - 1) from exp's own reduction (exp(r) = 1 + r s),
+                 relative error < 1e-6 there; one division for both. A rational
+                 approximation (Eigen's) was no cheaper once made to reach +-1 exactly
     sigmoid(x)   1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, e = exp(-|x|)
     normal_cdf(x)  Phi(x) = 0.5 + 0.5 erf(x / sqrt 2), float32 erf by the rational
                  z P(z^2) / Q(z^2) of Eigen's fast erf (z clamped to +-4; P scaled by
@@ -59,7 +60,6 @@ ROUNDING_BIAS = 12583039.0            # 1.5 * 2^23 + 127: adding it rounds to an
 # largest relative error (Lawson's iteration on Chebyshev nodes): 1.1e-7, where Taylor's
 # 1/2, 1/6, 1/24, 1/120 give 2.4e-6
 EXP_C = (0.49999232, 0.16667114, 0.04189011, 0.00831253)
-TANH_C = (-1 / 3, 2 / 15, -17 / 315, 62 / 2835)   # tanh(x) = x + x^3 (c3 + x^2 (c5 + ...))
 # erf(x) ~ x P(x^2) / Q(x^2) on |x| <= 4: Eigen's generic_fast_erf_float
 # (Eigen/src/Core/SpecialFunctionsImpl.h), absolute error 6.5e-8
 ERF_CLAMP = 4.0
@@ -97,6 +97,28 @@ def _float32_bits_as_int32(typingctx, value):
     return sig, codegen
 
 
+def _exp32_parts(x):
+    """(s, r, 2^n) for float32 x in [-87.3, 88.3]: x = n ln2 + r and exp(r) = 1 + r s, so
+    exp(x) = (1 + r s) 2^n and exp(x) - 1 = (r s) 2^n + (2^n - 1), without cancellation
+    (see the module docstring)."""
+
+
+@overload(_exp32_parts, jit_options={"fastmath": NO_REASSOC})
+def _exp32_parts_impl(x):
+    def exp32_parts(x):
+        shifted = x * np.float32(LOG2E) + np.float32(ROUNDING_BIAS)     # n + bias, rounded
+        n = shifted - np.float32(ROUNDING_BIAS)
+        r = x - n * np.float32(LN2)
+        s = np.float32(EXP_C[3])
+        s = s * r + np.float32(EXP_C[2])
+        s = s * r + np.float32(EXP_C[1])
+        s = s * r + np.float32(EXP_C[0])
+        s = s * r + np.float32(1)
+        two_n = _int32_bits_as_float32(_float32_bits_as_int32(shifted) << np.int32(23))
+        return s, r, two_n
+    return exp32_parts
+
+
 def _exp32_in_range(x):
     """exp(x) for float32 x in [-87.3, 88.3] (see the module docstring)."""
 
@@ -104,17 +126,8 @@ def _exp32_in_range(x):
 @overload(_exp32_in_range, jit_options={"fastmath": NO_REASSOC})
 def _exp32_in_range_impl(x):
     def exp32(x):
-        shifted = x * np.float32(LOG2E) + np.float32(ROUNDING_BIAS)     # n + bias, rounded
-        n = shifted - np.float32(ROUNDING_BIAS)
-        r = x - n * np.float32(LN2)
-        p = np.float32(EXP_C[3])
-        p = p * r + np.float32(EXP_C[2])
-        p = p * r + np.float32(EXP_C[1])
-        p = p * r + np.float32(EXP_C[0])
-        p = p * r + np.float32(1)
-        p = p * r + np.float32(1)
-        two_n = _int32_bits_as_float32(_float32_bits_as_int32(shifted) << np.int32(23))
-        return p * two_n
+        s, r, two_n = _exp32_parts(x)
+        return (s * r + np.float32(1)) * two_n
     return exp32
 
 
@@ -170,14 +183,12 @@ def _tanh_impl(x):
     if x == types.float32:
         def tanh32(x):
             a = abs(x)
-            e = exp_nonpositive(np.float32(-2) * a)
-            t = np.float32(1) - np.float32(2) * e / (np.float32(1) + e)   # exactly 1 for tiny e
-            a2 = a * a                  # a < 1/4: the series, where 1 - 2e/(1+e) cancels
-            series = np.float32(TANH_C[3])
-            for c in TANH_C[2::-1]:
-                series = series * a2 + np.float32(c)
-            series = a + a * a2 * series
-            return math.copysign(series if a < np.float32(0.25) else t, x)
+            s, r, two_n = _exp32_parts(max(np.float32(-2) * a, np.float32(-87.3)))
+            e = (s * r + np.float32(1)) * two_n                       # exp(-2a)
+            m = (s * r) * two_n + (two_n - np.float32(1))             # exp(-2a) - 1
+            q = np.float32(1) / (np.float32(1) + e)
+            t = -m * q if a < np.float32(0.25) else np.float32(1) - np.float32(2) * e * q
+            return math.copysign(t, x)
         return tanh32
     if isinstance(x, types.Float):
         return lambda x: math.tanh(x)

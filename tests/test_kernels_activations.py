@@ -78,14 +78,14 @@ def test_forward_in_place_and_extreme_values(variant, name):
 
 @pytest.mark.parametrize("variant", list(activations.VARIANTS))
 def test_float32_tanh_keeps_its_relative_accuracy_near_zero(variant):
-    """tanh(x) ~ x near 0: a relative error of float32 size there (1 - 2e/(1+e) alone gave
+    """tanh(x) ~ x near 0: a relative error below 1e-6 there (1 - 2e/(1+e) alone gave
     tanh(1e-10) = 0 and 6e-8 at 1e-7), and across the switch to that form at |x| = 1/4."""
     x = np.concatenate([np.geomspace(1e-30, 1.0, 4001), np.linspace(0.2, 0.3, 2001)])
     x = np.concatenate([x, -x, [0.0]]).astype(np.float32)[None, :]
     y = activations.VARIANTS[variant]["tanh"].forward(x)
     expected = np.tanh(x.astype(np.float64))
     relative = np.abs(y - expected) / np.maximum(np.abs(expected), 1e-300)
-    assert relative.max() < 6e-7, x[0, relative.argmax()]
+    assert relative.max() < 1e-6, x[0, relative.argmax()]
     assert np.array_equal(np.signbit(y), np.signbit(x))
 
 
