@@ -20,7 +20,7 @@ from .datasets import as_dataset, check_targets, contents_digest, has_labels
 from .init import make_rng
 from .losses import CrossEntropyLoss, MSELoss
 from .metrics import precision_recall_f1
-from .nn import BatchNorm1d
+from .nn import BatchNorm1d, Sequential
 from .progress import Progress
 from .resume import CheckpointWriter, check_checkpoint_args, resume as resume_run
 from .run import (ChunkSizes, EarlyStopping, History, Interrupts,  # noqa: F401
@@ -193,6 +193,9 @@ class _Job:
 
     def __init__(self, model, optimizer, loss_fn, x, y, val, epochs, batch_size, shuffle,
                  checkpoint, checkpoint_every, precision):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a Sequential or an MLP (a layer trains as "
+                            f"mf.Sequential(layer)), got {type(model).__name__}")
         self.epochs = _check_positive_int("epochs", epochs)
         batch_size = _check_positive_int("batch_size", batch_size)
         if not isinstance(loss_fn, (CrossEntropyLoss, MSELoss)):

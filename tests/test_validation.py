@@ -153,6 +153,17 @@ def test_optimizer_of_another_model_is_refused(trained):
     assert np.array_equal(other.flat_data, before_other)
 
 
+def test_a_bare_layer_is_refused_with_the_way_to_train_it(rng):
+    layer = mf.Linear(5, 3, backend="numpy", seed=0)
+    before = layer.weight.data.copy()
+    with pytest.raises(TypeError, match=r"model must be a Sequential or an MLP \(a layer "
+                                        r"trains as mf.Sequential\(layer\)\), got Linear"):
+        mf.fit(layer, mf.optim.SGD(layer.parameters(), lr=0.1), mf.CrossEntropyLoss(),
+               rng.normal(size=(8, 5)), np.arange(8) % 3, epochs=1, batch_size=4,
+               progress=False)
+    assert np.array_equal(layer.weight.data, before)
+
+
 def test_mse_targets_must_match_the_outputs(rng):
     model = mf.MLP([5, 4, 3], backend="numpy", seed=0)
     opt = mf.optim.SGD(model.parameters(), lr=0.1)
