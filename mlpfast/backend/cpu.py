@@ -185,6 +185,7 @@ class CompiledStep:
     def compute_gradients(self, index, mean_rows=None):
         index, _ = self.fill(index, 0, 1)
         self._layers_to_step()
+        # mean_rows is passed on only when given: CudaStep inherits this, its steps take none
         loss, correct = self._steps.gradients(np.ascontiguousarray(index, dtype=np.int64),
                                               *(() if mean_rows is None else (mean_rows,)))
         self._step_to_layers(1)
