@@ -120,8 +120,6 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
 
 def fit_options(args, root=True):
     """fit()'s lr_schedule, checkpoint, checkpoint_every and resume from the options."""
-    if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint PATH")
     resume = args.checkpoint if args.resume and os.path.exists(args.checkpoint) else None
     if resume and root:
         print(f"resuming from {resume}")
@@ -158,6 +156,8 @@ def check_training_arguments(args, given):
     _check_output_file(error, "--checkpoint", args.checkpoint)
     if args.checkpoint_every and not args.checkpoint:
         error("--checkpoint-every needs --checkpoint PATH")
+    if args.resume and not args.checkpoint:
+        error("--resume needs --checkpoint PATH")
     if "warmup_steps" in given and args.lr_schedule != "cosine":
         error(f"--warmup-steps applies to --lr-schedule cosine only, got {args.lr_schedule}")
     if "momentum" in given and args.optimizer != "sgd":

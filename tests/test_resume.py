@@ -259,7 +259,10 @@ def test_cli_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().out
     full, resumed = mf.load(tmp_path / "full.npz"), mf.load(tmp_path / "resumed.npz")
     assert np.array_equal(full.flat_data, resumed.flat_data)
-    assert cli.main(common + ["--epochs", "2", "--resume"]) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:              # refused before any data
+        cli.main(common + ["--epochs", "2", "--resume"])
+    assert exit_info.value.code == 2
     assert "--resume needs --checkpoint PATH" in capsys.readouterr().err
 
 
