@@ -88,6 +88,18 @@ def atomic_write(path, write):
     _fsync_directory(directory)
 
 
+def unwritable_file(label, path):
+    """Why ``path`` cannot be written as a file, as a message naming it ``label`` (an
+    argument or option), or None: its folder must exist and the path not be a folder."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+        return f"{label} {path}: directory {directory} {problem}"
+    if os.path.isdir(path):
+        return f"{label} {path} is a directory; give a file path"
+    return None
+
+
 def _naming(path, error):
     """The OSError ``error`` again with a message naming ``path``: same errno, so the same
     subclass (PermissionError for EACCES, ...)."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .backend import backends, get_backend, get_num_threads, gpu_summary, set_num_threads
+from .checkpoint import unwritable_file
 from .argtypes import non_negative as _non_negative, positive as _positive, \
     probability as _probability
 from .init import INITS
@@ -152,8 +153,10 @@ def check_training_arguments(args, given):
     """Refuse (parser.error, exit 2), before any data is read, the train options that cannot
     work or would be ignored; ``given``: given_options."""
     error = args.parser.error
-    _check_output_file(error, "--save", args.save)
-    _check_output_file(error, "--checkpoint", args.checkpoint)
+    for option, path in (("--save", args.save), ("--checkpoint", args.checkpoint)):
+        problem = None if path is None else unwritable_file(option, path)
+        if problem:
+            error(problem)
     if args.checkpoint_every and not args.checkpoint:
         error("--checkpoint-every needs --checkpoint PATH")
     if args.resume and not args.checkpoint:
@@ -174,18 +177,6 @@ def check_training_arguments(args, given):
         _check_speech_arguments(args, given)
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
         _check_resumed_settings(args)
-
-
-def _check_output_file(error, option, path):
-    """The file an option writes: its directory must exist, and the path not be a folder."""
-    if path is None:
-        return
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        problem = "is not a directory" if os.path.exists(directory) else "does not exist"
-        error(f"{option} {path}: directory {directory} {problem}")
-    if os.path.isdir(path):
-        error(f"{option} {path} is a directory; give a file name")
 
 
 def _missing_validation(args):

@@ -413,13 +413,14 @@ def _spec(model, optimizer, job, run, seed, lr_schedule):
     progress = {k: v for k, v in run.as_json().items() if k != "seconds"}
     spec = {"architecture": model.architecture(), "backend": model.backend.name,
             "optimizer": [opt["type"], opt["hyper"]],
-            "loss": type(job.val_loss_fn).__name__, "data": job.data_spec,
+            "loss": type(job.val_loss_fn).__name__,
+            "data": {k: v for k, v in job.data_spec.items() if k != "contents"},
             "epochs": job.epochs, "every_steps": job.every_steps, "seed": seed,
             "lr_schedule": lr_schedule if isinstance(lr_schedule, (str, type(None)))
             else type(lr_schedule).__name__, "schedule": run.rates.schedule.state_dict(),
             "early_stopping": None if run.stopper is None else run.stopper.as_json(),
             "progress": progress,
-            "data_crc32": contents_digest(job.train_set),
+            "data_crc32": job.data_spec["contents"],
             "val_crc32": None if job.val_set is None else contents_digest(job.val_set)}
     return {key: _short(value) for key, value in spec.items()}
 

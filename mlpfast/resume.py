@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .checkpoint import training_arrays, write_checkpoint
+from .checkpoint import training_arrays, unwritable_file, write_checkpoint
 from .run import check_state_finite
 
 
@@ -26,11 +26,9 @@ def check_checkpoint_args(checkpoint, checkpoint_every):
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path, got {type(checkpoint).__name__}")
-        directory = os.path.dirname(os.path.abspath(checkpoint))
-        if not os.path.isdir(directory):
-            raise ValueError(f"checkpoint {checkpoint}: directory {directory} does not exist")
-        if os.path.isdir(checkpoint):
-            raise ValueError(f"checkpoint {checkpoint} is a directory; give a file path")
+        problem = unwritable_file("checkpoint", checkpoint)
+        if problem:
+            raise ValueError(problem)
     return every_steps
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import tables
 from .backend import to_numpy
+from .checkpoint import _is_int, _is_number
 from .schedules import make_schedule
 
 
@@ -179,19 +180,14 @@ class EarlyStopping:
                              f"call has patience {self.patience} on {self.monitor}")
         best, best_epoch, bad_epochs = (state.get(k) for k in ("best", "best_epoch",
                                                                  "bad_epochs"))
-        if not (_is_count(bad_epochs) and bad_epochs <= self.patience
-                and (best_epoch is None or _is_count(best_epoch) and best_epoch >= 1)
-                and (best is None or isinstance(best, (int, float))
-                     and not isinstance(best, bool))):
+        if not (_is_int(bad_epochs) and bad_epochs <= self.patience
+                and (best_epoch is None or _is_int(best_epoch, 1))
+                and (best is None or _is_number(best, finite=False))):
             raise ValueError(f"resume: {path} holds early stopping {state!r}: best must be a "
                              f"number or null, best_epoch a positive integer or null, "
                              f"bad_epochs an integer in [0, {self.patience}]")
         self.best, self.best_epoch = best, best_epoch
         self.bad_epochs, self.best_state = bad_epochs, best_state or None
-
-
-def _is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
 class ChunkSizes:

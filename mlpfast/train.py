@@ -93,7 +93,8 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         if hasattr(rates.schedule, "monitor"):      # reduce-on-plateau
             _check_monitor(rates.schedule.monitor, job, f"lr_schedule {rates.schedule.name!r}")
         run = RunState(make_rng(seed), rates, stopper)
-        if checkpoint is not None or resume is not None:    # checkpoints hold the contents
+        if checkpoint is not None or resume is not None or cluster is not None:
+            # computed once: checkpoints hold it, ranks compare it
             job.data_spec["contents"] = contents_digest(job.train_set)
         if resume is not None:        # read, check everything, then load (all or nothing)
             resume_run(read_checkpoint(resume), model, optimizer, loss_fn, job.data_spec,

@@ -1,5 +1,6 @@
 """`mlpfast train speech` and `mlpfast data synth-speech` end to end on tiny corpora."""
 import pytest
+from test_cli import refused
 from test_speech import write_utterance
 
 from mlpfast import cli
@@ -64,15 +65,6 @@ def test_train_speech_tests_on_a_precomputed_folder(corpus, tmp_path, capsys):
     assert cli.main(common + [str(corpus / "spk1"), "--test", str(tmp_path / "empty")]) == 1
     assert f"--test: no .flac or .wav files under ['{tmp_path / 'empty'}']" in \
         capsys.readouterr().err
-
-
-def refused(argv, capsys):
-    """stderr of cli.main(argv), which must exit 2 (parser.error) before reading data."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 2 and out == "", out
-    return err
 
 
 def test_train_speech_refuses_options_that_cannot_apply(corpus, tmp_path, capsys):
