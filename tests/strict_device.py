@@ -128,9 +128,8 @@ def make_strict_class():
                 if not isinstance(value, StrictDeviceArray):
                     raise TypeError("mixing a strict device array with a simulator one")
                 value = value._ary
-            elif isinstance(value, np.ndarray) and not (value.flags.c_contiguous
-                                                        or value.flags.f_contiguous):
-                raise ValueError(ERR_CONTIGUOUS)
+            elif isinstance(value, np.ndarray):
+                _require_contiguous(value)
             target_ndim = np.ndim(self._ary[key])
             if np.ndim(value) > target_ndim:
                 raise ValueError(f"Can't assign {np.ndim(value)}-D array to {target_ndim}-D self")
