@@ -61,6 +61,25 @@ def small_cache(monkeypatch, tmp_path):
     return tmp_path, name, raw
 
 
+def test_a_leading_tilde_in_mlpfast_data_or_root_is_the_home_folder(monkeypatch, tmp_path):
+    # "~/data" was taken literally: a folder named "~" appeared in the working directory
+    root, name, raw = small_cache(monkeypatch, tmp_path)
+    home, cwd = root / "home", root / "cwd"
+    (home / "data" / "mnist").mkdir(parents=True)
+    (home / "data" / "mnist" / name).write_bytes(raw)
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLPFAST_DATA", "~/data")
+    found = {name: str(home / "data" / "mnist" / name)}
+    assert mnist_mod.default_root() == str(home / "data" / "mnist")
+    assert mnist_mod.fetch(download=False) == found
+    assert mnist_mod.fetch("~/data/mnist", download=False) == found
+    with pytest.raises(FileNotFoundError, match=f"not in {home}/elsewhere and"):
+        mnist_mod.fetch("~/elsewhere", download=False)
+    assert os.listdir(cwd) == []
+
+
 def test_missing_files_without_download_are_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"not in {tmp_path} and download=False"):
         mnist_mod.mnist(root=str(tmp_path), download=False)

