@@ -148,6 +148,25 @@ def test_speech_frames_bad_arguments(corpus, tmp_path):
                           np.empty(1, np.int64))
 
 
+def test_audio_without_labeled_frames_is_refused_saying_why(tmp_path):
+    # 300 samples at 16 kHz: shorter than one 400-sample window, so no frames. Without a
+    # phone list this said "phones must be distinct non-empty names, got ()"; with one it
+    # built an empty dataset that fit refused as "dataset x is empty"
+    short = tmp_path / "short.wav"
+    soundfile.write(str(short), np.zeros(300), 16000)
+    speech.write_phn(short.with_suffix(".PHN"), [speech.Segment(0, 300, "aa")])
+    message = (r"no labeled frames in .*short.wav and 1 more: a sample is a frame whose centre "
+               r"sample lies in a .PHN segment; 2 of them have no frames at all \(audio "
+               r"shorter than one analysis window\), e.g. .*short.wav")
+    for phones in (None, ["aa"]):
+        with pytest.raises(ValueError, match=message):
+            speech.SpeechFrames([short, short], phones=phones)
+    with pytest.raises(ValueError, match=r"no labeled frames in utterance 0: a sample is a "
+                                         r"frame whose centre sample lies in a .PHN segment$"):
+        speech.SpeechFrames.from_arrays([np.zeros((4, 3))], [np.array([""] * 4)],
+                                        phones=["a"])
+
+
 def test_feature_folder_round_trip(corpus, tmp_path):
     data = speech.SpeechFrames(corpus, context=2, n_mfcc=13)
     speech.save_feature_folder(data, tmp_path / "feats")

@@ -322,6 +322,8 @@ class SpeechFrames:
                                  f"got labels of shape {y.shape}")
         if isinstance(phones, str):
             raise ValueError(f"phones must be a list of phone names, got the string {phones!r}")
+        if not any((y >= 0 if y.dtype.kind in "iu" else y != "").any() for y in labels):
+            raise ValueError(_no_labeled_frames(names, feats))
         if phones is None:
             if any(y.dtype.kind in "iu" for y in labels):
                 raise ValueError("integer labels need the phone list: pass phones=[...]")
@@ -397,6 +399,16 @@ class SpeechFrames:
         return (f"SpeechFrames({len(self)} frames, {self.num_utterances} utterances, "
                 f"context={self.context}, feature_dim={self.feature_dim}, "
                 f"{self.num_classes} phones)")
+
+
+def _no_labeled_frames(names, feats):
+    """Why a dataset of these utterances would hold no sample."""
+    empty = [name for name, f in zip(names, feats) if f.shape[0] == 0]
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    why = (f"; {len(empty)} of them have no frames at all (audio shorter than one analysis "
+           f"window), e.g. {empty[0]}" if empty else "")
+    return (f"no labeled frames in {names[0]}{more}: a sample is a frame whose centre sample "
+            f"lies in a .PHN segment{why}")
 
 
 def save_feature_folder(dataset, folder):
