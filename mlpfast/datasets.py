@@ -27,7 +27,7 @@ class ArrayDataset:
 
     def __init__(self, x, y, num_features=None, num_classes=None, name="x", gather=None,
                  y_name="y", dtype=np.float32):
-        x = check_samples(x, num_features, name)
+        x = check_samples(x, num_features, name, dtype)
         if x.dtype.kind == "b" or (x.dtype.kind == "f" and x.dtype not in DTYPES):
             x = x.astype(dtype)
         if y is None:

@@ -34,8 +34,9 @@ def _resolve_dtype(dtype):
     return dtype
 
 
-def check_samples(x, num_features, name="x"):
-    """x as a non-empty 2-D array of finite numbers with num_features columns (None: any)."""
+def check_samples(x, num_features, name="x", dtype=None):
+    """x as a non-empty 2-D array of finite numbers with num_features columns (None: any),
+    finite also once converted to ``dtype`` (float64 beyond float32's range becomes inf)."""
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
@@ -49,6 +50,13 @@ def check_samples(x, num_features, name="x"):
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise ValueError(f"{name} contains NaN or inf (first at row {row})")
+    if dtype is not None and x.dtype.kind == "f" and x.dtype.itemsize > np.dtype(dtype).itemsize:
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.array([x.min(), x.max()]).astype(dtype)).all():
+                row = int(np.argwhere(~np.isfinite(x.astype(dtype)))[0][0])
+                raise ValueError(f"{name} holds values beyond the range of the model's "
+                                 f"{np.dtype(dtype)} (|x| <= {np.finfo(dtype).max:.4g}), "
+                                 f"first at row {row}")
     return x
 
 
@@ -107,7 +115,8 @@ class Module:
 
     def check_input(self, x, name="x"):
         """x as a C-contiguous host array of this module's dtype, or a clear error."""
-        return np.ascontiguousarray(check_samples(x, self.in_features, name), dtype=self.dtype)
+        return np.ascontiguousarray(check_samples(x, self.in_features, name, self.dtype),
+                                    dtype=self.dtype)
 
     @property
     def in_features(self):

@@ -67,6 +67,12 @@ def case_nan_in_x(model, opt, x, y, tmp_path):
     _fit(model, opt, x, y)
 
 
+def case_x_beyond_float32(model, opt, x, y, tmp_path):
+    x = x.astype(np.float64)                  # finite here, inf in the float32 model
+    x[5, 100] = -1e39
+    _fit(model, opt, x, y)
+
+
 def case_empty_x(model, opt, x, y, tmp_path):
     _fit(model, opt, x[:0], y[:0])
 
@@ -96,6 +102,8 @@ def case_npz_not_a_checkpoint(model, opt, x, y, tmp_path):
     (case_783_columns, "x has 783 columns but the model expects 784 input features"),
     (case_label_10, r"y must lie in \[0, 10\) for 10 classes, found 10"),
     (case_nan_in_x, r"x contains NaN or inf \(first at row 5\)"),
+    (case_x_beyond_float32, r"x holds values beyond the range of the model's float32 "
+                            r"\(\|x\| <= 3.403e\+38\), first at row 5"),
     (case_empty_x, r"x is empty \(shape \(0, 784\)\)"),
     (case_length_mismatch, r"len\(x\) = 20 but len\(y\) = 19"),
     (case_truncated_idx, r"train-images-idx3-ubyte: 15596 bytes but its header \(20, 28, 28\) "
@@ -190,6 +198,8 @@ def test_inference_entry_points_check_x(call):
     before = model.flat_data.copy()
     for bad, message in ((np.zeros((2, 5)), "x has 5 columns but the model expects 4"),
                          (np.full((2, 4), np.inf), "x contains NaN or inf"),
+                         (np.full((2, 4), 1e39), "x holds values beyond the range of the "
+                                                 "model's float32"),
                          (np.zeros((0, 4)), "x is empty"),
                          (np.zeros(4), "2-D")):
         with pytest.raises(ValueError, match=message):
