@@ -80,6 +80,18 @@ def test_a_leading_tilde_in_mlpfast_data_or_root_is_the_home_folder(monkeypatch,
     assert os.listdir(cwd) == []
 
 
+@pytest.mark.parametrize("download", [True, False])
+def test_a_root_that_is_a_file_is_named(tmp_path, download):
+    # e.g. --data train-images-idx3-ubyte.gz: os.makedirs said "[Errno 17] File exists"
+    # (download=False: "not in <file>")
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"x")
+    with pytest.raises(NotADirectoryError, match=f"MNIST folder {path} is a file: pass the "
+                                                 f"folder that holds"):
+        mnist_mod.mnist(root=str(path), download=download)
+    assert path.read_bytes() == b"x" and os.listdir(tmp_path) == [path.name]
+
+
 def test_missing_files_without_download_are_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"not in {tmp_path} and download=False"):
         mnist_mod.mnist(root=str(tmp_path), download=False)

@@ -203,9 +203,12 @@ def fetch(root=None, download=True):
 
     A file that is present but does not hash right (corrupt or truncated) raises a
     ValueError naming it; with ``download`` it is fetched again and replaced instead.
-    Missing files without ``download``: FileNotFoundError.
+    Missing files without ``download``: FileNotFoundError; root a file: NotADirectoryError.
     """
     root = os.path.expanduser(root) if root else default_root()
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise NotADirectoryError(f"MNIST folder {root} is a file: pass the folder that holds "
+                                 f"(or will hold) the four IDX files {', '.join(FILES)}")
     paths, corrupt = {}, {}
     for name in FILES:
         try:
