@@ -1,5 +1,6 @@
 """Datasets: ``mnist()`` returns arrays; dataset objects plug into ``fit`` in place of (x, y),
 and (x, y) arrays become an ``ArrayDataset``."""
+import json
 import zlib
 
 import numpy as np
@@ -67,13 +68,21 @@ class ArrayDataset:
 
 def contents_digest(dataset):
     """What identifies a dataset's contents: CRC-32s of its arrays, else what its
-    ``fingerprint()`` returns, else None (a dataset object without one). Checkpoints and
-    distributed fit compare it."""
+    ``fingerprint()`` returns as it reads back from JSON (tuples become lists), else None
+    (a dataset object without one). Checkpoints and distributed fit compare it."""
     arrays = getattr(dataset, "arrays", None)
     if arrays is not None:
         return [zlib.crc32(np.ascontiguousarray(a)) for a in arrays]
     fingerprint = getattr(dataset, "fingerprint", None)
-    return None if fingerprint is None else fingerprint()
+    if fingerprint is None:
+        return None
+    value = fingerprint()
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{type(dataset).__name__}.fingerprint() must return a JSON value "
+                        f"(None, bool, int, finite float, str, lists and dicts of them), got "
+                        f"{value!r} ({e})") from None
 
 
 def as_dataset(model, x, y, name="x", y_name="y"):

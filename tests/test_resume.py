@@ -234,6 +234,35 @@ def test_resume_refuses_other_training_data_of_the_same_shape(tmp_path):
     assert opt.step_count == 2 * 7
 
 
+class Fingerprinted(BatchSamples):
+    def __init__(self, x, y, value):
+        super().__init__(x, y, BATCH, num_classes=4)
+        self.value = value
+
+    def fingerprint(self):
+        return self.value
+
+
+def test_a_dataset_fingerprint_must_be_json_and_resumes_as_written(tmp_path):
+    # A NumPy scalar trained a whole epoch, then failed writing the checkpoint ("Object of
+    # type int64 is not JSON serializable"); a tuple was read back as a list and a NaN
+    # never equals itself, so their runs could not resume ("other training data")
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    for value in (np.int64(5), {"crc": np.uint32(7)}, float("nan")):
+        model, opt = _model("numpy", "adam")
+        params = model.flat_data.copy()
+        with pytest.raises(TypeError, match=r"Fingerprinted.fingerprint\(\) must return a "
+                                            r"JSON value .*, got "):
+            _fit(model, opt, Fingerprinted(x, y, value), 1, checkpoint=path)
+        assert np.array_equal(model.flat_data, params) and opt.step_count == 0
+        assert not path.exists()
+    model, opt = _model("numpy", "adam")
+    _fit(model, opt, Fingerprinted(x, y, (1, "a")), 1, checkpoint=path)
+    _fit(model, opt, Fingerprinted(x, y, (1, "a")), 2, resume=path)
+    assert opt.step_count == 2 * 7
+
+
 def test_resume_from_a_file_that_is_not_a_checkpoint_changes_nothing(tmp_path):
     x, y = _data()
     model, opt = _model("numpy", "adam")
