@@ -18,9 +18,10 @@ Threading layer
 Threads
     ``mlpfast.set_num_threads(n)`` reaches Numba through ``set_threads`` (registered in
     mlpfast.backend). Numba's thread count is per Python thread, so ``parallel_call``
-    applies the process-wide count in the calling thread before each launch. A call that
-    touches fewer than ``PARALLEL_MIN_ELEMENTS`` elements runs on one thread: waking a
-    sleeping thread costs tens of microseconds (kernels/cpu_config.py).
+    applies the process-wide count in the calling thread before each launch, and puts
+    the thread's own count back after it. A call that touches fewer than
+    ``PARALLEL_MIN_ELEMENTS`` elements runs on one thread: waking a sleeping thread costs
+    tens of microseconds (kernels/cpu_config.py).
 
 JIT cache
     Kernels are compiled with ``cache=True``; Numba keeps their machine code where it
@@ -170,7 +171,9 @@ PARALLEL_MIN_ELEMENTS = env.parallel_min_elements(THRESHOLDS["parallel_min_eleme
 
 
 def parallel_call(kernel, *args, work=None):
-    """Run a ``parallel=True`` kernel with mlpfast's thread count, safely from any thread.
+    """Run a ``parallel=True`` kernel with mlpfast's thread count, safely from any thread;
+    the calling thread's Numba thread count is put back afterwards, so the caller's own
+    parallel Numba code keeps the count it chose.
 
     ``work``: the elements the call touches (default: the sizes of its array arguments
     added up); below ``PARALLEL_MIN_ELEMENTS`` the kernel runs on one thread.
@@ -178,10 +181,15 @@ def parallel_call(kernel, *args, work=None):
     if work is None:
         work = sum(a.size for a in args if isinstance(a, np.ndarray))
     threads = _threads if work >= PARALLEL_MIN_ELEMENTS else 1
-    if numba.get_num_threads() != threads:
+    callers = numba.get_num_threads()
+    if callers != threads:
         numba.set_num_threads(threads)
-    with _launch_lock:
-        return kernel(*args)
+    try:
+        with _launch_lock:
+            return kernel(*args)
+    finally:
+        if callers != threads:
+            numba.set_num_threads(callers)
 
 
 def info():

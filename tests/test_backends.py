@@ -166,6 +166,32 @@ def test_set_num_threads_reaches_numba_in_every_thread():
     assert seen == [1, 1]
 
 
+@pytest.mark.skipif(_numba_config.MAX_THREADS < 2, reason="needs 2 Numba threads")
+def test_kernels_leave_the_callers_numba_thread_count_as_they_found_it():
+    """Numba's thread count belongs to the calling thread: a program's own parallel Numba
+    code keeps the count it chose after mlpfast's kernels ran on theirs (small calls on 1
+    thread, large ones on mlpfast's count)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    large = rng.normal(size=(_numba_config.PARALLEL_MIN_ELEMENTS // 64 + 1, 64)).astype(
+        np.float32)
+    mine, previous = numba.get_num_threads(), mlpfast.get_num_threads()
+    try:
+        mlpfast.set_num_threads(2)
+        for callers in (2, 1):
+            numba.set_num_threads(callers)
+            model = nn.MLP([8, 16, 3], backend="numba", seed=0)
+            mlpfast.fit(model, optim.Adam(model.parameters()), mlpfast.CrossEntropyLoss(), x,
+                        y, epochs=1, batch_size=16, progress=False)      # calls on 1 thread
+            assert numba.get_num_threads() == callers
+            mlpfast.get_backend("numba").activations["relu"].forward(large)     # on 2
+            assert numba.get_num_threads() == callers
+    finally:
+        numba.set_num_threads(mine)
+        mlpfast.set_num_threads(previous)
+
+
 WORKQUEUE_SCRIPT = """
 import sys, threading
 import numpy as np
