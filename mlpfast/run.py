@@ -216,8 +216,13 @@ class ChunkSizes:
         self.size = int(max(1, min(self.limit, 2 * self.size, wanted)))
 
 
-def diverged(loss, model, optimizer, epoch, step, steps_per_epoch, run, checkpoint):
-    """The TrainingDiverged for a step whose loss or gradients were not finite."""
+def diverged(loss, model, optimizer, epoch, step, steps_per_epoch, run, checkpoint,
+             data_checked=True):
+    """The TrainingDiverged for a step whose loss or gradients were not finite.
+
+    ``data_checked``: False when the batches come from a dataset object, whose
+    ``gather_batch`` output is not checked for NaN or inf (arrays are, before training).
+    """
     if not math.isfinite(loss):
         what = f"the loss is {loss}"
     elif np.isfinite(to_numpy(model.flat_grad)).all():
@@ -236,6 +241,9 @@ def diverged(loss, model, optimizer, epoch, step, steps_per_epoch, run, checkpoi
     else:
         kept = "the model and optimizer keep their initial state"
     hint = "; lower the learning rate" + (f" or resume from {checkpoint}" if checkpoint else "")
+    if not data_checked:
+        hint += ("; if the batch itself held NaN or inf, it came from the dataset's "
+                 "gather_batch (a dataset object's batches are not checked)")
     return TrainingDiverged(f"{where}; {kept}{hint}", epoch, step, run.global_step + 1, loss)
 
 

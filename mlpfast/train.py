@@ -16,7 +16,7 @@ import numpy as np
 from . import distributed, tables
 from .backend.steps import label_buffer
 from .checkpoint import read_checkpoint
-from .datasets import as_dataset, check_targets, contents_digest, has_labels
+from .datasets import ArrayDataset, as_dataset, check_targets, contents_digest, has_labels
 from .init import make_rng
 from .losses import CrossEntropyLoss, MSELoss
 from .metrics import precision_recall_f1
@@ -176,7 +176,8 @@ def _train_epoch(job, step, run, epoch, writer, progress, start, interrupts):
             run.advance(done)
             if not finite:                  # the failing step was not applied
                 raise diverged(failed_loss, job.model, job.optimizer, epoch,
-                               run.batches_done + 1, job.steps_per_epoch, run, job.checkpoint)
+                               run.batches_done + 1, job.steps_per_epoch, run, job.checkpoint,
+                               data_checked=isinstance(job.train_set, ArrayDataset))
             rows = min(run.batches_done * job.batch_size, len(job.train_set)) \
                 - first * job.batch_size
             bar.update(done, (run.loss_sum - before) / rows)

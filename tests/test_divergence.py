@@ -120,9 +120,9 @@ def test_a_step_after_an_overflowed_update_does_not_claim_a_good_state(backend):
     x, y = _data()
     model = mf.MLP([20, 8, 10], backend=backend, seed=0)
     opt = mf.optim.Adam(model.parameters(), lr=1e-3)
-    with pytest.raises(TrainingDiverged, match="global step 4\): the loss is nan; parameter "
-                                               "0.weight already holds NaN or inf \(an "
-                                               "update overflowed\); lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match=r"global step 4\): the loss is nan; parameter "
+                                               r"0.weight already holds NaN or inf \(an "
+                                               r"update overflowed\); lower the learning rate"):
         mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16, seed=0,
                progress=False, lr_schedule=lambda t, total: 1e45 if t == 2 else 1.0)
 
@@ -177,3 +177,26 @@ def test_infinite_logits_stop_training_with_a_clear_error(backend):
         mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=16,
                progress=False)
     assert np.array_equal(mf.to_numpy(model.flat_data), before)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")    # the numpy backend's NaN and inf
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_from_a_dataset_objects_batches_is_pointed_at(backend):
+    # arrays are checked before training; a dataset object's gather_batch is not, so the
+    # divergence it causes names it as a possible source
+    x, y = _data()
+    poisoned = x.copy()
+    poisoned[37, 3] = np.nan
+    model = mf.MLP([20, 16, 10], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(TrainingDiverged, match="the loss is nan.*came from the dataset's "
+                                               "gather_batch") as info:
+        mf.fit(model, opt, mf.CrossEntropyLoss(), Samples(poisoned, y), epochs=1,
+               batch_size=64, seed=0, progress=False)
+    assert info.value.global_step == 1 and opt.step_count == 0
+    model = mf.MLP([20, 16, 10], backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=1e4, momentum=0.9)
+    with pytest.raises(TrainingDiverged) as info:
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=50, batch_size=16, seed=0,
+               progress=False)
+    assert "gather_batch" not in str(info.value)
