@@ -80,33 +80,37 @@ def add_training_arguments(parser, hidden="512,256", epochs=10, batch_size=128,
                              f"--warmup-steps, onecycle rises to --lr then falls, plateau "
                              f"divides it by 10 when the validation loss stalls")
     parser.add_argument("--warmup-steps", type=_non_negative(int), default=0,
-                        help="linear warm-up steps of --lr-schedule cosine")
-    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
-    parser.add_argument("--momentum", type=float, default=0.9, help="for --optimizer sgd")
+                        help="linear warm-up steps of --lr-schedule cosine (default %(default)s)")
+    parser.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
+                        help="(default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9,
+                        help="for --optimizer sgd (default %(default)s)")
     parser.add_argument("--weight-decay", type=_non_negative(float), default=None,
-                        help="L2 (adam, sgd) or decoupled (adamw) weight decay")
+                        help="L2 (adam, sgd) or decoupled (adamw) weight decay (default: "
+                             "the optimizer's, 0 for adam and sgd, 0.01 for adamw)")
     parser.add_argument("--max-norm", type=_positive(float), default=None,
                         help="after each step, each neuron's incoming weights onto the L2 "
                              "ball of this radius")
     parser.add_argument("--batchnorm", action="store_true",
                         help="BatchNorm1d after each hidden Linear layer")
     parser.add_argument("--dropout", type=_probability, default=0.0,
-                        help="dropout after each hidden activation")
+                        help="dropout after each hidden activation (default %(default)s)")
     parser.add_argument("--input-dropout", type=_probability, default=0.0,
-                        help="dropout on the inputs")
+                        help="dropout on the inputs (default %(default)s)")
     parser.add_argument("--init", choices=INITS, default="kaiming_uniform",
-                        help="Linear weights' initialization (torch's names)")
+                        help="Linear weights' initialization (torch's names; default %(default)s)")
     parser.add_argument("--early-stopping", type=_positive(int), default=None,
                         metavar="PATIENCE", help="stop after PATIENCE epochs without a better "
                                                  "validation loss; keep the best weights")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="bf16: the GEMMs take bf16 operands and sum in fp32, the "
                              "rest stays fp32 (cpu backend; fastest with AVX512-BF16 or "
-                             "AMX)")
-    parser.add_argument("--backend", default="auto", help="numpy, numba, cpu, cuda or auto")
+                             "AMX; default %(default)s)")
+    parser.add_argument("--backend", default="auto",
+                        help="numpy, numba, cpu, cuda or auto (default %(default)s)")
     parser.add_argument("--threads", type=_positive(int), default=None,
                         help="threads for every kernel (default: MLPFAST_NUM_THREADS or all cores)")
-    parser.add_argument("--seed", type=_non_negative(int), default=0)
+    parser.add_argument("--seed", type=_non_negative(int), default=0, help="(default %(default)s)")
     parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="keep the run's full state in PATH, replaced atomically after "
@@ -584,11 +588,13 @@ def build_parser():
     synth = data_sub.add_parser("synth-speech", help="a speech corpus synthesized by festival "
                                                      "(16 kHz FLAC + .PHN per utterance)")
     synth.add_argument("out", metavar="OUT")
-    synth.add_argument("--voices", default="kal,ked,slt", help="comma-separated: kal, ked, slt")
-    synth.add_argument("--utterances", type=_positive(int), default=150, help="per voice")
-    synth.add_argument("--seed", type=_non_negative(int), default=0)
+    synth.add_argument("--voices", default="kal,ked,slt",
+                       help="comma-separated: kal, ked, slt (default %(default)s)")
+    synth.add_argument("--utterances", type=_positive(int), default=150,
+                       help="per voice (default %(default)s)")
+    synth.add_argument("--seed", type=_non_negative(int), default=0, help="(default %(default)s)")
     synth.add_argument("--jobs", type=_positive(int), default=2,
-                       help="festival processes at once")
+                       help="festival processes at once (default %(default)s)")
     synth.set_defaults(handler=_synth_speech)
 
     info = sub.add_parser("info", help="version, backends, CPU features, threads, libraries")
@@ -615,7 +621,8 @@ def _add_train_mnist(train_sub):
                             "DIR (needs matplotlib)")
     mnist.add_argument("--holdout", type=_non_negative(int), default=0, metavar="N",
                        help="validate on N training images drawn by --seed (trained on the "
-                            "rest) instead of the test set; needed by --early-stopping")
+                            "rest) instead of the test set; needed by --early-stopping; default "
+                            "%(default)s: none)")
     recipes = "; ".join(f"{name}: " + ", ".join(_as_option(key, value)
                                                  for key, value in options.items())
                         for name, options in RECIPES.items())
@@ -636,13 +643,16 @@ def _add_train_2d(train_sub):
         add_training_arguments(toy, hidden=hidden, epochs=epochs, batch_size=1024)
         toy.set_defaults(handler=_train_2d, parser=toy, lr=0.05, activation="tanh")
         toy.add_argument("--noise", type=float, default=0.0 if name == "xor" else 0.1,
-                         help="standard deviation of the Gaussian noise on each coordinate")
+                         help="standard deviation of the Gaussian noise on each coordinate"
+                              " (default %(default)s)")
         if name == "xor":
             toy.add_argument("--per-corner", type=_positive(int), default=1,
                              help="points per XOR corner (default 1: the truth table)")
         else:
-            toy.add_argument("--samples", type=_positive(int), default=200)
-        toy.add_argument("--perceptron-epochs", type=_positive(int), default=100)
+            toy.add_argument("--samples", type=_positive(int), default=200,
+                             help="(default %(default)s)")
+        toy.add_argument("--perceptron-epochs", type=_positive(int), default=100,
+                         help="(default %(default)s)")
         toy.add_argument("--plots", metavar="DIR", default=None,
                          help="write decision regions (perceptron and MLP) and the MLP's "
                               "training curves as PNGs into DIR (needs matplotlib)")
@@ -656,18 +666,22 @@ def _add_train_speech(train_sub):
                              "one folder of precomputed mfcc/*.npy + transcript/*.npy")
     add_training_arguments(speech, hidden="1024,512", epochs=3, batch_size=256)
     speech.add_argument("--context", type=_non_negative(int), default=10,
-                        help="+-K neighbour frames")
-    speech.add_argument("--n-mfcc", type=_positive(int), default=28)
+                        help="+-K neighbour frames (default %(default)s)")
+    speech.add_argument("--n-mfcc", type=_positive(int), default=28,
+                        help="(default %(default)s)")
     speech.add_argument("--deltas", type=int, choices=[0, 1, 2], default=0,
-                        help="append deltas (1) or deltas and delta-deltas (2)")
+                        help="append deltas (1) or deltas and delta-deltas (2) (default "
+                             "%(default)s)")
     speech.add_argument("--holdout", type=float, default=0.2,
-                        help="fraction of each folder's utterances held out (0: none)")
+                        help="fraction of each folder's utterances held out (0: none; default "
+                             "%(default)s)")
     speech.add_argument("--test", nargs="+", metavar="DIR", default=None,
                         help="folders of extra test utterances, e.g. an unseen voice, or "
                              "one folder of precomputed features")
     speech.add_argument("--train-warps", type=_warp_list, default=1.0, metavar="LIST",
                         help="read each training utterance once per mel warp factor, e.g. "
-                             "0.9,1.0,1.1 (augmentation against unseen voices)")
+                             "0.9,1.0,1.1 (augmentation against unseen voices; default "
+                             "%(default)s: no warp)")
     speech.add_argument("--vtln", action="store_true",
                         help="also read each --test folder with the vocal-tract-length warp "
                              "(0.80-1.40) the model is most confident on, and report that")

@@ -148,3 +148,34 @@ def test_a_holdout_is_drawn_from_training():
     assert cli._holdout(x, y, 0, seed=0)[1] is None
     with pytest.raises(ValueError, match="--holdout must be below the 10 training images"):
         cli._holdout(x, y, 10, seed=0)
+
+
+def _subparsers(parser, path=()):
+    """(command words, parser) of every command under ``parser``, the parser's own first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action.choices, dict):
+            for name, subparser in action.choices.items():
+                yield from _subparsers(subparser, path + (name,))
+
+
+def test_every_help_shows_the_options_defaults():
+    """README (Command line): every subcommand's --help lists its options with their
+    defaults. An option whose default is a value (not None, not a flag's False) says it,
+    and says the value it has."""
+    missing = []
+    for path, parser in _subparsers(cli.build_parser()):
+        text = parser.format_help()
+        for action in parser._actions:
+            if (not action.option_strings or action.nargs == 0      # flags, --help
+                    or action.default is None or action.default == "==SUPPRESS=="):
+                continue
+            shown = action.default
+            if isinstance(shown, list):                  # --hidden: "512,256"
+                shown = ",".join(map(str, shown))
+            help_text = parser._get_formatter()._expand_help(action) if action.help else ""
+            if "default" not in help_text or str(shown) not in help_text:
+                missing.append(f"mlpfast {' '.join(path)} {action.option_strings[-1]} "
+                               f"(default {shown!r}): {help_text!r}")
+        assert "show this help message" in text
+    assert not missing, "\n".join(missing)
