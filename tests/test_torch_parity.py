@@ -7,7 +7,8 @@ from torch_parity import TORCH_ACTIVATIONS, check_against_torch
 import mlpfast as mf
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (CPU build: "
-                                            "pip install torch==2.13.0, as .ci/run does)")
+                                            "pip install torch --index-url "
+                                            "https://download.pytorch.org/whl/cpu)")
 
 CPU_BACKENDS = [name for name in mf.backends() if mf.get_backend(name).device == "cpu"]
 
