@@ -110,6 +110,9 @@ class Module:
 
     # -- common --------------------------------------------------------------------
     def __call__(self, x):
+        """model(x): the output for x (N, in_features) as a fresh NumPy array; x is checked
+        (shape, finite values) and converted to the module's dtype. ``forward`` skips the
+        checks and returns a buffer of the backend that the next call reuses."""
         x = self.check_input(x)
         return self.backend.to_numpy(self.forward(self.backend.to_device(x))).copy()
 
@@ -263,22 +266,27 @@ class Activation(Module):
 
 
 class Identity(Activation):
+    """y = x."""
     kind = "identity"
 
 
 class Sigmoid(Activation):
+    """y = 1 / (1 + exp(-x)) elementwise (torch.nn.Sigmoid)."""
     kind = "sigmoid"
 
 
 class Tanh(Activation):
+    """y = tanh(x) elementwise (torch.nn.Tanh)."""
     kind = "tanh"
 
 
 class ReLU(Activation):
+    """y = max(0, x) elementwise (torch.nn.ReLU)."""
     kind = "relu"
 
 
 class LeakyReLU(Activation):
+    """y = x where x > 0, else negative_slope * x (torch.nn.LeakyReLU)."""
     kind = "leaky_relu"
 
     def __init__(self, negative_slope=0.01, **kwargs):
