@@ -48,8 +48,11 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     """Train ``model`` on (x, y) or a dataset; returns a ``History``.
 
     Each epoch visits every sample once in an order drawn from ``seed`` (when shuffle),
-    in batches of ``batch_size`` (the last one may be smaller). ``val`` = (x, y) or a
-    dataset, evaluated after each epoch. ``verbose`` prints a line per epoch.
+    in batches of ``batch_size`` (the last one may be smaller). ``x`` is an array (N,
+    features) with labels or targets ``y``, or a dataset object (``y`` omitted: README,
+    Python API). ``val`` = (x, y) or a dataset, evaluated after each epoch. ``progress``
+    shows a bar per epoch on stderr (tqdm, when installed); ``verbose`` prints a line
+    per epoch.
 
     ``checkpoint`` = PATH writes model, optimizer state, progress, RNG state and data
     order to that one file, replaced atomically (see ``mlpfast.checkpoint``), after every
@@ -60,7 +63,9 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
     The returned History then includes the epochs run before the checkpoint.
 
     A NaN or inf in the loss or the gradients raises ``TrainingDiverged`` naming the epoch
-    and step; the model and optimizer keep the state of the last good step.
+    and step; the model and optimizer keep the state of the last good step. Ctrl-C or
+    SIGTERM ends the run after the steps in progress, writes a last checkpoint (with
+    ``checkpoint``) and raises KeyboardInterrupt (README, Reliability).
 
     ``lr_schedule`` scales the optimizer's lr at each global step (``mlpfast.schedules``):
     None or "constant", "cosine", "onecycle", "plateau" (with their default arguments), a
@@ -297,7 +302,9 @@ def _batches(model, x, y, batch_size, name="x"):
 
 
 def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True):
-    """{"loss", "accuracy", "n"} over (x, y); with class labels and ``confusion`` also
+    """{"loss", "accuracy", "n"} over (x, y), or over a dataset object ``x`` (y omitted).
+    ``loss_fn`` defaults to CrossEntropyLoss; "accuracy" is None when y holds MSE targets
+    rather than class labels. With class labels and ``confusion`` also
     "confusion_matrix" (true x predicted counts) and "scores", per-class precision,
     recall, f1 and support with their macro and weighted averages
     (``mlpfast.metrics.precision_recall_f1``)."""

@@ -155,6 +155,8 @@ def set_num_threads(n):
 
 
 def get_num_threads():
+    """Threads of mlpfast's threaded kernels: set_num_threads(n), else MLPFAST_NUM_THREADS,
+    else the CPUs this process may run on."""
     return _num_threads
 
 
