@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import os
+import threading
 import weakref
 
 import numpy as np
@@ -79,6 +80,21 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
 
 
+_IN_USE = weakref.WeakKeyDictionary()           # module -> its lock, made on first use
+_IN_USE_GUARD = threading.Lock()
+
+
+def in_use(module):
+    """The re-entrant lock held by every call that runs ``module``'s forward pass: calling
+    it, fit, evaluate, predict, predict_proba. They write the module's reused buffers and
+    its ``training`` flag, so threads sharing one model take turns."""
+    with _IN_USE_GUARD:
+        lock = _IN_USE.get(module)
+        if lock is None:
+            lock = _IN_USE[module] = threading.RLock()
+        return lock
+
+
 class Module:
     """Base class: ``forward``, ``backward``, parameters, train/eval mode, buffers.
 
@@ -114,7 +130,8 @@ class Module:
         (shape, finite values) and converted to the module's dtype. ``forward`` skips the
         checks and returns a buffer of the backend that the next call reuses."""
         x = self.check_input(x)
-        return self.backend.to_numpy(self.forward(self.backend.to_device(x))).copy()
+        with in_use(self):
+            return self.backend.to_numpy(self.forward(self.backend.to_device(x))).copy()
 
     def check_input(self, x, name="x"):
         """x as a C-contiguous host array of this module's dtype, or a clear error."""

@@ -20,7 +20,7 @@ from .datasets import ArrayDataset, as_dataset, check_targets, contents_digest, 
 from .init import make_rng
 from .losses import CrossEntropyLoss, MSELoss
 from .metrics import precision_recall_f1
-from .nn import BatchNorm1d, Sequential
+from .nn import BatchNorm1d, Sequential, in_use
 from .progress import Progress
 from .resume import CheckpointWriter, check_checkpoint_args, resume as resume_run
 from .run import (ChunkSizes, EarlyStopping, History, Interrupts,  # noqa: F401
@@ -108,17 +108,18 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
         distributed.start(cluster, model, optimizer, job, run, seed, lr_schedule)
     writer = None if checkpoint is None else CheckpointWriter(
         checkpoint, job.every_steps, model, optimizer, loss_fn, job.data_spec)
-    step = model.backend.make_step(job.plan, loss_fn, optimizer, job.train_set,
-                                   job.batch_size)
-    model.train()
-    with Interrupts() as interrupts:
-        if cluster is not None:       # one step over every rank; rank 0 writes checkpoints
-            step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
-                                            job.batch_size, interrupts)
-        _train_epochs(job, step, run, writer, progress, verbose, interrupts)
-    if stopper is not None and restore_best and stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
-    model.eval()
+    with in_use(model):               # another thread's call on this model waits
+        step = model.backend.make_step(job.plan, loss_fn, optimizer, job.train_set,
+                                       job.batch_size)
+        model.train()
+        with Interrupts() as interrupts:
+            if cluster is not None:   # one step over every rank; rank 0 writes checkpoints
+                step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
+                                                job.batch_size, interrupts)
+            _train_epochs(job, step, run, writer, progress, verbose, interrupts)
+        if stopper is not None and restore_best and stopper.best_state is not None:
+            model.load_state_dict(stopper.best_state)
+        model.eval()
     return run.history
 
 
@@ -314,12 +315,13 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
     loss_fn = CrossEntropyLoss(backend=model.backend) if loss_fn is None else loss_fn
     num_classes = model.out_features
     loss_sum, n, truth, predictions = 0.0, 0, [], []
-    for logits, labels, rows in _batches(model, x, y, batch_size):
-        loss_sum += loss_fn.value(logits, labels) * rows
-        if labels.dtype == np.int64:
-            truth.append(labels.copy())
-            predictions.append(model.backend.to_numpy(logits).argmax(axis=1))
-        n += rows
+    with in_use(model):
+        for logits, labels, rows in _batches(model, x, y, batch_size):
+            loss_sum += loss_fn.value(logits, labels) * rows
+            if labels.dtype == np.int64:
+                truth.append(labels.copy())
+                predictions.append(model.backend.to_numpy(logits).argmax(axis=1))
+            n += rows
     result = Evaluation(loss=loss_sum / n, accuracy=None, n=n)
     if truth:
         truth, predictions = np.concatenate(truth), np.concatenate(predictions)
@@ -335,14 +337,16 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
 def predict_proba(model, x, *, batch_size=1024):
     """softmax(model(x)) as a (N, classes) NumPy array."""
     parts = []
-    for logits, _, _ in _batches(model, x, None, batch_size):
-        z = model.backend.to_numpy(logits).astype(np.float64)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        parts.append((e / e.sum(axis=1, keepdims=True)).astype(model.dtype))
+    with in_use(model):
+        for logits, _, _ in _batches(model, x, None, batch_size):
+            z = model.backend.to_numpy(logits).astype(np.float64)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            parts.append((e / e.sum(axis=1, keepdims=True)).astype(model.dtype))
     return np.concatenate(parts)
 
 
 def predict(model, x, *, batch_size=1024):
     """argmax of model(x) over classes, int64 of shape (N,)."""
-    return np.concatenate([model.backend.to_numpy(logits).argmax(axis=1)
-                           for logits, _, _ in _batches(model, x, None, batch_size)])
+    with in_use(model):
+        return np.concatenate([model.backend.to_numpy(logits).argmax(axis=1)
+                               for logits, _, _ in _batches(model, x, None, batch_size)])
