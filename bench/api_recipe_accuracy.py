@@ -46,7 +46,7 @@ def train_torch(data, seed, initial):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch run")
     args = parser.parse_args(argv)

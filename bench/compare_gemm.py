@@ -326,7 +326,7 @@ LINEAR_LAYERS = [(128, 784, 512), (256, 1024, 1024), (64, 784, 256), (256, 256, 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="three shapes only")

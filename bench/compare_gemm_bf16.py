@@ -103,7 +103,7 @@ def compare(shapes, thread_counts, kernels, rounds, cpu_time=False):
 
 def main():
     from mlpfast.kernels import gemm, gemm_bf16
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--kernels", nargs="+",

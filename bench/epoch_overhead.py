@@ -80,7 +80,7 @@ def step_seconds(sizes, batch):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=config_arg, nargs="+",
                         default=[CONFIGS[name] for name in CONFIGS],
                         help=f"{', '.join(CONFIGS)} or MNIST networks and batches such as "

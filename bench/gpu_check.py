@@ -647,7 +647,7 @@ def train_mnist_cli(table, sizes, rng, root=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--mnist", metavar="DIR", default=None,
                         help="folder with MNIST's IDX files (default: MLPFAST_DATA, the cache)")

@@ -46,7 +46,7 @@ def run(backend, optimizer, cache_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", nargs="+", default=["numba", "cpu"])
     parser.add_argument("--optimizer", default="Adam")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ from step_variants import CONFIGS, SAMPLES, compiled_steps, config_arg
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=config_arg, default="wide",
                         help=f"{', '.join(CONFIGS)} or an MNIST network and batch such as "
                              f"'784-300-100-10 b32' (default wide)")

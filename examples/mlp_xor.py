@@ -12,7 +12,7 @@ import argparse
 import mlpfast as mf
 from mlpfast.data.toy2d import moons, xor
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--plots", metavar="DIR", help="save decision regions as PNGs here")
 args = parser.parse_args()
 

@@ -10,7 +10,7 @@ import argparse
 
 import mlpfast as mf
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--plots", metavar="DIR", help="save training curves, confusion matrix, "
                                                    "first-layer weights, misclassified digits")
 args = parser.parse_args()

@@ -10,7 +10,7 @@ import argparse
 from mlpfast import Perceptron
 from mlpfast.data.toy2d import linearly_separable
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--plots", metavar="DIR", help="save the decision regions as a PNG here")
 args = parser.parse_args()
 

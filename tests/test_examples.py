@@ -51,3 +51,22 @@ def test_example_runs(script, tmp_path):
         assert pictures, f"{script} --plots wrote no PNG into {tmp_path}"
         for name in pictures:
             assert f"wrote {tmp_path / name}" in done.stdout
+
+
+SCRIPTS_WITH_HELP = sorted(p for folder in (EXAMPLES, EXAMPLES.parent / "bench")
+                           for p in folder.glob("*.py")
+                           if "ArgumentParser(description=__doc__" in p.read_text())
+
+
+@pytest.mark.parametrize("path", SCRIPTS_WITH_HELP, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_help_description_is_a_whole_sentence(path):
+    """The scripts' --help shows their docstring's opening as the description: the first
+    paragraph, not its first line, which ended mid-sentence ('... 10 classes out: the')."""
+    import ast
+    tree = ast.parse(path.read_text())
+    call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) == "ArgumentParser")
+    expression = next(k.value for k in call.keywords if k.arg == "description")
+    description = eval(compile(ast.Expression(expression), str(path), "eval"),
+                       {"__doc__": ast.get_docstring(tree, clean=False)})
+    assert description.rstrip().endswith("."), f"{path.name}: {description!r}"
