@@ -10,8 +10,8 @@ Threading layer
     ``numba.config.THREADING_LAYER``. ``omp`` and ``tbb`` accept parallel kernels launched
     from several Python threads at once; ``workqueue`` aborts the process if that happens,
     so on it ``parallel_call`` serializes launches with a lock. (GNU OpenMP is not
-    fork-safe: fork after a parallel kernel ran gives a child whose parallel kernels hang;
-    use the ``spawn`` start method for multiprocessing.) With other processes on the same
+    fork-safe: in a child forked after a parallel kernel ran, ``parallel_call`` raises a
+    RuntimeError; use the ``spawn`` start method for multiprocessing.) With other processes on the same
     cores, ``OMP_WAIT_POLICY=passive`` (set before Python starts) keeps OpenMP's idle
     threads from spinning; mlpfast leaves that choice to you (README, "Environment").
 
@@ -38,6 +38,7 @@ import functools
 import glob
 import hashlib
 import os
+import sys
 import threading
 
 import numba
@@ -169,6 +170,26 @@ def get_threads():
 
 PARALLEL_MIN_ELEMENTS = env.parallel_min_elements(THRESHOLDS["parallel_min_elements"])
 
+_forked_after_gnu_omp = False       # this process is a fork of one whose GNU OpenMP ran
+
+
+def _after_fork_in_child():
+    """GNU OpenMP's threads, once started, do not survive fork(): Numba then stops the child
+    at its first parallel kernel with SIGTERM, which fit (holding SIGTERM until a chunk
+    ends) took for a stop request, running on with the kernel skipped. Noted here, so that
+    parallel_call raises a clear error instead."""
+    global _forked_after_gnu_omp
+    try:
+        layer = numba.threading_layer()
+    except ValueError:                  # no parallel kernel ran: the child starts its own
+        return
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    if layer == "omp" and getattr(omppool, "openmp_vendor", "GNU") == "GNU":
+        _forked_after_gnu_omp = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def parallel_call(kernel, *args, work=None):
     """Run a ``parallel=True`` kernel with mlpfast's thread count, safely from any thread;
@@ -178,6 +199,12 @@ def parallel_call(kernel, *args, work=None):
     ``work``: the elements the call touches (default: the sizes of its array arguments
     added up); below ``PARALLEL_MIN_ELEMENTS`` the kernel runs on one thread.
     """
+    if _forked_after_gnu_omp:
+        raise RuntimeError(
+            "this process was forked from one whose Numba kernels ran on GNU OpenMP threads, "
+            "which do not survive fork(): start processes with multiprocessing's 'spawn' or "
+            "'forkserver' method, or run the parent with MLPFAST_NUMBA_THREADING_LAYER=tbb "
+            "or workqueue")
     if work is None:
         work = sum(a.size for a in args if isinstance(a, np.ndarray))
     threads = _threads if work >= PARALLEL_MIN_ELEMENTS else 1

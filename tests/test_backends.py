@@ -230,6 +230,57 @@ def test_workqueue_layer_is_guarded_against_concurrent_launches():
     assert float(loss2) == train_steps("numba", np.float32, seed=2, steps=6)[1]
 
 
+FORK_SCRIPT = """
+import os, sys
+import numpy as np
+import mlpfast
+from mlpfast.kernels import _numba_config
+from numba.np.ufunc import omppool
+if _numba_config.THREADING_LAYER != "omp" or omppool.openmp_vendor != "GNU":
+    print("skip", _numba_config.THREADING_LAYER, omppool.openmp_vendor)
+    sys.exit()
+x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+y = np.arange(64) % 3
+
+def train():
+    m = mlpfast.MLP([8, 16, 3], backend="numba", seed=0)
+    return mlpfast.fit(m, mlpfast.optim.Adam(m.parameters()), mlpfast.CrossEntropyLoss(), x,
+                       y, epochs=2, batch_size=16, progress=False)
+
+train()                                     # GNU OpenMP's threads have started
+pid = os.fork()
+if pid == 0:
+    try:
+        train()
+        code = 4
+    except RuntimeError as e:
+        code = 3 if "forked" in str(e) and "spawn" in str(e) else 5
+    except BaseException:
+        code = 6
+    os._exit(code)
+print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_after_gnu_openmp_ran_gets_a_clear_error():
+    """Numba stops such a child at its first parallel kernel with SIGTERM, which fit (taking
+    SIGTERM at chunk boundaries) used to treat as a stop request, running on with the kernel
+    skipped: the child now gets a RuntimeError naming the start methods that work."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MLPFAST_NUMBA_THREADING_LAYER="omp")
+    env.pop("NUMBA_THREADING_LAYER", None)
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0 and "cannot load that layer" in done.stderr:
+        pytest.skip("Numba has no OpenMP layer here")
+    assert done.returncode == 0, done.stderr[-2000:]
+    if done.stdout.startswith("skip"):
+        pytest.skip(f"not GNU OpenMP: {done.stdout}")
+    assert done.stdout.split()[-2:] == ["child", "3"], done.stdout + done.stderr[-2000:]
+
+
 IMPORT_SCRIPT = """
 import json, os, sys
 import numba
