@@ -169,9 +169,13 @@ def check_training_arguments(args, given):
         error(f"--warmup-steps applies to --lr-schedule cosine only, got {args.lr_schedule}")
     if "momentum" in given and args.optimizer != "sgd":
         error(f"--momentum applies to --optimizer sgd only, got {args.optimizer}")
-    if args.dataset == "mnist" and args.early_stopping and not args.holdout:
-        error("--early-stopping needs --holdout N: validation images taken from the training "
-              "set (selecting epochs on the test set would overfit it)")
+    if args.dataset == "mnist" and not args.holdout:
+        if args.early_stopping:
+            error("--early-stopping needs --holdout N: validation images taken from the "
+                  "training set (selecting epochs on the test set would overfit it)")
+        if args.lr_schedule == "plateau":
+            error("--lr-schedule plateau needs --holdout N: validation images taken from the "
+                  "training set (a rate set from the test set's loss would overfit it)")
     missing = _missing_validation(args)
     if missing and args.early_stopping:
         error(f"--early-stopping needs a validation set: {missing}")
@@ -231,11 +235,11 @@ def _train_mnist(args):
     model = make_model(args, [784, *args.hidden, 10])
     ranks = f", {cluster.size} ranks" if cluster else ""
     if root:
-        print(f"mlpfast {__version__}: MNIST {len(x_train)} train / {len(val[0])} "
-              f"{'held out' if args.holdout else 'test'} / {len(x_test)} test"
-              f"{f', recipe {args.recipe}' if args.recipe else ''}, "
+        held_out = f" / {len(val[0])} held out" if args.holdout else ""
+        print(f"mlpfast {__version__}: MNIST {len(x_train)} train{held_out} / {len(x_test)} "
+              f"test{f', recipe {args.recipe}' if args.recipe else ''}, "
               f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), "
-              f"backend {model.backend.name}{ranks}, {get_num_threads()} threads, "
+              f"backend {model.backend.name}{ranks}{_precision(args)}, {_threads()}, "
               f"{args.optimizer} lr {args.lr} ({args.lr_schedule}), batch {args.batch_size}")
         summary(model, 784, batch_size=args.batch_size)
     optimizer = make_optimizer(args, model)
@@ -263,6 +267,15 @@ def _cluster(args):
         return None
     from .distributed import Cluster, mpi
     return Cluster(mpi().COMM_WORLD)
+
+
+def _threads():
+    count = get_num_threads()
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
+def _precision(args):
+    return f" {args.precision}" if args.precision != "fp32" else ""
 
 
 def _holdout(x, y, count, seed):
@@ -544,7 +557,7 @@ def _train_speech(args):
               f"({audio / extract:.0f} audio s per wall s)")
     model = make_model(args, [train.num_features, *args.hidden, train.num_classes])
     print(f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), backend "
-          f"{model.backend.name}, {get_num_threads()} threads, {args.optimizer} lr {args.lr}, "
+          f"{model.backend.name}{_precision(args)}, {_threads()}, {args.optimizer} lr {args.lr}, "
           f"batch {args.batch_size}")
     summary(model, train.num_features, batch_size=args.batch_size)
     history = fit(model, make_optimizer(args, model), CrossEntropyLoss(), train,

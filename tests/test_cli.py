@@ -38,7 +38,8 @@ def test_train_mnist_defaults_reach_the_accuracy_the_readme_promises(tmp_path):
     model_path = tmp_path / "m.npz"
     result = run("train", "mnist", "--save", str(model_path))
     assert result.returncode == 0, result.stderr
-    assert "MLP 784-512-256-10 (relu)" in result.stdout and "epoch 10/10" in result.stdout
+    assert "MNIST 60000 train / 10000 test, MLP 784-512-256-10 (relu)" in result.stdout
+    assert "epoch 10/10" in result.stdout
     assert "adam lr 0.001 (cosine), batch 128" in result.stdout
     assert "macro avg" in result.stdout and "weighted avg" in result.stdout   # the report
     accuracy = float(result.stdout.split("test accuracy: ")[1].split("%")[0])
@@ -88,6 +89,14 @@ def test_output_paths_are_checked_before_training(tmp_path, capsys):
     assert f"--save {tmp_path} is a directory" in err
 
 
+def test_the_banner_says_what_the_run_uses():
+    result = run("train", "mnist", "--holdout", "5000", "--hidden", "16", "--epochs", "1",
+                 "--threads", "1", "--optimizer", "sgd", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "MNIST 55000 train / 5000 held out / 10000 test, MLP 784-16-10 (relu), " \
+           "backend cpu, 1 thread, sgd lr " in result.stdout, result.stdout
+
+
 @pytest.mark.parametrize("argv, message", [
     (["xor", "--seed", "-1"], "argument --seed: must be >= 0, got '-1'"),
     (["xor", "--early-stopping", "2"], "--early-stopping needs a validation set: xor has none"),
@@ -101,6 +110,7 @@ def test_output_paths_are_checked_before_training(tmp_path, capsys):
     (["xor", "--optimizer", "adamw", "--momentum", "0.9"],
      "--momentum applies to --optimizer sgd only, got adamw"),
     (["mnist", "--early-stopping", "2"], "--early-stopping needs --holdout N"),
+    (["mnist", "--lr-schedule", "plateau"], "--lr-schedule plateau needs --holdout N"),
 ])
 def test_options_that_cannot_apply_are_refused_before_training(argv, message, capsys):
     assert message in refused(["train", *argv, "--epochs", "1", "--backend", "numpy"], capsys)
