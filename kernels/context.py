@@ -86,7 +86,8 @@ def context_gather_numba(features, offsets, index, context, out=None):
     _check_context_args(features, offsets, index, context, out)
     if out is None:
         out = np.empty((index.shape[0], (2 * context + 1) * features.shape[1]), features.dtype)
-    _context_gather_numba(features, offsets, index, context, out)
+    _numba_config.parallel_call(_context_gather_numba, features, offsets, index, context, out,
+                                work=_numba_config.PARALLEL_MIN_ELEMENTS)     # every thread
     return out
 
 

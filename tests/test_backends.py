@@ -230,6 +230,46 @@ def test_workqueue_layer_is_guarded_against_concurrent_launches():
     assert float(loss2) == train_steps("numba", np.float32, seed=2, steps=6)[1]
 
 
+SPEECH_WORKQUEUE_SCRIPT = """
+import threading
+import numpy as np
+from mlpfast.kernels import _numba_config, context, features
+assert _numba_config.THREADING_LAYER == "workqueue"
+rng = np.random.default_rng(0)
+signal = rng.normal(size=16000).astype(np.float32)
+frames = rng.normal(size=(2000, 13)).astype(np.float32)
+offsets, index = np.array([0, 1000, 2000]), np.arange(0, 2000, 3)
+spec = features.make_spec(16000)
+ops = features.VARIANTS["numba"]
+jobs = [lambda: ops["mfcc"](signal, spec), lambda: ops["deltas"](frames),
+        lambda: ops["cmvn"](frames),
+        lambda: context.VARIANTS["numba"]["context_gather"](frames, offsets, index, 5)]
+want = [job() for job in jobs]
+same = []
+def work():
+    same.append(all(np.array_equal(job(), w) for _ in range(30) for job, w in zip(jobs, want)))
+workers = [threading.Thread(target=work) for _ in range(2)]
+[w.start() for w in workers]
+[w.join() for w in workers]
+print(same)
+"""
+
+
+def test_speech_kernels_are_guarded_on_the_workqueue_layer_too():
+    """The speech feature and context kernels launch through parallel_call like the others:
+    two threads computing features on the workqueue layer (which aborts the process on
+    concurrent launches) take turns and get what one thread gets."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MLPFAST_NUMBA_THREADING_LAYER="workqueue")
+    env.pop("NUMBA_THREADING_LAYER", None)
+    done = subprocess.run([sys.executable, "-c", SPEECH_WORKQUEUE_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[True,", "True]"]
+
+
 FORK_SCRIPT = """
 import os, sys
 import numpy as np
