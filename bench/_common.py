@@ -76,5 +76,12 @@ def run_benchmark(benchmark, fn, *, shape, variant, flops=None, nbytes=None, war
     return result
 
 
+def spread_indices(n, count=16):
+    """``count`` indices spread over 0 .. n-1, the first and the last among them: the rows
+    (or elements) of a full-size call that its check compares with the reference, since
+    the parallel chunks and prefetching twins of a kernel run only at full size."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+
+
 def random_uniform(rng, shape, dtype=np.float32):
     return rng.uniform(-1.0, 1.0, shape).astype(dtype)

@@ -6,6 +6,9 @@ of --compare train a 784-16-10 MLP for one epoch on 640 real MNIST images.
 import argparse
 import io
 import json
+import os
+import pathlib
+import subprocess
 import sys
 import time
 
@@ -734,3 +737,57 @@ def test_distributed_takes_no_config(capsys):
     assert cli.main(["bench", "--distributed", "--config", "784-64-10 b100"]) == 1
     assert "--distributed times the reference configurations and takes no --config" in \
         capsys.readouterr().err
+
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
+# planted, each only where the old checks did not look: the Numba tanh forward wrong in
+# the last row of arrays of 4 MiB and more (its prefetching twin; the check read 8 rows),
+# the Numba Adam leaving the buffer's last element alone (the check read 1,000 elements)
+PLANTED_BUGS = '''
+from mlpfast.kernels import activations, optim
+
+tanh = activations.VARIANTS["numba"]["tanh"]
+
+
+def tanh_forward(x, out=None):
+    out = tanh.forward(x, out)
+    if x.nbytes >= 4 << 20:
+        out[-1] = 0.0
+    return out
+
+
+activations.VARIANTS["numba"]["tanh"] = tanh._replace(forward=tanh_forward)
+adam = optim.VARIANTS["numba"]["adam"]
+
+
+def adam_but_last(param, *args, **kwargs):
+    last = param[-1]
+    adam(param, *args, **kwargs)
+    param[-1] = last
+
+
+optim.VARIANTS["numba"]["adam"] = adam_but_last
+'''
+
+
+def bench_suite(tmp_path, *args):
+    """``python -m pytest bench/... --benchmark-disable`` in a fresh process: its output."""
+    pytest.importorskip("pytest_benchmark")
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-disable", "--rootdir", str(BENCH), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              [str(tmp_path), os.environ.get("PYTHONPATH", "")]))).stdout
+
+
+def test_bench_suite_checks_the_timed_calls_and_catches_planted_bugs(tmp_path):
+    cases = [f"{BENCH / 'bench_activations.py'}::test_activation[forward-numba-tanh-4096x4096]",
+             str(BENCH / "bench_optim.py"), "-k", "tanh or 235146"]
+    out = bench_suite(tmp_path, *cases)
+    assert "6 passed" in out and "failed" not in out, out      # every variant's own ops
+    (tmp_path / "planted_bugs.py").write_text(PLANTED_BUGS)
+    out = bench_suite(tmp_path, "-p", "planted_bugs", "-rf", *cases)
+    failed = sorted(line.split("::")[-1].split(" ")[0] for line in out.splitlines()
+                    if line.startswith("FAILED"))
+    assert failed == ["test_activation[forward-numba-tanh-4096x4096]",
+                      "test_optimizer_step[numba-adam-235146]"], out
