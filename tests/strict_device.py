@@ -7,17 +7,21 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
 ``StrictDeviceArray`` refuses what the real one refuses, and accepts what it accepts:
 
     keys         ints and slices, or a tuple of them, at most one per axis; no Ellipsis,
-                 None, lists, arrays or booleans (dummyarray.Array.__getitem__)
+                 None, lists, arrays or booleans (dummyarray.Array.__getitem__), no
+                 negative steps (the real view of one fails at indexing and copies)
     __setitem__  the same keys; the value a scalar, a contiguous host array or a device
-                 array, of at most the target's ndim and broadcastable to it (the real one
-                 copies it to the device and runs an assignment kernel)
+                 array, of at most the target's ndim and broadcastable to it, a device array
+                 of fewer axes contiguous (the real one copies it to the device, reshapes it
+                 to the target's axes and runs an assignment kernel)
     arithmetic   none: no operators, comparisons, ufuncs or NumPy functions (DeviceNDArray
                  defines none; NumPy falls back to ``__array__``, which here is refused)
     __array__    refused: the real one copies to the host silently; mlpfast copies
                  explicitly (``copy_to_host``, ``mf.to_numpy``)
-    reshape      only as a view, else NotImplementedError("operation requires copying");
-                 ravel only when contiguous; view(dtype) of another size only when
-                 C-contiguous
+    reshape      to the same shape given as a tuple, or of an array contiguous in the
+                 order asked (the real one gives the result that order's strides whatever
+                 the array's own, reordering the elements), else NotImplementedError
+                 ("operation requires copying"); ravel only when contiguous; view(dtype) of
+                 another size only when C-contiguous
     transpose    a copy (the real one runs a transpose kernel into a new array), never a view
     attributes   only DeviceNDArray's: shape, strides, dtype, size, ndim, nbytes, flags (a
                  dict), __cuda_array_interface__, copy_to_host, copy_to_device, ...; no
@@ -25,11 +29,14 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
 
     copy_to_device  as numba-cuda: both sides contiguous, then the same dtype (TypeError),
                  and the same shape and strides once axes of length 1 are dropped
-                 (ValueError); a host source is first made contiguous in the target's order
+                 (ValueError); a host source loses its broadcast axes, then is made
+                 contiguous in the target's order
+    copy_to_host    into a given array as numba-cuda checks: the same dtype, shape and
+                 strides once axes of length 1 are dropped
 
 ``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
-these, and kernel launches refuse NumPy arguments (simulator only). Inside kernels the
-simulator indexes them with ints, as a GPU does.
+these, and kernel launches refuse NumPy arguments and grids or blocks beyond a GPU's limits
+(simulator only). Inside kernels the simulator indexes them with ints, as a GPU does.
 """
 import numpy as np
 
@@ -45,12 +52,16 @@ def _fake_cuda_array():
 
 
 def check_key(key, ndim):
-    """The keys a DeviceNDArray takes: an int or slice, or a tuple of them, one per axis."""
+    """The keys a DeviceNDArray takes: an int or slice, or a tuple of them, one per axis;
+    no negative steps (numba-cuda makes the view, but then cannot index or copy it)."""
     items = key if type(key) is tuple else (key,)
     if len(items) > ndim:
         raise IndexError(f"{len(items) - ndim} extra indices given")
     for item in items:
         kind = type(item)
+        if kind is slice and item.step is not None and item.step < 0:
+            raise NotImplementedError(f"a device array takes no negative slice steps, got "
+                                      f"{key!r}")
         if kind is int or kind is slice:
             continue
         if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
@@ -62,6 +73,13 @@ def check_key(key, ndim):
 def _require_contiguous(a):
     if not (a.flags.c_contiguous or a.flags.f_contiguous):
         raise ValueError(ERR_CONTIGUOUS)
+
+
+def _core(a):
+    """numba-cuda's array_core: a broadcast array without its repeated (stride 0) axes."""
+    if not a.strides or not a.size:
+        return a
+    return a[tuple(0 if stride == 0 else slice(None) for stride in a.strides)]
 
 
 def _check_compatible(target, source):
@@ -124,13 +142,16 @@ def make_strict_class():
             if isinstance(value, (int, float, np.generic)):     # in kernels: one element
                 self._ary[key] = value
                 return
+            target_ndim = np.ndim(self._ary[key])
             if isinstance(value, FakeCUDAArray):
                 if not isinstance(value, StrictDeviceArray):
                     raise TypeError("mixing a strict device array with a simulator one")
                 value = value._ary
+                if value.ndim < target_ndim:     # numba-cuda reshapes it to target_ndim axes
+                    StrictDeviceArray(value).reshape((1,) * (target_ndim - value.ndim)
+                                                     + value.shape)
             elif isinstance(value, np.ndarray):
                 _require_contiguous(value)
-            target_ndim = np.ndim(self._ary[key])
             if np.ndim(value) > target_ndim:
                 raise ValueError(f"Can't assign {np.ndim(value)}-D array to {target_ndim}-D self")
             self._ary[key] = value
@@ -144,10 +165,10 @@ def make_strict_class():
                 source = ary._ary
             elif isinstance(ary, FakeCUDAArray):
                 raise TypeError("mixing a strict device array with a simulator one")
-            else:                                  # host: made as contiguous as the target
-                source = np.array(ary, order="C" if self._ary.flags.c_contiguous else "F",
+            else:                 # host: its core, made as contiguous as the target
+                source = np.array(_core(ary), order="C" if self._ary.flags.c_contiguous else "F",
                                   copy=None)
-            _check_compatible(self._ary, source)
+            _check_compatible(_core(self._ary), _core(source))
             np.copyto(self._ary, source)
 
         def squeeze(self, axis=None, stream=0):
@@ -155,14 +176,18 @@ def make_strict_class():
 
         def reshape(self, *shape, order="C"):
             if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-                shape = tuple(shape[0])
-            try:
-                view = np.reshape(self._ary, shape, order=order, copy=False)
-            except ValueError as e:
-                if "copy" not in str(e):
-                    raise
-                raise NotImplementedError("operation requires copying") from None
-            return StrictDeviceArray(view, self.stream)
+                shape = shape[0]
+            if shape == self.shape:                  # a tuple (a list of it is refused)
+                return StrictDeviceArray(self._ary, self.stream)
+            # numba-cuda reshapes only contiguous arrays, giving the result the strides of
+            # ``order`` whatever the array's own: NumPy's view only when the two agree
+            flags = self._ary.flags
+            if list(shape) == list(self.shape) or not {
+                    "C": flags.c_contiguous, "F": flags.f_contiguous,
+                    "A": flags.c_contiguous or flags.f_contiguous}[order]:
+                raise NotImplementedError("operation requires copying")
+            return StrictDeviceArray(np.reshape(self._ary, shape, order=order, copy=False),
+                                     self.stream)
 
         def ravel(self, order="C", stream=0):
             flags = self._ary.flags
@@ -212,22 +237,23 @@ def install():
     from numba import cuda
     strict = make_strict_class()
     simulator_to_device, simulator_device_array = cuda.to_device, cuda.device_array
+    simulator_device_array_like = cuda.device_array_like
 
     def to_device(obj, stream=0, copy=True, to=None):
-        if isinstance(obj, strict) and to is None:
-            return obj                      # as numba-cuda: a device array is returned as is
+        if to is not None:                  # as numba-cuda: copies into ``to``, returns it
+            if copy:
+                to.copy_to_device(obj, stream)
+            return to
         if isinstance(obj, strict):
-            return to.copy_to_device(obj)
-        if to is not None:
-            return simulator_to_device(obj, stream, copy, to)
+            return obj                      # as numba-cuda: a device array is returned as is
         return strict(simulator_to_device(obj, stream, copy)._ary, stream)
 
     def device_array(*args, **kwargs):
         made = simulator_device_array(*args, **kwargs)
         return strict(made._ary, made.stream)
 
-    def device_array_like(ary, stream=0):
-        return device_array(ary.shape, dtype=ary.dtype, stream=stream)
+    def device_array_like(ary, stream=0):   # the order of ``ary`` (C, F or its strides' order)
+        return strict(simulator_device_array_like(ary)._ary, stream)
 
     cuda.to_device, cuda.device_array, cuda.device_array_like = (to_device, device_array,
                                                                  device_array_like)
@@ -235,9 +261,23 @@ def install():
     return strict
 
 
+GRID_LIMITS, BLOCK_LIMITS, MAX_THREADS = (2 ** 31 - 1, 65535, 65535), (1024, 1024, 64), 1024
+
+
+def check_launch(name, grid, block):
+    """The launch dimensions every CUDA GPU takes (a GPU fails the launch otherwise)."""
+    if min(grid + block) < 1 or any(g > limit for g, limit in zip(grid, GRID_LIMITS)) \
+            or any(b > limit for b, limit in zip(block, BLOCK_LIMITS)) \
+            or block[0] * block[1] * block[2] > MAX_THREADS:
+        raise ValueError(f"kernel {name}: grid {grid} and block {block} exceed what a GPU "
+                         f"launches (grid x < 2^31, y and z <= 65535; at most {MAX_THREADS} "
+                         f"threads per block, z <= 64)")
+
+
 def _refuse_host_arrays_at_launch():
     """A kernel launched with a NumPy array raises: on a GPU numba-cuda copies it to the
-    device and back at every launch (and refuses it when not contiguous)."""
+    device and back at every launch (and refuses it when not contiguous). So does a launch
+    beyond a GPU's grid and block limits."""
     from numba.cuda.simulator import kernel as simulated
     launch = simulated.FakeCUDAKernel.__call__
     if getattr(launch, "refuses_host_arrays", False):
@@ -245,6 +285,7 @@ def _refuse_host_arrays_at_launch():
 
     def strict_launch(self, *args):
         if not (self._device or simulated._kernel_context):
+            check_launch(self.fn.__name__, self.grid_dim, self.block_dim)
             for position, arg in enumerate(args):
                 if isinstance(arg, np.ndarray) and arg.ndim > 0:
                     raise TypeError(f"kernel {self.fn.__name__}: argument {position} is a "
