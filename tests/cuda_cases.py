@@ -132,6 +132,17 @@ def test_gemm_block_order_covers_every_tile_of_a_full_and_a_partial_group(rng):
                  what="grouped block order")
 
 
+def test_gemm_launches_fit_a_gpus_grid():
+    # more block rows than a grid's y axis holds (65535): the blocks go along x
+    from numba.cuda.errors import normalize_kernel_dimensions
+    from strict_device import check_launch
+    m = 65535 * gemm.TILE_SIMULATOR[0] + 1
+    a, out = dev(np.zeros((m, 1), np.float32)), dev(np.zeros((m, 20), np.float32))
+    for launch in gemm.gemm_launches(a, dev(np.zeros((1, 20), np.float32)), out,
+                                     tile=gemm.TILE_SIMULATOR):
+        check_launch("gemm", *normalize_kernel_dimensions(launch.grid, launch.block))
+
+
 EPILOGUES = [dict(), dict(alpha=0.5, beta=-1.5), dict(bias=True, activation="relu"),
              dict(bias=True, activation="gelu", beta=0.5), dict(dact="relu"),
              dict(dact="sigmoid", bias=True), dict(dact="tanh", alpha=2.0, beta=1.0)]
@@ -179,6 +190,26 @@ def test_choose_config_picks_by_shape(monkeypatch):
     assert picks[(1024, 10, 1024)] == (gemm.TILE_64x16x8, 8)           # the logits layer
     assert picks[(10, 1024, 1024)] == (gemm.TILE_16x64x8, 8)           # its weight gradient
     assert {tile for tile, _ in picks.values()} == set(gemm.TILES)     # each tested above
+
+
+def test_gemm_tiles_fit_a_blocks_shared_memory_in_their_dtype(monkeypatch, rng):
+    # a block declares at most 48 KiB of static shared memory on every CUDA GPU; ptxas
+    # refuses more ("uses too much shared data (0xc800 bytes, 0xc000 max)" for 128x64x16 in
+    # float64), which the simulator never checks
+    assert gemm.shared_bytes(gemm.TILE_128x64x16, np.float64) == 51200
+    a, b = dev(np.ones((40, 24))), dev(np.ones((24, 8)))
+    with pytest.raises(ValueError, match="shared memory in float64"):
+        gemm.gemm_tiled(a, b, tile=gemm.TILE_128x64x16)
+    monkeypatch.setattr(gemm, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(gemm, "_multiprocessors", lambda: 132)
+    assert gemm.choose_config(2048, 1024, 1024) == (gemm.TILE_128x64x16, 1)    # float32
+    for shape in [(2048, 1024, 1024), (4096, 4096, 64), (1024, 1536, 1024), (64, 64, 4096),
+                  (1024, 10, 1024), (10, 1024, 1024)]:
+        for dtype in DTYPES:
+            tile, _ = gemm.choose_config(*shape, dtype)
+            assert gemm.shared_bytes(tile, dtype) <= gemm.MAX_STATIC_SHARED, (shape, dtype)
+            gemm.check_tile(tile, dtype)
+    assert gemm.choose_config(2048, 1024, 1024, np.float64) == (gemm.TILE_64x64x16, 1)
 
 
 def test_gemm_rejects_bad_epilogues():

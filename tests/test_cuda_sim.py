@@ -14,6 +14,7 @@ Needs the ``cuda`` extra (``pip install -e ".[test,cuda]"``).
 """
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -173,6 +174,10 @@ def test_every_cuda_kernel_compiles_for_a_gpu(monkeypatch):
             assert "__local_depot" not in ptx, f"{name}: uses local memory"
         if any(name.startswith(f"gemm {tile}") for tile in gemm.TILES if tile[3] == 8):
             assert "ld.shared.v4.f32" in ptx, f"{name}: no 16-byte shared-memory loads"
+        tile = next((t for t in gemm.TILES if name.startswith(f"gemm {t}")), None)
+        if tile is not None:            # the shared memory gemm.check_tile counts
+            declared = sum(int(size) for size in re.findall(r"\.shared .*\[(\d+)\];", ptx))
+            assert declared == gemm.shared_bytes(tile, np.float32), name
 
 
 # --- the probe: "auto" never picks a GPU that cannot run kernels ------------------------------

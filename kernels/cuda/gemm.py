@@ -43,7 +43,8 @@ their bodies are short, so a transcendental activation runs in a second pass ove
 thread's outputs (the compile test checks every kernel for local memory).
 
 Tiles (BM, BN, BK, TM, TN) are chosen by shape (``choose_config``): the largest tile of
-``SQUARE_TILES`` that still gives every SM a block, a narrow tile when n or m <= 16 (the
+``SQUARE_TILES`` that still gives every SM a block and whose shared memory fits a block's
+48 KiB in the dtype (128x64x16 needs 50 KiB in float64), a narrow tile when n or m <= 16 (the
 logits layer and its weight gradient), and split-K when even then the blocks are fewer than
 the SMs and k is long. Under Numba's CUDA simulator (a Python thread per CUDA thread) the
 default is ``TILE_SIMULATOR``; tests force every tile and split.
@@ -74,11 +75,20 @@ GROUP_M = 8            # block rows visited together (L2 reuse)
 MIN_K_PER_SPLIT = 128  # split-K slices at least this long
 MAX_SPLITS = 8
 INLINE_ACTIVATIONS = ("identity", "relu")     # cheap enough for the GEMM's main epilogue
+MAX_STATIC_SHARED = 48 * 1024     # bytes of static shared memory a block may declare on every
+                                  # CUDA GPU (ptxas: "uses too much shared data")
 
 _scratch = ScratchBuffers()
 
 
-def check_tile(tile):
+def shared_bytes(tile, dtype):
+    """Static shared memory of a block of ``gemm_kernel``: the double-buffered BK x BM and
+    BK x BN tiles, as quads, one quad of padding per row."""
+    bm, bn, bk = tile[:3]
+    return 2 * bk * (bm // 4 + 1 + bn // 4 + 1) * 4 * np.dtype(dtype).itemsize
+
+
+def check_tile(tile, dtype):
     bm, bn, bk, tm, tn = tile
     if min(tile) < 1 or bm % tm or bn % tn or tm % 4 or tn % 4:
         raise ValueError(f"tile (BM, BN, BK, TM, TN) must have TM | BM, TN | BN and TM, TN "
@@ -87,6 +97,10 @@ def check_tile(tile):
     if (bm * bk) % threads or (bk * bn) % threads:
         raise ValueError(f"tile {tile}: its {threads} threads must split the BM x BK and "
                          f"BK x BN tiles evenly")
+    if shared_bytes(tile, dtype) > MAX_STATIC_SHARED:
+        raise ValueError(f"tile {tile} needs {shared_bytes(tile, dtype)} bytes of shared memory "
+                         f"in {np.dtype(dtype)}, more than the {MAX_STATIC_SHARED} a block can "
+                         f"declare")
 
 
 def _epilogue(activation, dact, has_bias):
@@ -160,11 +174,12 @@ def _tile_movers(tile, trans_a, trans_b):
 
 
 @cuda.jit(device=True)
-def block_origin(BM, BN):
-    """(row0, col0) of this block's tile of C: GROUP_M block rows at a time, column by
-    column, so that consecutive blocks share tiles of A and B in L2."""
-    grid_n, grid_m = cuda.gridDim.x, cuda.gridDim.y
-    block = cuda.blockIdx.y * grid_n + cuda.blockIdx.x
+def block_origin(BM, BN, m, n):
+    """(row0, col0) of this block's tile of C (m, n), the blocks numbered along grid x (its
+    y and z hold at most 65535): GROUP_M block rows at a time, column by column, so that
+    consecutive blocks share tiles of A and B in L2."""
+    grid_n, grid_m = (n + BN - 1) // BN, (m + BM - 1) // BM
+    block = cuda.blockIdx.x
     first_m = (block // (GROUP_M * grid_n)) * GROUP_M
     group_rows = min(grid_m - first_m, GROUP_M)
     in_group = block - first_m * grid_n
@@ -194,9 +209,9 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
     ``split`` the kernel writes raw sums to work[z] for ``split_reduce_kernel``. Numba
     compiles it at its first launch.
 
-    kernel(a, b, c, bias, y, work, alpha, beta, m, n, k, k_split); grid (ceil(n / BN),
-    ceil(m / BM), splits); block z multiplies k in [z k_split, (z + 1) k_split)."""
-    check_tile(tile)
+    kernel(a, b, c, bias, y, work, alpha, beta, m, n, k, k_split); grid (ceil(n / BN)
+    ceil(m / BM), 1, splits); block z multiplies k in [z k_split, (z + 1) k_split)."""
+    check_tile(tile, dtype)
     BM, BN, BK, TM, TN = tile
     ROW_THREADS, COL_THREADS = BM // TM, BN // TN      # thread grid inside a block
     THREADS = ROW_THREADS * COL_THREADS
@@ -226,7 +241,7 @@ def gemm_kernel(dtype, trans_a, trans_b, activation="identity", has_bias=False,
         tid = cuda.threadIdx.x
         ty = tid // COL_THREADS
         tx = tid - ty * COL_THREADS
-        row0, col0 = block_origin(BM, BN)
+        row0, col0 = block_origin(BM, BN, m, n)
         k_begin, k_end, tiles = k_slice(k, k_split, BK)
         for i in range(TM):
             for j in range(TN):
@@ -327,8 +342,9 @@ def split_reduce_kernel(activation, has_bias, dact):
     return kernel
 
 
-def choose_config(m, n, k):
-    """(tile, splits) for out (m, n) = op(a) (m, k) @ op(b) (k, n) on this GPU."""
+def choose_config(m, n, k, dtype=np.float32):
+    """(tile, splits) for out (m, n) = op(a) (m, k) @ op(b) (k, n) in ``dtype`` on this GPU
+    (tiles whose shared memory a block cannot hold in that dtype are skipped)."""
     if simulator_enabled():
         return TILE_SIMULATOR, 1
     sms = _multiprocessors()
@@ -337,7 +353,8 @@ def choose_config(m, n, k):
     elif m <= NARROW:
         tile = TILE_16x64x8
     else:
-        tile = next((t for t in SQUARE_TILES if _blocks(m, n, t) >= sms), SQUARE_TILES[-1])
+        square = [t for t in SQUARE_TILES if shared_bytes(t, dtype) <= MAX_STATIC_SHARED]
+        tile = next((t for t in square if _blocks(m, n, t) >= sms), square[-1])
     blocks = _blocks(m, n, tile)
     splits = max(1, min(MAX_SPLITS, sms // blocks, k // MIN_K_PER_SPLIT))
     return tile, splits
@@ -395,7 +412,7 @@ def _launches(a, b, out, m, n, k, trans_a, trans_b, alpha, beta, bias, activatio
     the reduction; none when out is empty."""
     if m == 0 or n == 0:
         return []
-    chosen_tile, chosen_splits = choose_config(m, n, k)
+    chosen_tile, chosen_splits = choose_config(m, n, k, a.dtype)
     tile = chosen_tile if tile is None else tuple(tile)
     splits = chosen_splits if splits is None else int(splits)
     if splits < 1:
@@ -405,7 +422,7 @@ def _launches(a, b, out, m, n, k, trans_a, trans_b, alpha, beta, bias, activatio
     splits = max(1, -(-k // k_split))
     kernel, threads = gemm_kernel(a.dtype, bool(trans_a), bool(trans_b), activation,
                                   bias is not None, tile, dact, splits > 1)
-    grid = (-(-n // tile[1]), -(-m // tile[0]), splits)
+    grid = (-(-n // tile[1]) * -(-m // tile[0]), 1, splits)
     bias_arg = bias if bias is not None else out[0]        # not read without a bias
     y_arg = y if dact != "identity" else out               # not read without dact
     work = scratch.get("split_k", splits * m * n if splits > 1 else 1, a.dtype)
