@@ -28,7 +28,7 @@ whole step jitted and its buffers donated; all fp32 (TF32 off). mlpfast's epoch 
 of ``mf.fit`` (``mlpfast_epoch_seconds``): whatever step ``fit`` uses on cuda is what is
 timed. MNIST comes from ``--mnist DIR``, else the local cache
 (``mlpfast.datasets.mnist(download=False)``), else random data of MNIST's shape (the row says
-which); the ``mlpfast train mnist`` rows need the real data.
+which); the ``mlpfast train mnist`` rows need the real data (without it they say skipped).
 """
 import argparse
 import os
@@ -625,6 +625,12 @@ def train_mnist_cli(table, sizes, rng, root=None):
     epochs = sizes["train_epochs"]
     if epochs is None:
         table.timing("mlpfast train mnist", "", None, "", "", "skipped (--quick)")
+        return
+    try:                       # a GPU machine without a network has no MNIST unless given
+        mf.datasets.mnist(root=root, download=False)
+    except (RuntimeError, OSError, ValueError) as error:
+        table.timing("mlpfast train mnist", "", None, "", "",
+                     f"skipped: no MNIST files here, pass --mnist DIR ({type(error).__name__})")
         return
     results = {}
     for backend in ("cuda", "cpu"):

@@ -1160,7 +1160,11 @@ def load_gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    status = gpu_check.main(["--quick"])
+    return gpu_check
+
+
+def test_gpu_check_quick_runs_every_check(capsys):
+    status = load_gpu_check().main(["--quick"])
     out = capsys.readouterr().out
     assert "ERROR" not in out and "MISMATCH" not in out, out
     assert status == 0 and " 0 mismatches or failed checks" in out, out
@@ -1169,3 +1173,14 @@ def load_gpu_check():
                 "wide-like b32 epoch s", "mlpfast train mnist", "bars (issue 16)",
                 "sgemm 4096^3 vs cuBLAS fp32", "wide b1024 epoch vs JAX jit"):
         assert row in out, row
+
+
+def test_gpu_check_skips_the_train_mnist_rows_without_mnist(tmp_path):
+    # a GPU machine without a network has no MNIST unless --mnist gives it: the rows say
+    # skipped and count no failure (they ran the CLI, which failed, and gpu_check exited 1)
+    gpu_check = load_gpu_check()
+    table = gpu_check.Table()
+    gpu_check.run_check(table, gpu_check.train_mnist_cli, gpu_check.SIZES["full"],
+                        np.random.default_rng(0), str(tmp_path))
+    assert table.failures == 0 and "train gap" not in table.measured, table.rows
+    assert "skipped: no MNIST files here, pass --mnist DIR" in table.rows[-1][-1]
