@@ -399,12 +399,25 @@ def _info(args):
     return 0
 
 
+def check_bench_arguments(args):
+    """Refuse (parser.error, exit 2), before anything is timed, the bench options that
+    cannot work: output files whose folder is missing (they were written after the run)."""
+    error = args.parser.error
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        problem = None if path is None else unwritable_file(option, path)
+        if problem:
+            error(problem)
+    if args.plot:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            error("--plot needs matplotlib: pip install 'mlpfast[plot]'")
+    if args.distributed and args.configs:
+        error("--config picks the networks of the step, --full epoch and --compare tables; "
+              "--distributed times the reference configurations and takes no --config")
+
+
 def _bench(args):
     if args.distributed:
-        if args.configs:
-            raise ValueError("--config picks the networks of the step, --full epoch and "
-                             "--compare tables; --distributed times the reference "
-                             "configurations and takes no --config")
         from .benchmarks.distributed import run
     else:
         from .benchmarks.harness import run
@@ -618,7 +631,7 @@ def build_parser():
     from .benchmarks import distributed as bench_distributed, harness
     harness.add_arguments(bench)
     bench_distributed.add_arguments(bench)
-    bench.set_defaults(handler=_bench)
+    bench.set_defaults(handler=_bench, parser=bench)
     return parser
 
 
@@ -723,6 +736,8 @@ def main(argv=None):
             if getattr(args, "recipe", None):
                 _apply_recipe(args, given)
             check_training_arguments(args, given)
+        if args.command == "bench":
+            check_bench_arguments(args)
         if getattr(args, "threads", None):
             set_num_threads(args.threads)
         return args.handler(args)

@@ -734,9 +734,34 @@ def test_compare_trains_the_selected_configs_and_infers_on_the_largest(monkeypat
 
 
 def test_distributed_takes_no_config(capsys):
-    assert cli.main(["bench", "--distributed", "--config", "784-64-10 b100"]) == 1
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "--distributed", "--config", "784-64-10 b100"])
+    assert exit.value.code == 2
     assert "--distributed times the reference configurations and takes no --config" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,name", [("--json", "run.json"), ("--plot", "gflops.png")])
+def test_an_output_file_in_a_missing_folder_is_refused_before_the_run(option, name, tmp_path,
+                                                                      monkeypatch, capsys):
+    # it was written after the whole run (minutes with --compare), then failed (exit 1)
+    monkeypatch.setattr(benchmark, "_run", lambda args, out: pytest.fail("the run started"))
+    for path, why in ((tmp_path / "missing" / name, "does not exist"),
+                      (tmp_path, "is a directory; give a file path")):
+        with pytest.raises(SystemExit) as exit:
+            cli.main(["bench", option, str(path)])
+        assert exit.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{option} {path}" in err and why in err
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)         # not installed
+    monkeypatch.setattr(benchmark, "_run", lambda args, out: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "--plot", str(tmp_path / "gflops.png")])
+    assert exit.value.code == 2
+    assert "--plot needs matplotlib: pip install 'mlpfast[plot]'" in capsys.readouterr().err
 
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
