@@ -30,7 +30,11 @@ def _raw(name):
     return os.environ.get(name)
 
 
-def _positive_int(name, default):
+# The most threads one call of the C pool runs on (MLPF_POOL_MAX_THREADS in csrc/threadpool.h).
+MAX_THREADS = 256
+
+
+def _positive_int(name, default, most=None):
     text = _raw(name)
     if text is None:
         return default
@@ -38,14 +42,15 @@ def _positive_int(name, default):
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    if value < 1 or (most is not None and value > most):
+        limit = "a positive integer" if most is None else f"an integer from 1 to {most}"
+        raise ValueError(f"{name} must be {limit}, got {text!r}")
     return value
 
 
 def num_threads():
     """MLPFAST_NUM_THREADS, or None when unset."""
-    return _positive_int("MLPFAST_NUM_THREADS", None)
+    return _positive_int("MLPFAST_NUM_THREADS", None, MAX_THREADS)
 
 
 def data_dir():

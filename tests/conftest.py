@@ -1,4 +1,6 @@
 """Shared test helpers: tolerances per dtype, random arrays of awkward shapes."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,16 @@ class BatchSamples:
             self.action()
         x_out[...] = self.x[index]
         y_out[...] = self.y[index]
+
+
+@pytest.fixture(autouse=True)
+def _thread_count_restored():
+    """A test that sets mlpfast's thread count leaves the next test the count it found."""
+    mlpfast = sys.modules.get("mlpfast")          # (not imported here by this fixture)
+    before = mlpfast.get_num_threads() if mlpfast else None
+    yield
+    if mlpfast and mlpfast.get_num_threads() != before:
+        mlpfast.set_num_threads(before)
 
 
 @pytest.fixture(params=[1, 2])

@@ -141,6 +141,14 @@ def test_train_step_allocates_no_arrays_after_the_first(backend, path, rng):
     assert peak - start < 4096, f"traced peak grew by {peak - start} bytes during 4 steps"
 
 
+@pytest.mark.parametrize("n", [0, 257, 2**40, 2.0, True])
+def test_set_num_threads_refuses_what_the_pool_cannot_run_and_keeps_its_count(n):
+    before = mlpfast.get_num_threads()
+    with pytest.raises(ValueError, match=f"n must be an integer from 1 to 256 .*got {n!r}"):
+        mlpfast.set_num_threads(n)
+    assert mlpfast.get_num_threads() == before
+
+
 def test_set_num_threads_reaches_numba_in_every_thread():
     seen = []
 

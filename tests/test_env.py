@@ -52,6 +52,7 @@ def test_the_readme_table_lists_every_variable():
 @pytest.mark.parametrize("name, value, reader", [
     ("MLPFAST_NUM_THREADS", "0", env.num_threads),
     ("MLPFAST_NUM_THREADS", "two", env.num_threads),
+    ("MLPFAST_NUM_THREADS", "257", env.num_threads),
     ("MLPFAST_FUZZ_EXAMPLES", "-3", env.fuzz_examples),
     ("MLPFAST_NUMBA_THREADING_LAYER", "openmp", env.numba_threading_layer),
     ("MLPFAST_PARALLEL_MIN_ELEMENTS", "many", lambda: env.parallel_min_elements(1)),
@@ -77,3 +78,8 @@ def test_values_and_defaults(monkeypatch):
     for text, quick in (("1", True), ("0", False), ("", False)):
         monkeypatch.setenv("MLPFAST_NOTEBOOK_QUICK", text)
         assert env.notebook_quick() is quick
+
+
+def test_the_thread_limit_is_the_c_pools():
+    header = open(os.path.join(ROOT, "csrc", "threadpool.h"), encoding="utf-8").read()
+    assert f"MLPF_POOL_MAX_THREADS = {env.MAX_THREADS} }};" in header

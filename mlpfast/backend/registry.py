@@ -147,8 +147,10 @@ def add_thread_hook(hook):
 def set_num_threads(n):
     """Threads used by every threaded kernel of mlpfast (C GEMM, Numba)."""
     global _num_threads, _threads_chosen
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) \
+            or not 1 <= n <= env.MAX_THREADS:
+        raise ValueError(f"n must be an integer from 1 to {env.MAX_THREADS} (the C thread "
+                         f"pool's limit), got {n!r}")
     _num_threads, _threads_chosen = int(n), True
     for hook in _THREAD_HOOKS:
         hook(_num_threads)
