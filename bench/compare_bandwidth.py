@@ -15,6 +15,7 @@ import os
 import statistics
 
 import numpy as np
+from _args import positive
 
 import mlpfast  # before Numba compiles anything (or even defines a cached function): it
 # asks Numba for 512-bit vectors, fixed from then on (kernels/_numba_config.py); imported
@@ -98,9 +99,9 @@ def cases(variant, n, rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mib", type=positive(int), default=64)
+    parser.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=positive(int), default=5)
     parser.add_argument("--variant", default="numba")
     args = parser.parse_args()
     from mlpfast.benchmarks.harness import time_call

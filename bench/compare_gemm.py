@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from _args import positive
+
 # (label, m, n, k, trans_a, trans_b): op(A) is m x k, op(B) is k x n.
 # The MLP layers x (B, in) -> (B, out) with W (out, in): forward X W^T (B transposed),
 # grad_x = dY W (plain), grad_W = dY^T X (A transposed). The wide configuration
@@ -327,8 +329,8 @@ LINEAR_LAYERS = [(128, 784, 512), (256, 1024, 1024), (64, 784, 256), (256, 256, 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=positive(int), default=7)
     parser.add_argument("--quick", action="store_true", help="three shapes only")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time 1-thread runs by thread CPU time (on a shared machine)")

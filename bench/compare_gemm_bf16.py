@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive  # noqa: E402
 from compare_gemm import (c_gemm_call, call_times, measured_peak,  # noqa: E402
                           one_blas_thread, operands)
 
@@ -104,8 +105,8 @@ def compare(shapes, thread_counts, kernels, rounds, cpu_time=False):
 def main():
     from mlpfast.kernels import gemm, gemm_bf16
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=positive(int), default=7)
     parser.add_argument("--kernels", nargs="+",
                         default=[k for k in gemm_bf16.C_KERNELS.supported() if k != "portable"])
     parser.add_argument("--cpu-time", action="store_true",

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _args import positive  # noqa: E402
 from compare_gemm import (PAUSE_SECONDS, QUICK, SHAPES, Peer, check_product,  # noqa: E402
                           operands, time_calls)
 
@@ -34,8 +35,8 @@ def variant_call(variant, m, n, k, trans_a, trans_b):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=positive(int), default=7)
     parser.add_argument("--quick", action="store_true", help="three shapes only")
     args = parser.parse_args()
     import mlpfast

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import time
 
+from _args import positive
 from step_variants import CONFIGS, config_arg
 
 
@@ -85,8 +86,8 @@ def main():
                         default=[CONFIGS[name] for name in CONFIGS],
                         help=f"{', '.join(CONFIGS)} or MNIST networks and batches such as "
                              f"'784-300-100-10 b32' (default: all three)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=positive(int), default=3)
+    parser.add_argument("--threads", type=positive(int), default=2)
     args = parser.parse_args()
     import mlpfast as mf
     from mlpfast import train

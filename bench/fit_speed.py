@@ -13,13 +13,15 @@ import argparse
 import json
 import os
 
+from _args import positive
+
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=positive(int), default=3)
+    parser.add_argument("--threads", type=positive(int), default=2)
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--only", default=None, help="configurations whose name has this text")
     args = parser.parse_args()

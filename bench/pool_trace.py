@@ -20,6 +20,7 @@ import argparse
 import time
 
 import numpy as np
+from _args import positive
 
 from step_variants import CONFIGS, SAMPLES, compiled_steps, config_arg
 
@@ -29,8 +30,8 @@ def main():
     parser.add_argument("--config", type=config_arg, default="wide",
                         help=f"{', '.join(CONFIGS)} or an MNIST network and batch such as "
                              f"'784-300-100-10 b32' (default wide)")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=positive(float), default=20.0)
+    parser.add_argument("--threads", type=positive(int), default=2)
     parser.add_argument("--samples", type=int, default=SAMPLES,
                         help="training images the step runs over (at most 60,000)")
     parser.add_argument("--rounds", action="store_true", help="a line per run of --samples")

@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+from _args import positive
 
 
 def timed(call):
@@ -26,8 +27,8 @@ def timed(call):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--threads", type=positive(int), default=2)
+    parser.add_argument("--calls", type=positive(int), default=50)
     args = parser.parse_args()
     import mlpfast as mf
     from mlpfast.kernels import gemm

@@ -17,6 +17,7 @@ import argparse
 import time
 
 import numpy as np
+from _args import positive
 
 CONFIGS = {"b64": ([784, 256, 128, 10], 64), "b256": ([784, 256, 128, 10], 256),
            "wide": ([784, 1024, 1024, 10], 256)}
@@ -61,8 +62,8 @@ def main():
     parser.add_argument("--config", type=config_arg, default="wide",
                         help=f"{', '.join(CONFIGS)} or an MNIST network and batch such as "
                              f"'784-300-100-10 b32' (default wide)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=positive(int), default=7)
+    parser.add_argument("--threads", type=positive(int), default=2)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     names = ["plain"] + [name for name in args.variants if name != "plain"]

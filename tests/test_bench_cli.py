@@ -816,3 +816,18 @@ def test_bench_suite_checks_the_timed_calls_and_catches_planted_bugs(tmp_path):
                     if line.startswith("FAILED"))
     assert failed == ["test_activation[forward-numba-tanh-4096x4096]",
                       "test_optimizer_step[numba-adam-235146]"], out
+
+
+@pytest.mark.parametrize("script,option,value", [
+    ("compare_gemm.py", "--rounds", "0"), ("compare_gemm_numba.py", "--threads", "0"),
+    ("compare_gemm_bf16.py", "--rounds", "-1"), ("compare_bandwidth.py", "--mib", "0"),
+    ("step_variants.py", "--rounds", "0"), ("pool_trace.py", "--seconds", "nan"),
+    ("pool_wake.py", "--calls", "0"), ("epoch_overhead.py", "--epochs", "0"),
+    ("fit_speed.py", "--threads", "0")])
+def test_bench_scripts_refuse_bad_numbers_by_name(script, option, value):
+    # they failed after starting work: a traceback from statistics.median of nothing, or
+    # from set_num_threads, or (pool_trace --seconds nan) no step traced
+    proc = subprocess.run([sys.executable, str(BENCH / script), option, value],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"argument {option}: must be > 0, got '{value}'" in proc.stderr
