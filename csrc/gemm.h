@@ -151,12 +151,13 @@ int mlpf_set_sbgemm_kernel(const char *name);
 /* Passes over a model's flat float32 buffers, on the same threads as the GEMM (passes.c).
  * mlpf_sadam: one Adam/AdamW step over n parameters, in place (kernels/optim.py has the
  * formulas): g = grad + weight_decay p; m = beta1 m + (1 - beta1) g; v = beta2 v +
- * (1 - beta2) g^2; p = p decay - step_size m / (sqrt(v) inv_bc2_sqrt + eps). Returns MLPF_OK
- * or MLPF_ERR_SHAPE (n < 0) / MLPF_ERR_NULL.
+ * (1 - beta2) g^2; p = p decay - step_size m / (sqrt(v) inv_bc2_sqrt + eps), in float32,
+ * 1 - beta rounded from the double beta. Returns MLPF_OK or MLPF_ERR_SHAPE (n < 0) /
+ * MLPF_ERR_NULL.
  * mlpf_ssum_squares: sum of x^2 in float32 running sums, NaN or inf when any x is, or when
  * it overflows (the finiteness check of the gradients). */
 int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
-               float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
+               float step_size, double beta1, double beta2, float inv_bc2_sqrt, float eps,
                float weight_decay, float decay);
 double mlpf_ssum_squares(const float *x, int64_t n);
 /* mlpf_ssgd: one SGD step over n parameters, in place (torch.optim.SGD's rule, formulas in

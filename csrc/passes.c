@@ -141,7 +141,7 @@ typedef struct {
     const float *g;
     float *m, *v;
     int64_t n;
-    float step_size, beta1, beta2, inv_bc2_sqrt, eps, weight_decay, decay;
+    float step_size, beta1, beta2, rest1, rest2, inv_bc2_sqrt, eps, weight_decay, decay;
     moving_shares shares;
 } adam_call;
 
@@ -152,11 +152,11 @@ VECTOR_CLONES static void adam_range(const adam_call *c, int64_t lo, int64_t hi)
 {
     float *restrict p = c->p, *restrict m = c->m, *restrict v = c->v;
     const float *restrict g = c->g;
-    const float b1 = c->beta1, b2 = c->beta2;
+    const float b1 = c->beta1, b2 = c->beta2, r1 = c->rest1, r2 = c->rest2;
     for (int64_t i = lo; i < hi; i++) {
         const float grad = g[i] + c->weight_decay * p[i];
-        const float m_i = b1 * m[i] + (1.0f - b1) * grad;
-        const float v_i = b2 * v[i] + (1.0f - b2) * grad * grad;
+        const float m_i = b1 * m[i] + r1 * grad;
+        const float v_i = b2 * v[i] + r2 * grad * grad;
         m[i] = m_i;
         v[i] = v_i;
         p[i] = p[i] * c->decay - c->step_size * m_i / (sqrtf(v_i) * c->inv_bc2_sqrt + c->eps);
@@ -173,13 +173,15 @@ static void adam_task(void *arg, int index, int threads)
 }
 
 int mlpf_sadam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
-               float step_size, float beta1, float beta2, float inv_bc2_sqrt, float eps,
+               float step_size, double beta1, double beta2, float inv_bc2_sqrt, float eps,
                float weight_decay, float decay)
 {
     if (n < 0) return MLPF_ERR_SHAPE;
     if (n && (!param || !grad || !exp_avg || !exp_avg_sq)) return MLPF_ERR_NULL;
-    adam_call c = {param, grad, exp_avg, exp_avg_sq, n, step_size, beta1, beta2, inv_bc2_sqrt,
-                   eps, weight_decay, decay};
+    /* 1 - beta from the double beta: 1 - (float)0.9999 would be 1.7e-4 off */
+    adam_call c = {param, grad, exp_avg, exp_avg_sq, n, step_size, (float)beta1, (float)beta2,
+                   (float)(1.0 - beta1), (float)(1.0 - beta2), inv_bc2_sqrt, eps, weight_decay,
+                   decay};
     const int threads = mlpf_pass_threads(n);
     moving_shares_init(&c.shares, n, threads, 16);
     mlpf_pool_run(threads, adam_task, &c);

@@ -19,6 +19,7 @@ holding every parameter of a model). Versions:
         Adam:  g = grad + weight_decay * param            AdamW (decoupled): param *= 1 - lr * wd
         m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
         param -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+        (float32: 1 - beta rounded from the float64 beta, as torch's, not 1 - float32(beta))
     "max_norm"  f(weight, max_norm)   after a step, on each 2-D weight (out, in): every row
         w_r (one neuron's incoming weights) is projected onto the L2 ball of radius c:
         w_r *= c / ||w_r||  where ||w_r|| > c  (Srivastava et al. 2014, max-norm
@@ -125,16 +126,16 @@ def _sgd_numba(param, grad, buf, lr, momentum, nesterov, weight_decay, first_ste
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _adam_numba(param, grad, m, v, step_size, beta1, beta2, inv_bc2_sqrt, eps, weight_decay,
-                decay_factor):
-    """step_size = lr / (1 - beta1^t), inv_bc2_sqrt = 1 / sqrt(1 - beta2^t);
+def _adam_numba(param, grad, m, v, step_size, beta1, beta2, rest1, rest2, inv_bc2_sqrt, eps,
+                weight_decay, decay_factor):
+    """step_size = lr / (1 - beta1^t), inv_bc2_sqrt = 1 / sqrt(1 - beta2^t); rest1, rest2 =
+    1 - beta1, 1 - beta2, rounded from float64 (1 - float32(0.9999) is 1.7e-4 off);
     decay_factor = 1 - lr * wd for AdamW (else 1), weight_decay = wd for Adam (else 0)."""
-    one = param.dtype.type(1)
     for i in prange(param.shape[0]):
         p = param[i] * decay_factor
         g = grad[i] + weight_decay * param[i]
-        m_i = beta1 * m[i] + (one - beta1) * g
-        v_i = beta2 * v[i] + (one - beta2) * g * g
+        m_i = beta1 * m[i] + rest1 * g
+        v_i = beta2 * v[i] + rest2 * g * g
         m[i] = m_i
         v[i] = v_i
         param[i] = p - step_size * m_i / (math.sqrt(v_i) * inv_bc2_sqrt + eps)
@@ -200,8 +201,8 @@ def adam_numba(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0
     decay_factor = 1.0 - lr * weight_decay if decoupled else 1.0
     l2 = 0.0 if decoupled else weight_decay
     _numba_config.parallel_call(
-        _adam_numba, *views, t(lr / (1.0 - beta1 ** step)), t(beta1), t(beta2),
-        t(1.0 / math.sqrt(1.0 - beta2 ** step)), t(eps), t(l2), t(decay_factor))
+        _adam_numba, *views, t(lr / (1.0 - beta1 ** step)), t(beta1), t(beta2), t(1.0 - beta1),
+        t(1.0 - beta2), t(1.0 / math.sqrt(1.0 - beta2 ** step)), t(eps), t(l2), t(decay_factor))
     _copy_back(*zip((param, exp_avg, exp_avg_sq), views[:1] + views[2:]))
 
 
