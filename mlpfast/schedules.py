@@ -270,6 +270,13 @@ class PlateauSchedule(Schedule):
                 "cooldown": self.cooldown, "min_lr": self.min_lr, "eps": self.eps,
                 "monitor": self.monitor}
 
+    def start(self, total_steps, steps_per_epoch, base_lr):
+        """A run starts at the full rate with no best value, also when this object ran
+        before (a resumed run then loads its saved state)."""
+        super().start(total_steps, steps_per_epoch, base_lr)
+        self._load_state({})
+        return self
+
     def factor(self, step):
         self._epoch(step)
         return self.scale

@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 from conftest import GRAD_TOL, assert_close, numerical_grad
+from torch_parity import torch_sequential_like
 
 import mlpfast as mf
 from mlpfast.kernels import dropout as dropout_kernels
@@ -114,25 +115,6 @@ def test_batchnorm_rejects_one_sample_in_training_before_counting_it():
 
 # --- MLP with both, state_dict, torch ----------------------------------------------------------
 
-def torch_sequential_like(model, dtype=np.float32):
-    """The torch.nn.Sequential of the same layers (Dropout as torch.nn.Dropout)."""
-    mods = []
-    for layer in model:
-        if isinstance(layer, mf.Linear):
-            mods.append(torch.nn.Linear(layer.in_features, layer.out_features,
-                                        bias=layer.bias is not None))
-        elif isinstance(layer, mf.BatchNorm1d):
-            mods.append(torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps,
-                                             momentum=layer.momentum, affine=layer.affine))
-        elif isinstance(layer, mf.Dropout):
-            mods.append(torch.nn.Dropout(layer.p))
-        else:
-            mods.append({"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[layer.kind]())
-    model_torch = torch.nn.Sequential(*mods).to(getattr(torch, np.dtype(dtype).name))
-    model_torch.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return model_torch
-
-
 def test_mlp_layers_and_state_dict_keys_are_torchs():
     model = mf.MLP([5, 4, 3, 2], batchnorm=True, dropout=0.25, input_dropout=0.1, seed=0,
                    backend="numpy")
@@ -140,7 +122,7 @@ def test_mlp_layers_and_state_dict_keys_are_torchs():
     assert kinds == ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear",
                      "BatchNorm1d", "ReLU", "Dropout", "Linear"]
     assert [layer.layer_id for layer in model if isinstance(layer, mf.Dropout)] == [0, 4, 8]
-    assert list(model.state_dict()) == list(torch_sequential_like(model).state_dict())
+    assert list(model.state_dict()) == list(torch_sequential_like(torch, model).state_dict())
     state = model.state_dict()
     counter = state["2.num_batches_tracked"]
     assert counter.dtype == np.int64 and counter.shape == ()
@@ -157,7 +139,7 @@ def test_model_with_both_gives_torchs_eval_logits_and_takes_its_state_back(backe
     mf.fit(model, mf.optim.Adam(model.parameters(), lr=1e-2), mf.CrossEntropyLoss(), x, y,
            epochs=2, batch_size=16, progress=False, seed=0)
     assert int(model.state_dict()["1.num_batches_tracked"]) == 8
-    model_torch = torch_sequential_like(model).eval()
+    model_torch = torch_sequential_like(torch, model).eval()
     assert_close(model(x), model_torch(torch.from_numpy(x)).detach().numpy(), tol=(1e-5, 1e-4),
                  what="eval logits, mlpfast -> torch")
     model_torch.train()                                      # torch moves its own state
@@ -321,7 +303,7 @@ def test_fit_matches_a_torch_loop_from_the_same_state(backend, case, rng):
     use_dropout, max_norm = "dropout" in case, 0.9 if "max_norm" in case else None
     model = mf.MLP([8, 7, 6, 4], batchnorm="batchnorm" in case,
                    dropout=0.3 if use_dropout else 0.0, dtype=np.float64, seed=3, backend=backend)
-    mods = list(torch_sequential_like(model, np.float64))
+    mods = list(torch_sequential_like(torch, model, np.float64))
     mods = [ReplayedDropout(layer) if isinstance(layer, mf.Dropout) else m
             for layer, m in zip(model, mods)]
     model_torch = torch.nn.Sequential(*mods)

@@ -1,7 +1,9 @@
 """mlpfast against PyTorch from the same state_dict: logits, loss, every named gradient, then
 20 Adam steps, each backend through the training step fit runs (``make_step``). PyTorch runs
 in float64, the outside reference; mlpfast in float32. Shared by tests/test_torch_parity.py
-(CPU backends) and tests/cuda_cases.py (cuda, on a GPU or under the simulator)."""
+(CPU backends) and tests/cuda_cases.py (cuda, on a GPU or under the simulator); with
+``torch_sequential_like``, the torch twin of any mlpfast Sequential, by the tests that
+train both."""
 import numpy as np
 from conftest import assert_close
 
@@ -9,6 +11,7 @@ import mlpfast as mf
 from mlpfast.datasets import as_dataset
 
 TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU"}
+TORCH_LAYERS = {"identity": "Identity", **TORCH_ACTIVATIONS}
 
 
 def torch_model(torch, sizes, activation, state):
@@ -21,6 +24,32 @@ def torch_model(torch, sizes, activation, state):
     model = torch.nn.Sequential(*layers).double()
     model.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in state.items()})
     return model
+
+
+def torch_sequential_like(torch, model, dtype=np.float32):
+    """The torch.nn.Sequential of model's layers (Dropout as torch.nn.Dropout) in ``dtype``,
+    holding model's state."""
+    mods = []
+    for layer in model:
+        if isinstance(layer, mf.Linear):
+            mods.append(torch.nn.Linear(layer.in_features, layer.out_features,
+                                        bias=layer.bias is not None))
+        elif isinstance(layer, mf.BatchNorm1d):
+            mods.append(torch.nn.BatchNorm1d(layer.num_features, eps=layer.eps,
+                                             momentum=layer.momentum, affine=layer.affine))
+        elif isinstance(layer, mf.Dropout):
+            mods.append(torch.nn.Dropout(layer.p))
+        elif isinstance(layer, mf.LeakyReLU):
+            mods.append(torch.nn.LeakyReLU(layer.params["negative_slope"]))
+        elif isinstance(layer, mf.GELU):
+            mods.append(torch.nn.GELU(approximate=layer.approximate))
+        elif isinstance(layer, mf.Softmax):
+            mods.append(torch.nn.Softmax(dim=1))
+        else:
+            mods.append(getattr(torch.nn, TORCH_LAYERS[layer.kind])())
+    model_torch = torch.nn.Sequential(*mods).to(getattr(torch, np.dtype(dtype).name))
+    model_torch.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return model_torch
 
 
 def check_against_torch(torch, backend, activation, sizes=(31, 24, 17, 10), batch=16, steps=20,
