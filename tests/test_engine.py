@@ -248,7 +248,7 @@ def test_constructor_errors():
         mf.optim.Adam(mf.MLP([3, 2]).parameters(), lr=-1)
     with pytest.raises(ValueError, match="nesterov=True needs momentum"):
         mf.optim.SGD(mf.MLP([3, 2]).parameters(), lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer from 1 to 256"):
         mf.set_num_threads(0)
 
 
