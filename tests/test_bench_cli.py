@@ -190,7 +190,7 @@ def test_numpy_peer_runs_without_the_openblas_overrides():
     assert "OPENBLAS_CORETYPE" in ours                     # our own environment is untouched
     torch_env = benchmark.peer_env("torch", 1, base=ours)
     assert torch_env["OPENBLAS_CORETYPE"] == "Haswell"
-    assert "intra_op_parallelism_threads=1" in torch_env["XLA_FLAGS"]
+    assert torch_env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
 
 
 def test_numpy_peers_serve_kernel_step_and_info_requests(probe_variant):

@@ -598,8 +598,8 @@ def peer_env(peer, threads, base=None):
                  "MLPFAST_NUM_THREADS"):
         env[name] = str(threads)
     if threads == 1:      # XLA's CPU thread pool otherwise follows the CPU affinity below
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + " --xla_cpu_multi_thread_eigen=false").strip()
     if peer == "numpy":
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
