@@ -399,10 +399,21 @@ def _info(args):
     return 0
 
 
-def check_bench_arguments(args):
+def check_bench_arguments(args, given):
     """Refuse (parser.error, exit 2), before anything is timed, the bench options that
-    cannot work: output files whose folder is missing (they were written after the run)."""
+    cannot work: output files whose folder is missing (they were written after the run),
+    and options of the other kind of run (``given``: given_options)."""
     error = args.parser.error
+    option = {action.dest: action.option_strings[0] for action in args.parser._actions}
+    option["mode"] = f"--{args.mode}"                   # --quick or --full, whichever given
+    if args.distributed:
+        ignored = [option[dest] for dest in option if dest in given
+                   and dest not in ("distributed", "rounds", "json", "help")]
+        if ignored:
+            error(f"--distributed launches its own layouts (1 rank x 2 threads, 2 ranks x 1 "
+                  f"thread) and takes only --rounds and --json; got {', '.join(ignored)}")
+    elif "rounds" in given:
+        error("--rounds applies to --distributed only")
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         problem = None if path is None else unwritable_file(option, path)
         if problem:
@@ -411,9 +422,6 @@ def check_bench_arguments(args):
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             error("--plot needs matplotlib: pip install 'mlpfast[plot]'")
-    if args.distributed and args.configs:
-        error("--config picks the networks of the step, --full epoch and --compare tables; "
-              "--distributed times the reference configurations and takes no --config")
 
 
 def _bench(args):
@@ -737,7 +745,7 @@ def main(argv=None):
                 _apply_recipe(args, given)
             check_training_arguments(args, given)
         if args.command == "bench":
-            check_bench_arguments(args)
+            check_bench_arguments(args, given_options(argv))
         if getattr(args, "threads", None):
             set_num_threads(args.threads)
         return args.handler(args)

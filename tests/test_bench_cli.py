@@ -733,12 +733,21 @@ def test_compare_trains_the_selected_configs_and_infers_on_the_largest(monkeypat
     assert "--compare: no training configuration matched --only '784-2048-10 b1024'" in printed
 
 
-def test_distributed_takes_no_config(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--distributed", "--config", "784-64-10 b100"], "takes only --rounds and --json; got "
+                                                      "--config"),
+    (["--distributed", "--threads", "1", "--compare", "--full"],
+     "takes only --rounds and --json; got --full, --compare, --threads"),
+    (["--distributed", "--only", "gemm", "--epochs", "3"], "got --epochs, --only"),
+    (["--rounds", "2"], "--rounds applies to --distributed only"),
+])
+def test_options_of_the_other_kind_of_run_are_refused(argv, message, monkeypatch, capsys):
+    # they were ignored without a word
+    monkeypatch.setattr(benchmark, "_run", lambda args, out: pytest.fail("the run started"))
     with pytest.raises(SystemExit) as exit:
-        cli.main(["bench", "--distributed", "--config", "784-64-10 b100"])
+        cli.main(["bench", *argv])
     assert exit.value.code == 2
-    assert "--distributed times the reference configurations and takes no --config" in \
-        capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option,name", [("--json", "run.json"), ("--plot", "gflops.png")])
