@@ -32,6 +32,9 @@ JIT cache
     Each kernel module ends with ``stamp_kernel_caches(globals())``, which gives its
     cached functions a cache whose stamp adds a hash of every ``kernels/*.py`` file
     (``_KernelSourcesLocator``), so a change to any of them recompiles them all (once).
+    The stamp also holds a hash of the C library's API as built (``c_api_stamp``): the
+    kernels that call C compile its prototypes into their machine code (``_c_calls``),
+    so a rebuilt library with a changed prototype recompiles them too.
 """
 import contextlib
 import functools
@@ -98,9 +101,27 @@ def _hash_files(stats):
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def c_api_stamp():
+    """SHA-256 over the C library's functions' cffi types and its constants (csrc/gemm.h
+    as the loaded library was built from it), or None without the library."""
+    from ._c_library import c_library
+    try:
+        library = c_library()
+    except ImportError:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(dir(library.lib)):
+        value = getattr(library.lib, name)
+        declared = library.ffi.typeof(value).cname if callable(value) else repr(value)
+        digest.update(f"{name} {declared}\0".encode())
+    return digest.hexdigest()
+
+
 class _KernelSourcesLocator(caching._CacheLocator):
     """Numba cache locator for functions defined in kernels/*.py: the place and name that
-    Numba's own locators give, with sources_stamp() added to the source stamp."""
+    Numba's own locators give, with sources_stamp() and c_api_stamp() added to the
+    source stamp."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -116,7 +137,7 @@ class _KernelSourcesLocator(caching._CacheLocator):
         return self._inner.get_disambiguator()
 
     def get_source_stamp(self):
-        return self._inner.get_source_stamp(), sources_stamp()
+        return self._inner.get_source_stamp(), sources_stamp(), c_api_stamp()
 
     @classmethod
     def from_function(cls, py_func, py_file):
