@@ -167,6 +167,25 @@ def test_fit_learns_a_separable_problem(backend, rng):
     assert np.array_equal(proba.argmax(axis=1), predicted)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predict_proba_is_softmax_of_the_logits_or_a_softmax_heads_output(backend, rng):
+    x = rng.standard_normal((37, 5))
+    def layers(*extra):
+        where = dict(backend=backend, dtype=np.float64)
+        return mf.Sequential(mf.Linear(5, 4, **where), mf.Tanh(**where),
+                             mf.Linear(4, 3, **where), *(layer(**where) for layer in extra))
+    logits_model = layers()
+    z = logits_model(x)
+    expected = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    assert_close(mf.predict_proba(logits_model, x, batch_size=10), expected, np.float64)
+    # the same layers with a Softmax head: its outputs are the probabilities (softmax was
+    # applied twice, flattening them towards 1/3)
+    head = layers(mf.Softmax)
+    head.load_state_dict(logits_model.state_dict())
+    assert_close(mf.predict_proba(head, x, batch_size=10), expected, np.float64)
+    assert np.array_equal(mf.predict(head, x), expected.argmax(axis=1))
+
+
 def test_fit_with_sgd_and_mse_on_regression(rng):
     x = rng.standard_normal((256, 3)).astype(np.float32)
     target = np.stack([x[:, 0] - 2 * x[:, 1], x[:, 2] * 0.5], axis=1).astype(np.float32)
