@@ -58,12 +58,16 @@ SIZES = {
                  tile_shapes=[(4096, 4096, 4096), (1024, 1024, 784), (1024, 784, 1024),
                               (128, 512, 784), (512, 784, 128), (1024, 10, 1024),
                               (10, 1024, 1024)],
-                 step_batches=200, train_epochs=10),
+                 step_batches=200, train_epochs=10,
+                 # choose_config's picks where a GPU refused launches: the float64 128x64
+                 # tile's shared memory, a grid of more than 65535 row blocks
+                 chosen_gemms=[(2048, 1024, 1024, np.float64), (1_100_000, 10, 32, np.float32)]),
     "quick": dict(gemm=(37, 29, 19), gemm_time=32, linear=(9, 12, 7), elementwise=(13, 9),
                   logits=[(9, 10)], flat=1000, gather=(50, 12, 16), repeats=2,
                   epochs=[("MNIST-like b16", 48, 20, (8,), 16),
                           ("wide-like b32", 64, 20, (12, 12), 32)],
-                  tile_shapes=[], step_batches=4, train_epochs=None),
+                  tile_shapes=[], step_batches=4, train_epochs=None,
+                  chosen_gemms=[(45, 10, 8, np.float64), (70, 10, 8, np.float32)]),
 }
 TOL = {np.dtype(np.float32): (1e-5, 2e-4), np.dtype(np.float64): (1e-12, 1e-10)}
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -187,6 +191,13 @@ def check_gemm(table, sizes, rng):
                 name = f"gemm {'T' if trans_a else 'N'}{'T' if trans_b else 'N'}"
                 table.check(name, f"{m}x{n}x{k}", dtype,
                             gemm_error_ratio(c.copy_to_host(), op_a, op_b, dtype))
+    for rows, cols, depth, dtype in sizes["chosen_gemms"]:
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        b = rng.standard_normal((depth, cols)).astype(dtype)
+        c = gemm.VARIANTS["cuda"](dev(a), dev(b))
+        table.check("gemm NN, the tile choose_config picks", f"{rows}x{cols}x{depth}",
+                    np.dtype(dtype), gemm_error_ratio(c.copy_to_host(), a.astype(np.float64),
+                                                      b.astype(np.float64), np.dtype(dtype)))
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
