@@ -11,9 +11,10 @@ Threading layer
     from several Python threads at once; ``workqueue`` aborts the process if that happens,
     so on it ``parallel_call`` serializes launches with a lock. (GNU OpenMP is not
     fork-safe: in a child forked after a parallel kernel ran, ``parallel_call`` raises a
-    RuntimeError; use the ``spawn`` start method for multiprocessing.) With other processes on the same
-    cores, ``OMP_WAIT_POLICY=passive`` (set before Python starts) keeps OpenMP's idle
-    threads from spinning; mlpfast leaves that choice to you (README, "Environment").
+    RuntimeError; use the ``spawn`` start method for multiprocessing.) With other
+    processes on the same cores, ``OMP_WAIT_POLICY=passive`` (set before Python starts)
+    keeps OpenMP's idle threads from spinning; mlpfast leaves that choice to you (README,
+    "Environment").
 
 Threads
     ``mlpfast.set_num_threads(n)`` reaches Numba through ``set_threads`` (registered in
