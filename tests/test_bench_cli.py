@@ -827,6 +827,73 @@ def test_bench_suite_checks_the_timed_calls_and_catches_planted_bugs(tmp_path):
                       "test_optimizer_step[numba-adam-235146]"], out
 
 
+# planted where compare_bandwidth.py's old checks did not look (they ran separate calls on
+# 8 rows and 5 gathered rows, and never checked sgd or adam): the Numba gelu forward wrong
+# in the last row of more than 8, the Numba SGD and Adam leaving the buffer's last element
+# alone, the gather's last row left unwritten when it gathers more than 5
+PLANTED_BANDWIDTH_BUGS = '''
+from mlpfast.kernels import activations, data, optim
+
+gelu = activations.VARIANTS["numba"]["gelu"]
+
+
+def gelu_forward(x, out=None):
+    out = gelu.forward(x, out)
+    if x.shape[0] > 8:
+        out[-1] = 0.0
+    return out
+
+
+activations.VARIANTS["numba"]["gelu"] = gelu._replace(forward=gelu_forward)
+
+
+def but_last(update):
+    def planted(param, *args, **kwargs):
+        last = param[-1]
+        update(param, *args, **kwargs)
+        param[-1] = last
+    return planted
+
+
+for name in ("sgd", "adam"):
+    optim.VARIANTS["numba"][name] = but_last(optim.VARIANTS["numba"][name])
+gather = data.VARIANTS["numba"]["gather"]
+
+
+def gather_but_last(src, index, out):
+    if index.shape[0] <= 5:
+        return gather(src, index, out)
+    gather(src, index[:-1], out[:-1])
+    return out
+
+
+data.VARIANTS["numba"]["gather"] = gather_but_last
+'''
+
+
+def test_compare_bandwidth_checks_whole_results_and_catches_planted_bugs(tmp_path):
+    def run(*modules):
+        script = f"import {', '.join(modules)}" if modules else "pass"
+        return subprocess.run(
+            [sys.executable, "-c", f"{script}\nimport runpy\nimport sys\n"
+             f"sys.argv = ['compare_bandwidth.py', '--mib', '4', '--rounds', '1', "
+             f"'--threads', '1']\nrunpy.run_path({str(BENCH / 'compare_bandwidth.py')!r}, "
+             f"run_name='__main__')"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(tmp_path), str(BENCH), os.environ.get("PYTHONPATH", "")])))
+
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    assert "adam" in proc.stdout and "gather rows" in proc.stdout
+    (tmp_path / "planted_bandwidth_bugs.py").write_text(PLANTED_BANDWIDTH_BUGS)
+    proc = run("planted_bandwidth_bugs")
+    assert proc.returncode == 1 and "GB/s" not in proc.stdout, proc.stdout   # nothing timed
+    wrong = sorted(line.split(":")[0].strip() for line in proc.stderr.splitlines()
+                   if line.startswith("  "))
+    assert wrong == ["adam", "gather rows", "gelu forward", "sgd momentum"], proc.stderr
+
+
 @pytest.mark.parametrize("script,option,value", [
     ("compare_gemm.py", "--rounds", "0"), ("compare_gemm_numba.py", "--threads", "0"),
     ("compare_gemm_bf16.py", "--rounds", "-1"), ("compare_bandwidth.py", "--mib", "0"),
