@@ -58,7 +58,7 @@ LN2 = 0.6931471805599453
 ROUNDING_BIAS = 12583039.0            # 1.5 * 2^23 + 127: adding it rounds to an integer
 # exp(r) ~ 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) on |r| <= ln2/2, fitted for the least
 # largest relative error (Lawson's iteration on Chebyshev nodes): 1.1e-7, where Taylor's
-# 1/2, 1/6, 1/24, 1/120 give 2.4e-6
+# 1/2, 1/6, 1/24, 1/120 give 3.2e-6
 EXP_C = (0.49999232, 0.16667114, 0.04189011, 0.00831253)
 # erf(x) ~ x P(x^2) / Q(x^2) on |x| <= 4: Eigen's generic_fast_erf_float
 # (Eigen/src/Core/SpecialFunctionsImpl.h), absolute error 6.5e-8

@@ -9,7 +9,8 @@ outputs are the predictions). Per batch, with the batch's rows of the dataset as
                                                                  f' needs it: "input" below)
     dropout    h = keep h / (1 - p), keep the Philox mask of kernels/dropout.py
                (C, GEMM threads; kept for the backward pass, not for the inputs)
-    loss       cross-entropy: sum_i -log softmax(h_L)_i[y_i],  dz_{L-1} = (softmax - onehot) / B
+    loss       cross-entropy: mean over B of -log softmax(h_L)_i[y_i],
+                                             dz_{L-1} = (softmax - onehot) / B
                MSE: mean over B x D of (h_L - t)^2,  dz_{L-1} = 2 (h_L - t) / (B D)
                (t: float targets, or integer labels read as one-hot)
     backward   dW_l = dz_l.T @ h_l,  db_l = sum_i dz_l[i]          C GEMM, column sums
@@ -599,9 +600,10 @@ class MLPSteps:
     ``post``: what follows each Linear besides its activation, ``(batchnorms, dropouts,
     input_dropout)`` (None: nothing): per layer None or a ``BatchNormSpec`` (before the
     activation) and None or a ``DropoutSpec`` (after it); input_dropout: a DropoutSpec on
-    the inputs, or None. ``self.tracked`` (batches per batchnorm) and
-    ``self.dropout_steps`` (the step base per dropout, index 0 the inputs') are read and
-    advanced by ``run``: set them from the layers before a call, read them back after.
+    the inputs, or None. ``self.tracked`` (batches per batchnorm) is read and advanced by
+    ``run``: set it from the layers before a call, read it back after. ``self.dropout_steps``
+    (the step base per dropout, index 0 the inputs') is only read: batch s of a call draws
+    its masks at base + s, and the caller advances the base by the batches run.
     ``max_norm``: after each update, each row of each weight onto the L2 ball of that
     radius (kernels/optim.py's max_norm), or None. ``precision``: "fp32", or "bf16" for
     bf16 GEMM operands with float32 sums (the module docstring).

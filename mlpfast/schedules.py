@@ -231,10 +231,10 @@ class OneCycleSchedule(Schedule):
         phases = ((float(self.pct_start * self.total_steps) - 1, initial, self.max_factor),
                   (self.total_steps - 1, self.max_factor, initial / self.final_div_factor))
         start_step = 0.0
-        for i, (end_step, high, low) in enumerate(phases):
+        for i, (end_step, start, end) in enumerate(phases):    # factor start -> end
             if step <= end_step or i == len(phases) - 1:
                 pct = (step - start_step) / (end_step - start_step)
-                return low + (high - low) / 2.0 * (math.cos(math.pi * pct) + 1)
+                return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
             start_step = end_step
 
 

@@ -8,7 +8,8 @@ Versions:
     cuda   elementwise: one grid-stride kernel per formula, each formula a device function
            (``DEVICE_FORWARD`` / ``DEVICE_BACKWARD``) that the GEMM epilogue reuses;
            softmax: one thread per row (max, sum of exponentials, then the row).
-Scalar formulas run in float64 and are rounded to the array's dtype when stored.
+Scalar formulas run in float64 and are rounded to the array's dtype when stored, except
+tanh_f: math.tanh of a float32 is float32 (tanhf).
 """
 import math
 
