@@ -225,6 +225,14 @@ class OneCycleSchedule(Schedule):
         return {"max_factor": self.max_factor, "pct_start": self.pct_start,
                 "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
 
+    def start(self, total_steps, steps_per_epoch, base_lr):
+        super().start(total_steps, steps_per_epoch, base_lr)
+        if float(self.pct_start * self.total_steps) == 1.0:
+            raise ValueError(f"pct_start ({self.pct_start}) times the run's {self.total_steps} "
+                             f"steps must not be 1: the rise would start and end at step 0 "
+                             f"(torch's OneCycleLR divides by zero there)")
+        return self
+
     def factor(self, step):
         self._epoch(step)
         initial = self.max_factor / self.div_factor

@@ -178,6 +178,9 @@ def test_make_schedule_takes_objects_functions_and_none():
     (lambda: make_schedule("multistep", milestones=[3, 2]), ValueError, "milestones must increase"),
     (lambda: make_schedule("exponential", gamma=-1), ValueError, "gamma must lie in"),
     (lambda: make_schedule("onecycle", pct_start=1.0), ValueError, "pct_start"),
+    # a rise of one step, step 0: a ZeroDivisionError from factor(0) before
+    (lambda: make_schedule("onecycle", pct_start=0.1).start(10, 10, 0.1), ValueError,
+     r"pct_start \(0.1\) times the run's 10 steps must not be 1"),
     (lambda: make_schedule("plateau", mode="up"), ValueError, "mode must be one of"),
     (lambda: make_schedule("cosine", warmup_steps=10).start(10, 5, 0.1), ValueError,
      "warmup_steps"),
