@@ -66,7 +66,8 @@ static struct {
     pthread_mutex_t owner;          /* held by the caller running a job */
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
-    int num_workers;                /* workers started (thread indices 1..num_workers) */
+    atomic_int num_workers;         /* workers started (thread indices 1..num_workers);
+                                       written under owner, read unlocked (pool_awake) */
     unsigned long start_generation[MLPF_POOL_MAX_THREADS];  /* generation when each was started */
     atomic_ulong generation;        /* bumped once per job */
     mlpf_task task;                 /* the current job, valid while remaining > 0 */

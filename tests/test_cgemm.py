@@ -537,13 +537,23 @@ def test_env_selects_kernel():
     assert out.returncode != 0 and "MLPFAST_GEMM_KERNEL: kernel must be" in out.stderr
 
 
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def load_build_cgemm():
+    """csrc/build_cgemm.py as a module (its sources, config header and cffi builder)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_cgemm",
+                                                  os.path.join(CSRC, "build_cgemm.py"))
+    build_cgemm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_cgemm)
+    return build_cgemm
+
+
 def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
     # csrc/ compiled with -DMLPF_PORTABLE_ONLY: no x86 kernel exists, as on ARM or POWER
     import importlib.util
-    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-    spec = importlib.util.spec_from_file_location("build_cgemm", os.path.join(csrc, "build_cgemm.py"))
-    build_cgemm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_cgemm)
+    build_cgemm = load_build_cgemm()
     builder = build_cgemm.make_builder("_cgemm_portable_only", [("MLPF_PORTABLE_ONLY", "1")])
     library = builder.compile(tmpdir=str(tmp_path))
     spec = importlib.util.spec_from_file_location("_cgemm_portable_only", library)
@@ -566,6 +576,105 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
                          tol=tol(np.float32, k), what=f"portable-only {m}x{n}x{k}")
     check_c_dropout(ffi, lib, rng)                       # the loop without AVX-512
     check_sum_squares(ffi, lib, rng)
+
+
+# Two callers share the pool (gemm.h: the functions are thread-safe). After a barrier,
+# one's GEMM starts the pool's worker while the other's short passes ask mlpf_pool_awake
+# whether the workers spin; then both run the pooled entry points at once. C = A B of
+# ones is K exactly.
+_RACE_DRIVER = r"""
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "gemm.h"
+enum { M = 128, N = 128, K = 512, P = (1 << 20) + 37, ROWS = 64 };
+static pthread_barrier_t start;
+
+static float *filled(int64_t n, float value)
+{
+    float *x;
+    if (posix_memalign((void **)&x, 64, (size_t)n * sizeof *x)) abort();
+    for (int64_t i = 0; i < n; i++) x[i] = value;
+    return x;
+}
+
+static void *caller(void *arg)
+{
+    const int grows = arg != NULL;
+    float *a = filled(M * K, 1), *b = filled(K * N, 1), *c = filled(M * N, 0);
+    float *p = filled(P, 1), *g = filled(P, 0.5f), *m = filled(P, 0), *v = filled(P, 0);
+    float *dw = filled(M * N, 0), *db = filled(M, 0), *out = filled(ROWS * K, 0);
+    float *dh = filled(ROWS * K, 0), *dwn = filled(10 * K, 0), *dbn = filled(10, 0);
+    const int64_t capacity = mlpf_packed_b_floats(ROWS, K);
+    float *packed = filled(capacity, 0);
+    uint16_t *cb = (uint16_t *)filled(M * N, 0);
+    int64_t index[ROWS];
+    for (int i = 0; i < ROWS; i++) index[i] = (i * 7) % M;
+    double squares;
+    int bad = 0;
+    pthread_barrier_wait(&start);
+    if (grows) bad |= mlpf_sgemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N, NULL, 0);
+    else
+        for (int i = 0; i < 2000; i++) bad |= mlpf_ssum_squares(p, 64) != 64;
+    for (int it = 0; it < 3; it++) {
+        bad |= mlpf_sgemm(0, 1, M, N, K, 1, a, K, b, K, 0, c, N, NULL, 1);
+        for (int i = 0; i < M * N; i++) bad |= c[i] != K;
+        bad |= mlpf_sgemm_weight_grad(M, N, K, a, M, b, N, NULL, dw, N, db, &squares);
+        bad |= mlpf_sadam(p, g, m, v, P, 1e-3f, 0.9, 0.999, 1, 1e-8f, 0, 1);
+        bad |= mlpf_ssgd(p, g, m, P, 0.1f, 0.9f, 0, 0, it == 0);
+        bad |= mlpf_sdropout(p, p, NULL, 1024, 1024, 1u << 31, 1, 2, 3, it, 0, 2);
+        bad |= mlpf_sgather_packed(a, M, K, K, index, ROWS, out, packed, capacity);
+        bad |= mlpf_sgemm_packed_a(1, ROWS, N, K, 1, packed, b, K, 0, c, N, NULL, 0);
+        bad |= mlpf_sbgemm(0, 0, M, N, K, 1, a, MLPF_TYPE_F32, K, b, MLPF_TYPE_F32, N, 0, cb,
+                           MLPF_TYPE_BF16, N, NULL, 0);
+        bad |= mlpf_snarrow_backward(ROWS, 10, K, a, 10, b, K, a, K, dh, K, dwn, K, dbn,
+                                     MLPF_ACT_RELU, &squares);
+    }
+    return (void *)(intptr_t)(bad != 0);
+}
+
+int main(void)
+{
+    mlpf_set_num_threads(2);
+    pthread_barrier_init(&start, NULL, 2);
+    pthread_t threads[2];
+    void *bad[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&threads[i], NULL, caller, (void *)(intptr_t)(i == 0));
+    for (int i = 0; i < 2; i++) pthread_join(threads[i], &bad[i]);
+    puts(bad[0] || bad[1] ? "wrong" : "ok");
+    return bad[0] || bad[1];
+}
+"""
+
+
+def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
+    # csrc/ and _RACE_DRIVER built with -fsanitize=thread (portable-only: ifunc resolvers
+    # run before ThreadSanitizer starts); it reports any unsynchronized pair of accesses
+    import shutil
+    import subprocess
+    gcc = shutil.which("gcc")
+    probe = tmp_path / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    flags = ["-fsanitize=thread", "-g", "-O1", "-std=gnu11", "-pthread"]
+    if not gcc or subprocess.run([gcc, *flags, str(probe), "-o", str(tmp_path / "probe")],
+                                 capture_output=True).returncode or subprocess.run(
+                                     [str(tmp_path / "probe")], capture_output=True).returncode:
+        pytest.skip("no working gcc -fsanitize=thread here")
+    build_cgemm = load_build_cgemm()
+    (tmp_path / "cpu_config.h").write_text(build_cgemm.config_header())
+    (tmp_path / "driver.c").write_text(_RACE_DRIVER)
+    built = subprocess.run(
+        [gcc, *flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}", f"-I{tmp_path}",
+         *(os.path.join(CSRC, name) for name in build_cgemm.SOURCES), str(tmp_path / "driver.c"),
+         "-lm", "-o", str(tmp_path / "driver")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run([str(tmp_path / "driver")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr[-6000:]
 
 
 _GUARD_SCRIPT = r"""
