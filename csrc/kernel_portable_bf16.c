@@ -85,8 +85,8 @@ VECTOR_CLONES static void store_row(int64_t cols, const float *t, void *c_row, c
             for (int64_t j = 0; j < cols; j++) v[j] = w[j] > 0.0f ? v[j] : 0.0f;
         else if (ep->dact == MLPF_ACT_SIGMOID)
             for (int64_t j = 0; j < cols; j++) v[j] *= w[j] * (1.0f - w[j]);
-        else
-            for (int64_t j = 0; j < cols; j++) v[j] *= 1.0f - w[j] * w[j];
+        else          /* 1 - y^2 as (1 - y)(1 + y): no cancellation near |y| = 1, FMA or not */
+            for (int64_t j = 0; j < cols; j++) v[j] *= (1.0f - w[j]) * (1.0f + w[j]);
     }
     if (ep->c_type == MLPF_TYPE_BF16)
         for (int64_t j = 0; j < cols; j++) ((uint16_t *)c_row)[j] = mlpf_float_to_bf16(v[j]);

@@ -404,6 +404,16 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
     assert_within_bound(out, bf.sbgemm_ref(a, b, trans_b=True), a, b, False, True)
     assert lib.mlpf_sbgemm(0, 1, 37, 50, 301, 1.0, ffi.from_buffer(a), 2, 301, ffi.from_buffer(b),
                            0, 301, 0.0, ffi.from_buffer(out), 0, 50, ffi.NULL, 0) == -7
+    # tanh's f' = 1 - y^2 near y = 1, compiled here for baseline x86-64 (no FMA to fuse
+    # 1 - y*y into, as in the AVX2 clone that CPUs without AVX512-BF16 run): within the
+    # bound all the same (positive operands, short k: the bound is tight, |ref| = |A||B|)
+    a, b = (np.abs(x[:, :3]).copy() for x in (a, b))
+    y = np.tanh(rng.uniform(2.0, 6.0, (37, 50))).astype(np.float32)
+    assert lib.mlpf_sbgemm_dact(0, 1, 37, 50, 3, 1.0, ffi.from_buffer(a), 1, 3, ffi.from_buffer(b),
+                                0, 3, ffi.from_buffer(out), 0, 50, ffi.from_buffer(y), 0, 50,
+                                3) == 0
+    assert_within_bound(out, bf.sbgemm_dact_ref(a, b, y, "tanh", trans_b=True), a, b, False, True,
+                        factor=np.abs(bf.activation_derivative_ref(y, "tanh")), what="tanh")
 
 
 _GUARD_SCRIPT = r"""
