@@ -102,7 +102,7 @@ def _compile_specs():
         ("batchnorm normalize", batchnorm._normalize_kernel,
          (m2, v1, v1, types.boolean, f64, v1, v1, types.boolean, m2)),
         ("batchnorm gradient sums", batchnorm._gradient_sums_kernel,
-         (m2, m2, v1, v1, arr(f64, 2), v1, v1, types.boolean)),
+         (m2, m2, v1, v1, arr(f64, 2), v1, v1)),
         ("batchnorm grad input", batchnorm._grad_input_kernel,
          (m2, m2, v1, v1, v1, arr(f64, 2), types.boolean, m2)),
         ("dropout forward", dropout._dropout_forward_kernel,

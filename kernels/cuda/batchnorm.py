@@ -55,8 +55,9 @@ def _normalize_kernel(x, center, spread, from_variance, eps, weight, bias, affin
 
 
 @cuda.jit
-def _gradient_sums_kernel(grad_y, x, mean, invstd, sums, grad_weight, grad_bias, affine):
-    # sums[0, j] = sum_i dy_ij, sums[1, j] = sum_i dy_ij xhat_ij (float64)
+def _gradient_sums_kernel(grad_y, x, mean, invstd, sums, grad_weight, grad_bias):
+    # sums[0, j] = sum_i dy_ij = grad_bias_j, sums[1, j] = sum_i dy_ij xhat_ij = grad_weight_j
+    # (sums in float64)
     rows, cols = x.shape
     for j in range(cuda.grid(1), cols, cuda.gridsize(1)):
         sum_dy = 0.0
@@ -67,9 +68,8 @@ def _gradient_sums_kernel(grad_y, x, mean, invstd, sums, grad_weight, grad_bias,
             sum_dy_xhat += g * ((x[i, j] - mean[j]) * (invstd[j] + 0.0))
         sums[0, j] = sum_dy
         sums[1, j] = sum_dy_xhat
-        if affine:
-            grad_bias[j] = sum_dy
-            grad_weight[j] = sum_dy_xhat
+        grad_bias[j] = sum_dy
+        grad_weight[j] = sum_dy_xhat
 
 
 @cuda.jit
@@ -131,16 +131,15 @@ def backward_cuda(grad_y, x, weight, mean, invstd, out=None, grad_weight=None, g
     rows, cols = x.shape
     out = cuda.device_array((rows, cols), x.dtype) if out is None else out
     affine = weight is not None
-    if affine:
-        grad_weight = cuda.device_array(cols, x.dtype) if grad_weight is None else grad_weight
-        grad_bias = cuda.device_array(cols, x.dtype) if grad_bias is None else grad_bias
+    # grad_weight and grad_bias as the reference gives them, with or without weights
+    grad_weight = cuda.device_array(cols, x.dtype) if grad_weight is None else grad_weight
+    grad_bias = cuda.device_array(cols, x.dtype) if grad_bias is None else grad_bias
     if cols:
         sums = _scratch.get("batchnorm sums", 2, np.float64, cols)
-        w, gw, gb = (weight, grad_weight, grad_bias) if affine else (mean, mean, mean)
         _gradient_sums_kernel[blocks_for(cols), THREADS_PER_BLOCK](
-            grad_y, x, mean, invstd, sums, gw, gb, affine)
+            grad_y, x, mean, invstd, sums, grad_weight, grad_bias)
         _grad_input_kernel[blocks_for(x.size), THREADS_PER_BLOCK](
-            grad_y, x, w, mean, invstd, sums, affine, out)
+            grad_y, x, weight if affine else mean, mean, invstd, sums, affine, out)
     return out, grad_weight, grad_bias
 
 
