@@ -62,6 +62,8 @@ def test_the_header_warns_when_threads_outnumber_the_cpus():
     info = benchmark.machine_info(threads=2, peak=False)
     info["cpus_available"] = 2
     assert not any("warning" in line for line in benchmark.format_machine(info))
+    info["threads"] = 1
+    assert benchmark.format_machine(info)[0].endswith("2 cpus available, 1 thread used")
     info["threads"] = 16
     lines = benchmark.format_machine(info)
     assert lines[0].endswith("2 cpus available, 16 threads used")
@@ -244,7 +246,7 @@ def test_peer_process_answers_from_its_own_environment(command):
             else benchmark.peer_command("numpy", 1, ["--serve"]))
     with benchmark.PeerProcess(argv, threads=1) as peer:
         reply = peer.ask({"info": True})
-    assert "1 threads" in reply["blas"]                 # OPENBLAS_NUM_THREADS=1 reached it
+    assert "1 thread)" in reply["blas"]                 # OPENBLAS_NUM_THREADS=1 reached it
     assert peer.proc.returncode == 0
 
 
@@ -591,7 +593,7 @@ def ran(result):
 def test_peers_import_nothing_of_mlpfast_and_train_like_it(peer, peer_runs):
     result, ours = ran(peer_runs[peer]), ran(peer_runs["mlpfast"])
     assert result["mlpfast_modules"] == []                  # sys.modules of the child
-    assert ours["mlpfast_modules"] and "backend cpu, 1 threads" in ours["notes"]
+    assert ours["mlpfast_modules"] and "backend cpu, 1 thread" in ours["notes"]
     assert len(result["epoch_seconds"]) == 2 and result["samples"] == 640
     assert result["cpus"] == 1                              # pinned to one CPU
     # the same weights, batches and Adam steps: the same last-epoch loss and test accuracy
@@ -603,13 +605,13 @@ def test_peers_import_nothing_of_mlpfast_and_train_like_it(peer, peer_runs):
 def test_numpy_peer_reports_its_blas_on_the_peer_threads(peer_runs):
     pytest.importorskip("threadpoolctl")
     pools = ran(peer_runs["numpy"])["threadpools"]
-    assert any(pool.startswith("openblas") and pool.endswith(", 1 threads)") for pool in pools)
+    assert any(pool.startswith("openblas") and pool.endswith(", 1 thread)") for pool in pools)
 
 
 def test_tuned_torch_peer_fuses_adam_and_flushes_denormals(peer_runs):
     plain, tuned = ran(peer_runs["torch"]), ran(peer_runs["torch-tuned"])
-    assert plain["notes"].endswith("1 threads, Adam default, denormals kept")
-    assert tuned["notes"].endswith("1 threads, Adam fused, denormals flushed")
+    assert plain["notes"].endswith("1 thread, Adam default, denormals kept")
+    assert tuned["notes"].endswith("1 thread, Adam fused, denormals flushed")
 
 
 def test_jax_step_donates_params_and_adam_state_and_trains_like_numpy():

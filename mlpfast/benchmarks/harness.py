@@ -49,7 +49,8 @@ import numpy as np
 from .. import __version__
 from ..backend import backends, get_num_threads, to_numpy
 from .peers import (INFER_ROUNDS, WARMUP_BATCHES, blas_info, initial_weights,  # noqa: F401
-                    mlp_train_flops, serve, time_call, write_mnist, write_weights)
+                    mlp_train_flops, serve, threads_text, time_call, write_mnist,
+                    write_weights)
 
 # (sizes, batch) of the three reference configurations
 CONFIGS = (((784, 256, 128, 10), 64), ((784, 256, 128, 10), 256), ((784, 1024, 1024, 10), 256))
@@ -165,14 +166,14 @@ def format_machine(info):
     peers = ", ".join(f"{n} {info[n]}" for n in ("torch", "jax") if info.get(n)) or "none"
     peak = info.get("fp32_peak_gflops")
     peak_text = (f"{peak:.0f} GFLOP/s fp32 measured ({info.get('fp32_peak_isa')} FMA probe, "
-                 f"{info['threads']} threads)" if peak else
+                 f"{threads_text(info['threads'])})" if peak else
                  "not measured (mlpfast._peak is not built: pip install -e .)")
     env = info.get("openblas_env") or {}
     env_text = (" [this process: " + " ".join(f"{k}={v}" for k, v in env.items()) +
                 "; the NumPy peer runs without them]") if env else ""
     lines = [
         f"cpu: {info['cpu']} ({info['machine']}), ISA {info['isa']}; "
-        f"{info['cpus_available']} cpus available, {info['threads']} threads used",
+        f"{info['cpus_available']} cpus available, {threads_text(info['threads'])} used",
         f"fp32 peak: {peak_text}",
         f"mlpfast {info['mlpfast']}, python {info['python']}, numpy {info['numpy']}, "
         f"numba {info['numba']}, cffi {info['cffi']}; peers: {peers}",
@@ -1264,7 +1265,8 @@ def _compare(args, threads, select, peak, inputs, out, configs=CONFIGS, step_row
     if select is None or select("inference " + config_name(*infer)):
         out("")
         out("inference: classes of the 10,000 MNIST test images (argmax of the logits), "
-            f"median of {INFER_ROUNDS} passes; {threads} threads; each peer in its own process")
+            f"median of {INFER_ROUNDS} passes; {threads_text(threads)}; each peer in its own "
+            "process")
         inference = compare_inference(threads, out, inputs, infer)
         out("")
         for line in format_inference(inference):
@@ -1276,7 +1278,7 @@ def _compare(args, threads, select, peak, inputs, out, configs=CONFIGS, step_row
 def _compare_training(args, threads, peak, inputs, out, configs, step_rows):
     """--compare's training table of ``configs`` (at least one) and its rows."""
     out(f"training on MNIST: {args.epochs} timed full epochs after a warm-up of "
-        f"{WARMUP_BATCHES} batches + one tail batch; {threads} threads; each peer in its own "
+        f"{WARMUP_BATCHES} batches + one tail batch; {threads_text(threads)}; each peer in its own "
         f"process (NumPy, PyTorch, JAX: nothing of mlpfast imported)")
     results = compare_training(configs, threads, args.epochs, out, inputs)
     out("")

@@ -50,6 +50,11 @@ INSTALL_HINTS = {
 MNIST_FILES = ("x_train", "y_train", "x_test", "y_test")
 
 
+def threads_text(count):
+    """"1 thread", "2 threads": a thread count as the reports print it."""
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 # --- what the parent hands over -------------------------------------------------------
 
 def initial_weights(sizes, seed):
@@ -105,7 +110,7 @@ def threadpools():
         return ["unknown (pip install threadpoolctl)"]
     return [f"{lib.get('internal_api')} "
             f"{lib.get('version') or lib.get('prefix')} ({lib.get('architecture') or '-'}, "
-            f"{lib.get('num_threads')} threads)" for lib in threadpool_info()]
+            f"{threads_text(lib.get('num_threads'))})" for lib in threadpool_info()]
 
 
 def blas_info():
@@ -118,7 +123,7 @@ def blas_info():
         if lib.get("user_api") == "blas":
             arch = lib.get("architecture") or "?"
             return (f"{lib.get('internal_api')} {lib.get('version')} ({arch}, "
-                    f"{lib.get('num_threads')} threads)")
+                    f"{threads_text(lib.get('num_threads'))})")
     return "none found by threadpoolctl"
 
 
@@ -251,7 +256,7 @@ def torch_trainer(weights, threads, tuned=False, autocast=False):
         with torch.no_grad():
             return model(torch.from_numpy(x)).argmax(1).numpy()
     flushed = float(torch.tensor([1e-39]) * 1.0) == 0.0      # a denormal input read as 0
-    notes = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, Adam "
+    notes = (f"torch {torch.__version__}, {threads_text(torch.get_num_threads())}, Adam "
              f"{'fused' if optimizer.defaults['fused'] else 'default'}, denormals "
              f"{'flushed' if flushed else 'kept'}{', autocast bf16' if autocast else ''}")
     return step, lambda: None, notes, classes
@@ -357,7 +362,8 @@ class EpochRun:
         self.fit = functools.partial(fit, self.model, self.optimizer, CrossEntropyLoss(),
                                      batch_size=self.batch, progress=False)
         self.fit(self.x[:warm], self.y[:warm], epochs=1, seed=self.seed)
-        self.notes = f"mlpfast backend {self.model.backend.name}, {get_num_threads()} threads"
+        self.notes = (f"mlpfast backend {self.model.backend.name}, "
+                      f"{threads_text(get_num_threads())}")
         if self.model.precision == "bf16":
             from mlpfast.kernels.gemm_bf16 import C_KERNELS
             self.notes += f", bf16 ({C_KERNELS.name()})"
@@ -420,7 +426,7 @@ def mlpfast_predictor(weights, threads):
     from mlpfast import get_num_threads, predict
     model = _mlpfast_model(weights)
     return (lambda x, batch: predict(model, x, batch_size=batch),
-            f"mlpfast backend {model.backend.name}, {get_num_threads()} threads")
+            f"mlpfast backend {model.backend.name}, {threads_text(get_num_threads())}")
 
 
 def torch_predictor(weights, threads):
@@ -431,7 +437,8 @@ def torch_predictor(weights, threads):
         with torch.no_grad():
             return np.concatenate([model(torch.from_numpy(x[lo:lo + batch])).argmax(1).numpy()
                                    for lo in range(0, len(x), batch)])
-    return predict, f"torch {torch.__version__}, {torch.get_num_threads()} threads, no_grad"
+    return predict, (f"torch {torch.__version__}, {threads_text(torch.get_num_threads())}, "
+                     f"no_grad")
 
 
 def jax_predictor(weights, threads):
