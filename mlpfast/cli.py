@@ -25,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .backend import backends, get_backend, get_num_threads, gpu_summary, set_num_threads
+from .benchmarks.peers import threads_text
 from .checkpoint import unwritable_file
 from .argtypes import non_negative as _non_negative, positive as _positive, \
     probability as _probability
@@ -157,10 +158,7 @@ def check_training_arguments(args, given):
     """Refuse (parser.error, exit 2), before any data is read, the train options that cannot
     work or would be ignored; ``given``: given_options."""
     error = args.parser.error
-    for option, path in (("--save", args.save), ("--checkpoint", args.checkpoint)):
-        problem = None if path is None else unwritable_file(option, path)
-        if problem:
-            error(problem)
+    _refuse_unwritable(error, ("--save", args.save), ("--checkpoint", args.checkpoint))
     if args.checkpoint_every and not args.checkpoint:
         error("--checkpoint-every needs --checkpoint PATH")
     if args.resume and not args.checkpoint:
@@ -185,6 +183,14 @@ def check_training_arguments(args, given):
         _check_speech_arguments(args, given)
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
         _check_resumed_settings(args)
+
+
+def _refuse_unwritable(error, *options):
+    """error() for the first (option, path) whose file cannot be written; None paths pass."""
+    for option, path in options:
+        problem = None if path is None else unwritable_file(option, path)
+        if problem:
+            error(problem)
 
 
 def _missing_validation(args):
@@ -239,7 +245,7 @@ def _train_mnist(args):
         print(f"mlpfast {__version__}: MNIST {len(x_train)} train{held_out} / {len(x_test)} "
               f"test{f', recipe {args.recipe}' if args.recipe else ''}, "
               f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), "
-              f"backend {model.backend.name}{ranks}{_precision(args)}, {_threads()}, "
+              f"backend {model.backend.name}{ranks}{_precision_and_threads(args)}, "
               f"{args.optimizer} lr {args.lr} ({args.lr_schedule}), batch {args.batch_size}")
         summary(model, 784, batch_size=args.batch_size)
     optimizer = make_optimizer(args, model)
@@ -269,13 +275,10 @@ def _cluster(args):
     return Cluster(mpi().COMM_WORLD)
 
 
-def _threads():
-    count = get_num_threads()
-    return f"{count} thread{'' if count == 1 else 's'}"
-
-
-def _precision(args):
-    return f" {args.precision}" if args.precision != "fp32" else ""
+def _precision_and_threads(args):
+    """The banners' ' bf16, 2 threads' (fp32 unnamed)."""
+    precision = f" {args.precision}" if args.precision != "fp32" else ""
+    return f"{precision}, {threads_text(get_num_threads())}"
 
 
 def _holdout(x, y, count, seed):
@@ -414,10 +417,7 @@ def check_bench_arguments(args, given):
                   f"thread) and takes only --rounds and --json; got {', '.join(ignored)}")
     elif "rounds" in given:
         error("--rounds applies to --distributed only")
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        problem = None if path is None else unwritable_file(option, path)
-        if problem:
-            error(problem)
+    _refuse_unwritable(error, ("--json", args.json), ("--plot", args.plot))
     if args.plot:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
@@ -578,7 +578,7 @@ def _train_speech(args):
               f"({audio / extract:.0f} audio s per wall s)")
     model = make_model(args, [train.num_features, *args.hidden, train.num_classes])
     print(f"MLP {'-'.join(str(s) for s in model.sizes)} ({args.activation}), backend "
-          f"{model.backend.name}{_precision(args)}, {_threads()}, {args.optimizer} lr {args.lr}, "
+          f"{model.backend.name}{_precision_and_threads(args)}, {args.optimizer} lr {args.lr}, "
           f"batch {args.batch_size}")
     summary(model, train.num_features, batch_size=args.batch_size)
     history = fit(model, make_optimizer(args, model), CrossEntropyLoss(), train,
