@@ -337,19 +337,17 @@ def evaluate(model, x, y=None, *, batch_size=1024, loss_fn=None, confusion=True)
 def predict_proba(model, x, *, batch_size=1024):
     """softmax(model(x)) as a (N, classes) NumPy array; model(x) itself when the model
     ends in a ``Softmax`` layer (its outputs are the probabilities already)."""
-    layers = getattr(model, "layers", None)
-    ends_in_softmax = isinstance(model, Softmax) or bool(layers) and isinstance(layers[-1],
-                                                                                Softmax)
+    ends_in_softmax = isinstance(getattr(model, "layers", [model])[-1], Softmax)
     parts = []
     with in_use(model):
         for outputs, _, _ in _batches(model, x, None, batch_size):
             z = model.backend.to_numpy(outputs)
             if ends_in_softmax:
                 parts.append(z.copy())
-                continue
-            z = z.astype(np.float64)
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            parts.append((e / e.sum(axis=1, keepdims=True)).astype(model.dtype))
+            else:
+                z = z.astype(np.float64)
+                e = np.exp(z - z.max(axis=1, keepdims=True))
+                parts.append((e / e.sum(axis=1, keepdims=True)).astype(model.dtype))
     return np.concatenate(parts)
 
 
