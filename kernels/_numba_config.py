@@ -191,6 +191,9 @@ def get_threads():
 
 
 PARALLEL_MIN_ELEMENTS = env.parallel_min_elements(THRESHOLDS["parallel_min_elements"])
+# parallel_call's work= for kernels that run on every thread at any size, their work per
+# element far above what PARALLEL_MIN_ELEMENTS counts (an FFT per audio frame)
+ALL_THREADS = PARALLEL_MIN_ELEMENTS
 
 _forked_after_gnu_omp = False       # this process is a fork of one whose GNU OpenMP ran
 

@@ -87,7 +87,7 @@ def context_gather_numba(features, offsets, index, context, out=None):
     if out is None:
         out = np.empty((index.shape[0], (2 * context + 1) * features.shape[1]), features.dtype)
     _numba_config.parallel_call(_context_gather_numba, features, offsets, index, context, out,
-                                work=_numba_config.PARALLEL_MIN_ELEMENTS)     # every thread
+                                work=_numba_config.ALL_THREADS)
     return out
 
 

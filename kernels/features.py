@@ -42,10 +42,6 @@ from numba import njit, prange
 from . import _numba_config
 from ._checks import check_float_array, check_out
 
-# parallel_call's work= for the frame, delta and CMVN kernels: mlpfast's thread count at
-# every size (an FFT per frame costs far more than the elements PARALLEL_MIN_ELEMENTS counts)
-_ALL_THREADS = _numba_config.PARALLEL_MIN_ELEMENTS
-
 
 # --- per-rate constants -------------------------------------------------------------
 
@@ -372,7 +368,7 @@ def _run_frames_numba(signal, spec, stage, out):
     _numba_config.parallel_call(
         _frames_numba, signal, spec.hop_length, spec.preemphasis, spec.window, spec.bit_reverse,
         spec.twiddle_cos, spec.twiddle_sin, spec.mel_filters, spec.mel_first, spec.mel_stop,
-        spec.log_floor, spec.dct, stage, out, work=_ALL_THREADS)
+        spec.log_floor, spec.dct, stage, out, work=_numba_config.ALL_THREADS)
     return out
 
 
@@ -425,7 +421,7 @@ def deltas_numba(features, width=2, out=None):
     check_out(out, features.shape, features.dtype, inputs=(("features", features),))
     if out is None:
         out = np.empty_like(features)
-    _numba_config.parallel_call(_deltas_numba, features, width, out, work=_ALL_THREADS)
+    _numba_config.parallel_call(_deltas_numba, features, width, out, work=_numba_config.ALL_THREADS)
     return out
 
 
@@ -451,7 +447,7 @@ def cmvn_numba(features, eps=1e-8, out=None):
     if out is None:
         out = np.empty_like(features)
     if features.shape[0]:
-        _numba_config.parallel_call(_cmvn_numba, features, eps, out, work=_ALL_THREADS)
+        _numba_config.parallel_call(_cmvn_numba, features, eps, out, work=_numba_config.ALL_THREADS)
     return out
 
 
