@@ -97,9 +97,10 @@ def check_tile(tile, dtype):
     if (bm * bk) % threads or (bk * bn) % threads:
         raise ValueError(f"tile {tile}: its {threads} threads must split the BM x BK and "
                          f"BK x BN tiles evenly")
-    if shared_bytes(tile, dtype) > MAX_STATIC_SHARED:
-        raise ValueError(f"tile {tile} needs {shared_bytes(tile, dtype)} bytes of shared memory "
-                         f"in {np.dtype(dtype)}, more than the {MAX_STATIC_SHARED} a block can "
+    shared = shared_bytes(tile, dtype)
+    if shared > MAX_STATIC_SHARED:
+        raise ValueError(f"tile {tile} needs {shared} bytes of shared memory in "
+                         f"{np.dtype(dtype)}, more than the {MAX_STATIC_SHARED} a block can "
                          f"declare")
 
 
