@@ -206,3 +206,84 @@ def test_warped_filters_hear_a_tone_at_the_warped_centre(warp):
     t = np.arange(8000) / 16000
     tone = 0.5 * np.sin(2 * np.pi * warp * edges[band + 1] * t)
     assert np.all(K.log_mel_numba(tone, spec).argmax(axis=1) == band)
+
+
+# --- per-rate constants against formulas written out here (mutation-testing gaps: the
+# --- tests above took mel_to_hz, frame lengths and n_fft from the kernel module itself)
+
+def htk_mel(hz):
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def htk_hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def triangular_filters(sample_rate, n_fft, n_mels, fmin, fmax):
+    """librosa.filters.mel(htk=True, norm=None)'s construction, one filter at a time."""
+    edges = htk_hz(np.linspace(htk_mel(fmin), htk_mel(fmax), n_mels + 2))
+    bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    filters = np.zeros((n_mels, n_fft // 2 + 1))
+    for m in range(n_mels):
+        lower, centre, upper = edges[m:m + 3]
+        up = (bins - lower) / (centre - lower)
+        down = (upper - bins) / (upper - centre)
+        filters[m] = np.clip(np.minimum(up, down), 0.0, None)
+    return filters
+
+
+def test_mel_scale_round_trips_and_known_values():
+    assert K.hz_to_mel(700.0) == pytest.approx(2595.0 * np.log10(2.0), rel=1e-14)
+    assert K.mel_to_hz(2595.0 * np.log10(2.0)) == pytest.approx(700.0, rel=1e-14)
+    hz = np.array([0.0, 133.33, 1000.0, 4000.0, 11025.0])
+    assert_close(K.mel_to_hz(htk_mel(hz)), hz, tol=(1e-9, 1e-12))
+    assert_close(K.hz_to_mel(hz), htk_mel(hz), tol=(1e-9, 1e-12))
+
+
+@pytest.mark.parametrize("sample_rate,n_fft,n_mels,fmin,fmax", [
+    (16000, 512, 40, 0.0, None), (8000, 256, 23, 0.0, None), (22050, 1024, 64, 64.0, 8000.0),
+    (44100, 2048, 80, 20.0, 16000.0)])
+def test_mel_filterbank_matches_the_triangle_formula(sample_rate, n_fft, n_mels, fmin, fmax):
+    filters = K.mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    top = sample_rate / 2.0 if fmax is None else fmax
+    expected = triangular_filters(sample_rate, n_fft, n_mels, fmin, top)
+    assert_close(filters, expected, tol=(1e-12, 0))
+
+
+@pytest.mark.parametrize("sample_rate,window_ms,hop_ms,frame_length,hop_length,n_fft", [
+    (11025, 25.0, 10.0, 276, 110, 512),       # 275.625 rounds up, 110.25 down
+    (16000, 32.0, 10.0, 512, 160, 512),       # a power of two is its own n_fft
+    (16000, 32.0625, 12.5, 513, 200, 1024),
+    (8000, 16.0, 8.0, 128, 64, 128),
+    (22050, 20.0, 5.0, 441, 110, 512)])       # 110.25 rounds down
+def test_frame_and_fft_lengths_follow_the_documented_rules(sample_rate, window_ms, hop_ms,
+                                                           frame_length, hop_length, n_fft):
+    spec = K.make_spec(sample_rate, window_ms=window_ms, hop_ms=hop_ms)
+    assert (spec.frame_length, spec.hop_length, spec.n_fft) == (frame_length, hop_length, n_fft)
+    assert spec.window.shape == (frame_length,)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_silence_hits_the_default_log_floor(variant):
+    """log-mel of digital silence is log(1e-10) (make_spec's log_floor), its MFCC the DCT of
+    that constant: c0 = sqrt(n_mels) log(1e-10), the rest 0."""
+    spec = K.make_spec(16000, n_mfcc=13, n_mels=40)
+    silence = np.zeros(1600)
+    log_mel = K.VARIANTS[variant]["log_mel"](silence, spec)
+    assert log_mel.shape == (8, 40)
+    assert np.all(log_mel == np.log(1e-10))
+    mfcc = K.VARIANTS[variant]["mfcc"](silence, spec)
+    assert_close(mfcc[:, 0], np.full(8, np.sqrt(40) * np.log(1e-10)), tol=(1e-9, 1e-12))
+    assert_close(mfcc[:, 1:], np.zeros((8, 12)), tol=(1e-9, 0))
+    loud_floor = K.make_spec(16000, n_mfcc=13, n_mels=40, log_floor=1e-4)
+    assert np.all(K.VARIANTS[variant]["log_mel"](silence, loud_floor) == np.log(1e-4))
+
+
+def test_degenerate_filterbanks_are_refused():
+    # at 8000 Hz, n_fft 256, 87 mels leave exactly one filter (the first) without a bin
+    with pytest.raises(ValueError, match="mel filter 0 covers no FFT bin"):
+        K.make_spec(8000, n_mfcc=13, n_mels=87)
+    K.make_spec(8000, n_mfcc=13, n_mels=86)
+    for fmin, fmax in ((4000.0, 4000.0), (5000.0, 4000.0), (-1.0, 4000.0)):
+        with pytest.raises(ValueError, match=r"need 0 <= fmin < fmax <= sample_rate/2"):
+            K.make_spec(16000, fmin=fmin, fmax=fmax)
