@@ -258,3 +258,72 @@ def test_speech_frames_warps_read_each_utterance_once_per_warp(corpus):
     second = slice(int(both.offsets[1]), int(both.offsets[2]))
     np.testing.assert_array_equal(both.features[second], warped.features[first])
     assert not np.allclose(warped.features, plain.features, atol=1e-2)
+
+
+# --- mutation-testing gaps: contracts no test above reached ------------------------------
+
+def test_read_audio_averages_different_channels(tmp_path, rng):
+    audio = np.stack([0.5 * np.sin(np.arange(3000) / 7.0),
+                      0.3 * rng.standard_normal(3000)], axis=1)
+    path = tmp_path / "two.wav"
+    soundfile.write(str(path), audio, 16000, subtype="FLOAT")
+    signal, rate = speech.read_audio(path)
+    channels = soundfile.read(str(path), dtype="float32")[0].astype(np.float64)
+    assert rate == 16000 and signal.shape == (3000,)
+    np.testing.assert_allclose(signal, channels.mean(axis=1), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["mfcc", "log_mel"])
+def test_utterance_features_deltas_then_cmvn_follow_the_references(kind, rng):
+    """F blocks [c, d(c), d(d(c))] (delta-deltas are deltas of the deltas), then CMVN over
+    every column, built here from the NumPy references."""
+    spec = feature_kernels.make_spec(16000, n_mfcc=13)
+    signal = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    c = getattr(feature_kernels, f"{kind}_ref")(signal.astype(np.float64), spec)
+    d = feature_kernels.deltas_ref(c)
+    dd = feature_kernels.deltas_ref(d)
+    for deltas, blocks in ((1, [c, d]), (2, [c, d, dd])):
+        raw = speech.utterance_features(signal, spec, kind, deltas=deltas, normalize=False)
+        expected = np.concatenate(blocks, axis=1)
+        np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        got = speech.utterance_features(signal, spec, kind, deltas=deltas)
+        np.testing.assert_allclose(got, feature_kernels.cmvn_ref(expected), rtol=0, atol=2e-3)
+        np.testing.assert_allclose(got.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_feature_folder_round_trip_keeps_unlabeled_frames_unlabeled(tmp_path, rng):
+    feats = [rng.standard_normal((6, 3)).astype(np.float32) for _ in range(2)]
+    labels = [np.array(["", "a", "b", "", "b", ""]), np.array(["a", "", "", "c", "c", ""])]
+    data = speech.SpeechFrames.from_arrays(feats, labels, context=1)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    written = np.load(tmp_path / "feats" / "transcript" / "0.npy")
+    assert written.tolist() == labels[0].tolist()
+    again = speech.SpeechFrames.from_folder(tmp_path / "feats", context=1, normalize=False)
+    assert len(again) == len(data) == 6
+    assert again.frame_labels.tolist() == data.frame_labels.tolist()
+
+
+def test_from_folder_takes_the_phone_list_of_its_phones_txt(tmp_path, rng):
+    feats = [rng.standard_normal((4, 3)).astype(np.float32)]
+    data = speech.SpeechFrames.from_arrays(feats, [np.array(["b", "b", "a", "a"])], context=0)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    (tmp_path / "feats" / "phones.txt").write_text("zh\nb\na\n")
+    again = speech.SpeechFrames.from_folder(tmp_path / "feats", context=0)
+    assert again.phones == ("zh", "b", "a") and again.num_classes == 3
+    assert again.labels.tolist() == [1, 1, 2, 2]
+
+
+def test_split_by_utterance_holds_out_at_least_one_file_of_a_folder(tmp_path):
+    files = [tmp_path / "spk" / f"u{i}.wav" for i in range(2)]
+    train, held = speech.split_by_utterance(files, 0.1, seed=0)
+    assert len(held) == 1 and sorted(train + held) == sorted(files)
+
+
+def test_negative_indices_and_labels_below_minus_one_are_refused(rng):
+    feats = [rng.standard_normal((4, 3))]
+    data = speech.SpeechFrames.from_arrays(feats, [np.array(["a", "b", "a", "b"])], context=0)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 4\), got values in \[-1, 0\]"):
+        data.gather_batch(np.array([0, -1]), np.empty((2, 3), np.float32),
+                          np.empty(2, np.int64))
+    with pytest.raises(ValueError, match=r"integer labels must lie in \[-1, 2\), got \[-2, 1\]"):
+        speech.SpeechFrames.from_arrays(feats, [np.array([0, -2, 1, 0])], phones=["a", "b"])
