@@ -179,6 +179,11 @@ def _check_optimizer_state(path, state, optimizer):
         if not ok:
             raise ValueError(f"resume: {path} optimizer hyperparameter {key}={value!r} is "
                              f"not valid")
+    try:            # the checks of optimizer.load_state_dict, which runs after the model's
+        optimizer._checked_state(state)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"resume: {path} holds optimizer state that "
+                         f"{type(optimizer).__name__} refuses ({e})") from None
 
 
 def _rng_from_state(path, state):

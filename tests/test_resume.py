@@ -213,6 +213,33 @@ def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value,
     assert np.array_equal(model.flat_data, params) and opt.step_count == 0
 
 
+@pytest.mark.parametrize("optimizer,hyper,message", [
+    ("adam", {"betas": [0.9, 1.0]}, r"betas\[1\] must be >= 0.0 and < 1.0"),
+    ("sgd_nesterov_wd", {"momentum": 0.0}, "nesterov=True needs momentum > 0"),
+    ("sgd_nesterov_wd", {"momentum": 0.0, "nesterov": False},
+     r"holds \['momentum_buffer'\], but SGD with .* keeps \[\]"),
+], ids=["beta2_1", "nesterov_without_momentum", "momentum_off_with_its_buffer"])
+def test_resume_refuses_hyperparameters_the_optimizer_refuses_and_changes_nothing(
+        optimizer, hyper, message, tmp_path):
+    """Rewritten optimizer hyperparameters of the right types that the optimizer's own
+    load_state_dict refuses (torch's ranges): refused before the model is loaded (the
+    model took the checkpoint's weights, then the optimizer raised)."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model, opt = _model("numpy", optimizer)
+    _fit(model, opt, Samples(x, y), 2, checkpoint=path)
+    ckpt = read_checkpoint(path)
+    meta = json.loads(json.dumps(ckpt.meta))
+    meta["optimizer"]["hyper"].update(hyper)
+    write_checkpoint(path, meta, ckpt.arrays)
+    model, opt = _model("numpy", optimizer, init_seed=5)
+    params, state = model.flat_data.copy(), opt.state_dict()
+    with pytest.raises(ValueError, match=message):
+        _fit(model, opt, Samples(x, y), 3, resume=path)
+    assert np.array_equal(model.flat_data, params)
+    assert opt.step_count == 0 and opt.hyper == state["hyper"]
+
+
 def test_resume_refuses_other_training_data_of_the_same_shape(tmp_path):
     """The checkpoint holds CRC-32s of x and y (a dataset object's fingerprint(), if it has
     one): other rows, say another --holdout draw, are refused before anything changes."""
