@@ -7,13 +7,19 @@ import mlpfast as mf
 from mlpfast.data.toy2d import linearly_separable, moons, xor
 
 
-def rosenblatt_reference(x, t, epochs, eta=1.0):
-    """One binary perceptron, sample by sample in the given order, targets t in {-1, +1}."""
+def rosenblatt_reference(x, t, epochs, eta=1.0, orders=None, mistakes=None):
+    """One binary perceptron, sample by sample in the given order (``orders``: one index
+    order per epoch, else 0..N-1), targets t in {-1, +1}; appends each epoch's mistakes to
+    the list ``mistakes`` when one is given."""
     w, b = np.zeros(x.shape[1]), 0.0
-    for _ in range(epochs):
-        for xi, ti in zip(x, t):
-            if ti * (w @ xi + b) <= 0:
-                w, b = w + eta * ti * xi, b + eta * ti
+    for epoch in range(epochs):
+        wrong = 0
+        for i in (range(len(x)) if orders is None else orders[epoch]):
+            if t[i] * (w @ x[i] + b) <= 0:
+                w, b = w + eta * t[i] * x[i], b + eta * t[i]
+                wrong += 1
+        if mistakes is not None:
+            mistakes.append(wrong)
     return w, b
 
 
@@ -77,10 +83,15 @@ def test_one_vs_rest_equals_independent_binary_perceptrons():
     x = centers[y] + 0.7 * rng.standard_normal((90, 2))
     p = mf.Perceptron(max_epochs=4, shuffle=False).fit(x, y)
     assert p.weights_.shape == (3, 2) and p.bias_.shape == (3,)
+    mistakes = np.zeros(p.n_epochs_, np.int64)
     for k in range(3):                       # each row: class k against the rest
-        w, b = rosenblatt_reference(x, np.where(y == k, 1.0, -1.0), p.n_epochs_)
+        own = []
+        w, b = rosenblatt_reference(x, np.where(y == k, 1.0, -1.0), p.n_epochs_, mistakes=own)
         np.testing.assert_allclose(p.weights_[k], w, atol=1e-12)
         np.testing.assert_allclose(p.bias_[k], b, atol=1e-12)
+        mistakes += own
+    # counted over all 3 perceptrons (a sample two of them get wrong counts twice)
+    np.testing.assert_array_equal(p.mistakes_, mistakes)
     z = p.decision_function(x)
     assert z.shape == (90, 3)
     np.testing.assert_array_equal(p.predict(x), z.argmax(axis=1))
@@ -114,6 +125,24 @@ def test_learning_rate_only_scales_the_weights_from_zero():
     np.testing.assert_allclose(b.weights_, 0.125 * a.weights_, rtol=1e-12)
     np.testing.assert_allclose(b.bias_, 0.125 * a.bias_, rtol=1e-12)
     assert a.n_epochs_ == b.n_epochs_
+
+
+def test_shuffle_visits_each_epoch_in_an_order_drawn_from_the_seed():
+    """shuffle=True: epoch e visits default_rng(seed)'s e-th permutation (a reference
+    loop over those orders gives the same weights, bias and mistakes)."""
+    x, y = moons(60, seed=1)
+    t = np.where(y == 1, 1.0, -1.0)
+    for seed in (0, 9):
+        p = mf.Perceptron(max_epochs=6, seed=seed).fit(x, y)
+        rng = np.random.default_rng(seed)
+        orders = [rng.permutation(len(x)) for _ in range(p.n_epochs_)]
+        mistakes = []
+        w, b = rosenblatt_reference(x, t, p.n_epochs_, orders=orders, mistakes=mistakes)
+        np.testing.assert_allclose(p.weights_[0], w, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p.bias_[0], b, rtol=0, atol=1e-12)
+        assert p.mistakes_.tolist() == mistakes
+    unshuffled = mf.Perceptron(max_epochs=6, shuffle=False).fit(x, y)
+    assert not np.array_equal(unshuffled.weights_, p.weights_)
 
 
 def test_seed_makes_fit_reproducible():
