@@ -327,3 +327,30 @@ def test_negative_indices_and_labels_below_minus_one_are_refused(rng):
                           np.empty(2, np.int64))
     with pytest.raises(ValueError, match=r"integer labels must lie in \[-1, 2\), got \[-2, 1\]"):
         speech.SpeechFrames.from_arrays(feats, [np.array([0, -2, 1, 0])], phones=["a", "b"])
+
+
+def test_every_frame_takes_the_phone_at_its_centre_sample(tmp_path, rng):
+    """The rule of the module docstring, applied here frame by frame: frame t is labeled by
+    the segment [start, end) holding sample t*hop + L//2 (L = 400, hop = 160 at 16 kHz)."""
+    path = write_utterance(tmp_path, "u", ["sil", "aa", "b", "iy", "aa", "sil"], rng)
+    segments = speech.read_phn(path.with_suffix(".PHN"))
+    data = speech.SpeechFrames([path], context=0)
+    expected = []
+    for t in range(data.features.shape[0]):
+        centre = t * 160 + 200
+        held = [s.phone for s in segments if s.start <= centre < s.end]
+        expected.append(data.phones.index(held[0]) if held else -1)
+    assert data.frame_labels.tolist() == expected
+
+
+def test_fingerprint_tells_apart_labels_phones_and_context(rng):
+    feats = [rng.standard_normal((5, 3)).astype(np.float32)]
+    labels = np.array(["a", "a", "b", "b", "a"])
+    base = speech.SpeechFrames.from_arrays(feats, [labels], context=1).fingerprint()
+    assert speech.SpeechFrames.from_arrays(feats, [labels], context=1).fingerprint() == base
+    others = [speech.SpeechFrames.from_arrays(feats, [labels[::-1].copy()], context=1),
+              speech.SpeechFrames.from_arrays(feats, [labels], context=1, phones=["b", "a"]),
+              speech.SpeechFrames.from_arrays(feats, [labels], context=2),
+              speech.SpeechFrames.from_arrays([feats[0] + 1], [labels], context=1)]
+    for other in others:
+        assert other.fingerprint() != base
