@@ -187,3 +187,37 @@ def test_c_dropout_matches_the_reference(rng):
     if not c_available():
         pytest.skip("the C library is not built")
     check_c_dropout(c_library().ffi, c_library().lib, rng)
+
+
+def _philox_word(i, seed, step, layer):
+    """u_i of the module docstring, from philox4x32_10 (checked against Random123 above):
+    word i mod 4 of the block with counter (i div 4, layer, step mod 2^32, step div 2^32)
+    and key (seed mod 2^32, seed div 2^32)."""
+    words = dropout.philox4x32_10(U(i // 4), U(layer), U(step % 2 ** 32), U(step >> 32),
+                                  U(seed % 2 ** 32), U(seed >> 32))
+    return int(words[i % 4])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("p,seed,step,layer", [(0.3, 2 ** 40 + 7, 2 ** 33 + 3, 5),
+                                               (0.5, 2 ** 32, 1, 0), (0.7, 99, 0, 2 ** 31)])
+def test_mask_is_the_documented_function_of_counter_and_key(variant, p, seed, step, layer):
+    """keep_i = u_i >= round(p 2^32), element by element, with seeds and steps past 2^32:
+    the reference and the kernels share stream(), so a key without the seed's high word
+    (seeds s and s + 2^32 drawing one mask) passed every comparison between them."""
+    keep = dropout.VARIANTS[variant]["dropout_mask"]((3, 7), p, seed, step, layer)
+    threshold = round(p * 2 ** 32)
+    expected = [_philox_word(i, seed, step, layer) >= threshold for i in range(21)]
+    np.testing.assert_array_equal(keep.reshape(-1), np.array(expected, np.uint8))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_element_whose_bits_equal_the_threshold_is_kept(variant, rng):
+    """keep_i = u_i >= t, not u_i > t: with p = u_0 / 2^32 (exact in float64), t = u_0 and
+    element 0 is kept; with p = (u_0 + 1) / 2^32 it is dropped."""
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    u0 = _philox_word(0, 11, 3, 1)
+    for p, kept in ((u0 / 2 ** 32, 1), ((u0 + 1) / 2 ** 32, 0)):
+        y, keep = dropout.VARIANTS[variant]["dropout_forward"](x, p, 11, 3, 1)
+        assert keep[0, 0] == kept
+        assert y[0, 0] == (x[0, 0] * dropout.scale_for(p, np.float32) if kept else 0)
