@@ -184,3 +184,46 @@ def test_concatenated_gzip_members_are_one_file(rng):
     raw = idx_bytes(images)
     assert np.array_equal(mnist_mod.parse_idx(gzip.compress(raw[:10]) + gzip.compress(raw[10:])),
                           images)
+
+
+# --- mutation-testing gaps: element types, the magic's second byte, label range ---------
+
+@pytest.mark.parametrize("type_code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, ">i2"),
+                                             (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8")])
+def test_every_idx_element_type_reads_big_endian(type_code, dtype, rng):
+    """Values chosen so that a wrong byte order or signedness changes them."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        values = rng.standard_normal((2, 3, 5)) * 1e3
+    else:
+        info = np.iinfo(dtype)
+        values = rng.integers(info.min, int(info.max) + 1, (2, 3, 5))
+        values.flat[:2] = info.min, info.max
+    array = values.astype(dtype)
+    raw = struct.pack(">BBBB", 0, 0, type_code, 3) + struct.pack(">III", 2, 3, 5) + \
+        array.astype(dtype.newbyteorder(">")).tobytes()
+    parsed = mnist_mod.parse_idx(raw)
+    assert parsed.shape == (2, 3, 5)
+    assert np.array_equal(parsed.astype(np.float64), values.astype(dtype).astype(np.float64))
+
+
+def test_idx_magic_needs_both_zero_bytes(rng):
+    raw = idx_bytes(rng.integers(0, 256, (2, 3)).astype(np.uint8))
+    with pytest.raises(mnist_mod.IDXError, match="bad IDX magic 0001"):
+        mnist_mod.parse_idx(raw[:1] + b"\x01" + raw[2:])
+
+
+def test_labels_outside_0_to_9_are_refused(monkeypatch, tmp_path):
+    paths = {}
+    for name, array in (("train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8)),
+                        ("t10k-images-idx3-ubyte", np.zeros((1, 28, 28), np.uint8)),
+                        ("train-labels-idx1-ubyte", np.array([3, 10], np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.array([1], np.uint8))):
+        paths[name] = str(tmp_path / name)
+        (tmp_path / name).write_bytes(idx_bytes(array))
+    monkeypatch.setattr(mnist_mod, "fetch", lambda root, download: paths)
+    with pytest.raises(mnist_mod.IDXError, match=r"expected 2 uint8 labels in 0\.\.9"):
+        mnist_mod.mnist()
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.array([3, 9], np.uint8)))
+    (x, y), (x_test, y_test) = mnist_mod.mnist()
+    assert y.tolist() == [3, 9] and y_test.tolist() == [1] and x.shape == (2, 784)
