@@ -353,3 +353,38 @@ def test_npy_reader_round_trips_what_numpy_writes(tmp_path, rng):
         np.save(tmp_path / "a.npy", array)
         got = npz.load_npy(tmp_path / "a.npy", npz.Expect())
         assert got.dtype == array.dtype and np.array_equal(got, array)
+
+
+# --- mutation-testing gaps: the version byte, the max_bytes cap at its boundary ----------
+
+def test_npy_versions_2_and_3_read_and_other_versions_are_refused(tmp_path):
+    array = np.arange(6.0).reshape(2, 3)
+    for version in ((2, 0), (3, 0)):
+        f = io.BytesIO()
+        np.lib.format.write_array(f, array, version=version)
+        (tmp_path / "a.npy").write_bytes(f.getvalue())
+        assert np.array_equal(npz.load_npy(tmp_path / "a.npy", npz.Expect()), array)
+    v1 = npy_bytes(array)
+    for major in (0, 4):
+        (tmp_path / "a.npy").write_bytes(v1[:6] + bytes([major, 0]) + v1[8:])
+        with pytest.raises(ValueError, match=rf"unsupported \.npy version {major}\.0"):
+            npz.load_npy(tmp_path / "a.npy", npz.Expect())
+
+
+def test_max_bytes_is_a_cap_on_the_data_bytes(tmp_path):
+    np.save(tmp_path / "ten.npy", np.zeros(10))                   # 80 bytes
+    np.save(tmp_path / "eleven.npy", np.zeros(11))                # 88 bytes
+    assert npz.load_npy(tmp_path / "ten.npy", npz.Expect(max_bytes=80)).shape == (10,)
+    with pytest.raises(ValueError, match=r"eleven.npy: \(11,\) of float64 is 88 bytes, more "
+                                         r"than the 80 allowed"):
+        npz.load_npy(tmp_path / "eleven.npy", npz.Expect(max_bytes=80))
+
+
+def test_an_exact_dtype_is_accepted_in_either_byte_order(tmp_path, rng):
+    array = rng.standard_normal((3, 4))
+    np.save(tmp_path / "big.npy", array.astype(">f8"))
+    got = npz.load_npy(tmp_path / "big.npy", npz.Expect(dtype=np.float64, shape=(3, 4)))
+    assert got.dtype == np.float64 and got.dtype.isnative and np.array_equal(got, array)
+    with pytest.raises(ValueError, match=r"expected float32 of shape \(3, 4\), the file holds "
+                                         r">f8"):
+        npz.load_npy(tmp_path / "big.npy", npz.Expect(dtype=np.float32, shape=(3, 4)))
