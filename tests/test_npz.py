@@ -388,3 +388,11 @@ def test_an_exact_dtype_is_accepted_in_either_byte_order(tmp_path, rng):
     with pytest.raises(ValueError, match=r"expected float32 of shape \(3, 4\), the file holds "
                                          r">f8"):
         npz.load_npy(tmp_path / "big.npy", npz.Expect(dtype=np.float32, shape=(3, 4)))
+
+
+def test_a_member_given_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.npz"
+    path.write_bytes(zip_bytes([("w.npy", npy_bytes(np.zeros(3))),
+                                ("w.npy", npy_bytes(np.ones(3)))]))
+    with pytest.raises(ValueError, match=r"twice.npz:w.npy: duplicate entry"):
+        npz.NpzReader(path, "model")
