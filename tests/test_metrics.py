@@ -86,6 +86,31 @@ def test_report_with_target_names_covers_every_named_class():
                                          target_names=names, output_dict=True, zero_division=0)
 
 
+def test_evaluate_confusion_matrix_scores_and_loss_equal_the_references():
+    """evaluate over several batches (the last one short): the confusion matrix is true x
+    predicted (scikit-learn's confusion_matrix), the scores and accuracy scikit-learn's on
+    its argmax predictions, the loss the float64 mean cross-entropy of its logits."""
+    rng = np.random.default_rng(5)
+    model = mf.MLP([4, 6, 3], backend="numpy", dtype=np.float64, seed=2)
+    x = 2.0 * rng.standard_normal((50, 4))
+    y = rng.integers(0, 3, 50)
+    result = mf.evaluate(model, x, y, batch_size=16)
+    logits = model(x)
+    predicted = logits.argmax(axis=1)
+    assert len(set(predicted.tolist())) > 1          # not one column, so a transpose shows
+    matrix = sk_metrics.confusion_matrix(y, predicted, labels=[0, 1, 2])
+    assert not np.array_equal(matrix, matrix.T)
+    np.testing.assert_array_equal(result["confusion_matrix"], matrix)
+    assert result["accuracy"] == sk_metrics.accuracy_score(y, predicted) and result["n"] == 50
+    p, r, f, support = sk_metrics.precision_recall_fscore_support(y, predicted, labels=[0, 1, 2],
+                                                                  zero_division=0)
+    for key, theirs in (("precision", p), ("recall", r), ("f1", f), ("support", support)):
+        np.testing.assert_allclose(result["scores"][key], theirs, rtol=1e-15)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert result["loss"] == pytest.approx(-log_softmax[np.arange(50), y].mean(), rel=1e-12)
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda m: m.precision_recall_f1([0, 1], [0]), ValueError, "same length"),
     (lambda m: m.precision_recall_f1([0.5, 1], [0, 1]), TypeError, "y_true must hold integer"),
@@ -93,6 +118,11 @@ def test_report_with_target_names_covers_every_named_class():
     (lambda m: m.precision_recall_f1([0, -1], [0, 1]), ValueError, "labels >= 0"),
     (lambda m: m.precision_recall_f1([0, 4], [0, 1], num_classes=3), ValueError,
      r"\[0, 3\) for num_classes=3, found 4"),
+    # the first label out of range, in y_true or in y_pred (not dropped from the counts)
+    (lambda m: m.precision_recall_f1([0, 3], [0, 1], num_classes=3), ValueError,
+     r"\[0, 3\) for num_classes=3, found 3"),
+    (lambda m: m.precision_recall_f1([0, 1], [0, 3], num_classes=3), ValueError,
+     r"\[0, 3\) for num_classes=3, found 3"),
     (lambda m: m.classification_report([0, 1], [0, 1], target_names=["a"], num_classes=2),
      ValueError, "target_names must name 2 classes, got 1"),
     (lambda m: m.classification_report([0, 1], [0, 1], digits=-1), ValueError, "digits"),
