@@ -72,21 +72,28 @@ def torch_fit(reference, optimizer, scheduler, loss, train, val):
             for a in train)
     vx, vy = (torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a)
               for a in val)
-    history = {"loss": [], "val_loss": []}
+    history = {"loss": [], "val_loss": [], "train_accuracy": [], "val_accuracy": []}
+    labels = y.dtype == torch.int64
     for _ in range(EPOCHS):
-        order, total = rng.permutation(N), 0.0
+        order, total, correct = rng.permutation(N), 0.0, 0
         reference.train()
         for lo in range(0, N, BATCH):
             rows = torch.from_numpy(order[lo:lo + BATCH])
             optimizer.zero_grad()
-            batch_loss = torch_loss(loss, reference(x[rows]), y[rows])
+            out = reference(x[rows])
+            batch_loss = torch_loss(loss, out, y[rows])
             batch_loss.backward()
             optimizer.step()
             total += batch_loss.item() * len(rows)
+            correct += int((out.argmax(dim=1) == y[rows]).sum()) if labels else 0
         history["loss"].append(total / N)
+        history["train_accuracy"].append(correct / N if labels else None)
         reference.eval()
         with torch.no_grad():
-            history["val_loss"].append(torch_loss(loss, reference(vx), vy).item())
+            out = reference(vx)
+            history["val_loss"].append(torch_loss(loss, out, vy).item())
+            history["val_accuracy"].append(
+                int((out.argmax(dim=1) == vy).sum()) / len(vy) if labels else None)
         if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
             scheduler.step(history["val_loss"][-1])
         else:
@@ -117,6 +124,10 @@ def test_fit_follows_a_torch_loop(backend, dtype, case):
     what = f"{backend} {np.dtype(dtype).name} {case}"
     assert_close(history["loss"], expected["loss"], tol=tol, what=f"{what}: epoch losses")
     assert_close(history["val_loss"], expected["val_loss"], tol=tol, what=f"{what}: val losses")
+    # the rows whose argmax is the label, counted from each step's forward pass (None for
+    # float targets)
+    assert history["train_accuracy"] == expected["train_accuracy"], what
+    assert history["val_accuracy"] == expected["val_accuracy"], what
     want = reference.state_dict()
     for name, value in model.state_dict().items():
         assert_close(value, want[name].numpy(), tol=tol, what=f"{what}: {name}")

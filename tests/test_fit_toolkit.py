@@ -85,6 +85,21 @@ def test_early_stopping_restores_the_best_epochs_weights(backend):
     assert history["val_accuracy"][history.best_epoch - 1] == max(history["val_accuracy"])
 
 
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy", "loss", "train_accuracy"])
+def test_early_stopping_counts_a_tie_as_no_improvement(monitor):
+    """At lr 0 (and without shuffling) every epoch repeats epoch 1's numbers exactly; a value
+    equal to the best is no improvement (a strict comparison, as Keras' EarlyStopping and
+    torch's ReduceLROnPlateau make), so patience 2 stops after epoch 3 and keeps epoch 1."""
+    x, y = _data(32)
+    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.0)
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=8, batch_size=8,
+                     shuffle=False, progress=False, val=(x, y), early_stopping=2,
+                     monitor=monitor)
+    assert len(set(history[monitor])) == 1
+    assert (len(history), history.best_epoch, history.stopped_epoch) == (3, 1, 3)
+
+
 def test_early_stopping_arguments_are_checked():
     x, y = _data(32)
     model = mf.MLP([6, 5, 2], seed=0)

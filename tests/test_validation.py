@@ -390,6 +390,12 @@ def test_bool_and_float16_x_train_like_their_float32_values(backend, rng):
      "logits must hold float32 or float64 values, got int64"),
     (lambda: mf.MSELoss()([1.0, 2.0], [1.0, 2.0]), ValueError,
      r"pred must be 2-D \(batch, outputs\), got shape \(2,\)"),
+    # torch.optim.Adam's range, 0 <= beta < 1: beta2 = 1 never updates exp_avg_sq, and its
+    # bias correction 1 - beta2^t divides by zero
+    (lambda: mf.optim.Adam(mf.MLP([3, 2], seed=0).parameters(), betas=(0.9, 1.0)), ValueError,
+     r"betas\[1\] must be >= 0.0 and < 1.0, got 1.0"),
+    (lambda: mf.optim.AdamW(mf.MLP([3, 2], seed=0).parameters(), betas=(1.0, 0.999)),
+     ValueError, r"betas\[0\] must be >= 0.0 and < 1.0, got 1.0"),
 ])
 def test_errors_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):
