@@ -162,6 +162,21 @@ def test_b_block_narrowed_by_its_byte_budget(kernel, threads, rng):
     assert_close(out, reference(a, b, False, True, 0.5, 2.0, c0), tol=tol(np.float32, 1024))
 
 
+def test_bias_and_relu_reach_every_column_block(kernel, threads, rng):
+    # n = 1100 takes two or more B blocks (nc = 768 / 256) on one thread, and column chunks
+    # of the shared schedule on two (40 rows: the threads split only the columns); the
+    # tiles of every block add the bias of their own columns, not of the first block's
+    m, n, k = 40, 1100, 128
+    a, b = operands(rng, m, n, k, False, True, np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    for beta, relu in ((0.0, True), (0.5, False)):
+        out = c0.copy() if beta else np.full((m, n), np.nan, np.float32)
+        gemm.gemm_c_fused(a, b, out, False, True, 1.0, beta, bias, int(relu))
+        assert_close(out, reference(a, b, False, True, 1.0, beta, c0, bias, relu),
+                     tol=tol(np.float32, k), what=f"{kernel} beta={beta} relu={relu}")
+
+
 def test_deep_k_falls_back_to_the_static_split(threads, rng):
     # op(A) packed for all of k would exceed the shared schedule's 32 MiB per thread
     a, b = operands(rng, 64, 70, 140_000, False, True, np.float32)
