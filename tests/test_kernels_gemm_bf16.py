@@ -241,6 +241,29 @@ def test_strided_and_transposed_views(kernel, threads, a_type, rng):
         assert not big_c[:, 18:].any()
 
 
+@pytest.mark.parametrize("y_type,out_type", [(F32, F32), (BF16, F32), (F32, BF16)])
+def test_derivative_epilogue_reads_y_and_writes_out_by_their_own_strides(kernel, threads, y_type,
+                                                                        out_type, rng):
+    # y and out are row-strided views with different row strides (y's 64 + 19 elements,
+    # out's 64 + 30), and then y is a transposed view (copied to rows): f'(y[i][j]) must
+    # come from y's own row i, out must stay inside its view
+    m, n, k = 37, 64, 40
+    a, b = operands(rng, m, n, k, False, False, BF16, F32)
+    big_y, big_yt = (as_type(np.tanh(2 * rng.standard_normal(shape)).astype(np.float32), y_type)
+                     for shape in ((m + 3, n + 19), (n + 5, m + 7)))
+    big_out = np.zeros((m + 4, n + 30), out_type)
+    for y in (big_y[3:, 11:11 + n], big_yt[2:2 + n, 3:3 + m].T):
+        out = big_out[2:2 + m, 5:5 + n]
+        bf.sbgemm_dact_c(a, b, y, "tanh", out, alpha=0.5)
+        ref = bf.sbgemm_dact_ref(a, b, np.ascontiguousarray(y), "tanh", alpha=0.5,
+                                 out_dtype=out_type)
+        assert_within_bound(out, ref, a, b, False, False, 0.5,
+                            factor=np.abs(bf.activation_derivative_ref(y, "tanh")),
+                            what=f"{kernel} y strides {y.strides}")
+        assert not big_out[:2].any() and not big_out[2 + m:].any()
+        assert not big_out[:, :5].any() and not big_out[:, 5 + n:].any()
+
+
 # --- exact rounding ----------------------------------------------------------------------
 
 HALF = 2.0 ** -8
