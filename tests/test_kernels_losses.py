@@ -119,3 +119,16 @@ def test_numba_cross_entropy_streaming_stores(batch, classes, dtype, threads, rn
         assert correct == int((logits.argmax(axis=1) == labels).sum())
     finally:
         mlpfast.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_counts_ties_for_the_first_maximum_only(variant, dtype):
+    """A row is correct when its label is the first maximum (np.argmax, torch.argmax): tied
+    logits are common (a relu head's zeros, a model at zero weights). Counting any maximum
+    as correct passed the random logits above."""
+    logits = np.array([[1, 3, 3, 0], [3, 3, 3, 3], [0, 0, 0, 0], [2, 5, 5, 5], [0, 0, 0, 0],
+                       [-1, 4, 2, 4]], dtype)
+    labels = np.array([2, 3, 0, 1, 2, 3])
+    _, _, correct = losses.VARIANTS[variant]["softmax_cross_entropy"](logits, labels)
+    assert correct == int((logits.argmax(axis=1) == labels).sum()) == 2
