@@ -83,3 +83,17 @@ def test_gemm_bad_arguments(variant, rng):
         f(sq, sq.copy(), sq)
     with pytest.raises(ValueError, match="beta"):
         f(a, np.zeros((5, 3), np.float32), beta=1.0)
+
+
+@pytest.mark.parametrize("variant", list(gemm.VARIANTS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_gemm_with_k_zero_is_beta_out(variant, dtype, beta, rng):
+    """An empty product (k = 0): out = beta * out, and with beta 0 out is not read (NaN in
+    it gives zeros, as BLAS's beta = 0)."""
+    c0 = rng.standard_normal((3, 4)).astype(dtype)
+    out = np.full((3, 4), np.nan, dtype) if beta == 0.0 else c0.copy()
+    result = gemm.VARIANTS[variant](np.zeros((3, 0), dtype), np.zeros((0, 4), dtype), out,
+                                    alpha=2.0, beta=beta)
+    assert result is out
+    assert_close(out, beta * c0.astype(np.float64), what=variant)

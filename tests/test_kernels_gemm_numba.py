@@ -83,3 +83,13 @@ def test_bad_epilogue_arguments_are_rejected():
         gemm.gemm_numba_fused(a, a, None, False, True, 1.0, 0.0, None, "tanh")
     with pytest.raises(ValueError, match=r"bias must be a contiguous float32 array of shape \(2,\)"):
         gemm.gemm_numba_fused(a, a, None, False, True, 1.0, 0.0, np.ones(3, np.float32), "relu")
+
+
+def test_empty_product_applies_bias_and_relu_without_reading_out():
+    """k = 0: out = relu(beta out + bias); with beta 0 the NaN in out is not read."""
+    bias = np.array([-1.0, 0.5, 2.0], np.float32)
+    out = np.full((2, 3), np.nan, np.float32)
+    gemm.gemm_numba_fused(np.zeros((2, 0), np.float32), np.zeros((3, 0), np.float32), out,
+                          False, True, 1.0, 0.0, bias, "relu")
+    assert_close(out, [[0.0, 0.5, 2.0]] * 2)
+
