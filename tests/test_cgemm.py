@@ -716,6 +716,41 @@ def test_no_read_past_the_operands(kernel):
     run_guarded(_GUARD_SCRIPT, kernel)
 
 
+_GUARD_EPILOGUE_SCRIPT = r"""
+from mlpfast.kernels import gemm
+
+gemm.set_c_kernel(sys.argv[1])
+rng = np.random.default_rng(0)
+# n cuts the last tile of every kernel (32, 16, 8 columns) at 5, 1 and 17 columns, m the last
+# row tile; n = 10 with B transposed takes the narrow products
+for m, n, k, tb in [(13, 37, 29, False), (5, 17, 3, False), (25, 49, 17, True), (7, 10, 40, True)]:
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    product = a.astype(np.float64) @ (b.T if tb else b)
+    bias, out = at_page_end((n,)), at_page_end((m, n))
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    bias[...], out[...] = rng.standard_normal(n), c0
+    gemm.gemm_c_fused(a, b, out, False, tb, 1.0, 0.5, bias, 1)
+    want = np.maximum(product + 0.5 * c0 + bias, 0)
+    assert np.abs(out - want).max() < 1e-4 * max(1.0, np.abs(want).max()), ("gemm", m, n, k)
+    if not tb:
+        y, out = at_page_end((m, n)), at_page_end((m, n))
+        y[...] = rng.random((m, n))
+        gemm.gemm_c_dact(a, b, out, y, 2)
+        want = product * y * (1 - y)
+        assert np.abs(out - want).max() < 1e-4 * max(1.0, np.abs(want).max()), ("dact", m, n, k)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux mprotect")
+def test_no_read_past_the_epilogue_operands(kernel):
+    # bias (n values), C (read with beta != 0, and written) and the derivative's Y end right
+    # before an unreadable page: an edge tile's loads of them that went past n (a mask or
+    # a width that is the full tile's) crash the child
+    run_guarded(_GUARD_EPILOGUE_SCRIPT, kernel)
+
+
 DACT = {"relu": (1, lambda y: (y > 0).astype(np.float64)), "sigmoid": (2, lambda y: y * (1 - y)),
         "tanh": (3, lambda y: 1 - y * y)}
 
