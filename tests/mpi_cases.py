@@ -52,7 +52,7 @@ PARITY_RUNS = {"cpu": ("cpu", "fp32"), "numpy": ("numpy", "fp32"), "bf16": ("cpu
 
 def case_parity(comm, out):
     """20 Adam steps on cpu (compiled step, fp32 and bf16) and numpy (layer by layer), seed
-    0 and None;
+    0 and None; the cpu run again with rank 1 starting from its own weights and Adam state;
     then a planted difference in rank 1's parameters must raise ParameterDrift."""
     rank = comm.Get_rank()
     for backend in ("cpu", "numpy", "bf16"):
@@ -61,6 +61,17 @@ def case_parity(comm, out):
         np.save(os.path.join(out, f"{backend}_loss.{rank}.npy"), history["loss"])
     model, _, _ = train(comm, "cpu", seed=None)
     np.save(os.path.join(out, f"seed_none.{rank}.npy"), model.flat_data)
+    # rank 1 starts from other weights and an optimizer one step along: rank 0's
+    # parameters, moments and step count must replace them (the cpu run's result)
+    model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend="cpu", seed=3 + 10 * rank)
+    optimizer = mf.optim.Adam(model.parameters(), lr=1e-2)
+    if rank == 1:
+        model.flat_grad[...] = np.linspace(-1.0, 1.0, model.flat_grad.size)
+        optimizer.step()
+    x, y = make_data()
+    mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=BATCH, seed=0,
+           progress=False, comm=comm)
+    np.save(os.path.join(out, f"own_start.{rank}.npy"), model.flat_data)
     if rank == 1:
         model.flat_data[0] += 1.0
     try:
