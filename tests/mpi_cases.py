@@ -53,6 +53,7 @@ PARITY_RUNS = {"cpu": ("cpu", "fp32"), "numpy": ("numpy", "fp32"), "bf16": ("cpu
 def case_parity(comm, out):
     """20 Adam steps on cpu (compiled step, fp32 and bf16) and numpy (layer by layer), seed
     0 and None; the cpu run again with rank 1 starting from its own weights and Adam state;
+    a fit whose rank 1 drifts at step 7 under check_every=5;
     then a planted difference in rank 1's parameters must raise ParameterDrift."""
     rank = comm.Get_rank()
     for backend in ("cpu", "numpy", "bf16"):
@@ -72,6 +73,18 @@ def case_parity(comm, out):
     mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=BATCH, seed=0,
            progress=False, comm=comm)
     np.save(os.path.join(out, f"own_start.{rank}.npy"), model.flat_data)
+    # rank 1's parameters drift while it gathers step 7's rows: with check_every=5 the
+    # check after optimizer step 10 finds it
+    model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend="cpu", seed=3)
+    optimizer = mf.optim.Adam(model.parameters(), lr=1e-2)
+    try:
+        mf.fit(model, optimizer, mf.CrossEntropyLoss(),
+               DriftingRows(x, y, model if rank == 1 else None, 7), epochs=1,
+               batch_size=BATCH, seed=0, progress=False,
+               comm=distributed.Cluster(comm, check_every=5))
+        write(out, f"fit_drift.{rank}", "no error")
+    except distributed.ParameterDrift as e:
+        write(out, f"fit_drift.{rank}", str(e))
     if rank == 1:
         model.flat_data[0] += 1.0
     try:
@@ -153,6 +166,20 @@ class FailingRows:
             raise ValueError(f"row file {self.calls} is corrupt{self.detail}")
         x_out[...] = self.x[index]
         y_out[...] = self.y[index]
+
+
+class DriftingRows(FailingRows):
+    """Rows that add 1 to ``model``'s first parameter at the ``at``-th gather (model None:
+    never)."""
+
+    def __init__(self, x, y, model, at):
+        super().__init__(x, y, None)
+        self.model, self.at = model, at
+
+    def gather_batch(self, index, x_out, y_out):
+        super().gather_batch(index, x_out, y_out)
+        if self.calls == self.at and self.model is not None:
+            self.model.flat_data[0] += 1.0
 
 
 def case_bad_input(comm, out):
