@@ -65,3 +65,14 @@ def test_generates_a_small_corpus_that_speech_frames_reads(tmp_path):
     data = speech.SpeechFrames(files, context=2, phones=synth.PHONES)
     assert data.num_utterances == 3 and len(data) > 100
     assert np.isfinite(data.features).all()
+
+
+def test_fold_is_the_documented_39_phone_reduction():
+    """The module docstring's table: pau -> sil, axr->er, ix->ih, dx->t, el->l, em->m, en->n,
+    nx->n; every CMU phone, ax and sil map to themselves."""
+    documented = {"pau": "sil", "axr": "er", "ix": "ih", "dx": "t", "el": "l", "em": "m",
+                  "en": "n", "nx": "n"}
+    for phone, folded in documented.items():
+        assert synth.fold_phone(phone, "kal") == folded, phone
+    for phone in synth.CMU_PHONES + ["ax", "sil"]:
+        assert synth.fold_phone(phone, "kal") == phone
