@@ -816,6 +816,21 @@ def test_narrow_products_every_kernel(kernel, threads, m, n, k, trans_a, trans_b
         assert_close(out, want, tol=tol(np.float32, k), what=f"{kernel} {m}x{n}x{k} relu={relu}")
 
 
+def test_narrow_products_split_rows_between_threads(kernel, rng):
+    # A of 1027 x 1030 passes the narrow products' threshold for threads (a pass over 2^20
+    # values) even while the workers sleep: 2 and 3 threads take bands of rows, the last
+    # band short
+    m, n, k = 1027, 10, 1030
+    a, b = operands(rng, m, n, k, False, True, np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    want = reference(a, b, False, True, bias=bias, relu=True)
+    for threads in (1, 2, 3):
+        mlpfast.set_num_threads(threads)
+        out = np.full((m, n), np.nan, np.float32)
+        gemm.gemm_c_fused(a, b, out, False, True, 1.0, 0.0, bias, 1)
+        assert_close(out, want, tol=tol(np.float32, k), what=f"{kernel} {threads} threads")
+
+
 def test_gather_rows_and_its_index_check(threads, rng):
     lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
     src = rng.standard_normal((1000, 300)).astype(np.float32)
