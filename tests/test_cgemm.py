@@ -121,6 +121,21 @@ def test_every_edge_tile_in_place(kernel, threads, n, rng):
             assert (wide[:, n:] == 7.0).all() and (wide[m] == 7.0).all(), f"m={m} n={n}"
 
 
+def test_relu_epilogue_lets_nan_through(kernel, threads, rng):
+    # relu is max(., 0) with NaN passing, as np.maximum (the reference, and the numpy and
+    # numba backends): a NaN in a row of A makes that row of C NaN, in a full tile, an edge
+    # tile and the narrow products alike, so a diverging step shows NaN rather than zeros
+    for m, n, k, trans_b in [(25, 70, 9, False), (9, 10, 33, True)]:
+        a, b = operands(rng, m, n, k, False, trans_b, np.float32)
+        a[[0, m - 1], 3] = np.nan
+        bias = rng.standard_normal(n).astype(np.float32)
+        out = np.full((m, n), 7.0, np.float32)
+        gemm.gemm_c_fused(a, b, out, False, trans_b, 1.0, 0.0, bias, 1)
+        want = reference(a, b, False, trans_b, bias=bias, relu=True)
+        assert np.isnan(want[[0, m - 1]]).all()
+        assert_close(out, want, tol=tol(np.float32, k), what=f"{kernel} {m}x{n}x{k}")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_product_vanishes_k0_and_alpha0(dtype, rng):
     c0 = rng.standard_normal((5, 6)).astype(dtype)
