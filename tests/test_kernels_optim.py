@@ -143,3 +143,43 @@ def test_max_norm_rejects_bad_input(variant):
     with pytest.raises(ValueError, match="read-only"):
         f(read_only, 1.0)
     assert (weight == 1).all()
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_first_step_sets_the_momentum_buffer_whatever_it_held(variant, dtype, nesterov,
+                                                                   rng):
+    """first_step: buf = g, as torch starts its buffer from a copy of the gradient; the
+    buffer's old values (another run's, or np.empty's) must not leak in. On a zeroed
+    buffer momentum * buf + g is the same, so test_sgd_two_steps passes without it."""
+    sgd = optim.VARIANTS[variant]["sgd"]
+    p0, g = rng.standard_normal(37), rng.standard_normal(37)
+    param, buf = p0.astype(dtype), (10 * rng.standard_normal(37)).astype(dtype)
+    sgd(param, g.astype(dtype), buf, lr=0.1, momentum=0.9, nesterov=nesterov,
+        weight_decay=0.01, first_step=True)
+    expected = [sgd_by_hand(p0[i], [g[i]], 0.1, 0.9, nesterov, 0.01) for i in range(37)]
+    assert_close(param, expected, what=variant)
+    assert_close(buf, g + 0.01 * p0, what=f"{variant} buffer")
+
+
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_updates_strided_views_and_their_buffer_in_place(variant, nesterov, rng):
+    """param and momentum_buf as views with no unit stride: both are updated in place
+    (through C-ordered copies written back) over two steps, and nothing between them."""
+    sgd = optim.VARIANTS[variant]["sgd"]
+    p0 = rng.standard_normal(23)
+    grads = [rng.standard_normal(23) for _ in range(2)]
+    param_base, buf_base = np.full(46, 7.0), np.full(46, 7.0)
+    param, buf = param_base[::2], buf_base[::2]
+    param[...] = p0
+    for step, g in enumerate(grads):
+        sgd(param, g, buf, lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.0,
+            first_step=step == 0)
+    expected = [sgd_by_hand(p0[i], [g[i] for g in grads], 0.1, 0.9, nesterov, 0.0)
+                for i in range(23)]
+    assert_close(param, expected, what=variant)
+    assert_close(buf, 0.9 * grads[0] + grads[1], what=f"{variant} buffer")
+    assert (param_base[1::2] == 7).all() and (buf_base[1::2] == 7).all()
+
