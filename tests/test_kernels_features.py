@@ -287,3 +287,17 @@ def test_degenerate_filterbanks_are_refused():
     for fmin, fmax in ((4000.0, 4000.0), (5000.0, 4000.0), (-1.0, 4000.0)):
         with pytest.raises(ValueError, match=r"need 0 <= fmin < fmax <= sample_rate/2"):
             K.make_spec(16000, fmin=fmin, fmax=fmax)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("coef", [0.0, 0.5])
+def test_power_spectrum_uses_the_specs_preemphasis(variant, coef, rng):
+    """|rfft(y[t*hop : t*hop + L] * hamming(L), 512)|^2 with y[n] = x[n] - coef x[n-1],
+    written out with np.fft for a spec built with another coefficient than 0.97."""
+    spec = K.make_spec(16000, preemphasis=coef)
+    x = rng.standard_normal(1200)
+    y = np.concatenate([x[:1], x[1:] - coef * x[:-1]])
+    frames = np.stack([y[t * 160:t * 160 + 400] * np.hamming(400) for t in range(6)])
+    expected = np.abs(np.fft.rfft(frames, n=512, axis=1)) ** 2
+    power = K.VARIANTS[variant]["power_spectrum"](x, spec)
+    assert_close(power, expected, tol=(1e-9 * expected.max(), 1e-9))
