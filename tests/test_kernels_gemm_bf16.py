@@ -359,6 +359,34 @@ def test_bad_arguments_name_the_argument_and_change_nothing(variant, rng):
         assert (out == 7.0).all(), message
 
 
+def test_out_without_unit_stride_along_rows_is_refused(rng):
+    # the C side writes out by rows: a transposed (F-order) out is refused, not written
+    a, b = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(F32)
+    y = np.ones((4, 3), F32)
+    for f in (lambda out: bf.sbgemm_c(a, b, out),
+              lambda out: bf.sbgemm_dact_c(a, b, y, "sigmoid", out)):
+        out = np.full((3, 4), 7.0, F32).T
+        with pytest.raises(ValueError, match="out must have unit stride along its last axis"):
+            f(out)
+        assert (out == 7.0).all()
+
+
+def test_the_c_functions_refuse_unknown_element_types(rng):
+    # MLPF_ERR_TYPE (-7) for a type code other than MLPF_TYPE_F32 (0) or MLPF_TYPE_BF16 (1),
+    # for each of A, B, C and Y, and C left as it was
+    ffi, lib = bf.c_library().ffi, bf.c_library().lib
+    a, b = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(F32)
+    c, y = np.full((4, 3), 7.0, F32), np.ones((4, 3), F32)
+    pa, pb, pc, py = (ffi.from_buffer(x) for x in (a, b, c, y))
+    for at, bt, ct, yt in [(2, 0, 0, 0), (0, 2, 0, 0), (0, 0, 2, 0), (0, 0, 0, 2)]:
+        if yt == 0:
+            assert lib.mlpf_sbgemm(0, 0, 4, 3, 5, 1.0, pa, at, 5, pb, bt, 3, 0.0, pc, ct, 3,
+                                   ffi.NULL, 0) == -7
+        assert lib.mlpf_sbgemm_dact(0, 0, 4, 3, 5, 1.0, pa, at, 5, pb, bt, 3, pc, ct, 3, py, yt,
+                                    3, 2) == -7
+        assert (c == 7.0).all()
+
+
 def test_overlapping_out_is_refused(rng):
     square = rng.standard_normal((5, 5)).astype(np.float32)
     for variant in bf.VARIANTS.values():
