@@ -354,3 +354,47 @@ def test_fingerprint_tells_apart_labels_phones_and_context(rng):
               speech.SpeechFrames.from_arrays([feats[0] + 1], [labels], context=1)]
     for other in others:
         assert other.fingerprint() != base
+
+
+# --- the recipe's analysis (mlpfast.speech) ------------------------------------------------
+
+def test_per_phone_accuracy_and_top_confusions_read_rows_as_the_true_phone():
+    from mlpfast import speech as analysis
+    confusion = np.array([[3, 1, 0], [2, 2, 0], [0, 4, 0]])      # rows: true, columns: predicted
+    accuracy = analysis.per_phone_accuracy(confusion)
+    np.testing.assert_array_equal(accuracy, [0.75, 0.5, 0.0])
+    assert np.isnan(analysis.per_phone_accuracy(np.array([[1, 0], [0, 0]]))[1])
+    assert analysis.top_confusions(confusion, ["a", "b", "c"], count=2) == [
+        ("c", "b", 4), ("b", "a", 2)]
+    assert analysis.top_confusions(np.diag([5, 6]), ["a", "b"]) == []
+
+
+def test_estimate_warp_takes_the_most_confident_warp(monkeypatch):
+    from mlpfast import speech as analysis
+
+    class Frames:
+        def __init__(self, files, phones, warp, **options):
+            self.warp = warp
+
+    def probabilities(model, data):              # confidence peaks at warp 1.1
+        top = 0.9 - abs(data.warp - 1.1)
+        return np.array([[top, 1 - top], [top, 1 - top]])
+
+    monkeypatch.setattr(analysis, "SpeechFrames", Frames)
+    monkeypatch.setattr(analysis, "predict_proba", probabilities)
+    warp, confidence = analysis.estimate_warp(None, ["f.wav"], ["a", "b"])
+    assert warp == 1.1 and sorted(confidence) == list(analysis.VTLN_WARPS)
+    assert confidence[0.8] == pytest.approx(0.6) and confidence[1.4] == pytest.approx(0.6)
+
+
+def test_find_audio_searches_subfolders_and_lowercase_phn_files_are_found(tmp_path, rng):
+    nested = tmp_path / "corpus" / "spk1" / "session"
+    nested.mkdir(parents=True)
+    deep = write_utterance(nested, "u0", ["aa", "b"], rng, suffix=".flac")
+    top = write_utterance(tmp_path / "corpus", "u1", ["b"], rng)
+    (tmp_path / "corpus" / "notes.txt").write_text("not audio")
+    assert speech.find_audio([tmp_path / "corpus"]) == sorted([deep, top])
+    lower = top.with_suffix(".phn")
+    top.with_suffix(".PHN").rename(lower)
+    assert speech.phn_path(top) == lower
+    assert len(speech.SpeechFrames([top], context=0)) > 0
