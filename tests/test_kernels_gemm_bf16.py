@@ -347,6 +347,8 @@ def test_bad_arguments_name_the_argument_and_change_nothing(variant, rng):
         (TypeError, "out_dtype", lambda: f(a, b, out_dtype=np.float64)),
         (ValueError, "bias must be a float32 array of shape \\(3,\\)",
          lambda: f(a, b, out, bias=np.zeros(4, F32))),
+        (ValueError, "bias must be contiguous",
+         lambda: f(a, b, out, bias=np.arange(6, dtype=F32)[::2])),
         (ValueError, "activation must be one of", lambda: f(a, b, out, activation="tanh")),
         (TypeError, "alpha must be a real number", lambda: f(a, b, out, alpha="2")),
         (ValueError, "dact must be one of", lambda: f_dact(a, b, out.copy(), "gelu", out)),
