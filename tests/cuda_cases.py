@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 from conftest import DTYPES, GRAD_TOL, TOL, assert_close, numerical_grad
-from numba import cuda
+from numba import cuda, types
 from numba.np.numpy_support import as_dtype
 
 import mlpfast as mf
@@ -1125,6 +1125,27 @@ def test_device_arrays_refuse_what_numba_cuda_refuses():
                 first_to_one[grid, block](a[0])
         first_to_one[1, 1](a[0])
         assert a[0, 0] == 1.0
+
+        @cuda.jit
+        def halves(out, diverge):
+            # out[0] = the sum of 0..3 by a tree; with diverge, only the summing threads
+            # wait at the barrier (as a GPU cannot: the other two never reach it)
+            cache = cuda.shared.array(4, types.float64)
+            tid = cuda.threadIdx.x
+            cache[tid] = tid
+            cuda.syncthreads()
+            if tid < 2:
+                cache[tid] += cache[tid + 2]
+                if diverge:
+                    cuda.syncthreads()
+            if not diverge:
+                cuda.syncthreads()
+            if tid == 0:
+                out[0] = cache[0] + cache[1]
+        halves[1, 4](a[0], False)
+        assert a[0, 0] == 6.0
+        with pytest.raises(RuntimeError, match="passed 1 or 2 syncthreads"):
+            halves[1, 4](a[0], True)
 
 
 def test_device_arrays_accept_what_numba_cuda_accepts():

@@ -35,8 +35,9 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
                  strides once axes of length 1 are dropped
 
 ``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
-these, and kernel launches refuse NumPy arguments and grids or blocks beyond a GPU's limits
-(simulator only). Inside kernels the simulator indexes them with ints, as a GPU does.
+these, and kernel launches refuse NumPy arguments and grids or blocks beyond a GPU's limits,
+and blocks whose threads pass different numbers of ``syncthreads()`` (simulator only).
+Inside kernels the simulator indexes them with ints, as a GPU does.
 """
 import numpy as np
 
@@ -258,6 +259,7 @@ def install():
     cuda.to_device, cuda.device_array, cuda.device_array_like = (to_device, device_array,
                                                                  device_array_like)
     _refuse_host_arrays_at_launch()
+    _refuse_divergent_barriers()
     return strict
 
 
@@ -293,3 +295,37 @@ def _refuse_host_arrays_at_launch():
         return launch(self, *args)
     strict_launch.refuses_host_arrays = True
     simulated.FakeCUDAKernel.__call__ = strict_launch
+
+
+def _refuse_divergent_barriers():
+    """A block whose threads passed different numbers of ``syncthreads()`` raises after it
+    ran. On a GPU every thread of the block must reach each barrier (one inside ``if tid <
+    half:`` hangs or is undefined); the simulator releases a barrier once every thread still
+    running waits at it, so such a kernel runs there and may even give the right values."""
+    from numba.cuda.simulator import kernel as simulated
+    if getattr(simulated.BlockManager.run, "checks_barriers", False):
+        return
+    start, sync, run = (simulated.BlockThread.__init__, simulated.BlockThread.syncthreads,
+                        simulated.BlockManager.run)
+
+    def counting_start(self, f, manager, *args, **kwargs):
+        start(self, f, manager, *args, **kwargs)
+        self.barriers = 0
+        manager.block_threads.append(self)
+
+    def counting_sync(self):
+        self.barriers += 1
+        sync(self)
+
+    def checking_run(self, grid_point, *args):
+        self.block_threads = []
+        run(self, grid_point, *args)
+        passed = sorted({thread.barriers for thread in self.block_threads})
+        if len(passed) > 1:
+            raise RuntimeError(f"kernel {self._f.__name__}: the threads of block {grid_point} "
+                               f"passed {' or '.join(map(str, passed))} syncthreads() barriers: "
+                               f"every thread of a block must reach each barrier")
+    checking_run.checks_barriers = True
+    simulated.BlockThread.__init__ = counting_start
+    simulated.BlockThread.syncthreads = counting_sync
+    simulated.BlockManager.run = checking_run
