@@ -53,7 +53,8 @@ PARITY_RUNS = {"cpu": ("cpu", "fp32"), "numpy": ("numpy", "fp32"), "bf16": ("cpu
 def case_parity(comm, out):
     """20 Adam steps on cpu (compiled step, fp32 and bf16) and numpy (layer by layer), seed
     0 and None; the cpu run again with rank 1 starting from its own weights and Adam state;
-    a fit whose rank 1 drifts at step 7 under check_every=5;
+    a fit with a checkpoint path of each rank's own; a fit whose rank 1 drifts at step 7
+    under check_every=5;
     then a planted difference in rank 1's parameters must raise ParameterDrift."""
     rank = comm.Get_rank()
     for backend in ("cpu", "numpy", "bf16"):
@@ -73,6 +74,8 @@ def case_parity(comm, out):
     mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=1, batch_size=BATCH, seed=0,
            progress=False, comm=comm)
     np.save(os.path.join(out, f"own_start.{rank}.npy"), model.flat_data)
+    # each rank names its own checkpoint file: rank 0 alone writes one
+    train(comm, "cpu", checkpoint=os.path.join(out, f"own.{rank}.ckpt"))
     # rank 1's parameters drift while it gathers step 7's rows: with check_every=5 the
     # check after optimizer step 10 finds it
     model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend="cpu", seed=3)

@@ -71,7 +71,8 @@ def test_two_ranks_train_as_one_process(tmp_path):
     within 1e-5 relative of one process with the same global batch and seed; in bf16 too
     (each rank's loss gradient divided by the whole batch's rows before it is rounded).
     Rank 1 started from other weights and a stepped Adam ends with rank 0's result; its
-    parameters changed in step 7 are caught by fit's check after step 10 (check_every=5)."""
+    parameters changed in step 7 are caught by fit's check after step 10 (check_every=5).
+    Rank 0 alone writes checkpoints."""
     result, _ = case("parity", tmp_path)
     assert result.returncode == 0, result.stderr
     for backend, run in mpi_cases.PARITY_RUNS.items():
@@ -89,6 +90,7 @@ def test_two_ranks_train_as_one_process(tmp_path):
                               np.load(tmp_path / "cpu.0.npy")), r
         assert "rank(s) [1] differ from rank 0's after optimizer step 10 " in \
             read(tmp_path, f"fit_drift.{r}"), r
+    assert (tmp_path / "own.0.ckpt").exists() and not (tmp_path / "own.1.ckpt").exists()
     for r in (0, 1):                                         # the planted difference
         assert "rank(s) [1] differ from rank 0's after optimizer step 20" in \
             read(tmp_path, f"drift.{r}")
