@@ -117,6 +117,7 @@ def fit(model, optimizer, loss_fn, x, y=None, *, epochs, batch_size, shuffle=Tru
                 step, writer = distributed.wrap(cluster, step, writer, model, optimizer,
                                                 job.batch_size, interrupts)
             _train_epochs(job, step, run, writer, progress, verbose, interrupts)
+        stopper = run.stopper         # a resume put the checkpoint's in place of the new one
         if stopper is not None and restore_best and stopper.best_state is not None:
             model.load_state_dict(stopper.best_state)
         model.eval()

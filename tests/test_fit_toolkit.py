@@ -57,6 +57,37 @@ def test_plateau_lowers_the_rate_when_the_monitored_value_stalls():
     assert per_epoch == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025]
 
 
+@pytest.mark.parametrize("monitor, mode, threshold", [("loss", "min", 0.1),
+                                                     ("train_accuracy", "max", 0.0),
+                                                     ("val_accuracy", "max", 0.0)])
+def test_plateau_reads_its_own_monitor_as_torchs_scheduler_fed_it(monitor, mode, threshold):
+    """A plateau schedule on another History key than val_loss (val is given too): the
+    per-epoch rates are those of torch's ReduceLROnPlateau stepped with history[monitor]
+    (they differ from the rates val_loss would give)."""
+    torch = pytest.importorskip("torch")
+    x, y = _data(64)
+    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    opt = RecordingSGD(model.parameters(), lr=0.5)
+    kwargs = dict(mode=mode, patience=0, factor=0.5, threshold=threshold)
+    history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=8, batch_size=32, seed=0,
+                     progress=False, val=_data(40, seed=3), lr_schedule=mf.schedules.
+                     make_schedule("plateau", monitor=monitor, **kwargs))
+
+    def torch_rates(values):
+        param = torch.nn.Parameter(torch.zeros(1))
+        torch_opt = torch.optim.SGD([param], lr=0.5)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(torch_opt, **kwargs)
+        rates = []
+        for value in values:
+            rates.append(torch_opt.param_groups[0]["lr"])
+            scheduler.step(value)
+        return rates
+
+    expected = torch_rates(history[monitor])
+    assert opt.rates[::2] == opt.rates[1::2] == expected
+    assert len(set(expected)) > 2 and expected != torch_rates(history["val_loss"])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_early_stopping_restores_the_best_epochs_weights(backend):
     """A planted overfit: a wide net on 24 noisy samples, validated on others, at a high
@@ -148,6 +179,41 @@ def test_resume_with_a_schedule_and_early_stopping_is_bit_identical(backend, sch
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_between_the_best_epoch_and_the_stop_restores_both_states(backend, tmp_path):
+    """A crash after the best epoch (3) and after the plateau schedule lowered the rate,
+    before early stopping ends the run (epoch 7): the resumed run takes the best epoch's
+    weights and the schedule's state from the checkpoint, and ends as the uninterrupted
+    run, bit for bit (restored best weights, optimizer state, history). (The test above
+    crashes before the best epoch and before any reduction: both states could be lost.)"""
+    x, y = _data(224, seed=1)
+    train, val = (x[:24], y[:24]), (x[24:], y[24:])
+    path = tmp_path / "run.ckpt"
+
+    def run(crash_at=None, **extra):
+        model = mf.MLP([6, 64, 64, 2], backend=backend, seed=0)
+        opt = mf.optim.Adam(model.parameters(), lr=3e-2)
+        schedule = mf.schedules.make_schedule("plateau", patience=0, factor=0.5)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(),
+                         BatchSamples(*train, 8, crash_at, num_classes=2), epochs=40,
+                         batch_size=8, seed=0, progress=False, val=val, early_stopping=4,
+                         lr_schedule=schedule, **extra)
+        return model, opt, history, schedule
+
+    model_a, opt_a, hist_a, schedule_a = run()
+    assert (hist_a.best_epoch, hist_a.stopped_epoch, schedule_a.scale) == (3, 7, 0.0625)
+    with pytest.raises(Crash):                  # 3 batches an epoch: batch 14 is in epoch 5
+        run(crash_at=14, checkpoint=path)
+    model_c, opt_c, hist_c, _ = run(checkpoint=path, resume=path)
+    assert np.array_equal(mf.to_numpy(model_a.flat_data), mf.to_numpy(model_c.flat_data))
+    state_a, state_c = opt_a.state_dict(), opt_c.state_dict()
+    assert state_a["step"] == state_c["step"]
+    for name in state_a["state"]:
+        assert np.array_equal(state_a["state"][name], state_c["state"][name]), name
+    assert hist_a["val_loss"] == hist_c["val_loss"] and hist_a["loss"] == hist_c["loss"]
+    assert (hist_c.best_epoch, hist_c.stopped_epoch) == (3, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("factor, message", [
     (lambda t, total: -1.0, "returned -1.0 at step 0"),
     (lambda t, total: float("nan") if t >= 2 else 1.0, "returned nan at step 2"),
@@ -168,22 +234,30 @@ def test_a_bad_schedule_factor_stops_fit_before_its_step(backend, factor, messag
 
 
 class RisingSchedule(mf.schedules.Schedule):
-    """A schedule object of one's own whose factor turns NaN at step 2."""
+    """A schedule object of one's own whose factor turns ``bad`` (NaN) at step 2."""
     name = "rising"
 
+    def __init__(self, bad=float("nan")):
+        super().__init__()
+        self.bad = bad
+
     def factor(self, step):
-        return float("nan") if step >= 2 else 1.0
+        return self.bad if step >= 2 else 1.0
 
 
-def test_a_schedule_object_giving_a_nan_rate_stops_fit_before_its_step():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad, rate", [(float("nan"), "nan"), (-0.5, "-0.05")])
+def test_a_schedule_object_giving_a_bad_rate_stops_fit_before_its_step(backend, bad, rate):
+    """Also on the cpu backend, whose compiled step takes the rates as they are (no
+    optimizer.step(lr) to refuse a negative one)."""
     x, y = _data(64)
-    model = mf.MLP([6, 5, 2], backend="numpy", seed=0)
+    model = mf.MLP([6, 5, 2], backend=backend, seed=0)
     opt = mf.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="lr_schedule 'rising' gives the learning rate nan at "
-                                         "step 2: rates must be finite and >= 0"):
+    with pytest.raises(ValueError, match=f"lr_schedule 'rising' gives the learning rate {rate} "
+                                         f"at step 2: rates must be finite and >= 0"):
         mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16,
-               progress=False, lr_schedule=RisingSchedule())
-    assert np.isfinite(model.flat_data).all() and opt.step_count <= 2
+               progress=False, lr_schedule=RisingSchedule(bad))
+    assert np.isfinite(mf.to_numpy(model.flat_data)).all() and opt.step_count <= 2
 
 
 @pytest.mark.parametrize("kwargs, message", [
