@@ -129,3 +129,31 @@ def test_linear_grad_input_rejects_bad_arguments(variant):
         f(grad_y, w, "relu", x, x)
     with pytest.raises(TypeError, match="grad_y and w must have the same dtype"):
         f(grad_y, w.astype(np.float64), "relu", x, out)
+
+
+@pytest.mark.parametrize("variant", list(data.VARIANTS))
+def test_gather_refuses_an_out_that_overlaps_src_and_writes_nothing(variant):
+    """out = src[index] into a view of src itself would overwrite rows before they are read
+    (row 1 of the gather below reads src[0], already overwritten by src[2]): refused with a
+    ValueError, src unchanged. The fuzzer could not see the check go: the reference and the
+    kernel share check_gather_args."""
+    gather = data.VARIANTS[variant]["gather"]
+    src = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with pytest.raises(ValueError, match="out must not overlap src"):
+        gather(src, np.array([2, 0]), src[:2])
+    assert np.array_equal(src, np.arange(12, dtype=np.float32).reshape(4, 3))
+
+
+@pytest.mark.parametrize("variant", list(data.VARIANTS))
+@pytest.mark.parametrize("src_dtype", [np.float32, np.uint8])
+def test_gather_into_a_strided_out(variant, src_dtype, rng):
+    """out as a view with no unit stride (every other column of a larger array): the rows
+    land in it, cast, and nothing between its columns is written."""
+    gather = data.VARIANTS[variant]["gather"]
+    src = (rng.random((50, 6)) * 200).astype(src_dtype)
+    index = rng.permutation(50)[:9]
+    base = np.full((9, 12), -1.0, np.float32)
+    out = base[:, ::2]
+    assert gather(src, index, out) is out
+    assert np.array_equal(out, src[index].astype(np.float32))
+    assert (base[:, 1::2] == -1).all()
