@@ -107,11 +107,12 @@ def test_gemm_alpha_beta_and_never_reads_out_when_beta_is_zero(dtype, rng):
 
 
 @pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 4, 4),))
+@pytest.mark.parametrize("tile", gemm.TILES + ((8, 8, 3, 4, 4), (32, 64, 4, 8, 8)))
 def test_gemm_every_tile(tile, trans_a, trans_b, rng):
-    # every tile choose_config can pick, and an odd one (BK 3): two block rows, the second
-    # partial, a partial block column, and three tiles of k (the last partial), so the
-    # double buffer turns over
+    # every tile choose_config can pick, and two odd ones (BK 3; 4 x 8 threads of 8 x 8, where
+    # a thread's second quad of rows or columns lies ROW_THREADS or COL_THREADS quads on, which
+    # differ): two block rows, the second partial, a partial block column, and three tiles
+    # of k (the last partial), so the double buffer turns over
     m, n, k = tile[0] + 3, tile[1] // 2 + 3, 2 * tile[2] + 3
     a, b = gemm_inputs(rng, m, n, k, trans_a, trans_b, np.float32)
     out = gemm.gemm_tiled(dev(a), dev(b), None, trans_a, trans_b, tile=tile)
@@ -175,13 +176,25 @@ def test_gemm_epilogues_and_split_k(epilogue, splits, rng):
     assert_close(out.copy_to_host(), expected, dtype=np.float32, what=f"{epilogue} {splits}")
 
 
+@pytest.mark.parametrize("dtypes", [DTYPES, DTYPES[::-1]])
+def test_gemm_split_k_after_a_split_k_in_the_other_dtype(dtypes, rng):
+    # split-K's work buffer is reused from call to call, never across dtypes: float64
+    # slices summed in a float32 buffer would keep float32's digits
+    for dtype in dtypes:
+        a, b = gemm_inputs(rng, 9, 7, 29, False, False, dtype)
+        out = gemm.gemm_tiled(dev(a), dev(b), splits=3)
+        assert_close(out.copy_to_host(), a.astype(np.float64) @ b, dtype=dtype,
+                     what=f"split-K in {np.dtype(dtype)}")
+
+
 def test_choose_config_picks_by_shape(monkeypatch):
     monkeypatch.setattr(gemm, "simulator_enabled", lambda: False)
     monkeypatch.setattr(gemm, "_multiprocessors", lambda: 132)          # an H100 / H200
     picks = {shape: gemm.choose_config(*shape) for shape in [
         (4096, 4096, 4096), (1024, 1024, 1024), (1024, 1024, 784), (1024, 784, 1024),
         (128, 512, 784), (128, 256, 512), (512, 784, 128), (1024, 10, 1024),
-        (10, 1024, 1024), (128, 10, 256), (1024, 1536, 1024)]}
+        (10, 1024, 1024), (128, 10, 256), (1024, 1536, 1024), (1024, 16, 1024),
+        (1024, 17, 1024), (16, 1024, 1024), (1536, 1408, 1024), (128, 256, 256)]}
     assert picks[(4096, 4096, 4096)] == (gemm.TILE_128x128x8, 1)
     assert picks[(1024, 1024, 1024)] == (gemm.TILE_64x64x16, 1)        # 256 blocks
     assert picks[(1024, 1536, 1024)] == (gemm.TILE_128x64x16, 1)
@@ -189,6 +202,11 @@ def test_choose_config_picks_by_shape(monkeypatch):
     assert picks[(128, 256, 512)] == (gemm.TILE_32x32x8, 4)
     assert picks[(1024, 10, 1024)] == (gemm.TILE_64x16x8, 8)           # the logits layer
     assert picks[(10, 1024, 1024)] == (gemm.TILE_16x64x8, 8)           # its weight gradient
+    assert picks[(1024, 16, 1024)] == (gemm.TILE_64x16x8, 8)           # narrow: n or m <= 16
+    assert picks[(16, 1024, 1024)] == (gemm.TILE_16x64x8, 8)
+    assert picks[(1024, 17, 1024)] == (gemm.TILE_32x32x8, 4)
+    assert picks[(1536, 1408, 1024)] == (gemm.TILE_128x128x8, 1)       # 132 blocks: one per SM
+    assert picks[(128, 256, 256)] == (gemm.TILE_32x32x8, 2)            # slices of >= 128 of k
     assert {tile for tile, _ in picks.values()} == set(gemm.TILES)     # each tested above
 
 
@@ -226,6 +244,32 @@ def test_gemm_rejects_bad_epilogues():
         gemm.gemm_tiled(a, b, y, dact="relu", y=y)
     with pytest.raises(ValueError, match="splits must be >= 1"):
         gemm.gemm_tiled(a, b, splits=0)
+
+
+def test_gemm_refuses_tiles_and_biases_it_cannot_run():
+    a, b = dev(np.ones((5, 4), np.float32)), dev(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="must split"):        # 9 threads, a 12 x 1 A tile
+        gemm.gemm_tiled(a, b, tile=(12, 12, 1, 4, 4))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        gemm.gemm_tiled(a, b, tile=(8, 8, 4, 2, 4))
+    with pytest.raises(ValueError, match=r"bias must be float32 of shape \(3,\)"):
+        gemm.gemm_tiled(a, b, bias=dev(np.ones(4, np.float32)))
+
+
+def test_gemm_takes_at_most_one_slice_of_k_per_tile(rng):
+    # splits far beyond k's tiles: slices of whole tiles, so at most ceil(k / BK) of them
+    # (a grid's z holds 65535), and the sum is still right
+    from numba.cuda.errors import normalize_kernel_dimensions
+    from strict_device import check_launch
+    tile = gemm.TILE_SIMULATOR
+    a, b = gemm_inputs(rng, 5, 6, 9, False, False, np.float32)
+    out = dev(np.full((5, 6), np.nan, np.float32))
+    launches = gemm.gemm_launches(dev(a), dev(b), out, tile=tile, splits=100000)
+    assert 1 < launches[0].grid[2] <= -(-9 // tile[2])
+    for launch in launches:
+        check_launch("gemm", *normalize_kernel_dimensions(launch.grid, launch.block))
+        launch()
+    assert_close(out.copy_to_host(), a.astype(np.float64) @ b, dtype=np.float32, what="splits")
 
 
 @pytest.mark.parametrize("activation", ref_activations.FUSABLE)
