@@ -381,6 +381,26 @@ def test_copies_of_a_model_or_its_layers_train_apart_from_it(backend, rng):
     assert not np.array_equal(results[0][0], start) and losses[0] != losses[-1]
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_evaluate_and_predict_leave_the_models_mode_as_they_found_it(backend, rng):
+    """evaluate, predict and predict_proba run in eval mode and give the mode back: a model
+    in eval mode stays deterministic (no dropout, running statistics) afterwards, and one
+    in training mode stays in training mode."""
+    model = mf.MLP([4, 8, 3], batchnorm=True, dropout=0.5, backend=backend, seed=0)
+    x, y = rng.standard_normal((10, 4)), rng.integers(0, 3, 10)
+    model.eval()
+    before = model(x)
+    for training in (False, True):
+        model.train(training)
+        mf.evaluate(model, x, y)
+        mf.predict(model, x)
+        mf.predict_proba(model, x)
+        assert model.training is training
+        assert all(layer.training is training for layer in model), training
+    model.eval()
+    assert np.array_equal(model(x), before)
+
+
 def test_activation_and_init_arguments_are_checked():
     for call, error, match in (
             (lambda: mf.LeakyReLU(float("nan")), ValueError, "negative_slope must be finite"),

@@ -240,6 +240,37 @@ def test_resume_refuses_hyperparameters_the_optimizer_refuses_and_changes_nothin
     assert opt.step_count == 0 and opt.hyper == state["hyper"]
 
 
+@pytest.mark.parametrize("entry,message", [
+    ("order", "order is not a permutation of the samples"),
+    ("model/0.weight", "entry 0.weight is not a finite float32 array"),
+    ("best/0.weight", "entry 0.weight is not a finite float32 array"),
+])
+def test_resume_refuses_rewritten_arrays_and_changes_nothing(entry, message, tmp_path):
+    """A mid-epoch checkpoint whose arrays were rewritten with their digests: an order
+    that visits a sample twice (and skips another), NaN in the weights or in early
+    stopping's best weights (restored only at the end of the run): refused before any
+    training."""
+    x, y = _data()
+    path = tmp_path / "run.ckpt"
+    model, opt = _model("numpy", "adam")
+    with pytest.raises(Crash):
+        _fit(model, opt, Samples(x, y, crash_at=12), 3, checkpoint=path, checkpoint_every=3,
+             val=(x, y), early_stopping=3)
+    ckpt = read_checkpoint(path)
+    arrays = {name: a.copy() for name, a in ckpt.arrays.items()}
+    assert ckpt.progress["batches_done"] > 0 and entry in arrays
+    if entry == "order":
+        arrays["order"][0] = arrays["order"][1]
+    else:
+        arrays[entry][0, 0] = np.nan
+    write_checkpoint(path, {k: v for k, v in ckpt.meta.items() if k != "sha256"}, arrays)
+    model, opt = _model("numpy", "adam", init_seed=5)
+    params = model.flat_data.copy()
+    with pytest.raises(ValueError, match=message):
+        _fit(model, opt, Samples(x, y), 3, resume=path, val=(x, y), early_stopping=3)
+    assert np.array_equal(model.flat_data, params) and opt.step_count == 0
+
+
 def test_resume_refuses_other_training_data_of_the_same_shape(tmp_path):
     """The checkpoint holds CRC-32s of x and y (a dataset object's fingerprint(), if it has
     one): other rows, say another --holdout draw, are refused before anything changes."""
