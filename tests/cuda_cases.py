@@ -399,6 +399,15 @@ def test_activation_rejects_bad_input():
         relu.forward(dev(np.ones((2, 2))), dev(np.ones((2, 3))))
 
 
+def test_leaky_relu_default_slope_is_0_01_as_in_torch(rng):
+    x, g = activation_input(rng, (3, 4), np.float64), rng.standard_normal((3, 4))
+    leaky = activations.VARIANTS["cuda"]["leaky_relu"]
+    y = leaky.forward(dev(x))
+    assert_close(y.copy_to_host(), np.where(x > 0, x, 0.01 * x), what="forward")
+    assert_close(leaky.backward(dev(g), dev(x), y).copy_to_host(), np.where(x > 0, g, 0.01 * g),
+                 what="backward")
+
+
 # --- losses ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -446,6 +455,21 @@ def test_softmax_cross_entropy_rejects_bad_labels_before_writing():
     assert (grad_out.copy_to_host() == 5.0).all()
 
 
+def test_ties_go_to_the_first_largest_output_as_in_numpy(rng):
+    # a row whose largest logits tie counts as correct only for the first of them
+    # (np.argmax), in cross-entropy's correct rows and the cuda step's MSE on labels
+    from mlpfast.kernels.cuda import mlp_step
+    logits = np.array([[1.0, 3.0, 3.0], [0.0, 0.0, 0.0], [2.0, -1.0, 2.0]])
+    for labels in (np.array([1, 0, 0]), np.array([2, 1, 2])):
+        expected = int((logits.argmax(axis=1) == labels).sum())
+        _, _, correct = losses.VARIANTS["cuda"]["softmax_cross_entropy"](dev(logits), labels)
+        assert correct == expected, labels
+        row_stats = dev(np.zeros((3, 2)))
+        mlp_step.SQUARED_ERROR["labels"][1, 4](dev(logits.astype(np.float32)), dev(labels),
+                                               dev(np.zeros((3, 3), np.float32)), row_stats)
+        assert row_stats.copy_to_host()[:, 1].sum() == expected, labels
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (50, 7), (5,)])
 def test_mse_matches_reference(dtype, shape, rng):
@@ -465,6 +489,14 @@ def test_mse_backward_matches_finite_differences(rng):
                              pred)
     grad = losses.VARIANTS["cuda"]["mse_backward"](dev(pred), dev(target))
     assert_close(grad.copy_to_host(), numeric, tol=GRAD_TOL)
+
+
+def test_mse_backward_rejects_what_mse_rejects():
+    backward = losses.VARIANTS["cuda"]["mse_backward"]
+    with pytest.raises(ValueError, match="target must have the shape of pred"):
+        backward(dev(np.ones((2, 3))), dev(np.ones((3, 2))))
+    with pytest.raises(ValueError, match="pred must not be empty"):
+        backward(dev(np.ones((0, 3))), dev(np.ones((0, 3))))
 
 
 # --- optimizers --------------------------------------------------------------------------------
@@ -488,6 +520,20 @@ def test_sgd_matches_reference_over_steps(dtype, hyper, rng):
             optim.VARIANTS["cuda"]["sgd"](param_dev, dev(grad), buf_dev, **kwargs)
         assert_close(param_dev.copy_to_host(), param, what=f"sgd {hyper} param")
         assert_close(buf_dev.copy_to_host(), buf, what=f"sgd {hyper} momentum buffer")
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_first_step_takes_the_gradient_as_the_momentum_buffer(nesterov, rng):
+    # torch's first step sets buf = g whatever the buffer held (here NaN)
+    param, grad = rng.standard_normal(37), rng.standard_normal(37)
+    buf = np.full(37, np.nan)
+    on_device = [dev(param), dev(buf)]
+    kwargs = dict(lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01, first_step=True)
+    optim.VARIANTS["cuda"]["sgd"](on_device[0], dev(grad), on_device[1], **kwargs)
+    g = grad + 0.01 * param
+    assert_close(on_device[1].copy_to_host(), g, what="momentum buffer")
+    assert_close(on_device[0].copy_to_host(), param - 0.1 * (g + 0.9 * g if nesterov else g),
+                 what="param")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -640,6 +686,84 @@ def test_gather_rejects_bad_input():
         gather(src, np.array([0, 1, 2]), out)
     with pytest.raises(ValueError, match="out must not overlap src"):
         gather(src, np.array([0, 1]), src[:2])
+
+
+def test_outputs_may_touch_but_not_overlap_their_inputs(rng):
+    # rows 0-1, 2-3 and 4-5 of one device array are adjacent, not overlapping: an out just
+    # before or just after its inputs is accepted; one sharing a row with them is refused
+    relu = activations.VARIANTS["cuda"]["relu"]
+    host, g = rng.standard_normal((6, 3)), rng.standard_normal((2, 3))
+    rows = dev(host)
+    for out_rows in (slice(0, 2), slice(4, 6)):           # x = y = rows 2-3
+        relu.backward(dev(g), rows[2:4], rows[2:4], rows[out_rows])
+        assert_close(rows.copy_to_host()[out_rows], np.where(host[2:4] > 0, g, 0),
+                     what=f"relu backward into rows {out_rows}")
+    with pytest.raises(ValueError, match="out must not overlap input x"):
+        relu.backward(dev(g), rows[2:4], rows[2:4], rows[3:5])
+    with pytest.raises(TypeError, match="out must be float64"):
+        relu.forward(rows, dev(np.zeros((6, 3), np.float32)))
+    flat = dev(host.reshape(-1))
+    with pytest.raises(ValueError, match="out must not overlap input grad_y"):
+        linear.VARIANTS["cuda"]["bias_grad"](flat[:9].reshape(3, 3), flat[8:11])
+    with pytest.raises(ValueError, match=r"out must have shape \(3,\)"):
+        linear.VARIANTS["cuda"]["bias_grad"](flat[:9].reshape(3, 3), flat[9:11])
+
+
+def test_grid_stride_loops_start_each_row_and_column_afresh(monkeypatch, rng):
+    # kernels with one thread per row (softmax, cross-entropy, max_norm, the step's squared
+    # error) or per column (bias_grad, batchnorm) on more rows or columns than a grid of
+    # one block has threads: a thread's second and third row or column starts its max,
+    # argmax and sums afresh. Such a loop takes a second turn on a GPU only past 65535
+    # blocks, in the simulator past 4 blocks; here after one
+    from mlpfast.kernels.cuda import _device, mlp_step
+    monkeypatch.setattr(_device, "MAX_BLOCKS", 1)
+    threads = _device.THREADS_PER_BLOCK
+    many = 2 * threads + 3
+    tall, g = 2 * rng.standard_normal((many, 5)), rng.standard_normal((many, 5))
+    wide = 3 * rng.standard_normal((4, many)) + 1
+    softmax, ref = activations.VARIANTS["cuda"]["softmax"], ref_activations.REFERENCE["softmax"]
+    y, y_ref = softmax.forward(dev(tall)), ref.forward(tall)
+    assert_close(y.copy_to_host(), y_ref, what="softmax")
+    assert_close(softmax.backward(dev(g), dev(tall), y).copy_to_host(),
+                 ref.backward(g, tall, y_ref), what="softmax backward")
+    labels = rng.integers(0, 5, many)
+    loss, grad, correct = losses.VARIANTS["cuda"]["softmax_cross_entropy"](dev(tall), labels)
+    loss_ref, grad_ref, correct_ref = ref_losses.softmax_cross_entropy_ref(tall, labels)
+    assert correct == correct_ref and abs(loss - loss_ref) <= 1e-10 * loss_ref
+    assert_close(grad.copy_to_host(), grad_ref, what="cross-entropy gradient")
+    weight = tall.copy()                       # row norms on both sides of 4
+    on_device = dev(weight)
+    ref_optim.max_norm_ref(weight, 4.0)
+    optim.VARIANTS["cuda"]["max_norm"](on_device, 4.0)
+    assert_close(on_device.copy_to_host(), weight, what="max_norm")
+    assert_close(linear.VARIANTS["cuda"]["bias_grad"](dev(wide)).copy_to_host(),
+                 wide.sum(axis=0), what="bias_grad")
+    ops, cols = batchnorm.VARIANTS["cuda"], wide.shape[1]
+    weight, bias = 1 + rng.standard_normal(cols), rng.standard_normal(cols)
+    rm, rv = np.zeros(cols), np.ones(cols)
+    rm_dev, rv_dev = dev(rm), dev(rv)
+    expected = ref_batchnorm.train_ref(wide, weight, bias, rm, rv)
+    got = ops["batchnorm_train"](dev(wide), dev(weight), dev(bias), rm_dev, rv_dev)
+    for actual, wanted, what in zip(got + (rm_dev, rv_dev), expected + (rm, rv),
+                                    ("y", "mean", "invstd", "running_mean", "running_var")):
+        assert_close(actual.copy_to_host(), wanted, what=f"batchnorm {what}")
+    g_wide = rng.standard_normal(wide.shape)
+    grads = ops["batchnorm_backward"](dev(g_wide), dev(wide), dev(weight), got[1], got[2])
+    wanted = ref_batchnorm.backward_ref(g_wide, wide, weight, expected[1], expected[2])
+    for actual, want, what in zip(grads, wanted, ("grad_x", "grad_weight", "grad_bias")):
+        assert_close(actual.copy_to_host(), want, what=f"batchnorm {what}")
+    pred = tall.astype(np.float32)               # the step's MSE, with labels and targets
+    targets = rng.standard_normal(pred.shape).astype(np.float32)
+    diff = pred.astype(np.float64) - targets
+    for kind, target, hits in (("targets", targets, np.zeros(many)),
+                               ("labels", labels, pred.argmax(axis=1) == labels)):
+        if kind == "labels":
+            diff = pred.astype(np.float64) - np.eye(5)[labels]
+        grad, row_stats = dev(np.zeros_like(pred)), dev(np.zeros((many, 2)))
+        mlp_step.SQUARED_ERROR[kind][1, threads](dev(pred), dev(target), grad, row_stats)
+        assert_close(grad.copy_to_host(), 2 * diff / diff.size, dtype=np.float32, what=kind)
+        assert_close(row_stats.copy_to_host(), np.stack([(diff ** 2).mean(axis=1), hits], 1),
+                     what=f"squared error rows, {kind}")
 
 
 # --- the engine on "cuda" against "numpy" -------------------------------------------------------
@@ -872,6 +996,47 @@ def test_cuda_step_halves_match_the_numpy_backend():
         assert_near(value, ref_state[key], key)
 
 
+def test_cuda_step_reductions_count_every_row_and_block_once(rng):
+    # the step's sum of squares over more values than its grid has threads, and its close
+    # kernel over more rows and partial sums than its block has threads, against float64
+    from mlpfast.kernels.cuda import mlp_step
+    from mlpfast.kernels.cuda.mlp_step import (APPLIED, CORRECT_SUM, FAILED_LOSS, LAST_CORRECT,
+                                               LAST_LOSS, LOSS_SUM, STOPPED)
+    threads = mlp_step.CLOSE_THREADS
+    values = rng.standard_normal(7 * 3 * threads + 5).astype(np.float32)
+    partials = dev(np.full(3, np.nan))
+    mlp_step.square_sums_kernel[3, mlp_step.THREADS_PER_BLOCK](dev(values), partials)
+    squares = (values.astype(np.float64) ** 2).sum()
+    assert abs(partials.copy_to_host().sum() - squares) <= 1e-5 * squares
+    values[-1] = 2e19                          # its float32 square overflows: inf
+    mlp_step.square_sums_kernel[3, mlp_step.THREADS_PER_BLOCK](dev(values), partials)
+    assert np.isinf(partials.copy_to_host()).any()
+
+    rows, blocks = 3 * threads + 5, 2 * threads + 7
+    row_stats = np.stack([rng.random(rows), rng.integers(0, 2, rows)], axis=1)
+    table = rng.random((4, mlp_step.SCALARS))
+    loss, correct = row_stats[:, 0].sum(), row_stats[:, 1].sum()
+    for bad in (None, np.inf, np.nan):
+        square_partials = rng.random(blocks)
+        if bad is not None:
+            square_partials[1] = bad             # thread 1's first of three
+        state = np.zeros(mlp_step.STATE_SIZE)
+        state[[LOSS_SUM, CORRECT_SUM, APPLIED]] = 1.5, 2.0, 1.0
+        state, progress, scalars = dev(state), dev(np.array([2])), dev(np.zeros(3))
+        mlp_step.close_batch_kernel[1, threads](dev(row_stats), dev(square_partials), progress,
+                                                state, dev(table), scalars)
+        state = state.copy_to_host()
+        assert abs(state[LAST_LOSS] - loss) <= 1e-12 * loss and state[LAST_CORRECT] == correct
+        if bad is None:
+            assert abs(state[LOSS_SUM] - 1.5 - loss) <= 1e-12 * loss
+            assert state[[CORRECT_SUM, APPLIED, STOPPED]].tolist() == [2 + correct, 2, 0]
+        else:                                    # stopped: nothing added, the mean loss kept
+            assert state[[LOSS_SUM, CORRECT_SUM, APPLIED, STOPPED]].tolist() == [1.5, 2, 1, 1]
+            assert abs(state[FAILED_LOSS] - loss / rows) <= 1e-12 * loss
+        assert progress.copy_to_host()[0] == 3
+        np.testing.assert_array_equal(scalars.copy_to_host(), table[2])
+
+
 # cause -> (case, row 11 of x, first layer's weights made positive)
 NON_FINITE = {
     "NaN loss": ("gelu, MSE targets, SGD Nesterov", 3e38, True),          # h_1 = inf, then
@@ -1084,6 +1249,8 @@ def test_cuda_step_rejects_bad_calls_before_changing_anything():
         step.run(bad_order, 0, 1, np.full(1, 0.1), sums)
     with pytest.raises(ValueError, match="lrs must hold one rate per step"):
         step.run(np.arange(STEP_ROWS), 0, 2, np.full(1, 0.1), sums)
+    with pytest.raises(ValueError, match="batches must lie in order"):    # batch 2: rows 16-23
+        step.run(np.arange(16, dtype=np.int64), 2, 1, np.full(1, 0.1), sums)
     with pytest.raises(ValueError, match="order must be a 1-D int64 array"):
         step.run(np.arange(STEP_ROWS, dtype=np.int32), 0, 1, np.full(1, 0.1), sums)
     with pytest.raises(ValueError, match=r"rows_index must be 1-D int64 with 1 to 8 rows"):
