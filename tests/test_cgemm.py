@@ -233,6 +233,20 @@ def test_linear_forward_c_matches_reference(threads, rng):
         assert_close(linear.forward_c(x, w, None), x.astype(np.float64) @ w.T, tol=tol(dtype, 50))
 
 
+def test_listing_the_kernels_leaves_the_selection_alone():
+    # c_kernels() (and the bf16 list) tries each family on the library: afterwards the
+    # kernel in use is the one before, the default or one chosen, not the last one tried
+    for choice in (gemm._SGEMM_KERNELS, gemm_bf16.C_KERNELS):
+        before = choice.name()
+        try:
+            for family in ["auto", *choice.supported()]:
+                choice.select(family)
+                chosen = choice.name()
+                assert choice.supported() and choice.name() == chosen, (family, choice.name())
+        finally:
+            choice.select(before)
+
+
 def test_bad_arguments_name_the_argument(rng):
     a = rng.standard_normal((4, 5)).astype(np.float32)
     b = rng.standard_normal((5, 3)).astype(np.float32)
