@@ -131,6 +131,29 @@ def test_early_stopping_counts_a_tie_as_no_improvement(monitor):
     assert (len(history), history.best_epoch, history.stopped_epoch) == (3, 1, 3)
 
 
+def test_resuming_an_early_stopped_run_trains_nothing_and_keeps_its_record(tmp_path):
+    """The checkpoint of a run that early stopping ended (after epoch 3, best epoch 1, as
+    above): resuming it trains no step and returns that run's history, best_epoch and
+    stopped_epoch, with the best epoch's weights."""
+    x, y = _data(32)
+    path = tmp_path / "run.ckpt"
+
+    def run(seed, **extra):
+        model = mf.MLP([6, 5, 2], backend="numpy", seed=seed)
+        opt = mf.optim.SGD(model.parameters(), lr=0.0)
+        history = mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=8, batch_size=8,
+                         shuffle=False, progress=False, val=(x, y), early_stopping=2,
+                         checkpoint=path, **extra)
+        return model, opt, history
+
+    model_a, opt_a, hist_a = run(0)
+    model_b, opt_b, hist_b = run(5, resume=path)
+    assert (len(hist_b), hist_b.best_epoch, hist_b.stopped_epoch) == (3, 1, 3)
+    assert hist_b["val_loss"] == hist_a["val_loss"]
+    assert opt_b.step_count == opt_a.step_count == 12
+    assert np.array_equal(model_b.flat_data, model_a.flat_data)
+
+
 def test_early_stopping_arguments_are_checked():
     x, y = _data(32)
     model = mf.MLP([6, 5, 2], seed=0)
