@@ -183,3 +183,12 @@ def test_sgd_updates_strided_views_and_their_buffer_in_place(variant, nesterov, 
     assert_close(buf, 0.9 * grads[0] + grads[1], what=f"{variant} buffer")
     assert (param_base[1::2] == 7).all() and (buf_base[1::2] == 7).all()
 
+
+@pytest.mark.parametrize("variant", MAX_NORM_VARIANTS)
+def test_max_norm_sums_float32_squares_in_float64(variant):
+    """Norms in float64 (the module's docstring): the squares of float32 weights of 3e20 and
+    4e20 overflow float32 (a float32 sum made the norm inf and the row 0); the row's norm is
+    5e20 and it is scaled to [0.6, 0.8]."""
+    weight = np.array([[3e20, 4e20], [3e-3, 4e-3]], np.float32)
+    optim.VARIANTS[variant]["max_norm"](weight, 1.0)
+    assert_close(weight, [[0.6, 0.8], [3e-3, 4e-3]], tol=(1e-7, 1e-6), what=variant)
