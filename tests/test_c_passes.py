@@ -1,7 +1,8 @@
-"""The passes of csrc/passes.c called through cffi (mlpf_ssgd, mlpf_sadam), against float64
-NumPy and the contracts csrc/gemm.h states: what test_cgemm.py's thread-count checks (the
-same bits on 1 to 4 threads, one hyperparameter set) leave out. Sizes: 41 (one thread)
-and 2^20 + 37 (above pass_min_parallel_asleep: shares on both threads of the `threads`
+"""The passes of csrc/passes.c called through cffi (mlpf_ssgd, mlpf_sadam, mlpf_sgather,
+mlpf_sgather_packed, mlpf_snarrow_backward), against float64 NumPy and the contracts
+csrc/gemm.h states: what test_cgemm.py's checks (the same bits on 1 to 4 threads, one
+hyperparameter set, sources without a row stride) leave out. Sizes: small ones (one
+thread) and ones above pass_min_parallel_asleep (shares on both threads of the `threads`
 fixture, a last chunk that is not whole)."""
 import numpy as np
 import pytest
@@ -78,4 +79,68 @@ def test_optimizer_passes_refuse_a_negative_size_or_a_missing_array():
     assert adam(0, [ffi.NULL] * 4) == 0 and sgd(0, [ffi.NULL] * 3) == 0
     for a in (p, g, m, v):
         assert (a == 1).all()
+
+
+def test_gather_reads_rows_of_a_wider_source(threads, rng):
+    """src with row stride ld > cols (rows of a wider array, as gemm.h allows): the plain
+    gather and the packed one (read back by a GEMM on it, against float64) take each
+    row's first cols values; ld < cols is refused."""
+    ffi, lib = c_lib()
+    index64 = lambda x: ffi.from_buffer("int64_t[]", x)  # noqa: E731
+    for rows, cols, ld in [(37, 45, 53), (300, 120, 128), (40000, 30, 33)]:
+        wide = rng.standard_normal((rows + 11, ld)).astype(np.float32)
+        index = rng.integers(0, rows + 11, rows)
+        want = wide[index, :cols]
+        out = np.full((rows, cols), np.nan, np.float32)
+        assert lib.mlpf_sgather(floats(ffi, wide), rows + 11, ld, cols, index64(index), rows,
+                                floats(ffi, out)) == 0
+        assert np.array_equal(out, want), (rows, cols)
+        capacity = lib.mlpf_packed_b_floats(rows, cols)
+        spare = np.full(capacity + 16, np.nan, np.float32)
+        packed = spare[(-spare.ctypes.data % 64) // 4:][:capacity]
+        out[...] = np.nan
+        assert lib.mlpf_sgather_packed(floats(ffi, wide), rows + 11, ld, cols, index64(index),
+                                       rows, floats(ffi, out), floats(ffi, packed),
+                                       capacity) == 0
+        assert np.array_equal(out, want), (rows, cols)
+        w = rng.standard_normal((9, cols)).astype(np.float32)
+        c = np.full((rows, 9), np.nan, np.float32)
+        assert lib.mlpf_sgemm_packed_a(1, rows, 9, cols, 1.0, floats(ffi, packed),
+                                       floats(ffi, w), cols, 0.0, floats(ffi, c), 9, ffi.NULL,
+                                       0) == 0
+        assert_close(c, want.astype(np.float64) @ w.T.astype(np.float64),
+                     tol=(2e-6 * cols, 1e-5 * cols ** 0.5), what=f"packed {rows}x{cols}")
+        out[...] = 0.0
+        assert lib.mlpf_sgather(floats(ffi, wide), rows + 11, cols - 1, cols, index64(index),
+                                rows, floats(ffi, out)) == lib.MLPF_ERR_SHAPE
+        assert not out.any()
+
+
+def test_narrow_backward_squares_cover_every_threads_columns(threads, rng):
+    """mlpf_snarrow_backward's *squares with the columns of dw shared between threads
+    (rows k above pass_min_parallel_asleep: two shares on 2 threads, awake or not):
+    the float64 sum of the squares of dw and db, and NaN when only the last column of
+    h, in the second thread's share, is NaN (the finiteness check of the step)."""
+    ffi, lib = c_lib()
+    rows, n, k = 1040, 10, 1030
+    dz = rng.standard_normal((rows, n)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    h = rng.uniform(0, 1, (rows, k)).astype(np.float32)
+    for bad in (False, True):
+        if bad:
+            h[rows // 2, k - 1] = np.nan
+        dh, dw = np.full((rows, k), np.nan, np.float32), np.full((n, k), np.nan, np.float32)
+        db, squares = np.full(n, np.nan, np.float32), np.full(1, np.nan)
+        assert lib.mlpf_snarrow_backward(rows, n, k, floats(ffi, dz), n, floats(ffi, w), k,
+                                         floats(ffi, h), k, floats(ffi, dh), k, floats(ffi, dw),
+                                         k, floats(ffi, db), 2,
+                                         ffi.from_buffer("double[]", squares)) == 0
+        if bad:
+            assert not np.isfinite(squares[0])
+            continue
+        want_dw = dz.astype(np.float64).T @ h.astype(np.float64)
+        want_db = dz.astype(np.float64).sum(0)
+        assert_close(dw, want_dw, tol=(2e-6 * rows, 1e-5 * rows ** 0.5), what="dw")
+        exact = (want_dw ** 2).sum() + (want_db ** 2).sum()
+        assert squares[0] == pytest.approx(exact, rel=1e-5)
 
