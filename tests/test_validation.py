@@ -390,6 +390,13 @@ def test_bool_and_float16_x_train_like_their_float32_values(backend, rng):
      "logits must hold float32 or float64 values, got int64"),
     (lambda: mf.MSELoss()([1.0, 2.0], [1.0, 2.0]), ValueError,
      r"pred must be 2-D \(batch, outputs\), got shape \(2,\)"),
+    # a negative label would index the last class (NumPy's wrap-around) in the kernels
+    (lambda: mf.CrossEntropyLoss(backend="numpy")(np.zeros((2, 3)), [0, -1]), ValueError,
+     r"labels must lie in \[0, 3\) for 3 classes, found -1"),
+    (lambda: mf.CrossEntropyLoss(backend="numpy").value(np.zeros((2, 3)), [-2, 0]), ValueError,
+     r"labels must lie in \[0, 3\) for 3 classes, found -2"),
+    (lambda: mf.MSELoss(backend="numpy")(np.zeros((2, 3)), [0, -1]), ValueError,
+     r"target must lie in \[0, 3\) for 3 classes, found -1"),
     # torch.optim.Adam's range, 0 <= beta < 1: beta2 = 1 never updates exp_avg_sq, and its
     # bias correction 1 - beta2^t divides by zero
     (lambda: mf.optim.Adam(mf.MLP([3, 2], seed=0).parameters(), betas=(0.9, 1.0)), ValueError,
