@@ -184,6 +184,12 @@ def test_predict_proba_is_softmax_of_the_logits_or_a_softmax_heads_output(backen
     head.load_state_dict(logits_model.state_dict())
     assert_close(mf.predict_proba(head, x, batch_size=10), expected, np.float64)
     assert np.array_equal(mf.predict(head, x), expected.argmax(axis=1))
+    # a float32 model's probabilities are float32 (softmax taken in float64, then rounded)
+    model32 = mf.MLP([5, 4, 3], backend=backend, seed=0)
+    z = model32(x).astype(np.float64)
+    proba = mf.predict_proba(model32, x, batch_size=10)
+    assert proba.dtype == np.float32 and proba.shape == (37, 3)
+    assert_close(proba, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), np.float32)
 
 
 def test_fit_with_sgd_and_mse_on_regression(rng):

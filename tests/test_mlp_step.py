@@ -516,3 +516,100 @@ def test_max_norm_inside_the_compiled_step(optimizer, rng):
     assert norms.max() <= 0.8 * (1 + 1e-6) and (norms > 0.79).sum() > 3    # the ball binds
     for name, value in state.items():
         assert_close(value, want[name], tol=(1e-5, 1e-4), what=name)
+
+
+def test_an_overflowing_gradient_of_the_narrow_last_layer_stops_the_call(rng):
+    """The narrow one-pass backward (a last layer of at most NARROW_N outputs after relu)
+    adds the squares of its dW and db to the step's finiteness check, as the weight
+    gradients' GEMMs do: MSE on float targets where h_1 ~ 1e35 and W_1 ~ 1e-26 gives
+    finite predictions, loss and lower gradients, but a dW_1 beyond float32 (the float64
+    reference says so); the call stops before its update and changes nothing."""
+    x = np.zeros((8, 2), np.float32)
+    x[:, 0] = 1e30
+    targets = np.zeros((8, 2), np.float32)
+    steps, _, (weights, biases, _, _, flat_data) = make_steps(
+        [2, 4, 2], ["relu", "identity"], x, targets, 8, "mse", "sgd", (0.0, 0.0, 0.0), rng)
+    weights[0][...] = [[1e5, 0]] * 4
+    weights[1][...] = 1e-26
+    biases[0][...] = biases[1][...] = 0
+    params = [(w.astype(np.float64), b.astype(np.float64)) for w, b in zip(weights, biases)]
+    total, _, grads = reference_gradients(params, ["relu", "identity"], x, targets, "mse")
+    assert np.isfinite(total) and np.abs(grads[0][0]).max() < 1e20
+    assert np.abs(grads[1][0]).max() > np.finfo(np.float32).max      # dW_1 overflows
+    before, sums = flat_data.copy(), np.zeros(2)
+    done, finite, loss = steps.run(np.arange(8, dtype=np.int64), 0, 1, np.full(1, 1e-3), 0,
+                                   sums)
+    assert (done, finite) == (0, False) and loss == pytest.approx(total / 8, rel=1e-5)
+    assert np.array_equal(flat_data, before) and not sums.any()
+
+
+def test_the_two_halves_of_a_step_advance_dropout_and_batchnorm_as_the_layers_do(rng):
+    """compute_gradients + apply_update (data parallelism's split) with input dropout,
+    batchnorm and dropout: on cpu (the compiled step) as on the numpy backend's layers,
+    each half-step's forward draws fresh masks (the dropout step advances) and counts a
+    batch for batchnorm."""
+    x = rng.standard_normal((64, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    order = rng.permutation(64).astype(np.int64)
+    results = []
+    for backend in ("cpu", "numpy"):
+        model = mf.MLP([10, 8, 3], batchnorm=True, dropout=0.3, input_dropout=0.1,
+                       backend=backend, seed=0)
+        opt = mf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(), opt,
+                                       as_dataset(model, x, y), 16)
+        model.train()
+        for b in range(4):
+            step.compute_gradients(order[16 * b:16 * (b + 1)])
+            step.apply_update(0.05)
+        results.append((model.state_dict(),
+                        [layer.step for layer in model.layers if isinstance(layer, mf.Dropout)]))
+    (state, steps), (want, want_steps) = results
+    assert steps == want_steps == [4, 4]
+    assert [int(v) for k, v in state.items() if k.endswith("num_batches_tracked")] == [4]
+    for name, value in state.items():
+        assert_close(value, want[name], tol=(2e-5, 1e-4), what=name)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("dropout", [dict(dropout=0.3), dict(input_dropout=0.2)])
+def test_dropout_without_batchnorm_in_the_compiled_step(act, dropout, rng):
+    """Dropout after the hidden layers only, or on the inputs only, no batchnorm: the
+    backward pass must take layer l's own dropout (the mask and 1 / (1 - p) of what
+    follows layer l - 1), not its neighbour's, before f'. Trained by fit on cpu as by the
+    numpy backend's layers."""
+    x = rng.standard_normal((96, 12)).astype(np.float32)
+    y = rng.integers(0, 4, 96)
+    results = []
+    for backend in ("cpu", "numpy"):
+        model = mf.MLP([12, 10, 8, 4], act, backend=backend, seed=0, **dropout)
+        opt = mf.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=2, batch_size=16, seed=1,
+               progress=False)
+        results.append(model.state_dict())
+    state, want = results
+    for name, value in state.items():
+        assert_close(value, want[name], tol=(2e-5, 1e-4), what=name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_a_step_refuses_a_batchnorm_batch_of_one_row_and_changes_nothing(backend, rng):
+    """fit refuses a batch size that leaves a batch of 1 before training; the step itself
+    refuses one too, as the layers do, where fit's check cannot see it (a data-parallel
+    rank's share of a batch, compute_gradients of 1 row; run over an order whose last
+    batch is 1 row), before any running statistic or parameter changes."""
+    x, y = rng.standard_normal((17, 5)).astype(np.float32), rng.integers(0, 2, 17)
+    model = mf.MLP([5, 4, 2], batchnorm=True, backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.1)
+    step = model.backend.make_step(model.plan(), mf.CrossEntropyLoss(), opt,
+                                   as_dataset(model, x, y), 8)
+    model.train()
+    before = {name: value.copy() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match="needs more than 1 sample"):
+        step.compute_gradients(np.array([3], np.int64))
+    if backend == "cpu":            # (the numpy layers update nothing before they refuse)
+        with pytest.raises(ValueError, match="needs more than 1 sample"):
+            step.run(np.arange(17, dtype=np.int64), 2, 1, np.full(1, 0.1), np.zeros(2))
+    for name, value in model.state_dict().items():
+        assert np.array_equal(value, before[name]), name
+    assert opt.step_count == 0

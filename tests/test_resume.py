@@ -183,13 +183,14 @@ def test_resume_refuses_a_different_run_and_changes_nothing(change, message, tmp
     ("progress", "correct", 2 ** 1100, "progress.correct must be an integer >= 0"),
     ("progress", "global_step", 2 ** 70, "progress.global_step must be an integer >= 0"),
     ("progress", "loss_sum", 2 ** 80, "progress.loss_sum must be a number"),
+    ("progress", "batches_done", 99, "progress.batches_done 99 > 7 batches"),
     ("early_stopping", "best", "abc", "holds early stopping .*best must be a number or null"),
     ("early_stopping", "bad_epochs", "x", "holds early stopping"),
     ("early_stopping", "bad_epochs", 9, "holds early stopping"),
     ("history", 0, {}, "history record 1 must hold its epoch, loss and numbers or null"),
     ("history", 1, {"epoch": 2, "loss": "low"}, "history record 2 must hold"),
     ("history", None, None, "history holds 1 records for 2 epochs done"),
-], ids=["correct", "global_step", "loss_sum", "best", "bad_epochs_text", "bad_epochs_9",
+], ids=["correct", "global_step", "loss_sum", "batches_done", "best", "bad_epochs_text", "bad_epochs_9",
         "history_empty_record", "history_text_loss", "history_short"])
 def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value, message,
                                                                tmp_path):
