@@ -190,8 +190,8 @@ def test_resume_refuses_a_different_run_and_changes_nothing(change, message, tmp
     ("history", 0, {}, "history record 1 must hold its epoch, loss and numbers or null"),
     ("history", 1, {"epoch": 2, "loss": "low"}, "history record 2 must hold"),
     ("history", None, None, "history holds 1 records for 2 epochs done"),
-], ids=["correct", "global_step", "loss_sum", "batches_done", "best", "bad_epochs_text", "bad_epochs_9",
-        "history_empty_record", "history_text_loss", "history_short"])
+], ids=["correct", "global_step", "loss_sum", "batches_done", "best", "bad_epochs_text",
+        "bad_epochs_9", "history_empty_record", "history_text_loss", "history_short"])
 def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value, message,
                                                                tmp_path):
     """A checkpoint whose JSON entry was rewritten (its digests recomputed) with values that
