@@ -311,6 +311,21 @@ def test_nan_operand_and_denormals(kernel, rng):
     assert (bf.sbgemm_c(tiny, tiny.T.copy()) == 0).all()
 
 
+def test_relu_derivative_of_a_nan_y_is_zero(kernel, rng):
+    # f' = [y > 0] is false for a NaN y, as in activation_derivative_ref: relu's epilogue
+    # writes 0 there; tanh's f' of a NaN y is NaN
+    m, n, k = 19, 40, 9
+    a, b = operands(rng, m, n, k, False, False)
+    nan = rng.random((m, n)) < 0.2
+    for y_type in (F32, BF16):
+        y = as_type(np.maximum(rng.standard_normal((m, n)), 0).astype(np.float32), y_type)
+        y[nan] = 0x7FC0 if y_type == BF16 else np.nan
+        for dact in ("relu", "tanh"):
+            out = values(bf.sbgemm_dact_c(a, b, y, dact))
+            assert (np.isnan(out) == np.isnan(values(bf.sbgemm_dact_ref(a, b, y, dact)))).all()
+            assert (out[nan] == 0).all() if dact == "relu" else np.isnan(out[nan]).all()
+
+
 # --- the vanishing product, bad arguments ---------------------------------------------------
 
 def test_k0_and_alpha0_read_neither_operand(kernel, rng):
