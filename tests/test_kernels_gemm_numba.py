@@ -93,3 +93,21 @@ def test_empty_product_applies_bias_and_relu_without_reading_out():
                           False, True, 1.0, 0.0, bias, "relu")
     assert_close(out, [[0.0, 0.5, 2.0]] * 2)
 
+
+
+def test_shared_schedule_over_two_row_blocks(rng):
+    """m > GEMM_MC with n > m on 2 threads: the threads split only columns (the shared
+    schedule) and take items of two A blocks; each thread packs an A block when its first
+    item in it comes (packing only the first block left the rows past GEMM_MC computed
+    from it, unseen by SHAPES, whose m > GEMM_MC shape splits rows)."""
+    m, n, k = gemm.GEMM_MC + 11, gemm.GEMM_MC + 40, 3
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(2)
+    try:
+        assert gemm._shared_schedule(2, m, n, k, k, 2 * gemm.GEMM_VECTOR_BYTES // 4, 4)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        out = gemm.gemm_numba(a, b)
+    finally:
+        mlpfast.set_num_threads(previous)
+    assert_close(out, a.astype(np.float64) @ b, tol=(1e-5 * k, 2e-5 * k ** 0.5))
