@@ -204,3 +204,18 @@ def test_exp_shifted_sum_prefetching_or_not(n, ahead_len, dtype, rng):
     expected = np.exp(row.astype(np.float64) - top)
     assert_close(e_row, expected, what="exp(row - top)")
     assert abs(total - expected.sum()) <= 1e-5 * expected.sum()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_softmax_into_a_strided_out_never_streams(dtype, rng, monkeypatch):
+    """Streaming stores write 64 contiguous bytes: an out whose rows are not contiguous
+    (every other column of a larger array) takes plain stores even past STREAM_MIN_BYTES
+    (forced to 0 here), and nothing between its columns is written."""
+    from mlpfast.kernels import _numba_math
+    monkeypatch.setattr(_numba_math, "STREAM_MIN_BYTES", 0)
+    x = (3 * rng.standard_normal((5, 40))).astype(dtype)
+    base = np.full((5, 80), 7.0, dtype)
+    out = base[:, ::2]
+    activations.VARIANTS["numba"]["softmax"].forward(x, out)
+    assert_close(out, activations.REFERENCE["softmax"].forward(x.astype(np.float64)))
+    assert (base[:, 1::2] == 7).all()

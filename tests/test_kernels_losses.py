@@ -132,3 +132,18 @@ def test_cross_entropy_counts_ties_for_the_first_maximum_only(variant, dtype):
     labels = np.array([2, 3, 0, 1, 2, 3])
     _, _, correct = losses.VARIANTS[variant]["softmax_cross_entropy"](logits, labels)
     assert correct == int((logits.argmax(axis=1) == labels).sum()) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_cross_entropy_into_a_strided_grad_out_never_streams(dtype, rng, monkeypatch):
+    """A grad_out whose rows are not contiguous takes plain stores even past
+    STREAM_MIN_BYTES (forced to 0): streaming stores write 64 contiguous bytes."""
+    from mlpfast.kernels import _numba_math
+    monkeypatch.setattr(_numba_math, "STREAM_MIN_BYTES", 0)
+    logits = (3 * rng.standard_normal((6, 40))).astype(dtype)
+    labels = rng.integers(0, 40, 6)
+    base = np.full((6, 80), 7.0, dtype)
+    _, grad, _ = losses.VARIANTS["numba"]["softmax_cross_entropy"](logits, labels, base[:, ::2])
+    _, p = naive_cross_entropy(logits.astype(np.float64), labels)
+    assert_close(grad, (p - np.eye(40)[labels]) / 6)
+    assert (base[:, 1::2] == 7).all()
