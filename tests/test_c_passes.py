@@ -6,7 +6,7 @@ thread) and ones above pass_min_parallel_asleep (shares on both threads of the `
 fixture, a last chunk that is not whole)."""
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, run_guarded
 
 from mlpfast.kernels import gemm, optim
 
@@ -116,6 +116,46 @@ def test_gather_reads_rows_of_a_wider_source(threads, rng):
         assert not out.any()
 
 
+_GATHER_GUARD_SCRIPT = r"""
+from mlpfast.kernels import gemm
+
+lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+rng = np.random.default_rng(0)
+pointer = lambda a, t="float *": ffi.cast(t, a.ctypes.data)
+index = np.array([19, 0, 19, 5, 19, 3, 19, 1, 19, 19, 2], np.int64)    # the last row
+for kernel in gemm.c_kernels():                                         # in each group
+    gemm.set_c_kernel(kernel)                                           # (layout widths)
+    for cols in (1, 7, 8, 15, 16, 17, 31, 33, 45, 63):
+        src, out = at_page_end((20, cols)), at_page_end((index.size, cols))
+        src[...] = rng.standard_normal(src.shape)
+        assert lib.mlpf_sgather(pointer(src), 20, cols, cols, pointer(index, "int64_t *"),
+                                index.size, pointer(out)) == 0
+        assert np.array_equal(out, src[index]), (kernel, cols)
+        capacity = lib.mlpf_packed_b_floats(index.size, cols)
+        spare = np.full(capacity + 16, np.nan, np.float32)
+        packed = spare[(-spare.ctypes.data % 64) // 4:][:capacity]
+        out[...] = 0.0
+        assert lib.mlpf_sgather_packed(pointer(src), 20, cols, cols, pointer(index, "int64_t *"),
+                                       index.size, pointer(out), pointer(packed), capacity) == 0
+        assert np.array_equal(out, src[index]), (kernel, cols)
+        w = rng.standard_normal((3, cols)).astype(np.float32)
+        c = np.full((index.size, 3), np.nan, np.float32)
+        assert lib.mlpf_sgemm_packed_a(1, index.size, 3, cols, 1.0, pointer(packed), pointer(w),
+                                       cols, 0.0, pointer(c), 3, ffi.NULL, 0) == 0
+        want = src[index].astype(np.float64) @ w.T.astype(np.float64)
+        assert np.abs(c - want).max() <= 1e-5 * cols, (kernel, cols)
+print("ok")
+"""
+
+
+def test_gather_reads_nothing_past_the_source():
+    """The source ends right before an unreadable page and the gathered rows include its
+    last row, in every group of rows, at widths below, at and across each layout's runs
+    (8, 16, 32 floats): a gather (plain or packed) that copies a whole run past a row's
+    end crashes the child. The rows and a GEMM on the packed batch against float64."""
+    run_guarded(_GATHER_GUARD_SCRIPT)
+
+
 def test_narrow_backward_squares_cover_every_threads_columns(threads, rng):
     """mlpf_snarrow_backward's *squares with the columns of dw shared between threads
     (rows k above pass_min_parallel_asleep: two shares on 2 threads, awake or not):
@@ -144,3 +184,53 @@ def test_narrow_backward_squares_cover_every_threads_columns(threads, rng):
         exact = (want_dw ** 2).sum() + (want_db ** 2).sum()
         assert squares[0] == pytest.approx(exact, rel=1e-5)
 
+
+def test_the_compiled_steps_calls_pass_every_argument_to_c(rng):
+    """kernels/_c_calls, which the compiled step calls C through (by address, from Numba),
+    against float64 NumPy and the references: the sum of squares of x whose only NaN is
+    its last element; the gather of rows that include the source's last one; dropout at
+    a step above 2^32 (both words), its mask stored; SGD (Nesterov, first step on a NaN
+    buffer) and Adam with betas of their own, two steps."""
+    from mlpfast.kernels import _c_calls, dropout
+    address = _c_calls.c_addresses()
+    x = rng.standard_normal(1001).astype(np.float32)
+    want = float((x.astype(np.float64) ** 2).sum())
+    assert _c_calls.sum_squares(address["mlpf_ssum_squares"], x) == pytest.approx(want, rel=1e-5)
+    x[-1] = np.nan
+    assert np.isnan(_c_calls.sum_squares(address["mlpf_ssum_squares"], x))
+
+    src = rng.standard_normal((50, 13)).astype(np.float32)
+    index = np.array([49, 0, 49, 7, 48], np.int64)
+    out = np.full((5, 13), np.nan, np.float32)
+    assert _c_calls.gather(address["mlpf_sgather"], src, index, out) == 0
+    assert np.array_equal(out, src[index])
+
+    seed, step, layer, p = 2 ** 40 + 3, 2 ** 33 + 7, 5, 0.3
+    threshold, key_lo, key_hi, layer_word, _, _ = dropout.stream(p, seed, 0, layer)
+    drop = np.array([threshold, key_lo, key_hi, layer_word, 0, 1], np.uint64)
+    x = rng.standard_normal((37, 29)).astype(np.float32)
+    want, want_keep = dropout.forward_ref(x, p, seed, step, layer)
+    out, keep = np.full_like(x, np.nan), np.full(x.shape, 7, np.uint8)
+    assert _c_calls.dropout(address["mlpf_sdropout"], x, out, keep, drop, np.uint64(step),
+                            dropout.scale_for(p, np.float32)) == 0
+    assert np.array_equal(keep, want_keep) and np.array_equal(out, want)
+
+    n = 1001
+    p32 = rng.standard_normal(n).astype(np.float32)
+    q32, buf, m, v = p32.copy(), np.full(n, np.nan, np.float32), np.zeros(n, np.float32), \
+        np.zeros(n, np.float32)
+    p64, q64, buf64, m64, v64 = p32.astype(np.float64), p32.astype(np.float64), np.zeros(n), \
+        np.zeros(n), np.zeros(n)
+    lr, beta1, beta2, eps, wd = 0.01, 0.8, 0.99, 1e-6, 0.01
+    for t in (1, 2):
+        g = rng.standard_normal(n).astype(np.float32)
+        assert _c_calls.sgd(address["mlpf_ssgd"], q32, g, buf, lr, 0.9, True, wd, t == 1) == 0
+        optim.sgd_ref(q64, g.astype(np.float64), buf64, lr=lr, momentum=0.9, nesterov=True,
+                      weight_decay=wd, first_step=t == 1)
+        assert _c_calls.adam(address["mlpf_sadam"], p32, g, m, v, lr / (1.0 - beta1 ** t), beta1,
+                             beta2, 1.0 / np.sqrt(1.0 - beta2 ** t), eps, wd, 1.0) == 0
+        optim.adam_ref(p64, g.astype(np.float64), m64, v64, step=t, lr=lr, beta1=beta1,
+                       beta2=beta2, eps=eps, weight_decay=wd)
+    for got, expected, what in [(q32, q64, "sgd p"), (buf, buf64, "sgd buf"), (p32, p64, "adam p"),
+                                (m, m64, "adam m"), (v, v64, "adam v")]:
+        assert_close(got, expected, np.float32, what=what)
