@@ -184,9 +184,9 @@ AVX512 static void pack_b_cols(int64_t kc, int64_t rows, const float *src, int64
 }
 
 /* dst[p*MR + r] = M[row0 + r][col0 + p] (r < rows, zeros up to MR) for M held in runs of
- * NR = 32 columns (gemm_kernels.h, mlpf_packed_view): per row, 16 columns from one run
- * or from the end of one and the start of the next, then 16 x 16 blocks transposed in
- * registers, as pack_rows_avx512. */
+ * NR = 32 columns (gemm_kernels.h, mlpf_packed_view): col0 is a multiple of 16 (k blocks
+ * are, k_block_len in gemm.c), so each 16 columns of a row lie in one run; 16 x 16 blocks
+ * are transposed in registers, as pack_rows_avx512. */
 AVX512 static void pack_a_packed(int64_t kc, int64_t rows, const mlpf_packed_view *src,
                                  int64_t row0, int64_t col0, float *dst)
 {
@@ -198,21 +198,12 @@ AVX512 static void pack_a_packed(int64_t kc, int64_t rows, const mlpf_packed_vie
     }
     for (int64_t p0 = 0; p0 < kc; p0 += 16) {
         const int64_t depth = kc - p0 < 16 ? kc - p0 : 16;
-        const int64_t f = col0 + p0, run = f / NR, at = f % NR, in_run = NR - at;
+        const int64_t f = col0 + p0, run = f / NR, at = f % NR;
         const __mmask16 lanes = first_lanes(depth);
-        const __mmask16 head = first_lanes(in_run < depth ? in_run : depth);
         __m512 block[16];
-        for (int i = 0; i < 16; i++) {
-            if (i >= rows) {
-                block[i] = _mm512_setzero_ps();
-                continue;
-            }
-            const float *from = run0[i] + run * stride[i];
-            block[i] = _mm512_maskz_loadu_ps(head, from + at);
-            if (in_run < depth)      /* lane L >= in_run: column L - in_run of the next run */
-                block[i] = _mm512_mask_loadu_ps(block[i], lanes & ~head,
-                                                from + stride[i] - in_run);
-        }
+        for (int i = 0; i < 16; i++)
+            block[i] = i < rows ? _mm512_maskz_loadu_ps(lanes, run0[i] + run * stride[i] + at)
+                                : _mm512_setzero_ps();
         transpose_16x16(block);
         for (int q = 0; q < depth; q++)
             _mm512_mask_storeu_ps(dst + (p0 + q) * MR, first_lanes(MR), block[q]);
