@@ -721,6 +721,61 @@ def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
     assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr[-6000:]
 
 
+# Jobs of n threads after jobs of more: the pool's surplus workers (started by a wider
+# job) must sit out, so each job runs its task exactly once on each index 0..n-1 and
+# tells every call n.
+_POOL_INDEX_DRIVER = r"""
+#include <stdatomic.h>
+#include <stdio.h>
+#include "threadpool.h"
+
+static atomic_int seen[MLPF_POOL_MAX_THREADS + 1];
+static atomic_int wrong_count;
+
+static void record(void *arg, int index, int threads)
+{
+    if (index < 0 || index > MLPF_POOL_MAX_THREADS || threads != *(const int *)arg) {
+        atomic_fetch_add(&wrong_count, 1);
+        return;
+    }
+    atomic_fetch_add(&seen[index], 1);
+}
+
+int main(void)
+{
+    static const int sizes[] = {4, 2, 3, 1, 4, 2, 4, 3};
+    int bad = 0;
+    for (int round = 0; round < 200; round++)
+        for (unsigned j = 0; j < sizeof sizes / sizeof *sizes; j++) {
+            int n = sizes[j];
+            for (int i = 0; i <= MLPF_POOL_MAX_THREADS; i++) atomic_store(&seen[i], 0);
+            bad |= mlpf_pool_run(n, record, &n) != n;
+            for (int i = 0; i <= MLPF_POOL_MAX_THREADS; i++)
+                bad |= atomic_load(&seen[i]) != (i < n);
+        }
+    bad |= atomic_load(&wrong_count) != 0;
+    puts(bad ? "wrong" : "ok");
+    return bad;
+}
+"""
+
+
+def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
+    import shutil
+    import subprocess
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("no gcc here")
+    (tmp_path / "driver.c").write_text(_POOL_INDEX_DRIVER)
+    built = subprocess.run([gcc, "-O1", "-std=gnu11", "-pthread", f"-I{CSRC}",
+                            os.path.join(CSRC, "threadpool.c"), str(tmp_path / "driver.c"),
+                            "-o", str(tmp_path / "driver")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
+    done = subprocess.run([str(tmp_path / "driver")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr[-3000:]
+
+
 _GUARD_SCRIPT = r"""
 from mlpfast.kernels import gemm
 
