@@ -1278,6 +1278,7 @@ def test_cuda_falls_back_to_the_layer_by_layer_step_for_what_its_step_does_not_c
     model = mf.MLP(sizes, backend="cuda")
     for other in (mf.MLP(sizes, batchnorm=True, backend="cuda"),
                   mf.MLP(sizes, dropout=0.2, backend="cuda"),
+                  mf.MLP(sizes, input_dropout=0.2, backend="cuda"),
                   mf.MLP(sizes, backend="cuda", dtype=np.float64),
                   mf.Sequential(mf.Linear(7, 3), mf.Softmax())):
         assert kind(other) == "LayerByLayerStep"
