@@ -58,7 +58,7 @@ def run_guarded(script, *args):
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-c", GUARD_PAGES_SOURCE + script, *args],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 

@@ -4,7 +4,7 @@ k blocks, strided views, 1 and 2 threads. (tests/test_kernels_gemm.py covers eve
 variant on small shapes.)"""
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, run_guarded
 
 import mlpfast
 from mlpfast.kernels import gemm
@@ -111,3 +111,27 @@ def test_shared_schedule_over_two_row_blocks(rng):
     finally:
         mlpfast.set_num_threads(previous)
     assert_close(out, a.astype(np.float64) @ b, tol=(1e-5 * k, 2e-5 * k ** 0.5))
+
+
+_GUARD_SCRIPT = r"""
+from mlpfast.kernels import gemm
+
+for dtype in (np.float32, np.float64):
+    for m, n, k in [(5, 3, 32), (13, 37, 48), (1, 1, 16), (25, 20, 33)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = at_page_end((k, m) if ta else (m, k), dtype)
+                b = at_page_end((n, k) if tb else (k, n), dtype)
+                a[...], b[...] = (np.random.default_rng(0).standard_normal(x.shape) for x in (a, b))
+                out = gemm.gemm_numba(a, b, trans_a=ta, trans_b=tb)
+                ref = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+                assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), (m, n, k)
+print("ok")
+"""
+
+
+def test_packing_reads_nothing_past_the_operands():
+    """A and B end right before an unreadable page; m and n are not multiples of MR and NR,
+    k is a multiple of the vector length: the vector packers may read only whole
+    micro-panels (a partial one read whole crosses the end of A and crashes the child)."""
+    run_guarded(_GUARD_SCRIPT)
