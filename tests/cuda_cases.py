@@ -1177,6 +1177,19 @@ def test_cuda_step_captures_each_batch_size_once_then_replays_it(recording_launc
     assert runs[0][2].graphs.startswith("kernel by kernel")
 
 
+def test_a_launch_list_refuses_a_host_array_by_its_position():
+    """A graph cannot capture the copies numba-cuda makes for a host array, so launch lists
+    take device arrays and scalars only."""
+    from mlpfast.kernels.cuda.graphs import Launch, check_launches
+    kernel = object()
+    device_ok = [Launch(kernel, 1, 32, (cuda.to_device(np.zeros(4, np.float32)), 3, 0.5))]
+    check_launches(device_ok)
+    host = Launch(kernel, 1, 32, (cuda.to_device(np.zeros(4, np.float32)), np.zeros((2, 3))))
+    with pytest.raises(TypeError, match=r"argument 1 of a launch of .* is a host array "
+                                        r"float64 \(2, 3\)"):
+        check_launches(device_ok + [host])
+
+
 def test_cuda_step_runs_kernel_by_kernel_when_capture_fails(recording_launches):
     case = "relu, cross-entropy, Adam"
     x, y = step_data("labels")
