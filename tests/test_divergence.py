@@ -200,3 +200,21 @@ def test_nan_from_a_dataset_objects_batches_is_pointed_at(backend):
         mf.fit(model, opt, mf.CrossEntropyLoss(), x, y, epochs=50, batch_size=16, seed=0,
                progress=False)
     assert "gather_batch" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")    # the numpy backend's NaN
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_diverged_batchs_forward_pass_counts_for_dropout(backend):
+    # a NaN in sample 37 of an unshuffled run diverges at the third batch of 16; its forward
+    # pass ran, so every Dropout's step is 3, as the layer-by-layer numpy backend counts,
+    # and training on from there draws fresh masks
+    x, y = _data()
+    poisoned = x.copy()
+    poisoned[37, 3] = np.nan
+    model = mf.MLP([20, 16, 16, 10], dropout=0.2, input_dropout=0.1, backend=backend, seed=0)
+    opt = mf.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(TrainingDiverged) as info:
+        mf.fit(model, opt, mf.CrossEntropyLoss(), Samples(poisoned, y), epochs=1,
+               batch_size=16, shuffle=False, seed=0, progress=False)
+    assert info.value.global_step == 3 and opt.step_count == 2
+    assert [m.step for m in model if isinstance(m, mf.Dropout)] == [3, 3, 3]
