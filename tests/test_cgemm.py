@@ -708,16 +708,25 @@ def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
         pytest.skip("no working gcc -fsanitize=thread here")
     build_cgemm = load_build_cgemm()
     (tmp_path / "cpu_config.h").write_text(build_cgemm.config_header())
-    (tmp_path / "driver.c").write_text(_RACE_DRIVER)
-    built = subprocess.run(
-        [gcc, *flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}", f"-I{tmp_path}",
-         *(os.path.join(CSRC, name) for name in build_cgemm.SOURCES), str(tmp_path / "driver.c"),
-         "-lm", "-o", str(tmp_path / "driver")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-3000:]
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
     env.pop("LD_PRELOAD", None)
+    run_c_driver(tmp_path, gcc, _RACE_DRIVER,
+                 [*flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}",
+                  f"-I{tmp_path}"],
+                 [os.path.join(CSRC, name) for name in build_cgemm.SOURCES], libs=["-lm"],
+                 env=env, timeout=600)
+
+
+def run_c_driver(tmp_path, gcc, source, flags, sources, libs=(), env=None, timeout=300):
+    """Builds ``source`` (a C main) with ``sources`` into tmp_path/driver and runs it: it
+    must exit 0 printing "ok"."""
+    import subprocess
+    (tmp_path / "driver.c").write_text(source)
+    built = subprocess.run([gcc, *flags, *sources, str(tmp_path / "driver.c"), *libs, "-o",
+                            str(tmp_path / "driver")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-3000:]
     done = subprocess.run([str(tmp_path / "driver")], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=timeout)
     assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr[-6000:]
 
 
@@ -762,18 +771,11 @@ int main(void)
 
 def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
     import shutil
-    import subprocess
     gcc = shutil.which("gcc")
     if not gcc:
         pytest.skip("no gcc here")
-    (tmp_path / "driver.c").write_text(_POOL_INDEX_DRIVER)
-    built = subprocess.run([gcc, "-O1", "-std=gnu11", "-pthread", f"-I{CSRC}",
-                            os.path.join(CSRC, "threadpool.c"), str(tmp_path / "driver.c"),
-                            "-o", str(tmp_path / "driver")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-3000:]
-    done = subprocess.run([str(tmp_path / "driver")], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr[-3000:]
+    run_c_driver(tmp_path, gcc, _POOL_INDEX_DRIVER, ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}"],
+                 [os.path.join(CSRC, "threadpool.c")])
 
 
 _GUARD_SCRIPT = r"""
