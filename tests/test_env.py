@@ -55,6 +55,7 @@ def test_the_readme_table_lists_every_variable():
     ("MLPFAST_NUM_THREADS", "257", env.num_threads),
     ("MLPFAST_FUZZ_EXAMPLES", "-3", env.fuzz_examples),
     ("MLPFAST_NUMBA_THREADING_LAYER", "openmp", env.numba_threading_layer),
+    ("MLPFAST_NUMBA_THREADING_LAYER", "", env.numba_threading_layer),      # set, but empty
     ("MLPFAST_PARALLEL_MIN_ELEMENTS", "many", lambda: env.parallel_min_elements(1)),
     ("MLPFAST_NOTEBOOK_QUICK", "yes", env.notebook_quick),
 ])
@@ -75,6 +76,14 @@ def test_values_and_defaults(monkeypatch):
     monkeypatch.setenv("MLPFAST_PARALLEL_MIN_ELEMENTS", "1024")
     assert env.num_threads() == 3 and env.data_dir() == "/data"
     assert env.parallel_min_elements(7) == 1024
+    monkeypatch.setenv("MLPFAST_NUM_THREADS", str(env.MAX_THREADS))   # the pool's limit
+    assert env.num_threads() == env.MAX_THREADS == 256
+    for name in ("MLPFAST_DATA", "MLPFAST_GEMM_KERNEL"):    # empty: as if unset
+        monkeypatch.setenv(name, "")
+    assert env.data_dir() is None and env.gemm_kernel() is None
+    for layer in ("omp", "tbb", "workqueue"):
+        monkeypatch.setenv("MLPFAST_NUMBA_THREADING_LAYER", layer)
+        assert env.numba_threading_layer() == layer
     for text, quick in (("1", True), ("0", False), ("", False)):
         monkeypatch.setenv("MLPFAST_NOTEBOOK_QUICK", text)
         assert env.notebook_quick() is quick

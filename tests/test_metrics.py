@@ -58,7 +58,7 @@ def test_num_classes_reports_classes_absent_from_both():
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("digits", [2, 4])
+@pytest.mark.parametrize("digits", [2, 4, 14])     # 14: wider than "weighted avg"
 def test_report_text_and_dict_equal_scikit_learn(case, digits):
     y_true, y_pred = CASES[case]
     with warnings.catch_warnings():
@@ -125,7 +125,12 @@ def test_evaluate_confusion_matrix_scores_and_loss_equal_the_references():
      r"\[0, 3\) for num_classes=3, found 3"),
     (lambda m: m.classification_report([0, 1], [0, 1], target_names=["a"], num_classes=2),
      ValueError, "target_names must name 2 classes, got 1"),
+    (lambda m: m.classification_report([0, 1], [0, 1], target_names=["a", "b", "c"],
+                                       num_classes=2),
+     ValueError, "target_names must name 2 classes, got 3"),
     (lambda m: m.classification_report([0, 1], [0, 1], digits=-1), ValueError, "digits"),
+    (lambda m: m.classification_report([0, 1], [0, 1], digits=True), ValueError, "digits"),
+    (lambda m: m.classification_report([0, 1], [0, 1], digits=2.0), ValueError, "digits"),
 ])
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):

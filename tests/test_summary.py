@@ -58,6 +58,8 @@ def test_single_linear_layer_and_show_false(capsys):
     ((None, (1, 28, 28)), {}, ValueError, "input_size"),
     ((None, 3.0), {}, ValueError, "input_size"),
     ((None, 3), {"batch_size": 0}, ValueError, "batch_size"),
+    ((None, 3), {"batch_size": True}, ValueError, "batch_size"),
+    ((None, 3), {"batch_size": 2.0}, ValueError, "batch_size"),
 ])
 def test_bad_arguments(args, kwargs, error, match):
     model = mf.MLP([3, 2], seed=0)
@@ -89,3 +91,27 @@ def test_batchnorm_and_dropout_layers_are_counted():
     assert [r["params"] for r in result.rows] == [784 * 256 + 256, 2 * 256, 0, 0, 256 * 10 + 10]
     assert [r["flops"] for r in result.rows][1:4] == [2 * 256, 256, 256]
     assert result.total_params == sum(p.data.size for p in model.parameters())
+
+
+def test_memory_lines_in_binary_units_and_the_table_aligned():
+    """Parameter memory = params * itemsize, in B, KiB (2**10), MiB (2**20); every line
+    between the rules is as long as the rule, and each count ends under its header."""
+    result = mf.summary(mf.MLP([784, 512, 256, 10], seed=0), 784, show=False)
+    assert "Parameter memory: 2.04 MiB" in str(result)            # 535,818 * 4 / 2**20
+    wide = mf.summary(mf.MLP([784, 512, 256, 10], dtype=np.float64, seed=0), 784, show=False)
+    assert wide.param_bytes == 8 * 535_818
+    assert "Parameter memory: 4.09 MiB" in str(wide)              # 535,818 * 8 / 2**20
+    # 1024 B is 1.00 KiB; 1023 B stays in bytes (a Linear(255, 1): 256 float32 params)
+    assert "Parameter memory: 1.00 KiB" in str(mf.summary(mf.Linear(255, 1, seed=0), 255,
+                                                          show=False))
+    assert "Parameter memory: 1020 B" in str(mf.summary(mf.Linear(254, 1, seed=0), 254,
+                                                       show=False))
+    lines = str(result).splitlines()
+    rule = lines[0]
+    assert set(rule) == {"-"} and lines[2] == "=" * len(rule)
+    header, body = lines[1], lines[3:3 + len(result.rows)]
+    assert all(len(line) == len(rule) for line in [header] + body), [header] + body
+    for name in ("Params", "FLOPs/sample", "Activations"):      # right-aligned columns
+        end = header.index(name) + len(name)
+        assert all(line[end - 1] != " " and (end == len(line) or line[end] == " ")
+                   for line in body), name

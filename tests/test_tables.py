@@ -57,12 +57,14 @@ def parse(html):
 
 
 def test_table_escapes_every_cell_and_note():
-    html = tables.table(["a<b", "c"], [["<script>", 1.5], ["&", None]], caption="x > y",
-                        notes=["1 < 2", "last"])
+    html = tables.table(["a<b", "c"], [["<script>", 1.5], ["&", None]], caption="x <i>y</i>",
+                        notes=["1 < 2", "<b>last</b>"])
     assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<i>" not in html and "<b>" not in html             # caption and notes too
     [table] = parse(html)
-    assert table == {"caption": "x > y", "header": ["a<b", "c"],
-                     "rows": [["<script>", "1.5"], ["&", "None"]], "notes": ["1 < 2", "last"]}
+    assert table == {"caption": "x <i>y</i>", "header": ["a<b", "c"],
+                     "rows": [["<script>", "1.5"], ["&", "None"]],
+                     "notes": ["1 < 2", "<b>last</b>"]}
 
 
 def test_sequential_shows_its_layers_parameters_and_total():
@@ -133,6 +135,9 @@ def test_evaluate_is_a_dict_shown_with_its_confusion_matrix():
     assert scores["rows"][:2] == [["0", "0.6667", "1.0000", "0.8000", "2"],    # 2 of 3
                                   ["1", "1.0000", "0.6667", "0.8000", "3"]]    # predicted 0
     assert scores["rows"][2] == ["macro avg", "0.8333", "0.8333", "0.8000", "5"]
+    # weighted by support (2, 3): precision (2 * 2/3 + 3 * 1) / 5, recall (2 * 1 + 3 * 2/3) / 5
+    assert scores["rows"][3] == ["weighted avg", "0.8667", "0.8000", "0.8000", "5"]
+    assert len(scores["rows"]) == 4
     assert matrix["header"] == ["true \\ predicted", "0", "1"]
     assert matrix["rows"] == [["0", "2", "0"], ["1", "1", "2"]]   # (1, 1) ties go to class 0
     no_matrix = mf.evaluate(model, x, y, confusion=False)
