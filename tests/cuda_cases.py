@@ -1430,3 +1430,122 @@ def test_gpu_check_skips_the_train_mnist_rows_without_mnist(tmp_path):
                         np.random.default_rng(0), str(tmp_path))
     assert table.failures == 0 and "train gap" not in table.measured, table.rows
     assert "skipped: no MNIST files here, pass --mnist DIR" in table.rows[-1][-1]
+
+
+# --- loose ends: the step's buffers, backend.assign, overlap extents, dropout's threshold -------
+
+def test_cuda_step_takes_an_order_longer_than_the_dataset_after_its_launches_exist():
+    """A call whose rows outnumber the dataset's (two epochs' orders end to end, 5 batches =
+    40 rows > 23) grows the step's device order buffer; the launch lists built by an earlier
+    call read the old buffer, so they must be rebuilt: the parameters then follow the numpy
+    backend over the same rows."""
+    case = "relu, cross-entropy, Adam"
+    x, y = step_data("labels")
+    (model, opt, step), (ref_model, ref_opt, ref_step) = (
+        make_train_step(backend, case, x, y) for backend in ("cuda", "numpy"))
+    rng = np.random.default_rng(4)
+    long_order = np.concatenate([rng.permutation(STEP_ROWS), rng.permutation(STEP_ROWS)])
+    for order, count in ((np.arange(STEP_ROWS, dtype=np.int64)[::-1].copy(), 2),
+                         (long_order.astype(np.int64), 5)):
+        lrs = np.full(count, 1e-2)
+        sums, ref_sums = np.zeros(2), np.zeros(2)
+        assert step.run(order, 0, count, lrs, sums) == ref_step.run(order, 0, count, lrs,
+                                                                     ref_sums) == (count, True, 0.0)
+        assert_near(sums[0], ref_sums[0], "summed loss")
+        ref_state = state_of(ref_model, ref_opt)
+        for key, value in state_of(model, opt).items():
+            assert_near(value, ref_state[key], f"{key} after {count} batches")
+
+
+def test_cuda_step_first_sgd_step_takes_the_gradient_as_the_momentum_buffer():
+    """Step 1 of SGD with momentum sets buf = g whatever the buffer holds (torch's rule; the
+    step's table of optimizer scalars flags t = 1): a NaN buffer leaves no trace, on the
+    compiled step as on the numpy backend."""
+    case = "leaky_relu, no biases, cross-entropy, SGD momentum"
+    x, y = step_data("labels")
+    runs = []
+    for backend in ("cuda", "numpy"):
+        model, opt, step = make_train_step(backend, case, x, y)
+        buffer = opt.state_arrays()["momentum_buffer"]
+        model.backend.assign(buffer, np.full(buffer.shape, np.nan, np.float32))
+        sums = np.zeros(2)
+        assert step.run(np.arange(STEP_ROWS, dtype=np.int64), 0, 2, np.full(2, 0.1),
+                        sums) == (2, True, 0.0)
+        runs.append(state_of(model, opt))
+    for key, value in runs[0].items():
+        assert np.isfinite(value).all(), key
+        assert_near(value, runs[1][key], key)
+
+
+def test_cuda_step_load_rows_refuses_more_rows_than_it_holds():
+    from mlpfast.kernels.cuda.mlp_step import CudaMLPSteps
+    x, y = step_data("labels")
+    _, _, step = make_train_step("cuda", "relu, cross-entropy, Adam", x, y)
+    steps = step._steps
+    assert isinstance(steps, CudaMLPSteps)
+    more_x, more_y = np.zeros((STEP_ROWS + 1, STEP_SIZES[0]), np.float32), \
+        np.zeros(STEP_ROWS + 1, np.int64)
+    with pytest.raises(ValueError, match=f"src_x holds at most {STEP_ROWS} rows here, got 24"):
+        steps.load_rows(more_x, more_y)
+    np.testing.assert_array_equal(steps._src_x.copy_to_host(), x)
+    steps.load_rows(x[:3][::-1].copy(), y[:3][::-1].copy())          # fewer rows: the first
+    np.testing.assert_array_equal(steps._src_x.copy_to_host()[:3], x[:3][::-1])
+    np.testing.assert_array_equal(steps._src_x.copy_to_host()[3:], x[3:])
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numpy"])
+def test_backend_assign_casts_a_host_array_to_the_targets_dtype(backend):
+    """backend.assign(dst, src) with a float64 host src: dst keeps its float32 dtype and
+    takes src's values rounded to float32, as np.copyto does on the CPU backends."""
+    b = mf.get_backend(backend)
+    values = np.arange(7) / 3.0
+    dst = b.zeros((7,), dtype=np.float32)
+    b.assign(dst, values)
+    got = mf.to_numpy(dst)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, values.astype(np.float32))
+
+
+class _Interface:
+    """A device array of another library (CuPy, PyTorch), seen through its
+    __cuda_array_interface__: data pointer, shape, byte strides (None: C-contiguous)."""
+
+    def __init__(self, pointer, shape, strides=None):
+        self.shape, self.dtype, self.ndim = shape, np.dtype(np.float32), len(shape)
+        self.__cuda_array_interface__ = {"data": (pointer, False), "shape": shape,
+                                         "strides": strides, "typestr": "<f4", "version": 3}
+
+
+def test_overlap_extents_of_arrays_with_negative_strides():
+    """_extent of a reversed view (stride -4 bytes over 4 floats, pointer at its last float)
+    spans [pointer - 12, pointer + 4): arrays that end at its first byte or start at its
+    end touch it without overlapping; one that shares a float overlaps."""
+    from mlpfast.kernels.cuda._device import _extent, overlaps
+    reversed_view = _Interface(1012, (4,), (-4,))
+    assert _extent(reversed_view) == (1000, 1016)
+    assert _extent(_Interface(1024, (3, 2), (-8, -4))) == (1004, 1028)
+    assert not overlaps(reversed_view, _Interface(996, (1,)))
+    assert not overlaps(reversed_view, _Interface(1016, (2,)))
+    assert overlaps(reversed_view, _Interface(998, (1,)))
+    assert overlaps(reversed_view, _Interface(1012, (1,)))
+
+
+def test_dropout_keeps_an_element_whose_bits_equal_the_threshold():
+    """keep_i = u_i >= round(p 2^32) against philox_ref (Random123's Philox written in
+    test_kernels_dropout.py): p = u_i / 2^32 keeps element i, p = (u_i + 0.75) / 2^32 drops
+    it, for each of a Philox block's 4 words and one in a later block; seed and step past
+    2^32."""
+    from test_kernels_dropout import _philox_word
+    forward = dropout.VARIANTS["cuda"]["dropout_forward"]
+    x = np.random.default_rng(3).standard_normal((3, 7)).astype(np.float32)
+    seed, step, layer = 2 ** 32 + 77, 2 ** 32 + 3, 6
+    bits = [_philox_word(i, seed, step, layer) for i in range(21)]
+    for i in (0, 1, 2, 3, 13):
+        for p, threshold in ((bits[i] / 2 ** 32, bits[i]), ((bits[i] + 0.75) / 2 ** 32,
+                                                            bits[i] + 1)):
+            y, keep = forward(dev(x), p, seed, step, layer)
+            want = np.array([u >= threshold for u in bits], np.uint8).reshape(x.shape)
+            assert want.reshape(-1)[i] == (threshold == bits[i])
+            np.testing.assert_array_equal(keep.copy_to_host(), want, err_msg=f"{i} {p}")
+            np.testing.assert_array_equal(y.copy_to_host(),
+                                          np.where(want == 1, x * np.float32(1 / (1 - p)), 0))
