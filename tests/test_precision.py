@@ -66,6 +66,45 @@ def test_the_bf16_emulation_is_what_rounding_means():
     assert abs(bf16_operand(values)[4] - want[4]) <= 2 ** -9 * 2.5e-3
 
 
+def _bf16_rounded_bits(bits):
+    """The bf16 bits of the float32 of ``bits`` (a Python int), rounded to nearest, ties to
+    even, as IEEE 754 defines it: of the two bf16 neighbours (the top 16 bits, and the next
+    bf16 away from zero), the nearer by the exact float64 distance; at a tie the one with
+    an even last bit; past the largest bf16 by half an ulp or more, inf. NaN: any NaN."""
+    sign, magnitude = bits & 0x80000000, bits & 0x7FFFFFFF
+    value = float(np.uint32(magnitude).view(np.float32))
+    low = magnitude & 0xFFFF0000
+    high = low + 0x10000
+    below = value - float(np.uint32(low).view(np.float32))
+    above = (2.0 ** 128 if high == 0x7F800000 else
+             float(np.uint32(high).view(np.float32))) - value
+    up = above < below or (above == below and low & 0x10000)
+    return (sign | (high if up else low)) >> 16
+
+
+def test_the_steps_bf16_rounding_is_to_nearest_ties_to_even():
+    """mlp_step._round_to_bf16 (the inputs and the hidden h_l of a bf16 step) against the
+    IEEE rule written above: float32 values from every binade, exact ties with an even and
+    an odd last bf16 bit, both signs, denormals, the largest float32 (to inf); a NaN of any
+    payload stays a NaN (adding the rounding bias to 0x7FFFFFFF would carry into the sign)."""
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 0x7F800000, 4000, dtype=np.uint32)      # finite, positive
+    bits[:1000] = (bits[:1000] & 0xFFFF0000) | 0x8000              # ties
+    bits[1000:1010] = [0x3F808000, 0x3F818000, 0x00008000, 0x00018000, 0x7F7FFFFF,
+                       0x7F7F8000, 0x7F7F7FFF, 0x00000001, 0x0000FFFF, 0]
+    bits[::2] |= 0x80000000                                         # negative
+    x = bits.view(np.float32).reshape(40, 100)
+    out = np.zeros((40, 100), np.uint16)
+    mlp_step._round_to_bf16(x, out)
+    want = np.array([_bf16_rounded_bits(int(b)) for b in bits], np.uint16).reshape(40, 100)
+    np.testing.assert_array_equal(out, want)
+    nans = np.array([[0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001,
+                      0x7FBFFFFF, 0xFF800001, 0x7FFF8000]], np.uint32).view(np.float32)
+    out = np.zeros(nans.shape, np.uint16)
+    mlp_step._round_to_bf16(nans, out)
+    assert np.isnan(gemm_bf16.bf16_to_float32(out)).all(), [hex(v) for v in out[0]]
+
+
 def bf16_numpy_backend():
     """The numpy backend whose Linear GEMMs read bf16-rounded operands: the layer-by-layer
     reference of bf16 training for any model (batchnorm and dropout included)."""
