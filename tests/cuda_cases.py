@@ -5,14 +5,10 @@ and the "cuda" backend against "numpy" over a few training steps.
 Collected through tests/test_cuda_sim.py, only in a process where numba.cuda can run
 kernels: on a GPU, or with NUMBA_ENABLE_CUDASIM=1 set before numba.cuda was imported.
 """
-import sys
-import threading
-
 import numpy as np
 import pytest
 from conftest import DTYPES, GRAD_TOL, TOL, assert_close, numerical_grad
 from numba import cuda, types
-from numba.np.numpy_support import as_dtype
 
 import mlpfast as mf
 from mlpfast.kernels import activations as ref_activations
@@ -28,28 +24,7 @@ from mlpfast.kernels.cuda._device import simulator_enabled
 from strict_device import install as install_strict_device_arrays
 
 
-def _serialize_simulator_shared_arrays():
-    """Work around a race in the simulator (numba-cuda 0.30, simulator/kernelapi.py,
-    FakeCUDAShared.array): a block's shared array is created on first use without a lock,
-    so two of the block's threads can each create their own copy and the kernel then reads
-    values no other thread wrote (seen as a rare GEMM mismatch under load). Same keying
-    (caller's file and line), one lock. Static shared arrays only, as kernels/cuda uses."""
-    from numba.cuda.simulator import kernelapi
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        caller = sys._getframe(1)
-        key = (caller.f_code.co_filename, caller.f_lineno)
-        with lock:
-            if key not in self._allocations:
-                self._allocations[key] = np.empty(shape, as_dtype(dtype))
-            return self._allocations[key]
-
-    kernelapi.FakeCUDAShared.array = array
-
-
 if simulator_enabled():
-    _serialize_simulator_shared_arrays()
     StrictDeviceArray = install_strict_device_arrays()   # refuses what a GPU's arrays refuse
 
 
@@ -1394,6 +1369,137 @@ def test_device_arrays_accept_what_numba_cuda_accepts():
     assert cuda.to_device(host, to=b) is b and cuda.to_device(a, to=b) is b
     fortran = cuda.device_array_like(cuda.to_device(np.asfortranarray(host)))
     assert fortran.is_f_contiguous() and not fortran.is_c_contiguous()      # its order kept
+
+
+@pytest.mark.skipif(not simulator_enabled(), reason="checks the simulator's race checker")
+def test_the_simulator_refuses_data_races():
+    from race_checker import DataRace, UninitializedRead
+    out = dev(np.zeros(8))
+
+    @cuda.jit
+    def tree_sum(out, with_barrier):
+        # out[0] = 0 + 1 + ... + 7 by a tree in shared memory; a barrier after each level
+        cache = cuda.shared.array(8, types.float64)
+        tid = cuda.threadIdx.x
+        cache[tid] = tid
+        cuda.syncthreads()
+        half = 4
+        while half > 0:
+            if tid < half:
+                cache[tid] += cache[tid + half]
+            if with_barrier:
+                cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            out[0] = cache[0]
+    tree_sum[1, 8](out, True)
+    assert out.copy_to_host()[0] == 28.0
+    with pytest.raises(DataRace, match=r"kernel tree_sum: data race at \[\d\] of a shared "
+                                       r"float64 array of shape \(8,\): a (read|write) by "
+                                       r"thread \d of block 0 after 1 syncthreads\(\) and an "
+                                       r"earlier (read|write) by (thread \d|several threads) "
+                                       r"of block 0 after 1 syncthreads\(\), no syncthreads"):
+        tree_sum[1, 8](out, False)
+
+    @cuda.jit
+    def staged_sum(src, out, trailing_barrier):
+        # out[tid] = sum over tiles t of src[t, (tid + 1) % 4], through one shared tile: the
+        # next tile's store must wait until every thread has read this one
+        tile = cuda.shared.array(4, types.float64)
+        tid = cuda.threadIdx.x
+        total = 0.0
+        for t in range(src.shape[0]):
+            tile[tid] = src[t, tid]
+            cuda.syncthreads()
+            total += tile[(tid + 1) % 4]
+            if trailing_barrier:
+                cuda.syncthreads()
+        out[tid] = total
+    src = np.arange(12.0).reshape(3, 4)
+    staged_sum[1, 4](dev(src), out, True)
+    np.testing.assert_array_equal(out.copy_to_host()[:4], np.roll(src.sum(axis=0), -1))
+    with pytest.raises(DataRace, match=r"a (read|write) by thread \d of block 0 after 1 "
+                                       r"syncthreads\(\) and an earlier (read|write) by thread "
+                                       r"\d of block 0 after 1 syncthreads\(\), no syncthreads"):
+        staged_sum[1, 4](dev(src), out, False)
+
+    @cuda.jit
+    def next_block_reads(out, barrier_first):
+        # block 0 writes out[0], block 1 reads it: no barrier orders two blocks
+        if barrier_first:
+            cuda.syncthreads()
+        if cuda.blockIdx.x == 0:
+            out[0] = 5.0
+        else:
+            out[1] = out[0]
+    for barrier_first in (False, True):
+        with pytest.raises(DataRace, match=r"kernel next_block_reads: data race at \[0\] of a "
+                                           r"global float64 array of shape \(8,\): a read by "
+                                           r"thread 0 of block 1 .* blocks of one launch run "
+                                           r"in no fixed order"):
+            next_block_reads[2, 1](out, barrier_first)
+
+    @cuda.jit
+    def all_write_one(out):
+        out[0] = cuda.threadIdx.x
+    with pytest.raises(DataRace, match=r"a write by thread \d of block 0 after 0 "
+                                       r"syncthreads\(\) and an earlier write by thread \d"):
+        all_write_one[1, 2](out)
+
+    @cuda.jit
+    def atomic_count(out, read_at_once):
+        # out[0] += 1 from every thread of every block, atomically; shared likewise
+        count = cuda.shared.array(1, types.float64)
+        tid = cuda.threadIdx.x
+        if tid == 0:
+            count[0] = 0.0
+        cuda.syncthreads()
+        cuda.atomic.add(count, 0, 1.0)
+        cuda.atomic.add(out, 0, 1.0)
+        if read_at_once and tid == 1:
+            out[1] = count[0]               # other threads may still be adding
+        cuda.syncthreads()
+        if tid == 0:
+            out[2 + cuda.blockIdx.x] = count[0]
+    out.copy_to_device(np.zeros(8))
+    atomic_count[3, 4](out, False)
+    np.testing.assert_array_equal(out.copy_to_host()[:5], [12, 0, 4, 4, 4])
+    with pytest.raises(DataRace, match=r"shared float64 array of shape \(1,\): .*atomic write"):
+        atomic_count[3, 4](out, True)
+
+    @cuda.jit
+    def shifted_copy(src, dst):
+        # dst[i] = src[i]: here two views of one buffer, 2 elements apart
+        i = cuda.threadIdx.x
+        dst[i] = src[i]
+    buffer = dev(np.arange(6.0))
+    shifted_copy[1, 2](buffer[0:2], buffer[4:6])           # disjoint: no race
+    np.testing.assert_array_equal(buffer.copy_to_host(), [0, 1, 2, 3, 0, 1])
+    with pytest.raises(DataRace, match=r"global float64 array of shape \(4,\)"):
+        shifted_copy[1, 4](buffer[0:4], buffer[2:6])       # thread 0 writes what 2 reads
+
+    @cuda.jit
+    def reversed_copy(out, write_all):
+        # out[tid] = tid' for tid' = 3 - tid, through shared memory
+        cache = cuda.shared.array(4, types.float64)
+        tid = cuda.threadIdx.x
+        if write_all or tid < 3:
+            cache[tid] = tid
+        cuda.syncthreads()
+        out[tid] = cache[3 - tid]
+    reversed_copy[1, 4](out, True)
+    np.testing.assert_array_equal(out.copy_to_host()[:4], [3, 2, 1, 0])
+    with pytest.raises(UninitializedRead, match=r"kernel reversed_copy: thread 0 of block 0 "
+                                                r"after 1 syncthreads\(\) reads \[3\] of a "
+                                                r"shared float64 array of shape \(4,\), which "
+                                                r"no thread of the block wrote"):
+        reversed_copy[1, 4](out, False)
+
+    @cuda.jit
+    def everyone_reads(src, out):
+        out[cuda.blockIdx.x * 2 + cuda.threadIdx.x] = src[0] + src[0]
+    everyone_reads[2, 2](dev(np.full(1, 3.0)), out)
+    np.testing.assert_array_equal(out.copy_to_host()[:4], [6, 6, 6, 6])
 
 
 # --- bench/gpu_check.py --quick: the script a GPU run relies on, smoke-tested here ------------

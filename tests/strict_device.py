@@ -36,10 +36,14 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
 
 ``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
 these, and kernel launches refuse NumPy arguments and grids or blocks beyond a GPU's limits,
-and blocks whose threads pass different numbers of ``syncthreads()`` (simulator only).
+and blocks whose threads pass different numbers of ``syncthreads()``, and data races: two
+threads of a block touching one element, one writing, with no barrier between, or two blocks
+of one launch (tests/race_checker.py; simulator only).
 Inside kernels the simulator indexes them with ints, as a GPU does.
 """
 import numpy as np
+
+import race_checker
 
 ERR_CONTIGUOUS = ("Array contains non-contiguous buffer and cannot be transferred as a single "
                   "memory region. Please ensure contiguous buffer with numpy "
@@ -136,10 +140,14 @@ def make_strict_class():
         def __getitem__(self, key):
             check_key(key, self._ary.ndim)
             got = self._ary[key]
-            return StrictDeviceArray(got, self.stream) if isinstance(got, np.ndarray) else got
+            if isinstance(got, np.ndarray):
+                return StrictDeviceArray(got, self.stream)
+            race_checker.record_access("global", self, self._ary, key, False)
+            return got
 
         def __setitem__(self, key, value):
             check_key(key, self._ary.ndim)
+            race_checker.record_access("global", self, self._ary, key, True)
             if isinstance(value, (int, float, np.generic)):     # in kernels: one element
                 self._ary[key] = value
                 return
@@ -260,6 +268,7 @@ def install():
                                                                  device_array_like)
     _refuse_host_arrays_at_launch()
     _refuse_divergent_barriers()
+    race_checker.install()
     return strict
 
 
