@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from conftest import assert_close, run_guarded
-from test_kernels_dropout import check_c_dropout
+from test_kernels_dropout import check_c_dropout, check_c_dropout_ties
 
 import mlpfast
 from mlpfast.kernels import gemm, gemm_bf16, linear
@@ -619,6 +619,7 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
             assert_close(c, reference(a, b, trans_a, trans_b, bias=bias, relu=True),
                          tol=tol(np.float32, k), what=f"portable-only {m}x{n}x{k}")
     check_c_dropout(ffi, lib, rng)                       # the loop without AVX-512
+    check_c_dropout_ties(ffi, lib, rng)
     check_sum_squares(ffi, lib, rng)
 
 

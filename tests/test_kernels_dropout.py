@@ -19,8 +19,26 @@ PHILOX_KAT = [
 ]
 
 
+WORD = 0xFFFFFFFF
+
+
+def philox_ref(counter, key):
+    """Philox-4x32-10 written here from Random123's philox.h, on Python integers (the outside
+    reference: it shares no code with kernels/dropout.py): a round multiplies counter words
+    0 and 2 by M0 and M1 into 64-bit products (hi, lo) and gives (hi1 ^ c1 ^ k0, lo1, hi0 ^
+    c3 ^ k1, lo0); the key gains (W0, W1) before each round after the first."""
+    (c0, c1, c2, c3), (k0, k1) = counter, key
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & WORD, (k1 + 0xBB67AE85) & WORD
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & WORD, (p0 >> 32) ^ c3 ^ k1, p0 & WORD
+    return c0, c1, c2, c3
+
+
 @pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
 def test_philox_matches_random123_known_answers(counter, key, expected):
+    assert philox_ref(counter, key) == expected
     args = [U(v) for v in counter + key]
     assert [int(w) for w in dropout.philox4x32_10(*args)] == list(expected)
     assert [int(w) for w in dropout._philox_numba(*args)] == list(expected)
@@ -92,6 +110,8 @@ def test_extreme_rates(variant, rng):
     assert keep.all() and np.array_equal(y, x)
     y, keep = forward(x, 1.0, 3, 4, 5)
     assert not keep.any() and not y.any()
+    y, keep = forward(x, 1 - 2 ** -34, 3, 4, 5)          # t = round(2^32 - 1/4) = 2^32
+    assert not keep.any() and not y.any()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -159,7 +179,8 @@ def check_c_dropout(ffi, lib, rng):
         for count in (1, 2):
             lib.mlpf_set_num_threads(count)
             for shape in C_SHAPES:
-                for p, seed, step, layer in STREAMS + [(0.0, 1, 2, 3), (1.0, 1, 2, 3)]:
+                for p, seed, step, layer in STREAMS + [(0.0, 1, 2, 3), (1.0, 1, 2, 3),
+                                                        (1 - 2 ** -34, 1, 2, 3)]:   # t = 2^32
                     x = rng.standard_normal(shape).astype(np.float32)
                     want, want_keep = dropout.forward_ref(x, p, seed, step, layer)
                     threshold, k0, k1, c1, c2, c3 = dropout.stream(p, seed, step, layer)
@@ -190,21 +211,22 @@ def test_c_dropout_matches_the_reference(rng):
 
 
 def _philox_word(i, seed, step, layer):
-    """u_i of the module docstring, from philox4x32_10 (checked against Random123 above):
+    """u_i of the module docstring, from philox_ref (checked against Random123 above):
     word i mod 4 of the block with counter (i div 4, layer, step mod 2^32, step div 2^32)
     and key (seed mod 2^32, seed div 2^32)."""
-    words = dropout.philox4x32_10(U(i // 4), U(layer), U(step % 2 ** 32), U(step >> 32),
-                                  U(seed % 2 ** 32), U(seed >> 32))
-    return int(words[i % 4])
+    return philox_ref((i // 4, layer, step % 2 ** 32, step >> 32),
+                      (seed % 2 ** 32, seed >> 32))[i % 4]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("p,seed,step,layer", [(0.3, 2 ** 40 + 7, 2 ** 33 + 3, 5),
-                                               (0.5, 2 ** 32, 1, 0), (0.7, 99, 0, 2 ** 31)])
+                                               (0.5, 2 ** 32, 1, 0), (0.7, 99, 0, 2 ** 31),
+                                               (0.6, 2 ** 64 - 2 ** 31 + 3, 2 ** 64 - 5, 7)])
 def test_mask_is_the_documented_function_of_counter_and_key(variant, p, seed, step, layer):
-    """keep_i = u_i >= round(p 2^32), element by element, with seeds and steps past 2^32:
-    the reference and the kernels share stream(), so a key without the seed's high word
-    (seeds s and s + 2^32 drawing one mask) passed every comparison between them."""
+    """keep_i = u_i >= round(p 2^32), element by element, with seeds and steps past 2^32
+    and past 2^63 (their high words' top bit set): the reference and the kernels share
+    stream(), so a key without the seed's high word (seeds s and s + 2^32 drawing one mask),
+    or a high word of seed or step cut to 31 bits, passed every comparison between them."""
     keep = dropout.VARIANTS[variant]["dropout_mask"]((3, 7), p, seed, step, layer)
     threshold = round(p * 2 ** 32)
     expected = [_philox_word(i, seed, step, layer) >= threshold for i in range(21)]
@@ -221,3 +243,57 @@ def test_an_element_whose_bits_equal_the_threshold_is_kept(variant, rng):
         y, keep = dropout.VARIANTS[variant]["dropout_forward"](x, p, 11, 3, 1)
         assert keep[0, 0] == kept
         assert y[0, 0] == (x[0, 0] * dropout.scale_for(p, np.float32) if kept else 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_threshold_is_p_2_32_rounded_to_nearest(variant, rng):
+    """t = round(p 2^32), not its floor: with u_0 the first element's bits, p = (u_0 + 0.75)
+    / 2^32 gives t = u_0 + 1 (dropped) and p = (u_0 + 0.25) / 2^32 gives t = u_0 (kept);
+    each p is exact in float64. The whole mask against philox_ref."""
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    seed, step, layer = 2 ** 33 + 5, 9, 4
+    bits = [_philox_word(i, seed, step, layer) for i in range(15)]
+    for fraction, kept in ((0.75, 0), (0.25, 1)):
+        p = (bits[0] + fraction) / 2 ** 32
+        y, keep = dropout.VARIANTS[variant]["dropout_forward"](x, p, seed, step, layer)
+        threshold = bits[0] + 1 - kept
+        assert keep[0, 0] == kept, (fraction, variant)
+        np.testing.assert_array_equal(keep.reshape(-1), [u >= threshold for u in bits])
+        np.testing.assert_array_equal(y, np.where(keep == 1, x * np.float32(1 / (1 - p)), 0))
+
+
+def check_c_dropout_ties(ffi, lib, rng):
+    """mlpf_sdropout keeps an element whose bits equal the threshold (u_i >= t) in each of the
+    four words of a Philox block and past the first 64 elements (the AVX-512 loop's
+    iteration), and drops it at t = u_i + 1; the mask and output of every element against
+    philox_ref, with the stream words built here from the documented layout."""
+    rows, cols = 2, 41                                   # 82 elements: 2 AVX-512 iterations
+    seed, step, layer = 2 ** 32 + 77, 2 ** 32 + 3, 6
+    words = [seed & WORD, seed >> 32, layer, step & WORD, step >> 32]
+    bits = [philox_ref((i // 4, layer, step & WORD, step >> 32), (seed & WORD, seed >> 32))[i % 4]
+            for i in range(rows * cols)]
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    previous = lib.mlpf_get_num_threads()
+    try:
+        lib.mlpf_set_num_threads(1)
+        for i in (0, 1, 2, 3, 70):
+            for threshold in (bits[i], bits[i] + 1):
+                out, keep = np.full_like(x, np.nan), np.full(x.shape, 7, np.uint8)
+                status = lib.mlpf_sdropout(
+                    ffi.cast("float *", x.ctypes.data), ffi.cast("float *", out.ctypes.data),
+                    ffi.cast("uint8_t *", keep.ctypes.data), rows, cols, threshold, *words, 2.0)
+                assert status == 0
+                want = np.array([u >= threshold for u in bits], np.uint8).reshape(x.shape)
+                assert keep.reshape(-1)[i] == (threshold == bits[i]), (i, threshold)
+                assert np.array_equal(keep, want), (i, threshold)
+                assert np.array_equal(out, np.where(want == 1, 2 * x, 0)), (i, threshold)
+    finally:
+        lib.mlpf_set_num_threads(previous)
+
+
+def test_c_dropout_keeps_an_element_whose_bits_equal_the_threshold(rng):
+    """The compiled step's masks (the portable build's loop: test_cgemm.py)."""
+    from mlpfast.kernels._c_library import c_available, c_library
+    if not c_available():
+        pytest.skip("the C library is not built")
+    check_c_dropout_ties(c_library().ffi, c_library().lib, rng)
