@@ -333,6 +333,10 @@ def test_bad_arguments_are_named(rng):
     with pytest.raises(ValueError, match="src_y must be int64 labels"):
         mlp_step.MLPSteps(layers, flat_data, flat_data, x, y.astype(np.float32), 4,
                           "cross_entropy", "sgd", (0.0, 0.0, 0.0), state)
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), "
+                                         r"got 'fp16'"):            # not fp32 in silence
+        mlp_step.MLPSteps(layers, flat_data, flat_data, x, y, 4, "cross_entropy", "sgd",
+                          (0.0, 0.0, 0.0), state, precision="fp16")
 
 
 # --- the cpu backend's step in fit -------------------------------------------------------------
@@ -518,28 +522,33 @@ def test_max_norm_inside_the_compiled_step(optimizer, rng):
         assert_close(value, want[name], tol=(1e-5, 1e-4), what=name)
 
 
-def test_an_overflowing_gradient_of_the_narrow_last_layer_stops_the_call(rng):
-    """The narrow one-pass backward (a last layer of at most NARROW_N outputs after relu)
-    adds the squares of its dW and db to the step's finiteness check, as the weight
-    gradients' GEMMs do: MSE on float targets where h_1 ~ 1e35 and W_1 ~ 1e-26 gives
-    finite predictions, loss and lower gradients, but a dW_1 beyond float32 (the float64
-    reference says so); the call stops before its update and changes nothing."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_overflowing_gradient_of_the_narrow_last_layer_stops_the_call(precision, rng):
+    """The narrow one-pass backward (fp32: a last layer of at most NARROW_N outputs after
+    relu) adds the squares of its dW and db to the step's finiteness check, as the weight
+    gradients' GEMMs do; in bf16 those GEMMs add none and the step sums all of flat_grad
+    itself. MSE on float targets where h_1 ~ 1e35 and W_1 ~ 1e-26 (exact enough in bf16)
+    gives finite predictions, loss and lower gradients, but a dW_1 beyond float32 (the
+    float64 reference says so); the call stops before its update and changes nothing."""
     x = np.zeros((8, 2), np.float32)
     x[:, 0] = 1e30
     targets = np.zeros((8, 2), np.float32)
     steps, _, (weights, biases, _, _, flat_data) = make_steps(
-        [2, 4, 2], ["relu", "identity"], x, targets, 8, "mse", "sgd", (0.0, 0.0, 0.0), rng)
+        [2, 4, 2], ["relu", "identity"], x, targets, 8, "mse", "sgd", (0.0, 0.0, 0.0), rng,
+        precision=precision)
     weights[0][...] = [[1e5, 0]] * 4
     weights[1][...] = 1e-26
     biases[0][...] = biases[1][...] = 0
     params = [(w.astype(np.float64), b.astype(np.float64)) for w, b in zip(weights, biases)]
-    total, _, grads = reference_gradients(params, ["relu", "identity"], x, targets, "mse")
+    total, _, grads = reference_gradients(params, ["relu", "identity"], x, targets, "mse",
+                                          precision)
     assert np.isfinite(total) and np.abs(grads[0][0]).max() < 1e20
     assert np.abs(grads[1][0]).max() > np.finfo(np.float32).max      # dW_1 overflows
     before, sums = flat_data.copy(), np.zeros(2)
     done, finite, loss = steps.run(np.arange(8, dtype=np.int64), 0, 1, np.full(1, 1e-3), 0,
                                    sums)
-    assert (done, finite) == (0, False) and loss == pytest.approx(total / 8, rel=1e-5)
+    assert (done, finite) == (0, False)
+    assert loss == pytest.approx(total / 8, rel=1e-5 if precision == "fp32" else 1e-2)
     assert np.array_equal(flat_data, before) and not sums.any()
 
 
