@@ -437,6 +437,55 @@ def test_amx_kernel_runs_here():
     assert bf.C_KERNELS.name() == "sbgemm_amx_32x32"
 
 
+# A process whose thread has an alternate signal stack too small for the AMX tile state:
+# Linux then refuses it the tile permission (arch_prctl ARCH_REQ_XCOMP_PERM: ENOSPC), as a
+# kernel without AMX support or a sandbox would. The library must fall back to the next
+# kernel, refuse "amx" when asked for it, and compute right on 1 and 2 threads; a kernel
+# that ran AMX instructions without the permission would die of SIGILL.
+_AMX_REFUSED_SCRIPT = r"""
+import ctypes
+import numpy as np
+
+class stack_t(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int),
+                ("ss_size", ctypes.c_size_t)]
+libc = ctypes.CDLL(None, use_errno=True)
+alt = ctypes.create_string_buffer(4096)                 # room for AVX-512, not for AMX
+assert libc.sigaltstack(ctypes.byref(stack_t(ctypes.addressof(alt), 0, 4096)), None) == 0
+import mlpfast as mf
+from mlpfast.kernels import gemm_bf16 as bf
+
+supported = bf.C_KERNELS.supported()
+assert "amx" not in supported and bf.C_KERNELS.name() != "sbgemm_amx_32x32", supported
+bf.C_KERNELS.select("auto")
+assert bf.C_KERNELS.name().split("_")[1] == supported[0], bf.C_KERNELS.name()
+try:
+    bf.C_KERNELS.select("amx")
+except ValueError:
+    pass
+else:
+    raise AssertionError("amx selected without the tile permission")
+assert bf.C_KERNELS.name().split("_")[1] == supported[0]
+rng = np.random.default_rng(0)
+a = bf.round_to_bf16(rng.standard_normal((197, 300)).astype(np.float32))
+b = bf.round_to_bf16(rng.standard_normal((300, 250)).astype(np.float32))
+a64, b64 = bf._as_float64(a), bf._as_float64(b)
+want, bound = a64 @ b64, 300 * 2.0 ** -23 * (np.abs(a64) @ np.abs(b64))
+for threads in (1, 2):
+    mf.set_num_threads(threads)
+    assert (np.abs(bf.sbgemm_c(a, b) - want) <= bound).all(), threads
+print("ok")
+"""
+
+
+def test_a_process_refused_the_amx_permission_falls_back():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _AMX_REFUSED_SCRIPT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
 def test_kernel_selection():
     families = bf.C_KERNELS.supported()
     assert families[-1] == "portable" and set(families) <= set(bf.C_KERNELS.families)
