@@ -7,14 +7,18 @@ what the test checks into the folder OUT: parameters as RANK-suffixed .npy files
 text files. A rank that stops with a DistributedError writes its message to OUT/error.RANK
 and leaves with os._exit(3) (MPI_Finalize could wait for a lost rank).
 """
+import json
 import os
+import shutil
 import signal
 import sys
+import time
 
 import numpy as np
 
 import mlpfast as mf
 from mlpfast import distributed
+from mlpfast.backend import threads_chosen
 from mlpfast.data.speech import SpeechFrames
 
 FEATURES, HIDDEN, CLASSES = 13, 17, 5
@@ -30,11 +34,11 @@ def make_data(rows=ROWS, seed=0):
 
 
 def train(comm, backend="cpu", precision="fp32", epochs=1, seed=0, data=None,
-          batch_size=BATCH, **options):
+          batch_size=BATCH, lr=1e-2, dropout=0.0, **options):
     """MLP FEATURES-HIDDEN-CLASSES (init seed 3), Adam lr 1e-2, cross-entropy."""
     x, y = make_data() if data is None else data
-    model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend=backend, seed=3)
-    optimizer = mf.optim.Adam(model.parameters(), lr=1e-2)
+    model = mf.MLP([FEATURES, HIDDEN, CLASSES], backend=backend, seed=3, dropout=dropout)
+    optimizer = mf.optim.Adam(model.parameters(), lr=lr)
     history = mf.fit(model, optimizer, mf.CrossEntropyLoss(), x, y, epochs=epochs,
                      batch_size=batch_size, seed=seed, progress=False, comm=comm,
                      precision=precision, **options)
@@ -212,6 +216,7 @@ def case_bad_input(comm, out):
             write(out, f"{name}.{rank}", f"{type(e).__name__}: {e}")
     calls = {"timeout": lambda: distributed.Cluster(comm, timeout=0),
              "check_every": lambda: distributed.Cluster(comm, check_every=1.5),
+             "check_every_0": lambda: distributed.Cluster(comm, check_every=0),
              "comm": lambda: train("COMM_WORLD")}
     for name, call in calls.items():
         try:
@@ -221,8 +226,120 @@ def case_bad_input(comm, out):
             write(out, f"{name}.{rank}", f"{type(e).__name__}: {e}")
 
 
-CASES = {"parity": case_parity, "kill": case_kill, "stall": case_stall, "full": case_full,
-         "resume": case_resume, "bad_input": case_bad_input, "interrupt": case_interrupt}
+class RecordingRows(FailingRows):
+    """Rows that keep the index of every gather_batch call (``gathered``)."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y, None)
+        self.gathered = []
+
+    def gather_batch(self, index, x_out, y_out):
+        super().gather_batch(index, x_out, y_out)
+        self.gathered.append(index.copy())
+
+
+class SlowFirstRows(FailingRows):
+    """Rows whose first gather_batch takes ``seconds`` longer (a rank still compiling)."""
+
+    def __init__(self, x, y, seconds):
+        super().__init__(x, y, None)
+        self.seconds = seconds
+
+    def gather_batch(self, index, x_out, y_out):
+        super().gather_batch(index, x_out, y_out)
+        if self.calls == 1:
+            time.sleep(self.seconds)
+
+
+DIVERGING_ROW = 20          # in rank 1's half of the first batch: rows 14..28 of 0..28
+
+
+def diverging_data():
+    """make_data with row DIVERGING_ROW scaled to 1e25: finite, but its gradient's square
+    overflows float32."""
+    x, y = make_data()
+    x[DIVERGING_ROW] *= 1e25
+    return x, y
+
+
+def outcome(call):
+    """"ok", or the exception call() raised as "Type: message"."""
+    try:
+        call()
+        return "ok"
+    except Exception as e:           # noqa: BLE001 - the test reads which one
+        return f"{type(e).__name__}: {e}"
+
+
+def case_split(comm, out):
+    """Run without MLPFAST_NUM_THREADS. The threads a Cluster gives each rank (then with a
+    count chosen first); the rows each rank gathers in an epoch; fits refused because the
+    ranks' seed, epochs, lr or schedule's settings differ, or only rank 1 resumes, or for a
+    Dropout model; a step that diverges on rank 1's rows only; rank 1 slow to start (a
+    second timeout it must not trip); rank 0 failing inside root_first; last, rank 0's
+    checkpoint write failing (the communicator is unusable after it)."""
+    rank = comm.Get_rank()
+    threads = {"cpus": len(os.sched_getaffinity(0)), "chosen_before": threads_chosen()}
+    distributed.Cluster(comm)
+    threads["default"] = mf.get_num_threads()
+    mf.set_num_threads(7)
+    distributed.Cluster(comm)
+    threads["chosen"] = mf.get_num_threads()
+    write(out, f"threads.{rank}", json.dumps(threads))
+
+    x, y = make_data()
+    rows = RecordingRows(x, y)
+    _, _, history = train(comm, data=(rows, None))
+    np.savez(os.path.join(out, f"gathered.{rank}.npz"), *rows.gathered)
+    np.save(os.path.join(out, f"accuracy.{rank}.npy"), history["train_accuracy"])
+    rows = RecordingRows(x, y)
+    train(comm, data=(rows, None), seed=None)          # rank 0 draws the order for both
+    np.savez(os.path.join(out, f"gathered_seed_none.{rank}.npz"), *rows.gathered)
+
+    for name, options in {"seed": dict(seed=rank), "epochs": dict(epochs=1 + rank),
+                          "lr": dict(lr=1e-2 * (1 + rank)), "dropout": dict(dropout=0.1)}.items():
+        write(out, f"{name}.{rank}", outcome(lambda: train(comm, **options)))
+    write(out, f"diverged.{rank}", outcome(lambda: train(comm, data=diverging_data(),
+                                                        shuffle=False)))
+    write(out, f"schedule.{rank}", outcome(lambda: train(
+        comm, lr_schedule=mf.schedules.make_schedule("cosine", warmup_steps=2 + rank))))
+    ckpt = os.path.join(out, "one_epoch.ckpt")         # rank 0 writes it, rank 1 alone resumes
+    train(comm, checkpoint=ckpt)
+    comm.Barrier()                                     # written before rank 1 reads it
+    write(out, f"resume.{rank}", outcome(lambda: train(comm, epochs=2,
+                                                      resume=ckpt if rank == 1 else None)))
+    slow = distributed.Cluster(comm, timeout=2.5, roll_call=2.0)
+
+    def slow_start():
+        if rank == 1:
+            time.sleep(5.0)                             # rank 1 reaches fit 5 s late ...
+        slow_rows = SlowFirstRows(x[:2 * BATCH], y[:2 * BATCH], 5.0 if rank == 1 else 0.0)
+        train(slow, data=(slow_rows, None))       # ... and its first step is 5 s slow (2
+    write(out, f"slow.{rank}", outcome(slow_start))     # steps: little time under 2.5 s)
+
+    def root_fails():
+        with distributed.join(comm).root_first("load the data"):
+            if rank == 0:
+                raise ValueError("no such file: data.npz")
+    write(out, f"root_first.{rank}", outcome(root_fails))
+
+    folder = os.path.join(out, "ckpt")
+    os.makedirs(folder, exist_ok=True)
+    comm.Barrier()
+
+    def remove_folder(t, total):        # rank 0 removes it when fit asks for step 2's rate
+        if t == 2 and rank == 0:
+            shutil.rmtree(folder)
+        return 1.0
+    cluster = distributed.Cluster(comm, timeout=10.0, roll_call=2.0)
+    write(out, f"checkpoint.{rank}", outcome(lambda: train(
+        cluster, checkpoint=os.path.join(folder, "run.ckpt"), checkpoint_every=5,
+        lr_schedule=remove_folder)))
+
+
+CASES = {"parity": case_parity, "split": case_split, "kill": case_kill, "stall": case_stall,
+         "full": case_full, "resume": case_resume, "bad_input": case_bad_input,
+         "interrupt": case_interrupt}
 _RANK = _OUT = None
 
 

@@ -3,6 +3,7 @@
 wrote. Needs the mpi extra (mpi4py + MPICH's wheel: ``pip install -e ".[mpi]"``, as .ci/run
 does); elsewhere it skips with that reason, in CI (CI=true) it fails instead."""
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -33,15 +34,16 @@ SURVIVE = "trap '' USR1; \"$0\" \"$@\"; exit $?"
 KILL_SECONDS = 60
 
 
-def mpiexec(*command, survivors=False, timeout=180):
-    """Run ``command`` on 2 ranks; (CompletedProcess, seconds). A hang past ``timeout``
-    kills the whole launch and fails the test."""
+def mpiexec(*command, survivors=False, timeout=180, env=None):
+    """Run ``command`` on 2 ranks (in ``env``, default this one's); (CompletedProcess,
+    seconds). A hang past ``timeout`` kills the whole launch and fails the test."""
     launch = [MPIEXEC] + (LEAVE_SURVIVORS if survivors else []) + ["-n", "2"]
     if survivors:
         launch += ["sh", "-c", SURVIVE]
     started = time.perf_counter()
     process = subprocess.Popen(launch + list(command), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env=env)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -187,9 +189,118 @@ def test_bad_input_on_one_rank_stops_every_rank(tmp_path):
             "ValueError: timeout must be a positive number of seconds, got 0"
         assert read(tmp_path, f"check_every.{r}") == \
             "ValueError: check_every must be a positive integer, got 1.5"
+        assert read(tmp_path, f"check_every_0.{r}") == \
+            "ValueError: check_every must be a positive integer, got 0"
         assert read(tmp_path, f"comm.{r}") == ("TypeError: comm must be an mpi4py "
                                                "intracommunicator or a "
                                                "mlpfast.distributed.Cluster, got str")
+
+
+def test_threads_rows_and_faults_of_each_rank(tmp_path):
+    """mpi_cases.case_split, without MLPFAST_NUM_THREADS:
+    - a Cluster gives each rank its CPUs over the ranks of the node (2 here), unless a
+      count was chosen (set_num_threads(7) is kept);
+    - each step's batch of n rows (fit's order, one process with the same seed) is split
+      as the module documents: rank r gathers rows [n r / 2, n (r + 1) / 2), in order;
+      an empty slice gathers nothing;
+    - ranks whose seed, epochs, lr or cosine warm-up differ, a resume on rank 1 alone, or a
+      Dropout model, are refused on both;
+    - a step whose gradient overflows on rank 1's rows alone stops both ranks with the
+      message of one process (the batch's mean loss);
+    - rank 1 reaching fit 5 s late and slow in its first step (timeout 2.5 s) trips
+      nothing: the start and the first step wait start_timeout;
+    - rank 0 failing inside root_first stops rank 1 with its message;
+    - rank 0 failing to write a checkpoint stops rank 1 with rank 0's error."""
+    env = {k: v for k, v in os.environ.items() if k != "MLPFAST_NUM_THREADS"}
+    result, _ = case("split", tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    for r in (0, 1):
+        threads = json.loads(read(tmp_path, f"threads.{r}"))
+        assert threads["chosen_before"] is False
+        assert threads["default"] == max(1, threads["cpus"] // 2), threads
+        assert threads["chosen"] == 7, threads
+
+    rows = mpi_cases.RecordingRows(*mpi_cases.make_data())
+    _, _, history = mpi_cases.train(None, data=(rows, None))
+    order = np.concatenate(rows.gathered)         # one process may gather batches together
+    assert sorted(order.tolist()) == list(range(mpi_cases.ROWS))
+    batches = [order[i:i + mpi_cases.BATCH] for i in range(0, len(order), mpi_cases.BATCH)]
+    assert [len(b) for b in batches] == [mpi_cases.BATCH] * 19 + [1]
+    gathered = []
+    for r in (0, 1):
+        with np.load(tmp_path / f"gathered.{r}.npz") as saved:
+            gathered.append([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    expected = [[b[len(b) * r // 2:len(b) * (r + 1) // 2] for b in batches] for r in (0, 1)]
+    expected[0] = [part for part in expected[0] if len(part)]      # rank 0's empty slice
+    for r in (0, 1):
+        assert len(gathered[r]) == len(expected[r]), r
+        for got, want in zip(gathered[r], expected[r]):
+            assert np.array_equal(got, want), r
+    # the correct rows of every rank counted once: one process's accuracy (a prediction
+    # may flip in the last bits of the split sums: 2 rows of slack), the same on both ranks
+    accuracy = [np.load(tmp_path / f"accuracy.{r}.npy") for r in (0, 1)]
+    assert np.array_equal(accuracy[0], accuracy[1])
+    assert np.abs(accuracy[0] - history["train_accuracy"]).max() * mpi_cases.ROWS <= 2
+    # seed None: rank 0 draws the order, so the two slices of each step are one batch and
+    # the epoch covers every row once
+    slices = []
+    for r in (0, 1):
+        with np.load(tmp_path / f"gathered_seed_none.{r}.npz") as saved:
+            slices.append([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    assert [len(s) for s in slices] == [19, 20]          # rank 0's slice of the last is empty
+    order = np.concatenate([part for step in range(20) for part in
+                            ([slices[0][step]] if step < 19 else []) + [slices[1][step]]])
+    assert sorted(order.tolist()) == list(range(mpi_cases.ROWS))
+
+    differ = "ValueError: comm: every rank must call fit with the same model, data and " \
+             "arguments; rank 1 has "
+    for r in (0, 1):
+        assert read(tmp_path, f"seed.{r}").startswith(differ + "seed=1, rank 0 has 0")
+        assert read(tmp_path, f"epochs.{r}").startswith(differ + "epochs=2, rank 0 has 1")
+        assert read(tmp_path, f"lr.{r}").startswith(differ + "optimizer="), r
+        assert read(tmp_path, f"schedule.{r}").startswith(differ + "schedule="), r
+        assert read(tmp_path, f"resume.{r}").startswith(differ + "progress="), r
+        assert read(tmp_path, f"dropout.{r}") == (
+            "ValueError: comm: models with Dropout are not supported: their batch statistics "
+            "and masks would depend on how the rows are split over ranks")
+    alone = None
+    try:
+        mpi_cases.train(None, data=mpi_cases.diverging_data(), shuffle=False)
+    except Exception as e:           # noqa: BLE001 - compared with the ranks' text
+        alone = f"{type(e).__name__}: {e}"
+    assert alone is not None and "epoch 1, step 1 of 20" in alone and \
+        "the gradient norm overflows (loss " in alone, alone
+    for r in (0, 1):
+        assert read(tmp_path, f"diverged.{r}") == alone, r
+        assert read(tmp_path, f"slow.{r}") == "ok", r
+    assert read(tmp_path, "root_first.0") == "ValueError: no such file: data.npz"
+    assert read(tmp_path, "root_first.1") == \
+        "RankFailed: rank 0 could not load the data: ValueError: no such file: data.npz"
+    error_0 = read(tmp_path, "checkpoint.0")
+    assert error_0.startswith("FileNotFoundError: "), error_0
+    assert read(tmp_path, "checkpoint.1").startswith(
+        f"RankFailed: rank 0 stopped with {error_0} (rank 1 was waiting for the gradients "
+        f"of optimizer step "), read(tmp_path, "checkpoint.1")
+
+
+def test_a_zombie_rank_process_counts_as_gone():
+    """A rank killed under a launcher that does not reap it stays a zombie: its pid still
+    exists, but it is no longer alive."""
+    from mlpfast.checkpoint import _process_exists
+    from mlpfast.distributed import _process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:            # exited, not yet reaped: a zombie
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        assert _process_exists(child.pid) and not _process_alive(child.pid)
+    finally:
+        child.wait()
+    assert _process_alive(os.getpid())
 
 
 def test_train_mnist_distributed(tmp_path):
