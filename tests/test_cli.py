@@ -189,3 +189,132 @@ def test_every_help_shows_the_options_defaults():
                                f"(default {shown!r}): {help_text!r}")
         assert "show this help message" in text
     assert not missing, "\n".join(missing)
+
+
+def test_mnist_defaults_are_the_readme_recipe():
+    """README (Python API, and the comment above PROMISED_ACCURACY): `mlpfast train mnist`
+    trains 784-512-256-10 (ReLU), Adam lr 1e-3 with the cosine schedule, 10 epochs, batch
+    128, seed 0, on the test set as validation (no holdout)."""
+    args = cli.build_parser().parse_args(["train", "mnist"])
+    assert (args.hidden, args.activation, args.optimizer, args.lr, args.lr_schedule,
+            args.warmup_steps, args.epochs, args.batch_size, args.seed, args.holdout) == \
+        ([512, 256], "relu", "adam", 1e-3, "cosine", 0, 10, 128, 0, 0)
+    assert (args.dropout, args.input_dropout, args.batchnorm, args.init, args.precision,
+            args.weight_decay, args.max_norm, args.recipe) == \
+        (0.0, 0.0, False, "kaiming_uniform", "fp32", None, None, None)
+
+
+def test_the_best_recipe_is_the_readme_one():
+    """README, "The MNIST recipe": 784-1024-1024-10 with BatchNorm1d and dropout 0.3 after
+    each hidden layer, dropout 0.2 on the inputs, Adam, one-cycle peaking at 2e-3, batch
+    128, 30 epochs."""
+    argv = ["train", "mnist", "--recipe", "best"]
+    args = cli._apply_recipe(cli.build_parser().parse_args(argv), cli.given_options(argv))
+    assert (args.hidden, args.batchnorm, args.dropout, args.input_dropout, args.optimizer,
+            args.lr_schedule, args.lr, args.batch_size, args.epochs, args.activation) == \
+        ([1024, 1024], True, 0.3, 0.2, "adam", "onecycle", 2e-3, 128, 30, "relu")
+
+
+def test_every_training_option_reaches_the_model_optimizer_and_fit(tmp_path):
+    """The values given on the command line are the ones the model, the optimizer and fit
+    get (a model built from the same values directly has the same weights and layers)."""
+    import mlpfast as mf
+    ckpt = str(tmp_path / "run.ckpt")
+    argv = ["train", "xor", "--hidden", "6,5", "--activation", "gelu", "--optimizer", "sgd",
+            "--lr", "0.2", "--momentum", "0.5", "--weight-decay", "0.01", "--max-norm", "2",
+            "--init", "xavier_normal", "--dropout", "0.25", "--input-dropout", "0.125",
+            "--batchnorm", "--seed", "5", "--backend", "numpy", "--lr-schedule", "cosine",
+            "--warmup-steps", "7", "--checkpoint", ckpt, "--checkpoint-every", "3"]
+    args = cli.build_parser().parse_args(argv)
+    model = cli.make_model(args, [2, *args.hidden, 2])
+    direct = mf.MLP([2, 6, 5, 2], activation="gelu", batchnorm=True, dropout=0.25,
+                    input_dropout=0.125, init="xavier_normal", backend="numpy", seed=5)
+    assert model.architecture() == direct.architecture()
+    assert np.array_equal(mf.to_numpy(model.flat_data), mf.to_numpy(direct.flat_data))
+    assert [layer["p"] for layer in model.architecture()["layers"]
+            if layer["type"] == "Dropout"] == [0.125, 0.25, 0.25]
+    optimizer = cli.make_optimizer(args, model)
+    assert type(optimizer).__name__ == "SGD"
+    assert optimizer.state_dict()["hyper"] == {"lr": 0.2, "momentum": 0.5, "nesterov": False,
+                                               "weight_decay": 0.01, "max_norm": 2.0}
+    options = cli.fit_options(args)
+    assert options["checkpoint"] == ckpt and options["checkpoint_every"] == 3
+    assert options["resume"] is None and options["early_stopping"] is None
+    assert type(options["lr_schedule"]).__name__ == "CosineSchedule"
+    assert options["lr_schedule"].warmup_steps == 7
+    adamw = cli.build_parser().parse_args(["train", "xor", "--optimizer", "adamw",
+                                           "--weight-decay", "0.03", "--lr", "0.004"])
+    assert cli.make_optimizer(adamw, model).state_dict()["hyper"]["weight_decay"] == 0.03
+    assert cli.fit_options(adamw)["checkpoint_every"] == "epoch"
+
+
+@pytest.mark.parametrize("hidden", ["0", "8,0", "8,-2"])
+def test_hidden_sizes_below_1_are_refused(hidden, capsys):
+    err = refused(["train", "xor", "--hidden", hidden], capsys)
+    assert f"argument --hidden: --hidden sizes must be positive, got '{hidden}'" in err
+
+
+def test_resume_refuses_other_momentum_and_weight_decay(tmp_path, capsys):
+    ckpt = str(tmp_path / "run.ckpt")
+    common = ["train", "xor", "--no-progress", "--backend", "numpy", "--checkpoint", ckpt,
+              "--optimizer", "sgd", "--lr", "0.1"]
+    saved = ["--momentum", "0.5", "--weight-decay", "0.01", "--max-norm", "3"]
+    assert cli.main(common + saved + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    for option, old, new in (("--momentum", "0.5", "0.8"), ("--weight-decay", "0.01", "0.02"),
+                             ("--max-norm", "3.0", "4")):
+        argv = common + saved + ["--epochs", "2", "--resume", option, new]
+        err = refused(argv, capsys)
+        assert f"{option} {float(new)} differs from the {old} of the run in {ckpt}" in err
+
+
+def test_a_holdout_depends_on_the_seed():
+    x, y = np.arange(2000).reshape(1000, 2), np.arange(1000)
+    held = {seed: cli._holdout(x, y, 100, seed)[1][1].tolist() for seed in (0, 0, 1)}
+    assert held[0] == cli._holdout(x, y, 100, 0)[1][1].tolist()      # the same seed: the same
+    assert set(held[0]) != set(held[1])
+
+
+def test_a_refused_command_leaves_the_thread_count_alone(capsys):
+    """--threads takes effect only once every check passed: a refused command changes no
+    state of the process."""
+    import mlpfast as mf
+    before = mf.get_num_threads()
+    try:
+        err = refused(["train", "xor", "--threads", str(before + 1), "--checkpoint-every", "5"],
+                      capsys)
+        assert "--checkpoint-every needs --checkpoint PATH" in err
+        assert mf.get_num_threads() == before
+    finally:
+        mf.set_num_threads(before)
+
+
+def test_the_interrupted_line_says_how_to_continue(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    argv = ["train", "xor", "--checkpoint", str(ckpt)]
+    args = cli.build_parser().parse_args(argv)
+    assert cli._interrupted(args) == "training interrupted (no checkpoint written)"
+    ckpt.write_bytes(b"")
+    assert cli._interrupted(args) == (f"training interrupted; its state is in {ckpt}: the "
+                                      f"same command with --resume continues it")
+    args = cli.build_parser().parse_args(argv + ["--resume"])
+    assert cli._interrupted(args) == (f"training interrupted; its state is in {ckpt}: the "
+                                      f"same command continues it")
+    assert cli._interrupted(cli.build_parser().parse_args(["info"])) == "interrupted"
+
+
+def test_data_folder_reaches_the_mnist_loader(monkeypatch, tmp_path, capsys):
+    import mlpfast as mf
+    roots = []
+
+    def tiny_mnist(root=None, download=True):
+        roots.append(root)
+        rng = np.random.default_rng(0)
+        return ((rng.random((40, 784), dtype=np.float32), rng.integers(0, 10, 40)),
+                (rng.random((20, 784), dtype=np.float32), rng.integers(0, 10, 20)))
+    monkeypatch.setattr(mf.datasets, "mnist", tiny_mnist)
+    common = ["train", "mnist", "--hidden", "4", "--epochs", "1", "--batch-size", "20",
+              "--backend", "numpy", "--no-progress"]
+    assert cli.main(common + ["--data", str(tmp_path)]) == 0
+    assert cli.main(common) == 0
+    assert roots == [str(tmp_path), None]

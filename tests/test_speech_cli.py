@@ -111,3 +111,52 @@ def test_synth_speech_without_festival_says_how_to_install(monkeypatch, tmp_path
     monkeypatch.setattr(synth.shutil, "which", lambda name: None)
     assert cli.main(["data", "synth-speech", str(tmp_path), "--utterances", "1"]) == 1
     assert "apt-get install festival" in capsys.readouterr().err
+
+
+def test_feature_options_reach_the_frames(corpus, capsys):
+    """--n-mfcc 13 --deltas 1 --context 1: 13 coefficients and their deltas per frame (26),
+    times the 3 frames of the context window: 78 inputs. The held-out split follows --seed."""
+    common = ["train", "speech", str(corpus / "spk1"), str(corpus / "spk2"), "--hidden", "8",
+              "--epochs", "1", "--holdout", "0.34", "--backend", "numpy", "--no-progress"]
+    assert cli.main(common + ["--n-mfcc", "13", "--deltas", "1", "--context", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "context +-1 of 26 features = 78 inputs" in out, out
+    assert "MLP 78-8-5 " in out
+    held = {}
+    for seed in range(4):
+        assert cli.main(common + ["--context", "0", "--seed", str(seed)]) == 0
+        out = capsys.readouterr().out
+        held[seed] = out.split("held-out utterances: frame accuracy")[1].split("\n")[0]
+    expected = {seed: speech.split_by_utterance(speech.find_audio([corpus / "spk1",
+                                                                   corpus / "spk2"]),
+                                                0.34, seed)[1] for seed in range(4)}
+    assert len({tuple(files) for files in expected.values()}) > 1     # the seeds differ ...
+    frames = {seed: held[seed].split(" on ")[1].split(" frames")[0] for seed in held}
+    for a in range(4):                                # ... and so do the held-out frames
+        for b in range(4):
+            if expected[a] == expected[b]:
+                assert frames[a] == frames[b]
+    assert len(set(frames.values())) > 1, frames
+
+
+def test_synth_speech_options_reach_the_synthesizer(monkeypatch, tmp_path, capsys):
+    from mlpfast.data import synth
+    calls = []
+    monkeypatch.setattr(synth, "synth_speech", lambda *args, **kwargs: calls.append(
+        (args, kwargs)) or [])
+    assert cli.main(["data", "synth-speech", str(tmp_path), "--voices", "ked,slt",
+                     "--utterances", "4", "--seed", "9", "--jobs", "3"]) == 0
+    assert cli.main(["data", "synth-speech", str(tmp_path)]) == 0         # the defaults
+    assert calls == [((str(tmp_path), ["ked", "slt"], 4), {"seed": 9, "jobs": 3}),
+                     ((str(tmp_path), ["kal", "ked", "slt"], 150), {"seed": 0, "jobs": 2})]
+    assert "wrote 0 utterances (ked, slt) under " in capsys.readouterr().out
+
+
+def test_train_warps_lie_in_half_to_double():
+    """--train-warps: comma-separated factors in [0.5, 2], the ends included."""
+    import argparse
+    assert cli._warp_list("0.5,1.0,2.0") == [0.5, 1.0, 2.0]
+    assert cli._warp_list(" 0.9 , 1.1,") == [0.9, 1.1]
+    for text in ("0.49", "2.01", "1.0,2.5", "", "0.9,x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._warp_list(text)
