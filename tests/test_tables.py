@@ -118,6 +118,13 @@ def test_history_html_has_a_row_per_epoch():
     assert len(table["rows"]) == 3
 
 
+def test_history_columns_are_every_key_any_record_has():
+    [table] = parse(tables.history_html([{"epoch": 1, "loss": 0.5},
+                                         {"epoch": 2, "loss": 0.25, "val_loss": 0.75}]))
+    assert table["header"] == ["epoch", "loss", "val loss"]
+    assert table["rows"] == [["1", "0.5", ""], ["2", "0.25", "0.75"]]
+
+
 def test_evaluate_is_a_dict_shown_with_its_confusion_matrix():
     x = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 1]], np.float32)
     y = np.array([0, 1, 1, 1, 0])
@@ -167,3 +174,45 @@ def test_progress_takes_tqdm_auto(monkeypatch):
         bar.update(6, 0.25)
     assert made == [{"total": 10, "desc": "epoch 1/1", "unit": "step", "leave": False},
                     ("closed", 10)]
+
+
+def terminal(text):
+    """What a terminal shows after ``text``: each \\r returns to the line's start and
+    overwrites it in place; the visible line, trailing blanks dropped."""
+    line = []
+    for part_index, part in enumerate(text.split("\r")):
+        if part_index:
+            position = 0
+        else:
+            position = len(line)
+        for ch in part:
+            if position < len(line):
+                line[position] = ch
+            else:
+                line.append(ch)
+            position += 1
+    return "".join(line).rstrip()
+
+
+def test_progress_without_tqdm_draws_a_text_bar_and_clears_it(monkeypatch, capsys):
+    """Without tqdm: "\\r<desc> [30 cells of # and .] done/total loss L" on stderr, at most
+    every 0.25 s but always at the last step; cleared when the epoch ends; nothing when
+    disabled."""
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)            # import fails
+    clock = iter([10.0, 10.1, 10.2, 10.3])
+    monkeypatch.setattr("mlpfast.progress.time.perf_counter", lambda: next(clock))
+    with Progress(True, 1000, "epoch 12/30") as bar:
+        bar.update(100, 2.0)                      # drawn (the first)
+        first = capsys.readouterr().err
+        bar.update(233, 1.5)                      # 0.1 s later: not drawn
+        assert capsys.readouterr().err == ""
+        bar.update(0, 9.0)                        # no steps: nothing
+        bar.update(667, 0.123456)                 # the last step: drawn however soon
+        last = capsys.readouterr().err
+    cleared = capsys.readouterr().err
+    assert terminal(first) == "epoch 12/30 [###...........................] 100/1000 loss 2.0000"
+    assert terminal(last) == "epoch 12/30 [##############################] 1000/1000 loss 0.1235"
+    assert terminal(first + last + cleared) == ""           # no trace of the bar is left
+    with Progress(False, 10, "epoch 1/1") as bar:
+        bar.update(10, 1.0)
+    assert capsys.readouterr().err == ""
