@@ -22,6 +22,12 @@ def test_info_lists_backends_and_features():
     assert "mlpfast 0.1.0" in result.stdout
     assert "backends available:" in result.stdout and "numpy" in result.stdout
     assert "threads:" in result.stdout and "numba" in result.stdout
+    from test_machine import cpuinfo_flags
+    from mlpfast.machine import KERNEL_FEATURES
+    flags = cpuinfo_flags()
+    if flags is not None:                       # the kernels' features of /proc/cpuinfo
+        listed = [f for f in KERNEL_FEATURES if f in flags]
+        assert f"\ncpu features: {' '.join(listed) or 'none detected'}\n" in result.stdout
 
 
 # README (Python API): `mlpfast train mnist`'s defaults (784-512-256-10, Adam 1e-3 with the
