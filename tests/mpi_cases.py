@@ -335,6 +335,8 @@ def case_split(comm, out):
     write(out, f"checkpoint.{rank}", outcome(lambda: train(
         cluster, checkpoint=os.path.join(folder, "run.ckpt"), checkpoint_every=5,
         lr_schedule=remove_folder)))
+    write(out, f"after_fault.{rank}", outcome(       # the cluster refuses every collective
+        lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
 
 
 CASES = {"parity": case_parity, "split": case_split, "kill": case_kill, "stall": case_stall,

@@ -281,6 +281,10 @@ def test_threads_rows_and_faults_of_each_rank(tmp_path):
     assert read(tmp_path, "checkpoint.1").startswith(
         f"RankFailed: rank 0 stopped with {error_0} (rank 1 was waiting for the gradients "
         f"of optimizer step "), read(tmp_path, "checkpoint.1")
+    for r in (0, 1):                   # after the fault: refused at once, not a new exchange
+        after = read(tmp_path, f"after_fault.{r}")
+        assert after.startswith("DistributedError: ") and after.endswith(
+            f"the run already stopped (rank 0 raised {error_0})"), (r, after)
 
 
 def test_a_zombie_rank_process_counts_as_gone():
@@ -311,5 +315,7 @@ def test_train_mnist_distributed(tmp_path):
                         "--save", str(model_path), timeout=600)
     assert result.returncode == 0, result.stderr
     assert "2 ranks" in result.stdout and result.stdout.count("epoch 1/1") == 1
+    assert result.stdout.count("test accuracy: ") == 1          # rank 1 neither evaluates
+    assert result.stdout.count(f"saved model to {model_path}") == 1       # nor saves
     assert float(result.stdout.split("test accuracy: ")[1].split("%")[0]) > 85.0
     assert model_path.exists()
