@@ -149,11 +149,12 @@ class Cluster:
 
     # -- waiting ---------------------------------------------------------------------
     def wait(self, requests, what, timeout=None):
-        """Poll ``requests`` until all complete. Raises RankFailed when another rank
+        """Poll ``requests`` until all complete (``what``, a noun phrase, names them in
+        errors: "rank 1 was waiting for {what}"). Raises RankFailed when another rank
         reports an error, RankLost when a rank is gone or silent past the deadline."""
         if self.broken is not None:
-            raise DistributedError(f"the ranks cannot {what}: the run already stopped "
-                                   f"({self.broken})")
+            raise DistributedError(f"rank {self.rank} cannot wait for {what}: the run already "
+                                   f"stopped ({self.broken})")
         start = time.perf_counter()
         deadline = start + (self.timeout if timeout is None else timeout)
         next_look = start + LOOK_SECONDS
@@ -312,7 +313,8 @@ class Cluster:
 
     def root_first(self, what):
         """A context: rank 0 runs the block first (e.g. a download into a shared cache),
-        then the others; an error on rank 0 stops them with RankFailed."""
+        then the others; an error on rank 0 stops them with RankFailed ("rank 0 could not
+        {what}": ``what`` is a verb phrase, e.g. "load MNIST")."""
         return _root_first(self, what)
 
     def close(self):
@@ -331,17 +333,18 @@ class Cluster:
 @contextlib.contextmanager
 def _root_first(cluster, what):
     status = np.zeros(BLOB_BYTES, np.uint8)
+    waiting_for = f"rank 0 to {what}"
     if cluster.rank == 0:
         try:
             yield
         except BaseException as error:
             status[:] = _encode({"error": _describe(error)})
-            cluster.wait([cluster.comm.Ibcast(status, root=0)], what, cluster.start_timeout)
+            cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
             raise
         status[:] = _encode({"error": None})
-        cluster.wait([cluster.comm.Ibcast(status, root=0)], what, cluster.start_timeout)
+        cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
         return
-    cluster.wait([cluster.comm.Ibcast(status, root=0)], what, cluster.start_timeout)
+    cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
     error = _decode(status)["error"]
     if error is not None:
         raise RankFailed(f"rank 0 could not {what}: {error}", [0])

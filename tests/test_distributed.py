@@ -283,8 +283,8 @@ def test_threads_rows_and_faults_of_each_rank(tmp_path):
         f"of optimizer step "), read(tmp_path, "checkpoint.1")
     for r in (0, 1):                   # after the fault: refused at once, not a new exchange
         after = read(tmp_path, f"after_fault.{r}")
-        assert after.startswith("DistributedError: ") and after.endswith(
-            f"the run already stopped (rank 0 raised {error_0})"), (r, after)
+        assert after == (f"DistributedError: rank {r} cannot wait for the parameter check of "
+                         f"step 0: the run already stopped (rank 0 raised {error_0})"), after
 
 
 def test_a_zombie_rank_process_counts_as_gone():
