@@ -779,6 +779,124 @@ def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
                  [os.path.join(CSRC, "threadpool.c")])
 
 
+# The pool's hard moments, made to happen every run: the driver is linked with --wrap, so
+# that the pool's pthread_create can fail or hold the caller up after a thread's start, and
+# its pthread_cond_wait can hold a worker up (sleep lock held) between its last look at the
+# job generation and its wait. Then: threads that cannot start (the job runs on those that
+# exist), a caller that must wait for its slowest worker, a job published just as a
+# worker goes to sleep (a lost wake-up hangs: alarm), a fork child whose first worker
+# starts while the parent's last job is still in the pool's fields, and a job asked for
+# more than MLPF_POOL_MAX_THREADS threads.
+_POOL_EDGES_DRIVER = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "threadpool.h"
+
+/* Linked with --wrap: the pool's calls reach these, which can fail a thread's start,
+ * hold the caller up after a start, and hold a worker up between its last look at the job
+ * generation and its wait on the condition variable (with the sleep lock held). */
+int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+int __real_pthread_cond_wait(pthread_cond_t *, pthread_mutex_t *);
+static atomic_int starts_allowed = 1 << 30, start_pause_ms, wait_pause_ms, in_wait_pause;
+
+static void pause_ms(int ms) { nanosleep(&(struct timespec){ms / 1000, ms % 1000 * 1000000L}, NULL); }
+
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*f)(void *), void *arg)
+{
+    if (atomic_fetch_sub(&starts_allowed, 1) <= 0) return EAGAIN;
+    int failed = __real_pthread_create(t, attr, f, arg);
+    pause_ms(atomic_load(&start_pause_ms));
+    return failed;
+}
+
+int __wrap_pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *lock)
+{
+    const int ms = atomic_load(&wait_pause_ms);
+    if (ms) {
+        atomic_store(&in_wait_pause, 1);
+        pause_ms(ms);
+    }
+    return __real_pthread_cond_wait(cond, lock);
+}
+
+static atomic_int seen[MLPF_POOL_MAX_THREADS + 1], wrong;
+typedef struct { int threads, slow_index; } job;
+
+static void record(void *arg, int index, int threads)
+{
+    const job *j = arg;
+    if (index == j->slow_index) pause_ms(5);
+    if (index < 0 || index >= j->threads || threads != j->threads) atomic_fetch_add(&wrong, 1);
+    else atomic_fetch_add(&seen[index], 1);
+}
+
+/* Runs a job asked for `asked` threads that must run on `expected`: returns 1 if wrong. */
+static int run_job(int asked, int expected, int slow_index, const char *what)
+{
+    job j = {expected, slow_index};
+    for (int i = 0; i <= MLPF_POOL_MAX_THREADS; i++) atomic_store(&seen[i], 0);
+    atomic_store(&wrong, 0);
+    int bad = mlpf_pool_run(asked, record, &j) != expected || atomic_load(&wrong) != 0;
+    for (int i = 0; i <= MLPF_POOL_MAX_THREADS; i++) bad |= atomic_load(&seen[i]) != (i < expected);
+    if (bad) printf("wrong: %s\n", what);
+    return bad;
+}
+
+int main(void)
+{
+    alarm(30);                                  /* a lost wake-up hangs: end it */
+    int bad = 0;
+    atomic_store(&starts_allowed, 0);
+    bad |= run_job(3, 1, -1, "no thread can start: the caller runs the job alone");
+    atomic_store(&starts_allowed, 1);
+    bad |= run_job(4, 2, -1, "one thread of three starts: the job runs on two");
+    atomic_store(&starts_allowed, 1 << 30);
+    for (int n = 2; n <= 4; n++)
+        bad |= run_job(n, n, n - 1, "the caller waits for the slowest worker");
+    atomic_store(&wait_pause_ms, 20);
+    for (int round = 0; round < 3; round++) {
+        atomic_store(&in_wait_pause, 0);
+        bad |= run_job(4, 4, -1, "a job wakes every worker");    /* each sleeps after it */
+        while (!atomic_load(&in_wait_pause)) pause_ms(1);   /* a worker about to sleep */
+        bad |= run_job(4, 4, -1, "a job published as a worker goes to sleep wakes it");
+    }
+    atomic_store(&wait_pause_ms, 0);
+    pid_t child = fork();
+    if (child == 0) {          /* the child's first worker starts with a stale generation */
+        atomic_store(&start_pause_ms, 50);
+        const int wrong_in_child = run_job(2, 2, -1, "after fork, a new worker runs only the child's job");
+        fflush(stdout);
+        _exit(wrong_in_child);
+    }
+    int status;
+    bad |= waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status);
+    bad |= run_job(MLPF_POOL_MAX_THREADS + 44, MLPF_POOL_MAX_THREADS, -1,
+                   "a job asked for too many threads runs on MLPF_POOL_MAX_THREADS");
+    puts(bad ? "wrong" : "ok");
+    return bad;
+}
+"""
+
+
+def test_the_pool_through_failed_starts_late_workers_sleep_races_and_fork(tmp_path):
+    import shutil
+    import sys
+    gcc = shutil.which("gcc")
+    if not gcc or not sys.platform.startswith("linux"):
+        pytest.skip("needs gcc and GNU ld (--wrap)")
+    run_c_driver(tmp_path, gcc, _POOL_EDGES_DRIVER,
+                 ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}",
+                  "-Wl,--wrap=pthread_create,--wrap=pthread_cond_wait"],
+                 [os.path.join(CSRC, "threadpool.c")], timeout=120)
+
+
 _GUARD_SCRIPT = r"""
 from mlpfast.kernels import gemm
 
