@@ -785,8 +785,8 @@ def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
 # job generation and its wait. Then: threads that cannot start (the job runs on those that
 # exist), a caller that must wait for its slowest worker, a job published just as a
 # worker goes to sleep (a lost wake-up hangs: alarm), a fork child whose first worker
-# starts while the parent's last job is still in the pool's fields, and a job asked for
-# more than MLPF_POOL_MAX_THREADS threads.
+# starts while the parent's last job is still in the pool's fields, the trace of a job
+# whose last worker is slow, and a job asked for more than MLPF_POOL_MAX_THREADS threads.
 _POOL_EDGES_DRIVER = r"""
 #define _GNU_SOURCE
 #include <errno.h>
@@ -797,6 +797,7 @@ _POOL_EDGES_DRIVER = r"""
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "gemm.h"
 #include "threadpool.h"
 
 /* Linked with --wrap: the pool's calls reach these, which can fail a thread's start,
@@ -832,7 +833,7 @@ typedef struct { int threads, slow_index; } job;
 static void record(void *arg, int index, int threads)
 {
     const job *j = arg;
-    if (index == j->slow_index) pause_ms(5);
+    if (index == j->slow_index) pause_ms(10);
     if (index < 0 || index >= j->threads || threads != j->threads) atomic_fetch_add(&wrong, 1);
     else atomic_fetch_add(&seen[index], 1);
 }
@@ -877,6 +878,13 @@ int main(void)
     }
     int status;
     bad |= waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status);
+    mlpf_pool_event event;              /* the trace's last done is the slowest worker's */
+    bad |= mlpf_pool_trace_start(4) != MLPF_OK || run_job(3, 3, 2, "a traced job");
+    if (mlpf_pool_trace_stop(&event, 1) != 1 || event.threads != 3 ||
+        event.last_done_us - event.start_us < 10000 || event.first_done_us > event.last_done_us) {
+        puts("wrong: the trace of a job whose last worker is slow");
+        bad = 1;
+    }
     bad |= run_job(MLPF_POOL_MAX_THREADS + 44, MLPF_POOL_MAX_THREADS, -1,
                    "a job asked for too many threads runs on MLPF_POOL_MAX_THREADS");
     puts(bad ? "wrong" : "ok");
