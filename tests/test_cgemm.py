@@ -1447,6 +1447,32 @@ def test_c_kernels_flush_denormals_and_leave_the_callers_mode_alone(threads):
 
 @pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
                     reason="the flush mode is set on x86 only")
+def test_the_workers_shares_flush_denormals_too():
+    # Every thread of a job flushes, not only the caller: on 2 threads, each product
+    # 1e-20 * 1e-20 = 1e-40 of C = A A is denormal, so 0 (FTZ), and every C[i, j] is 0 in
+    # the worker's rows too (unflushed: 256 of them sum to 2.56e-38); Adam's first moment
+    # 0.9 * 1e-39 is 0 over a buffer long enough to split between the threads
+    from mlpfast.benchmarks.pool_trace import PoolTrace
+    from mlpfast.kernels import optim
+    a, n = np.full((256, 256), 1e-20, np.float32), 3 << 20
+    exp_avg = np.full(n, 1e-39, np.float32)
+    previous = mlpfast.get_num_threads()
+    mlpfast.set_num_threads(2)
+    try:
+        with PoolTrace() as trace:
+            c = gemm.gemm_c(a, a)
+            optim.VARIANTS["c"]["adam"](np.ones(n, np.float32), np.zeros(n, np.float32), exp_avg,
+                                        np.full(n, 1e-30, np.float32), step=900, lr=1e-3)
+    finally:
+        mlpfast.set_num_threads(previous)
+    assert {job.task: job.threads for job in trace.jobs} == {"sgemm_task": 2, "adam_task": 2}
+    assert np.float32(1e-20) * np.float32(1e-20) != 0                # denormal in NumPy
+    assert (c == 0).all(), np.unique(c)
+    assert (exp_avg == 0).all(), np.unique(exp_avg)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="the flush mode is set on x86 only")
 @pytest.mark.parametrize("dtype,tiny", [(np.float32, 1e-39), (np.float64, 1e-310)])
 @pytest.mark.parametrize("k,alpha", [(0, 1.0), (3, 0.0)])
 def test_vanishing_product_path_flushes_denormals_too(dtype, tiny, k, alpha):
