@@ -780,11 +780,13 @@ def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
 
 
 # The pool's hard moments, made to happen every run: the driver is linked with --wrap, so
-# that the pool's pthread_create can fail or hold the caller up after a thread's start, and
-# its pthread_cond_wait can hold a worker up (sleep lock held) between its last look at the
+# that the pool's pthread_create can fail or hold the caller up after a thread's start, its
+# pthread_cond_broadcast can hold the caller up after it published a job, and its
+# pthread_cond_wait can hold a worker up (sleep lock held) between its last look at the
 # job generation and its wait. Then: threads that cannot start (the job runs on those that
-# exist), a caller that must wait for its slowest worker, a job published just as a
-# worker goes to sleep (a lost wake-up hangs: alarm), a fork child whose first worker
+# exist, a wake wakes no one), a caller that must wait for its slowest worker, a job
+# published just as a worker goes to sleep (a lost wake-up hangs: alarm), a job that
+# spinning workers finish before its broadcast returns, a fork child whose first worker
 # starts while the parent's last job is still in the pool's fields, the trace of a job
 # whose last worker is slow, and a job asked for more than MLPF_POOL_MAX_THREADS threads.
 _POOL_EDGES_DRIVER = r"""
@@ -801,13 +803,16 @@ _POOL_EDGES_DRIVER = r"""
 #include "threadpool.h"
 
 /* Linked with --wrap: the pool's calls reach these, which can fail a thread's start,
- * hold the caller up after a start, and hold a worker up between its last look at the job
- * generation and its wait on the condition variable (with the sleep lock held). */
+ * hold the caller up after a start or before its broadcast, and hold a worker up between
+ * its last look at the job generation and its wait (with the sleep lock held). */
 int __real_pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 int __real_pthread_cond_wait(pthread_cond_t *, pthread_mutex_t *);
 static atomic_int starts_allowed = 1 << 30, start_pause_ms, wait_pause_ms, in_wait_pause;
 
-static void pause_ms(int ms) { nanosleep(&(struct timespec){ms / 1000, ms % 1000 * 1000000L}, NULL); }
+static void pause_ms(int ms)
+{
+    nanosleep(&(struct timespec){ms / 1000, ms % 1000 * 1000000L}, NULL);
+}
 
 int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*f)(void *), void *arg)
 {
@@ -815,6 +820,15 @@ int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*f)(v
     int failed = __real_pthread_create(t, attr, f, arg);
     pause_ms(atomic_load(&start_pause_ms));
     return failed;
+}
+
+int __real_pthread_cond_broadcast(pthread_cond_t *);
+static atomic_int broadcast_pause_ms;
+
+int __wrap_pthread_cond_broadcast(pthread_cond_t *cond)
+{
+    pause_ms(atomic_load(&broadcast_pause_ms));
+    return __real_pthread_cond_broadcast(cond);
 }
 
 int __wrap_pthread_cond_wait(pthread_cond_t *cond, pthread_mutex_t *lock)
@@ -856,6 +870,10 @@ int main(void)
     int bad = 0;
     atomic_store(&starts_allowed, 0);
     bad |= run_job(3, 1, -1, "no thread can start: the caller runs the job alone");
+    if (mlpf_pool_wake(3) != 0) {       /* it ran its empty job alone: it woke no one */
+        puts("wrong: a wake with no thread to start says it woke the workers");
+        bad = 1;
+    }
     atomic_store(&starts_allowed, 1);
     bad |= run_job(4, 2, -1, "one thread of three starts: the job runs on two");
     atomic_store(&starts_allowed, 1 << 30);
@@ -869,10 +887,15 @@ int main(void)
         bad |= run_job(4, 4, -1, "a job published as a worker goes to sleep wakes it");
     }
     atomic_store(&wait_pause_ms, 0);
+    atomic_store(&broadcast_pause_ms, 5);   /* workers still spinning from the last job */
+    for (int round = 0; round < 3; round++)     /* see it first: the counts must be set */
+        bad |= run_job(4, 4, -1, "a job that spinning workers finish before its broadcast");
+    atomic_store(&broadcast_pause_ms, 0);
     pid_t child = fork();
     if (child == 0) {          /* the child's first worker starts with a stale generation */
         atomic_store(&start_pause_ms, 50);
-        const int wrong_in_child = run_job(2, 2, -1, "after fork, a new worker runs only the child's job");
+        const int wrong_in_child = run_job(2, 2, -1, "after fork, a new worker runs only "
+                                                     "the child's job");
         fflush(stdout);
         _exit(wrong_in_child);
     }
@@ -881,7 +904,8 @@ int main(void)
     mlpf_pool_event event;              /* the trace's last done is the slowest worker's */
     bad |= mlpf_pool_trace_start(4) != MLPF_OK || run_job(3, 3, 2, "a traced job");
     if (mlpf_pool_trace_stop(&event, 1) != 1 || event.threads != 3 ||
-        event.last_done_us - event.start_us < 10000 || event.first_done_us > event.last_done_us) {
+        event.last_done_us - event.start_us < 10000 ||
+        event.last_done_us - event.first_done_us < 5000) {
         puts("wrong: the trace of a job whose last worker is slow");
         bad = 1;
     }
@@ -899,9 +923,10 @@ def test_the_pool_through_failed_starts_late_workers_sleep_races_and_fork(tmp_pa
     gcc = shutil.which("gcc")
     if not gcc or not sys.platform.startswith("linux"):
         pytest.skip("needs gcc and GNU ld (--wrap)")
+    wrapped = ",".join(f"--wrap=pthread_{name}"
+                       for name in ("create", "cond_wait", "cond_broadcast"))
     run_c_driver(tmp_path, gcc, _POOL_EDGES_DRIVER,
-                 ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}",
-                  "-Wl,--wrap=pthread_create,--wrap=pthread_cond_wait"],
+                 ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}", f"-Wl,{wrapped}"],
                  [os.path.join(CSRC, "threadpool.c")], timeout=120)
 
 
