@@ -626,14 +626,14 @@ def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
 # Two callers share the pool (gemm.h: the functions are thread-safe). After a barrier,
 # one's GEMM starts the pool's worker while the other's short passes ask mlpf_pool_awake
 # whether the workers spin; then both run the pooled entry points at once. C = A B of
-# ones is K exactly.
+# ones is K exactly, and so are dW and db of a 16-row weight gradient.
 _RACE_DRIVER = r"""
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "gemm.h"
-enum { M = 128, N = 128, K = 512, P = (1 << 20) + 37, ROWS = 64 };
+enum { M = 128, N = 128, K = 512, P = (1 << 20) + 37, ROWS = 64, WIDE = 1024 };
 static pthread_barrier_t start;
 
 static float *filled(int64_t n, float value)
@@ -654,6 +654,8 @@ static void *caller(void *arg)
     const int64_t capacity = mlpf_packed_b_floats(ROWS, K);
     float *packed = filled(capacity, 0);
     uint16_t *cb = (uint16_t *)filled(M * N, 0);
+    float *dz16 = filled(K * 16, 1), *h_wide = filled(K * WIDE, 1);
+    float *dw_wide = filled(16 * WIDE, 0), *db16 = filled(16, 0);
     int64_t index[ROWS];
     for (int i = 0; i < ROWS; i++) index[i] = (i * 7) % M;
     double squares;
@@ -666,6 +668,11 @@ static void *caller(void *arg)
         bad |= mlpf_sgemm(0, 1, M, N, K, 1, a, K, b, K, 0, c, N, NULL, 1);
         for (int i = 0; i < M * N; i++) bad |= c[i] != K;
         bad |= mlpf_sgemm_weight_grad(M, N, K, a, M, b, N, NULL, dw, N, db, &squares);
+        /* 16 rows: the threads split only columns, sharing the one A block (and its sums) */
+        bad |= mlpf_sgemm_weight_grad(16, WIDE, K, dz16, 16, h_wide, WIDE, NULL, dw_wide, WIDE,
+                                      db16, &squares);
+        for (int i = 0; i < 16 * WIDE; i++) bad |= dw_wide[i] != K;
+        for (int i = 0; i < 16; i++) bad |= db16[i] != K;
         bad |= mlpf_sadam(p, g, m, v, P, 1e-3f, 0.9, 0.999, 1, 1e-8f, 0, 1);
         bad |= mlpf_ssgd(p, g, m, P, 0.1f, 0.9f, 0, 0, it == 0);
         bad |= mlpf_sdropout(p, p, NULL, 1024, 1024, 1u << 31, 1, 2, 3, it, 0, 2);
