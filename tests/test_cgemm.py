@@ -326,7 +326,7 @@ def test_wake_threads_only_for_gemms_the_sleeping_pool_would_run_alone():
                               np.float32))                   # the workers exist
         for fmas in (low, (low + high) / 2, high - 1):
             answers = []                 # (woke them, woke them again at once); a caller
-            for _ in range(3):           # kept off the CPU past their spinning may retry
+            for _ in range(10):          # kept off the CPU past their spinning may retry
                 answers.append((wake_once_asleep(float(fmas)), wake(float(fmas))))
                 if answers[-1] == (1, 0):
                     break
