@@ -1371,6 +1371,17 @@ def test_device_arrays_accept_what_numba_cuda_accepts():
     assert fortran.is_f_contiguous() and not fortran.is_c_contiguous()      # its order kept
 
 
+@pytest.mark.skipif(not simulator_enabled(), reason="checks the simulator's stand-in")
+def test_simulated_device_arrays_start_as_garbage_not_zeros():
+    # a GPU's fresh allocation holds whatever was there; the stand-in's holds NaN or 0x7F
+    assert np.isnan(cuda.device_array((3, 5), np.float32).copy_to_host()).all()
+    assert np.isnan(cuda.device_array_like(np.zeros(4)).copy_to_host()).all()
+    assert (cuda.device_array(2, np.int64).copy_to_host() == 0x7F7F7F7F7F7F7F7F).all()
+    assert (cuda.device_array(2, np.uint8).copy_to_host() == 0x7F).all()
+    assert cuda.device_array(2, np.bool_).copy_to_host().all()
+    np.testing.assert_array_equal(dev(np.zeros(3)).copy_to_host(), 0.0)   # copies stay exact
+
+
 @pytest.mark.skipif(not simulator_enabled(), reason="checks the simulator's race checker")
 def test_the_simulator_refuses_data_races():
     from race_checker import DataRace, UninitializedRead

@@ -33,6 +33,8 @@ to it: Ellipsis keys, fancy indexing, arithmetic, ``.fill``, ``np.isfinite``. A 
                  contiguous in the target's order
     copy_to_host    into a given array as numba-cuda checks: the same dtype, shape and
                  strides once axes of length 1 are dropped
+    device_array    uninitialized, as on a GPU: NaN in floats, 0x7F bytes in integers
+                 (``poisoned``), never the zeros the simulator's np.empty often gives
 
 ``install()`` makes ``numba.cuda.to_device``, ``device_array`` and ``device_array_like`` return
 these, and kernel launches refuse NumPy arguments and grids or blocks beyond a GPU's limits,
@@ -240,6 +242,20 @@ def make_strict_class():
     return StrictDeviceArray
 
 
+def poisoned(ary):
+    """``ary`` filled as a GPU's fresh allocation may be (whatever memory held before, where
+    the simulator's np.empty often holds zeros): NaN in floats, 0x7F in every byte of
+    integers (a large index), True in booleans. A kernel that reads an element no one wrote
+    then shows it in its values."""
+    if ary.dtype.kind in "fc":
+        ary.fill(np.nan)
+    elif ary.dtype.kind == "b":
+        ary.fill(True)
+    else:
+        ary.fill(np.frombuffer(b"\x7f" * ary.dtype.itemsize, ary.dtype)[0])
+    return ary
+
+
 def install():
     """numba.cuda.to_device / device_array / device_array_like return StrictDeviceArray
     (under the CUDA simulator; returns the class)."""
@@ -259,10 +275,10 @@ def install():
 
     def device_array(*args, **kwargs):
         made = simulator_device_array(*args, **kwargs)
-        return strict(made._ary, made.stream)
+        return strict(poisoned(made._ary), made.stream)
 
     def device_array_like(ary, stream=0):   # the order of ``ary`` (C, F or its strides' order)
-        return strict(simulator_device_array_like(ary)._ary, stream)
+        return strict(poisoned(simulator_device_array_like(ary)._ary), stream)
 
     cuda.to_device, cuda.device_array, cuda.device_array_like = (to_device, device_array,
                                                                  device_array_like)
