@@ -121,8 +121,7 @@ def record(space, address, where, write):
                        "the blocks of one launch run in no fixed order")
             raise DataRace(
                 f"kernel {_launch['name']}: data race at {_element_name(space, *where)}: "
-                f"a {access} "
-                f"by {_describe(block, tid, epoch)} and an earlier {earlier[0]} by "
+                f"a {access} by {_describe(block, tid, epoch)} and an earlier {earlier[0]} by "
                 f"{_describe(*earlier[1:])}, {between} (threads numbered x + blockDim.x * "
                 f"(y + blockDim.y * z), blocks in np.ndindex(grid) order)")
         if write:
