@@ -594,6 +594,14 @@ def load_build_cgemm():
     return build_cgemm
 
 
+def library_sources(tmp_path):
+    """The C library's source paths, with its generated cpu_config.h written to tmp_path
+    (pass -I tmp_path): for drivers linked with the whole library."""
+    build_cgemm = load_build_cgemm()
+    (tmp_path / "cpu_config.h").write_text(build_cgemm.config_header())
+    return [os.path.join(CSRC, name) for name in build_cgemm.SOURCES]
+
+
 def test_portable_only_build_as_on_other_cpus(tmp_path, rng):
     # csrc/ compiled with -DMLPF_PORTABLE_ONLY: no x86 kernel exists, as on ARM or POWER
     import importlib.util
@@ -714,15 +722,21 @@ def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
                                  capture_output=True).returncode or subprocess.run(
                                      [str(tmp_path / "probe")], capture_output=True).returncode:
         pytest.skip("no working gcc -fsanitize=thread here")
-    build_cgemm = load_build_cgemm()
-    (tmp_path / "cpu_config.h").write_text(build_cgemm.config_header())
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
     env.pop("LD_PRELOAD", None)
     run_c_driver(tmp_path, gcc, _RACE_DRIVER,
                  [*flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}",
                   f"-I{tmp_path}"],
-                 [os.path.join(CSRC, name) for name in build_cgemm.SOURCES], libs=["-lm"],
-                 env=env, timeout=600)
+                 library_sources(tmp_path), libs=["-lm"], env=env, timeout=600)
+
+
+def gcc_or_skip():
+    """The path of gcc; the test is skipped where there is none."""
+    import shutil
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("no gcc here")
+    return gcc
 
 
 def run_c_driver(tmp_path, gcc, source, flags, sources, libs=(), env=None, timeout=300):
@@ -778,11 +792,7 @@ int main(void)
 
 
 def test_a_job_runs_each_of_its_thread_indices_once(tmp_path):
-    import shutil
-    gcc = shutil.which("gcc")
-    if not gcc:
-        pytest.skip("no gcc here")
-    run_c_driver(tmp_path, gcc, _POOL_INDEX_DRIVER, ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}"],
+    run_c_driver(tmp_path, gcc_or_skip(), _POOL_INDEX_DRIVER, ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}"],
                  [os.path.join(CSRC, "threadpool.c")])
 
 
@@ -935,6 +945,102 @@ def test_the_pool_through_failed_starts_late_workers_sleep_races_and_fork(tmp_pa
     run_c_driver(tmp_path, gcc, _POOL_EDGES_DRIVER,
                  ["-O1", "-std=gnu11", "-pthread", f"-I{CSRC}", f"-Wl,{wrapped}"],
                  [os.path.join(CSRC, "threadpool.c")], timeout=120)
+
+
+# The thread count a call takes depends on whether the pool's workers are awake: a GEMM of
+# fmas multiply-adds runs on one thread below min_parallel_fmas while they sleep and below
+# the lower min_parallel_fmas_awake while they spin or work; a pass of n items below
+# pass_min_parallel_asleep or pass_min_parallel. Both states are held here, not hoped for:
+# the worker is awake while it runs a job that ends only after the caller's share has
+# asked, and asleep once mlpf_pool_awake() says so, since nothing else calls the pool.
+_THRESHOLDS_DRIVER = r"""
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <time.h>
+#include "gemm.h"
+#include "gemm_driver.h"
+#include "gemm_kernels.h"
+#include "threadpool.h"
+
+typedef struct { double fmas; int64_t items; int gemm_threads, pass_threads; } ask;
+static atomic_int worker_in, caller_done;
+
+/* Thread 1 works until thread 0 has asked how many threads a GEMM and a pass would take. */
+static void ask_while_the_worker_works(void *arg, int index, int threads)
+{
+    ask *q = arg;
+    (void)threads;
+    if (index == 1) {
+        atomic_store(&worker_in, 1);
+        while (!atomic_load(&caller_done)) sched_yield();
+        return;
+    }
+    while (!atomic_load(&worker_in)) sched_yield();
+    q->gemm_threads = mlpf_threads_for(q->fmas);
+    q->pass_threads = mlpf_pass_threads(q->items);
+    atomic_store(&caller_done, 1);
+}
+
+static int check(const char *what, int got, int want)
+{
+    if (got == want) return 0;
+    printf("wrong: %s takes %d threads, not %d\n", what, got, want);
+    return 1;
+}
+
+int main(void)
+{
+    mlpf_set_num_threads(2);
+    const char *family = "portable";
+    const double gemm_awake = mlpf_config_value(family, "min_parallel_fmas_awake"),
+                 gemm_asleep = mlpf_config_value(family, "min_parallel_fmas");
+    const int64_t pass_awake = mlpf_config_value(family, "pass_min_parallel"),
+                  pass_asleep = mlpf_config_value(family, "pass_min_parallel_asleep");
+    if (!(gemm_awake < gemm_asleep && pass_awake < pass_asleep)) {
+        puts("wrong: each threshold while awake must be below its threshold while asleep");
+        return 1;
+    }
+    int bad = 0;
+    const struct { double fmas; int64_t items; int awake, asleep; } cases[] = {
+        {gemm_awake - 1, pass_awake - 1, 1, 1},          /* below both: one thread */
+        {gemm_awake, pass_awake, 2, 1},                  /* between: two only while awake */
+        {gemm_asleep - 1, pass_asleep - 1, 2, 1},
+        {gemm_asleep, pass_asleep, 2, 2},                /* at the upper one: always two */
+    };
+    for (int i = 0; i < 4; i++) {
+        ask q = {cases[i].fmas, cases[i].items, 0, 0};
+        atomic_store(&worker_in, 0);
+        atomic_store(&caller_done, 0);
+        if (mlpf_pool_run(2, ask_while_the_worker_works, &q) != 2) {
+            puts("wrong: the job did not run on two threads");
+            return 1;
+        }
+        bad |= check("a GEMM while the worker works", q.gemm_threads, cases[i].awake);
+        bad |= check("a pass while the worker works", q.pass_threads, cases[i].awake);
+        for (int ms = 0; mlpf_pool_awake(); ms++) {     /* it sleeps after 200 us of spin */
+            if (ms == 10000) {
+                puts("wrong: the worker never went to sleep");
+                return 1;
+            }
+            nanosleep(&(struct timespec){0, 1000000L}, NULL);
+        }
+        bad |= check("a GEMM while the worker sleeps", mlpf_threads_for(cases[i].fmas),
+                     cases[i].asleep);
+        bad |= check("a pass while the worker sleeps", mlpf_pass_threads(cases[i].items),
+                     cases[i].asleep);
+    }
+    puts(bad ? "wrong" : "ok");
+    return bad;
+}
+"""
+
+
+def test_the_thread_thresholds_follow_whether_the_workers_are_awake(tmp_path):
+    run_c_driver(tmp_path, gcc_or_skip(), _THRESHOLDS_DRIVER,
+                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
+                  f"-I{CSRC}", f"-I{tmp_path}"],
+                 library_sources(tmp_path), libs=["-lm"], timeout=120)
 
 
 _GUARD_SCRIPT = r"""
