@@ -18,15 +18,23 @@ from .backend import to_numpy
 
 
 def _check_hyper(name, value, low=0.0, high=None, low_inclusive=True):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    """value as a float, or an error naming the hyperparameter: a real number (not a bool
+    or a string), finite, >= low (> low unless low_inclusive), < high when high is set."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
     ok = (value >= low if low_inclusive else value > low) and (high is None or value < high)
     if not np.isfinite(value) or not ok:
         bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high else "")
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
+
+
+def _check_flag(name, value):
+    """value as a bool, or a TypeError naming it: True or False (NumPy's bools too)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _with_max_norm(hyper, max_norm):
@@ -195,7 +203,7 @@ class SGD(Optimizer):
     def checked_hyper(lr, momentum=0.0, nesterov=False, weight_decay=0.0, max_norm=None):
         """The hyperparameters as ``hyper`` holds them, each checked."""
         hyper = {"lr": _check_hyper("lr", lr), "momentum": _check_hyper("momentum", momentum),
-                 "nesterov": bool(nesterov),
+                 "nesterov": _check_flag("nesterov", nesterov),
                  "weight_decay": _check_hyper("weight_decay", weight_decay)}
         if nesterov and hyper["momentum"] <= 0:
             raise ValueError("nesterov=True needs momentum > 0")

@@ -219,12 +219,18 @@ def test_resume_refuses_rewritten_metadata_and_changes_nothing(part, key, value,
     ("sgd_nesterov_wd", {"momentum": 0.0}, "nesterov=True needs momentum > 0"),
     ("sgd_nesterov_wd", {"momentum": 0.0, "nesterov": False},
      r"holds \['momentum_buffer'\], but SGD with .* keeps \[\]"),
-], ids=["beta2_1", "nesterov_without_momentum", "momentum_off_with_its_buffer"])
+    ("adam", {"lr": "0.001"}, "lr must be a number, got '0.001'"),
+    ("adam", {"betas": [0.9, None]}, r"betas\[1\] must be a number, got None"),
+    ("sgd_nesterov_wd", {"nesterov": "false"}, "nesterov must be True or False"),
+    ("sgd_nesterov_wd", {"max_norm": 2.0}, r"hyperparameters \[.*'max_norm'.*\] do not match"),
+], ids=["beta2_1", "nesterov_without_momentum", "momentum_off_with_its_buffer", "lr_text",
+        "beta2_null", "nesterov_text", "max_norm_added"])
 def test_resume_refuses_hyperparameters_the_optimizer_refuses_and_changes_nothing(
         optimizer, hyper, message, tmp_path):
-    """Rewritten optimizer hyperparameters of the right types that the optimizer's own
-    load_state_dict refuses (torch's ranges): refused before the model is loaded (the
-    model took the checkpoint's weights, then the optimizer raised)."""
+    """Rewritten optimizer hyperparameters that the optimizer's own load_state_dict
+    refuses (torch's ranges; text or null for a number or a flag), or that configure
+    another optimizer than the caller's (max_norm added): refused before the model is
+    loaded (the model took the checkpoint's weights, then the optimizer raised)."""
     x, y = _data()
     path = tmp_path / "run.ckpt"
     model, opt = _model("numpy", optimizer)

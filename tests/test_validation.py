@@ -316,6 +316,10 @@ def _sgd_state(model, **kwargs):
     (lambda s: s["hyper"].update(lr=-5), ValueError, r"state\['hyper'\].*lr must be >= 0"),
     (lambda s: s["hyper"].update(foo=1), TypeError, r"state\['hyper'\].*'foo'"),
     (lambda s: s["hyper"].pop("weight_decay"), ValueError, r"state\['hyper'\] has"),
+    (lambda s: s["hyper"].update(lr="0.1"), TypeError,
+     r"state\['hyper'\].*lr must be a number, got '0.1'"),
+    (lambda s: s["hyper"].update(nesterov=1), TypeError,
+     r"state\['hyper'\].*nesterov must be True or False, got 1"),
     (lambda s: s["state"]["momentum_buffer"].__setitem__(3, np.nan), ValueError,
      "'momentum_buffer' contains NaN or inf"),
     (lambda s: s["state"].update(momentum_buffer=np.zeros(5)), ValueError,
@@ -403,6 +407,13 @@ def test_bool_and_float16_x_train_like_their_float32_values(backend, rng):
      r"betas\[1\] must be >= 0.0 and < 1.0, got 1.0"),
     (lambda: mf.optim.AdamW(mf.MLP([3, 2], seed=0).parameters(), betas=(1.0, 0.999)),
      ValueError, r"betas\[0\] must be >= 0.0 and < 1.0, got 1.0"),
+    # a hyperparameter is a number or a flag, never text that float() or bool() would take
+    (lambda: mf.optim.SGD(mf.MLP([3, 2], seed=0).parameters(), lr="0.1"), TypeError,
+     "lr must be a number, got '0.1'"),
+    (lambda: mf.optim.Adam(mf.MLP([3, 2], seed=0).parameters(), eps=True), TypeError,
+     "eps must be a number, got True"),
+    (lambda: mf.optim.SGD(mf.MLP([3, 2], seed=0).parameters(), lr=0.1, momentum=0.9,
+                          nesterov="no"), TypeError, "nesterov must be True or False, got 'no'"),
 ])
 def test_errors_name_the_argument(call, error, message):
     with pytest.raises(error, match=message):
