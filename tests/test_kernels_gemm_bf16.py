@@ -136,6 +136,17 @@ def test_round_to_bf16_is_the_nearest_bf16_ties_to_even(rng):
     assert (bf.bf16_to_float32(bf.round_to_bf16(x)).astype(np.float64) == expected).all()
 
 
+def test_conversions_refuse_other_dtypes():
+    # round_to_bf16 takes float32 only (a float64 viewed as uint32 would give twice the
+    # values, all wrong), bf16_to_float32 uint16 only
+    for x in (np.ones(3, np.float64), np.ones(3, np.uint16), [1.0]):
+        with pytest.raises(TypeError, match="x must be a float32 array"):
+            bf.round_to_bf16(x)
+    for h in (np.ones(3, np.int32), np.ones(3, np.float32), [0x3F80]):
+        with pytest.raises(TypeError, match="h must be a bf16 \\(uint16\\) array"):
+            bf.bf16_to_float32(h)
+
+
 def test_bf16_to_float32_round_trips_every_bf16():
     h = np.arange(2 ** 16, dtype=np.uint16)
     x = bf.bf16_to_float32(h)
@@ -355,6 +366,7 @@ def test_bad_arguments_name_the_argument_and_change_nothing(variant, rng):
     cases = [
         (TypeError, "a must be float32 or bf16", lambda: f(a.astype(np.float64), b, out)),
         (TypeError, "b must be a NumPy array", lambda: f(a, [[1.0]], out)),
+        (ValueError, "a must be 2-D", lambda: f(a[None], b, out)),
         (ValueError, "inner dimensions", lambda: f(a, np.zeros((6, 3), F32), out)),
         (ValueError, "out must have shape", lambda: f(a, b, np.zeros((3, 3), F32))),
         (TypeError, "out must be float32 or bf16", lambda: f(a, b, np.zeros((4, 3), np.int32))),
@@ -366,9 +378,14 @@ def test_bad_arguments_name_the_argument_and_change_nothing(variant, rng):
          lambda: f(a, b, out, bias=np.arange(6, dtype=F32)[::2])),
         (ValueError, "activation must be one of", lambda: f(a, b, out, activation="tanh")),
         (TypeError, "alpha must be a real number", lambda: f(a, b, out, alpha="2")),
+        (TypeError, "beta must be a real number", lambda: f(a, b, out, beta="2")),
+        (ValueError, "bias must be a float32 array",                  # float64, right shape
+         lambda: f(a, b, out, bias=np.zeros(3, np.float64))),
         (ValueError, "dact must be one of", lambda: f_dact(a, b, out.copy(), "gelu", out)),
         (ValueError, "y must have shape",
          lambda: f_dact(a, b, np.zeros((3, 4), F32), "relu", out)),
+        (TypeError, "y must be float32 or bf16",
+         lambda: f_dact(a, b, np.ones((4, 3), np.float64), "relu", out)),
         (ValueError, "out must not overlap input y", lambda: f_dact(a, b, out, "relu", out)),
     ]
     for error, message, call in cases:
@@ -406,10 +423,18 @@ def test_the_c_functions_refuse_unknown_element_types(rng):
 
 
 def test_overlapping_out_is_refused(rng):
+    # out may overlap none of a, b, bias (a row of out) or y, and is left as it was
     square = rng.standard_normal((5, 5)).astype(np.float32)
+    before = square.copy()
     for variant in bf.VARIANTS.values():
-        with pytest.raises(ValueError, match="out must not overlap input a"):
-            variant["sbgemm"](square, square.copy(), square)
+        f, f_dact = variant["sbgemm"], variant["sbgemm_dact"]
+        for name, call in [("a", lambda: f(square, square.copy(), square)),
+                           ("b", lambda: f(square.copy(), square, square)),
+                           ("bias", lambda: f(before, before, square, bias=square[2])),
+                           ("y", lambda: f_dact(before, before, square, "tanh", square))]:
+            with pytest.raises(ValueError, match=f"out must not overlap input {name}$"):
+                call()
+            assert np.array_equal(square, before), name
 
 
 # --- which kernels run here --------------------------------------------------------------
