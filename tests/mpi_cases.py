@@ -339,9 +339,157 @@ def case_split(comm, out):
         lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
 
 
+def case_deadlines(comm, out):
+    """root_first, roll calls and close() on Clusters with 0.1 s timeouts:
+    - rank 0's block takes 0.8 s and writes a file: rank 1 waits start_timeout (60 s), not
+      timeout, and runs its block after rank 0's (it sees the file);
+    - rank 1 reaches root_first 0.8 s late: rank 0 waits start_timeout for it, with its
+      block passing and failing (rank 1 stops with rank 0's error);
+    - rank 0 waits 0.1 s on a barrier rank 1 never joins while rank 1 waits on a message
+      rank 0 never sends: rank 0 calls the roll (roll_call 120 s), rank 1 answers at once
+      and both stop out of step, neither lost;
+    - rank 0 waits 0.1 s on a barrier on a Cluster whose timeout is 600 s and roll_call
+      0.1 s, which rank 1 never uses: rank 0 names rank 1 after the roll call (0.1 s);
+    - close() frees a healthy Cluster's communicators (a collective after it is refused)
+      and not those of a stopped one; a second close does nothing.
+    Ends with os._exit(0): the stopped Clusters' requests never complete (MPI_Finalize
+    could wait for them)."""
+    from mpi4py import MPI
+    rank = comm.Get_rank()
+    cluster = distributed.Cluster(comm, timeout=0.1, start_timeout=60.0, roll_call=0.1)
+    made = os.path.join(out, "made_by_rank_0")
+
+    def slow_root():
+        with cluster.root_first("write a file"):
+            if rank == 0:
+                time.sleep(0.8)
+                write(out, "made_by_rank_0", "")
+            else:
+                write(out, "saw_file.1", str(os.path.exists(made)))
+    write(out, f"slow_root.{rank}", outcome(slow_root))
+
+    def late_other(fail):
+        if rank == 1:
+            time.sleep(0.8)
+        with cluster.root_first("load the data"):
+            if rank == 0 and fail:
+                raise ValueError("no such file: data.npz")
+    write(out, f"late.{rank}", outcome(lambda: late_other(False)))
+    write(out, f"late_fails.{rank}", outcome(lambda: late_other(True)))
+
+    apart = distributed.Cluster(comm, timeout=60.0, roll_call=120.0)
+
+    def out_of_step():
+        if rank == 0:
+            apart.wait([apart.comm.Ibarrier()], "a barrier", timeout=0.1)
+        else:
+            apart.wait([apart.comm.Irecv(np.zeros(1), source=0, tag=5)], "a message")
+    write(out, f"out_of_step.{rank}", outcome(out_of_step))
+
+    silent = distributed.Cluster(comm, timeout=600.0, roll_call=0.1)
+    if rank == 0:
+        write(out, "silent.0", outcome(
+            lambda: silent.wait([silent.comm.Ibarrier()], "a barrier", timeout=0.1)))
+
+    healthy = distributed.Cluster(comm)
+    closed = {"close": outcome(healthy.close), "again": outcome(healthy.close),
+              "freed": [healthy.comm == MPI.COMM_NULL, healthy.alarm_comm == MPI.COMM_NULL],
+              "stopped_close": outcome(apart.close), "stopped_again": outcome(apart.close),
+              "stopped_freed": [apart.comm == MPI.COMM_NULL, apart.alarm_comm == MPI.COMM_NULL],
+              "check_after_close": outcome(
+                  lambda: healthy.check_parameters(np.zeros(3, np.float32), 0))}
+    write(out, f"closed.{rank}", json.dumps(closed))
+    os._exit(0)
+
+
+def case_three_ranks(comm, out):
+    """Under ``mpiexec -n 3``: rank 1 reports an error: ranks 0 and 2 both stop with it.
+    Then rank 2 SIGKILLs itself; rank 1 acts as if on another node than rank 2 (another
+    host name in the start-up exchange), so only rank 0 sees that rank 2's process is gone:
+    its alarm stops rank 1 long before rank 1's own timeout (10 s). Ends with os._exit(0)
+    (MPI_Finalize could wait for rank 2) after a barrier of ranks 0 and 1: an alarm (8 KiB,
+    sent by rendezvous) is lost when its sender's process ends before it is received."""
+    from mpi4py import MPI
+    rank = comm.Get_rank()
+    pair = comm.Split(0 if rank < 2 else MPI.UNDEFINED)     # ranks 0 and 1
+    failing = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
+    lost = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
+    write(out, f"pid.{rank}", str(os.getpid()))
+
+    def check(cluster):
+        cluster.check_parameters(np.zeros(3, np.float32), 0)
+    if rank == 1:
+        failing.report(ValueError("row file 5 is corrupt"))
+    else:
+        write(out, f"failed.{rank}", outcome(lambda: check(failing)))
+
+    if rank == 1:
+        lost.host = "another-node"
+    lost.agree(None, {})                 # every rank's host and pid
+    if rank == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(out, f"lost.{rank}", outcome(lambda: check(lost)))
+    pair.Barrier()
+    os._exit(0)
+
+
+def case_ulfm(comm, out):
+    """Under ``mpiexec -n 3``: ranks 0 and 2 SIGKILL themselves; rank 1, whose Cluster has
+    no peers (no fit ran), can learn it only from MPI. An MPI with fault tolerance (ULFM)
+    names failed ranks; MPICH's wheel does not (MPIR_CVAR_ENABLE_FT=1 aborts in
+    MPI_Init), so rank 1 sees MPI through a stand-in that does what ULFM does once a
+    process of the communicator ended: Request.Testall raises
+    MPI.Exception(MPI.ERR_PROC_FAILED) and Comm.Get_failed returns the group of the ended
+    processes (this wheel's mpi4py defines ERR_PROC_FAILED as ERR_UNKNOWN: the test reads
+    the exception's text from rank 1). Rank 1 calls it once both processes ended. Ends with
+    os._exit(0)."""
+    from mpi4py import MPI
+    rank = comm.Get_rank()
+    pids = comm.allgather(os.getpid())
+    cluster = distributed.Cluster(comm)
+    if rank != 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def ended(pid):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:       # a zombie has ended too
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except FileNotFoundError:
+            return True
+
+    def failed():
+        return [r for r in range(len(pids)) if ended(pids[r])]
+
+    class FailedComm(MPI.Intracomm):
+        def Get_failed(self):
+            return self.Get_group().Incl(failed())
+
+    class FailedRequest(MPI.Request):
+        @staticmethod
+        def Testall(requests, statuses=None):
+            if failed():
+                raise MPI.Exception(MPI.ERR_PROC_FAILED)
+            return MPI.Request.Testall(requests, statuses)
+
+    class UlfmMPI:
+        Request = FailedRequest
+
+        def __getattr__(self, name):
+            return getattr(MPI, name)
+
+    deadline = time.monotonic() + 30
+    while len(failed()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cluster.comm, cluster.MPI = FailedComm(cluster.comm), UlfmMPI()
+    write(out, "mpi_error.1", str(MPI.Exception(MPI.ERR_PROC_FAILED)))
+    write(out, "ulfm.1", outcome(lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
+    os._exit(0)
+
+
 CASES = {"parity": case_parity, "split": case_split, "kill": case_kill, "stall": case_stall,
          "full": case_full, "resume": case_resume, "bad_input": case_bad_input,
-         "interrupt": case_interrupt}
+         "interrupt": case_interrupt, "deadlines": case_deadlines,
+         "three_ranks": case_three_ranks, "ulfm": case_ulfm}
 _RANK = _OUT = None
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,10 +35,10 @@ SURVIVE = "trap '' USR1; \"$0\" \"$@\"; exit $?"
 KILL_SECONDS = 60
 
 
-def mpiexec(*command, survivors=False, timeout=180, env=None):
-    """Run ``command`` on 2 ranks (in ``env``, default this one's); (CompletedProcess,
+def mpiexec(*command, survivors=False, timeout=180, env=None, ranks=2):
+    """Run ``command`` on ``ranks`` ranks (in ``env``, default this one's); (CompletedProcess,
     seconds). A hang past ``timeout`` kills the whole launch and fails the test."""
-    launch = [MPIEXEC] + (LEAVE_SURVIVORS if survivors else []) + ["-n", "2"]
+    launch = [MPIEXEC] + (LEAVE_SURVIVORS if survivors else []) + ["-n", str(ranks)]
     if survivors:
         launch += ["sh", "-c", SURVIVE]
     started = time.perf_counter()
@@ -285,6 +286,72 @@ def test_threads_rows_and_faults_of_each_rank(tmp_path):
         after = read(tmp_path, f"after_fault.{r}")
         assert after == (f"DistributedError: rank {r} cannot wait for the parameter check of "
                          f"step 0: the run already stopped (rank 0 raised {error_0})"), after
+
+
+def test_root_first_roll_calls_and_close(tmp_path):
+    """mpi_cases.case_deadlines (timeouts 0.1 s, sleeps 0.8 s): root_first waits
+    start_timeout on both sides and runs rank 0's block before the others'; ranks that both
+    answer a roll call are out of step, not lost, and the roll call ends when everyone
+    answered (roll_call 120 s; a hang past 60 s fails); a rank that never answers is named
+    after roll_call seconds, not timeout (600 s); close() frees a healthy Cluster's
+    communicators, after which a collective is refused, keeps a stopped Cluster's (its
+    requests are pending), and a second close does nothing."""
+    result, _ = case("deadlines", tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for r in (0, 1):
+        assert read(tmp_path, f"slow_root.{r}") == "ok", r
+        assert read(tmp_path, f"late.{r}") == "ok", r
+    assert read(tmp_path, "saw_file.1") == "True"          # written in rank 0's block
+    assert read(tmp_path, "late_fails.0") == "ValueError: no such file: data.npz"
+    assert read(tmp_path, "late_fails.1") == \
+        "RankFailed: rank 0 could not load the data: ValueError: no such file: data.npz"
+    out_of_step = read(tmp_path, "out_of_step.0")          # "no progress for 0 s" (or 1 s)
+    assert out_of_step.startswith("DistributedError: rank 0: every rank answered a roll "
+                                  "call, but a barrier did not complete (no progress for ") \
+        and out_of_step.endswith(" s); the ranks are out of step"), out_of_step
+    assert read(tmp_path, "out_of_step.1") == (
+        "DistributedError: rank 1: every rank answered a roll call, but a message did not "
+        "complete (rank 0 called the roll); the ranks are out of step")
+    silent = read(tmp_path, "silent.0")                    # no fit ran: no pid to name
+    assert silent.startswith("RankLost: lost rank 1: it did not answer a roll call (no "
+                             "progress for ") \
+        and silent.endswith(" s); rank 0 was waiting for a barrier"), silent
+    for r in (0, 1):
+        closed = json.loads(read(tmp_path, f"closed.{r}"))
+        assert closed["close"] == closed["again"] == "ok", closed
+        assert closed["freed"] == [True, True], closed                 # COMM_NULL
+        assert closed["stopped_close"] == closed["stopped_again"] == "ok", closed
+        assert closed["stopped_freed"] == [False, False], closed
+        # a collective on the freed communicator: mpi4py's MPI.Exception
+        assert closed["check_after_close"].startswith("Exception: "), closed
+
+
+def test_faults_reach_every_rank_of_three(tmp_path):
+    """mpi_cases.case_three_ranks under ``mpiexec -n 3``: rank 1's error stops ranks 0
+    and 2, each naming rank 1; when rank 2's process ends, rank 0 (its node) names it and
+    its alarm makes rank 1 (another node by its host name) name rank 2 too, with rank 2's
+    pid, as "found gone" by rank 0."""
+    result, _ = case("three_ranks", tmp_path, ranks=3, survivors=True, timeout=60)
+    for r in (0, 2):
+        assert read(tmp_path, f"failed.{r}") == (
+            f"RankFailed: rank 1 stopped with ValueError: row file 5 is corrupt (rank {r} "
+            f"was waiting for the parameter check of step 0)"), result.stderr
+    lost = f"RankLost: lost rank 2 (pid {read(tmp_path, 'pid.2')} on {socket.gethostname()}): "
+    assert read(tmp_path, "lost.0") == lost + (
+        "its process is gone; rank 0 was waiting for the parameter check of step 0")
+    assert read(tmp_path, "lost.1") == lost + (
+        "rank 0 found it gone; rank 1 was waiting for the parameter check of step 0")
+
+
+def test_ranks_that_mpi_reports_failed_are_named(tmp_path):
+    """mpi_cases.case_ulfm under ``mpiexec -n 3``: ranks 0 and 2 end; rank 1, through a
+    stand-in for an MPI with fault tolerance (ULFM), gets MPI.Exception from Testall and
+    names the ranks of Comm.Get_failed's group in its communicator: 0 and 2."""
+    result, _ = case("ulfm", tmp_path, ranks=3, survivors=True, timeout=60)
+    mpi_error = read(tmp_path, "mpi_error.1")
+    assert read(tmp_path, "ulfm.1") == (
+        f"RankLost: lost rank 0, rank 2: MPI reported: {mpi_error}; rank 1 was waiting for "
+        f"the parameter check of step 0"), result.stderr
 
 
 def test_a_zombie_rank_process_counts_as_gone():
