@@ -29,7 +29,9 @@ takes a roll call on a communicator of its own: ranks that do not answer within
 ``roll_call`` seconds are named lost. The errors: RankFailed (a rank raised: its message),
 RankLost (a rank is gone), ParameterDrift; all are DistributedError (a RuntimeError). After
 RankFailed or RankLost the communicator is unusable: end the process (MPI_Finalize can wait
-forever for a lost rank; ``mlpfast train --distributed`` exits with os._exit).
+forever for a lost rank; ``mlpfast train --distributed`` exits with os._exit). Ending it
+at once loses no alarm: a rank that tells of its own error, or of a loss only it has seen,
+waits up to ``roll_call`` seconds for the alarm to leave before it raises.
 
 Threads: a Cluster sets every rank's kernel threads to the CPUs it may run on divided by
 the ranks on its node (MPI's shared-memory split), unless MLPFAST_NUM_THREADS or
@@ -136,10 +138,11 @@ class Cluster:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.peers = {}                     # rank -> (host, pid), from the start of fit
         self.broken = None                  # the error that made the communicator unusable
+        self.closed = False                 # close() ran: no more collectives
         self._alarm_buf = np.zeros(BLOB_BYTES, np.uint8)
         self._alarm_request = self.alarm_comm.Irecv(self._alarm_buf, source=MPI.ANY_SOURCE,
                                                     tag=ALARM_TAG)
-        self._sent = []                     # (request, buffer) of alarms sent
+        self._sent = []                     # (request, buffer, destination) of alarms sent
         if not threads_chosen():
             set_num_threads(max(1, (available_cpus() or 1) // self.local_size))
         atexit.register(self.close)
@@ -152,9 +155,7 @@ class Cluster:
         """Poll ``requests`` until all complete (``what``, a noun phrase, names them in
         errors: "rank 1 was waiting for {what}"). Raises RankFailed when another rank
         reports an error, RankLost when a rank is gone or silent past the deadline."""
-        if self.broken is not None:
-            raise DistributedError(f"rank {self.rank} cannot wait for {what}: the run already "
-                                   f"stopped ({self.broken})")
+        self._usable(what)
         start = time.perf_counter()
         deadline = start + (self.timeout if timeout is None else timeout)
         next_look = start + LOOK_SECONDS
@@ -167,11 +168,22 @@ class Cluster:
                     self._look(what)
                     next_look = now + LOOK_SECONDS
             except self.MPI.Exception as error:      # ULFM: a process failed
-                self._lost(self._failed_ranks(), what, f"MPI reported: {error}")
+                self._lost(self._failed_ranks(), what, f"MPI reported: {error}", deliver=True)
             if now >= deadline:
                 self._roll_call(what, f"no progress for {now - start:.0f} s")
             if now - start > SPIN_SECONDS:
                 time.sleep(NAP_SECONDS)
+
+    def _usable(self, what):
+        """The communicator, for a collective (``what``, as in wait); DistributedError when
+        close() ran or a fault left the communicator unusable."""
+        if self.closed:
+            raise DistributedError(f"rank {self.rank} cannot wait for {what}: the Cluster is "
+                                   f"closed")
+        if self.broken is not None:
+            raise DistributedError(f"rank {self.rank} cannot wait for {what}: the run already "
+                                   f"stopped ({self.broken})")
+        return self.comm
 
     def _look(self, what):
         """Alarms from other ranks; ranks of this node whose process is gone."""
@@ -181,7 +193,7 @@ class Cluster:
         gone = [r for r, (host, pid) in self.peers.items()
                 if host == self.host and not _process_alive(pid)]
         if gone:
-            self._lost(gone, what, "its process is gone")
+            self._lost(gone, what, "its process is gone", deliver=True)
 
     def _failed_ranks(self):
         try:
@@ -198,13 +210,27 @@ class Cluster:
         if self.broken is None and not isinstance(error, DistributedError):
             self.broken = f"rank {self.rank} raised {_describe(error)}"
             self._send_alarm({"kind": "error", "text": _describe(error)})
+            self._deliver_alarms()
 
     def _send_alarm(self, message, skip=()):
         blob = _encode(dict(message, rank=self.rank))
         for dest in range(self.size):
             if dest != self.rank and dest not in skip:
                 self._sent.append((self.alarm_comm.Isend(blob, dest=dest, tag=ALARM_TAG),
-                                   blob))
+                                   blob, dest))
+
+    def _deliver_alarms(self, skip=()):
+        """Wait up to ``roll_call`` seconds until the alarms sent to ranks not in ``skip``
+        have left this process. It may end right after it raises, and MPI moves a message
+        of BLOB_BYTES only once its receiver asks for it: from a process that ended it
+        never arrives, and the receiver sees an MPI error instead of the alarm."""
+        requests = [request for request, _, dest in self._sent if dest not in skip]
+        end = time.perf_counter() + self.roll_call_seconds
+        try:
+            while not self.MPI.Request.Testall(requests) and time.perf_counter() < end:
+                time.sleep(NAP_SECONDS)
+        except self.MPI.Exception:          # ULFM: a receiver failed; the others may not
+            pass
 
     def _read_alarms(self):
         alarms = []
@@ -247,10 +273,16 @@ class Cluster:
                                    f"are out of step")
         self._lost(sorted(lost), what, f"it did not answer a roll call ({why})")
 
-    def _lost(self, ranks, what, why):
+    def _lost(self, ranks, what, why, deliver=False):
+        """Tell the other ranks that ``ranks`` are lost, then raise RankLost. ``deliver``:
+        only this rank knows (its node's processes, MPI's report), so it waits until the
+        alarm has left (_deliver_alarms). A roll call's verdict every rank reaches itself,
+        and a loss another rank reported that rank delivers."""
         ranks = sorted(set(ranks)) or ["unknown"]
         self._send_alarm({"kind": "lost", "ranks": [r for r in ranks if r != "unknown"]},
                          skip=ranks)
+        if deliver:
+            self._deliver_alarms(skip=ranks)
         names = ", ".join(f"rank {r}" + (f" (pid {self.peers[r][1]} on {self.peers[r][0]})"
                                          if r in self.peers else "") for r in ranks)
         self.broken = f"lost {names}"
@@ -265,7 +297,7 @@ class Cluster:
         mine = {"error": _describe(error) if error is not None else None, "spec": spec,
                 "host": self.host, "pid": self.pid}
         everyone = np.zeros((self.size, BLOB_BYTES), np.uint8)
-        request = self.comm.Iallgather(_encode(mine), everyone)
+        request = self._usable("the start of fit").Iallgather(_encode(mine), everyone)
         self.wait([request], "the start of fit", timeout=self.start_timeout)
         blobs = [_decode(row) for row in everyone]
         self.peers = {r: (b["host"], b["pid"]) for r, b in enumerate(blobs) if r != self.rank}
@@ -290,7 +322,8 @@ class Cluster:
         arrays = [model.flat_data] + [b for _, b in model.named_buffers()] + \
             [opt["state"][name] for name in sorted(opt["state"])]
         meta = _encode({"step": opt["step"], "rng": _jsonable(rng.bit_generator.state)})
-        requests = [self.comm.Ibcast(a, root=0) for a in arrays + [meta]]
+        comm = self._usable("rank 0's parameters")
+        requests = [comm.Ibcast(a, root=0) for a in arrays + [meta]]
         self.wait(requests, "rank 0's parameters")
         if self.rank == 0:
             return rng
@@ -304,7 +337,8 @@ class Cluster:
         """Compare a CRC-32 of every rank's parameters; a difference is ParameterDrift."""
         mine = np.array([zlib.crc32(params)], np.int64)
         everyone = np.zeros(self.size, np.int64)
-        self.wait([self.comm.Iallgather(mine, everyone)], f"the parameter check of step {step}")
+        what = f"the parameter check of step {step}"
+        self.wait([self._usable(what).Iallgather(mine, everyone)], what)
         drifted = [r for r in range(self.size) if everyone[r] != everyone[0]]
         if drifted:
             raise ParameterDrift(f"the parameters of rank(s) {drifted} differ from rank 0's "
@@ -319,9 +353,11 @@ class Cluster:
 
     def close(self):
         """Cancel the alarm receive; free the communicators unless a fault left
-        collectives pending on them."""
-        if self._alarm_request is None:
+        collectives pending on them. Then the Cluster refuses collectives (join makes a
+        new one); a second call does nothing."""
+        if self.closed:
             return
+        self.closed = True
         self._alarm_request.Cancel()
         self._alarm_request.Wait()
         self._alarm_request = None
@@ -334,17 +370,21 @@ class Cluster:
 def _root_first(cluster, what):
     status = np.zeros(BLOB_BYTES, np.uint8)
     waiting_for = f"rank 0 to {what}"
+
+    def share_status():
+        request = cluster._usable(waiting_for).Ibcast(status, root=0)
+        cluster.wait([request], waiting_for, cluster.start_timeout)
     if cluster.rank == 0:
         try:
             yield
         except BaseException as error:
             status[:] = _encode({"error": _describe(error)})
-            cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
+            share_status()
             raise
         status[:] = _encode({"error": None})
-        cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
+        share_status()
         return
-    cluster.wait([cluster.comm.Ibcast(status, root=0)], waiting_for, cluster.start_timeout)
+    share_status()
     error = _decode(status)["error"]
     if error is not None:
         raise RankFailed(f"rank 0 could not {what}: {error}", [0])
@@ -366,7 +406,7 @@ def join(comm):
         raise TypeError(f"comm must be an mpi4py intracommunicator or a "
                         f"mlpfast.distributed.Cluster, got {type(comm).__name__}")
     key = comm.py2f()
-    if key not in _CLUSTERS or _CLUSTERS[key].broken is not None:
+    if key not in _CLUSTERS or _CLUSTERS[key].broken is not None or _CLUSTERS[key].closed:
         _CLUSTERS[key] = Cluster(comm)
     return _CLUSTERS[key]
 
@@ -492,13 +532,13 @@ class DistributedStep:
             raise
 
     def _allreduce(self):
-        MPI, comm = self.cluster.MPI, self.cluster.comm
+        MPI, what = self.cluster.MPI, f"the gradients of optimizer step " \
+                                     f"{self.optimizer.step_count + 1}"
         started = time.perf_counter()
+        comm = self.cluster._usable(what)
         requests = [comm.Iallreduce(MPI.IN_PLACE, self.grad, op=MPI.SUM),
                     comm.Iallreduce(self.local, self.reduced, op=MPI.SUM)]
-        self.cluster.wait(requests, f"the gradients of optimizer step "
-                                    f"{self.optimizer.step_count + 1}",
-                          None if self._warm else self.cluster.start_timeout)
+        self.cluster.wait(requests, what, None if self._warm else self.cluster.start_timeout)
         self._warm = True
         self.allreduce_seconds += time.perf_counter() - started
         self.allreduces += 1

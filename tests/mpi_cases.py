@@ -351,7 +351,8 @@ def case_deadlines(comm, out):
     - rank 0 waits 0.1 s on a barrier on a Cluster whose timeout is 600 s and roll_call
       0.1 s, which rank 1 never uses: rank 0 names rank 1 after the roll call (0.1 s);
     - close() frees a healthy Cluster's communicators (a collective after it is refused)
-      and not those of a stopped one; a second close does nothing.
+      and not those of a stopped one; a second close does nothing; join() makes a new
+      Cluster for a communicator whose Cluster was closed.
     Ends with os._exit(0): the stopped Clusters' requests never complete (MPI_Finalize
     could wait for them)."""
     from mpi4py import MPI
@@ -398,6 +399,11 @@ def case_deadlines(comm, out):
               "stopped_freed": [apart.comm == MPI.COMM_NULL, apart.alarm_comm == MPI.COMM_NULL],
               "check_after_close": outcome(
                   lambda: healthy.check_parameters(np.zeros(3, np.float32), 0))}
+    first = distributed.join(comm)
+    first.close()
+    again = distributed.join(comm)                  # a closed Cluster is not reused
+    closed["join_after_close"] = [again is not first, outcome(
+        lambda: again.check_parameters(np.zeros(3, np.float32), 0))]
     write(out, f"closed.{rank}", json.dumps(closed))
     os._exit(0)
 
@@ -406,12 +412,10 @@ def case_three_ranks(comm, out):
     """Under ``mpiexec -n 3``: rank 1 reports an error: ranks 0 and 2 both stop with it.
     Then rank 2 SIGKILLs itself; rank 1 acts as if on another node than rank 2 (another
     host name in the start-up exchange), so only rank 0 sees that rank 2's process is gone:
-    its alarm stops rank 1 long before rank 1's own timeout (10 s). Ends with os._exit(0)
-    (MPI_Finalize could wait for rank 2) after a barrier of ranks 0 and 1: an alarm (8 KiB,
-    sent by rendezvous) is lost when its sender's process ends before it is received."""
-    from mpi4py import MPI
+    its alarm stops rank 1 long before rank 1's own timeout (10 s). Rank 1 reaches that
+    check 0.5 s late, and every rank ends with os._exit(0) (MPI_Finalize could wait for
+    rank 2) at once: rank 0's alarm must have left before its RankLost was raised."""
     rank = comm.Get_rank()
-    pair = comm.Split(0 if rank < 2 else MPI.UNDEFINED)     # ranks 0 and 1
     failing = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
     lost = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
     write(out, f"pid.{rank}", str(os.getpid()))
@@ -428,8 +432,24 @@ def case_three_ranks(comm, out):
     lost.agree(None, {})                 # every rank's host and pid
     if rank == 2:
         os.kill(os.getpid(), signal.SIGKILL)
+    if rank == 1:
+        time.sleep(0.5)
     write(out, f"lost.{rank}", outcome(lambda: check(lost)))
-    pair.Barrier()
+    os._exit(0)
+
+
+def case_report_and_exit(comm, out):
+    """Rank 1 reports an error and ends its process at once, as ``mlpfast train`` does
+    (os._exit); rank 0 reaches a collective 0.5 s later. Its alarm (BLOB_BYTES, which MPI
+    moves only when the receiver asks) must have left rank 1 first: rank 0 stops with rank
+    1's error, not with an MPI error about a process it cannot read."""
+    rank = comm.Get_rank()
+    cluster = distributed.Cluster(comm, timeout=10.0, roll_call=5.0)
+    if rank == 1:
+        cluster.report(ValueError("disk full"))
+        os._exit(0)
+    time.sleep(0.5)
+    write(out, "report.0", outcome(lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
     os._exit(0)
 
 
@@ -489,7 +509,8 @@ def case_ulfm(comm, out):
 CASES = {"parity": case_parity, "split": case_split, "kill": case_kill, "stall": case_stall,
          "full": case_full, "resume": case_resume, "bad_input": case_bad_input,
          "interrupt": case_interrupt, "deadlines": case_deadlines,
-         "three_ranks": case_three_ranks, "ulfm": case_ulfm}
+         "three_ranks": case_three_ranks, "report_and_exit": case_report_and_exit,
+         "ulfm": case_ulfm}
 _RANK = _OUT = None
 
 

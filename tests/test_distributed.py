@@ -295,7 +295,8 @@ def test_root_first_roll_calls_and_close(tmp_path):
     answered (roll_call 120 s; a hang past 60 s fails); a rank that never answers is named
     after roll_call seconds, not timeout (600 s); close() frees a healthy Cluster's
     communicators, after which a collective is refused, keeps a stopped Cluster's (its
-    requests are pending), and a second close does nothing."""
+    requests are pending), and a second close does nothing; join() replaces a closed
+    Cluster."""
     result, _ = case("deadlines", tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     for r in (0, 1):
@@ -322,8 +323,10 @@ def test_root_first_roll_calls_and_close(tmp_path):
         assert closed["freed"] == [True, True], closed                 # COMM_NULL
         assert closed["stopped_close"] == closed["stopped_again"] == "ok", closed
         assert closed["stopped_freed"] == [False, False], closed
-        # a collective on the freed communicator: mpi4py's MPI.Exception
-        assert closed["check_after_close"].startswith("Exception: "), closed
+        assert closed["check_after_close"] == (
+            f"DistributedError: rank {r} cannot wait for the parameter check of step 0: the "
+            f"Cluster is closed"), closed
+        assert closed["join_after_close"] == [True, "ok"], closed
 
 
 def test_faults_reach_every_rank_of_three(tmp_path):
@@ -341,6 +344,15 @@ def test_faults_reach_every_rank_of_three(tmp_path):
         "its process is gone; rank 0 was waiting for the parameter check of step 0")
     assert read(tmp_path, "lost.1") == lost + (
         "rank 0 found it gone; rank 1 was waiting for the parameter check of step 0")
+
+
+def test_an_error_reaches_the_others_when_its_rank_exits_at_once(tmp_path):
+    """mpi_cases.case_report_and_exit: rank 1 reports and ends its process; rank 0,
+    0.5 s later in a collective, stops with rank 1's error."""
+    result, _ = case("report_and_exit", tmp_path, survivors=True, timeout=60)
+    assert read(tmp_path, "report.0") == (
+        "RankFailed: rank 1 stopped with ValueError: disk full (rank 0 was waiting for the "
+        "parameter check of step 0)"), result.stderr
 
 
 def test_ranks_that_mpi_reports_failed_are_named(tmp_path):
