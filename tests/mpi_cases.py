@@ -120,9 +120,18 @@ def case_kill(comm, out, ckpt):
 
 
 def case_stall(comm, out):
-    """Rank 1 stops (SIGSTOP) at step 13: its process exists but never answers."""
+    """Rank 1 stops (SIGSTOP) at step 13: its process exists but never answers. Rank 0,
+    once it has named rank 1, ends it with SIGKILL: mpiexec's teardown once waited past
+    the test's 180 s on the stopped process (a CI run on a loaded machine)."""
     cluster = distributed.Cluster(comm, timeout=3.0, roll_call=2.0)
-    train(cluster, epochs=2, lr_schedule=_die_at(1, 13, signal.SIGSTOP))
+    try:
+        train(cluster, epochs=2, lr_schedule=_die_at(1, 13, signal.SIGSTOP))
+    except distributed.RankLost:
+        stopped = os.path.join(out, "stopped.pid")
+        if os.path.exists(stopped):
+            with open(stopped) as f:
+                os.kill(int(f.read()), signal.SIGKILL)
+        raise
 
 
 def case_full(comm, out):
