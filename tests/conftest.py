@@ -147,3 +147,14 @@ def bf16_kernel(request):
     gemm_bf16.C_KERNELS.select(request.param)
     yield request.param
     gemm_bf16.C_KERNELS.select(before)
+
+
+# splitmix64 for C test drivers that draw orders: r"""...""" + C_DRAW + r"""..."""
+C_DRAW = r"""static uint64_t draw(uint64_t *state)          /* splitmix64 */
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+"""

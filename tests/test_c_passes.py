@@ -6,7 +6,7 @@ thread) and ones above pass_min_parallel_asleep (shares on both threads of the `
 fixture, a last chunk that is not whole)."""
 import numpy as np
 import pytest
-from conftest import assert_close, run_guarded
+from conftest import C_DRAW, assert_close, run_guarded
 
 from mlpfast.kernels import gemm, optim
 
@@ -234,3 +234,172 @@ def test_the_compiled_steps_calls_pass_every_argument_to_c(rng):
     for got, expected, what in [(q32, q64, "sgd p"), (buf, buf64, "sgd buf"), (p32, p64, "adam p"),
                                 (m, m64, "adam m"), (v, v64, "adam v")]:
         assert_close(got, expected, np.float32, what=what)
+
+
+# --- The moving shares of the passes (passes.c: moving_shares_init, take_chunk) ------------
+# A driver that includes passes.c (its static scheduling functions) runs one job's takers
+# on one thread in drawn orders: a taker alone, or all of them with each but one stopping
+# for good after a drawn count (a thread the machine holds up), for 1 to 300 threads (the
+# job runs on at most MLPF_POOL_MAX_THREADS), sizes from 0 to past pass_min_parallel_asleep
+# and chunks of whole items or of 16; then the pool's threads (2 to 7, racing) take them.
+_MOVING_SHARES_DRIVER = r"""
+#include "passes.c"                   /* for its static moving_shares_init and take_chunk */
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { MOST = MLPF_POOL_MAX_THREADS * CHUNKS_PER_SHARE };
+static struct { moving_shares s; int64_t guard[64]; } call;    /* guard: right after next[] */
+static int64_t lo_at[MOST + 1], hi_at[MOST + 1], order[MOST + 1], share_of[MOST + 1];
+static int taker_at[MOST + 1], failures;
+
+static int fail(const char *what, int64_t n, int threads, int64_t multiple)
+{
+    if (failures++ < 20)
+        printf("wrong: %s (n %lld, %d threads, multiple %lld)\n", what, (long long)n, threads,
+               (long long)multiple);
+    return -1;
+}
+
+""" + C_DRAW + r"""
+static int by_lo(const void *x, const void *y)
+{
+    const int64_t a = lo_at[*(const int64_t *)x], b = lo_at[*(const int64_t *)y];
+    return (a > b) - (a < b);
+}
+
+/* One job's takers 0..T-1 (T: `threads`, at most the pool's MLPF_POOL_MAX_THREADS) on one
+ * thread, in an order drawn from `seed`: taker `runner` goes on until take_chunk says none
+ * is left; the others never start when `alone` (the pool ran the job on fewer threads, or
+ * they were descheduled throughout), else each stops for good after a drawn count. */
+static int schedule(int64_t n, int threads, int64_t multiple, int runner, int alone,
+                    uint64_t seed)
+{
+    const int T = threads < MLPF_POOL_MAX_THREADS ? threads : MLPF_POOL_MAX_THREADS;
+    const int64_t most = (int64_t)T * CHUNKS_PER_SHARE;
+    for (int i = 0; i < 64; i++) call.guard[i] = -7;
+    moving_shares_init(&call.s, n, threads, multiple);
+    for (int i = 0; i < 64; i++)
+        if (call.guard[i] != -7) return fail("init wrote past next[]", n, threads, multiple);
+    static int visited[MLPF_POOL_MAX_THREADS], going[MLPF_POOL_MAX_THREADS];
+    static int step[MLPF_POOL_MAX_THREADS];
+    static int64_t budget[MLPF_POOL_MAX_THREADS], last[MLPF_POOL_MAX_THREADS];
+    int active = 0;
+    for (int t = 0; t < T; t++) {
+        visited[t] = 0;
+        going[t] = !alone || t == runner;
+        budget[t] = t == runner ? -1 : (int64_t)(draw(&seed) % (2 * CHUNKS_PER_SHARE + 1));
+        active += going[t];
+    }
+    int64_t count = 0, lo, hi;
+    while (active) {
+        int t = 0;
+        for (int64_t pick = (int64_t)(draw(&seed) % (uint64_t)active);; t++)
+            if (going[t] && pick-- == 0) break;
+        if (budget[t] == 0 || !take_chunk(&call.s, t, &visited[t], &lo, &hi)) {
+            going[t] = 0, active--;
+            continue;
+        }
+        budget[t]--;
+        if (count > most) return fail("more than 8 chunks a thread", n, threads, multiple);
+        lo_at[count] = lo, hi_at[count] = hi, taker_at[count] = t, order[count] = count;
+        count++;
+    }
+    /* The chunks tile 0..n once, each from a multiple of `multiple` on, all of one length
+     * c but the last (whole or not): the least multiple of `multiple` that makes at most
+     * CHUNKS_PER_SHARE chunks a thread (one chunk: c unseen, n shown). */
+    qsort(order, (size_t)count, sizeof *order, by_lo);
+    const int64_t c = count > 1 ? hi_at[order[0]] - lo_at[order[0]] : n;
+    for (int64_t j = 0, end = 0; j < count; end = hi_at[order[j]], j++) {
+        lo = lo_at[order[j]], hi = hi_at[order[j]];
+        if (lo != end || hi <= lo || hi > n || lo % multiple || hi - lo > c
+            || (hi - lo < c && j + 1 < count))
+            return fail("chunks do not tile the items once", n, threads, multiple);
+    }
+    if (count ? hi_at[order[count - 1]] != n : n != 0)
+        return fail("items left over", n, threads, multiple);
+    const int64_t shorter = c - multiple;          /* would it make too many chunks? */
+    if (count > most
+        || (count > 1 && (c % multiple || (shorter && (n + shorter - 1) / shorter <= most))))
+        return fail("chunks not the least multiple for 8 a thread", n, threads, multiple);
+    /* Share t: the t-th of T runs of the chunks in order, as a static split gives them (from
+     * count t / T on). A taker takes from its own share first, then from the others after
+     * it in turn (t + 1, t + 2, ... mod T); each share's chunks go in order, whoever takes
+     * them. */
+    for (int64_t j = 0, t = 0; j < count; j++) {
+        while (j >= count * (t + 1) / T) t++;
+        share_of[order[j]] = t;
+    }
+    for (int t = 0; t < T; t++) last[t] = -1, step[t] = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const int taker = taker_at[i], share = (int)share_of[i], at = (share - taker + T) % T;
+        if (lo_at[i] < last[share]) return fail("a share out of order", n, threads, multiple);
+        if (at < step[taker])
+            return fail("shares not taken own first, then in turn", n, threads, multiple);
+        last[share] = lo_at[i], step[taker] = at;
+    }
+    return 0;
+}
+
+/* The pool's threads take the chunks, racing: every item counted once. */
+typedef struct { moving_shares s; _Atomic unsigned char *seen; } counted;
+
+static void count_task(void *arg, int index, int threads)
+{
+    counted *c = arg;
+    (void)threads;
+    int64_t lo, hi;
+    for (int visited = 0; take_chunk(&c->s, index, &visited, &lo, &hi);)
+        for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&c->seen[i], 1);
+}
+
+int main(void)
+{
+    static const int64_t sizes[] = {0, 1, 15, 16, 17, 100, 255, 1000, 1025, 4097, 32805,
+                                    100003, (1 << 20) + 37};
+    static const int thread_counts[] = {1, 2, 3, 4, 5, 6, 7, 8, 13, 64, 255, 256, 300};
+    enum { SIZES = sizeof sizes / sizeof *sizes };
+    enum { COUNTS = sizeof thread_counts / sizeof *thread_counts };
+    for (int a = 0; a < SIZES; a++)
+        for (int b = 0; b < COUNTS; b++)
+            for (int64_t multiple = 1; multiple <= 16; multiple += 15) {
+                const int threads = thread_counts[b];
+                const int T = threads < MLPF_POOL_MAX_THREADS ? threads : MLPF_POOL_MAX_THREADS;
+                const int runners[] = {0, 1 % T, T / 2, T - 1};
+                for (int r = 0; r < 4; r++)
+                    for (int seed = 0; seed < 4; seed++)
+                        if (schedule(sizes[a], threads, multiple, runners[r], seed == 0,
+                                     (uint64_t)(seed * 7919 + a)))
+                            r = 4, seed = 4;
+            }
+    for (int threads = 2; threads <= 7; threads++)
+        for (int a = 0; a < SIZES; a++) {
+            counted c = {.seen = calloc((size_t)sizes[a] + 1, 1)};
+            moving_shares_init(&c.s, sizes[a], threads, 16);
+            mlpf_pool_run(threads, count_task, &c);
+            for (int64_t i = 0; i < sizes[a]; i++)
+                if (c.seen[i] != 1) {
+                    fail("pool threads took an item other than once", sizes[a], threads, 16);
+                    break;
+                }
+            free((void *)c.seen);
+        }
+    puts(failures ? "wrong" : "ok");
+    return failures != 0;
+}
+"""
+
+
+def test_moving_shares_take_each_chunk_once_own_share_first_then_the_others_in_turn(tmp_path):
+    """The chunks tile the items once: each the least multiple of `multiple` that makes at
+    most CHUNKS_PER_SHARE chunks a thread, whoever stops; thread t's share is the t-th run
+    of them, taken in order from its own share first, then from the shares after it in
+    turn; a request for more threads than the pool runs writes nothing past the shares'
+    counters; and the pool's threads count each item once."""
+    import os
+
+    from test_cgemm import CSRC, gcc_or_skip, library_sources, run_c_driver
+    sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != "passes.c"]
+    run_c_driver(tmp_path, gcc_or_skip(), _MOVING_SHARES_DRIVER,
+                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
+                  f"-I{CSRC}", f"-I{tmp_path}"],
+                 sources, libs=["-lm"], timeout=120)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_close, run_guarded
+from conftest import C_DRAW, assert_close, run_guarded
 from test_kernels_dropout import check_c_dropout, check_c_dropout_ties
 
 import mlpfast
@@ -710,24 +710,32 @@ int main(void)
 
 
 def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
-    # csrc/ and _RACE_DRIVER built with -fsanitize=thread (portable-only: ifunc resolvers
-    # run before ThreadSanitizer starts); it reports any unsynchronized pair of accesses
-    import shutil
+    # csrc/ and _RACE_DRIVER under ThreadSanitizer: it reports any unsynchronized pair of
+    # accesses
+    run_sanitized_driver(tmp_path, _RACE_DRIVER, "thread", {"TSAN_OPTIONS": "halt_on_error=1"},
+                         timeout=600)
+
+
+def run_sanitized_driver(tmp_path, source, sanitizer, options, timeout):
+    """run_c_driver for ``source`` linked with the whole library, all built with
+    -fsanitize=<sanitizer> (portable-only: ifunc resolvers run before the sanitizer
+    starts), its options (e.g. {"TSAN_OPTIONS": "halt_on_error=1"}) in the environment.
+    Skipped where gcc cannot build or run such a program."""
     import subprocess
-    gcc = shutil.which("gcc")
+    gcc = gcc_or_skip()
     probe = tmp_path / "probe.c"
     probe.write_text("int main(void) { return 0; }\n")
-    flags = ["-fsanitize=thread", "-g", "-O1", "-std=gnu11", "-pthread"]
-    if not gcc or subprocess.run([gcc, *flags, str(probe), "-o", str(tmp_path / "probe")],
-                                 capture_output=True).returncode or subprocess.run(
-                                     [str(tmp_path / "probe")], capture_output=True).returncode:
-        pytest.skip("no working gcc -fsanitize=thread here")
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1")
+    flags = [f"-fsanitize={sanitizer}", "-g", "-O1", "-std=gnu11", "-pthread"]
+    if subprocess.run([gcc, *flags, str(probe), "-o", str(tmp_path / "probe")],
+                      capture_output=True).returncode or subprocess.run(
+                          [str(tmp_path / "probe")], capture_output=True).returncode:
+        pytest.skip(f"no working gcc -fsanitize={sanitizer} here")
+    env = dict(os.environ, **options)
     env.pop("LD_PRELOAD", None)
-    run_c_driver(tmp_path, gcc, _RACE_DRIVER,
+    run_c_driver(tmp_path, gcc, source,
                  [*flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}",
                   f"-I{tmp_path}"],
-                 library_sources(tmp_path), libs=["-lm"], env=env, timeout=600)
+                 library_sources(tmp_path), libs=["-lm"], env=env, timeout=timeout)
 
 
 def gcc_or_skip():
@@ -1654,3 +1662,226 @@ def check_sum_squares(ffi, lib, rng):
 def test_sum_of_squares_matches_float64_and_sees_every_non_finite(rng):
     from mlpfast.kernels._c_library import c_library
     check_sum_squares(c_library().ffi, c_library().lib, rng)
+
+
+# --- The fixed thread grid and calls on more threads than the pool runs --------------------
+# (sgemm_task's gm x gn grid, gemm_bf16.c's and passes.c's cap at MLPF_POOL_MAX_THREADS.)
+# m x n x k past min_parallel_fmas, so that each thread count set runs, and choose_grid's
+# grids (every kernel): the tall shape splits only rows (gm = threads: 3 to 6 x 1); 149
+# rows 2 x 2 on 4 threads and 2 x 3 on 6 (columns alone on 3 and 5: the shared
+# schedule); 151 rows 3 x 1, 2 x 2, 5 x 1 and 3 x 2. m and n not multiples of any row
+# step (4, MR) or NR; k in two or more k blocks (kc: 1024 avx512, 256 the others).
+GRID_SHAPES = [(1001, 70, 1600), (149, 601, 600), (151, 601, 600)]
+
+
+@pytest.mark.parametrize("threads_used", [3, 4, 5, 6])
+def test_the_thread_grid_computes_each_block_of_c_once(kernel, threads_used, rng):
+    """More threads than this machine may have cores (only slower). With beta != 0 a
+    block of C done by two threads would take beta twice, and one that no thread does
+    would keep C's old values; bias and relu reach every grid column's panels. Against
+    float64."""
+    mlpfast.set_num_threads(threads_used)
+    for m, n, k in GRID_SHAPES:
+        a, b = operands(rng, m, n, k, False, True, np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        c0 = rng.standard_normal((m, n)).astype(np.float32)
+        out = c0.copy()
+        gemm.gemm_c_fused(a, b, out, False, True, 0.5, -1.5, bias, 1)
+        assert_close(out, reference(a, b, False, True, 0.5, -1.5, c0, bias, True),
+                     tol=tol(np.float32, k), what=f"{kernel} {threads_used} threads {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("threads_used", [3, 4, 5, 6])
+def test_weight_gradient_on_the_thread_grid_sums_each_row_and_square_once(kernel, threads_used,
+                                                                          rng):
+    """mlpf_sgemm_weight_grad on the grids above (m outputs, n inputs, a batch of k): db
+    (each row's sum by the first thread of its grid row) and dw against float64, h in rows
+    and packed (each grid column reading its panels in place from its first column on),
+    and *squares (each thread's own block's, added once) against the float64 sum of the
+    squares of dw and db."""
+    lib, ffi = gemm.c_library().lib, gemm.c_library().ffi
+    p = lambda x, t="float[]": ffi.from_buffer(t, x)  # noqa: E731
+    mlpfast.set_num_threads(threads_used)
+    for m, n, k in GRID_SHAPES:
+        dz, h = operands(rng, m, n, k, True, False, np.float32)
+        floats = lib.mlpf_packed_b_floats(k, n)
+        packed = aligned_floats(floats)
+        assert lib.mlpf_spack_b(0, k, n, p(h), n, p(packed), floats) == 0
+        want_dw = reference(dz, h, True, False)
+        want_db = dz.astype(np.float64).sum(0)
+        for packed_h in (ffi.NULL, p(packed)):
+            what = f"{kernel} {threads_used} threads {m}x{n}x{k} packed={packed_h != ffi.NULL}"
+            dw, db = np.full((m, n), np.nan, np.float32), np.full(m, np.nan, np.float32)
+            squares = np.full(1, np.nan)
+            assert lib.mlpf_sgemm_weight_grad(m, n, k, p(dz), m, p(h), n, packed_h, p(dw), n,
+                                              p(db), p(squares, "double[]")) == 0
+            assert_close(dw, want_dw, tol=tol(np.float32, k), what=what)
+            assert_close(db, want_db, tol=tol(np.float32, k), what=what)
+            exact = (dw.astype(np.float64) ** 2).sum() + (db.astype(np.float64) ** 2).sum()
+            assert squares[0] == pytest.approx(exact, rel=1e-5), what
+
+
+# mlpf_set_num_threads(300), past the pool's MLPF_POOL_MAX_THREADS (256) that gemm.h's C
+# callers may ask for: the bf16 GEMM (300 items: 4800 columns of 300 one-panel chunks)
+# and the passes over moving shares (2^20 + 37 items, a 1024 x 1024 dropout, a gather of
+# 300 x 3500) size their per-thread counters for at most 256 threads, and give the values
+# worked out by hand (products of ones; Adam and SGD steps on exact halves).
+_THREAD_CAP_DRIVER = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "gemm.h"
+enum { P = (1 << 20) + 37, BM = 8, BN = 16 * 300, BK = 128, ROWS = 300, COLS = 3500 };
+
+static float *filled(int64_t n, float value)
+{
+    float *x;
+    if (posix_memalign((void **)&x, 64, (size_t)n * sizeof *x)) abort();
+    for (int64_t i = 0; i < n; i++) x[i] = value;
+    return x;
+}
+
+static int wrong(const char *what)
+{
+    printf("wrong: %s\n", what);
+    return 1;
+}
+
+int main(void)
+{
+    mlpf_set_num_threads(300);
+    int bad = 0;
+    float *a = filled(BM * BK, 1), *b = filled(BK * BN, 1), *c = filled(BM * BN, 0);
+    bad |= mlpf_sbgemm(0, 0, BM, BN, BK, 1, a, MLPF_TYPE_F32, BK, b, MLPF_TYPE_F32, BN, 0, c,
+                       MLPF_TYPE_F32, BN, NULL, 0) != MLPF_OK;
+    for (int64_t i = 0; i < BM * BN; i++)
+        if (c[i] != BK) { bad |= wrong("sbgemm"); break; }
+    float *p = filled(P, 2), *g = filled(P, 1), *m = filled(P, 0), *v = filled(P, 0);
+    bad |= mlpf_sadam(p, g, m, v, P, 0.5f, 0.5, 0.75, 1, 0, 0, 1) != MLPF_OK;
+    for (int64_t i = 0; i < P; i++)       /* m = 0.5, v = 0.25: p = 2 - 0.5 m / sqrt(v) */
+        if (m[i] != 0.5f || v[i] != 0.25f || p[i] != 1.5f) { bad |= wrong("sadam"); break; }
+    bad |= mlpf_ssgd(p, g, m, P, 0.5f, 0.5f, 0, 0, 1) != MLPF_OK;
+    for (int64_t i = 0; i < P; i++)       /* first step: buf = g = 1, p = 1.5 - 0.5 */
+        if (m[i] != 1 || p[i] != 1) { bad |= wrong("ssgd"); break; }
+    if (mlpf_ssum_squares(g, P) != P) bad |= wrong("ssum_squares");
+    bad |= mlpf_sdropout(p, v, NULL, 1024, 1024, 0, 1, 2, 3, 4, 0, 2) != MLPF_OK;
+    for (int64_t i = 0; i < 1024 * 1024; i++)   /* threshold 0 keeps all, times 2 */
+        if (v[i] != 2) { bad |= wrong("sdropout"); break; }
+    int64_t index[ROWS];
+    for (int i = 0; i < ROWS; i++) index[i] = ROWS - 1 - i;
+    float *src = filled(ROWS * COLS, 0), *out = filled(ROWS * COLS, -1);
+    for (int64_t i = 0; i < ROWS * COLS; i++) src[i] = (float)(i / COLS);
+    bad |= mlpf_sgather(src, ROWS, COLS, COLS, index, ROWS, out) != MLPF_OK;
+    for (int64_t i = 0; i < ROWS * COLS; i++)
+        if (out[i] != (float)(ROWS - 1 - i / COLS)) { bad |= wrong("sgather"); break; }
+    puts(bad ? "wrong" : "ok");
+    return bad;
+}
+"""
+
+
+def test_more_threads_than_the_pool_runs_stay_within_the_per_thread_counters(tmp_path):
+    # csrc/ and _THREAD_CAP_DRIVER under AddressSanitizer: a counter written past its
+    # array stops the driver
+    run_sanitized_driver(tmp_path, _THREAD_CAP_DRIVER, "address",
+                         {"ASAN_OPTIONS": "detect_leaks=0"}, timeout=300)
+
+
+# gemm_bf16.c's items: thread t owns t, t + T, t + 2T, ... and takes them in order, then
+# those of the owners after it in turn. A driver that includes gemm_bf16.c (its static
+# next_item) runs one job's takers on one thread in drawn orders, as the moving shares'
+# test does (tests/test_c_passes.py): a taker alone, or all with each but one stopping for
+# good after a drawn count; 1 to 256 threads (the most it runs on), 0 to 3000 items.
+_ITEM_OWNERS_DRIVER = r"""
+#include "gemm_bf16.c"                /* for its static next_item */
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { MOST_ITEMS = 3000 };
+static sbgemm_call call;
+static int64_t taken_at[MOST_ITEMS + 1];
+static int taker_at[MOST_ITEMS + 1], failures;
+
+static int fail(const char *what, int64_t items, int threads)
+{
+    if (failures++ < 20)
+        printf("wrong: %s (%lld items, %d threads)\n", what, (long long)items, threads);
+    return -1;
+}
+
+""" + C_DRAW + r"""
+/* One job's takers 0..threads-1 on one thread, in an order drawn from `seed`: `runner`
+ * goes on until next_item says none is left; the others never start when `alone`, else
+ * each stops for good after a drawn count (a thread the machine holds up). */
+static int schedule(int64_t items, int threads, int runner, int alone, uint64_t seed)
+{
+    static int owner[MLPF_POOL_MAX_THREADS], going[MLPF_POOL_MAX_THREADS];
+    static int step[MLPF_POOL_MAX_THREADS];
+    static int64_t budget[MLPF_POOL_MAX_THREADS], last[MLPF_POOL_MAX_THREADS];
+    static unsigned char seen[MOST_ITEMS];
+    call.items = items;
+    int active = 0;
+    for (int t = 0; t < threads; t++) {
+        atomic_init(&call.taken[t], 0);
+        owner[t] = t, step[t] = 0, last[t] = -1;
+        going[t] = !alone || t == runner;
+        budget[t] = t == runner ? -1 : (int64_t)(draw(&seed) % 9);
+        active += going[t];
+    }
+    int64_t count = 0;
+    while (active) {
+        int t = 0;
+        for (int64_t pick = (int64_t)(draw(&seed) % (uint64_t)active);; t++)
+            if (going[t] && pick-- == 0) break;
+        const int64_t item = budget[t] == 0 ? -1 : next_item(&call, t, threads, &owner[t]);
+        if (item < 0) {
+            going[t] = 0, active--;
+            continue;
+        }
+        budget[t]--;
+        if (count == items) return fail("more items than there are", items, threads);
+        taken_at[count] = item, taker_at[count++] = t;
+    }
+    /* every item once; owner o's items o, o + T, ... in order, whoever takes them; a taker
+     * takes its own first, then those of the owners after it in turn (t + 1, ... mod T) */
+    for (int64_t i = 0; i < items; i++) seen[i] = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t item = taken_at[i];
+        const int t = taker_at[i], o = (int)(item % threads), at = (o - t + threads) % threads;
+        if (item < 0 || item >= items || seen[item]++)
+            return fail("an item taken twice, or none such", items, threads);
+        if (item < last[o]) return fail("an owner's items out of order", items, threads);
+        if (at < step[t]) return fail("owners not taken own first, then in turn", items, threads);
+        last[o] = item, step[t] = at;
+    }
+    if (count != items) return fail("items left over", items, threads);
+    return 0;
+}
+
+int main(void)
+{
+    static const int64_t sizes[] = {0, 1, 2, 5, 17, 100, 255, 256, 257, 1000, MOST_ITEMS};
+    static const int thread_counts[] = {1, 2, 3, 4, 5, 7, 8, 13, 64, 255, 256};
+    enum { SIZES = sizeof sizes / sizeof *sizes };
+    enum { COUNTS = sizeof thread_counts / sizeof *thread_counts };
+    for (int a = 0; a < SIZES; a++)
+        for (int b = 0; b < COUNTS; b++) {
+            const int T = thread_counts[b];
+            const int runners[] = {0, 1 % T, T / 2, T - 1};
+            for (int r = 0; r < 4; r++)
+                for (int seed = 0; seed < 4; seed++)
+                    if (schedule(sizes[a], T, runners[r], seed == 0, (uint64_t)(seed * 7919 + a)))
+                        r = 4, seed = 4;
+        }
+    puts(failures ? "wrong" : "ok");
+    return failures != 0;
+}
+"""
+
+
+def test_bf16_items_are_taken_once_own_first_then_the_other_owners_in_turn(tmp_path):
+    sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != "gemm_bf16.c"]
+    run_c_driver(tmp_path, gcc_or_skip(), _ITEM_OWNERS_DRIVER,
+                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
+                  f"-I{CSRC}", f"-I{tmp_path}"],
+                 sources, libs=["-lm"], timeout=120)
