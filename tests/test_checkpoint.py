@@ -1,7 +1,9 @@
 """Checkpoint files: atomic replacement, verification on read, no pickles, and a writer
 killed with SIGKILL at random moments always leaving the previous checkpoint intact."""
 import errno
+import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import mlpfast as mf
+from mlpfast import npz
 from mlpfast.checkpoint import (META_ENTRY, atomic_write, read_checkpoint, training_arrays,
                                 write_checkpoint)
 
@@ -363,3 +366,129 @@ def test_model_save_is_atomic_too(tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.npz"]
     monkeypatch.undo()
     assert np.array_equal(mf.load(path, backend="numpy").flat_data, model.flat_data)
+
+
+# --- mutation-testing gaps: what read_checkpoint refuses, at its boundaries ------------------
+
+def _rewritten(tmp_path, meta_edit=None, arrays_edit=None):
+    """The checkpoint of ``_trained`` (2 epochs of 4 steps, 50 samples) written again with
+    its metadata and arrays edited; write_checkpoint computes the digests anew."""
+    _, _, path = _trained(tmp_path)
+    ckpt = read_checkpoint(path)
+    meta = json.loads(json.dumps({k: v for k, v in ckpt.meta.items() if k != "sha256"}))
+    arrays = {name: a.copy() for name, a in ckpt.arrays.items()}
+    (meta_edit or (lambda m: None))(meta)
+    (arrays_edit or (lambda a: None))(arrays)
+    write_checkpoint(path, meta, arrays)
+    return path
+
+
+def _mid_epoch(meta, batches_done=2):
+    meta["progress"].update(epochs_done=1, batches_done=batches_done)
+    del meta["history"][1:]
+
+
+def test_metadata_of_exactly_the_readable_size_is_written_and_read_back(tmp_path):
+    # the writer's cap is the reader's: a JSON entry of MAX_META_BYTES (16 MiB) reads back
+    model, opt, path = _trained(tmp_path)
+    arrays = training_arrays(model, opt)
+    meta = dict(read_checkpoint(path).meta, note="")
+    digests = {name: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+               for name, a in arrays.items()}
+    size = len(json.dumps(dict(meta, sha256=digests)).encode())
+    meta["note"] = "x" * (npz.MAX_META_BYTES - size)
+    write_checkpoint(path, meta, arrays)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo(META_ENTRY + ".npy").file_size == 128 + npz.MAX_META_BYTES
+    assert read_checkpoint(path).meta["note"] == meta["note"]
+    meta["note"] += "x"                                     # one byte more: refused
+    with pytest.raises(ValueError, match=r"would take 16777217 bytes, more than the 16777216"):
+        write_checkpoint(path, meta, arrays)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32"])
+def test_a_checkpoint_of_another_dtype_is_refused(tmp_path, dtype):
+    def to_dtype(arrays):
+        arrays.update({k: a.astype(dtype) for k, a in arrays.items() if "/" in k})
+    path = _rewritten(tmp_path, lambda m: m["architecture"].update(dtype=dtype), to_dtype)
+    with pytest.raises(ValueError, match=r"architecture.dtype must be 'float32' or 'float64'"):
+        read_checkpoint(path)
+
+
+def test_an_entry_with_a_digest_but_missing_from_the_file_is_refused(tmp_path):
+    _, _, path = _trained(tmp_path)
+    ckpt = read_checkpoint(path)
+    blob = np.frombuffer(json.dumps(ckpt.meta).encode(), dtype=np.uint8)
+    arrays = {k: a for k, a in ckpt.arrays.items() if k != "optimizer/exp_avg_sq"}
+    np.savez(tmp_path / "short.npz", **{META_ENTRY: blob}, **arrays)
+    with pytest.raises(ValueError, match=r"entries \[.*\] do not match the digests \[.*"
+                                         r"'optimizer/exp_avg_sq'"):
+        read_checkpoint(tmp_path / "short.npz")
+
+
+@pytest.mark.parametrize("name", ["model/1.weight", "best/9.bias", "optimizer/", "extra"])
+def test_an_entry_the_architecture_does_not_declare_is_refused(tmp_path, name):
+    # layers of MLP([6, 8, 3]): 0 Linear, 1 ReLU (no state), 2 Linear
+    path = _rewritten(tmp_path, arrays_edit=lambda a: a.update({name: np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match=rf"unexpected entry '{name}' \(the architecture has "
+                                         rf"parameters and buffers \['0.bias', '0.weight', "
+                                         rf"'2.bias', '2.weight'\]\)"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("length", [49, 51])
+def test_the_order_must_hold_one_index_per_sample(tmp_path, length):
+    path = _rewritten(tmp_path, _mid_epoch, lambda a: a.update(order=np.arange(length)))
+    with pytest.raises(ValueError, match=rf"order.npy: expected int64 of shape \(50,\), the "
+                                         rf"file holds int64 of shape \({length},\)"):
+        read_checkpoint(path)
+    path = _rewritten(tmp_path, _mid_epoch, lambda a: a.update(order=np.arange(50)[::-1]))
+    assert np.array_equal(read_checkpoint(path).arrays["order"], np.arange(50)[::-1])
+
+
+def test_a_mid_epoch_checkpoint_without_its_order_is_refused(tmp_path):
+    path = _rewritten(tmp_path, _mid_epoch)
+    with pytest.raises(ValueError, match="mid-epoch checkpoint without an order"):
+        read_checkpoint(path)
+    # the last batch of an epoch (batches_done == 4 of 4 steps) is mid-epoch too
+    path = _rewritten(tmp_path, lambda m: _mid_epoch(m, 4), lambda a: a.update(
+        order=np.arange(50)))
+    assert read_checkpoint(path).progress["batches_done"] == 4
+
+
+@pytest.mark.parametrize("epochs", [[2, 1], [1, 1], [0, 1]])
+def test_history_records_are_numbered_from_one(tmp_path, epochs):
+    def renumber(meta):
+        for record, epoch in zip(meta["history"], epochs):
+            record["epoch"] = epoch
+    path = _rewritten(tmp_path, renumber)
+    first_bad = next(i for i, e in enumerate(epochs, 1) if e != i)
+    with pytest.raises(ValueError, match=rf"history record {first_bad} must hold its epoch"):
+        read_checkpoint(path)
+
+
+def test_counts_up_to_the_int64_maximum_are_read(tmp_path):
+    largest = int(np.iinfo(np.int64).max)                            # 2**63 - 1
+    path = _rewritten(tmp_path, lambda m: m["progress"].update(global_step=largest))
+    assert read_checkpoint(path).progress["global_step"] == largest
+    path = _rewritten(tmp_path, lambda m: m["progress"].update(global_step=largest + 1))
+    with pytest.raises(ValueError, match="progress.global_step must be an integer >= 0"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["model/2.weight", "best/0.bias", "optimizer/exp_avg",
+                                  "optimizer/exp_avg_sq", "order"])
+def test_every_entry_is_checked_against_its_digest(tmp_path, name):
+    """Each kind of entry replaced by a valid .npy of other values (zip CRC fine) fails its
+    SHA-256: the model, early stopping's best model, the optimizer state, the order."""
+    def add_best_and_order(arrays):
+        arrays.update({"best/" + k[len("model/"):]: a * 2 for k, a in arrays.items()
+                       if k.startswith("model/")}, order=np.arange(50))
+    path = _rewritten(tmp_path, _mid_epoch, add_best_and_order)
+    ckpt = read_checkpoint(path)
+    arrays = dict(ckpt.arrays)
+    arrays[name] = arrays[name][::-1].copy()        # the order stays a permutation
+    blob = np.frombuffer(json.dumps(ckpt.meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "forged.npz", **{META_ENTRY: blob}, **arrays)
+    with pytest.raises(ValueError, match=rf"entry '{name}' fails its SHA-256 check"):
+        read_checkpoint(tmp_path / "forged.npz")

@@ -6,6 +6,7 @@ that lie about shape, dtype or size are refused, nothing is unpickled."""
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -396,3 +397,106 @@ def test_a_member_given_twice_is_refused(tmp_path):
                                 ("w.npy", npy_bytes(np.ones(3)))]))
     with pytest.raises(ValueError, match=r"twice.npz:w.npy: duplicate entry"):
         npz.NpzReader(path, "model")
+
+
+# --- mutation-testing gaps: headers NumPy refuses, the header cap, the zip directory -------
+
+def npy_text(fields, pad_to=None, version=1):
+    """A .npy header holding the literal ``fields`` (any dict), padded to 64 bytes or to a
+    text of exactly ``pad_to`` bytes."""
+    text = repr(fields).encode()
+    length_format = "<H" if version == 1 else "<I"
+    if pad_to is None:
+        pad_to = len(text) + 1 + (-(6 + 2 + struct.calcsize(length_format) + len(text) + 1)
+                                  % 64)
+    text += b" " * (pad_to - len(text) - 1) + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(length_format, len(text)) + text
+
+
+GOOD = {"descr": "<f4", "fortran_order": False, "shape": (3,)}
+
+
+@pytest.mark.parametrize("fields", [
+    dict(GOOD, extra=1), {"descr": "<f4", "shape": (3,)}, dict(GOOD, fortran_order=0),
+    dict(GOOD, fortran_order="no"), dict(GOOD, shape=(True, 3)), dict(GOOD, shape=[3]),
+    dict(GOOD, shape=(-1,)),
+], ids=["extra-key", "missing-key", "fortran-0", "fortran-text", "bool-size", "list-shape",
+        "negative-size"])
+def test_headers_numpy_refuses_are_refused(tmp_path, fields):
+    data = npy_text(fields) + bytes(12)                           # 3 float32 values
+    with pytest.raises((ValueError, TypeError)):                  # the reference
+        np.load(io.BytesIO(data), allow_pickle=False)
+    (tmp_path / "a.npy").write_bytes(data)
+    with pytest.raises(ValueError, match=r"a.npy: corrupt \.npy header"):
+        npz.load_npy(tmp_path / "a.npy", npz.Expect())
+
+
+def test_a_header_of_max_header_bytes_is_read_and_one_more_is_refused(tmp_path):
+    # NumPy's own limit: a header text of 10000 bytes loads, of 10001 it refuses
+    for length in (npz.MAX_HEADER_BYTES, npz.MAX_HEADER_BYTES + 1):
+        data = npy_text(GOOD, pad_to=length, version=2) + np.arange(3, dtype="<f4").tobytes()
+        (tmp_path / "a.npy").write_bytes(data)
+        if length == npz.MAX_HEADER_BYTES:
+            expected = np.load(io.BytesIO(data), allow_pickle=False)
+            got = npz.load_npy(tmp_path / "a.npy", npz.Expect(dtype=np.float32, shape=(3,)))
+            assert np.array_equal(got, expected) and np.array_equal(got, [0, 1, 2])
+            continue
+        with pytest.raises(ValueError, match="large"):
+            np.load(io.BytesIO(data), allow_pickle=False)
+        with pytest.raises(ValueError, match=r"\.npy header of 10001 bytes \(at most 10000"):
+            npz.load_npy(tmp_path / "a.npy", npz.Expect())
+
+
+def test_a_file_ending_inside_its_header_is_truncated(tmp_path):
+    whole = npy_bytes(np.zeros(3, np.float32))               # header text: 118 bytes
+    (tmp_path / "a.npy").write_bytes(whole[:60])
+    with pytest.raises(ValueError, match=r"a.npy: truncated \.npy header"):
+        npz.load_npy(tmp_path / "a.npy", npz.Expect())
+
+
+def test_an_array_of_another_rank_is_refused_even_with_the_same_bytes(tmp_path):
+    # (3, 4, 1) and (12,) hold the 48 bytes of a (3, 4) float32 array
+    for shape in ((3, 4, 1), (12,), (3,)):
+        np.save(tmp_path / "a.npy", np.zeros(shape, np.float32))
+        with pytest.raises(ValueError, match=rf"expected float32 of shape \(3, 4\), the file "
+                                             rf"holds float32 of shape {re.escape(str(shape))}"):
+            npz.load_npy(tmp_path / "a.npy", npz.Expect(dtype=np.float32, shape=(3, 4)))
+    np.save(tmp_path / "a.npy", np.ones((3, 7), np.float32))        # None: any length
+    assert npz.load_npy(tmp_path / "a.npy", npz.Expect(shape=(3, None))).shape == (3, 7)
+
+
+def test_a_stored_entry_whose_sizes_disagree_is_refused_before_it_is_opened(tmp_path):
+    # the directory says the stored (uncompressed) entry expands to 1 GiB: a stored entry
+    # holds as many bytes as it takes, so file_size must equal compress_size
+    path = tmp_path / "liar.npz"
+    data = bytearray(zip_bytes([("w.npy", npy_header((1 << 28,)) + bytes(64))]))
+    entry = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<L", data, entry + 24, (1 << 30) + 128)            # file_size only
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:                                    # the reference
+        info = zf.getinfo("w.npy")
+        assert info.file_size == (1 << 30) + 128 and info.compress_size < 300
+    with pytest.raises(ValueError, match="liar.npz:w.npy: entry sizes do not fit in the"):
+        npz.NpzReader(path, "model")
+
+
+def test_reading_an_entry_the_file_lacks_names_it(tmp_path):
+    path = tmp_path / "a.npz"
+    np.savez(path, w=np.arange(3.0))
+    with npz.NpzReader(path, "model") as reader:
+        assert reader.names == ["w"]
+        assert np.array_equal(reader.read("w", npz.Expect()), np.arange(3.0))
+        with pytest.raises(ValueError, match=r"a.npz: no entry 'b.npy'"):
+            reader.read_all({"w": npz.Expect(), "b": npz.Expect()})
+
+
+@pytest.mark.parametrize("layer", [
+    linear(4, 3, bias=1), linear(4, 3, bias="yes"), linear(4, 3, bias=None),
+    {"type": "BatchNorm1d", "num_features": 3, "affine": 0},
+], ids=["bias-1", "bias-text", "bias-null", "affine-0"])
+def test_layer_flags_must_be_true_or_false(layer):
+    with pytest.raises(ValueError, match=r"w: layer 0 is declared .*expected positive "
+                                         r"integers and true/false"):
+        npz.state_layout({"layers": [layer]}, "w")
+    honest = dict(layer, **{"bias" if "bias" in layer else "affine": True})
+    assert sorted(npz.state_layout({"layers": [honest]}, "w"))[0].startswith("0.")

@@ -91,7 +91,11 @@ PLATEAU_CASES = [dict(patience=5), dict(patience=1), dict(patience=2, cooldown=2
                  dict(patience=0, min_lr=0.001, factor=0.2),
                  dict(mode="max", patience=1, threshold=0.01), dict(threshold_mode="abs",
                                                                     threshold=0.02, patience=1),
-                 dict(patience=0, factor=0.5, eps=0.01)]
+                 dict(patience=0, factor=0.5, eps=0.01),
+                 dict(mode="max", threshold_mode="abs", threshold=0.02, patience=1),
+                 # eps equal to the second cut (0.025 -> 0.0125): torch keeps 0.025, as it
+                 # lowers the lr only when old - new > eps
+                 dict(patience=0, factor=0.5, eps=BASE_LR / 4)]
 
 
 @pytest.mark.parametrize("kwargs", PLATEAU_CASES)
@@ -193,6 +197,15 @@ def test_make_schedule_takes_objects_functions_and_none():
      "monitored value"),
     (lambda: make_schedule(schedules.CosineSchedule(), warmup_steps=2), ValueError,
      "keyword arguments"),
+    # torch's MultiStepLR would count a repeated milestone twice; here it is refused
+    (lambda: make_schedule("multistep", milestones=[2, 2]), ValueError,
+     r"milestones must increase, got \[2, 2\]"),
+    (lambda: make_schedule("step", step_size=1, gamma=0), ValueError,
+     r"gamma must lie in \(0.0, None\], got 0.0"),
+    (lambda: make_schedule("cosine").start(0, 5, 0.1), ValueError,
+     "total_steps must be a positive integer, got 0"),
+    (lambda: make_schedule("cosine").start(10, 0, 0.1), ValueError,
+     "steps_per_epoch must be a positive integer, got 0"),
     (lambda: make_schedule("cosine").load_state_dict(make_schedule("onecycle").state_dict()),
      ValueError, "'cosine' schedule"),
     (lambda: make_schedule("step", step_size=2).load_state_dict(
@@ -213,3 +226,25 @@ def test_bad_state_changes_nothing():
     with pytest.raises(ValueError, match="num_bad_epochs"):
         schedule.load_state_dict(bad)
     assert schedule.state_dict() == before
+
+
+def test_a_plateau_schedule_started_again_forgets_its_last_run():
+    """start() begins a run at the full rate with no best value: the same object run twice
+    gives torch's lrs (a fresh ReduceLROnPlateau) both times."""
+    kwargs = dict(patience=1, cooldown=1, factor=0.5)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=BASE_LR)
+    scheduler = lr_scheduler.ReduceLROnPlateau(opt, **kwargs)
+    theirs = []
+    for value in PLATEAU_VALUES:
+        theirs.append(opt.param_groups[0]["lr"])
+        scheduler.step(value)
+    schedule = make_schedule("plateau", **kwargs)
+    for _ in range(2):
+        schedule.start(len(PLATEAU_VALUES), 1, BASE_LR)
+        ours = []
+        for epoch, value in enumerate(PLATEAU_VALUES):
+            ours.append(BASE_LR * schedule.factor(epoch))
+            schedule.end_epoch(value)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    assert min(theirs) < BASE_LR / 2
