@@ -158,3 +158,74 @@ def test_bad_input_is_named_and_changes_nothing(variant):
         with pytest.raises(error, match=match):
             call()
     assert (rm == 0).all() and (rv == 1).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_eval_uses_the_given_eps(variant, rng):
+    """y = (x - running_mean) / sqrt(running_var + eps) weight + bias, eps = 0.5 (not the
+    default 1e-5), written out here and checked against torch's eval mode."""
+    torch = pytest.importorskip("torch")
+    weight, bias, rm, rv = bn_state(rng, 5, np.float64)
+    x = batch(rng, (9, 5), np.float64)
+    y = batchnorm.VARIANTS[variant]["batchnorm_eval"](x, weight, bias, rm, rv, eps=0.5)
+    assert_close(y, (x - rm) / np.sqrt(rv + 0.5) * weight + bias)
+    layer = torch.nn.BatchNorm1d(5, eps=0.5).double().eval()
+    with torch.no_grad():
+        for name, value in (("weight", weight), ("bias", bias), ("running_mean", rm),
+                            ("running_var", rv)):
+            getattr(layer, name).copy_(torch.from_numpy(value))
+    assert_close(y, layer(torch.from_numpy(x)).detach().numpy(), tol=TORCH_TOL[np.float64])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_momentum_zero_keeps_and_momentum_one_replaces_the_running_statistics(variant, rng):
+    """Both ends of momentum in [0, 1] are allowed: 0 leaves running_mean/var as they are,
+    1 sets them to the batch mean and the unbiased (ddof=1) batch variance."""
+    ops = batchnorm.VARIANTS[variant]
+    x = batch(rng, (11, 4), np.float64)
+    weight, bias, rm, rv = bn_state(rng, 4, np.float64)
+    kept_mean, kept_var = rm.copy(), rv.copy()
+    ops["batchnorm_train"](x, weight, bias, rm, rv, momentum=0.0)
+    assert np.array_equal(rm, kept_mean) and np.array_equal(rv, kept_var)
+    ops["batchnorm_train"](x, weight, bias, rm, rv, momentum=1.0)
+    assert_close(rm, x.mean(axis=0))
+    assert_close(rv, x.var(axis=0, ddof=1))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_read_only_running_statistics_are_refused_in_training_only(variant, rng):
+    ops = batchnorm.VARIANTS[variant]
+    x = batch(rng, (6, 3), np.float64)
+    weight, bias, rm, rv = bn_state(rng, 3, np.float64)
+    for name in ("running_mean", "running_var"):
+        stats = {"running_mean": rm.copy(), "running_var": rv.copy()}
+        stats[name].flags.writeable = False
+        with pytest.raises(ValueError, match=f"{name} is read-only: it is updated in place"):
+            ops["batchnorm_train"](x, weight, bias, stats["running_mean"],
+                                   stats["running_var"])
+        y = ops["batchnorm_eval"](x, weight, bias, stats["running_mean"], stats["running_var"])
+        assert_close(y, (x - rm) / np.sqrt(rv + 1e-5) * weight + bias)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_saved_mean_and_invstd_go_into_the_given_arrays_and_are_checked(variant, rng):
+    """mean (F,) = the batch mean, invstd (F,) = 1 / sqrt(biased var + eps), written into the
+    arrays passed as mean= and invstd=; a wrong shape or dtype is refused before any write."""
+    ops = batchnorm.VARIANTS[variant]
+    x = batch(rng, (7, 3), np.float64)
+    weight, bias, rm, rv = bn_state(rng, 3, np.float64)
+    mean, invstd = np.full(3, np.nan), np.full(3, np.nan)
+    _, got_mean, got_invstd = ops["batchnorm_train"](x, weight, bias, rm, rv, eps=1e-3,
+                                                     mean=mean, invstd=invstd)
+    assert got_mean is mean and got_invstd is invstd
+    assert_close(mean, x.mean(axis=0))
+    assert_close(invstd, 1.0 / np.sqrt(x.var(axis=0) + 1e-3))
+    kept_mean, kept_var = rm.copy(), rv.copy()
+    for bad, error, match in ((dict(mean=np.zeros(2)), ValueError, r"mean must have shape \(3,\)"),
+                              (dict(invstd=np.zeros(4)), ValueError,
+                               r"invstd must have shape \(3,\)"),
+                              (dict(mean=np.zeros(3, np.float32)), TypeError,
+                               "mean must be float64")):
+        with pytest.raises(error, match=match):
+            ops["batchnorm_train"](x, weight, bias, rm, rv, **bad)
+    assert np.array_equal(rm, kept_mean) and np.array_equal(rv, kept_var)

@@ -219,9 +219,14 @@ def htk_hz(mel):
     return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
 
 
-def triangular_filters(sample_rate, n_fft, n_mels, fmin, fmax):
-    """librosa.filters.mel(htk=True, norm=None)'s construction, one filter at a time."""
+def triangular_filters(sample_rate, n_fft, n_mels, fmin, fmax, warp=1.0):
+    """librosa.filters.mel(htk=True, norm=None)'s construction, one filter at a time; warp != 1
+    moves the edges along the VTLN line through (0, 0), (f_b, warp f_b), (fmax, fmax),
+    f_b = 0.85 fmax min(1, 1/warp)."""
     edges = htk_hz(np.linspace(htk_mel(fmin), htk_mel(fmax), n_mels + 2))
+    if warp != 1.0:
+        knee = 0.85 * fmax * min(1.0, 1.0 / warp)
+        edges = np.interp(edges, [0.0, knee, fmax], [0.0, warp * knee, fmax])
     bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     filters = np.zeros((n_mels, n_fft // 2 + 1))
     for m in range(n_mels):
@@ -301,3 +306,26 @@ def test_power_spectrum_uses_the_specs_preemphasis(variant, coef, rng):
     expected = np.abs(np.fft.rfft(frames, n=512, axis=1)) ** 2
     power = K.VARIANTS[variant]["power_spectrum"](x, spec)
     assert_close(power, expected, tol=(1e-9 * expected.max(), 1e-9))
+
+
+@pytest.mark.parametrize("fmax", [None, 6000.0])
+@pytest.mark.parametrize("warp", [0.5, 1.2, 2.0])          # 0.5 and 2: the ends are allowed
+def test_warped_filterbank_matches_the_warped_triangle_formula(warp, fmax):
+    """The warp keeps its fixed point at fmax (the filterbank's own top, not sr/2): with
+    fmax = 6000 Hz no warped filter reaches a bin above 6000 Hz."""
+    spec = K.make_spec(16000, n_mels=40, fmax=fmax, warp=warp)
+    top = 8000.0 if fmax is None else fmax
+    expected = triangular_filters(16000, 512, 40, 0.0, top, warp=warp)
+    assert_close(spec.mel_filters, expected, tol=(1e-12, 0))
+    above = np.arange(257) * 16000 / 512 > top
+    assert np.all(spec.mel_filters[:, above] == 0.0)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (dict(window_ms=0.0625), "give windows of 1 and hops of 160 samples"),   # L = 1: no FFT
+    (dict(hop_ms=0.01), "give windows of 400 and hops of 0 samples"),
+    (dict(preemphasis=1.0), r"preemphasis must lie in \[0, 1\), got 1.0"),
+    (dict(preemphasis=-0.1), r"preemphasis must lie in \[0, 1\), got -0.1")])
+def test_spec_refuses_one_sample_windows_zero_hops_and_preemphasis_of_one(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        K.make_spec(16000, **arguments)

@@ -398,3 +398,83 @@ def test_find_audio_searches_subfolders_and_lowercase_phn_files_are_found(tmp_pa
     top.with_suffix(".PHN").rename(lower)
     assert speech.phn_path(top) == lower
     assert len(speech.SpeechFrames([top], context=0)) > 0
+
+
+# --- mutation-testing gaps (2): options that reach the features, splits, the folder order ---
+
+def test_speech_frames_options_reach_the_features(tmp_path, rng):
+    """features="log_mel", n_mels=26, normalize=False: the frames are the raw log-mel of the
+    NumPy reference (T, 26) at the file's rate; audio_seconds = samples / rate."""
+    path = write_utterance(tmp_path, "u", ["sil", "aa", "b"], rng)
+    signal, rate = speech.read_audio(path)
+    data = speech.SpeechFrames([path], context=0, n_mfcc=13, features="log_mel", n_mels=26,
+                               normalize=False)
+    spec = feature_kernels.make_spec(rate, n_mfcc=13, n_mels=26)
+    expected = feature_kernels.log_mel_ref(signal.astype(np.float64), spec)
+    assert data.feature_dim == 26 and data.features.shape == expected.shape
+    np.testing.assert_allclose(data.features, expected, rtol=1e-5, atol=1e-4)
+    assert data.audio_seconds == pytest.approx(signal.shape[0] / rate, rel=1e-12)
+    normalized = speech.SpeechFrames([path], context=0, n_mfcc=13, features="log_mel",
+                                     n_mels=26)
+    np.testing.assert_allclose(normalized.features, feature_kernels.cmvn_ref(expected),
+                               rtol=0, atol=2e-3)
+
+
+def test_utterance_features_are_float32_for_a_float64_signal(rng):
+    spec = feature_kernels.make_spec(16000, n_mfcc=13)
+    signal = 0.1 * rng.standard_normal(4000)                  # float64
+    for kind in ("mfcc", "log_mel"):
+        assert speech.utterance_features(signal, spec, kind, deltas=1).dtype == np.float32
+
+
+def test_split_by_utterance_rounds_the_fraction_and_ignores_the_listing_order(tmp_path):
+    """3 files of one folder: holdout 0.6 -> round(1.8) = 2 held out, 0.4 -> round(1.2) = 1;
+    the split is the same however the files are listed, and changes with the seed."""
+    files = [tmp_path / "spk" / f"u{i}.wav" for i in range(3)]
+    assert len(speech.split_by_utterance(files, 0.6, seed=0)[1]) == 2
+    assert len(speech.split_by_utterance(files, 0.4, seed=0)[1]) == 1
+    many = [tmp_path / spk / f"u{i}.wav" for spk in ("a", "b") for i in range(5)]
+    held_sets = set()
+    for seed in range(6):
+        split = speech.split_by_utterance(many, 0.4, seed=seed)
+        assert speech.split_by_utterance(many[::-1], 0.4, seed=seed) == split
+        assert speech.split_by_utterance(many[3:] + many[:3], 0.4, seed=seed) == split
+        held_sets.add(tuple(split[1]))
+    assert len(held_sets) > 1
+
+
+def test_feature_folder_round_trip_keeps_the_order_of_many_utterances(tmp_path, rng):
+    """12 utterances: the files are numbered so that from_folder's sorted listing reads
+    them back in the saved order (00, 01, ..., 11), frames and labels alike."""
+    feats = [np.full((3, 2), u, np.float32) + rng.random((3, 2)).astype(np.float32)
+             for u in range(12)]
+    labels = [np.array(["a", "b", ""]) if u % 2 else np.array(["b", "", "a"]) for u in range(12)]
+    data = speech.SpeechFrames.from_arrays(feats, labels, context=1)
+    speech.save_feature_folder(data, tmp_path / "feats")
+    again = speech.SpeechFrames.from_folder(tmp_path / "feats", context=1, normalize=False)
+    np.testing.assert_array_equal(again.features, data.features)
+    assert again.frame_labels.tolist() == data.frame_labels.tolist()
+    assert again.offsets.tolist() == data.offsets.tolist()
+
+
+def test_estimate_warp_scores_each_warp_by_the_mean_of_the_frame_maxima(monkeypatch):
+    """confidence = mean over frames of max over phones: warp 1.1 has frame maxima 0.9 and
+    0.5 (mean 0.7, min 0.5), warp 0.9 has 0.65 twice; the mean picks 1.1."""
+    from mlpfast import speech as analysis
+
+    class Frames:
+        def __init__(self, files, phones, warp, **options):
+            self.warp = warp
+
+    def probabilities(model, data):
+        if data.warp == 1.1:
+            return np.array([[0.1, 0.9], [0.5, 0.5]])
+        if data.warp == 0.9:
+            return np.array([[0.65, 0.35], [0.35, 0.65]])
+        return np.array([[0.55, 0.45], [0.45, 0.55]])
+
+    monkeypatch.setattr(analysis, "SpeechFrames", Frames)
+    monkeypatch.setattr(analysis, "predict_proba", probabilities)
+    warp, confidence = analysis.estimate_warp(None, ["f.wav"], ["a", "b"], warps=(0.8, 0.9, 1.1))
+    assert warp == 1.1
+    assert confidence == pytest.approx({0.8: 0.55, 0.9: 0.65, 1.1: 0.7})
