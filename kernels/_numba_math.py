@@ -348,25 +348,34 @@ def exp_shifted_sum(row, top, e_row, ahead):
     for start in range(0, full, BURST):
         prefetch_burst(ahead, start)
         src, dst = row[start:start + BURST], e_row[start:start + BURST]
-        part = row.dtype.type(0)
         for j in range(BURST):    # a constant trip count: faster than a slice's
-            e = exp_nonpositive(src[j] - top)
-            dst[j] = e
-            part += e
-        total += part
+            dst[j] = exp_nonpositive(src[j] - top)
+        total += _sum(dst)
     prefetch_burst(ahead, full)
     return total + _exp_shifted_sum(row[full:], top, e_row[full:])
 
 
 @njit(fastmath=True, cache=True, inline="always")
 def _exp_shifted_sum(row, top, e_row):
-    """exp_shifted_sum without prefetching. The loop starts at 0: a loop from a start that
-    may be negative does not vectorize (Numba wraps negative indices)."""
-    total = row.dtype.type(0)
+    """exp_shifted_sum without prefetching. The loops start at 0: a loop from a start that
+    may be negative does not vectorize (Numba wraps negative indices).
+
+    The sum is a loop of its own over e_row. Summed in the loop that writes e_row, it
+    depended on where e_row lay: LLVM vectorizes that loop behind a run-time check that
+    e_row starts at least a vector's width past row, else runs it one element at a time,
+    and the two add in different orders (fastmath). An output allocated right after its
+    input then changed the last bits of a softmax or cross-entropy gradient."""
     for j in range(row.shape[0]):
-        e = exp_nonpositive(row[j] - top)
-        e_row[j] = e
-        total += e
+        e_row[j] = exp_nonpositive(row[j] - top)
+    return _sum(e_row)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _sum(x):
+    """The sum of a 1-D array, vectorized (its order depends only on its length)."""
+    total = x.dtype.type(0)
+    for j in range(x.shape[0]):
+        total += x[j]
     return total
 
 

@@ -147,3 +147,30 @@ def test_numba_cross_entropy_into_a_strided_grad_out_never_streams(dtype, rng, m
     _, p = naive_cross_entropy(logits.astype(np.float64), labels)
     assert_close(grad, (p - np.eye(40)[labels]) / 6)
     assert (base[:, 1::2] == 7).all()
+
+
+@pytest.mark.parametrize("kernel", ["cross_entropy", "softmax"])
+def test_numba_softmax_results_do_not_depend_on_where_the_output_lies(kernel, rng):
+    # The same logits give the same bits whether the output lies far from them or right
+    # after them (0-8 floats between): LLVM runs a loop that reads one array and writes
+    # another element by element when they lie closer than a vector, and a sum inside such
+    # a loop then adds in another order (fastmath). That made a resumed run differ in the
+    # last bits from the run it continued (5-row batch: fresh buffers, adjacent in the heap)
+    from mlpfast.kernels import activations
+    rows, classes = 5, 4                # (with 10 classes the old loop passed this test)
+    arena = np.zeros(4096, np.float32)
+    logits = arena[1024:1024 + rows * classes].reshape(rows, classes)
+    for _ in range(30):
+        logits[...] = rng.standard_normal((rows, classes)) * 3
+        labels = rng.integers(0, classes, rows)
+        if kernel == "cross_entropy":
+            def run(out):
+                return losses.softmax_cross_entropy_numba(logits, labels, out)[1]
+        else:
+            def run(out):
+                return activations.NUMBA["softmax"].forward(logits, out)
+        far = run(np.empty((rows, classes), np.float32)).copy()
+        for gap in range(0, 9):
+            start = 1024 + rows * classes + gap
+            near = arena[start:start + rows * classes].reshape(rows, classes)
+            assert np.array_equal(run(near), far), (gap, logits, labels)
