@@ -319,6 +319,15 @@ def test_split_by_utterance_holds_out_at_least_one_file_of_a_folder(tmp_path):
     assert len(held) == 1 and sorted(train + held) == sorted(files)
 
 
+@pytest.mark.parametrize("files,holdout", [(2, 0.75), (2, 0.99), (3, 0.9), (4, 0.95)])
+def test_split_by_utterance_keeps_every_speaker_in_training(tmp_path, files, holdout):
+    # round(holdout * files) == files would hold out the whole folder: all but one instead
+    paths = [tmp_path / "spk" / f"u{i}.wav" for i in range(files)]
+    train, held = speech.split_by_utterance(paths, holdout, seed=0)
+    assert len(train) == 1 and len(held) == files - 1
+    assert sorted(train + held) == sorted(paths)
+
+
 def test_negative_indices_and_labels_below_minus_one_are_refused(rng):
     feats = [rng.standard_normal((4, 3))]
     data = speech.SpeechFrames.from_arrays(feats, [np.array(["a", "b", "a", "b"])], context=0)

@@ -142,7 +142,9 @@ def find_audio(paths):
 
 
 def split_by_utterance(files, holdout, seed=0):
-    """(train, held_out) lists: a ``holdout`` fraction of the files of each folder (speaker)."""
+    """(train, held_out) lists: a ``holdout`` fraction of the files of each folder (speaker),
+    rounded, at least one and at most all but one (a folder of one file stays in train), so
+    that every speaker is in the training set."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
     by_folder = {}
@@ -153,7 +155,7 @@ def split_by_utterance(files, holdout, seed=0):
     for folder in sorted(by_folder):
         group = sorted(by_folder[folder])
         rng.shuffle(group)
-        n_held = max(1, int(round(holdout * len(group)))) if len(group) > 1 else 0
+        n_held = min(len(group) - 1, max(1, int(round(holdout * len(group)))))
         held_out += group[:n_held]
         train += group[n_held:]
     return train, held_out
@@ -213,7 +215,8 @@ class SpeechFrames:
 
     Attributes: ``phones`` (tuple), ``num_classes``, ``num_features`` = (2K+1)*F,
     ``feature_dim`` F, ``names`` (one per utterance), ``labels`` (samples,) int64,
-    ``audio_seconds`` and ``extract_seconds`` (feature extraction time, wall clock).
+    ``audio_seconds`` (the audio put through feature extraction: once per warp factor) and
+    ``extract_seconds`` (the time that took, wall clock).
     """
 
     def __init__(self, files, context=10, n_mfcc=28, phones=None, *, features="mfcc", n_mels=40,
