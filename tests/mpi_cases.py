@@ -280,6 +280,12 @@ def outcome(call):
         return f"{type(e).__name__}: {e}"
 
 
+def check_outcome(cluster):
+    """outcome() of a small collective on ``cluster``: the parameter check of step 0 (the
+    text the tests read names it)."""
+    return outcome(lambda: cluster.check_parameters(np.zeros(3, np.float32), 0))
+
+
 def case_split(comm, out):
     """Run without MLPFAST_NUM_THREADS. The threads a Cluster gives each rank (then with a
     count chosen first); the rows each rank gathers in an epoch; fits refused because the
@@ -344,8 +350,7 @@ def case_split(comm, out):
     write(out, f"checkpoint.{rank}", outcome(lambda: train(
         cluster, checkpoint=os.path.join(folder, "run.ckpt"), checkpoint_every=5,
         lr_schedule=remove_folder)))
-    write(out, f"after_fault.{rank}", outcome(       # the cluster refuses every collective
-        lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
+    write(out, f"after_fault.{rank}", check_outcome(cluster))   # it refuses every collective
 
 
 def case_deadlines(comm, out):
@@ -406,13 +411,11 @@ def case_deadlines(comm, out):
               "freed": [healthy.comm == MPI.COMM_NULL, healthy.alarm_comm == MPI.COMM_NULL],
               "stopped_close": outcome(apart.close), "stopped_again": outcome(apart.close),
               "stopped_freed": [apart.comm == MPI.COMM_NULL, apart.alarm_comm == MPI.COMM_NULL],
-              "check_after_close": outcome(
-                  lambda: healthy.check_parameters(np.zeros(3, np.float32), 0))}
+              "check_after_close": check_outcome(healthy)}
     first = distributed.join(comm)
     first.close()
     again = distributed.join(comm)                  # a closed Cluster is not reused
-    closed["join_after_close"] = [again is not first, outcome(
-        lambda: again.check_parameters(np.zeros(3, np.float32), 0))]
+    closed["join_after_close"] = [again is not first, check_outcome(again)]
     write(out, f"closed.{rank}", json.dumps(closed))
     os._exit(0)
 
@@ -428,13 +431,10 @@ def case_three_ranks(comm, out):
     failing = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
     lost = distributed.Cluster(comm, timeout=10.0, roll_call=1.0)
     write(out, f"pid.{rank}", str(os.getpid()))
-
-    def check(cluster):
-        cluster.check_parameters(np.zeros(3, np.float32), 0)
     if rank == 1:
         failing.report(ValueError("row file 5 is corrupt"))
     else:
-        write(out, f"failed.{rank}", outcome(lambda: check(failing)))
+        write(out, f"failed.{rank}", check_outcome(failing))
 
     if rank == 1:
         lost.host = "another-node"
@@ -443,7 +443,7 @@ def case_three_ranks(comm, out):
         os.kill(os.getpid(), signal.SIGKILL)
     if rank == 1:
         time.sleep(0.5)
-    write(out, f"lost.{rank}", outcome(lambda: check(lost)))
+    write(out, f"lost.{rank}", check_outcome(lost))
     os._exit(0)
 
 
@@ -458,7 +458,7 @@ def case_report_and_exit(comm, out):
         cluster.report(ValueError("disk full"))
         os._exit(0)
     time.sleep(0.5)
-    write(out, "report.0", outcome(lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
+    write(out, "report.0", check_outcome(cluster))
     os._exit(0)
 
 
@@ -511,7 +511,7 @@ def case_ulfm(comm, out):
         time.sleep(0.01)
     cluster.comm, cluster.MPI = FailedComm(cluster.comm), UlfmMPI()
     write(out, "mpi_error.1", str(MPI.Exception(MPI.ERR_PROC_FAILED)))
-    write(out, "ulfm.1", outcome(lambda: cluster.check_parameters(np.zeros(3, np.float32), 0)))
+    write(out, "ulfm.1", check_outcome(cluster))
     os._exit(0)
 
 
