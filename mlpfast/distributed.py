@@ -159,16 +159,19 @@ class Cluster:
         start = time.perf_counter()
         deadline = start + (self.timeout if timeout is None else timeout)
         next_look = start + LOOK_SECONDS
+        statuses = [self.MPI.Status() for _ in requests]
         while True:
             now = time.perf_counter()
             try:
-                if self.MPI.Request.Testall(requests):
+                if self.MPI.Request.Testall(requests, statuses):
                     return
                 if now >= next_look:
                     self._look(what)
                     next_look = now + LOOK_SECONDS
             except self.MPI.Exception as error:      # ULFM: a process failed
-                self._lost(self._failed_ranks(), what, f"MPI reported: {error}", deliver=True)
+                self._lost(self._failed_ranks(), what,
+                           f"MPI reported: {self._mpi_error_text(error, statuses)}",
+                           deliver=True)
             if now >= deadline:
                 self._roll_call(what, f"no progress for {now - start:.0f} s")
             if now - start > SPIN_SECONDS:
@@ -194,6 +197,16 @@ class Cluster:
                 if host == self.host and not _process_alive(pid)]
         if gone:
             self._lost(gone, what, "its process is gone", deliver=True)
+
+    def _mpi_error_text(self, error, statuses):
+        """MPI's words for ``error`` from Testall; for MPI_ERR_IN_STATUS (Open MPI's answer
+        when a request failed), the failed requests' own errors instead."""
+        if error.Get_error_class() == self.MPI.ERR_IN_STATUS:
+            codes = sorted({s.Get_error() for s in statuses}
+                           - {self.MPI.SUCCESS, self.MPI.ERR_PENDING})
+            if codes:
+                return "; ".join(self.MPI.Get_error_string(code) for code in codes)
+        return str(error)
 
     def _failed_ranks(self):
         try:
