@@ -73,6 +73,9 @@ ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03,
 ERF_P_WIDE = tuple(c * (1 + 3e-7) for c in ERF_P)
 SQRT_HALF = 0.7071067811865476
 NO_REASSOC = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}   # fastmath minus reassoc
+# fastmath minus reassoc and contract: the vector and the scalar version of a loop (LLVM
+# picks one at run time, by how near its arrays lie) then round alike
+IN_ORDER = {"nnan", "ninf", "nsz", "arcp", "afn"}
 
 
 @intrinsic

@@ -30,6 +30,7 @@ from .. import env
 from . import _numba_config, cpu_config
 from ._c_library import c_available, c_library
 from ._checks import check_gemm_args
+from ._numba_math import IN_ORDER
 from .activations import ELEMENTWISE, c_code
 
 
@@ -509,12 +510,14 @@ def _pack(x, k_major, i0, count, p0, kc, width, dst):
                 dst[base + p * width + r] = v
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=IN_ORDER, cache=True)
 def _multiply_blocks(c, ic, mcb, jc, ncb, kcb, a_buf, b_buf, tile, alpha, beta, bias, relu):
     """C[ic:ic+mcb, jc:jc+ncb] = act(alpha A block . B block + beta C + bias): the two
     loops over micro-panels, a micro-kernel call per tile, then its epilogue.
     beta is 0 (C not read) or the first block's beta or 1 (later k blocks); bias is empty
-    except in the last k block, where relu may be set."""
+    except in the last k block, where relu may be set. The epilogue rounds in the order
+    written (IN_ORDER): with contractions, its loop's vector and scalar versions fused
+    different pairs, and C's bits depended on how near C lay to bias."""
     nr = tile.shape[0] // GEMM_MR
     zero = c.dtype.type(0)
     for ir in range(0, mcb, GEMM_MR):
