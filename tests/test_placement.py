@@ -1,16 +1,19 @@
-"""Every Numba kernel gives the same bits wherever its arrays lie: each in its own
+"""Every Numba and C kernel gives the same bits wherever its arrays lie: each in its own
 allocation, or all of them one after another in one buffer with 0-8 floats between, in
 either order. LLVM vectorizes a loop that reads one array and writes another only after a
 run-time check that they lie at least a vector apart; closer, it runs the loop element by
 element, and with fastmath a sum inside that loop then adds in another order. That once
 made a resumed run differ in its last bits from the run it continued (the cross-entropy's
 gradient buffer had landed 16 bytes after the logits: tests/test_kernels_losses.py,
-test_numba_softmax_results_do_not_depend_on_where_the_output_lies)."""
+test_numba_softmax_results_do_not_depend_on_where_the_output_lies), and GCC does the same
+with the C library's plain loops."""
 import numpy as np
 import pytest
 
 from mlpfast.kernels import (activations, batchnorm, context, data, dropout, features, gemm,
-                             linear, losses, optim)
+                             gemm_bf16, linear, losses, optim)
+
+needs_c = pytest.mark.skipif("c" not in gemm.VARIANTS, reason="the C library is not built")
 
 GAPS = range(9)
 TRIALS = 4
@@ -186,3 +189,49 @@ def test_speech_features(stage, rng):
                           [frames, np.zeros_like(frames)])
     assert_placement_free(lambda f, out: features.cmvn_numba(f, 1e-8, out),
                           [frames, np.zeros_like(frames)])
+
+
+@needs_c
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False)])
+def test_c_gemm(trans_a, trans_b, rng):
+    m, n, k = 7, 37, 19
+    for activation in gemm.C_EPILOGUE:
+        a = floats(rng, *((k, m) if trans_a else (m, k)))
+        b = floats(rng, *((n, k) if trans_b else (k, n)))
+        assert_placement_free(
+            lambda a, b, out, bias: gemm.gemm_c_fused(a, b, out, trans_a, trans_b, 0.5, 1.5,
+                                                      bias, activations.c_code(activation)),
+            [a, b, floats(rng, m, n), floats(rng, n)])
+        assert_placement_free(
+            lambda a, b, out, bias: gemm_bf16.sbgemm_c(
+                a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=0.5, beta=1.5, bias=bias,
+                activation=activation), [a, b, floats(rng, m, n), floats(rng, n)])
+
+
+@needs_c
+@pytest.mark.parametrize("shape", SHAPES)
+def test_c_linear(shape, rng):
+    rows, cols = shape
+    x, w, b = floats(rng, rows, 13), floats(rng, cols, 13, scale=0.3), floats(rng, cols)
+    for activation in gemm.C_EPILOGUE:
+        assert_placement_free(
+            lambda x, w, b, out: linear.forward_c(x, w, b, activation, out),
+            [x, w, b, np.zeros((rows, cols), np.float32)])
+    for activation in gemm.C_DERIVATIVE:
+        z = floats(rng, rows, 13)
+        assert_placement_free(
+            lambda g, w, z, out: linear.grad_input_c(g, w, activation, z, out),
+            [floats(rng, rows, cols), w, z, np.zeros((rows, 13), np.float32)])
+        assert_placement_free(
+            lambda g, w, z, out: gemm_bf16.sbgemm_dact_c(g, w, z, activation, out),
+            [floats(rng, rows, cols), w, z, np.zeros((rows, 13), np.float32)])
+
+
+@needs_c
+@pytest.mark.parametrize("size", [4, 37, 1000])
+def test_c_adam(size, rng):
+    param, grad, m = floats(rng, size), floats(rng, size), floats(rng, size)
+    for decoupled in (False, True):
+        assert_placement_free(lambda p, g, m, v: optim.adam_c(
+            p, g, m, v, step=3, lr=1e-2, weight_decay=1e-2, decoupled=decoupled),
+            [param, grad, m, np.abs(floats(rng, size))])
