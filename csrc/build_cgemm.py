@@ -7,8 +7,10 @@ Two facts come from one place each:
     and thresholds  a generated cpu_config.h as MLPF_CFG_<FAMILY>_<KEY> macros, plus the
                     table mlpf_config_value() reads
 """
+import atexit
 import os
 import runpy
+import shutil
 import tempfile
 
 from cffi import FFI
@@ -48,7 +50,8 @@ def config_header():
 def make_builder(module_name="mlpfast._cgemm", define_macros=()):
     """The cffi builder of the C GEMM; define_macros=[("MLPF_PORTABLE_ONLY", "1")] builds it
     as on a non-x86 CPU (the tests use that)."""
-    generated = tempfile.mkdtemp(prefix="mlpfast-cgemm-")
+    generated = tempfile.mkdtemp(prefix="mlpfast-cgemm-")    # compiles run in this process
+    atexit.register(shutil.rmtree, generated, ignore_errors=True)
     with open(os.path.join(generated, "cpu_config.h"), "w", encoding="utf-8") as f:
         f.write(config_header())
     builder = FFI()
@@ -71,8 +74,6 @@ if __name__ == "__main__":
     # Rebuilds mlpfast/_cgemm.abi3.so in place (the file `pip install -e .` makes; a
     # version-tagged .so would shadow it on import). Built aside and renamed over the old
     # one, so processes that have the old library loaded keep running.
-    import shutil
-
     with tempfile.TemporaryDirectory() as build_dir:
         built = ffibuilder.compile(tmpdir=build_dir, verbose=True, target="_cgemm.abi3.so")
         final = os.path.join(os.path.dirname(HERE), "mlpfast", "_cgemm.abi3.so")
