@@ -366,11 +366,9 @@ def test_an_error_reaches_the_others_when_its_rank_exits_at_once(tmp_path):
         "parameter check of step 0)"), result.stderr
 
 
-def test_ranks_that_mpi_reports_failed_are_named(tmp_path):
-    """mpi_cases.case_ulfm under Open MPI's ``mpiexec --with-ft ulfm -n 3``: ranks 0 and 2
-    end; rank 1 gets MPI_ERR_PROC_FAILED from its collective and names the ranks of
-    Comm.Get_failed's group, 0 and 2, in MPI's words (not MPI_ERR_IN_STATUS, the error of
-    Testall itself)."""
+def ulfm_case(name, out, *args, ranks=2):
+    """mpi_cases ``name`` under Open MPI's ``mpiexec --with-ft ulfm``, which leaves the other
+    ranks running when one dies and reports the failure to them through MPI."""
     if not OPENMPI:
         message = "MLPFAST_TEST_OPENMPI (an Open MPI 5 prefix) not set"
         if os.environ.get("CI") == "true":
@@ -379,13 +377,34 @@ def test_ranks_that_mpi_reports_failed_are_named(tmp_path):
     env = dict(os.environ, MPI4PY_LIBMPI=os.path.join(OPENMPI, "lib", "libmpi.so.40"))
     if os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    result, _ = launched([os.path.join(OPENMPI, "bin", "mpiexec"), "--with-ft", "ulfm",
-                          "--oversubscribe", "-n", "3", sys.executable,
-                          os.path.join(HERE, "mpi_cases.py"), "ulfm", str(tmp_path)],
-                         timeout=120, env=env)
+    return launched([os.path.join(OPENMPI, "bin", "mpiexec"), "--with-ft", "ulfm",
+                     "--oversubscribe", "-n", str(ranks), sys.executable,
+                     os.path.join(HERE, "mpi_cases.py"), name, str(out), *map(str, args)],
+                    timeout=120, env=env)
+
+
+def test_ranks_that_mpi_reports_failed_are_named(tmp_path):
+    """mpi_cases.case_ulfm under Open MPI with fault tolerance, 3 ranks: ranks 0 and 2
+    end; rank 1 gets MPI_ERR_PROC_FAILED from its collective and names the ranks of
+    Comm.Get_failed's group, 0 and 2, in MPI's words (not MPI_ERR_IN_STATUS, the error of
+    Testall itself)."""
+    result, _ = ulfm_case("ulfm", tmp_path, ranks=3)
     assert read(tmp_path, "ulfm.1") == (
         "RankLost: lost rank 0, rank 2: MPI reported: MPI_ERR_PROC_FAILED: Process Failure; "
         "rank 1 was waiting for the parameter check of step 0"), result.stderr
+
+
+def test_killed_rank_under_open_mpi_with_fault_tolerance(tmp_path):
+    """mpi_cases.case_kill under Open MPI with fault tolerance: rank 1 SIGKILLs itself at
+    step 33 of a fit; rank 0 names it (from its node's processes or from MPI, whichever
+    sees it first) and stops; the checkpoint of step 30 stays valid."""
+    ckpt = tmp_path / "run.ckpt"
+    result, seconds = ulfm_case("kill", tmp_path, ckpt)
+    assert result.returncode != 0 and seconds < KILL_SECONDS, (seconds, result.stderr)
+    error = read(tmp_path, "error.0")
+    assert error.startswith("RankLost: lost rank 1 (pid ") and \
+        ("process is gone" in error or "MPI_ERR_PROC_FAILED" in error), error
+    assert read_checkpoint(ckpt).meta["progress"]["global_step"] == 30
 
 
 def test_a_zombie_rank_process_counts_as_gone():
