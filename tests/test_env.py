@@ -58,6 +58,7 @@ def test_the_readme_table_lists_every_variable():
     ("MLPFAST_NUMBA_THREADING_LAYER", "", env.numba_threading_layer),      # set, but empty
     ("MLPFAST_PARALLEL_MIN_ELEMENTS", "many", lambda: env.parallel_min_elements(1)),
     ("MLPFAST_NOTEBOOK_QUICK", "yes", env.notebook_quick),
+    ("MLPFAST_TEST_OPENMPI", "/nonexistent", env.openmpi_for_tests),
 ])
 def test_bad_values_are_named(monkeypatch, name, value, reader):
     monkeypatch.setenv(name, value)
