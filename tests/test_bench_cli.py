@@ -481,6 +481,30 @@ def test_compare_rows_keep_best_median_and_peak(monkeypatch):
     assert ours["peak_percent_best"] == pytest.approx(50.0)
 
 
+@pytest.mark.parametrize("after, used", [(300.0, 300.0), (200.0, PEAK), (None, PEAK)])
+def test_compare_takes_the_higher_peak_of_before_and_after_the_epochs(monkeypatch, after, used):
+    """The probe runs again after the epochs; %peak is of the higher reading (a slow spell
+    can only make the probe read low), and the rows keep the peak they used."""
+    results = fake_compare(monkeypatch, {"mlpfast": [0.5], "numpy": "x", "torch": "x",
+                                         "torch-tuned": "x", "jax": "x"})
+    monkeypatch.setattr(benchmark, "compare_training", lambda *args: results)
+    monkeypatch.setattr(benchmark, "fp32_peak_gflops", lambda threads: after)
+    printed = []
+    rows = benchmark._compare_training(argparse.Namespace(epochs=1), 2, PEAK, FakeInputs(),
+                                       printed.append, [((784, 256, 128, 10), 64)], ())
+    ours = rows[0]
+    assert ours["peak_gflops"] == used
+    assert ours["peak_percent_best"] == pytest.approx(50.0 * PEAK / used)   # 120,000 /s
+    again = [line for line in printed if line.startswith("fp32 peak measured again")]
+    if after is None:
+        assert again == []
+    else:
+        assert again == [f"fp32 peak measured again after the epochs: {after:.0f} GFLOP/s (at "
+                         f"the start: {PEAK:.0f}); %peak below is of {used:.0f}"]
+    mlpfast = next(line for line in printed if line.split()[2:3] == ["mlpfast"])
+    assert f"120,000   {50.0 * PEAK / used:.0f}%" in mlpfast
+
+
 def test_epoch_over_step_divides_the_median_epoch_by_the_cpu_step(monkeypatch):
     """The share of the step benchmark's samples/s that mlpfast's epochs keep: the median
     epoch (60000 / 0.55 s) over the cpu step row of the same configuration (64 rows in
