@@ -6,7 +6,7 @@ similar phones apart.
 
 Without a corpus of your own, festival speaks one (apt-get install festival
 festvox-kallpc16k festvox-kdlpc16k): 40 utterances of each of two voices, into a
-temporary folder unless DIR is given.
+temporary folder (removed at the end) unless DIR is given.
 
     python examples/speech_frames.py [DIR]
 """
@@ -21,7 +21,8 @@ from mlpfast import speech as speech_analysis
 from mlpfast.data import speech
 from mlpfast.data.synth import synth_speech
 
-folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "speech"
+scratch = tempfile.TemporaryDirectory()          # removed when the script ends
+folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(scratch.name) / "speech"
 if not any(folder.rglob("*.PHN")):
     print(f"synthesizing 2 x 40 utterances into {folder} ...")
     synth_speech(folder, ["kal", "ked"], utterances=40, seed=0)

@@ -1,5 +1,5 @@
 """Every script in examples/ runs to the end (with --plots when it takes it and matplotlib is
-installed) and prints what its lesson is about."""
+installed), prints what its lesson is about and leaves no temporary files behind."""
 import importlib.util
 import os
 import pathlib
@@ -40,10 +40,13 @@ def test_example_runs(script, tmp_path):
     takes_plots = "--plots" in path.read_text()
     if takes_plots and HAS_MATPLOTLIB:
         command += ["--plots", str(tmp_path)]
-    env = dict(os.environ, MPLBACKEND="Agg")
+    scratch = tmp_path / "tmp"                          # the script's temporary folders
+    scratch.mkdir()
+    env = dict(os.environ, MPLBACKEND="Agg", TMPDIR=str(scratch))
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    assert not any(scratch.iterdir()), f"{script} left {sorted(scratch.rglob('*'))[:5]}"
     for line in EXPECTED.get(script, []):
         assert line in done.stdout, f"{script} did not print {line!r}:\n{done.stdout}"
     if takes_plots and HAS_MATPLOTLIB:

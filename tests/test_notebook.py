@@ -1,6 +1,6 @@
 """examples/your_first_mlp.ipynb runs top to bottom, headless, in its quick mode
-(MLPFAST_NOTEBOOK_QUICK=1), and each section prints what its lesson shows; it is stored
-without outputs; without festival its speech section builds the tone corpus instead.
+(MLPFAST_NOTEBOOK_QUICK=1), each section prints what its lesson shows, and it leaves no
+temporary files; it is stored without outputs; without festival its speech section builds the tone corpus instead.
 
 Needs the ``notebook`` extra (nbclient, nbformat, ipykernel, ...): skipped without it,
 except in CI (CI=true), where a missing extra is a failure."""
@@ -41,10 +41,14 @@ def jupyter():
     return nbclient, nbformat
 
 
-def execute(cells_of, tmp_path):
+def execute(cells_of, tmp_path, monkeypatch):
     """Run the notebook's cells ``cells_of(nb)`` picks in a fresh kernel from examples/;
-    returns the executed notebook (nbclient raises CellExecutionError on any error)."""
+    returns the executed notebook (nbclient raises CellExecutionError on any error). The
+    kernel's temporary folders must be gone once it has ended."""
     nbclient, nbformat = jupyter()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells = cells_of(nb)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
@@ -53,6 +57,7 @@ def execute(cells_of, tmp_path):
         client.execute()
     finally:
         nbformat.write(nb, tmp_path / "executed.ipynb")     # to read when it fails
+    assert not any(scratch.iterdir()), f"the notebook left {sorted(scratch.rglob('*'))[:5]}"
     return nb
 
 
@@ -73,7 +78,7 @@ def test_notebook_runs_in_quick_mode(monkeypatch, tmp_path):
     except RuntimeError as e:
         pytest.skip(f"MNIST is not available here: {e}")
     monkeypatch.setenv("MLPFAST_NOTEBOOK_QUICK", "1")
-    nb = execute(lambda nb: nb.cells, tmp_path)
+    nb = execute(lambda nb: nb.cells, tmp_path, monkeypatch)
     printed = "".join(text_of(c) for c in nb.cells if c.cell_type == "code")
     missing = [line for line in EXPECTED if line not in printed]
     assert not missing, f"the executed notebook did not print {missing}:\n{printed}"
@@ -92,7 +97,7 @@ def test_speech_section_without_festival_uses_the_tone_corpus(monkeypatch, tmp_p
 
     monkeypatch.setenv("MLPFAST_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("PATH", str(tmp_path))             # nothing to run there
-    nb = execute(setup_and_speech, tmp_path)
+    nb = execute(setup_and_speech, tmp_path, monkeypatch)
     printed = "".join(text_of(c) for c in nb.cells)
     assert "corpus: tones built like the test fixtures (tests/test_speech.py), 16 " \
            "utterances; festival is not installed" in printed
