@@ -1,6 +1,7 @@
 """examples/your_first_mlp.ipynb runs top to bottom, headless, in its quick mode
 (MLPFAST_NOTEBOOK_QUICK=1), each section prints what its lesson shows, and it leaves no
-temporary files; it is stored without outputs; without festival its speech section builds the tone corpus instead.
+temporary files; it is stored without outputs; without festival its speech section builds
+the tone corpus instead.
 
 Needs the ``notebook`` extra (nbclient, nbformat, ipykernel, ...): skipped without it,
 except in CI (CI=true), where a missing extra is a failure."""

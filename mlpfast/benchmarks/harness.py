@@ -1280,8 +1280,7 @@ def _compare(args, threads, select, peak, inputs, out, configs=CONFIGS, step_row
 def _peak_after_the_epochs(threads, peak, out):
     """The FMA probe again after the epochs; the higher of it and ``peak`` (the probe at
     the start). A slow spell of the machine during one probe reads the peak low and every
-    %peak high (a 1-thread probe once read 217 GFLOP/s where it reads 247), and nothing
-    makes a probe read high."""
+    %peak high; nothing makes a probe read high (bench/README.md, "Columns")."""
     after = fp32_peak_gflops(threads)
     if after is None or peak is None:
         return peak
@@ -1299,9 +1298,9 @@ def _compare_training(args, threads, peak, inputs, out, configs, step_rows):
     peak = _peak_after_the_epochs(threads, peak, out)
     out("")
     out("best/s, median/s: samples/s of the best and the median epoch; %peak: of the fp32 FMA "
-        "peak (the higher of the probes before and after the epochs), at " + ", ".join(f"{mlp_train_flops(s, 1) / 1e6:.3f} MFLOP per sample "
-                                      f"for {'-'.join(map(str, s))}"
-                                      for s in dict.fromkeys(s for s, _ in configs)) +
+        "peak (the higher of the probes before and after the epochs), at " +
+        ", ".join(f"{mlp_train_flops(s, 1) / 1e6:.3f} MFLOP per sample "
+                  f"for {'-'.join(map(str, s))}" for s in dict.fromkeys(s for s, _ in configs)) +
         " (bench/README.md); x best, x median: mlpfast / peer, best over best and median over "
         "median; torch: default Adam; torch-tuned: fused Adam, denormals flushed; PyTorch: "
         "the better of the two by median; mlpfast-bf16: precision bf16; torch-bf16: "
