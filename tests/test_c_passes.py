@@ -395,11 +395,5 @@ def test_moving_shares_take_each_chunk_once_own_share_first_then_the_others_in_t
     of them, taken in order from its own share first, then from the shares after it in
     turn; a request for more threads than the pool runs writes nothing past the shares'
     counters; and the pool's threads count each item once."""
-    import os
-
-    from test_cgemm import CSRC, gcc_or_skip, library_sources, run_c_driver
-    sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != "passes.c"]
-    run_c_driver(tmp_path, gcc_or_skip(), _MOVING_SHARES_DRIVER,
-                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
-                  f"-I{CSRC}", f"-I{tmp_path}"],
-                 sources, libs=["-lm"], timeout=120)
+    from test_cgemm import run_portable_driver
+    run_portable_driver(tmp_path, _MOVING_SHARES_DRIVER, includes="passes.c")

@@ -747,6 +747,16 @@ def gcc_or_skip():
     return gcc
 
 
+def run_portable_driver(tmp_path, source, includes=None, timeout=120):
+    """run_c_driver for ``source`` linked with the library built portable-only at -O1;
+    ``includes``: the library file that the driver #includes (for its static functions),
+    left out of the link."""
+    sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != includes]
+    run_c_driver(tmp_path, gcc_or_skip(), source,
+                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
+                  f"-I{CSRC}", f"-I{tmp_path}"], sources, libs=["-lm"], timeout=timeout)
+
+
 def run_c_driver(tmp_path, gcc, source, flags, sources, libs=(), env=None, timeout=300):
     """Builds ``source`` (a C main) with ``sources`` into tmp_path/driver and runs it: it
     must exit 0 printing "ok"."""
@@ -1045,10 +1055,7 @@ int main(void)
 
 
 def test_the_thread_thresholds_follow_whether_the_workers_are_awake(tmp_path):
-    run_c_driver(tmp_path, gcc_or_skip(), _THRESHOLDS_DRIVER,
-                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
-                  f"-I{CSRC}", f"-I{tmp_path}"],
-                 library_sources(tmp_path), libs=["-lm"], timeout=120)
+    run_portable_driver(tmp_path, _THRESHOLDS_DRIVER)
 
 
 _GUARD_SCRIPT = r"""
@@ -1880,8 +1887,4 @@ int main(void)
 
 
 def test_bf16_items_are_taken_once_own_first_then_the_other_owners_in_turn(tmp_path):
-    sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != "gemm_bf16.c"]
-    run_c_driver(tmp_path, gcc_or_skip(), _ITEM_OWNERS_DRIVER,
-                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
-                  f"-I{CSRC}", f"-I{tmp_path}"],
-                 sources, libs=["-lm"], timeout=120)
+    run_portable_driver(tmp_path, _ITEM_OWNERS_DRIVER, includes="gemm_bf16.c")
