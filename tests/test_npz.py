@@ -27,13 +27,22 @@ MB = 1 << 20
 
 # --- crafted zip files ---------------------------------------------------------------------
 
+def npy_text(fields, pad_to=None, version=1):
+    """A .npy header holding the literal ``fields`` (any dict), padded to 64 bytes or to a
+    text of exactly ``pad_to`` bytes."""
+    text = repr(fields).encode()
+    length_format = "<H" if version == 1 else "<I"
+    if pad_to is None:
+        pad_to = len(text) + 1 + (-(6 + 2 + struct.calcsize(length_format) + len(text) + 1)
+                                  % 64)
+    text += b" " * (pad_to - len(text) - 1) + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(length_format, len(text)) + text
+
+
 def npy_header(shape, descr="<f4", version=1):
     """The bytes of a .npy header declaring ``shape`` of ``descr``."""
-    text = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
-    length_format = "<H" if version == 1 else "<I"
-    prefix_len = 6 + 2 + struct.calcsize(length_format)
-    text += b" " * (-(prefix_len + len(text) + 1) % 64) + b"\n"
-    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(length_format, len(text)) + text
+    return npy_text({"descr": descr, "fortran_order": False, "shape": tuple(shape)},
+                    version=version)
 
 
 def npy_bytes(array):
@@ -400,18 +409,6 @@ def test_a_member_given_twice_is_refused(tmp_path):
 
 
 # --- mutation-testing gaps: headers NumPy refuses, the header cap, the zip directory -------
-
-def npy_text(fields, pad_to=None, version=1):
-    """A .npy header holding the literal ``fields`` (any dict), padded to 64 bytes or to a
-    text of exactly ``pad_to`` bytes."""
-    text = repr(fields).encode()
-    length_format = "<H" if version == 1 else "<I"
-    if pad_to is None:
-        pad_to = len(text) + 1 + (-(6 + 2 + struct.calcsize(length_format) + len(text) + 1)
-                                  % 64)
-    text += b" " * (pad_to - len(text) - 1) + b"\n"
-    return b"\x93NUMPY" + bytes([version, 0]) + struct.pack(length_format, len(text)) + text
-
 
 GOOD = {"descr": "<f4", "fortran_order": False, "shape": (3,)}
 
