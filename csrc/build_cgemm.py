@@ -68,14 +68,19 @@ def make_builder(module_name="mlpfast._cgemm", define_macros=()):
     return builder
 
 
+def rebuild_in_place(builder, name):
+    """Rebuilds mlpfast/<name>.abi3.so in place (the file `pip install -e .` makes; a
+    version-tagged .so would shadow it on import), from any working directory. Built aside
+    and renamed over the old one, so processes that have the old library loaded keep
+    running."""
+    with tempfile.TemporaryDirectory() as build_dir:
+        built = builder.compile(tmpdir=build_dir, verbose=True, target=f"{name}.abi3.so")
+        final = os.path.join(os.path.dirname(HERE), "mlpfast", f"{name}.abi3.so")
+        shutil.copy(built, final + ".new")
+        os.replace(final + ".new", final)
+
+
 ffibuilder = make_builder()
 
 if __name__ == "__main__":
-    # Rebuilds mlpfast/_cgemm.abi3.so in place (the file `pip install -e .` makes; a
-    # version-tagged .so would shadow it on import). Built aside and renamed over the old
-    # one, so processes that have the old library loaded keep running.
-    with tempfile.TemporaryDirectory() as build_dir:
-        built = ffibuilder.compile(tmpdir=build_dir, verbose=True, target="_cgemm.abi3.so")
-        final = os.path.join(os.path.dirname(HERE), "mlpfast", "_cgemm.abi3.so")
-        shutil.copy(built, final + ".new")
-        os.replace(final + ".new", final)
+    rebuild_in_place(ffibuilder, "_cgemm")

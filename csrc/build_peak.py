@@ -20,13 +20,6 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    # Rebuilds mlpfast/_peak.abi3.so in place (the file `pip install -e .` makes; a
-    # version-tagged .so would shadow it on import), from any working directory.
-    import shutil
-    import tempfile
+    from build_cgemm import rebuild_in_place          # csrc/ is the script's folder
 
-    with tempfile.TemporaryDirectory() as build_dir:
-        built = ffibuilder.compile(tmpdir=build_dir, verbose=True, target="_peak.abi3.so")
-        final = os.path.join(os.path.dirname(HERE), "mlpfast", "_peak.abi3.so")
-        shutil.copy(built, final + ".new")
-        os.replace(final + ".new", final)
+    rebuild_in_place(ffibuilder, "_peak")
