@@ -717,25 +717,23 @@ def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path):
 
 
 def run_sanitized_driver(tmp_path, source, sanitizer, options, timeout):
-    """run_c_driver for ``source`` linked with the whole library, all built with
-    -fsanitize=<sanitizer> (portable-only: ifunc resolvers run before the sanitizer
+    """run_portable_driver for ``source``, the driver and the whole library built with
+    -fsanitize=<sanitizer> too (portable-only: ifunc resolvers run before the sanitizer
     starts), its options (e.g. {"TSAN_OPTIONS": "halt_on_error=1"}) in the environment.
     Skipped where gcc cannot build or run such a program."""
     import subprocess
     gcc = gcc_or_skip()
     probe = tmp_path / "probe.c"
     probe.write_text("int main(void) { return 0; }\n")
-    flags = [f"-fsanitize={sanitizer}", "-g", "-O1", "-std=gnu11", "-pthread"]
-    if subprocess.run([gcc, *flags, str(probe), "-o", str(tmp_path / "probe")],
+    sanitize = [f"-fsanitize={sanitizer}", "-g"]
+    if subprocess.run([gcc, *sanitize, "-O1", "-std=gnu11", "-pthread", str(probe), "-o",
+                       str(tmp_path / "probe")],
                       capture_output=True).returncode or subprocess.run(
                           [str(tmp_path / "probe")], capture_output=True).returncode:
         pytest.skip(f"no working gcc -fsanitize={sanitizer} here")
     env = dict(os.environ, **options)
     env.pop("LD_PRELOAD", None)
-    run_c_driver(tmp_path, gcc, source,
-                 [*flags, "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}",
-                  f"-I{tmp_path}"],
-                 library_sources(tmp_path), libs=["-lm"], env=env, timeout=timeout)
+    run_portable_driver(tmp_path, source, flags=sanitize, env=env, timeout=timeout)
 
 
 def gcc_or_skip():
@@ -747,14 +745,15 @@ def gcc_or_skip():
     return gcc
 
 
-def run_portable_driver(tmp_path, source, includes=None, timeout=120):
-    """run_c_driver for ``source`` linked with the library built portable-only at -O1;
-    ``includes``: the library file that the driver #includes (for its static functions),
-    left out of the link."""
+def run_portable_driver(tmp_path, source, includes=None, flags=(), env=None, timeout=120):
+    """run_c_driver for ``source`` linked with the library built portable-only at -O1, with
+    ``flags`` added; ``includes``: the library file that the driver #includes (for its
+    static functions), left out of the link."""
     sources = [s for s in library_sources(tmp_path) if os.path.basename(s) != includes]
     run_c_driver(tmp_path, gcc_or_skip(), source,
-                 ["-O1", "-std=gnu11", "-pthread", "-fno-math-errno", "-DMLPF_PORTABLE_ONLY=1",
-                  f"-I{CSRC}", f"-I{tmp_path}"], sources, libs=["-lm"], timeout=timeout)
+                 [*flags, "-O1", "-std=gnu11", "-pthread", "-fno-math-errno",
+                  "-DMLPF_PORTABLE_ONLY=1", f"-I{CSRC}", f"-I{tmp_path}"], sources,
+                 libs=["-lm"], env=env, timeout=timeout)
 
 
 def run_c_driver(tmp_path, gcc, source, flags, sources, libs=(), env=None, timeout=300):
